@@ -1,0 +1,79 @@
+//! The one mapping from domain errors to `tonic::Status`. Every service converts its own
+//! `thiserror` enum into [`ApiError`]; the edge turns that into a status here, so codes and the
+//! shape of messages are the same across services.
+
+use tonic::{Code, Status};
+
+/// A failure classified by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is wrong; `field` names the offending field (a path like `steps[2].weight`).
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// The named thing does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request is valid but the current state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A dependency (database, another service) cannot be reached right now; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A concurrent change got there first; retry.
+    #[error("{0}")]
+    Aborted(String),
+    /// A bug or an unexpected failure; the detail is logged, not returned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Shorthand for [`ApiError::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let code = match &err {
+            ApiError::InvalidArgument { .. } => Code::InvalidArgument,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Aborted(_) => Code::Aborted,
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                return Status::internal("internal error; see the server log");
+            }
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(ApiError::invalid("steps[2].weight", "130 is not in 0..=100"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "steps[2].weight: 130 is not in 0..=100");
+    }
+
+    #[test]
+    fn internal_detail_is_not_leaked() {
+        let status = Status::from(ApiError::Internal("password=hunter2".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+    }
+}

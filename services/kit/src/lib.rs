@@ -1,0 +1,25 @@
+//! Shared kit for every HopNGo service binary.
+//!
+//! - [`server`]: gRPC server bootstrap with `grpc.health.v1`, reflection (v1 and v1alpha), per-RPC
+//!   metrics and W3C trace-context extraction, and graceful drain on shutdown;
+//! - [`admin`]: the Prometheus-text `/metrics`, `/healthz`, `/readyz` endpoint;
+//! - [`telemetry`]: tracing (env filter, plain/json) with an OTLP exporter when configured;
+//! - [`client`]: lazily connected channels that inject trace context, and call deadlines;
+//! - [`identity`]: the one interceptor that turns request metadata into the caller's identity;
+//! - [`error`]: the one domain-error → `tonic::Status` mapping;
+//! - [`shutdown`]: SIGTERM / ctrl-c → a cancellation token;
+//! - [`pg`]: a throwaway PostgreSQL cluster from the system binaries (tests and the embedded stack).
+
+pub mod admin;
+pub mod args;
+pub mod backoff;
+pub mod client;
+pub mod error;
+pub mod identity;
+pub mod pg;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use identity::Identity;

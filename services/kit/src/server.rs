@@ -1,0 +1,191 @@
+//! gRPC server bootstrap shared by every service: health (`grpc.health.v1`), reflection (v1 and
+//! v1alpha, with the health descriptors so `buf curl` and grpcurl list everything), a tower layer
+//! that records per-RPC metrics and continues the caller's W3C trace, and a graceful drain.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use http::{Request, Response};
+use opentelemetry::{global, propagation::Extractor};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::server::TcpIncoming,
+};
+use tonic_health::ServingStatus;
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::admin::Metrics;
+
+/// Collects a service's gRPC services, then serves them with the shared plumbing.
+pub struct GrpcServer {
+    routes: RoutesBuilder,
+    names: Vec<&'static str>,
+    drain_timeout: Duration,
+}
+
+impl GrpcServer {
+    /// An empty server; `drain_timeout` bounds how long in-flight RPCs may run after shutdown.
+    pub fn new(drain_timeout: Duration) -> Self {
+        GrpcServer { routes: Routes::builder(), names: Vec::new(), drain_timeout }
+    }
+
+    /// Adds a business service; it is reported SERVING by health once the server runs.
+    pub fn add_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(svc);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled. On shutdown health turns NOT_SERVING
+    /// first, the listener closes, and in-flight RPCs get `drain_timeout` to finish; streams are
+    /// expected to watch the same token and end by themselves.
+    pub async fn serve(self, listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        for name in &self.names {
+            reporter.set_service_status(*name, ServingStatus::Serving).await;
+        }
+        reporter.set_service_status("", ServingStatus::Serving).await;
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hopngo_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hopngo_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let mut routes = self.routes;
+        routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
+
+        let names = self.names.clone();
+        let drain_started = CancellationToken::new();
+        let signal = {
+            let shutdown = shutdown.clone();
+            let drain_started = drain_started.clone();
+            let metrics = metrics.clone();
+            async move {
+                shutdown.cancelled().await;
+                metrics.set_ready(false);
+                for name in &names {
+                    reporter.set_service_status(*name, ServingStatus::NotServing).await;
+                }
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                drain_started.cancel();
+            }
+        };
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .tcp_nodelay(true)
+            .layer(RpcLayer { metrics: metrics.clone() })
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+        metrics.set_ready(true);
+        let drain_timeout = self.drain_timeout;
+        tokio::select! {
+            result = server => result?,
+            _ = async { drain_started.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+                tracing::warn!(?drain_timeout, "drain timeout: closing remaining connections");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Tower layer recording RPC metrics and continuing the caller's trace.
+#[derive(Clone)]
+pub struct RpcLayer {
+    metrics: Metrics,
+}
+
+impl<S> Layer<S> for RpcLayer {
+    type Service = RpcService<S>;
+    fn layer(&self, inner: S) -> RpcService<S> {
+        RpcService { inner, metrics: self.metrics.clone() }
+    }
+}
+
+/// Service produced by [`RpcLayer`].
+#[derive(Clone)]
+pub struct RpcService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+impl<S, B> Service<Request<Body>> for RpcService<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The ready clone stays here; the one that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = req.uri().path().to_owned();
+        let metrics = self.metrics.clone();
+        let quiet = path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.");
+        let span = if quiet {
+            tracing::Span::none()
+        } else {
+            let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
+            let span = tracing::info_span!("rpc", otel.kind = "server", rpc.path = %path);
+            let _ = span.set_parent(parent);
+            span
+        };
+        let started = Instant::now();
+        Box::pin(
+            async move {
+                let response = inner.call(req).await?;
+                // Errors come trailers-only (status in the headers); success is reported in the
+                // trailers, which this layer does not wait for.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(tonic::Code::from)
+                    .unwrap_or(tonic::Code::Ok);
+                metrics.observe_rpc(&path, code, started.elapsed());
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}

@@ -1,0 +1,551 @@
+//! The scheduler's use cases behind the gRPC edge: apply the delivery config, create releases
+//! (validating against the config, superseding, assigning revisions), user actions, undo and
+//! whole-environment rollback. Each is one transaction: state, events and audit rows together.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        config::{DeliveryConfig, Problem},
+        machine::{self, Decider, Transition, TransitionKind},
+        plan::{self, PlanMode},
+        release::{NewRelease, Phase, Release},
+    },
+    error::SchedulerError,
+    signals::Signals,
+    store::{ConfigVersion, Cursor, GroupRow, ReleaseFilter, Store},
+};
+
+/// Who is calling (from the identity interceptor).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// User.
+    pub user: String,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// No identity sent.
+    pub anonymous: bool,
+}
+
+/// Maximum artifact length.
+pub const MAX_ARTIFACT_LEN: usize = 512;
+
+/// The use cases.
+#[derive(Clone)]
+pub struct App {
+    store: Store,
+    signals: Signals,
+}
+
+/// What a new release is for.
+struct Intent<'a> {
+    service: &'a str,
+    environment: &'a str,
+    artifact: &'a str,
+    reason: &'a str,
+    request_id: Option<&'a str>,
+    undo_of_revision: Option<u64>,
+    group: Option<(Uuid, i32)>,
+    emergency: bool,
+}
+
+/// A page of releases.
+pub struct Page {
+    /// Releases.
+    pub releases: Vec<Release>,
+    /// Token of the next page.
+    pub next_page_token: Option<String>,
+}
+
+/// A release group with members.
+pub struct Group {
+    /// Group row.
+    pub row: GroupRow,
+    /// Members in order.
+    pub members: Vec<Release>,
+}
+
+impl Group {
+    /// Overall phase.
+    pub fn phase(&self) -> Phase {
+        if self.members.iter().any(|m| !m.phase.is_terminal() || !m.settled) {
+            Phase::Progressing
+        } else if self.members.iter().all(|m| m.phase == Phase::Succeeded) {
+            Phase::Succeeded
+        } else {
+            Phase::Aborted
+        }
+    }
+}
+
+fn problem_to_error(p: Problem) -> SchedulerError {
+    SchedulerError::invalid(if p.path.is_empty() { "yaml".to_string() } else { p.path }, p.message)
+}
+
+/// Checks an artifact reference: non-empty, no whitespace or control characters, bounded.
+pub fn validate_artifact(artifact: &str) -> Result<(), SchedulerError> {
+    if artifact.is_empty() {
+        return Err(SchedulerError::invalid("artifact", "must not be empty"));
+    }
+    if artifact.len() > MAX_ARTIFACT_LEN {
+        return Err(SchedulerError::invalid("artifact", format!("is {} characters; at most {MAX_ARTIFACT_LEN}", artifact.len())));
+    }
+    if let Some(c) = artifact.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SchedulerError::invalid("artifact", format!("{artifact:?} contains {c:?}; whitespace and control characters are not allowed")));
+    }
+    if artifact.starts_with('-') || artifact.starts_with(':') || artifact.ends_with(':') || artifact.ends_with('/') {
+        return Err(SchedulerError::invalid("artifact", format!("{artifact:?} is not an image reference or version")));
+    }
+    Ok(())
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+impl App {
+    /// Use cases over `store`, signalling through `signals`.
+    pub fn new(store: Store, signals: Signals) -> App {
+        App { store, signals }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The signals.
+    pub fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    // === config ===
+
+    /// Validates a document without storing it.
+    pub fn validate_config(&self, yaml: &str) -> Result<DeliveryConfig, Vec<Problem>> {
+        DeliveryConfig::load(yaml)
+    }
+
+    /// Validates and stores a document.
+    pub async fn apply_config(&self, yaml: &str, caller: &Caller) -> Result<(u64, bool, DeliveryConfig), SchedulerError> {
+        let config = DeliveryConfig::load(yaml).map_err(|mut problems| {
+            let first = problems.remove(0);
+            let more = if problems.is_empty() { String::new() } else { format!(" (and {} more problems)", problems.len()) };
+            SchedulerError::invalid(if first.path.is_empty() { "yaml".into() } else { first.path }, format!("{}{more}", first.message))
+        })?;
+        let (version, changed) = self.store.apply_config(yaml, &config, &caller.user).await?;
+        Ok((version, changed, config))
+    }
+
+    /// A stored version (current when `None`).
+    pub async fn config(&self, version: Option<u64>) -> Result<ConfigVersion, SchedulerError> {
+        self.store.config(version).await?.ok_or_else(|| match version {
+            Some(v) => SchedulerError::NotFound(format!("config version {v} does not exist")),
+            None => SchedulerError::FailedPrecondition("no delivery config has been applied yet (hopctl config apply -f FILE)".into()),
+        })
+    }
+
+    // === releases ===
+
+    /// `CreateRelease`.
+    pub async fn create_release(
+        &self,
+        service: &str,
+        environment: &str,
+        artifact: &str,
+        request_id: &str,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<Release, SchedulerError> {
+        if request_id.len() > 128 {
+            return Err(SchedulerError::invalid("request_id", "at most 128 characters"));
+        }
+        validate_artifact(artifact)?;
+        let current = self.config(None).await?;
+        let config = &current.config;
+        self.check_target(config, service, environment)?;
+        let env = config.environment(environment).expect("checked");
+        if let Some(from) = &env.from
+            && !self.store.succeeded_in(service, from, artifact).await?
+        {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "{artifact} has not succeeded for {service} in {from}; {environment} is promoted from {from}"
+            )));
+        }
+        let intent = Intent {
+            service,
+            environment,
+            artifact,
+            reason,
+            request_id: (!request_id.is_empty()).then_some(request_id),
+            undo_of_revision: None,
+            group: None,
+            emergency: false,
+        };
+        let mut tx = self.store.begin().await?;
+        if let Some(request_id) = intent.request_id
+            && let Some(existing) = Store::release_by_request(&mut tx, request_id).await?
+        {
+            if existing.service != service || existing.environment != environment || existing.artifact != artifact {
+                return Err(SchedulerError::invalid("request_id", "already used for a different release"));
+            }
+            return Ok(existing);
+        }
+        let mut changed = Vec::new();
+        let release = self.create_in(&mut tx, &current, intent, caller, true, &mut changed).await?;
+        tx.commit().await?;
+        self.after_commit(&changed, true);
+        Ok(release)
+    }
+
+    fn check_target(&self, config: &DeliveryConfig, service: &str, environment: &str) -> Result<(), SchedulerError> {
+        if service.is_empty() {
+            return Err(SchedulerError::invalid("service", "must not be empty"));
+        }
+        if config.service(service).is_none() {
+            return Err(SchedulerError::invalid(
+                "service",
+                format!("unknown service {service:?} (known: {})", known(config.services.iter().map(|s| s.name.as_str()))),
+            ));
+        }
+        if environment.is_empty() {
+            return Err(SchedulerError::invalid("environment", "must not be empty"));
+        }
+        if config.environment(environment).is_none() {
+            return Err(SchedulerError::invalid(
+                "environment",
+                format!("unknown environment {environment:?} (known: {})", known(config.environments.iter().map(|e| e.name.as_str()))),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates a release inside `tx`: revision, plan, supersession of unsettled releases.
+    async fn create_in(
+        &self,
+        conn: &mut PgConnection,
+        current: &ConfigVersion,
+        intent: Intent<'_>,
+        caller: &Caller,
+        start_now: bool,
+        changed: &mut Vec<Uuid>,
+    ) -> Result<Release, SchedulerError> {
+        let se = Store::lock_service_environment(conn, intent.service, intent.environment).await?;
+        if se.stable_artifact.as_deref() == Some(intent.artifact) {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "{} is already stable for {} in {}",
+                intent.artifact, intent.service, intent.environment
+            )));
+        }
+        let mode = if intent.emergency {
+            PlanMode::Emergency
+        } else if se.stable_artifact.is_none() {
+            PlanMode::Initial
+        } else {
+            PlanMode::Normal
+        };
+        let plan = plan::compile(&current.config, intent.service, intent.environment, mode).map_err(problem_to_error)?;
+        let now = Store::now(conn).await?;
+        let id = Uuid::now_v7();
+        for mut old in Store::lock_unsettled(conn, intent.service, intent.environment).await? {
+            let transitions = machine::supersede(&mut old, id, &caller.user, now);
+            old.updated_at = now;
+            let wake = (!old.settled).then_some(now);
+            Store::save(conn, &mut old, &transitions, wake).await?;
+            changed.push(old.id);
+        }
+        let revision = se.last_revision + 1;
+        Store::bump_revision(conn, intent.service, intent.environment, revision).await?;
+        let mut release = Release::new(NewRelease {
+            id,
+            service: intent.service.to_string(),
+            environment: intent.environment.to_string(),
+            revision,
+            artifact: intent.artifact.to_string(),
+            created_by: caller.user.clone(),
+            now,
+            config_version: current.version,
+            plan,
+            stable_artifact: se.stable_artifact.clone(),
+            undo_of_revision: intent.undo_of_revision,
+            group_id: intent.group.map(|(g, _)| g),
+            reason: intent.reason.to_string(),
+        });
+        let message = match intent.undo_of_revision {
+            Some(rev) => format!("undo to revision {rev} ({}): {}", intent.artifact, intent.reason),
+            None => format!("{} → {}: {}", se.stable_artifact.as_deref().unwrap_or("(nothing)"), intent.artifact, intent.reason),
+        };
+        let created = Transition {
+            kind: TransitionKind::Created,
+            actor: caller.user.clone(),
+            from: Phase::Pending,
+            to: Phase::Pending,
+            step_index: 0,
+            canary_weight: 0,
+            message,
+        };
+        Store::insert_release(conn, &mut release, intent.request_id, intent.group.map(|(_, p)| p), &[created], start_now.then_some(now))
+            .await?;
+        changed.push(release.id);
+        Ok(release)
+    }
+
+    fn after_commit(&self, changed: &[Uuid], wake: bool) {
+        for id in changed {
+            self.signals.changed(*id);
+        }
+        if wake {
+            self.signals.wake();
+        }
+    }
+
+    /// `GetRelease`.
+    pub async fn release(&self, id: &str) -> Result<Release, SchedulerError> {
+        let uuid = parse_id(id)?;
+        self.store.release(uuid).await?.ok_or_else(|| SchedulerError::NotFound(format!("release {id} does not exist")))
+    }
+
+    /// `ListReleases`.
+    pub async fn list(&self, filter: ReleaseFilter, page_size: u32, page_token: &str) -> Result<Page, SchedulerError> {
+        let size = match page_size {
+            0 => 50,
+            n if n <= 500 => n,
+            n => return Err(SchedulerError::invalid("page_size", format!("{n} is not in 1..=500"))),
+        };
+        let cursor = if page_token.is_empty() { None } else { Some(decode_token(page_token)?) };
+        let mut releases = self.store.list(&filter, cursor, size + 1).await?;
+        let next_page_token = if releases.len() > size as usize {
+            releases.truncate(size as usize);
+            releases.last().map(|r| encode_token(r))
+        } else {
+            None
+        };
+        Ok(Page { releases, next_page_token })
+    }
+
+    /// Applies a user action to a locked release; commits state, events and audit together.
+    async fn act(
+        &self,
+        id: &str,
+        action: impl FnOnce(&mut Release, OffsetDateTime) -> Result<Vec<Transition>, SchedulerError>,
+    ) -> Result<Release, SchedulerError> {
+        let uuid = parse_id(id)?;
+        let mut tx = self.store.begin().await?;
+        let mut release = Store::lock_release(&mut tx, uuid)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("release {id} does not exist")))?;
+        let now = Store::now(&mut tx).await?;
+        let transitions = action(&mut release, now)?;
+        release.updated_at = now;
+        let wake = (!release.settled).then_some(now);
+        Store::save(&mut tx, &mut release, &transitions, wake).await?;
+        tx.commit().await?;
+        self.after_commit(&[release.id], true);
+        Ok(release)
+    }
+
+    /// `PromoteRelease`.
+    pub async fn promote(&self, id: &str, full: bool, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+        self.act(id, |r, now| Ok(machine::promote(r, full, &caller.user, reason, now)?)).await
+    }
+
+    /// `AbortRelease`.
+    pub async fn abort(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+        self.act(id, |r, now| Ok(machine::abort(r, &caller.user, reason, now)?)).await
+    }
+
+    /// `RetryRelease`: only the newest release of its service and environment can be retried.
+    pub async fn retry(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+        let release = self.release(id).await?;
+        let se = self.store.service_environment(&release.service, &release.environment).await?;
+        if se.last_revision != release.revision {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "revision {} is newer than this release (revision {}); create a new release instead",
+                se.last_revision, release.revision
+            )));
+        }
+        self.act(id, |r, now| Ok(machine::retry(r, &caller.user, reason, now)?)).await
+    }
+
+    /// `ApproveRelease`.
+    pub async fn approve(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+        let who = Decider { user: &caller.user, roles: &caller.roles, anonymous: caller.anonymous };
+        self.act(id, |r, now| Ok(machine::approve(r, &who, reason, now)?)).await
+    }
+
+    /// `RejectRelease`.
+    pub async fn reject(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+        let who = Decider { user: &caller.user, roles: &caller.roles, anonymous: caller.anonymous };
+        self.act(id, |r, now| Ok(machine::reject(r, &who, reason, now)?)).await
+    }
+
+    /// The revision an undo returns to: `to_revision`, or the newest succeeded revision before the
+    /// stable one.
+    async fn undo_target(&self, service: &str, environment: &str, to_revision: u64) -> Result<(u64, String), SchedulerError> {
+        let se = self.store.service_environment(service, environment).await?;
+        let stable = se.stable_artifact.clone().ok_or_else(|| {
+            SchedulerError::FailedPrecondition(format!("{service} has no stable revision in {environment}; nothing to undo"))
+        })?;
+        let revisions = self.store.revisions(service, environment).await?;
+        if to_revision > 0 {
+            let row = revisions.iter().find(|r| r.revision == to_revision).ok_or_else(|| {
+                SchedulerError::NotFound(format!("revision {to_revision} of {service} in {environment} does not exist"))
+            })?;
+            if row.release.artifact == stable {
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "revision {to_revision} ({stable}) is what runs now; nothing to undo"
+                )));
+            }
+            return Ok((to_revision, row.release.artifact.clone()));
+        }
+        let current = se.stable_revision.unwrap_or(u64::MAX);
+        revisions
+            .iter()
+            .find(|r| r.revision < current && r.release.phase == Phase::Succeeded && r.release.artifact != stable)
+            .map(|r| (r.revision, r.release.artifact.clone()))
+            .ok_or_else(|| {
+                SchedulerError::FailedPrecondition(format!(
+                    "{service} has no earlier succeeded revision in {environment} to return to"
+                ))
+            })
+    }
+
+    /// `UndoRelease`: a new release of an earlier revision's artifact.
+    pub async fn undo(&self, service: &str, environment: &str, to_revision: u64, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+        let current = self.config(None).await?;
+        self.check_target(&current.config, service, environment)?;
+        let (revision, artifact) = self.undo_target(service, environment, to_revision).await?;
+        let intent = Intent {
+            service,
+            environment,
+            artifact: &artifact,
+            reason,
+            request_id: None,
+            undo_of_revision: Some(revision),
+            group: None,
+            emergency: false,
+        };
+        let mut tx = self.store.begin().await?;
+        let mut changed = Vec::new();
+        let release = self.create_in(&mut tx, &current, intent, caller, true, &mut changed).await?;
+        tx.commit().await?;
+        self.after_commit(&changed, true);
+        Ok(release)
+    }
+
+    /// `ListRevisions`.
+    pub async fn revisions(&self, service: &str, environment: &str) -> Result<(Vec<Release>, Option<u64>), SchedulerError> {
+        if service.is_empty() {
+            return Err(SchedulerError::invalid("service", "must not be empty"));
+        }
+        if environment.is_empty() {
+            return Err(SchedulerError::invalid("environment", "must not be empty"));
+        }
+        let se = self.store.service_environment(service, environment).await?;
+        let rows = self.store.revisions(service, environment).await?;
+        Ok((rows.into_iter().map(|r| r.release).collect(), se.stable_revision))
+    }
+
+    /// `RollbackEnvironment`: one undo release per service, run one after another.
+    pub async fn rollback_environment(
+        &self,
+        environment: &str,
+        services: &[String],
+        reason: &str,
+        emergency: bool,
+        caller: &Caller,
+    ) -> Result<Group, SchedulerError> {
+        let current = self.config(None).await?;
+        let config = &current.config;
+        if config.environment(environment).is_none() {
+            return Err(SchedulerError::invalid(
+                "environment",
+                format!("unknown environment {environment:?} (known: {})", known(config.environments.iter().map(|e| e.name.as_str()))),
+            ));
+        }
+        let mut targets = Vec::new();
+        if services.is_empty() {
+            for s in &config.services {
+                if let Ok((rev, artifact)) = self.undo_target(&s.name, environment, 0).await {
+                    targets.push((s.name.clone(), rev, artifact));
+                }
+            }
+            if targets.is_empty() {
+                return Err(SchedulerError::FailedPrecondition(format!("no service in {environment} has an earlier revision to return to")));
+            }
+        } else {
+            for (i, name) in services.iter().enumerate() {
+                if config.service(name).is_none() {
+                    return Err(SchedulerError::invalid(format!("services[{i}]"), format!("unknown service {name:?}")));
+                }
+                if targets.iter().any(|(n, _, _)| n == name) {
+                    return Err(SchedulerError::invalid(format!("services[{i}]"), format!("{name:?} is listed twice")));
+                }
+                let (rev, artifact) = self.undo_target(name, environment, 0).await?;
+                targets.push((name.clone(), rev, artifact));
+            }
+        }
+        let mut tx = self.store.begin().await?;
+        let now = Store::now(&mut tx).await?;
+        let row = GroupRow {
+            id: Uuid::now_v7(),
+            environment: environment.to_string(),
+            kind: if emergency { "emergency-rollback".into() } else { "rollback-environment".into() },
+            created_by: caller.user.clone(),
+            reason: reason.to_string(),
+            created_at: now,
+        };
+        Store::insert_group(&mut tx, &row).await?;
+        let mut changed = Vec::new();
+        let mut members = Vec::new();
+        for (position, (service, revision, artifact)) in targets.iter().enumerate() {
+            let intent = Intent {
+                service,
+                environment,
+                artifact,
+                reason,
+                request_id: None,
+                undo_of_revision: Some(*revision),
+                group: Some((row.id, position as i32)),
+                emergency,
+            };
+            members.push(self.create_in(&mut tx, &current, intent, caller, position == 0, &mut changed).await?);
+        }
+        tx.commit().await?;
+        self.after_commit(&changed, true);
+        Ok(Group { row, members })
+    }
+
+    /// `GetReleaseGroup`.
+    pub async fn group(&self, id: &str) -> Result<Group, SchedulerError> {
+        let uuid = parse_id(id)?;
+        let (row, members) =
+            self.store.group(uuid).await?.ok_or_else(|| SchedulerError::NotFound(format!("release group {id} does not exist")))?;
+        Ok(Group { row, members })
+    }
+
+    /// How long watchers wait between re-reads when no change notice arrives.
+    pub const WATCH_POLL: Duration = Duration::from_secs(2);
+}
+
+fn parse_id(id: &str) -> Result<Uuid, SchedulerError> {
+    if id.is_empty() {
+        return Err(SchedulerError::invalid("id", "must not be empty"));
+    }
+    Uuid::parse_str(id).map_err(|_| SchedulerError::invalid("id", format!("{id:?} is not a release id (UUID)")))
+}
+
+fn encode_token(r: &Release) -> String {
+    let micros = (r.created_at.unix_timestamp_nanos() / 1000) as i64;
+    format!("{micros}.{}", r.id.simple())
+}
+
+fn decode_token(token: &str) -> Result<Cursor, SchedulerError> {
+    let bad = || SchedulerError::invalid("page_token", "not a token from a previous response");
+    let (micros, id) = token.split_once('.').ok_or_else(bad)?;
+    Ok(Cursor { created_micros: micros.parse().map_err(|_| bad())?, id: Uuid::parse_str(id).map_err(|_| bad())? })
+}

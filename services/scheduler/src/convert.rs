@@ -1,0 +1,199 @@
+//! Domain → contract conversions for the release API.
+
+use hopngo_proto::release as pb;
+use time::OffsetDateTime;
+
+use crate::{
+    app::Group,
+    domain::{
+        plan::{PlanStrategy, StepAction},
+        release::{Completion, Phase, Release, StepStatus},
+    },
+};
+
+fn ts(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }
+}
+
+/// Phase → enum.
+pub fn phase(p: Phase) -> pb::ReleasePhase {
+    match p {
+        Phase::Pending => pb::ReleasePhase::Pending,
+        Phase::Progressing => pb::ReleasePhase::Progressing,
+        Phase::Paused => pb::ReleasePhase::Paused,
+        Phase::AwaitingApproval => pb::ReleasePhase::AwaitingApproval,
+        Phase::Succeeded => pb::ReleasePhase::Succeeded,
+        Phase::Aborted => pb::ReleasePhase::Aborted,
+        Phase::Failed => pb::ReleasePhase::Failed,
+        Phase::Superseded => pb::ReleasePhase::Superseded,
+    }
+}
+
+/// Enum → phase.
+pub fn phase_from(p: pb::ReleasePhase) -> Option<Phase> {
+    Some(match p {
+        pb::ReleasePhase::Unspecified => return None,
+        pb::ReleasePhase::Pending => Phase::Pending,
+        pb::ReleasePhase::Progressing => Phase::Progressing,
+        pb::ReleasePhase::Paused => Phase::Paused,
+        pb::ReleasePhase::AwaitingApproval => Phase::AwaitingApproval,
+        pb::ReleasePhase::Succeeded => Phase::Succeeded,
+        pb::ReleasePhase::Aborted => Phase::Aborted,
+        pb::ReleasePhase::Failed => Phase::Failed,
+        pb::ReleasePhase::Superseded => Phase::Superseded,
+    })
+}
+
+fn completion(c: Option<Completion>) -> pb::Completion {
+    match c {
+        None => pb::Completion::Unspecified,
+        Some(Completion::Promoted) => pb::Completion::Promoted,
+        Some(Completion::FastPromoted) => pb::Completion::FastPromoted,
+        Some(Completion::Aborted) => pb::Completion::Aborted,
+        Some(Completion::RolledBack) => pb::Completion::RolledBack,
+        Some(Completion::Superseded) => pb::Completion::Superseded,
+    }
+}
+
+fn step_kind(a: &StepAction) -> pb::StepKind {
+    match a {
+        StepAction::SetWeight { .. } => pb::StepKind::SetWeight,
+        StepAction::Pause { .. } => pb::StepKind::Pause,
+        StepAction::Analysis { .. } => pb::StepKind::Analysis,
+        StepAction::Approval { .. } => pb::StepKind::Approval,
+        StepAction::Verify { .. } => pb::StepKind::Verify,
+        StepAction::Migrate { .. } => pb::StepKind::Migrate,
+        StepAction::SetCanaryScale { .. } => pb::StepKind::SetCanaryScale,
+        StepAction::DeployPreview { .. } => pb::StepKind::DeployPreview,
+        StepAction::PrePromotionAnalysis { .. } => pb::StepKind::PrePromotionAnalysis,
+        StepAction::SwitchActive => pb::StepKind::SwitchActive,
+        StepAction::PostPromotionAnalysis { .. } => pb::StepKind::PostPromotionAnalysis,
+        StepAction::ScaleDownOld { .. } => pb::StepKind::ScaleDownOld,
+        StepAction::DeployStable => pb::StepKind::DeployStable,
+    }
+}
+
+fn step_status(s: StepStatus) -> pb::StepStatus {
+    match s {
+        StepStatus::Pending => pb::StepStatus::Pending,
+        StepStatus::Running => pb::StepStatus::Running,
+        StepStatus::Succeeded => pb::StepStatus::Succeeded,
+        StepStatus::Skipped => pb::StepStatus::Skipped,
+        StepStatus::Failed => pb::StepStatus::Failed,
+    }
+}
+
+/// Release → message.
+pub fn release(r: &Release) -> pb::Release {
+    let steps = r
+        .plan
+        .steps
+        .iter()
+        .zip(&r.steps)
+        .enumerate()
+        .map(|(i, (step, rec))| {
+            let (weight, duration, templates) = match &step.action {
+                StepAction::SetWeight { weight } => (*weight, None, Vec::new()),
+                StepAction::Pause { duration } => (0, *duration, Vec::new()),
+                StepAction::ScaleDownOld { delay } => (0, Some(*delay), Vec::new()),
+                StepAction::Analysis { analysis }
+                | StepAction::Verify { analysis }
+                | StepAction::PrePromotionAnalysis { analysis }
+                | StepAction::PostPromotionAnalysis { analysis } => (0, None, analysis.templates.clone()),
+                _ => (0, None, Vec::new()),
+            };
+            pb::Step {
+                index: i as u32,
+                name: step.name.clone(),
+                kind: step_kind(&step.action) as i32,
+                status: step_status(rec.status) as i32,
+                summary: step.action.summary(),
+                weight,
+                duration: duration.map(|d| prost_types::Duration { seconds: d.0.as_secs() as i64, nanos: d.0.subsec_nanos() as i32 }),
+                templates,
+                started_at: rec.started_at.map(ts),
+                finished_at: rec.finished_at.map(ts),
+                message: rec.message.clone(),
+                run_id: rec.run_id.clone().unwrap_or_default(),
+            }
+        })
+        .collect();
+    let pending_approval = match (r.phase, r.plan.steps.get(r.step_index).map(|s| &s.action)) {
+        (Phase::AwaitingApproval, Some(StepAction::Approval { policy })) => Some(pb::ApprovalRequirement {
+            min_approvals: policy.min_approvals,
+            roles: policy.roles.clone(),
+            allow_self_approval: policy.allow_self_approval,
+            expires_at: r.cursor.until.map(ts),
+            approvals: r.approvals_for_current_step().count() as u32,
+        }),
+        _ => None,
+    };
+    pb::Release {
+        id: r.id.to_string(),
+        service: r.service.clone(),
+        environment: r.environment.clone(),
+        revision: r.revision,
+        artifact: r.artifact.clone(),
+        strategy: match r.plan.strategy {
+            PlanStrategy::Canary => pb::Strategy::Canary,
+            PlanStrategy::BlueGreen => pb::Strategy::BlueGreen,
+            PlanStrategy::Direct => pb::Strategy::Initial,
+        } as i32,
+        phase: phase(r.phase) as i32,
+        completion: completion(r.completion) as i32,
+        message: r.message.clone(),
+        current_step_index: r.step_index as u32,
+        steps,
+        canary_weight: r.canary_weight,
+        stable_artifact: r.stable_artifact.clone().unwrap_or_default(),
+        analysis_runs: r
+            .analysis_runs
+            .iter()
+            .map(|a| pb::AnalysisSummary {
+                run_id: a.run_id.clone(),
+                kind: a.kind.clone(),
+                step_index: a.step_index as u32,
+                phase: a.phase.clone(),
+                message: a.message.clone(),
+            })
+            .collect(),
+        approvals: r
+            .approvals
+            .iter()
+            .map(|a| pb::Approval {
+                user: a.user.clone(),
+                approved: a.approved,
+                reason: a.reason.clone(),
+                decided_at: Some(ts(a.at)),
+                step_index: a.step_index as u32,
+            })
+            .collect(),
+        pending_approval,
+        created_by: r.created_by.clone(),
+        created_at: Some(ts(r.created_at)),
+        updated_at: Some(ts(r.updated_at)),
+        finished_at: r.finished_at.map(ts),
+        progress_deadline_at: r.progress_deadline_at.filter(|_| !r.settled).map(ts),
+        attempt: r.attempt,
+        superseded_by: r.superseded_by.map(|u| u.to_string()).unwrap_or_default(),
+        undo_of_revision: r.undo_of_revision.unwrap_or(0),
+        release_group_id: r.group_id.map(|u| u.to_string()).unwrap_or_default(),
+        settled: r.settled,
+        version: r.version,
+        reason: r.reason.clone(),
+    }
+}
+
+/// Group → message.
+pub fn group(g: &Group) -> pb::ReleaseGroup {
+    pb::ReleaseGroup {
+        id: g.row.id.to_string(),
+        environment: g.row.environment.clone(),
+        kind: g.row.kind.clone(),
+        releases: g.members.iter().map(release).collect(),
+        phase: phase(g.phase()) as i32,
+        created_by: g.row.created_by.clone(),
+        created_at: Some(ts(g.row.created_at)),
+        reason: g.row.reason.clone(),
+    }
+}

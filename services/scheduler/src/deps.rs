@@ -1,0 +1,258 @@
+//! [`Effects`] over the deployer, analyzer and migrator gRPC contracts: every call has a deadline
+//! (the channel's timeout), starting calls carry the idempotency key, and status codes are sorted
+//! into "retry later" and "refused".
+
+use std::{collections::BTreeMap, time::Duration};
+
+use hopngo_kit::client::{TracedChannel, channel, is_retryable};
+use hopngo_proto::{
+    analyzer::{
+        self, AnalysisPhase, GetAnalysisRunRequest, StartAnalysisRunRequest, TerminateAnalysisRunRequest,
+        analyzer_service_client::AnalyzerServiceClient,
+    },
+    deployer::{self, ApplyTargetRequest, GetTargetStatusRequest, deployer_service_client::DeployerServiceClient},
+    migrator::{self, GetMigrationRunRequest, MigrationCommand, StartMigrationRequest, migrator_service_client::MigratorServiceClient},
+};
+
+use crate::domain::{
+    config::{self, MetricDef},
+    effects::{
+        DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, RunObservation, RunPhase,
+        TargetObservation, Track,
+    },
+    plan::AnalysisSpec,
+};
+
+/// Addresses of the services the engine calls.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    /// Deployer URL.
+    pub deployer: String,
+    /// Analyzer URL.
+    pub analyzer: String,
+    /// Migrator URL.
+    pub migrator: String,
+}
+
+/// gRPC implementation of [`Effects`].
+#[derive(Clone)]
+pub struct GrpcEffects {
+    deployer: DeployerServiceClient<TracedChannel>,
+    analyzer: AnalyzerServiceClient<TracedChannel>,
+    migrator: MigratorServiceClient<TracedChannel>,
+}
+
+impl GrpcEffects {
+    /// Lazily connected clients with `call_timeout` per call.
+    pub fn new(endpoints: &Endpoints, call_timeout: Duration) -> Result<GrpcEffects, tonic::transport::Error> {
+        Ok(GrpcEffects {
+            deployer: DeployerServiceClient::new(channel(&endpoints.deployer, call_timeout)?),
+            analyzer: AnalyzerServiceClient::new(channel(&endpoints.analyzer, call_timeout)?),
+            migrator: MigratorServiceClient::new(channel(&endpoints.migrator, call_timeout)?),
+        })
+    }
+}
+
+fn effect_error(dependency: &'static str, status: tonic::Status) -> EffectError {
+    let retryable = is_retryable(&status) || matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown);
+    EffectError {
+        dependency,
+        retryable,
+        uncertain: matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Internal),
+        message: format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+fn track(t: Track) -> deployer::Track {
+    match t {
+        Track::Stable => deployer::Track::Stable,
+        Track::Canary => deployer::Track::Canary,
+        Track::Active => deployer::Track::Active,
+        Track::Preview => deployer::Track::Preview,
+    }
+}
+
+fn duration(d: Option<config::Dur>) -> Option<prost_types::Duration> {
+    d.map(|d| prost_types::Duration { seconds: d.0.as_secs() as i64, nanos: d.0.subsec_nanos() as i32 })
+}
+
+fn limit(v: Option<i64>) -> Option<i32> {
+    v.map(|v| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32)
+}
+
+/// Domain metric → contract metric.
+pub fn metric_to_proto(m: &MetricDef) -> analyzer::Metric {
+    use analyzer::metric::Provider;
+    let provider = if let Some(p) = &m.provider.prometheus {
+        Some(Provider::Prometheus(analyzer::PrometheusProvider {
+            address: p.address.clone(),
+            query: p.query.clone(),
+            timeout: duration(p.timeout),
+            range: None,
+            step: None,
+        }))
+    } else if let Some(p) = &m.provider.scrape {
+        Some(Provider::Scrape(analyzer::ScrapeProvider { url: p.url.clone(), expression: p.expression.clone(), window: duration(p.window) }))
+    } else if let Some(p) = &m.provider.web {
+        Some(Provider::Web(analyzer::WebProvider {
+            url: p.url.clone(),
+            method: p.method.clone().unwrap_or_default(),
+            headers: p.headers.clone().into_iter().collect(),
+            body: p.body.clone().unwrap_or_default(),
+            json_path: p.json_path.clone().unwrap_or_default(),
+            timeout: duration(p.timeout),
+        }))
+    } else {
+        m.provider.job.as_ref().map(|p| {
+            Provider::Job(analyzer::JobProvider {
+                command: p.command.clone(),
+                timeout: duration(p.timeout),
+                env: p.env.clone().into_iter().collect(),
+            })
+        })
+    };
+    analyzer::Metric {
+        name: m.name.clone(),
+        interval: duration(m.interval),
+        initial_delay: duration(m.initial_delay),
+        count: m.count.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+        success_condition: m.success_condition.clone().unwrap_or_default(),
+        failure_condition: m.failure_condition.clone().unwrap_or_default(),
+        failure_limit: limit(m.failure_limit),
+        inconclusive_limit: limit(m.inconclusive_limit),
+        consecutive_error_limit: limit(m.consecutive_error_limit),
+        consecutive_success_limit: m.consecutive_success_limit.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+        dry_run: m.dry_run,
+        measurement_retention: m.measurement_retention.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+        severity: match m.severity {
+            config::Severity::Critical => analyzer::MetricSeverity::Critical,
+            config::Severity::High => analyzer::MetricSeverity::High,
+            config::Severity::Medium => analyzer::MetricSeverity::Medium,
+            config::Severity::Low => analyzer::MetricSeverity::Low,
+        } as i32,
+        no_data: match m.no_data {
+            config::NoData::Inconclusive => analyzer::NoDataPolicy::Inconclusive,
+            config::NoData::Failed => analyzer::NoDataPolicy::Failed,
+            config::NoData::Successful => analyzer::NoDataPolicy::Successful,
+            config::NoData::Error => analyzer::NoDataPolicy::Error,
+        } as i32,
+        provider,
+    }
+}
+
+impl Effects for GrpcEffects {
+    async fn apply_target(&self, key: &str, desired: &DesiredState) -> Result<(), EffectError> {
+        let request = ApplyTargetRequest {
+            target: Some(deployer::TargetSpec {
+                service: desired.service.clone(),
+                environment: desired.environment.clone(),
+                tracks: desired
+                    .tracks
+                    .iter()
+                    .map(|t| deployer::TrackSpec { track: track(t.track) as i32, artifact: t.artifact.clone(), replicas: t.replicas })
+                    .collect(),
+                canary_weight: desired.canary_weight,
+            }),
+            idempotency_key: key.to_string(),
+        };
+        self.deployer.clone().apply_target(request).await.map_err(|s| effect_error("deployer", s))?;
+        Ok(())
+    }
+
+    async fn target_status(&self, service: &str, environment: &str) -> Result<TargetObservation, EffectError> {
+        let request = GetTargetStatusRequest { service: service.to_string(), environment: environment.to_string() };
+        let response = self.deployer.clone().get_target_status(request).await.map_err(|s| effect_error("deployer", s))?;
+        let status = response.into_inner().status.unwrap_or_default();
+        Ok(TargetObservation {
+            converged: status.converged,
+            canary_weight: status.canary_weight,
+            idempotency_key: status.idempotency_key,
+            message: status.message,
+        })
+    }
+
+    async fn start_analysis(
+        &self,
+        key: &str,
+        spec: &AnalysisSpec,
+        args: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<String, EffectError> {
+        let request = StartAnalysisRunRequest {
+            metrics: spec.metrics.iter().map(metric_to_proto).collect(),
+            args: args.clone().into_iter().collect(),
+            labels: labels.clone().into_iter().collect(),
+            idempotency_key: key.to_string(),
+        };
+        let response = self.analyzer.clone().start_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;
+        response.into_inner().run.map(|r| r.id).ok_or_else(|| EffectError {
+            dependency: "analyzer",
+            retryable: false,
+            uncertain: false,
+            message: "StartAnalysisRun returned no run".into(),
+        })
+    }
+
+    async fn analysis_status(&self, run_id: &str) -> Result<RunObservation, EffectError> {
+        let response = self
+            .analyzer
+            .clone()
+            .get_analysis_run(GetAnalysisRunRequest { id: run_id.to_string() })
+            .await
+            .map_err(|s| effect_error("analyzer", s))?;
+        let run = response.into_inner().run.unwrap_or_default();
+        let phase = match AnalysisPhase::try_from(run.phase).unwrap_or(AnalysisPhase::Unspecified) {
+            AnalysisPhase::Unspecified | AnalysisPhase::Pending => RunPhase::Pending,
+            AnalysisPhase::Running => RunPhase::Running,
+            AnalysisPhase::Successful => RunPhase::Successful,
+            AnalysisPhase::Failed => RunPhase::Failed,
+            AnalysisPhase::Error => RunPhase::Error,
+            AnalysisPhase::Inconclusive => RunPhase::Inconclusive,
+        };
+        Ok(RunObservation { phase, message: run.message })
+    }
+
+    async fn terminate_analysis(&self, run_id: &str, reason: &str) -> Result<(), EffectError> {
+        let request = TerminateAnalysisRunRequest { id: run_id.to_string(), reason: reason.to_string() };
+        self.analyzer.clone().terminate_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;
+        Ok(())
+    }
+
+    async fn start_migration(&self, key: &str, request: &MigrationRequest) -> Result<String, EffectError> {
+        let request = StartMigrationRequest {
+            target: Some(migrator::MigrationTarget {
+                database: request.database.clone(),
+                locations: request.locations.clone(),
+                ..Default::default()
+            }),
+            command: MigrationCommand::Migrate as i32,
+            target_version: request.target_version.clone().unwrap_or_default(),
+            out_of_order: false,
+            idempotency_key: key.to_string(),
+        };
+        let response = self.migrator.clone().start_migration(request).await.map_err(|s| effect_error("migrator", s))?;
+        response.into_inner().run.map(|r| r.id).ok_or_else(|| EffectError {
+            dependency: "migrator",
+            retryable: false,
+            uncertain: false,
+            message: "StartMigration returned no run".into(),
+        })
+    }
+
+    async fn migration_status(&self, run_id: &str) -> Result<MigrationObservation, EffectError> {
+        let response = self
+            .migrator
+            .clone()
+            .get_migration_run(GetMigrationRunRequest { id: run_id.to_string() })
+            .await
+            .map_err(|s| effect_error("migrator", s))?;
+        let run = response.into_inner().run.unwrap_or_default();
+        let phase = match migrator::MigrationPhase::try_from(run.phase).unwrap_or(migrator::MigrationPhase::Unspecified) {
+            migrator::MigrationPhase::Unspecified | migrator::MigrationPhase::Pending => MigrationPhase::Pending,
+            migrator::MigrationPhase::Running => MigrationPhase::Running,
+            migrator::MigrationPhase::Succeeded => MigrationPhase::Succeeded,
+            migrator::MigrationPhase::Failed => MigrationPhase::Failed,
+        };
+        Ok(MigrationObservation { phase, message: run.message })
+    }
+}

@@ -1,0 +1,9 @@
+//! Domain logic, free of gRPC and SQL: the delivery config, the plan compiler, releases and their
+//! state machine, and the effects the engine needs from other services.
+
+pub mod config;
+pub mod effects;
+pub mod events;
+pub mod machine;
+pub mod plan;
+pub mod release;

@@ -1,0 +1,998 @@
+//! The delivery config (DESIGN §6): one YAML document declaring environments (promotion order,
+//! approval policy), analysis templates and services (strategy per environment, steps, analysis,
+//! migrations). Parsing reports the path of a type error; validation reports every problem with
+//! its path and reason, e.g. `services[3].strategy.canary.steps[2].setWeight: 130 is not in 0..=100`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written as `30s`, `5m`, `1h30m` or a number of seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(Dur(Duration::from_secs(s))),
+            Raw::Text(t) => hopngo_kit::args::parse_duration(&t).map(Dur).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hopngo_kit::args::format_duration(self.0))
+    }
+}
+
+/// The whole document.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeliveryConfig {
+    /// Optional `hopngo.io/v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Optional `DeliveryConfig`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Environments; an environment with `from` is promoted to from that one.
+    pub environments: Vec<Environment>,
+    /// Reusable analysis templates.
+    #[serde(default)]
+    pub analysis_templates: Vec<AnalysisTemplate>,
+    /// Services.
+    pub services: Vec<Service>,
+}
+
+/// An environment.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Environment {
+    /// Name (`staging`, `production`).
+    pub name: String,
+    /// Environment this one is promoted from: a release here needs the artifact to have
+    /// succeeded there first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Approval required before any release here changes anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalPolicy>,
+    /// A release that makes no progress for this long is aborted (default 10m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<Dur>,
+}
+
+/// Who must approve, and what happens when nobody does.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApprovalPolicy {
+    /// Distinct approvers needed (default 1).
+    #[serde(default = "one")]
+    pub min_approvals: i64,
+    /// Roles any one of which an approver must hold; empty: anyone.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Whether the creator may approve their own release (default false: four eyes).
+    #[serde(default)]
+    pub allow_self_approval: bool,
+    /// How long to wait for approvals (default: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// What a timeout means (default `reject`).
+    #[serde(default)]
+    pub on_timeout: TimeoutOutcome,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// Outcome of an approval timeout.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TimeoutOutcome {
+    /// The release is aborted.
+    #[default]
+    Reject,
+    /// The release goes on.
+    Approve,
+}
+
+/// A reusable set of metrics.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AnalysisTemplate {
+    /// Name referenced by steps.
+    pub name: String,
+    /// Arguments the metrics use as `{{args.NAME}}`; a value is a default.
+    #[serde(default)]
+    pub args: Vec<TemplateArg>,
+    /// Metrics.
+    pub metrics: Vec<MetricDef>,
+}
+
+/// A template argument.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateArg {
+    /// Name.
+    pub name: String,
+    /// Default value; without one the argument is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+}
+
+/// One metric, with Argo Rollouts' fields.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricDef {
+    /// Name, unique in the template.
+    pub name: String,
+    /// Time between measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Dur>,
+    /// Wait before the first measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay: Option<Dur>,
+    /// Number of measurements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    /// Condition over `result` for success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_condition: Option<String>,
+    /// Condition over `result` for failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_condition: Option<String>,
+    /// Failed measurements allowed (default 0, -1 disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_limit: Option<i64>,
+    /// Inconclusive measurements allowed (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive_limit: Option<i64>,
+    /// Consecutive errors allowed (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_error_limit: Option<i64>,
+    /// Consecutive successes that end the metric early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_success_limit: Option<i64>,
+    /// Never affects the verdict.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Measurements kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement_retention: Option<i64>,
+    /// `critical` (default), `high`, `medium` or `low`.
+    #[serde(default)]
+    pub severity: Severity,
+    /// What no data counts as: `inconclusive` (default), `failed`, `successful`, `error`.
+    #[serde(default)]
+    pub no_data: NoData,
+    /// Where the value comes from.
+    pub provider: Provider,
+}
+
+/// Severity of a metric failure (the runbook's decision matrix).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Severity {
+    /// Abort at once.
+    #[default]
+    Critical,
+    /// Abort if it persists.
+    High,
+    /// Pause for a person.
+    Medium,
+    /// Notify only.
+    Low,
+}
+
+/// No-data policy.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum NoData {
+    /// Inconclusive.
+    #[default]
+    Inconclusive,
+    /// Failed.
+    Failed,
+    /// Successful.
+    Successful,
+    /// Error.
+    Error,
+}
+
+/// Metric provider: exactly one field set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Provider {
+    /// Prometheus HTTP API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusProvider>,
+    /// Prometheus text endpoint read directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape: Option<ScrapeProvider>,
+    /// HTTP JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebProvider>,
+    /// Command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProvider>,
+}
+
+/// Prometheus query.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusProvider {
+    /// Base address.
+    pub address: String,
+    /// PromQL.
+    pub query: String,
+    /// Timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+}
+
+/// Scrape of a Prometheus text endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ScrapeProvider {
+    /// Endpoint URL.
+    pub url: String,
+    /// Expression over the scraped series.
+    pub expression: String,
+    /// Window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Dur>,
+}
+
+/// HTTP JSON call.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebProvider {
+    /// URL.
+    pub url: String,
+    /// GET or POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Value selector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_path: Option<String>,
+    /// Timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+}
+
+/// A command.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JobProvider {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// A service.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    /// Name (`booking-service`).
+    pub name: String,
+    /// Replicas of the stable version (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    /// Default strategy.
+    pub strategy: Strategy,
+    /// Per-environment overrides.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, ServiceOverride>,
+    /// Database migrations run by a `migrate` step before any traffic shift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<Migrations>,
+    /// How the local backend runs the service (used by the deployer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalRun>,
+    /// Overrides the environment's progress deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<Dur>,
+}
+
+/// Per-environment override of a service.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceOverride {
+    /// Strategy in this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Replicas in this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+}
+
+/// Database migrations of a service.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Migrations {
+    /// Database name as configured in the migrator.
+    pub database: String,
+    /// Script locations.
+    #[serde(default)]
+    pub locations: Vec<String>,
+}
+
+/// Local backend run settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LocalRun {
+    /// Command template; `{version}` and `{port}` are substituted.
+    pub command: Vec<String>,
+    /// Readiness path (default `/healthz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_path: Option<String>,
+    /// Extra environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Strategy: exactly one of `canary` and `blueGreen`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Strategy {
+    /// Canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// Blue/green.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreen>,
+}
+
+/// Canary strategy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Canary {
+    /// Steps in order.
+    #[serde(default)]
+    pub steps: Vec<StepDef>,
+    /// Background analysis beside the steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
+}
+
+/// Background analysis.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BackgroundAnalysis {
+    /// Templates.
+    pub templates: Vec<String>,
+    /// Argument values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// Step index from which it runs (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starting_step: Option<i64>,
+}
+
+/// One canary step: exactly one kind.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StepDef {
+    /// Optional name, unique in the strategy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Canary traffic percentage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_weight: Option<i64>,
+    /// Pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseDef>,
+    /// Blocking analysis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisRef>,
+    /// Approval gate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalStepDef>,
+    /// Verification job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyDef>,
+    /// Database migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<MigrateDef>,
+    /// Canary scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_canary_scale: Option<CanaryScaleDef>,
+}
+
+/// Pause step.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PauseDef {
+    /// How long; absent: until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Dur>,
+}
+
+/// Reference to analysis templates.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AnalysisRef {
+    /// Templates merged into one run.
+    pub templates: Vec<String>,
+    /// Argument values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+}
+
+/// Approval step; unset fields come from the environment's policy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApprovalStepDef {
+    /// Distinct approvers needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_approvals: Option<i64>,
+    /// Roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    /// Timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+}
+
+/// Verification step: a job, inline or from a template.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifyDef {
+    /// Inline job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobProvider>,
+    /// Analysis templates to run instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templates: Option<Vec<String>>,
+    /// Argument values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+}
+
+/// Migrate step (uses the service's `migrations`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MigrateDef {
+    /// Target version (default: latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+}
+
+/// Canary scale: exactly one field.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CanaryScaleDef {
+    /// Fixed replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    /// Percentage of the stable replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+    /// Follow the traffic weight again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_traffic_weight: Option<bool>,
+}
+
+/// Blue/green strategy.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BlueGreen {
+    /// Analysis of the preview before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<AnalysisRef>,
+    /// Analysis after the switch; failure switches back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<AnalysisRef>,
+    /// Switch without waiting for a promote (default true).
+    #[serde(default = "yes")]
+    pub auto_promotion_enabled: bool,
+    /// Wait this long before switching (with auto promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_seconds: Option<i64>,
+    /// Keep the old version running this long after the switch (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay: Option<Dur>,
+    /// Preview replicas (default: the service's replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_replicas: Option<i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One problem found in a document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Path of the offending value.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() { write!(f, "{}", self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+    }
+}
+
+/// Default progress deadline (Argo Rollouts' `progressDeadlineSeconds` default).
+pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
+/// Default blue/green scale-down delay (Argo Rollouts' default).
+pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
+
+impl DeliveryConfig {
+    /// Parses YAML; a syntax or type error is one problem with its path.
+    pub fn parse(yaml: &str) -> Result<DeliveryConfig, Problem> {
+        let value: serde_json::Value = serde_saphyr::from_str(yaml)
+            .map_err(|e| Problem { path: String::new(), message: format!("not valid YAML: {e}") })?;
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            Problem { path: if path == "." { String::new() } else { path }, message: e.into_inner().to_string() }
+        })
+    }
+
+    /// Parses and validates; returns every problem found.
+    pub fn load(yaml: &str) -> Result<DeliveryConfig, Vec<Problem>> {
+        let config = DeliveryConfig::parse(yaml).map_err(|p| vec![p])?;
+        let problems = config.validate();
+        if problems.is_empty() { Ok(config) } else { Err(problems) }
+    }
+
+    /// The environment named `name`.
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name == name)
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The analysis template named `name`.
+    pub fn template(&self, name: &str) -> Option<&AnalysisTemplate> {
+        self.analysis_templates.iter().find(|t| t.name == name)
+    }
+
+    /// Environment names with upstream environments first.
+    pub fn promotion_order(&self) -> Vec<String> {
+        let mut order: Vec<String> = Vec::new();
+        let mut remaining: Vec<&Environment> = self.environments.iter().collect();
+        while !remaining.is_empty() {
+            let before = remaining.len();
+            remaining.retain(|e| match &e.from {
+                Some(from) if !order.contains(from) => true,
+                _ => {
+                    order.push(e.name.clone());
+                    false
+                }
+            });
+            if remaining.len() == before {
+                // A cycle (reported by validate); keep document order for the rest.
+                order.extend(remaining.iter().map(|e| e.name.clone()));
+                break;
+            }
+        }
+        order
+    }
+
+    /// Every problem in the document, in document order.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut v = Validator::default();
+        if let Some(api) = &self.api_version
+            && api != "hopngo.io/v1"
+        {
+            v.problem("apiVersion", format!("{api:?} is not supported (use hopngo.io/v1)"));
+        }
+        if let Some(kind) = &self.kind
+            && kind != "DeliveryConfig"
+        {
+            v.problem("kind", format!("{kind:?} is not DeliveryConfig"));
+        }
+        if self.environments.is_empty() {
+            v.problem("environments", "at least one environment is required");
+        }
+        let mut env_names = BTreeSet::new();
+        for (i, env) in self.environments.iter().enumerate() {
+            let path = format!("environments[{i}]");
+            v.name(&format!("{path}.name"), &env.name);
+            if !env_names.insert(env.name.as_str()) {
+                v.problem(format!("{path}.name"), format!("duplicate environment {:?}", env.name));
+            }
+            if let Some(deadline) = env.progress_deadline {
+                v.positive(&format!("{path}.progressDeadline"), deadline);
+            }
+            if let Some(policy) = &env.approval {
+                v.approval_policy(&format!("{path}.approval"), policy);
+            }
+        }
+        for (i, env) in self.environments.iter().enumerate() {
+            if let Some(from) = &env.from {
+                if from == &env.name {
+                    v.problem(format!("environments[{i}].from"), "an environment cannot be promoted from itself");
+                } else if !env_names.contains(from.as_str()) {
+                    v.problem(format!("environments[{i}].from"), format!("unknown environment {from:?}"));
+                }
+            }
+        }
+        if self.has_promotion_cycle() {
+            v.problem("environments", "promotion order has a cycle (follow the `from` fields)");
+        }
+
+        let mut template_names = BTreeSet::new();
+        for (i, template) in self.analysis_templates.iter().enumerate() {
+            let path = format!("analysisTemplates[{i}]");
+            v.name(&format!("{path}.name"), &template.name);
+            if !template_names.insert(template.name.as_str()) {
+                v.problem(format!("{path}.name"), format!("duplicate analysis template {:?}", template.name));
+            }
+            if template.metrics.is_empty() {
+                v.problem(format!("{path}.metrics"), "at least one metric is required");
+            }
+            let mut metric_names = BTreeSet::new();
+            for (j, metric) in template.metrics.iter().enumerate() {
+                let mpath = format!("{path}.metrics[{j}]");
+                if !metric_names.insert(metric.name.as_str()) {
+                    v.problem(format!("{mpath}.name"), format!("duplicate metric {:?}", metric.name));
+                }
+                v.metric(&mpath, metric);
+            }
+        }
+
+        if self.services.is_empty() {
+            v.problem("services", "at least one service is required");
+        }
+        let mut service_names = BTreeSet::new();
+        for (i, service) in self.services.iter().enumerate() {
+            let path = format!("services[{i}]");
+            v.name(&format!("{path}.name"), &service.name);
+            if !service_names.insert(service.name.as_str()) {
+                v.problem(format!("{path}.name"), format!("duplicate service {:?}", service.name));
+            }
+            if let Some(replicas) = service.replicas {
+                v.range(&format!("{path}.replicas"), replicas, 1, 100);
+            }
+            if let Some(deadline) = service.progress_deadline {
+                v.positive(&format!("{path}.progressDeadline"), deadline);
+            }
+            v.strategy(&format!("{path}.strategy"), &service.strategy, self, service);
+            for (env, over) in &service.environments {
+                let opath = format!("{path}.environments.{env}");
+                if !env_names.contains(env.as_str()) {
+                    v.problem(opath.clone(), format!("unknown environment {env:?}"));
+                }
+                if let Some(replicas) = over.replicas {
+                    v.range(&format!("{opath}.replicas"), replicas, 1, 100);
+                }
+                if let Some(strategy) = &over.strategy {
+                    v.strategy(&format!("{opath}.strategy"), strategy, self, service);
+                }
+            }
+            if let Some(m) = &service.migrations {
+                v.name(&format!("{path}.migrations.database"), &m.database);
+                for (j, loc) in m.locations.iter().enumerate() {
+                    if loc.trim().is_empty() {
+                        v.problem(format!("{path}.migrations.locations[{j}]"), "must not be empty");
+                    }
+                }
+            }
+            if let Some(local) = &service.local
+                && local.command.first().is_none_or(|c| c.trim().is_empty())
+            {
+                v.problem(format!("{path}.local.command"), "must name a program");
+            }
+        }
+        v.problems
+    }
+
+    fn has_promotion_cycle(&self) -> bool {
+        for env in &self.environments {
+            let mut seen = BTreeSet::new();
+            let mut current = Some(env);
+            while let Some(e) = current {
+                if !seen.insert(e.name.as_str()) {
+                    return true;
+                }
+                current = e.from.as_deref().and_then(|f| self.environment(f));
+            }
+        }
+        false
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn name(&mut self, path: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && !name.ends_with('-');
+        if !ok {
+            self.problem(path, format!("{name:?} is not a valid name (lower-case letters, digits and '-', starting with a letter, at most 63)"));
+        }
+    }
+
+    fn range(&mut self, path: &str, value: i64, min: i64, max: i64) {
+        if value < min || value > max {
+            self.problem(path, format!("{value} is not in {min}..={max}"));
+        }
+    }
+
+    fn positive(&mut self, path: &str, d: Dur) {
+        if d.0.is_zero() {
+            self.problem(path, "must be greater than 0");
+        }
+    }
+
+    fn approval_policy(&mut self, path: &str, p: &ApprovalPolicy) {
+        self.range(&format!("{path}.minApprovals"), p.min_approvals, 1, 10);
+        for (i, role) in p.roles.iter().enumerate() {
+            if role.trim().is_empty() {
+                self.problem(format!("{path}.roles[{i}]"), "must not be empty");
+            }
+        }
+        if let Some(t) = p.timeout {
+            self.positive(&format!("{path}.timeout"), t);
+        }
+    }
+
+    fn metric(&mut self, path: &str, m: &MetricDef) {
+        if m.name.trim().is_empty() {
+            self.problem(format!("{path}.name"), "must not be empty");
+        }
+        if let Some(i) = m.interval {
+            self.positive(&format!("{path}.interval"), i);
+        }
+        if let Some(count) = m.count {
+            if count < 0 {
+                self.problem(format!("{path}.count"), format!("{count} is negative"));
+            } else if count > 1 && m.interval.is_none() {
+                self.problem(format!("{path}.interval"), "required when count is greater than 1");
+            }
+        }
+        if let Some(limit) = m.failure_limit
+            && limit < -1
+        {
+            self.problem(format!("{path}.failureLimit"), format!("{limit} is below -1"));
+        }
+        for (field, value) in [
+            ("inconclusiveLimit", m.inconclusive_limit),
+            ("consecutiveErrorLimit", m.consecutive_error_limit),
+            ("consecutiveSuccessLimit", m.consecutive_success_limit),
+            ("measurementRetention", m.measurement_retention),
+        ] {
+            if let Some(value) = value
+                && value < 0
+            {
+                self.problem(format!("{path}.{field}"), format!("{value} is negative"));
+            }
+        }
+        let set = [m.provider.prometheus.is_some(), m.provider.scrape.is_some(), m.provider.web.is_some(), m.provider.job.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if set != 1 {
+            self.problem(format!("{path}.provider"), "exactly one of prometheus, scrape, web, job is required");
+        }
+        if m.provider.job.is_none() && m.success_condition.is_none() && m.failure_condition.is_none() {
+            self.problem(format!("{path}.successCondition"), "a successCondition or failureCondition is required");
+        }
+        if let Some(job) = &m.provider.job {
+            self.job(&format!("{path}.provider.job"), job);
+        }
+        if let Some(p) = &m.provider.prometheus {
+            self.url(&format!("{path}.provider.prometheus.address"), &p.address);
+            if p.query.trim().is_empty() {
+                self.problem(format!("{path}.provider.prometheus.query"), "must not be empty");
+            }
+        }
+        if let Some(p) = &m.provider.scrape {
+            self.url(&format!("{path}.provider.scrape.url"), &p.url);
+            if p.expression.trim().is_empty() {
+                self.problem(format!("{path}.provider.scrape.expression"), "must not be empty");
+            }
+        }
+        if let Some(p) = &m.provider.web {
+            self.url(&format!("{path}.provider.web.url"), &p.url);
+            if let Some(method) = &p.method
+                && !matches!(method.as_str(), "GET" | "POST")
+            {
+                self.problem(format!("{path}.provider.web.method"), format!("{method:?} is not GET or POST"));
+            }
+        }
+    }
+
+    fn job(&mut self, path: &str, job: &JobProvider) {
+        if job.command.first().is_none_or(|c| c.trim().is_empty()) {
+            self.problem(format!("{path}.command"), "must name a program");
+        }
+        if let Some(t) = job.timeout {
+            self.positive(&format!("{path}.timeout"), t);
+        }
+    }
+
+    fn url(&mut self, path: &str, url: &str) {
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "http://".len() {
+            self.problem(path, format!("{url:?} is not an http(s) URL"));
+        }
+    }
+
+    fn templates(&mut self, path: &str, names: &[String], args: &BTreeMap<String, String>, config: &DeliveryConfig) {
+        if names.is_empty() {
+            self.problem(path, "at least one template is required");
+        }
+        let mut required = BTreeSet::new();
+        for (i, name) in names.iter().enumerate() {
+            match config.template(name) {
+                None => self.problem(format!("{path}[{i}]"), format!("unknown analysis template {name:?}")),
+                Some(t) => required.extend(t.args.iter().filter(|a| a.value.is_none()).map(|a| a.name.clone())),
+            }
+        }
+        // `service`, `environment`, `artifact`, `track` are supplied by the scheduler.
+        for builtin in ["service", "environment", "artifact", "track", "release", "revision"] {
+            required.remove(builtin);
+        }
+        for arg in required {
+            if !args.contains_key(&arg) {
+                self.problem(path.replace(".templates", ".args"), format!("argument {arg:?} is required by the templates"));
+            }
+        }
+    }
+
+    fn strategy(&mut self, path: &str, s: &Strategy, config: &DeliveryConfig, service: &Service) {
+        match (&s.canary, &s.blue_green) {
+            (Some(_), Some(_)) | (None, None) => self.problem(path, "exactly one of canary and blueGreen is required"),
+            (Some(c), None) => self.canary(&format!("{path}.canary"), c, config, service),
+            (None, Some(b)) => self.blue_green(&format!("{path}.blueGreen"), b, config),
+        }
+    }
+
+    fn canary(&mut self, path: &str, c: &Canary, config: &DeliveryConfig, service: &Service) {
+        let mut names = BTreeSet::new();
+        let mut last_weight = 0;
+        for (i, step) in c.steps.iter().enumerate() {
+            let spath = format!("{path}.steps[{i}]");
+            if let Some(name) = &step.name {
+                self.name(&format!("{spath}.name"), name);
+                if !names.insert(name.clone()) {
+                    self.problem(format!("{spath}.name"), format!("duplicate step name {name:?}"));
+                }
+            }
+            let kinds = [
+                step.set_weight.is_some(),
+                step.pause.is_some(),
+                step.analysis.is_some(),
+                step.approval.is_some(),
+                step.verify.is_some(),
+                step.migrate.is_some(),
+                step.set_canary_scale.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if kinds != 1 {
+                self.problem(
+                    spath.clone(),
+                    "exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required",
+                );
+                continue;
+            }
+            if let Some(weight) = step.set_weight {
+                let before = self.problems.len();
+                self.range(&format!("{spath}.setWeight"), weight, 0, 100);
+                if self.problems.len() == before {
+                    if weight < last_weight {
+                        self.problem(
+                            format!("{spath}.setWeight"),
+                            format!("{weight} is lower than the previous weight {last_weight}; weights must not decrease"),
+                        );
+                    }
+                    last_weight = weight;
+                }
+            }
+            if let Some(Some(d)) = step.pause.as_ref().map(|p| p.duration) {
+                self.positive(&format!("{spath}.pause.duration"), d);
+            }
+            if let Some(a) = &step.analysis {
+                self.templates(&format!("{spath}.analysis.templates"), &a.templates, &a.args, config);
+            }
+            if let Some(a) = &step.approval {
+                if let Some(min) = a.min_approvals {
+                    self.range(&format!("{spath}.approval.minApprovals"), min, 1, 10);
+                }
+                if let Some(t) = a.timeout {
+                    self.positive(&format!("{spath}.approval.timeout"), t);
+                }
+            }
+            if let Some(verify) = &step.verify {
+                self.verify(&format!("{spath}.verify"), verify, config);
+            }
+            if step.migrate.is_some() && service.migrations.is_none() {
+                self.problem(format!("{spath}.migrate"), "the service declares no migrations");
+            }
+            if let Some(scale) = &step.set_canary_scale {
+                let set = [scale.replicas.is_some(), scale.weight.is_some(), scale.match_traffic_weight == Some(true)]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
+                if set != 1 {
+                    self.problem(
+                        format!("{spath}.setCanaryScale"),
+                        "exactly one of replicas, weight, matchTrafficWeight: true is required",
+                    );
+                }
+                if let Some(r) = scale.replicas {
+                    self.range(&format!("{spath}.setCanaryScale.replicas"), r, 0, 100);
+                }
+                if let Some(w) = scale.weight {
+                    self.range(&format!("{spath}.setCanaryScale.weight"), w, 0, 100);
+                }
+            }
+        }
+        if let Some(bg) = &c.analysis {
+            self.templates(&format!("{path}.analysis.templates"), &bg.templates, &bg.args, config);
+            if let Some(start) = bg.starting_step {
+                self.range(&format!("{path}.analysis.startingStep"), start, 0, c.steps.len() as i64);
+            }
+        }
+    }
+
+    fn verify(&mut self, path: &str, verify: &VerifyDef, config: &DeliveryConfig) {
+        match (&verify.job, &verify.templates) {
+            (Some(job), None) => self.job(&format!("{path}.job"), job),
+            (None, Some(t)) => self.templates(&format!("{path}.templates"), t, &verify.args, config),
+            _ => self.problem(path, "exactly one of job and templates is required"),
+        }
+    }
+
+    fn blue_green(&mut self, path: &str, b: &BlueGreen, config: &DeliveryConfig) {
+        if let Some(a) = &b.pre_promotion_analysis {
+            self.templates(&format!("{path}.prePromotionAnalysis.templates"), &a.templates, &a.args, config);
+        }
+        if let Some(a) = &b.post_promotion_analysis {
+            self.templates(&format!("{path}.postPromotionAnalysis.templates"), &a.templates, &a.args, config);
+        }
+        if let Some(s) = b.auto_promotion_seconds {
+            self.range(&format!("{path}.autoPromotionSeconds"), s, 0, 86400);
+        }
+        if let Some(r) = b.preview_replicas {
+            self.range(&format!("{path}.previewReplicas"), r, 1, 100);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+use super::*;
+
+const GOOD: &str = r#"
+apiVersion: hopngo.io/v1
+kind: DeliveryConfig
+environments:
+  - name: staging
+  - name: production
+    from: staging
+    progressDeadline: 15m
+    approval:
+      minApprovals: 1
+      roles: [release-manager]
+analysisTemplates:
+  - name: slo
+    metrics:
+      - name: error-rate
+        interval: 30s
+        count: 5
+        successCondition: result < 0.01
+        provider:
+          scrape:
+            url: http://127.0.0.1:9000/metrics
+            expression: ratio(errors, requests)
+services:
+  - name: booking-service
+    replicas: 2
+    strategy:
+      canary:
+        steps:
+          - setWeight: 25
+          - pause: {duration: 1m}
+          - analysis: {templates: [slo]}
+          - setWeight: 50
+          - pause: {}
+          - setWeight: 100
+        analysis: {templates: [slo], startingStep: 1}
+    migrations: {database: booking, locations: [deploy/hopngo/migrations/booking]}
+  - name: gateway
+    strategy:
+      blueGreen:
+        prePromotionAnalysis: {templates: [slo]}
+        autoPromotionEnabled: false
+"#;
+
+#[test]
+fn a_good_document_loads() {
+    let config = DeliveryConfig::load(GOOD).expect("valid");
+    assert_eq!(config.promotion_order(), vec!["staging", "production"]);
+    assert_eq!(config.service("booking-service").unwrap().replicas, Some(2));
+    assert_eq!(config.environment("production").unwrap().progress_deadline, Some(Dur(Duration::from_secs(900))));
+}
+
+fn problems(yaml: &str) -> Vec<String> {
+    match DeliveryConfig::load(yaml) {
+        Ok(_) => Vec::new(),
+        Err(p) => p.into_iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn weight_out_of_range_names_the_path() {
+    let yaml = GOOD.replace("setWeight: 50", "setWeight: 130");
+    assert_eq!(problems(&yaml), vec!["services[0].strategy.canary.steps[3].setWeight: 130 is not in 0..=100"]);
+}
+
+#[test]
+fn decreasing_weights_are_refused() {
+    let yaml = GOOD.replace("setWeight: 50", "setWeight: 10");
+    let p = problems(&yaml);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("services[0].strategy.canary.steps[3].setWeight: 10 is lower than the previous weight 25"), "{p:?}");
+}
+
+#[test]
+fn unknown_template_and_duplicate_step_names() {
+    let yaml = GOOD.replace("analysis: {templates: [slo]}\n          - setWeight: 50", "analysis: {templates: [nope]}\n          - setWeight: 50");
+    assert_eq!(problems(&yaml), vec![r#"services[0].strategy.canary.steps[2].analysis.templates[0]: unknown analysis template "nope""#]);
+    let yaml = GOOD
+        .replace("- setWeight: 25", "- name: quarter\n            setWeight: 25")
+        .replace("- setWeight: 50", "- name: quarter\n            setWeight: 50");
+    assert_eq!(problems(&yaml), vec![r#"services[0].strategy.canary.steps[3].name: duplicate step name "quarter""#]);
+}
+
+#[test]
+fn type_errors_carry_their_path() {
+    let yaml = GOOD.replace("setWeight: 25", "setWeight: quarter");
+    let p = problems(&yaml);
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("services[0].strategy.canary.steps[0].setWeight: "), "{p:?}");
+    let p = problems(&GOOD.replace("replicas: 2", "replicas: 2\n    colour: blue"));
+    assert!(p[0].starts_with("services[0].colour: unknown field `colour`"), "{p:?}");
+    let p = problems(&GOOD.replace("duration: 1m", "duration: 1 minute"));
+    assert!(p[0].starts_with("services[0].strategy.canary.steps[1].pause.duration: "), "{p:?}");
+    let p = problems("environments: [");
+    assert!(p[0].starts_with("not valid YAML"), "{p:?}");
+}
+
+#[test]
+fn structural_rules() {
+    let p = problems(&GOOD.replace("from: staging", "from: qa"));
+    assert_eq!(p, vec![r#"environments[1].from: unknown environment "qa""#]);
+    let p = problems(&GOOD.replace("  - name: staging\n", "  - name: staging\n    from: production\n"));
+    assert_eq!(p, vec!["environments: promotion order has a cycle (follow the `from` fields)"]);
+    let p = problems(&GOOD.replace("- name: gateway", "- name: booking-service"));
+    assert_eq!(p, vec![r#"services[1].name: duplicate service "booking-service""#]);
+    let p = problems(&GOOD.replace("      blueGreen:", "      canary: {}\n      blueGreen:"));
+    assert_eq!(p, vec!["services[1].strategy: exactly one of canary and blueGreen is required"]);
+    let p = problems(&GOOD.replace("- pause: {}", "- pause: {}\n            setWeight: 60"));
+    assert_eq!(p, vec!["services[0].strategy.canary.steps[4]: exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required"]);
+    let p = problems(&GOOD.replace("minApprovals: 1", "minApprovals: 0"));
+    assert_eq!(p, vec!["environments[1].approval.minApprovals: 0 is not in 1..=10"]);
+    let p = problems(&GOOD.replace("interval: 30s", "interval: 0s"));
+    assert!(p.contains(&"analysisTemplates[0].metrics[0].interval: must be greater than 0".to_string()), "{p:?}");
+    let p = problems(&GOOD.replace("        interval: 30s\n", ""));
+    assert_eq!(p, vec!["analysisTemplates[0].metrics[0].interval: required when count is greater than 1"]);
+}
+
+#[test]
+fn per_environment_override_is_validated() {
+    let yaml = GOOD.replace(
+        "    migrations:",
+        "    environments:\n      production:\n        strategy:\n          canary:\n            steps:\n              - setWeight: 101\n    migrations:",
+    );
+    assert_eq!(problems(&yaml), vec!["services[0].environments.production.strategy.canary.steps[0].setWeight: 101 is not in 0..=100"]);
+    let yaml = GOOD.replace("    migrations:", "    environments:\n      qa: {replicas: 1}\n    migrations:");
+    assert_eq!(problems(&yaml), vec![r#"services[0].environments.qa: unknown environment "qa""#]);
+}

@@ -1,0 +1,174 @@
+//! What the engine asks of the other services, in domain terms. The gRPC adapter in
+//! `crate::deps` implements [`Effects`] over the deployer, analyzer and migrator contracts; unit
+//! tests implement it in memory.
+
+use std::{collections::BTreeMap, future::Future};
+
+use super::plan::AnalysisSpec;
+
+/// A track of the desired state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Track {
+    /// Canary model: most traffic.
+    Stable,
+    /// Canary model: `canary_weight` percent.
+    Canary,
+    /// Blue/green: all traffic.
+    Active,
+    /// Blue/green: tests only.
+    Preview,
+}
+
+/// Desired state of one track.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackState {
+    /// Track.
+    pub track: Track,
+    /// Artifact.
+    pub artifact: String,
+    /// Replicas.
+    pub replicas: u32,
+}
+
+/// Desired state of a service in an environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredState {
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Tracks.
+    pub tracks: Vec<TrackState>,
+    /// Canary weight.
+    pub canary_weight: u32,
+}
+
+/// Observed state, reduced to what the engine needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetObservation {
+    /// Desired replicas ready and weight in force.
+    pub converged: bool,
+    /// Weight in force.
+    pub canary_weight: u32,
+    /// Idempotency key of the desired state in force.
+    pub idempotency_key: String,
+    /// What is not converged.
+    pub message: String,
+}
+
+/// Phase of an analysis run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunPhase {
+    /// Not started.
+    Pending,
+    /// Measuring.
+    Running,
+    /// Passed.
+    Successful,
+    /// Failed.
+    Failed,
+    /// Could not measure.
+    Error,
+    /// Undecided.
+    Inconclusive,
+}
+
+impl RunPhase {
+    /// Name used in the release view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunPhase::Pending => "PENDING",
+            RunPhase::Running => "RUNNING",
+            RunPhase::Successful => "SUCCESSFUL",
+            RunPhase::Failed => "FAILED",
+            RunPhase::Error => "ERROR",
+            RunPhase::Inconclusive => "INCONCLUSIVE",
+        }
+    }
+}
+
+/// Observed analysis run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunObservation {
+    /// Phase.
+    pub phase: RunPhase,
+    /// Message.
+    pub message: String,
+}
+
+/// Phase of a migration run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigrationPhase {
+    /// Waiting for the lock.
+    Pending,
+    /// Applying.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Failed.
+    Failed,
+}
+
+/// Observed migration run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationObservation {
+    /// Phase.
+    pub phase: MigrationPhase,
+    /// Message.
+    pub message: String,
+}
+
+/// A migration to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationRequest {
+    /// Database.
+    pub database: String,
+    /// Script locations.
+    pub locations: Vec<String>,
+    /// Target version.
+    pub target_version: Option<String>,
+}
+
+/// A failed call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EffectError {
+    /// Which dependency (`deployer`, `analyzer`, `migrator`).
+    pub dependency: &'static str,
+    /// Whether repeating the call may succeed (unavailable, timeout); otherwise it was refused.
+    pub retryable: bool,
+    /// Whether the call may have taken effect although it failed (a timeout).
+    pub uncertain: bool,
+    /// Detail.
+    pub message: String,
+}
+
+impl std::fmt::Display for EffectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.dependency, self.message)
+    }
+}
+
+/// Calls to other services. Every starting call carries an idempotency key, so a repeat after a
+/// crash has no further effect.
+pub trait Effects: Sync {
+    /// Deployer ApplyTarget.
+    fn apply_target(&self, key: &str, desired: &DesiredState) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// Deployer GetTargetStatus.
+    fn target_status(&self, service: &str, environment: &str) -> impl Future<Output = Result<TargetObservation, EffectError>> + Send;
+    /// Analyzer StartAnalysisRun; returns the run id.
+    fn start_analysis(
+        &self,
+        key: &str,
+        spec: &AnalysisSpec,
+        args: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<String, EffectError>> + Send;
+    /// Analyzer GetAnalysisRun.
+    fn analysis_status(&self, run_id: &str) -> impl Future<Output = Result<RunObservation, EffectError>> + Send;
+    /// Analyzer TerminateAnalysisRun.
+    fn terminate_analysis(&self, run_id: &str, reason: &str) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// Migrator StartMigration (migrate); returns the run id.
+    fn start_migration(&self, key: &str, request: &MigrationRequest) -> impl Future<Output = Result<String, EffectError>> + Send;
+    /// Migrator GetMigrationRun.
+    fn migration_status(&self, run_id: &str) -> impl Future<Output = Result<MigrationObservation, EffectError>> + Send;
+}

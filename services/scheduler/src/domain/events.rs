@@ -1,0 +1,124 @@
+//! How transitions are told to the world: CDEvents types (CloudEvents binding) where CDEvents has
+//! one, the `dev.cdeventsx.hopngo-*` custom namespace otherwise, and a severity for filtering.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    machine::{Transition, TransitionKind},
+    release::Release,
+};
+
+/// Event severity.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventSeverity {
+    /// Progress.
+    Info,
+    /// Needs a look.
+    Warning,
+    /// Went wrong.
+    Error,
+    /// Needs a person now.
+    Critical,
+}
+
+impl EventSeverity {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSeverity::Info => "INFO",
+            EventSeverity::Warning => "WARNING",
+            EventSeverity::Error => "ERROR",
+            EventSeverity::Critical => "CRITICAL",
+        }
+    }
+}
+
+/// CloudEvents `type` of a transition.
+pub fn event_type(kind: TransitionKind, r: &Release) -> &'static str {
+    match kind {
+        TransitionKind::Created => "dev.cdeventsx.hopngo-release.created.0.1.0",
+        TransitionKind::Started => "dev.cdeventsx.hopngo-release.started.0.1.0",
+        TransitionKind::StepCompleted => "dev.cdeventsx.hopngo-release.step-completed.0.1.0",
+        TransitionKind::StepSkipped => "dev.cdeventsx.hopngo-release.step-skipped.0.1.0",
+        TransitionKind::WeightChanged => "dev.cdeventsx.hopngo-canary.weight-changed.0.1.0",
+        TransitionKind::Paused => "dev.cdeventsx.hopngo-release.paused.0.1.0",
+        TransitionKind::Promoted => "dev.cdeventsx.hopngo-release.promoted.0.1.0",
+        TransitionKind::AwaitingApproval => "dev.cdevents.approval.created.0.1.0",
+        TransitionKind::ApprovalRecorded => "dev.cdevents.approval.updated.0.1.0",
+        TransitionKind::Approved | TransitionKind::Rejected => "dev.cdevents.approval.closed.0.1.0",
+        TransitionKind::AnalysisStarted => "dev.cdeventsx.hopngo-analysis.started.0.1.0",
+        TransitionKind::AnalysisCompleted => "dev.cdeventsx.hopngo-analysis.completed.0.1.0",
+        TransitionKind::Aborted => "dev.cdeventsx.hopngo-release.aborted.0.1.0",
+        TransitionKind::RolledBack => "dev.cdevents.service.rolledback.0.3.0",
+        TransitionKind::Succeeded if r.undo_of_revision.is_some() => "dev.cdevents.service.rolledback.0.3.0",
+        TransitionKind::Succeeded if r.stable_artifact.is_none() => "dev.cdevents.service.deployed.0.3.0",
+        TransitionKind::Succeeded => "dev.cdevents.service.upgraded.0.3.0",
+        TransitionKind::Failed => "dev.cdeventsx.hopngo-release.failed.0.1.0",
+        TransitionKind::Superseded => "dev.cdeventsx.hopngo-release.superseded.0.1.0",
+        TransitionKind::Retried => "dev.cdeventsx.hopngo-release.retried.0.1.0",
+    }
+}
+
+/// Severity of a transition.
+pub fn severity(kind: TransitionKind) -> EventSeverity {
+    match kind {
+        TransitionKind::Failed => EventSeverity::Critical,
+        TransitionKind::Aborted | TransitionKind::Rejected => EventSeverity::Error,
+        TransitionKind::Paused | TransitionKind::AwaitingApproval | TransitionKind::RolledBack => EventSeverity::Warning,
+        _ => EventSeverity::Info,
+    }
+}
+
+/// The stored event payload (mirrors `hopngo.events.v1.ReleaseEventData` plus routing fields).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct EventPayload {
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Revision.
+    pub revision: u64,
+    /// Artifact.
+    pub artifact: String,
+    /// Stable artifact at creation.
+    pub stable_artifact: String,
+    /// Phase after.
+    pub phase: String,
+    /// Completion after.
+    pub completion: String,
+    /// Step index after.
+    pub step_index: u32,
+    /// Step name after.
+    pub step_name: String,
+    /// Canary weight after.
+    pub canary_weight: u32,
+    /// Actor.
+    pub actor: String,
+    /// Message.
+    pub message: String,
+    /// Transition name.
+    pub transition: String,
+    /// Release group.
+    pub release_group_id: String,
+}
+
+/// Builds the payload of one transition.
+pub fn payload(r: &Release, t: &Transition) -> EventPayload {
+    EventPayload {
+        service: r.service.clone(),
+        environment: r.environment.clone(),
+        revision: r.revision,
+        artifact: r.artifact.clone(),
+        stable_artifact: r.stable_artifact.clone().unwrap_or_default(),
+        phase: t.to.as_str().to_string(),
+        completion: r.completion.filter(|_| t.to.is_terminal()).map(|c| c.as_str().to_string()).unwrap_or_default(),
+        step_index: t.step_index as u32,
+        step_name: r.plan.steps.get(t.step_index).map(|s| s.name.clone()).unwrap_or_default(),
+        canary_weight: t.canary_weight,
+        actor: t.actor.clone(),
+        message: t.message.clone(),
+        transition: t.kind.as_str().to_string(),
+        release_group_id: r.group_id.map(|g| g.to_string()).unwrap_or_default(),
+    }
+}

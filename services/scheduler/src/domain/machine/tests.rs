@@ -1,0 +1,384 @@
+use std::{collections::BTreeMap, sync::Mutex};
+
+use time::macros::datetime;
+
+use super::*;
+use crate::domain::{
+    config::DeliveryConfig,
+    effects::{MigrationObservation, RunObservation, TargetObservation},
+    plan::{PlanMode, compile},
+    release::{NewRelease, Release},
+};
+
+const CONFIG: &str = r#"
+environments:
+  - name: staging
+  - name: production
+    approval: {minApprovals: 2, roles: [release-manager]}
+analysisTemplates:
+  - name: slo
+    metrics:
+      - name: errors
+        successCondition: result < 0.01
+        provider: {prometheus: {address: "http://127.0.0.1:9090", query: "x"}}
+services:
+  - name: booking
+    replicas: 4
+    strategy:
+      canary:
+        steps:
+          - setWeight: 25
+          - pause: {duration: 30s}
+          - analysis: {templates: [slo]}
+          - setWeight: 50
+          - pause: {}
+  - name: gateway
+    replicas: 2
+    strategy:
+      blueGreen:
+        prePromotionAnalysis: {templates: [slo]}
+        postPromotionAnalysis: {templates: [slo]}
+        scaleDownDelay: 30s
+"#;
+
+/// In-memory deployer/analyzer/migrator that records every call.
+struct Fake {
+    applies: Mutex<Vec<(String, DesiredState)>>,
+    analyses: Mutex<Vec<String>>,
+    terminated: Mutex<Vec<String>>,
+    run_phase: Mutex<RunPhase>,
+    deployer_down: Mutex<bool>,
+    converged: Mutex<bool>,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        Fake {
+            applies: Mutex::new(Vec::new()),
+            analyses: Mutex::new(Vec::new()),
+            terminated: Mutex::new(Vec::new()),
+            run_phase: Mutex::new(RunPhase::Running),
+            deployer_down: Mutex::new(false),
+            converged: Mutex::new(true),
+        }
+    }
+    fn set_run(&self, p: RunPhase) {
+        *self.run_phase.lock().unwrap() = p;
+    }
+    fn last_apply(&self) -> DesiredState {
+        self.applies.lock().unwrap().last().unwrap().1.clone()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.applies.lock().unwrap().iter().map(|(k, _)| k.clone()).collect()
+    }
+    fn down() -> EffectError {
+        EffectError { dependency: "deployer", retryable: true, uncertain: false, message: "connection refused".into() }
+    }
+}
+
+impl Effects for Fake {
+    async fn apply_target(&self, key: &str, desired: &DesiredState) -> Result<(), EffectError> {
+        if *self.deployer_down.lock().unwrap() {
+            return Err(Fake::down());
+        }
+        self.applies.lock().unwrap().push((key.to_string(), desired.clone()));
+        Ok(())
+    }
+    async fn target_status(&self, _: &str, _: &str) -> Result<TargetObservation, EffectError> {
+        if *self.deployer_down.lock().unwrap() {
+            return Err(Fake::down());
+        }
+        let weight = self.applies.lock().unwrap().last().map(|(_, d)| d.canary_weight).unwrap_or(0);
+        let converged = *self.converged.lock().unwrap();
+        Ok(TargetObservation { converged, canary_weight: weight, idempotency_key: String::new(), message: "1/4 ready".into() })
+    }
+    async fn start_analysis(
+        &self,
+        key: &str,
+        _: &AnalysisSpec,
+        args: &BTreeMap<String, String>,
+        _: &BTreeMap<String, String>,
+    ) -> Result<String, EffectError> {
+        for builtin in ["service", "environment", "artifact", "revision", "release", "track"] {
+            assert!(args.contains_key(builtin), "{builtin} is passed to every run");
+        }
+        self.analyses.lock().unwrap().push(key.to_string());
+        Ok(format!("run-{}", key.replace('/', "-")))
+    }
+    async fn analysis_status(&self, _: &str) -> Result<RunObservation, EffectError> {
+        Ok(RunObservation { phase: *self.run_phase.lock().unwrap(), message: "errors=0.2".into() })
+    }
+    async fn terminate_analysis(&self, run_id: &str, _: &str) -> Result<(), EffectError> {
+        self.terminated.lock().unwrap().push(run_id.to_string());
+        Ok(())
+    }
+    async fn start_migration(&self, _: &str, _: &MigrationRequest) -> Result<String, EffectError> {
+        Ok("m1".into())
+    }
+    async fn migration_status(&self, _: &str) -> Result<MigrationObservation, EffectError> {
+        Ok(MigrationObservation { phase: MigrationPhase::Succeeded, message: "ok".into() })
+    }
+}
+
+const T0: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
+
+fn release(service: &str, environment: &str) -> Release {
+    let config = DeliveryConfig::load(CONFIG).unwrap();
+    let plan = compile(&config, service, environment, PlanMode::Normal).unwrap();
+    Release::new(NewRelease {
+        id: Uuid::nil(),
+        service: service.into(),
+        environment: environment.into(),
+        revision: 2,
+        artifact: "v2".into(),
+        created_by: "alice".into(),
+        now: T0,
+        config_version: 1,
+        plan,
+        stable_artifact: Some("v1".into()),
+        undo_of_revision: None,
+        group_id: None,
+        reason: String::new(),
+    })
+}
+
+fn at(secs: i64) -> OffsetDateTime {
+    T0 + time::Duration::seconds(secs)
+}
+
+async fn tick(r: &mut Release, fx: &Fake, secs: i64) -> Advance {
+    advance(r, at(secs), fx, &Settings::default()).await
+}
+
+fn kinds(a: &Advance) -> Vec<TransitionKind> {
+    a.transitions.iter().map(|t| t.kind).collect()
+}
+
+#[tokio::test]
+async fn canary_runs_to_succeeded() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    let a = tick(&mut r, &fx, 0).await;
+    use TransitionKind::*;
+    assert_eq!(kinds(&a), vec![Started, WeightChanged, StepCompleted, Paused]);
+    assert_eq!(r.phase, Phase::Paused);
+    assert_eq!(a.wake_at, Some(at(30)));
+    let first = fx.last_apply();
+    assert_eq!(first.canary_weight, 25);
+    assert_eq!(first.tracks, vec![
+        TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 },
+        TrackState { track: Track::Canary, artifact: "v2".into(), replicas: 1 },
+    ]);
+    // Woken early: nothing happens.
+    assert!(tick(&mut r, &fx, 10).await.transitions.is_empty());
+    let a = tick(&mut r, &fx, 30).await;
+    assert_eq!(kinds(&a), vec![StepCompleted, AnalysisStarted]);
+    assert_eq!(r.phase, Phase::Progressing);
+    fx.set_run(RunPhase::Successful);
+    let a = tick(&mut r, &fx, 31).await;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted, StepCompleted, WeightChanged, StepCompleted, Paused]);
+    assert_eq!(fx.last_apply().tracks[1].replicas, 2, "ceil(4 × 50%)");
+    assert_eq!(a.wake_at, None, "an indefinite pause waits for a person");
+    let t = promote(&mut r, false, "bob", "looks good", at(40)).unwrap();
+    assert_eq!(t.iter().map(|t| t.kind).collect::<Vec<_>>(), vec![Promoted, StepCompleted]);
+    let a = tick(&mut r, &fx, 41).await;
+    assert_eq!(kinds(&a), vec![WeightChanged, Succeeded]);
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert_eq!(r.completion, Some(Completion::Promoted));
+    assert_eq!(fx.last_apply().tracks, vec![TrackState { track: Track::Stable, artifact: "v2".into(), replicas: 4 }]);
+    tick(&mut r, &fx, 42).await;
+    assert!(r.settled);
+    let keys = fx.keys();
+    let unique: std::collections::BTreeSet<_> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "every apply has its own key: {keys:?}");
+    assert_eq!(keys[0], format!("{}/0/1", Uuid::nil()));
+}
+
+#[tokio::test]
+async fn failed_analysis_aborts_and_returns_traffic_to_stable() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    fx.set_run(RunPhase::Failed);
+    let a = tick(&mut r, &fx, 31).await;
+    use TransitionKind::*;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted, Aborted, RolledBack]);
+    assert_eq!(r.phase, Phase::Aborted);
+    assert_eq!(r.completion, Some(Completion::Aborted));
+    assert_eq!(r.steps[2].status, StepStatus::Failed);
+    let back = fx.last_apply();
+    assert_eq!(back.canary_weight, 0);
+    assert_eq!(back.tracks, vec![TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 }]);
+    assert!(r.settled);
+    assert_eq!(r.canary_weight, 0);
+}
+
+#[tokio::test]
+async fn inconclusive_pauses_and_promote_skips_the_analysis() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    fx.set_run(RunPhase::Inconclusive);
+    let a = tick(&mut r, &fx, 31).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::AnalysisCompleted, TransitionKind::Paused]);
+    assert_eq!(r.phase, Phase::Paused);
+    assert!(tick(&mut r, &fx, 60).await.transitions.is_empty(), "stays paused");
+    promote(&mut r, false, "bob", "checked by hand", at(61)).unwrap();
+    assert_eq!(r.steps[2].status, StepStatus::Skipped);
+    assert_eq!(r.step_index, 3);
+    tick(&mut r, &fx, 62).await;
+    assert_eq!(r.canary_weight, 50);
+}
+
+#[tokio::test]
+async fn promote_full_skips_everything_left() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    promote(&mut r, true, "bob", "hotfix", at(1)).unwrap();
+    assert_eq!(promote(&mut r, true, "bob", "again", at(1)).unwrap_err(), ActionError::NotNow("a full promotion is already under way".into()));
+    let a = tick(&mut r, &fx, 2).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::StepSkipped, TransitionKind::WeightChanged, TransitionKind::Succeeded]);
+    assert_eq!(r.completion, Some(Completion::FastPromoted));
+    assert!(r.steps[1..].iter().all(|s| s.status == StepStatus::Skipped));
+    assert!(fx.analyses.lock().unwrap().is_empty());
+    assert!(promote(&mut r, false, "bob", "", at(3)).is_err(), "nothing to promote once succeeded");
+}
+
+#[tokio::test]
+async fn unreachable_deployer_waits_then_aborts_at_the_deadline() {
+    let fx = Fake::new();
+    *fx.deployer_down.lock().unwrap() = true;
+    let mut r = release("booking", "staging");
+    r.plan.progress_deadline = crate::domain::config::Dur(Duration::from_secs(20));
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::Started]);
+    let wake = a.wake_at.unwrap();
+    assert!(wake > at(0) && wake <= at(1), "backs off briefly first: {wake}");
+    assert!(r.message.contains("waiting for deployer"), "{}", r.message);
+    for s in 1..20 {
+        assert!(tick(&mut r, &fx, s).await.transitions.is_empty());
+    }
+    assert!(r.failures >= 19);
+    let a = tick(&mut r, &fx, 20).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::Aborted]);
+    assert!(r.abort.as_ref().unwrap().reason.starts_with("progress deadline exceeded (20s) at step 0 (setWeight-25): deployer:"), "{:?}", r.abort);
+    assert!(r.settled, "nothing reached the deployer, so nothing to roll back");
+    assert_eq!(r.phase, Phase::Aborted);
+}
+
+#[tokio::test]
+async fn approvals_need_distinct_non_creator_approvers_with_a_role() {
+    let fx = Fake::new();
+    let mut r = release("booking", "production");
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::Started, TransitionKind::AwaitingApproval]);
+    assert!(fx.applies.lock().unwrap().is_empty(), "nothing changes before approval");
+    let rm = vec!["release-manager".to_string()];
+    let creator = Decider { user: "alice", roles: &rm, anonymous: false };
+    assert!(matches!(approve(&mut r, &creator, "", at(1)), Err(ActionError::Forbidden(m)) if m.contains("four-eyes")));
+    let no_role = Decider { user: "carol", roles: &[], anonymous: false };
+    assert!(matches!(approve(&mut r, &no_role, "", at(1)), Err(ActionError::Forbidden(_))));
+    let anon = Decider { user: "anonymous", roles: &rm, anonymous: true };
+    assert!(matches!(approve(&mut r, &anon, "", at(1)), Err(ActionError::Forbidden(_))));
+    let bob = Decider { user: "bob", roles: &rm, anonymous: false };
+    let t = approve(&mut r, &bob, "ok", at(2)).unwrap();
+    assert_eq!(t[0].kind, TransitionKind::ApprovalRecorded);
+    assert_eq!(r.phase, Phase::AwaitingApproval);
+    assert!(matches!(approve(&mut r, &bob, "again", at(3)), Err(ActionError::NotNow(_))));
+    let dave = Decider { user: "dave", roles: &rm, anonymous: false };
+    let t = approve(&mut r, &dave, "ok", at(4)).unwrap();
+    assert_eq!(t.iter().map(|t| t.kind).collect::<Vec<_>>(), vec![TransitionKind::Approved, TransitionKind::StepCompleted]);
+    assert_eq!(r.phase, Phase::Progressing);
+    tick(&mut r, &fx, 5).await;
+    assert_eq!(r.canary_weight, 25);
+}
+
+#[tokio::test]
+async fn rejection_aborts_and_needs_a_reason() {
+    let fx = Fake::new();
+    let mut r = release("booking", "production");
+    tick(&mut r, &fx, 0).await;
+    let rm = vec!["release-manager".to_string()];
+    let bob = Decider { user: "bob", roles: &rm, anonymous: false };
+    assert!(matches!(reject(&mut r, &bob, " ", at(1)), Err(ActionError::Invalid { field: "reason", .. })));
+    reject(&mut r, &bob, "not during the sale", at(1)).unwrap();
+    assert_eq!(r.phase, Phase::Aborted);
+    tick(&mut r, &fx, 2).await;
+    assert!(r.settled);
+    assert!(fx.applies.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn blue_green_post_promotion_failure_switches_back() {
+    let fx = Fake::new();
+    let mut r = release("gateway", "staging");
+    fx.set_run(RunPhase::Successful);
+    let a = tick(&mut r, &fx, 0).await;
+    use TransitionKind::*;
+    // deployPreview, prePromotionAnalysis (passes), switchActive, postPromotionAnalysis started.
+    assert_eq!(kinds(&a)[..4], [Started, StepCompleted, AnalysisStarted, AnalysisCompleted]);
+    let applies = fx.applies.lock().unwrap().clone();
+    assert_eq!(applies[0].1.tracks, vec![
+        TrackState { track: Track::Active, artifact: "v1".into(), replicas: 2 },
+        TrackState { track: Track::Preview, artifact: "v2".into(), replicas: 2 },
+    ]);
+    assert_eq!(applies[1].1.tracks[0], TrackState { track: Track::Active, artifact: "v2".into(), replicas: 2 });
+    assert!(r.switched);
+    // Post-promotion analysis passed too: now in the scale-down delay.
+    assert_eq!(r.plan.steps[r.step_index].name, "scaleDownOld");
+    let mut r2 = release("gateway", "staging");
+    let fx2 = Fake::new();
+    fx2.set_run(RunPhase::Successful);
+    tick(&mut r2, &fx2, 0).await;
+    // Make the second run fail instead: restart from the post-promotion step.
+    r2.step_index = 3;
+    r2.cursor = Default::default();
+    fx2.set_run(RunPhase::Failed);
+    let a = tick(&mut r2, &fx2, 1).await;
+    assert!(kinds(&a).contains(&Aborted) && kinds(&a).contains(&RolledBack), "{:?}", kinds(&a));
+    assert_eq!(r2.completion, Some(Completion::RolledBack));
+    assert_eq!(fx2.last_apply().tracks, vec![TrackState { track: Track::Active, artifact: "v1".into(), replicas: 2 }]);
+    // The scale-down waits its delay, then leaves only the new version.
+    let a = tick(&mut r, &fx, 10).await;
+    assert!(a.transitions.is_empty());
+    let a = tick(&mut r, &fx, 31).await;
+    assert_eq!(kinds(&a), vec![StepCompleted, Succeeded]);
+    assert_eq!(fx.last_apply().tracks, vec![TrackState { track: Track::Active, artifact: "v2".into(), replicas: 2 }]);
+}
+
+#[tokio::test]
+async fn retry_starts_over_with_new_keys() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    assert!(retry(&mut r, "bob", "", at(1)).is_err(), "only aborted releases");
+    abort(&mut r, "bob", "wrong build", at(1)).unwrap();
+    assert!(matches!(abort(&mut r, "bob", "", at(1)), Err(ActionError::NotNow(_))));
+    assert!(retry(&mut r, "bob", "", at(1)).is_err(), "not before traffic is back on stable");
+    tick(&mut r, &fx, 2).await;
+    assert!(r.settled);
+    retry(&mut r, "bob", "fixed config", at(3)).unwrap();
+    assert_eq!((r.attempt, r.phase, r.step_index), (2, Phase::Pending, 0));
+    tick(&mut r, &fx, 4).await;
+    let keys = fx.keys();
+    assert_eq!(keys.last().unwrap(), &format!("{}/0/2", Uuid::nil()));
+    assert_eq!(keys.iter().filter(|k| k.ends_with("/0/1")).count(), 1);
+}
+
+#[tokio::test]
+async fn supersede_ends_an_active_release_and_cleans_up_runs() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    let by = Uuid::from_u128(7);
+    let t = supersede(&mut r, by, "carol", at(31));
+    assert_eq!(t[0].kind, TransitionKind::Superseded);
+    assert_eq!(r.completion, Some(Completion::Superseded));
+    tick(&mut r, &fx, 32).await;
+    assert!(r.settled);
+    assert_eq!(fx.terminated.lock().unwrap().len(), 1, "the step's analysis run is terminated");
+}

@@ -1,0 +1,473 @@
+//! The plan compiler: a service's strategy in an environment → an ordered list of steps. The
+//! engine executes plans and knows nothing of strategies. Plans are self-contained (analysis
+//! templates are resolved into metrics), so a later config change does not alter a running release.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{
+    ApprovalPolicy, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig, Dur, JobProvider, MetricDef,
+    Problem, Provider, Service, Strategy, TimeoutOutcome,
+};
+
+/// How traffic is modelled for the service: which tracks exist.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TrafficModel {
+    /// `stable` and `canary` tracks with a traffic weight.
+    Canary,
+    /// `active` and `preview` tracks; all traffic on `active`.
+    BlueGreen,
+}
+
+/// Which strategy produced the plan.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum PlanStrategy {
+    /// Canary steps.
+    Canary,
+    /// Blue/green sequence.
+    BlueGreen,
+    /// Straight to the stable track: first release, or an emergency rollback.
+    Direct,
+}
+
+/// How to compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanMode {
+    /// The configured strategy.
+    Normal,
+    /// Nothing runs yet: deploy straight to stable (Argo Rollouts skips steps on initial deploy).
+    Initial,
+    /// Emergency rollback: straight to stable, no steps, no analysis.
+    Emergency,
+}
+
+/// An executable plan.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Strategy compiled.
+    pub strategy: PlanStrategy,
+    /// Track model.
+    pub traffic: TrafficModel,
+    /// Replicas of the stable/active version.
+    pub replicas: u32,
+    /// Steps in order.
+    pub steps: Vec<PlanStep>,
+    /// Background analysis (canary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background: Option<BackgroundSpec>,
+    /// Progress deadline.
+    pub progress_deadline: Dur,
+}
+
+/// A background analysis.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackgroundSpec {
+    /// Metrics.
+    pub analysis: AnalysisSpec,
+    /// Step index from which it runs.
+    pub starting_step: usize,
+}
+
+/// One step.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanStep {
+    /// Unique name in the plan.
+    pub name: String,
+    /// What it does.
+    pub action: StepAction,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum StepAction {
+    /// Canary traffic share.
+    SetWeight { weight: u32 },
+    /// Timed (`duration`) or indefinite pause.
+    Pause {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration: Option<Dur>,
+    },
+    /// Blocking analysis.
+    Analysis { analysis: AnalysisSpec },
+    /// Approval gate.
+    Approval { policy: ApprovalSpec },
+    /// Verification job or templates.
+    Verify { analysis: AnalysisSpec },
+    /// Database migration.
+    Migrate {
+        database: String,
+        locations: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_version: Option<String>,
+    },
+    /// Canary replica count.
+    SetCanaryScale { scale: CanaryScale },
+    /// Blue/green: start the new version on preview.
+    DeployPreview { replicas: u32 },
+    /// Blue/green: analysis before the switch.
+    PrePromotionAnalysis { analysis: AnalysisSpec },
+    /// Blue/green: new version takes all traffic.
+    SwitchActive,
+    /// Blue/green: analysis after the switch.
+    PostPromotionAnalysis { analysis: AnalysisSpec },
+    /// Blue/green: scale the old version down after a delay.
+    ScaleDownOld { delay: Dur },
+    /// Deploy straight to the stable/active track.
+    DeployStable,
+}
+
+impl StepAction {
+    /// Short kind name, as used in generated step names and summaries.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            StepAction::SetWeight { .. } => "setWeight",
+            StepAction::Pause { .. } => "pause",
+            StepAction::Analysis { .. } => "analysis",
+            StepAction::Approval { .. } => "approval",
+            StepAction::Verify { .. } => "verify",
+            StepAction::Migrate { .. } => "migrate",
+            StepAction::SetCanaryScale { .. } => "setCanaryScale",
+            StepAction::DeployPreview { .. } => "deployPreview",
+            StepAction::PrePromotionAnalysis { .. } => "prePromotionAnalysis",
+            StepAction::SwitchActive => "switchActive",
+            StepAction::PostPromotionAnalysis { .. } => "postPromotionAnalysis",
+            StepAction::ScaleDownOld { .. } => "scaleDownOld",
+            StepAction::DeployStable => "deployStable",
+        }
+    }
+
+    /// One-line description of the parameters.
+    pub fn summary(&self) -> String {
+        use hopngo_kit::args::format_duration as fmt;
+        match self {
+            StepAction::SetWeight { weight } => format!("weight {weight}%"),
+            StepAction::Pause { duration: Some(d) } => format!("pause {}", fmt(d.0)),
+            StepAction::Pause { duration: None } => "pause until promoted".into(),
+            StepAction::Analysis { analysis }
+            | StepAction::PrePromotionAnalysis { analysis }
+            | StepAction::PostPromotionAnalysis { analysis } => format!("templates {}", analysis.templates.join(",")),
+            StepAction::Verify { analysis } if analysis.templates.is_empty() => "job".into(),
+            StepAction::Verify { analysis } => format!("templates {}", analysis.templates.join(",")),
+            StepAction::Approval { policy } => {
+                let mut s = format!("{} approval(s)", policy.min_approvals);
+                if !policy.roles.is_empty() {
+                    s.push_str(&format!(" by {}", policy.roles.join("|")));
+                }
+                s
+            }
+            StepAction::Migrate { database, target_version, .. } => match target_version {
+                Some(v) => format!("database {database} to {v}"),
+                None => format!("database {database}"),
+            },
+            StepAction::SetCanaryScale { scale } => match scale {
+                CanaryScale::MatchTrafficWeight => "canary replicas follow weight".into(),
+                CanaryScale::Replicas(n) => format!("canary replicas {n}"),
+                CanaryScale::Weight(w) => format!("canary replicas {w}% of stable"),
+            },
+            StepAction::DeployPreview { replicas } => format!("preview replicas {replicas}"),
+            StepAction::SwitchActive => "new version takes all traffic".into(),
+            StepAction::ScaleDownOld { delay } => format!("after {}", fmt(delay.0)),
+            StepAction::DeployStable => "deploy to stable".into(),
+        }
+    }
+}
+
+/// Canary replica policy.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum CanaryScale {
+    /// ceil(replicas × weight / 100), at least 1 while the weight is positive.
+    #[default]
+    MatchTrafficWeight,
+    /// A fixed count.
+    Replicas(u32),
+    /// A percentage of the stable replicas.
+    Weight(u32),
+}
+
+/// An analysis run to start: metrics resolved from templates plus argument values.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Template names the metrics came from (empty for an inline job).
+    pub templates: Vec<String>,
+    /// Metrics.
+    pub metrics: Vec<MetricDef>,
+    /// Argument values (builtins are added when the run starts).
+    pub args: BTreeMap<String, String>,
+}
+
+/// Resolved approval requirement.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalSpec {
+    /// Distinct approvers needed.
+    pub min_approvals: u32,
+    /// Roles.
+    pub roles: Vec<String>,
+    /// Creator may approve.
+    pub allow_self_approval: bool,
+    /// Timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Timeout outcome.
+    pub on_timeout: TimeoutOutcome,
+}
+
+impl From<&ApprovalPolicy> for ApprovalSpec {
+    fn from(p: &ApprovalPolicy) -> Self {
+        ApprovalSpec {
+            min_approvals: p.min_approvals.clamp(1, 10) as u32,
+            roles: p.roles.clone(),
+            allow_self_approval: p.allow_self_approval,
+            timeout: p.timeout,
+            on_timeout: p.on_timeout,
+        }
+    }
+}
+
+/// Job that verifies with an inline command.
+fn job_metric(job: &JobProvider) -> MetricDef {
+    MetricDef {
+        name: "verify".into(),
+        interval: None,
+        initial_delay: None,
+        count: Some(1),
+        success_condition: None,
+        failure_condition: None,
+        failure_limit: Some(0),
+        inconclusive_limit: None,
+        consecutive_error_limit: Some(0),
+        consecutive_success_limit: None,
+        dry_run: false,
+        measurement_retention: None,
+        severity: Default::default(),
+        no_data: Default::default(),
+        provider: Provider { job: Some(job.clone()), ..Provider::default() },
+    }
+}
+
+/// Resolves templates into one analysis.
+pub fn resolve_analysis(
+    config: &DeliveryConfig,
+    path: &str,
+    templates: &[String],
+    args: &BTreeMap<String, String>,
+) -> Result<AnalysisSpec, Problem> {
+    let mut spec = AnalysisSpec { templates: templates.to_vec(), metrics: Vec::new(), args: BTreeMap::new() };
+    for (i, name) in templates.iter().enumerate() {
+        let template = config
+            .template(name)
+            .ok_or_else(|| Problem { path: format!("{path}[{i}]"), message: format!("unknown analysis template {name:?}") })?;
+        for arg in &template.args {
+            if let Some(value) = &arg.value {
+                spec.args.entry(arg.name.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        for metric in &template.metrics {
+            if spec.metrics.iter().any(|m| m.name == metric.name) {
+                return Err(Problem {
+                    path: format!("{path}[{i}]"),
+                    message: format!("metric {:?} appears in more than one template", metric.name),
+                });
+            }
+            spec.metrics.push(metric.clone());
+        }
+    }
+    spec.args.extend(args.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(spec)
+}
+
+fn strategy_for<'a>(service: &'a Service, environment: &str) -> (&'a Strategy, String) {
+    match service.environments.get(environment).and_then(|o| o.strategy.as_ref()) {
+        Some(s) => (s, format!("environments.{environment}.strategy")),
+        None => (&service.strategy, "strategy".into()),
+    }
+}
+
+/// Compiles the plan for a release of `service` in `environment`.
+pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, mode: PlanMode) -> Result<Plan, Problem> {
+    let (si, service) = config
+        .services
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.name == service_name)
+        .ok_or_else(|| Problem { path: "service".into(), message: format!("unknown service {service_name:?}") })?;
+    let env = config
+        .environment(environment)
+        .ok_or_else(|| Problem { path: "environment".into(), message: format!("unknown environment {environment:?}") })?;
+    let (strategy, strategy_path) = strategy_for(service, environment);
+    let base = format!("services[{si}].{strategy_path}");
+    let replicas = service
+        .environments
+        .get(environment)
+        .and_then(|o| o.replicas)
+        .or(service.replicas)
+        .unwrap_or(1)
+        .clamp(1, 100) as u32;
+    let traffic = if strategy.blue_green.is_some() { TrafficModel::BlueGreen } else { TrafficModel::Canary };
+    let progress_deadline = service.progress_deadline.or(env.progress_deadline).unwrap_or(Dur(DEFAULT_PROGRESS_DEADLINE));
+
+    let mut steps: Vec<(Option<String>, StepAction)> = Vec::new();
+    if mode != PlanMode::Emergency {
+        if let Some(policy) = &env.approval {
+            steps.push((None, StepAction::Approval { policy: policy.into() }));
+        }
+        if let Some(m) = &service.migrations {
+            let explicit = strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| s.migrate.is_some()));
+            if !explicit {
+                steps.push((
+                    None,
+                    StepAction::Migrate { database: m.database.clone(), locations: m.locations.clone(), target_version: None },
+                ));
+            }
+        }
+    }
+    let mut background = None;
+    let plan_strategy = match mode {
+        PlanMode::Initial | PlanMode::Emergency => {
+            steps.push((None, StepAction::DeployStable));
+            PlanStrategy::Direct
+        }
+        PlanMode::Normal => match (&strategy.canary, &strategy.blue_green) {
+            (Some(canary), _) => {
+                let offset = steps.len();
+                for (i, def) in canary.steps.iter().enumerate() {
+                    let path = format!("{base}.canary.steps[{i}]");
+                    let action = if let Some(w) = def.set_weight {
+                        StepAction::SetWeight { weight: w.clamp(0, 100) as u32 }
+                    } else if let Some(p) = &def.pause {
+                        StepAction::Pause { duration: p.duration }
+                    } else if let Some(a) = &def.analysis {
+                        StepAction::Analysis {
+                            analysis: resolve_analysis(config, &format!("{path}.analysis.templates"), &a.templates, &a.args)?,
+                        }
+                    } else if let Some(a) = &def.approval {
+                        let mut spec: ApprovalSpec = env.approval.as_ref().map(Into::into).unwrap_or(ApprovalSpec {
+                            min_approvals: 1,
+                            roles: Vec::new(),
+                            allow_self_approval: false,
+                            timeout: None,
+                            on_timeout: TimeoutOutcome::Reject,
+                        });
+                        if let Some(min) = a.min_approvals {
+                            spec.min_approvals = min.clamp(1, 10) as u32;
+                        }
+                        if let Some(roles) = &a.roles {
+                            spec.roles = roles.clone();
+                        }
+                        if a.timeout.is_some() {
+                            spec.timeout = a.timeout;
+                        }
+                        StepAction::Approval { policy: spec }
+                    } else if let Some(v) = &def.verify {
+                        let analysis = match (&v.job, &v.templates) {
+                            (Some(job), _) => {
+                                AnalysisSpec { templates: Vec::new(), metrics: vec![job_metric(job)], args: v.args.clone() }
+                            }
+                            (None, Some(t)) => resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args)?,
+                            (None, None) => {
+                                return Err(Problem { path: format!("{path}.verify"), message: "job or templates required".into() });
+                            }
+                        };
+                        StepAction::Verify { analysis }
+                    } else if let Some(m) = &def.migrate {
+                        let migrations = service.migrations.as_ref().ok_or_else(|| Problem {
+                            path: format!("{path}.migrate"),
+                            message: "the service declares no migrations".into(),
+                        })?;
+                        StepAction::Migrate {
+                            database: migrations.database.clone(),
+                            locations: migrations.locations.clone(),
+                            target_version: m.target_version.clone(),
+                        }
+                    } else if let Some(s) = &def.set_canary_scale {
+                        let scale = if let Some(r) = s.replicas {
+                            CanaryScale::Replicas(r.clamp(0, 100) as u32)
+                        } else if let Some(w) = s.weight {
+                            CanaryScale::Weight(w.clamp(0, 100) as u32)
+                        } else {
+                            CanaryScale::MatchTrafficWeight
+                        };
+                        StepAction::SetCanaryScale { scale }
+                    } else {
+                        return Err(Problem { path, message: "step has no kind".into() });
+                    };
+                    steps.push((def.name.clone(), action));
+                }
+                if let Some(bg) = &canary.analysis {
+                    let analysis =
+                        resolve_analysis(config, &format!("{base}.canary.analysis.templates"), &bg.templates, &bg.args)?;
+                    let starting = bg.starting_step.unwrap_or(0).clamp(0, canary.steps.len() as i64) as usize;
+                    background = Some(BackgroundSpec { analysis, starting_step: offset + starting });
+                }
+                PlanStrategy::Canary
+            }
+            (None, Some(bg)) => {
+                let preview = bg.preview_replicas.map(|r| r.clamp(1, 100) as u32).unwrap_or(replicas);
+                steps.push((None, StepAction::DeployPreview { replicas: preview }));
+                if let Some(a) = &bg.pre_promotion_analysis {
+                    let analysis =
+                        resolve_analysis(config, &format!("{base}.blueGreen.prePromotionAnalysis.templates"), &a.templates, &a.args)?;
+                    steps.push((None, StepAction::PrePromotionAnalysis { analysis }));
+                }
+                if !bg.auto_promotion_enabled {
+                    steps.push((None, StepAction::Pause { duration: None }));
+                } else if let Some(secs) = bg.auto_promotion_seconds.filter(|s| *s > 0) {
+                    steps.push((None, StepAction::Pause { duration: Some(Dur(std::time::Duration::from_secs(secs as u64))) }));
+                }
+                steps.push((None, StepAction::SwitchActive));
+                if let Some(a) = &bg.post_promotion_analysis {
+                    let analysis = resolve_analysis(
+                        config,
+                        &format!("{base}.blueGreen.postPromotionAnalysis.templates"),
+                        &a.templates,
+                        &a.args,
+                    )?;
+                    steps.push((None, StepAction::PostPromotionAnalysis { analysis }));
+                }
+                steps.push((None, StepAction::ScaleDownOld { delay: bg.scale_down_delay.unwrap_or(Dur(DEFAULT_SCALE_DOWN_DELAY)) }));
+                PlanStrategy::BlueGreen
+            }
+            (None, None) => return Err(Problem { path: base, message: "no strategy".into() }),
+        },
+    };
+
+    Ok(Plan { strategy: plan_strategy, traffic, replicas, steps: name_steps(steps), background, progress_deadline })
+}
+
+/// Gives every step a unique name: its configured name, else its kind (`setWeight-25` for
+/// weights), with `-2`, `-3`, ... on repeats.
+fn name_steps(steps: Vec<(Option<String>, StepAction)>) -> Vec<PlanStep> {
+    let mut used: std::collections::BTreeSet<String> = steps.iter().filter_map(|(n, _)| n.clone()).collect();
+    steps
+        .into_iter()
+        .map(|(name, action)| {
+            let name = name.unwrap_or_else(|| {
+                let base = match &action {
+                    StepAction::SetWeight { weight } => format!("setWeight-{weight}"),
+                    other => other.kind_name().to_string(),
+                };
+                let mut candidate = base.clone();
+                let mut n = 1;
+                while used.contains(&candidate) {
+                    n += 1;
+                    candidate = format!("{base}-{n}");
+                }
+                used.insert(candidate.clone());
+                candidate
+            });
+            PlanStep { name, action }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

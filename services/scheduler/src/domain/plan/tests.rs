@@ -1,0 +1,118 @@
+use super::*;
+use crate::domain::config::DeliveryConfig;
+
+const CONFIG: &str = r#"
+environments:
+  - name: staging
+  - name: production
+    from: staging
+    approval: {minApprovals: 2, roles: [release-manager], timeout: 1h}
+analysisTemplates:
+  - name: slo
+    args: [{name: threshold, value: "0.01"}]
+    metrics:
+      - name: error-rate
+        interval: 10s
+        count: 3
+        successCondition: result < {{args.threshold}}
+        provider: {prometheus: {address: "http://127.0.0.1:9090", query: "x"}}
+services:
+  - name: booking-service
+    replicas: 4
+    strategy:
+      canary:
+        steps:
+          - setWeight: 25
+          - pause: {duration: 30s}
+          - analysis: {templates: [slo], args: {threshold: "0.05"}}
+          - setWeight: 50
+          - pause: {}
+        analysis: {templates: [slo], startingStep: 1}
+    environments:
+      production:
+        replicas: 6
+    migrations: {database: booking, locations: [m]}
+  - name: auth-service
+    strategy:
+      canary:
+        steps: [{setWeight: 50}]
+    environments:
+      production:
+        strategy:
+          blueGreen:
+            prePromotionAnalysis: {templates: [slo]}
+            postPromotionAnalysis: {templates: [slo]}
+            autoPromotionEnabled: false
+            scaleDownDelay: 10s
+"#;
+
+fn config() -> DeliveryConfig {
+    DeliveryConfig::load(CONFIG).expect("valid")
+}
+
+fn kinds(plan: &Plan) -> Vec<&str> {
+    plan.steps.iter().map(|s| s.name.as_str()).collect()
+}
+
+#[test]
+fn canary_plan_has_migrate_first_and_background_offset() {
+    let plan = compile(&config(), "booking-service", "staging", PlanMode::Normal).unwrap();
+    assert_eq!(plan.strategy, PlanStrategy::Canary);
+    assert_eq!(plan.replicas, 4);
+    assert_eq!(kinds(&plan), vec!["migrate", "setWeight-25", "pause", "analysis", "setWeight-50", "pause-2"]);
+    let bg = plan.background.as_ref().unwrap();
+    assert_eq!(bg.starting_step, 2, "startingStep counts from the configured steps");
+    match &plan.steps[3].action {
+        StepAction::Analysis { analysis } => {
+            assert_eq!(analysis.args.get("threshold").map(String::as_str), Some("0.05"), "step args override defaults");
+            assert_eq!(analysis.metrics.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(plan.progress_deadline.0, crate::domain::config::DEFAULT_PROGRESS_DEADLINE);
+}
+
+#[test]
+fn production_adds_the_approval_gate_and_replica_override() {
+    let plan = compile(&config(), "booking-service", "production", PlanMode::Normal).unwrap();
+    assert_eq!(plan.replicas, 6);
+    match &plan.steps[0].action {
+        StepAction::Approval { policy } => {
+            assert_eq!(policy.min_approvals, 2);
+            assert_eq!(policy.roles, vec!["release-manager"]);
+            assert!(!policy.allow_self_approval);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn blue_green_override_in_production_only() {
+    let staging = compile(&config(), "auth-service", "staging", PlanMode::Normal).unwrap();
+    assert_eq!(staging.strategy, PlanStrategy::Canary);
+    let prod = compile(&config(), "auth-service", "production", PlanMode::Normal).unwrap();
+    assert_eq!(prod.strategy, PlanStrategy::BlueGreen);
+    assert_eq!(prod.traffic, TrafficModel::BlueGreen);
+    assert_eq!(
+        kinds(&prod),
+        vec!["approval", "deployPreview", "prePromotionAnalysis", "pause", "switchActive", "postPromotionAnalysis", "scaleDownOld"]
+    );
+    assert_eq!(prod.steps[6].action, StepAction::ScaleDownOld { delay: Dur(std::time::Duration::from_secs(10)) });
+}
+
+#[test]
+fn initial_and_emergency_plans_go_straight_to_stable() {
+    let initial = compile(&config(), "booking-service", "staging", PlanMode::Initial).unwrap();
+    assert_eq!(kinds(&initial), vec!["migrate", "deployStable"]);
+    assert!(initial.background.is_none());
+    let emergency = compile(&config(), "booking-service", "production", PlanMode::Emergency).unwrap();
+    assert_eq!(kinds(&emergency), vec!["deployStable"], "an emergency rollback skips approval and migrations");
+}
+
+#[test]
+fn unknown_names_are_problems() {
+    let err = compile(&config(), "nope", "staging", PlanMode::Normal).unwrap_err();
+    assert_eq!(err.to_string(), r#"service: unknown service "nope""#);
+    let err = compile(&config(), "booking-service", "qa", PlanMode::Normal).unwrap_err();
+    assert_eq!(err.to_string(), r#"environment: unknown environment "qa""#);
+}

@@ -1,0 +1,387 @@
+//! A release and its durable state. The whole struct is stored as one JSONB document beside a few
+//! indexed columns; the engine and the user actions in [`super::machine`] are the only writers.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::plan::{CanaryScale, Plan};
+
+/// Where a release is in its life (DESIGN §3).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// Stored, not started.
+    Pending,
+    /// Executing the plan.
+    Progressing,
+    /// At a pause or an inconclusive analysis.
+    Paused,
+    /// Waiting for approvals.
+    AwaitingApproval,
+    /// New artifact is stable.
+    Succeeded,
+    /// Stopped; traffic returns to stable.
+    Aborted,
+    /// Stopped, and the return to stable could not be completed.
+    Failed,
+    /// Replaced by a newer release.
+    Superseded,
+}
+
+impl Phase {
+    /// Every phase.
+    pub const ALL: [Phase; 8] = [
+        Phase::Pending,
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::AwaitingApproval,
+        Phase::Succeeded,
+        Phase::Aborted,
+        Phase::Failed,
+        Phase::Superseded,
+    ];
+
+    /// Whether no more steps run.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Aborted | Phase::Failed | Phase::Superseded)
+    }
+
+    /// Name stored in the database and used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "PENDING",
+            Phase::Progressing => "PROGRESSING",
+            Phase::Paused => "PAUSED",
+            Phase::AwaitingApproval => "AWAITING_APPROVAL",
+            Phase::Succeeded => "SUCCEEDED",
+            Phase::Aborted => "ABORTED",
+            Phase::Failed => "FAILED",
+            Phase::Superseded => "SUPERSEDED",
+        }
+    }
+
+    /// Parses [`Phase::as_str`].
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// How a finished release ended.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Completion {
+    /// All steps passed.
+    Promoted,
+    /// Promoted with `full`.
+    FastPromoted,
+    /// Aborted before the new artifact took all traffic.
+    Aborted,
+    /// Aborted after a blue/green switch: switched back.
+    RolledBack,
+    /// Superseded.
+    Superseded,
+}
+
+impl Completion {
+    /// Name used in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Completion::Promoted => "PROMOTED",
+            Completion::FastPromoted => "FAST_PROMOTED",
+            Completion::Aborted => "ABORTED",
+            Completion::RolledBack => "ROLLED_BACK",
+            Completion::Superseded => "SUPERSEDED",
+        }
+    }
+}
+
+/// Progress of one step.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepStatus {
+    /// Not reached.
+    Pending,
+    /// Current.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Skipped by a promote.
+    Skipped,
+    /// Failed; the release was aborted.
+    Failed,
+}
+
+/// What happened to one step.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct StepRecord {
+    /// Status.
+    pub status: StepStatus,
+    /// Start.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// End.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Latest message.
+    #[serde(default)]
+    pub message: String,
+    /// Run started by the step.
+    #[serde(default)]
+    pub run_id: Option<String>,
+}
+
+impl StepRecord {
+    fn pending() -> Self {
+        StepRecord { status: StepStatus::Pending, started_at: None, finished_at: None, message: String::new(), run_id: None }
+    }
+}
+
+/// Progress inside the current step, reset when the step changes.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct StepCursor {
+    /// The step's action (apply, start) has been issued.
+    #[serde(default)]
+    pub applied: bool,
+    /// Run started by the step.
+    #[serde(default)]
+    pub run_id: Option<String>,
+    /// Timer of a timed pause, approval timeout or scale-down delay.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub until: Option<OffsetDateTime>,
+}
+
+/// An analysis run started by the release.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct AnalysisRecord {
+    /// Run id.
+    pub run_id: String,
+    /// `step`, `background`, `prePromotion`, `postPromotion`, `verify`.
+    pub kind: String,
+    /// Step index.
+    pub step_index: usize,
+    /// Latest phase seen.
+    pub phase: String,
+    /// Latest message.
+    pub message: String,
+    /// Whether the run has completed (or was terminated).
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// A decision.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct ApprovalRecord {
+    /// Who.
+    pub user: String,
+    /// Approve or reject.
+    pub approved: bool,
+    /// Why.
+    pub reason: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Step it was for.
+    pub step_index: usize,
+    /// Attempt it was for (a retry needs fresh approvals).
+    pub attempt: u32,
+}
+
+/// Set once the release is aborted.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct AbortState {
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The return-to-stable desired state has been applied.
+    #[serde(default)]
+    pub rollback_applied: bool,
+}
+
+/// A release and all the engine needs to continue it after a crash.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Release {
+    /// Id.
+    pub id: Uuid,
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Revision.
+    pub revision: u64,
+    /// Artifact.
+    pub artifact: String,
+    /// Creator.
+    pub created_by: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Last change.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// Terminal time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Delivery config version the plan came from.
+    pub config_version: u64,
+    /// The plan.
+    pub plan: Plan,
+    /// Stable artifact when created.
+    pub stable_artifact: Option<String>,
+    /// Phase.
+    pub phase: Phase,
+    /// Completion, once terminal.
+    pub completion: Option<Completion>,
+    /// Latest status line.
+    pub message: String,
+    /// Last reason given by a person (abort, promote, reject...).
+    #[serde(default)]
+    pub reason: String,
+    /// Current step.
+    pub step_index: usize,
+    /// Per-step progress.
+    pub steps: Vec<StepRecord>,
+    /// Progress inside the current step.
+    #[serde(default)]
+    pub cursor: StepCursor,
+    /// Traffic share of the new artifact.
+    pub canary_weight: u32,
+    /// Canary replica policy.
+    #[serde(default)]
+    pub canary_scale: CanaryScale,
+    /// Blue/green: the new artifact is active.
+    #[serde(default)]
+    pub switched: bool,
+    /// A desired state may have reached the deployer (so an abort must restore stable).
+    #[serde(default)]
+    pub traffic_touched: bool,
+    /// Background analysis run.
+    #[serde(default)]
+    pub background_run: Option<String>,
+    /// Background analysis completed (or was cleared by a promote).
+    #[serde(default)]
+    pub background_done: bool,
+    /// Analysis runs started.
+    #[serde(default)]
+    pub analysis_runs: Vec<AnalysisRecord>,
+    /// Decisions.
+    #[serde(default)]
+    pub approvals: Vec<ApprovalRecord>,
+    /// Attempt, from 1.
+    pub attempt: u32,
+    /// `promote --full` requested.
+    #[serde(default)]
+    pub promote_full: bool,
+    /// Abort details.
+    #[serde(default)]
+    pub abort: Option<AbortState>,
+    /// Deadline for progress.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub progress_deadline_at: Option<OffsetDateTime>,
+    /// Consecutive failed calls to dependencies.
+    #[serde(default)]
+    pub failures: u32,
+    /// Last dependency error.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Nothing left for the engine to do.
+    #[serde(default)]
+    pub settled: bool,
+    /// Release that superseded this one.
+    #[serde(default)]
+    pub superseded_by: Option<Uuid>,
+    /// Undo target revision.
+    #[serde(default)]
+    pub undo_of_revision: Option<u64>,
+    /// Release group.
+    #[serde(default)]
+    pub group_id: Option<Uuid>,
+    /// Event sequence of the latest transition.
+    pub version: u64,
+}
+
+/// What a new release needs.
+pub struct NewRelease {
+    /// Id.
+    pub id: Uuid,
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Revision.
+    pub revision: u64,
+    /// Artifact.
+    pub artifact: String,
+    /// Creator.
+    pub created_by: String,
+    /// Now.
+    pub now: OffsetDateTime,
+    /// Config version.
+    pub config_version: u64,
+    /// Plan.
+    pub plan: Plan,
+    /// Stable artifact.
+    pub stable_artifact: Option<String>,
+    /// Undo target.
+    pub undo_of_revision: Option<u64>,
+    /// Group.
+    pub group_id: Option<Uuid>,
+    /// Reason.
+    pub reason: String,
+}
+
+impl Release {
+    /// A release in phase PENDING.
+    pub fn new(n: NewRelease) -> Release {
+        let steps = n.plan.steps.iter().map(|_| StepRecord::pending()).collect();
+        Release {
+            id: n.id,
+            service: n.service,
+            environment: n.environment,
+            revision: n.revision,
+            artifact: n.artifact,
+            created_by: n.created_by,
+            created_at: n.now,
+            updated_at: n.now,
+            finished_at: None,
+            config_version: n.config_version,
+            plan: n.plan,
+            stable_artifact: n.stable_artifact,
+            phase: Phase::Pending,
+            completion: None,
+            message: "waiting to start".into(),
+            reason: n.reason,
+            step_index: 0,
+            steps,
+            cursor: StepCursor::default(),
+            canary_weight: 0,
+            canary_scale: CanaryScale::default(),
+            switched: false,
+            traffic_touched: false,
+            background_run: None,
+            background_done: false,
+            analysis_runs: Vec::new(),
+            approvals: Vec::new(),
+            attempt: 1,
+            promote_full: false,
+            abort: None,
+            progress_deadline_at: None,
+            failures: 0,
+            last_error: None,
+            settled: false,
+            superseded_by: None,
+            undo_of_revision: n.undo_of_revision,
+            group_id: n.group_id,
+            version: 0,
+        }
+    }
+
+    /// Approvals counted for the current step of the current attempt.
+    pub fn approvals_for_current_step(&self) -> impl Iterator<Item = &ApprovalRecord> {
+        self.approvals.iter().filter(move |a| a.approved && a.step_index == self.step_index && a.attempt == self.attempt)
+    }
+}

@@ -1,0 +1,185 @@
+//! The release engine: workers claim due releases (`next_wake_at <= now`, `FOR UPDATE SKIP
+//! LOCKED`) and advance them. The claim and the transition are one transaction, so a crashed
+//! scheduler's row locks vanish with its connections and another replica continues at once; the
+//! calls made meanwhile carry idempotency keys, so repeating them does no harm. Wake-ups only
+//! shorten the wait; every worker also polls.
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::Instrument as _;
+
+use crate::{
+    domain::{
+        effects::Effects,
+        machine::{self, Settings, TransitionKind},
+        release::Phase,
+    },
+    error::SchedulerError,
+    signals::Signals,
+    store::Store,
+};
+
+/// Longest a worker sleeps without looking at the table.
+const MAX_IDLE: Duration = Duration::from_secs(1);
+
+/// Engine metrics.
+#[derive(Clone)]
+pub struct EngineMetrics {
+    ticks: IntCounter,
+    transitions: IntCounter,
+    lateness: Histogram,
+    tick_seconds: Histogram,
+}
+
+impl EngineMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn new(registry: &Registry) -> EngineMetrics {
+        let ticks = IntCounter::new("hopngo_scheduler_ticks_total", "Releases advanced by the engine").expect("static");
+        let transitions =
+            IntCounter::new("hopngo_scheduler_transitions_total", "Durable transitions committed by the engine").expect("static");
+        let lateness = Histogram::with_opts(
+            HistogramOpts::new("hopngo_scheduler_wake_lateness_seconds", "Claim time minus scheduled wake time")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0]),
+        )
+        .expect("static");
+        let tick_seconds = Histogram::with_opts(
+            HistogramOpts::new("hopngo_scheduler_tick_seconds", "Time to advance one release, calls and commit included")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+        )
+        .expect("static");
+        for c in [&ticks, &transitions] {
+            let _ = registry.register(Box::new(c.clone()));
+        }
+        for h in [&lateness, &tick_seconds] {
+            let _ = registry.register(Box::new(h.clone()));
+        }
+        EngineMetrics { ticks, transitions, lateness, tick_seconds }
+    }
+}
+
+/// The engine.
+pub struct Engine<E> {
+    store: Store,
+    effects: Arc<E>,
+    settings: Settings,
+    signals: Signals,
+    metrics: EngineMetrics,
+}
+
+impl<E: Effects + Send + 'static> Engine<E> {
+    /// An engine over `store` calling `effects`.
+    pub fn new(store: Store, effects: Arc<E>, settings: Settings, signals: Signals, metrics: EngineMetrics) -> Arc<Self> {
+        Arc::new(Engine { store, effects, settings, signals, metrics })
+    }
+
+    /// Starts `workers` workers on `tracker`; they stop when `shutdown` is cancelled, after
+    /// finishing the release in hand.
+    pub fn spawn(self: &Arc<Self>, workers: usize, tracker: &TaskTracker, shutdown: CancellationToken) {
+        for n in 0..workers {
+            let engine = self.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move { engine.work(shutdown).await }.instrument(tracing::info_span!("engine_worker", n)));
+        }
+    }
+
+    async fn work(&self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            // Listen before looking, so a wake-up between the look and the wait is not lost.
+            let woken = self.signals.engine_woken();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.tick().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "engine tick failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                    continue;
+                }
+            }
+            let idle = match self.until_next_due().await {
+                Ok(Some(d)) => d.clamp(Duration::from_millis(5), MAX_IDLE),
+                Ok(None) => MAX_IDLE,
+                Err(_) => MAX_IDLE,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    async fn until_next_due(&self) -> Result<Option<Duration>, SchedulerError> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM (min(next_wake_at) - clock_timestamp()))::float8 FROM releases WHERE next_wake_at IS NOT NULL",
+        )
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+    }
+
+    /// Claims and advances one due release. Returns whether there was one.
+    pub async fn tick(&self) -> Result<bool, SchedulerError> {
+        let started = std::time::Instant::now();
+        let mut tx = self.store.pool().begin().await?;
+        let Some((mut release, now, due)) = Store::claim_due(&mut tx).await? else {
+            return Ok(false);
+        };
+        self.metrics.lateness.observe((now - due).as_seconds_f64().max(0.0));
+        let span = tracing::info_span!("advance", release = %release.id, service = %release.service, env = %release.environment);
+        let was_settled = release.settled;
+        let advance = machine::advance(&mut release, now, self.effects.as_ref(), &self.settings).instrument(span).await;
+        Store::save(&mut tx, &mut release, &advance.transitions, advance.wake_at).await?;
+        if advance.transitions.iter().any(|t| t.kind == TransitionKind::Succeeded) {
+            Store::mark_stable(&mut tx, &release).await?;
+        }
+        let mut changed = vec![release.id];
+        if release.settled && !was_settled && release.group_id.is_some() {
+            self.continue_group(&mut tx, &release, now, &mut changed).await?;
+        }
+        tx.commit().await?;
+        for id in changed {
+            self.signals.changed(id);
+        }
+        self.metrics.ticks.inc();
+        self.metrics.transitions.inc_by(advance.transitions.len() as u64);
+        self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
+        Ok(true)
+    }
+
+    /// A group member settled: start the next one if it succeeded, else end the rest unstarted.
+    async fn continue_group(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        settled: &crate::domain::release::Release,
+        now: time::OffsetDateTime,
+        changed: &mut Vec<uuid::Uuid>,
+    ) -> Result<(), SchedulerError> {
+        if settled.phase == Phase::Succeeded {
+            if let Some(mut next) = Store::lock_next_member(conn, settled).await? {
+                Store::save(conn, &mut next, &[], Some(now)).await?;
+                changed.push(next.id);
+            }
+            return Ok(());
+        }
+        let reason = format!(
+            "not started: {} {} ended {} in the same rollback",
+            settled.service,
+            settled.revision,
+            settled.phase.as_str()
+        );
+        while let Some(mut next) = Store::lock_next_member(conn, settled).await? {
+            let transitions = machine::cancel_unstarted(&mut next, &reason, now);
+            next.updated_at = now;
+            Store::save(conn, &mut next, &transitions, None).await?;
+            changed.push(next.id);
+        }
+        Ok(())
+    }
+}

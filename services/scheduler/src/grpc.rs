@@ -1,0 +1,256 @@
+//! The gRPC edge: `hopngo.release.v1.ReleaseService` and `hopngo.config.v1.ConfigService`.
+//! Handlers read the caller's identity, call [`App`], and map errors through the one
+//! `SchedulerError → Status` conversion.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use hopngo_kit::Identity;
+use hopngo_proto::{
+    config::{self as cpb, config_service_server::ConfigService},
+    release::{self as pb, release_service_server::ReleaseService},
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    app::{App, Caller},
+    convert,
+    domain::config::{DeliveryConfig, Problem},
+    error::SchedulerError,
+    store::ReleaseFilter,
+};
+
+/// Both services over one [`App`].
+#[derive(Clone)]
+pub struct Api {
+    app: App,
+    shutdown: CancellationToken,
+}
+
+impl Api {
+    /// The API; streams end when `shutdown` is cancelled.
+    pub fn new(app: App, shutdown: CancellationToken) -> Api {
+        Api { app, shutdown }
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> Caller {
+    let id = Identity::of(req);
+    Caller { anonymous: id.is_anonymous(), user: id.user, roles: id.roles }
+}
+
+type Result<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl ReleaseService for Api {
+    async fn create_release(&self, req: Request<pb::CreateReleaseRequest>) -> Result<pb::CreateReleaseResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let release = self.app.create_release(&r.service, &r.environment, &r.artifact, &r.request_id, &r.reason, &who).await?;
+        Ok(Response::new(pb::CreateReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn get_release(&self, req: Request<pb::GetReleaseRequest>) -> Result<pb::GetReleaseResponse> {
+        let release = self.app.release(&req.get_ref().id).await?;
+        Ok(Response::new(pb::GetReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn list_releases(&self, req: Request<pb::ListReleasesRequest>) -> Result<pb::ListReleasesResponse> {
+        let r = req.into_inner();
+        let mut phases = Vec::new();
+        for (i, p) in r.phases.iter().enumerate() {
+            let phase = pb::ReleasePhase::try_from(*p)
+                .ok()
+                .and_then(convert::phase_from)
+                .ok_or_else(|| SchedulerError::invalid(format!("phases[{i}]"), format!("{p} is not a release phase")))?;
+            phases.push(phase);
+        }
+        let filter = ReleaseFilter {
+            service: (!r.service.is_empty()).then_some(r.service),
+            environment: (!r.environment.is_empty()).then_some(r.environment),
+            phases,
+        };
+        let page = self.app.list(filter, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListReleasesResponse {
+            releases: page.releases.iter().map(convert::release).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    type WatchReleaseStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchReleaseResponse, Status>> + Send>>;
+
+    async fn watch_release(&self, req: Request<pb::WatchReleaseRequest>) -> Result<Self::WatchReleaseStream> {
+        let id = req.into_inner().id;
+        // Subscribe before the first read so no change between the two is missed.
+        let mut changes = self.app.signals().subscribe();
+        let first = self.app.release(&id).await?;
+        let app = self.app.clone();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream::try_stream! {
+            let target = first.id;
+            let mut last = convert::release(&first);
+            let mut done = first.settled;
+            yield pb::WatchReleaseResponse { release: Some(last.clone()) };
+            while !done {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    change = changes.recv() => match change {
+                        Ok(id) if id != target => continue,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => break,
+                    },
+                    _ = tokio::time::sleep(App::WATCH_POLL) => {}
+                }
+                let current = app.release(&id).await.map_err(Status::from)?;
+                let view = convert::release(&current);
+                done = current.settled;
+                if view != last {
+                    last = view.clone();
+                    yield pb::WatchReleaseResponse { release: Some(view) };
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn promote_release(&self, req: Request<pb::PromoteReleaseRequest>) -> Result<pb::PromoteReleaseResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let release = self.app.promote(&r.id, r.full, &r.reason, &who).await?;
+        Ok(Response::new(pb::PromoteReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn abort_release(&self, req: Request<pb::AbortReleaseRequest>) -> Result<pb::AbortReleaseResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let release = self.app.abort(&r.id, &r.reason, &who).await?;
+        Ok(Response::new(pb::AbortReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn retry_release(&self, req: Request<pb::RetryReleaseRequest>) -> Result<pb::RetryReleaseResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let release = self.app.retry(&r.id, &r.reason, &who).await?;
+        Ok(Response::new(pb::RetryReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn undo_release(&self, req: Request<pb::UndoReleaseRequest>) -> Result<pb::UndoReleaseResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let release = self.app.undo(&r.service, &r.environment, r.to_revision, &r.reason, &who).await?;
+        Ok(Response::new(pb::UndoReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn approve_release(&self, req: Request<pb::ApproveReleaseRequest>) -> Result<pb::ApproveReleaseResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let release = self.app.approve(&r.id, &r.reason, &who).await?;
+        Ok(Response::new(pb::ApproveReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn reject_release(&self, req: Request<pb::RejectReleaseRequest>) -> Result<pb::RejectReleaseResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        let release = self.app.reject(&r.id, &r.reason, &who).await?;
+        Ok(Response::new(pb::RejectReleaseResponse { release: Some(convert::release(&release)) }))
+    }
+
+    async fn list_revisions(&self, req: Request<pb::ListRevisionsRequest>) -> Result<pb::ListRevisionsResponse> {
+        let r = req.into_inner();
+        let (releases, stable) = self.app.revisions(&r.service, &r.environment).await?;
+        let revisions = releases
+            .iter()
+            .map(|rel| pb::Revision {
+                revision: rel.revision,
+                artifact: rel.artifact.clone(),
+                release_id: rel.id.to_string(),
+                phase: convert::phase(rel.phase) as i32,
+                completion: convert::release(rel).completion,
+                created_by: rel.created_by.clone(),
+                created_at: Some(prost_types::Timestamp { seconds: rel.created_at.unix_timestamp(), nanos: rel.created_at.nanosecond() as i32 }),
+                current: Some(rel.revision) == stable,
+            })
+            .collect();
+        Ok(Response::new(pb::ListRevisionsResponse { revisions }))
+    }
+
+    async fn rollback_environment(&self, req: Request<pb::RollbackEnvironmentRequest>) -> Result<pb::RollbackEnvironmentResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        if r.environment.is_empty() {
+            return Err(SchedulerError::invalid("environment", "must not be empty").into());
+        }
+        let group = self.app.rollback_environment(&r.environment, &r.services, &r.reason, r.emergency, &who).await?;
+        Ok(Response::new(pb::RollbackEnvironmentResponse { group: Some(convert::group(&group)) }))
+    }
+
+    async fn get_release_group(&self, req: Request<pb::GetReleaseGroupRequest>) -> Result<pb::GetReleaseGroupResponse> {
+        let group = self.app.group(&req.get_ref().id).await?;
+        Ok(Response::new(pb::GetReleaseGroupResponse { group: Some(convert::group(&group)) }))
+    }
+}
+
+fn summary(c: &DeliveryConfig) -> cpb::ConfigSummary {
+    cpb::ConfigSummary {
+        environments: c.promotion_order(),
+        services: c.services.iter().map(|s| s.name.clone()).collect(),
+        analysis_templates: c.analysis_templates.iter().map(|t| t.name.clone()).collect(),
+    }
+}
+
+fn problem(p: Problem) -> cpb::ConfigProblem {
+    cpb::ConfigProblem { path: p.path, message: p.message }
+}
+
+/// Largest delivery config accepted.
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+fn check_size(yaml: &str) -> std::result::Result<(), SchedulerError> {
+    if yaml.trim().is_empty() {
+        return Err(SchedulerError::invalid("yaml", "must not be empty"));
+    }
+    if yaml.len() > MAX_CONFIG_BYTES {
+        return Err(SchedulerError::invalid("yaml", format!("{} bytes; at most {MAX_CONFIG_BYTES}", yaml.len())));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ConfigService for Api {
+    async fn apply_config(&self, req: Request<cpb::ApplyConfigRequest>) -> Result<cpb::ApplyConfigResponse> {
+        let who = caller(&req);
+        let yaml = req.into_inner().yaml;
+        check_size(&yaml)?;
+        let (version, changed, config) = self.app.apply_config(&yaml, &who).await?;
+        Ok(Response::new(cpb::ApplyConfigResponse { version, changed, summary: Some(summary(&config)) }))
+    }
+
+    async fn get_config(&self, req: Request<cpb::GetConfigRequest>) -> Result<cpb::GetConfigResponse> {
+        let version = req.get_ref().version;
+        let stored = self.app.config((version > 0).then_some(version)).await?;
+        Ok(Response::new(cpb::GetConfigResponse {
+            version: stored.version,
+            summary: Some(summary(&stored.config)),
+            yaml: stored.yaml,
+            applied_by: stored.applied_by,
+            applied_at: Some(prost_types::Timestamp {
+                seconds: stored.applied_at.unix_timestamp(),
+                nanos: stored.applied_at.nanosecond() as i32,
+            }),
+        }))
+    }
+
+    async fn validate_config(&self, req: Request<cpb::ValidateConfigRequest>) -> Result<cpb::ValidateConfigResponse> {
+        let yaml = req.into_inner().yaml;
+        check_size(&yaml)?;
+        Ok(Response::new(match self.app.validate_config(&yaml) {
+            Ok(config) => cpb::ValidateConfigResponse { valid: true, problems: Vec::new(), summary: Some(summary(&config)) },
+            Err(problems) => {
+                let summary = DeliveryConfig::parse(&yaml).ok().map(|c| summary(&c));
+                cpb::ValidateConfigResponse { valid: false, problems: problems.into_iter().map(problem).collect(), summary }
+            }
+        }))
+    }
+}

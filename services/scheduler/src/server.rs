@@ -1,0 +1,160 @@
+//! Wiring of the scheduler process: database (or a throwaway cluster), schema, engine workers,
+//! outbox relay, gRPC and admin servers, and the shutdown order (health NOT_SERVING, drain RPCs
+//! and streams, stop workers after the release in hand, close the pool).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use hopngo_kit::{
+    admin::{self, Metrics},
+    args::{ListenArgs, TelemetryArgs, parse_duration},
+    identity,
+    pg::{EphemeralPostgres, PgOptions},
+    server::GrpcServer,
+};
+use hopngo_proto::{config::config_service_server::ConfigServiceServer, release::release_service_server::ReleaseServiceServer};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    app::{App, Caller},
+    deps::{Endpoints, GrpcEffects},
+    domain::machine::Settings,
+    engine::{Engine, EngineMetrics},
+    grpc::Api,
+    outbox::Publisher,
+    signals::Signals,
+    store::Store,
+};
+
+/// Scheduler settings; every flag also reads an environment variable.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "hopngo-scheduler", version, about = "HopNGo scheduler: release API, delivery config and durable release engine")]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// PostgreSQL URL of the scheduler's database.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Start a throwaway PostgreSQL cluster (system binaries) instead of using --database-url;
+    /// it is deleted on exit.
+    #[arg(long, env = "HOPNGO_EPHEMERAL_POSTGRES")]
+    pub ephemeral_postgres: bool,
+    /// Connections in the database pool.
+    #[arg(long, env = "HOPNGO_DB_MAX_CONNECTIONS", default_value_t = 40)]
+    pub db_max_connections: u32,
+    /// Deployer address.
+    #[arg(long, env = "HOPNGO_DEPLOYER_URL", default_value = "http://127.0.0.1:50052")]
+    pub deployer_url: String,
+    /// Analyzer address.
+    #[arg(long, env = "HOPNGO_ANALYZER_URL", default_value = "http://127.0.0.1:50053")]
+    pub analyzer_url: String,
+    /// Migrator address.
+    #[arg(long, env = "HOPNGO_MIGRATOR_URL", default_value = "http://127.0.0.1:50054")]
+    pub migrator_url: String,
+    /// Notifier address.
+    #[arg(long, env = "HOPNGO_NOTIFIER_URL", default_value = "http://127.0.0.1:50055")]
+    pub notifier_url: String,
+    /// Deadline of each call to another service.
+    #[arg(long, env = "HOPNGO_CALL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub call_timeout: Duration,
+    /// Engine workers (releases advanced at once).
+    #[arg(long, env = "HOPNGO_ENGINE_WORKERS", default_value_t = 16)]
+    pub workers: usize,
+    /// How often a converging or measuring release is looked at.
+    #[arg(long, env = "HOPNGO_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// Use PostgreSQL LISTEN/NOTIFY to wake sooner (everything still completes without it).
+    #[arg(long, env = "HOPNGO_LISTEN_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub listen_notify: bool,
+    /// Delivery config to apply at start (like `hopctl config apply -f`).
+    #[arg(long, env = "HOPNGO_APPLY_CONFIG")]
+    pub apply_config: Option<PathBuf>,
+}
+
+/// Runs the scheduler until `shutdown`. Prints `hopngo-scheduler listening grpc=ADDR admin=ADDR`
+/// on stdout once serving (tests and the embedded stack read it).
+pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Args {
+        listen,
+        telemetry: _,
+        database_url,
+        ephemeral_postgres,
+        db_max_connections,
+        deployer_url,
+        analyzer_url,
+        migrator_url,
+        notifier_url,
+        call_timeout,
+        workers,
+        poll_interval,
+        listen_notify,
+        apply_config,
+    } = args;
+
+    let mut cluster = None;
+    let url = match (database_url, ephemeral_postgres) {
+        (Some(url), _) => url,
+        (None, true) => {
+            let pg = tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions::default())).await??;
+            let url = pg.url("postgres");
+            tracing::info!(%url, "started a throwaway PostgreSQL");
+            cluster = Some(pg);
+            url
+        }
+        (None, false) => anyhow::bail!("no database: set --database-url (DATABASE_URL) or --ephemeral-postgres"),
+    };
+    let store = Store::connect(&url, db_max_connections).await.context("connecting to the database")?;
+    store.migrate().await.context("applying the scheduler schema")?;
+
+    let metrics = Metrics::new();
+    let engine_metrics = EngineMetrics::new(&metrics.registry);
+    let signals = if listen_notify { Signals::shared(store.pool().clone(), shutdown.clone()) } else { Signals::local() };
+    let app = App::new(store.clone(), signals.clone());
+
+    if let Some(path) = apply_config {
+        let yaml = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let caller = Caller { user: "hopngo-scheduler".into(), roles: Vec::new(), anonymous: false };
+        let (version, changed, _) =
+            app.apply_config(&yaml, &caller).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        tracing::info!(version, changed, file = %path.display(), "delivery config applied");
+    }
+
+    let endpoints = Endpoints { deployer: deployer_url, analyzer: analyzer_url, migrator: migrator_url };
+    let effects = Arc::new(GrpcEffects::new(&endpoints, call_timeout)?);
+    let settings = Settings { poll_interval, ..Settings::default() };
+    let tracker = TaskTracker::new();
+    let engine = Engine::new(store.clone(), effects, settings, signals.clone(), engine_metrics);
+    // Workers stop on their own token, after the gRPC server has drained.
+    let workers_stop = CancellationToken::new();
+    engine.spawn(workers, &tracker, workers_stop.clone());
+    let publisher = Publisher::new(store.clone(), &notifier_url, call_timeout, signals.clone())?;
+    tracker.spawn(publisher.run(workers_stop.clone()));
+
+    let listener = tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
+    let grpc_addr: SocketAddr = listener.local_addr()?;
+    let admin_addr = match listen.admin_addr()? {
+        Some(addr) => Some(admin::spawn(addr, metrics.clone(), workers_stop.clone()).await?),
+        None => None,
+    };
+    println!(
+        "hopngo-scheduler listening grpc={grpc_addr} admin={}",
+        admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+    );
+    tracing::info!(%grpc_addr, ?admin_addr, workers, "scheduler serving");
+
+    let api = Api::new(app, shutdown.clone());
+    let served = GrpcServer::new(listen.drain_timeout)
+        .add_service(ReleaseServiceServer::with_interceptor(api.clone(), identity::interceptor))
+        .add_service(ConfigServiceServer::with_interceptor(api, identity::interceptor))
+        .serve(listener, metrics, shutdown.clone())
+        .await;
+
+    workers_stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    store.pool().close().await;
+    drop(cluster);
+    served
+}
