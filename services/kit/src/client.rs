@@ -48,9 +48,22 @@ impl Interceptor for TraceContext {
 }
 
 /// Whether a failed call may be repeated as is (the callee did not act, or acts idempotently).
+/// tonic reports the channel's own timeout as `Cancelled` ("Timeout expired"), so that counts.
 pub fn is_retryable(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
-        tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+        tonic::Code::Unavailable
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Aborted
+            | tonic::Code::Cancelled
+    )
+}
+
+/// Whether a failed call may nevertheless have taken effect (it timed out after being sent).
+pub fn may_have_taken_effect(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Internal
     )
 }

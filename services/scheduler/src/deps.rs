@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use hopngo_kit::client::{TracedChannel, channel, is_retryable};
+use hopngo_kit::client::{TracedChannel, channel, is_retryable, may_have_taken_effect};
 use hopngo_proto::{
     analyzer::{
         self, AnalysisPhase, GetAnalysisRunRequest, StartAnalysisRunRequest, TerminateAnalysisRunRequest,
@@ -58,7 +58,7 @@ fn effect_error(dependency: &'static str, status: tonic::Status) -> EffectError 
     EffectError {
         dependency,
         retryable,
-        uncertain: matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Internal),
+        uncertain: may_have_taken_effect(&status),
         message: format!("{:?}: {}", status.code(), status.message()),
     }
 }

@@ -13,6 +13,7 @@ use hopngo_kit::{
     server::GrpcServer,
 };
 use hopngo_proto::{config::config_service_server::ConfigServiceServer, release::release_service_server::ReleaseServiceServer};
+use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -74,8 +75,13 @@ pub struct Args {
 }
 
 /// Runs the scheduler until `shutdown`. Prints `hopngo-scheduler listening grpc=ADDR admin=ADDR`
-/// on stdout once serving (tests and the embedded stack read it).
+/// on stdout once serving (process-level tests and the embedded stack read it).
 pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(args, shutdown, None).await
+}
+
+/// [`run`], also sending the bound gRPC address to `ready` (in-process tests).
+pub async fn run_with(args: Args, shutdown: CancellationToken, ready: Option<oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
     let Args {
         listen,
         telemetry: _,
@@ -143,6 +149,9 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
         admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
     );
     tracing::info!(%grpc_addr, ?admin_addr, workers, "scheduler serving");
+    if let Some(ready) = ready {
+        let _ = ready.send(grpc_addr);
+    }
 
     let api = Api::new(app, shutdown.clone());
     let served = GrpcServer::new(listen.drain_timeout)

@@ -1,1 +1,8 @@
+//! Test support shared by every service's tests and the end-to-end tests:
+//! - [`db`]: a fresh database per test, on `DATABASE_URL` or on a throwaway cluster started once
+//!   per test process;
+//! - [`fakes`]: in-test implementations of the deployer, analyzer, migrator and notifier contracts,
+//!   served over real gRPC on loopback, that record calls and can be told to fail, hang or be down.
 
+pub mod db;
+pub mod fakes;
