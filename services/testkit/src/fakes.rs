@@ -148,6 +148,9 @@ struct DeployerState {
     calls: Vec<ApplyCall>,
     targets: HashMap<(String, String), (dpb::TargetSpec, String, Instant)>,
     converge_after: Duration,
+    latency: Duration,
+    in_flight: HashMap<(String, String), usize>,
+    max_in_flight: usize,
 }
 
 /// Fake deployer: converges every desired state after a configurable delay.
@@ -170,6 +173,15 @@ impl FakeDeployer {
     pub fn converge_after(&self, d: Duration) {
         self.state.lock().unwrap().converge_after = d;
     }
+    /// Time each ApplyTarget call takes.
+    pub fn latency(&self, d: Duration) {
+        self.state.lock().unwrap().latency = d;
+    }
+    /// Most ApplyTarget calls ever in flight at once for one service and environment (more than
+    /// one means two callers drove the same target at the same time).
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
 }
 
 #[tonic::async_trait]
@@ -184,9 +196,21 @@ impl dpb::deployer_service_server::DeployerService for FakeDeployer {
         if let Some(t) = target.tracks.iter().find(|t| t.artifact.is_empty()) {
             return Err(Status::invalid_argument(format!("target.tracks[{}].artifact: must not be empty", t.track)));
         }
-        let mut s = self.state.lock().unwrap();
-        s.calls.push(ApplyCall { key: r.idempotency_key.clone(), target: target.clone() });
         let id = (target.service.clone(), target.environment.clone());
+        let latency = {
+            let mut s = self.state.lock().unwrap();
+            let n = s.in_flight.entry(id.clone()).or_default();
+            *n += 1;
+            let n = *n;
+            s.max_in_flight = s.max_in_flight.max(n);
+            s.latency
+        };
+        tokio::time::sleep(latency).await;
+        let mut s = self.state.lock().unwrap();
+        if let Some(n) = s.in_flight.get_mut(&id) {
+            *n -= 1;
+        }
+        s.calls.push(ApplyCall { key: r.idempotency_key.clone(), target: target.clone() });
         let changed = s.targets.get(&id).is_none_or(|(t, _, _)| *t != target);
         if changed {
             s.targets.insert(id, (target, r.idempotency_key, Instant::now()));
