@@ -29,18 +29,43 @@ fn config(services: usize) -> String {
 
 fn args(db: &str, fakes: &Fakes, config_file: &str) -> Vec<String> {
     [
-        "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", db,
-        "--deployer-url", &fakes.deployer_server.url(), "--analyzer-url", &fakes.analyzer_server.url(),
-        "--migrator-url", &fakes.migrator_server.url(), "--notifier-url", &fakes.notifier_server.url(),
-        "--poll-interval", "50ms", "--call-timeout", "1s", "--workers", "4", "--db-max-connections", "12",
-        "--apply-config", config_file, "--log", "warn",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--database-url",
+        db,
+        "--deployer-url",
+        &fakes.deployer_server.url(),
+        "--analyzer-url",
+        &fakes.analyzer_server.url(),
+        "--migrator-url",
+        &fakes.migrator_server.url(),
+        "--notifier-url",
+        &fakes.notifier_server.url(),
+        "--poll-interval",
+        "50ms",
+        "--call-timeout",
+        "1s",
+        "--workers",
+        "4",
+        "--db-max-connections",
+        "12",
+        "--apply-config",
+        config_file,
+        "--log",
+        "warn",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect()
 }
 
-async fn create(client: &mut ReleaseServiceClient<tonic::transport::Channel>, service: &str, artifact: &str) -> pb::Release {
+async fn create(
+    client: &mut ReleaseServiceClient<tonic::transport::Channel>,
+    service: &str,
+    artifact: &str,
+) -> pb::Release {
     let mut req = tonic::Request::new(pb::CreateReleaseRequest {
         service: service.into(),
         environment: "staging".into(),
@@ -100,11 +125,20 @@ async fn check_history(db: &str, ids: &[String]) {
     for id in ids {
         let uuid: sqlx::types::Uuid = id.parse().unwrap();
         let seqs: Vec<i64> =
-            sqlx::query_scalar("SELECT sequence FROM release_events WHERE release_id = $1 ORDER BY sequence").bind(uuid).fetch_all(&pool).await.unwrap();
+            sqlx::query_scalar("SELECT sequence FROM release_events WHERE release_id = $1 ORDER BY sequence")
+                .bind(uuid)
+                .fetch_all(&pool)
+                .await
+                .unwrap();
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "events of {id} have no gaps or repeats");
-        let version: i64 = sqlx::query_scalar("SELECT version FROM releases WHERE id = $1").bind(uuid).fetch_one(&pool).await.unwrap();
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM releases WHERE id = $1").bind(uuid).fetch_one(&pool).await.unwrap();
         assert_eq!(version, seqs.len() as i64);
-        let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE release_id = $1").bind(uuid).fetch_one(&pool).await.unwrap();
+        let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE release_id = $1")
+            .bind(uuid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(audit, seqs.len() as i64, "one audit row per transition");
     }
     pool.close().await;
@@ -161,7 +195,11 @@ async fn kill_9_mid_release_loses_nothing_and_repeats_no_effect() {
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM release_events").fetch_one(&pool).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while (fakes.notifier.events().len() as i64) < total {
-        assert!(tokio::time::Instant::now() < deadline, "{} of {total} events published", fakes.notifier.events().len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {total} events published",
+            fakes.notifier.events().len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fakes.notifier.events().len() as i64, total);

@@ -1,1 +1,453 @@
-fn main() {}
+//! `hopctl`: the thin CLI of the HopNGo control plane. Every command is one or two RPCs plus
+//! rendering; data goes to stdout (`-o table|json|yaml`), live progress of `--watch` to stderr.
+
+mod render;
+
+use std::{io::IsTerminal as _, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use hopngo_client::{
+    Clients,
+    views::{ConfigSummaryView, ConfigView, GroupView, ReleaseView, RevisionView},
+};
+use hopngo_proto::{config as cpb, release as pb};
+use tokio_stream::StreamExt as _;
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable table.
+    Table,
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hopctl",
+    version,
+    about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks"
+)]
+struct Cli {
+    /// Scheduler address.
+    #[arg(long, global = true, env = "HOPNGO_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Who you are (sent as x-hopngo-user; defaults to $USER).
+    #[arg(long, global = true, env = "HOPNGO_USER")]
+    user: Option<String>,
+    /// Your roles, comma-separated (sent as x-hopngo-roles).
+    #[arg(long, global = true, env = "HOPNGO_ROLES", value_delimiter = ',')]
+    roles: Vec<String>,
+    /// Output format.
+    #[arg(short, long, global = true, env = "HOPNGO_OUTPUT", value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Manage the delivery config.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Create releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Show a release (`--watch` follows it live until it settles; exit code 0 only if it succeeded).
+    Get {
+        /// Release id.
+        id: String,
+        /// Follow changes until the release settles.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// List releases, newest first.
+    List {
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this environment.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Only these phases (pending, progressing, paused, awaiting-approval, succeeded, aborted, failed, superseded).
+        #[arg(long, value_delimiter = ',')]
+        phase: Vec<PhaseArg>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Token from a previous page (printed on stderr when there are more).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Skip the current pause (or analysis); with --full, every remaining step.
+    Promote {
+        /// Release id.
+        id: String,
+        /// Skip every remaining step and make the new artifact stable.
+        #[arg(long)]
+        full: bool,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Stop a release and return traffic to the stable artifact.
+    Abort {
+        /// Release id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Restart an aborted release from its first step.
+    Retry {
+        /// Release id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Release an earlier revision's artifact again (the previous one by default).
+    Undo {
+        /// Service.
+        service: String,
+        /// Environment.
+        #[arg(long = "env")]
+        environment: String,
+        /// Revision to return to.
+        #[arg(long)]
+        to_revision: Option<u64>,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Approve a release waiting for approval.
+    Approve {
+        /// Release id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reject a release waiting for approval (it is aborted).
+    Reject {
+        /// Release id.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revision history of a service in an environment.
+    History {
+        /// Service.
+        service: String,
+        /// Environment.
+        #[arg(long = "env")]
+        environment: String,
+    },
+    /// Return every service of an environment (or the listed ones, in order) to its previous
+    /// revision, one after another.
+    RollbackEnv {
+        /// Environment.
+        environment: String,
+        /// Services in order (default: every service with a previous revision).
+        #[arg(long = "service")]
+        services: Vec<String>,
+        /// Skip steps and analysis: straight back to the previous artifact.
+        #[arg(long)]
+        emergency: bool,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Show a release group (an environment rollback).
+    Group {
+        /// Group id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate and store a delivery config as the new current version.
+    Apply {
+        /// YAML file (`-` for stdin).
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// Show the current (or a given) version.
+    Get {
+        /// Version (default: current).
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Validate a delivery config without storing it; lists every problem.
+    Validate {
+        /// YAML file (`-` for stdin).
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReleaseCommand {
+    /// Release an artifact of a service to an environment.
+    Create {
+        /// Service.
+        service: String,
+        /// Environment.
+        #[arg(long = "env")]
+        environment: String,
+        /// Artifact (image reference or version).
+        #[arg(long)]
+        artifact: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Idempotency key: repeating the command with the same key returns the same release.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// Follow the release until it settles.
+        #[arg(short, long)]
+        watch: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PhaseArg {
+    Pending,
+    Progressing,
+    Paused,
+    AwaitingApproval,
+    Succeeded,
+    Aborted,
+    Failed,
+    Superseded,
+}
+
+impl From<PhaseArg> for pb::ReleasePhase {
+    fn from(p: PhaseArg) -> Self {
+        match p {
+            PhaseArg::Pending => pb::ReleasePhase::Pending,
+            PhaseArg::Progressing => pb::ReleasePhase::Progressing,
+            PhaseArg::Paused => pb::ReleasePhase::Paused,
+            PhaseArg::AwaitingApproval => pb::ReleasePhase::AwaitingApproval,
+            PhaseArg::Succeeded => pb::ReleasePhase::Succeeded,
+            PhaseArg::Aborted => pb::ReleasePhase::Aborted,
+            PhaseArg::Failed => pb::ReleasePhase::Failed,
+            PhaseArg::Superseded => pb::ReleasePhase::Superseded,
+        }
+    }
+}
+
+fn read_file(path: &PathBuf) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Exit code for a watched release that did not succeed.
+const EXIT_NOT_SUCCEEDED: i32 = 2;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("hopctl: {}", one_line(&err));
+            std::process::exit(1);
+        }
+    }
+}
+
+fn one_line(err: &anyhow::Error) -> String {
+    if let Some(status) = err.downcast_ref::<tonic::Status>() {
+        let code = format!("{:?}", status.code());
+        return format!("{code}: {}", status.message().replace('\n', " "));
+    }
+    format!("{err:#}").replace('\n', " ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let user = cli.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty());
+    let clients = Clients::connect(&cli.server, user.as_deref(), &cli.roles)?;
+    let out = cli.output;
+    let Clients { mut releases, mut config } = clients;
+    match cli.command {
+        Command::Config(ConfigCommand::Apply { file }) => {
+            let yaml = read_file(&file)?;
+            let r = config.apply_config(cpb::ApplyConfigRequest { yaml }).await?.into_inner();
+            let summary = ConfigSummaryView::from(r.summary.as_ref());
+            render::applied(out, r.version, r.changed, &summary)?;
+        }
+        Command::Config(ConfigCommand::Get { version }) => {
+            let r = config.get_config(cpb::GetConfigRequest { version: version.unwrap_or(0) }).await?.into_inner();
+            render::config(out, &ConfigView::from(&r))?;
+        }
+        Command::Config(ConfigCommand::Validate { file }) => {
+            let yaml = read_file(&file)?;
+            let r = config.validate_config(cpb::ValidateConfigRequest { yaml }).await?.into_inner();
+            render::validation(out, &r)?;
+            if !r.valid {
+                return Ok(1);
+            }
+        }
+        Command::Release(ReleaseCommand::Create { service, environment, artifact, reason, request_id, watch }) => {
+            let r = releases
+                .create_release(pb::CreateReleaseRequest { service, environment, artifact, request_id, reason })
+                .await?
+                .into_inner()
+                .release
+                .context("no release in the response")?;
+            if watch {
+                return watch_release(&mut releases, &r.id, out).await;
+            }
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::Get { id, watch } => {
+            if watch {
+                return watch_release(&mut releases, &id, out).await;
+            }
+            let r =
+                releases.get_release(pb::GetReleaseRequest { id }).await?.into_inner().release.context("no release")?;
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::List { service, environment, phase, limit, page_token } => {
+            let r = releases
+                .list_releases(pb::ListReleasesRequest {
+                    service: service.unwrap_or_default(),
+                    environment: environment.unwrap_or_default(),
+                    phases: phase.into_iter().map(|p| pb::ReleasePhase::from(p) as i32).collect(),
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let views: Vec<ReleaseView> = r.releases.iter().map(ReleaseView::from).collect();
+            render::releases(out, &views)?;
+            if !r.next_page_token.is_empty() {
+                eprintln!("more: --page-token {}", r.next_page_token);
+            }
+        }
+        Command::Promote { id, full, reason } => {
+            let r = releases
+                .promote_release(pb::PromoteReleaseRequest { id, full, reason })
+                .await?
+                .into_inner()
+                .release
+                .context("no release")?;
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::Abort { id, reason } => {
+            let r = releases
+                .abort_release(pb::AbortReleaseRequest { id, reason })
+                .await?
+                .into_inner()
+                .release
+                .context("no release")?;
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::Retry { id, reason } => {
+            let r = releases
+                .retry_release(pb::RetryReleaseRequest { id, reason })
+                .await?
+                .into_inner()
+                .release
+                .context("no release")?;
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::Undo { service, environment, to_revision, reason } => {
+            let r = releases
+                .undo_release(pb::UndoReleaseRequest {
+                    service,
+                    environment,
+                    to_revision: to_revision.unwrap_or(0),
+                    reason,
+                })
+                .await?
+                .into_inner()
+                .release
+                .context("no release")?;
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::Approve { id, reason } => {
+            let r = releases
+                .approve_release(pb::ApproveReleaseRequest { id, reason })
+                .await?
+                .into_inner()
+                .release
+                .context("no release")?;
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::Reject { id, reason } => {
+            let r = releases
+                .reject_release(pb::RejectReleaseRequest { id, reason })
+                .await?
+                .into_inner()
+                .release
+                .context("no release")?;
+            render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::History { service, environment } => {
+            let r = releases.list_revisions(pb::ListRevisionsRequest { service, environment }).await?.into_inner();
+            let views: Vec<RevisionView> = r.revisions.iter().map(RevisionView::from).collect();
+            render::revisions(out, &views)?;
+        }
+        Command::RollbackEnv { environment, services, emergency, reason } => {
+            let r = releases
+                .rollback_environment(pb::RollbackEnvironmentRequest { environment, services, reason, emergency })
+                .await?
+                .into_inner()
+                .group
+                .context("no group")?;
+            render::group(out, &GroupView::from(&r))?;
+        }
+        Command::Group { id } => {
+            let r = releases
+                .get_release_group(pb::GetReleaseGroupRequest { id })
+                .await?
+                .into_inner()
+                .group
+                .context("no group")?;
+            render::group(out, &GroupView::from(&r))?;
+        }
+    }
+    Ok(0)
+}
+
+/// Follows a release: a live view on stderr when it is a terminal, one line per change
+/// otherwise; the final state goes to stdout in the chosen format.
+async fn watch_release(
+    releases: &mut hopngo_proto::release::release_service_client::ReleaseServiceClient<hopngo_client::Authed>,
+    id: &str,
+    out: Output,
+) -> anyhow::Result<i32> {
+    let mut stream = releases.watch_release(pb::WatchReleaseRequest { id: id.to_string() }).await?.into_inner();
+    let live = std::io::stderr().is_terminal();
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        let r = item?.release.context("no release in the stream")?;
+        let view = ReleaseView::from(&r);
+        if live {
+            eprint!("\x1b[2J\x1b[H{}", render::release_text(&view));
+        } else {
+            eprintln!("{}", render::progress_line(&view));
+        }
+        last = Some(view);
+    }
+    let view = last.context("the stream ended without a release")?;
+    if !view.settled {
+        anyhow::bail!("the watch ended before the release settled (server shutting down?)");
+    }
+    if live {
+        eprint!("\x1b[2J\x1b[H");
+    }
+    render::release(out, &view)?;
+    Ok(if view.phase == "SUCCEEDED" { 0 } else { EXIT_NOT_SUCCEEDED })
+}

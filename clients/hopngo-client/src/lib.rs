@@ -1,1 +1,85 @@
+//! Rust client library for the HopNGo control plane: a connection that carries the caller's
+//! identity, and serialisable views of the API's messages (enums as names, times as RFC 3339).
 
+pub mod views;
+
+use std::time::Duration;
+
+use hopngo_proto::{
+    config::config_service_client::ConfigServiceClient, release::release_service_client::ReleaseServiceClient,
+};
+use tonic::{
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+/// Metadata key of the user name (what the servers' identity interceptor reads).
+pub const USER_HEADER: &str = "x-hopngo-user";
+/// Metadata key of the comma-separated roles.
+pub const ROLES_HEADER: &str = "x-hopngo-roles";
+
+/// Adds the caller's identity to every request.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityInterceptor {
+    user: Option<MetadataValue<tonic::metadata::Ascii>>,
+    roles: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Interceptor for IdentityInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(user) = &self.user {
+            req.metadata_mut().insert(USER_HEADER, user.clone());
+        }
+        if let Some(roles) = &self.roles {
+            req.metadata_mut().insert(ROLES_HEADER, roles.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server address is not a URL.
+    #[error("server address {0:?} is not valid: {1}")]
+    Address(String, String),
+    /// The identity cannot be sent as metadata.
+    #[error("{0} {1:?} cannot be sent (ASCII only)")]
+    Identity(&'static str, String),
+}
+
+/// A channel with identity.
+pub type Authed = InterceptedService<Channel, IdentityInterceptor>;
+
+/// Clients of the scheduler's services.
+#[derive(Clone)]
+pub struct Clients {
+    /// `hopngo.release.v1.ReleaseService`.
+    pub releases: ReleaseServiceClient<Authed>,
+    /// `hopngo.config.v1.ConfigService`.
+    pub config: ConfigServiceClient<Authed>,
+}
+
+impl Clients {
+    /// Connects lazily to `server` as `user` with `roles`.
+    pub fn connect(server: &str, user: Option<&str>, roles: &[String]) -> Result<Clients, ClientError> {
+        let endpoint = Endpoint::from_shared(server.to_string())
+            .map_err(|e| ClientError::Address(server.into(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        let user = user.map(|u| u.parse().map_err(|_| ClientError::Identity("user", u.to_string()))).transpose()?;
+        let roles = if roles.is_empty() {
+            None
+        } else {
+            let joined = roles.join(",");
+            Some(joined.parse().map_err(|_| ClientError::Identity("roles", joined.clone()))?)
+        };
+        let interceptor = IdentityInterceptor { user, roles };
+        Ok(Clients {
+            releases: ReleaseServiceClient::with_interceptor(channel.clone(), interceptor.clone()),
+            config: ConfigServiceClient::with_interceptor(channel, interceptor),
+        })
+    }
+}

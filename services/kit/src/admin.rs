@@ -80,7 +80,11 @@ fn split_path(path: &str) -> (&str, &str) {
 }
 
 /// Serves the admin endpoint until `shutdown` is cancelled.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -120,7 +124,11 @@ mod tests {
     #[test]
     fn rpc_metrics_are_labelled_by_method_and_code() {
         let metrics = Metrics::new();
-        metrics.observe_rpc("/hopngo.release.v1.ReleaseService/GetRelease", tonic::Code::NotFound, Duration::from_millis(3));
+        metrics.observe_rpc(
+            "/hopngo.release.v1.ReleaseService/GetRelease",
+            tonic::Code::NotFound,
+            Duration::from_millis(3),
+        );
         let text = metrics.render();
         assert!(text.contains(
             r#"hopngo_grpc_server_handled_total{grpc_code="NotFound",grpc_method="GetRelease",grpc_service="hopngo.release.v1.ReleaseService"} 1"#

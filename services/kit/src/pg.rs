@@ -85,10 +85,16 @@ impl EphemeralPostgres {
         if as_postgres {
             run(Command::new("chown").args(["postgres:postgres"]).arg(&pg.dir))?;
         }
-        run(pg.server_command("initdb")
-            .arg("-D")
-            .arg(pg.dir.join("data"))
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]))
+        run(pg.server_command("initdb").arg("-D").arg(pg.dir.join("data")).args([
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ]))
         .context("initdb")?;
         pg.spawn_watchdog()?;
         // A port can be taken between probing and binding; try a few.
@@ -136,11 +142,8 @@ impl EphemeralPostgres {
             return;
         }
         self.stopped = true;
-        let _ = run(self
-            .server_command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "fast", "-w", "stop"]));
+        let _ =
+            run(self.server_command("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "fast", "-w", "stop"]));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 

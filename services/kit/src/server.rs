@@ -55,7 +55,12 @@ impl GrpcServer {
     /// Serves on `listener` until `shutdown` is cancelled. On shutdown health turns NOT_SERVING
     /// first, the listener closes, and in-flight RPCs get `drain_timeout` to finish; streams are
     /// expected to watch the same token and end by themselves.
-    pub async fn serve(self, listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let (reporter, health) = tonic_health::server::health_reporter();
         for name in &self.names {
             reporter.set_service_status(*name, ServingStatus::Serving).await;

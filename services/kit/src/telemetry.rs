@@ -35,8 +35,8 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
     global::set_tracer_provider(provider.clone());
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
 
-    let filter = EnvFilter::try_new(&args.log_filter)
-        .map_err(|e| anyhow::anyhow!("--log {:?}: {e}", args.log_filter))?;
+    let filter =
+        EnvFilter::try_new(&args.log_filter).map_err(|e| anyhow::anyhow!("--log {:?}: {e}", args.log_filter))?;
     let fmt = match args.log_format {
         LogFormat::Plain => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),

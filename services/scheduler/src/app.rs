@@ -92,10 +92,16 @@ pub fn validate_artifact(artifact: &str) -> Result<(), SchedulerError> {
         return Err(SchedulerError::invalid("artifact", "must not be empty"));
     }
     if artifact.len() > MAX_ARTIFACT_LEN {
-        return Err(SchedulerError::invalid("artifact", format!("is {} characters; at most {MAX_ARTIFACT_LEN}", artifact.len())));
+        return Err(SchedulerError::invalid(
+            "artifact",
+            format!("is {} characters; at most {MAX_ARTIFACT_LEN}", artifact.len()),
+        ));
     }
     if let Some(c) = artifact.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(SchedulerError::invalid("artifact", format!("{artifact:?} contains {c:?}; whitespace and control characters are not allowed")));
+        return Err(SchedulerError::invalid(
+            "artifact",
+            format!("{artifact:?} contains {c:?}; whitespace and control characters are not allowed"),
+        ));
     }
     if artifact.starts_with('-') || artifact.starts_with(':') || artifact.ends_with(':') || artifact.ends_with('/') {
         return Err(SchedulerError::invalid("artifact", format!("{artifact:?} is not an image reference or version")));
@@ -131,11 +137,19 @@ impl App {
     }
 
     /// Validates and stores a document.
-    pub async fn apply_config(&self, yaml: &str, caller: &Caller) -> Result<(u64, bool, DeliveryConfig), SchedulerError> {
+    pub async fn apply_config(
+        &self,
+        yaml: &str,
+        caller: &Caller,
+    ) -> Result<(u64, bool, DeliveryConfig), SchedulerError> {
         let config = DeliveryConfig::load(yaml).map_err(|mut problems| {
             let first = problems.remove(0);
-            let more = if problems.is_empty() { String::new() } else { format!(" (and {} more problems)", problems.len()) };
-            SchedulerError::invalid(if first.path.is_empty() { "yaml".into() } else { first.path }, format!("{}{more}", first.message))
+            let more =
+                if problems.is_empty() { String::new() } else { format!(" (and {} more problems)", problems.len()) };
+            SchedulerError::invalid(
+                if first.path.is_empty() { "yaml".into() } else { first.path },
+                format!("{}{more}", first.message),
+            )
         })?;
         let (version, changed) = self.store.apply_config(yaml, &config, &caller.user).await?;
         Ok((version, changed, config))
@@ -145,7 +159,9 @@ impl App {
     pub async fn config(&self, version: Option<u64>) -> Result<ConfigVersion, SchedulerError> {
         self.store.config(version).await?.ok_or_else(|| match version {
             Some(v) => SchedulerError::NotFound(format!("config version {v} does not exist")),
-            None => SchedulerError::FailedPrecondition("no delivery config has been applied yet (hopctl config apply -f FILE)".into()),
+            None => SchedulerError::FailedPrecondition(
+                "no delivery config has been applied yet (hopctl config apply -f FILE)".into(),
+            ),
         })
     }
 
@@ -209,7 +225,10 @@ impl App {
         if config.service(service).is_none() {
             return Err(SchedulerError::invalid(
                 "service",
-                format!("unknown service {service:?} (known: {})", known(config.services.iter().map(|s| s.name.as_str()))),
+                format!(
+                    "unknown service {service:?} (known: {})",
+                    known(config.services.iter().map(|s| s.name.as_str()))
+                ),
             ));
         }
         if environment.is_empty() {
@@ -218,7 +237,10 @@ impl App {
         if config.environment(environment).is_none() {
             return Err(SchedulerError::invalid(
                 "environment",
-                format!("unknown environment {environment:?} (known: {})", known(config.environments.iter().map(|e| e.name.as_str()))),
+                format!(
+                    "unknown environment {environment:?} (known: {})",
+                    known(config.environments.iter().map(|e| e.name.as_str()))
+                ),
             ));
         }
         Ok(())
@@ -248,7 +270,8 @@ impl App {
         } else {
             PlanMode::Normal
         };
-        let plan = plan::compile(&current.config, intent.service, intent.environment, mode).map_err(problem_to_error)?;
+        let plan =
+            plan::compile(&current.config, intent.service, intent.environment, mode).map_err(problem_to_error)?;
         let now = Store::now(conn).await?;
         let id = Uuid::now_v7();
         for mut old in Store::lock_unsettled(conn, intent.service, intent.environment).await? {
@@ -277,7 +300,12 @@ impl App {
         });
         let message = match intent.undo_of_revision {
             Some(rev) => format!("undo to revision {rev} ({}): {}", intent.artifact, intent.reason),
-            None => format!("{} → {}: {}", se.stable_artifact.as_deref().unwrap_or("(nothing)"), intent.artifact, intent.reason),
+            None => format!(
+                "{} → {}: {}",
+                se.stable_artifact.as_deref().unwrap_or("(nothing)"),
+                intent.artifact,
+                intent.reason
+            ),
         };
         let created = Transition {
             kind: TransitionKind::Created,
@@ -288,8 +316,15 @@ impl App {
             canary_weight: 0,
             message,
         };
-        Store::insert_release(conn, &mut release, intent.request_id, intent.group.map(|(_, p)| p), &[created], start_now.then_some(now))
-            .await?;
+        Store::insert_release(
+            conn,
+            &mut release,
+            intent.request_id,
+            intent.group.map(|(_, p)| p),
+            &[created],
+            start_now.then_some(now),
+        )
+        .await?;
         changed.push(release.id);
         Ok(release)
     }
@@ -320,7 +355,7 @@ impl App {
         let mut releases = self.store.list(&filter, cursor, size + 1).await?;
         let next_page_token = if releases.len() > size as usize {
             releases.truncate(size as usize);
-            releases.last().map(|r| encode_token(r))
+            releases.last().map(encode_token)
         } else {
             None
         };
@@ -349,7 +384,13 @@ impl App {
     }
 
     /// `PromoteRelease`.
-    pub async fn promote(&self, id: &str, full: bool, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+    pub async fn promote(
+        &self,
+        id: &str,
+        full: bool,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<Release, SchedulerError> {
         self.act(id, |r, now| Ok(machine::promote(r, full, &caller.user, reason, now)?)).await
     }
 
@@ -385,10 +426,17 @@ impl App {
 
     /// The revision an undo returns to: `to_revision`, or the newest succeeded revision before the
     /// stable one.
-    async fn undo_target(&self, service: &str, environment: &str, to_revision: u64) -> Result<(u64, String), SchedulerError> {
+    async fn undo_target(
+        &self,
+        service: &str,
+        environment: &str,
+        to_revision: u64,
+    ) -> Result<(u64, String), SchedulerError> {
         let se = self.store.service_environment(service, environment).await?;
         let stable = se.stable_artifact.clone().ok_or_else(|| {
-            SchedulerError::FailedPrecondition(format!("{service} has no stable revision in {environment}; nothing to undo"))
+            SchedulerError::FailedPrecondition(format!(
+                "{service} has no stable revision in {environment}; nothing to undo"
+            ))
         })?;
         let revisions = self.store.revisions(service, environment).await?;
         if to_revision > 0 {
@@ -415,7 +463,14 @@ impl App {
     }
 
     /// `UndoRelease`: a new release of an earlier revision's artifact.
-    pub async fn undo(&self, service: &str, environment: &str, to_revision: u64, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+    pub async fn undo(
+        &self,
+        service: &str,
+        environment: &str,
+        to_revision: u64,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<Release, SchedulerError> {
         let current = self.config(None).await?;
         self.check_target(&current.config, service, environment)?;
         let (revision, artifact) = self.undo_target(service, environment, to_revision).await?;
@@ -438,7 +493,11 @@ impl App {
     }
 
     /// `ListRevisions`.
-    pub async fn revisions(&self, service: &str, environment: &str) -> Result<(Vec<Release>, Option<u64>), SchedulerError> {
+    pub async fn revisions(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> Result<(Vec<Release>, Option<u64>), SchedulerError> {
         if service.is_empty() {
             return Err(SchedulerError::invalid("service", "must not be empty"));
         }
@@ -464,7 +523,10 @@ impl App {
         if config.environment(environment).is_none() {
             return Err(SchedulerError::invalid(
                 "environment",
-                format!("unknown environment {environment:?} (known: {})", known(config.environments.iter().map(|e| e.name.as_str()))),
+                format!(
+                    "unknown environment {environment:?} (known: {})",
+                    known(config.environments.iter().map(|e| e.name.as_str()))
+                ),
             ));
         }
         let mut targets = Vec::new();
@@ -475,7 +537,9 @@ impl App {
                 }
             }
             if targets.is_empty() {
-                return Err(SchedulerError::FailedPrecondition(format!("no service in {environment} has an earlier revision to return to")));
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "no service in {environment} has an earlier revision to return to"
+                )));
             }
         } else {
             for (i, name) in services.iter().enumerate() {
@@ -523,8 +587,11 @@ impl App {
     /// `GetReleaseGroup`.
     pub async fn group(&self, id: &str) -> Result<Group, SchedulerError> {
         let uuid = parse_id(id)?;
-        let (row, members) =
-            self.store.group(uuid).await?.ok_or_else(|| SchedulerError::NotFound(format!("release group {id} does not exist")))?;
+        let (row, members) = self
+            .store
+            .group(uuid)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("release group {id} does not exist")))?;
         Ok(Group { row, members })
     }
 

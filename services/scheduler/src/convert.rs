@@ -109,7 +109,8 @@ pub fn release(r: &Release) -> pb::Release {
                 status: step_status(rec.status) as i32,
                 summary: step.action.summary(),
                 weight,
-                duration: duration.map(|d| prost_types::Duration { seconds: d.0.as_secs() as i64, nanos: d.0.subsec_nanos() as i32 }),
+                duration: duration
+                    .map(|d| prost_types::Duration { seconds: d.0.as_secs() as i64, nanos: d.0.subsec_nanos() as i32 }),
                 templates,
                 started_at: rec.started_at.map(ts),
                 finished_at: rec.finished_at.map(ts),

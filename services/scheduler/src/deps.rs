@@ -11,14 +11,17 @@ use hopngo_proto::{
         analyzer_service_client::AnalyzerServiceClient,
     },
     deployer::{self, ApplyTargetRequest, GetTargetStatusRequest, deployer_service_client::DeployerServiceClient},
-    migrator::{self, GetMigrationRunRequest, MigrationCommand, StartMigrationRequest, migrator_service_client::MigratorServiceClient},
+    migrator::{
+        self, GetMigrationRunRequest, MigrationCommand, StartMigrationRequest,
+        migrator_service_client::MigratorServiceClient,
+    },
 };
 
 use crate::domain::{
     config::{self, MetricDef},
     effects::{
-        DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, RunObservation, RunPhase,
-        TargetObservation, Track,
+        DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, RunObservation,
+        RunPhase, TargetObservation, Track,
     },
     plan::AnalysisSpec,
 };
@@ -92,7 +95,11 @@ pub fn metric_to_proto(m: &MetricDef) -> analyzer::Metric {
             step: None,
         }))
     } else if let Some(p) = &m.provider.scrape {
-        Some(Provider::Scrape(analyzer::ScrapeProvider { url: p.url.clone(), expression: p.expression.clone(), window: duration(p.window) }))
+        Some(Provider::Scrape(analyzer::ScrapeProvider {
+            url: p.url.clone(),
+            expression: p.expression.clone(),
+            window: duration(p.window),
+        }))
     } else if let Some(p) = &m.provider.web {
         Some(Provider::Web(analyzer::WebProvider {
             url: p.url.clone(),
@@ -149,7 +156,11 @@ impl Effects for GrpcEffects {
                 tracks: desired
                     .tracks
                     .iter()
-                    .map(|t| deployer::TrackSpec { track: track(t.track) as i32, artifact: t.artifact.clone(), replicas: t.replicas })
+                    .map(|t| deployer::TrackSpec {
+                        track: track(t.track) as i32,
+                        artifact: t.artifact.clone(),
+                        replicas: t.replicas,
+                    })
                     .collect(),
                 canary_weight: desired.canary_weight,
             }),
@@ -161,7 +172,8 @@ impl Effects for GrpcEffects {
 
     async fn target_status(&self, service: &str, environment: &str) -> Result<TargetObservation, EffectError> {
         let request = GetTargetStatusRequest { service: service.to_string(), environment: environment.to_string() };
-        let response = self.deployer.clone().get_target_status(request).await.map_err(|s| effect_error("deployer", s))?;
+        let response =
+            self.deployer.clone().get_target_status(request).await.map_err(|s| effect_error("deployer", s))?;
         let status = response.into_inner().status.unwrap_or_default();
         Ok(TargetObservation {
             converged: status.converged,
@@ -184,7 +196,8 @@ impl Effects for GrpcEffects {
             labels: labels.clone().into_iter().collect(),
             idempotency_key: key.to_string(),
         };
-        let response = self.analyzer.clone().start_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;
+        let response =
+            self.analyzer.clone().start_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;
         response.into_inner().run.map(|r| r.id).ok_or_else(|| EffectError {
             dependency: "analyzer",
             retryable: false,
@@ -247,7 +260,8 @@ impl Effects for GrpcEffects {
             .await
             .map_err(|s| effect_error("migrator", s))?;
         let run = response.into_inner().run.unwrap_or_default();
-        let phase = match migrator::MigrationPhase::try_from(run.phase).unwrap_or(migrator::MigrationPhase::Unspecified) {
+        let phase = match migrator::MigrationPhase::try_from(run.phase).unwrap_or(migrator::MigrationPhase::Unspecified)
+        {
             migrator::MigrationPhase::Unspecified | migrator::MigrationPhase::Pending => MigrationPhase::Pending,
             migrator::MigrationPhase::Running => MigrationPhase::Running,
             migrator::MigrationPhase::Succeeded => MigrationPhase::Succeeded,

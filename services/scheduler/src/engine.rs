@@ -38,15 +38,19 @@ impl EngineMetrics {
     pub fn new(registry: &Registry) -> EngineMetrics {
         let ticks = IntCounter::new("hopngo_scheduler_ticks_total", "Releases advanced by the engine").expect("static");
         let transitions =
-            IntCounter::new("hopngo_scheduler_transitions_total", "Durable transitions committed by the engine").expect("static");
+            IntCounter::new("hopngo_scheduler_transitions_total", "Durable transitions committed by the engine")
+                .expect("static");
         let lateness = Histogram::with_opts(
             HistogramOpts::new("hopngo_scheduler_wake_lateness_seconds", "Claim time minus scheduled wake time")
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0]),
         )
         .expect("static");
         let tick_seconds = Histogram::with_opts(
-            HistogramOpts::new("hopngo_scheduler_tick_seconds", "Time to advance one release, calls and commit included")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            HistogramOpts::new(
+                "hopngo_scheduler_tick_seconds",
+                "Time to advance one release, calls and commit included",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
         )
         .expect("static");
         for c in [&ticks, &transitions] {
@@ -70,7 +74,13 @@ pub struct Engine<E> {
 
 impl<E: Effects + Send + 'static> Engine<E> {
     /// An engine over `store` calling `effects`.
-    pub fn new(store: Store, effects: Arc<E>, settings: Settings, signals: Signals, metrics: EngineMetrics) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        effects: Arc<E>,
+        settings: Settings,
+        signals: Signals,
+        metrics: EngineMetrics,
+    ) -> Arc<Self> {
         Arc::new(Engine { store, effects, settings, signals, metrics })
     }
 
@@ -80,7 +90,8 @@ impl<E: Effects + Send + 'static> Engine<E> {
         for n in 0..workers {
             let engine = self.clone();
             let shutdown = shutdown.clone();
-            tracker.spawn(async move { engine.work(shutdown).await }.instrument(tracing::info_span!("engine_worker", n)));
+            tracker
+                .spawn(async move { engine.work(shutdown).await }.instrument(tracing::info_span!("engine_worker", n)));
         }
     }
 

@@ -48,7 +48,8 @@ impl ReleaseService for Api {
     async fn create_release(&self, req: Request<pb::CreateReleaseRequest>) -> Result<pb::CreateReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release = self.app.create_release(&r.service, &r.environment, &r.artifact, &r.request_id, &r.reason, &who).await?;
+        let release =
+            self.app.create_release(&r.service, &r.environment, &r.artifact, &r.request_id, &r.reason, &who).await?;
         Ok(Response::new(pb::CreateReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
@@ -61,10 +62,9 @@ impl ReleaseService for Api {
         let r = req.into_inner();
         let mut phases = Vec::new();
         for (i, p) in r.phases.iter().enumerate() {
-            let phase = pb::ReleasePhase::try_from(*p)
-                .ok()
-                .and_then(convert::phase_from)
-                .ok_or_else(|| SchedulerError::invalid(format!("phases[{i}]"), format!("{p} is not a release phase")))?;
+            let phase = pb::ReleasePhase::try_from(*p).ok().and_then(convert::phase_from).ok_or_else(|| {
+                SchedulerError::invalid(format!("phases[{i}]"), format!("{p} is not a release phase"))
+            })?;
             phases.push(phase);
         }
         let filter = ReleaseFilter {
@@ -169,14 +169,20 @@ impl ReleaseService for Api {
                 phase: convert::phase(rel.phase) as i32,
                 completion: convert::release(rel).completion,
                 created_by: rel.created_by.clone(),
-                created_at: Some(prost_types::Timestamp { seconds: rel.created_at.unix_timestamp(), nanos: rel.created_at.nanosecond() as i32 }),
+                created_at: Some(prost_types::Timestamp {
+                    seconds: rel.created_at.unix_timestamp(),
+                    nanos: rel.created_at.nanosecond() as i32,
+                }),
                 current: Some(rel.revision) == stable,
             })
             .collect();
         Ok(Response::new(pb::ListRevisionsResponse { revisions }))
     }
 
-    async fn rollback_environment(&self, req: Request<pb::RollbackEnvironmentRequest>) -> Result<pb::RollbackEnvironmentResponse> {
+    async fn rollback_environment(
+        &self,
+        req: Request<pb::RollbackEnvironmentRequest>,
+    ) -> Result<pb::RollbackEnvironmentResponse> {
         let who = caller(&req);
         let r = req.into_inner();
         if r.environment.is_empty() {
@@ -246,10 +252,16 @@ impl ConfigService for Api {
         let yaml = req.into_inner().yaml;
         check_size(&yaml)?;
         Ok(Response::new(match self.app.validate_config(&yaml) {
-            Ok(config) => cpb::ValidateConfigResponse { valid: true, problems: Vec::new(), summary: Some(summary(&config)) },
+            Ok(config) => {
+                cpb::ValidateConfigResponse { valid: true, problems: Vec::new(), summary: Some(summary(&config)) }
+            }
             Err(problems) => {
                 let summary = DeliveryConfig::parse(&yaml).ok().map(|c| summary(&c));
-                cpb::ValidateConfigResponse { valid: false, problems: problems.into_iter().map(problem).collect(), summary }
+                cpb::ValidateConfigResponse {
+                    valid: false,
+                    problems: problems.into_iter().map(problem).collect(),
+                    summary,
+                }
             }
         }))
     }

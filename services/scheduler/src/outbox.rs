@@ -75,8 +75,18 @@ pub fn to_proto(e: &OutboxEvent, source: &str) -> Event {
 
 impl Publisher {
     /// A relay to the notifier at `url`.
-    pub fn new(store: Store, url: &str, call_timeout: Duration, signals: Signals) -> Result<Publisher, tonic::transport::Error> {
-        Ok(Publisher { store, client: NotifierServiceClient::new(channel(url, call_timeout)?), signals, source: "/hopngo/scheduler".into() })
+    pub fn new(
+        store: Store,
+        url: &str,
+        call_timeout: Duration,
+        signals: Signals,
+    ) -> Result<Publisher, tonic::transport::Error> {
+        Ok(Publisher {
+            store,
+            client: NotifierServiceClient::new(channel(url, call_timeout)?),
+            signals,
+            source: "/hopngo/scheduler".into(),
+        })
     }
 
     /// Runs until `shutdown`.
@@ -95,7 +105,8 @@ impl Publisher {
     /// Takes the publisher lock (or waits for it), then publishes until shutdown or an error.
     async fn lead(&mut self, shutdown: &CancellationToken) -> Result<(), SchedulerError> {
         let mut conn = self.store.pool().acquire().await?;
-        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PUBLISHER_LOCK).fetch_one(&mut *conn).await?;
+        let held: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PUBLISHER_LOCK).fetch_one(&mut *conn).await?;
         if !held {
             return Ok(());
         }
@@ -130,7 +141,8 @@ impl Publisher {
                 }
                 Err(status) => {
                     failures += 1;
-                    let delay = hopngo_kit::backoff::delay(failures, Duration::from_millis(200), Duration::from_secs(10));
+                    let delay =
+                        hopngo_kit::backoff::delay(failures, Duration::from_millis(200), Duration::from_secs(10));
                     tracing::info!(code = ?status.code(), message = status.message(), waiting = batch.len(), ?delay, "notifier unavailable; events wait");
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),

@@ -12,7 +12,9 @@ use hopngo_kit::{
     pg::{EphemeralPostgres, PgOptions},
     server::GrpcServer,
 };
-use hopngo_proto::{config::config_service_server::ConfigServiceServer, release::release_service_server::ReleaseServiceServer};
+use hopngo_proto::{
+    config::config_service_server::ConfigServiceServer, release::release_service_server::ReleaseServiceServer,
+};
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -29,7 +31,11 @@ use crate::{
 
 /// Scheduler settings; every flag also reads an environment variable.
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "hopngo-scheduler", version, about = "HopNGo scheduler: release API, delivery config and durable release engine")]
+#[command(
+    name = "hopngo-scheduler",
+    version,
+    about = "HopNGo scheduler: release API, delivery config and durable release engine"
+)]
 pub struct Args {
     #[command(flatten)]
     pub listen: ListenArgs,
@@ -81,7 +87,11 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
 }
 
 /// [`run`], also sending the bound gRPC address to `ready` (in-process tests).
-pub async fn run_with(args: Args, shutdown: CancellationToken, ready: Option<oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
+pub async fn run_with(
+    args: Args,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
     let Args {
         listen,
         telemetry: _,
@@ -116,7 +126,8 @@ pub async fn run_with(args: Args, shutdown: CancellationToken, ready: Option<one
 
     let metrics = Metrics::new();
     let engine_metrics = EngineMetrics::new(&metrics.registry);
-    let signals = if listen_notify { Signals::shared(store.pool().clone(), shutdown.clone()) } else { Signals::local() };
+    let signals =
+        if listen_notify { Signals::shared(store.pool().clone(), shutdown.clone()) } else { Signals::local() };
     let app = App::new(store.clone(), signals.clone());
 
     if let Some(path) = apply_config {
@@ -138,7 +149,8 @@ pub async fn run_with(args: Args, shutdown: CancellationToken, ready: Option<one
     let publisher = Publisher::new(store.clone(), &notifier_url, call_timeout, signals.clone())?;
     tracker.spawn(publisher.run(workers_stop.clone()));
 
-    let listener = tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
     let grpc_addr: SocketAddr = listener.local_addr()?;
     let admin_addr = match listen.admin_addr()? {
         Some(addr) => Some(admin::spawn(addr, metrics.clone(), workers_stop.clone()).await?),

@@ -25,7 +25,12 @@ pub struct Signals {
 impl Signals {
     /// Signals that stay in this process.
     pub fn local() -> Signals {
-        Signals { engine: Arc::new(Notify::new()), outbox: Arc::new(Notify::new()), changes: broadcast::channel(1024).0, remote: None }
+        Signals {
+            engine: Arc::new(Notify::new()),
+            outbox: Arc::new(Notify::new()),
+            changes: broadcast::channel(1024).0,
+            remote: None,
+        }
     }
 
     /// Signals shared with other replicas through `pool`: spawns the sender (batching every 20 ms)
@@ -95,7 +100,11 @@ async fn send_batches(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Option<Uuid>
         // A payload holds at most ~8000 bytes: 200 ids of 37 characters.
         let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
         for chunk in ids.chunks(200) {
-            let _ = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANGED_CHANNEL).bind(chunk.join(",")).execute(&pool).await;
+            let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANGED_CHANNEL)
+                .bind(chunk.join(","))
+                .execute(&pool)
+                .await;
         }
     }
 }

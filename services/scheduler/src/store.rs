@@ -239,15 +239,22 @@ impl Store {
     }
 
     /// The release created with `request_id`, if any.
-    pub async fn release_by_request(conn: &mut PgConnection, request_id: &str) -> Result<Option<Release>, SchedulerError> {
-        let row: Option<(serde_json::Value,)> =
-            sqlx::query_as("SELECT state FROM releases WHERE request_id = $1").bind(request_id).fetch_optional(conn).await?;
+    pub async fn release_by_request(
+        conn: &mut PgConnection,
+        request_id: &str,
+    ) -> Result<Option<Release>, SchedulerError> {
+        let row: Option<(serde_json::Value,)> = sqlx::query_as("SELECT state FROM releases WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(conn)
+            .await?;
         row.map(|(state,)| decode(state)).transpose()
     }
 
     /// Claims the most overdue release, skipping rows other workers hold. Returns it with the
     /// database clock's "now" and its scheduled wake time.
-    pub async fn claim_due(conn: &mut PgConnection) -> Result<Option<(Release, OffsetDateTime, OffsetDateTime)>, SchedulerError> {
+    pub async fn claim_due(
+        conn: &mut PgConnection,
+    ) -> Result<Option<(Release, OffsetDateTime, OffsetDateTime)>, SchedulerError> {
         let row: Option<(serde_json::Value, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
             "SELECT state, next_wake_at, clock_timestamp() FROM releases \
              WHERE next_wake_at <= clock_timestamp() ORDER BY next_wake_at LIMIT 1 FOR UPDATE SKIP LOCKED",
@@ -264,7 +271,9 @@ impl Store {
 
     /// Earliest wake time of any release.
     pub async fn next_due(&self) -> Result<Option<OffsetDateTime>, SchedulerError> {
-        Ok(sqlx::query_scalar("SELECT min(next_wake_at) FROM releases WHERE next_wake_at IS NOT NULL").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT min(next_wake_at) FROM releases WHERE next_wake_at IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// Inserts a new release with its first transition.
@@ -328,7 +337,12 @@ impl Store {
         Self::append(conn, r, previous, transitions).await
     }
 
-    async fn append(conn: &mut PgConnection, r: &Release, previous: u64, transitions: &[Transition]) -> Result<(), SchedulerError> {
+    async fn append(
+        conn: &mut PgConnection,
+        r: &Release,
+        previous: u64,
+        transitions: &[Transition],
+    ) -> Result<(), SchedulerError> {
         if transitions.is_empty() {
             return Ok(());
         }
@@ -349,7 +363,9 @@ impl Store {
             types.push(events::event_type(t.kind, r).to_string());
             names.push(t.kind.as_str().to_string());
             severities.push(events::severity(t.kind).as_str().to_string());
-            payloads.push(serde_json::to_value(events::payload(r, t)).map_err(|e| SchedulerError::Internal(e.to_string()))?);
+            payloads.push(
+                serde_json::to_value(events::payload(r, t)).map_err(|e| SchedulerError::Internal(e.to_string()))?,
+            );
             actors.push(t.actor.clone());
             froms.push(t.from.as_str().to_string());
             tos.push(t.to.as_str().to_string());
@@ -389,7 +405,11 @@ impl Store {
     }
 
     /// Releases of a service and environment the engine has not settled, locked.
-    pub async fn lock_unsettled(conn: &mut PgConnection, service: &str, environment: &str) -> Result<Vec<Release>, SchedulerError> {
+    pub async fn lock_unsettled(
+        conn: &mut PgConnection,
+        service: &str,
+        environment: &str,
+    ) -> Result<Vec<Release>, SchedulerError> {
         let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
             "SELECT state FROM releases WHERE service = $1 AND environment = $2 AND NOT settled ORDER BY revision FOR UPDATE",
         )
@@ -427,7 +447,12 @@ impl Store {
     }
 
     /// Hands out the next revision.
-    pub async fn bump_revision(conn: &mut PgConnection, service: &str, environment: &str, revision: u64) -> Result<(), SchedulerError> {
+    pub async fn bump_revision(
+        conn: &mut PgConnection,
+        service: &str,
+        environment: &str,
+        revision: u64,
+    ) -> Result<(), SchedulerError> {
         sqlx::query("UPDATE service_environments SET last_revision = $3 WHERE service = $1 AND environment = $2")
             .bind(service)
             .bind(environment)
@@ -454,7 +479,11 @@ impl Store {
     }
 
     /// What is stable for a service in an environment.
-    pub async fn service_environment(&self, service: &str, environment: &str) -> Result<ServiceEnvironment, SchedulerError> {
+    pub async fn service_environment(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> Result<ServiceEnvironment, SchedulerError> {
         let row: Option<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
             "SELECT last_revision, stable_revision, stable_artifact FROM service_environments WHERE service = $1 AND environment = $2",
         )
@@ -484,7 +513,12 @@ impl Store {
     }
 
     /// Releases newest first, after `cursor`, at most `limit`.
-    pub async fn list(&self, filter: &ReleaseFilter, cursor: Option<Cursor>, limit: u32) -> Result<Vec<Release>, SchedulerError> {
+    pub async fn list(
+        &self,
+        filter: &ReleaseFilter,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Release>, SchedulerError> {
         let phases: Vec<String> = filter.phases.iter().map(|p| p.as_str().to_string()).collect();
         let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
             "SELECT state FROM releases \
@@ -496,7 +530,10 @@ impl Store {
         .bind(&filter.service)
         .bind(&filter.environment)
         .bind(&phases)
-        .bind(cursor.map(|c| OffsetDateTime::from_unix_timestamp_nanos(c.created_micros as i128 * 1000).unwrap_or(OffsetDateTime::UNIX_EPOCH)))
+        .bind(cursor.map(|c| {
+            OffsetDateTime::from_unix_timestamp_nanos(c.created_micros as i128 * 1000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        }))
         .bind(cursor.map(|c| c.id).unwrap_or_else(Uuid::nil))
         .bind(limit as i64)
         .fetch_all(&self.pool)
@@ -534,20 +571,27 @@ impl Store {
 
     /// A group and its members in order.
     pub async fn group(&self, id: Uuid) -> Result<Option<(GroupRow, Vec<Release>)>, SchedulerError> {
-        let row: Option<(Uuid, String, String, String, String, OffsetDateTime)> =
-            sqlx::query_as("SELECT id, environment, kind, created_by, reason, created_at FROM release_groups WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<(Uuid, String, String, String, String, OffsetDateTime)> = sqlx::query_as(
+            "SELECT id, environment, kind, created_by, reason, created_at FROM release_groups WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some((id, environment, kind, created_by, reason, created_at)) = row else { return Ok(None) };
         let members: Vec<(serde_json::Value,)> =
-            sqlx::query_as("SELECT state FROM releases WHERE group_id = $1 ORDER BY group_position").bind(id).fetch_all(&self.pool).await?;
+            sqlx::query_as("SELECT state FROM releases WHERE group_id = $1 ORDER BY group_position")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
         let members = members.into_iter().map(|(s,)| decode(s)).collect::<Result<Vec<_>, _>>()?;
         Ok(Some((GroupRow { id, environment, kind, created_by, reason, created_at }, members)))
     }
 
     /// The group member after `release` that has not started, locked.
-    pub async fn lock_next_member(conn: &mut PgConnection, release: &Release) -> Result<Option<Release>, SchedulerError> {
+    pub async fn lock_next_member(
+        conn: &mut PgConnection,
+        release: &Release,
+    ) -> Result<Option<Release>, SchedulerError> {
         let Some(group) = release.group_id else { return Ok(None) };
         let row: Option<(serde_json::Value,)> = sqlx::query_as(
             "SELECT state FROM releases WHERE group_id = $1 \
@@ -591,7 +635,10 @@ impl Store {
 
     /// Marks events published.
     pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), SchedulerError> {
-        sqlx::query("UPDATE release_events SET published_at = clock_timestamp() WHERE id = ANY($1)").bind(ids).execute(conn).await?;
+        sqlx::query("UPDATE release_events SET published_at = clock_timestamp() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }

@@ -49,22 +49,33 @@ async fn config_errors_name_the_path() {
     let mut config = ConfigServiceClient::connect(format!("http://{}", h.addr)).await.unwrap();
     let current = config.get_config(hopngo_proto::config::GetConfigRequest { version: 0 }).await.unwrap().into_inner();
     let cases = [
-        (common::CONFIG.replacen("setWeight: 50\n", "setWeight: 130\n", 1), "services[0].strategy.canary.steps[3].setWeight: 130 is not in 0..=100"),
+        (
+            common::CONFIG.replacen("setWeight: 50\n", "setWeight: 130\n", 1),
+            "services[0].strategy.canary.steps[3].setWeight: 130 is not in 0..=100",
+        ),
         (
             common::CONFIG.replacen("- setWeight: 50\n", "- setWeight: 20\n", 1),
             "services[0].strategy.canary.steps[3].setWeight: 20 is lower than the previous weight 25; weights must not decrease",
         ),
         (
-            common::CONFIG.replace("analysis: {templates: [slo], startingStep: 1}", "analysis: {templates: [latency], startingStep: 1}"),
+            common::CONFIG.replace(
+                "analysis: {templates: [slo], startingStep: 1}",
+                "analysis: {templates: [latency], startingStep: 1}",
+            ),
             "services[0].strategy.canary.analysis.templates[0]: unknown analysis template \"latency\"",
         ),
         (
-            common::CONFIG.replace("- setWeight: 25\n", "- name: a\n            setWeight: 25\n").replacen("- setWeight: 50\n", "- name: a\n            setWeight: 50\n", 1),
+            common::CONFIG.replace("- setWeight: 25\n", "- name: a\n            setWeight: 25\n").replacen(
+                "- setWeight: 50\n",
+                "- name: a\n            setWeight: 50\n",
+                1,
+            ),
             "services[0].strategy.canary.steps[3].name: duplicate step name \"a\"",
         ),
     ];
     for (yaml, expected) in cases {
-        let err = config.apply_config(as_user(ApplyConfigRequest { yaml: yaml.clone() }, "ops", &[])).await.unwrap_err();
+        let err =
+            config.apply_config(as_user(ApplyConfigRequest { yaml: yaml.clone() }, "ops", &[])).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert_eq!(err.message(), expected);
         let v = config.validate_config(ValidateConfigRequest { yaml }).await.unwrap().into_inner();
@@ -75,7 +86,11 @@ async fn config_errors_name_the_path() {
     assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "yaml: must not be empty"));
     let after = config.get_config(hopngo_proto::config::GetConfigRequest { version: 0 }).await.unwrap().into_inner();
     assert_eq!(after.version, current.version, "no version stored for a bad document");
-    let same = config.apply_config(as_user(ApplyConfigRequest { yaml: common::CONFIG.into() }, "ops", &[])).await.unwrap().into_inner();
+    let same = config
+        .apply_config(as_user(ApplyConfigRequest { yaml: common::CONFIG.into() }, "ops", &[]))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!same.changed, "re-applying the same document stores nothing");
     h.stop().await;
 }
@@ -88,13 +103,23 @@ async fn actions_in_the_wrong_state_are_refused() {
     let done = h.wait_settled(&r.id, 20).await;
     let before = done.version;
     let id = r.id.clone();
-    let err = h.client().abort_release(pb::AbortReleaseRequest { id: id.clone(), reason: String::new() }).await.unwrap_err();
+    let err =
+        h.client().abort_release(pb::AbortReleaseRequest { id: id.clone(), reason: String::new() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = h.client().retry_release(pb::RetryReleaseRequest { id: id.clone(), reason: String::new() }).await.unwrap_err();
+    let err =
+        h.client().retry_release(pb::RetryReleaseRequest { id: id.clone(), reason: String::new() }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = h.client().approve_release(as_user(pb::ApproveReleaseRequest { id: id.clone(), reason: String::new() }, "bob", &[])).await.unwrap_err();
+    let err = h
+        .client()
+        .approve_release(as_user(pb::ApproveReleaseRequest { id: id.clone(), reason: String::new() }, "bob", &[]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let err = h.client().reject_release(as_user(pb::RejectReleaseRequest { id: id.clone(), reason: String::new() }, "bob", &[])).await.unwrap_err();
+    let err = h
+        .client()
+        .reject_release(as_user(pb::RejectReleaseRequest { id: id.clone(), reason: String::new() }, "bob", &[]))
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "reason: a rejection needs a reason"));
     let err = h.create("chat-service", "staging", "chat:2", "alice").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "already stable: {err:?}");

@@ -50,7 +50,8 @@ async fn canary_runs_to_succeeded_and_promote_skips_the_pause() {
         async move { events.iter().any(|e| e.release_id == id && e.r#type == "dev.cdevents.service.upgraded.0.3.0") }
     })
     .await;
-    let seqs: Vec<u64> = h.fakes.notifier.events().iter().filter(|e| e.release_id == r.id).map(|e| e.sequence).collect();
+    let seqs: Vec<u64> =
+        h.fakes.notifier.events().iter().filter(|e| e.release_id == r.id).map(|e| e.sequence).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     let revisions = h
         .client()
@@ -130,13 +131,19 @@ async fn abort_mid_canary_then_retry_then_undo_to_a_revision() {
     assert_eq!((retried.attempt, retried.phase), (2, P::Pending as i32));
     let done = h.wait_settled(&r3.id, 20).await;
     assert_eq!(done.phase, P::Succeeded as i32, "{}", done.message);
-    let second_attempt_keys = h.fakes.deployer.calls().iter().filter(|c| c.key.starts_with(&r3.id) && c.key.ends_with("/2")).count();
+    let second_attempt_keys =
+        h.fakes.deployer.calls().iter().filter(|c| c.key.starts_with(&r3.id) && c.key.ends_with("/2")).count();
     assert!(second_attempt_keys >= 1, "the retry used fresh keys");
     // Undo to revision 1.
     let undo = h
         .client()
         .undo_release(as_user(
-            pb::UndoReleaseRequest { service: "chat-service".into(), environment: "staging".into(), to_revision: 1, reason: "regression".into() },
+            pb::UndoReleaseRequest {
+                service: "chat-service".into(),
+                environment: "staging".into(),
+                to_revision: 1,
+                reason: "regression".into(),
+            },
             "bob",
             &[],
         ))
@@ -153,7 +160,12 @@ async fn abort_mid_canary_then_retry_then_undo_to_a_revision() {
     let undo = h
         .client()
         .undo_release(as_user(
-            pb::UndoReleaseRequest { service: "chat-service".into(), environment: "staging".into(), to_revision: 0, reason: String::new() },
+            pb::UndoReleaseRequest {
+                service: "chat-service".into(),
+                environment: "staging".into(),
+                to_revision: 0,
+                reason: String::new(),
+            },
             "bob",
             &[],
         ))
@@ -166,7 +178,12 @@ async fn abort_mid_canary_then_retry_then_undo_to_a_revision() {
     let err = h
         .client()
         .undo_release(as_user(
-            pb::UndoReleaseRequest { service: "chat-service".into(), environment: "staging".into(), to_revision: 99, reason: String::new() },
+            pb::UndoReleaseRequest {
+                service: "chat-service".into(),
+                environment: "staging".into(),
+                to_revision: 99,
+                reason: String::new(),
+            },
             "bob",
             &[],
         ))
@@ -189,7 +206,9 @@ async fn blue_green_with_pre_and_post_analysis_and_switch_back_on_failure() {
     let calls = h.fakes.deployer.calls();
     let gw: Vec<_> = calls.iter().filter(|c| c.target.service == "gateway").map(|c| c.target.clone()).collect();
     // preview beside active, then the switch (old kept on preview), then scale-down.
-    let shape = |t: &hopngo_proto::deployer::TargetSpec| t.tracks.iter().map(|t| (t.track, t.artifact.clone())).collect::<Vec<_>>();
+    let shape = |t: &hopngo_proto::deployer::TargetSpec| {
+        t.tracks.iter().map(|t| (t.track, t.artifact.clone())).collect::<Vec<_>>()
+    };
     use hopngo_proto::deployer::Track;
     assert_eq!(shape(&gw[1]), vec![(Track::Active as i32, "gw:1".into()), (Track::Preview as i32, "gw:2".into())]);
     assert_eq!(shape(&gw[2]), vec![(Track::Active as i32, "gw:2".into()), (Track::Preview as i32, "gw:1".into())]);
@@ -223,7 +242,11 @@ async fn production_needs_upstream_success_and_an_approval_by_someone_else() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "self-approval: {err:?}");
     let err = h.client().approve_release(approve("carol", &[])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "missing role: {err:?}");
-    let err = h.client().approve_release(pb::ApproveReleaseRequest { id: r.id.clone(), reason: String::new() }).await.unwrap_err();
+    let err = h
+        .client()
+        .approve_release(pb::ApproveReleaseRequest { id: r.id.clone(), reason: String::new() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "anonymous: {err:?}");
     let unchanged = h.get(&r.id).await;
     assert!(unchanged.approvals.is_empty(), "refused approvals are not stored");
@@ -254,7 +277,8 @@ async fn a_newer_release_supersedes_the_active_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployer_down_retries_then_aborts_at_the_progress_deadline() {
     let mut h = Harness::start().await;
-    let config = common::CONFIG.replace("progressDeadline: 20s\n  - name: production", "progressDeadline: 2s\n  - name: production");
+    let config = common::CONFIG
+        .replace("progressDeadline: 20s\n  - name: production", "progressDeadline: 2s\n  - name: production");
     h.apply(&config).await;
     h.seed_stable("chat-service", "staging", "chat:1").await;
     h.fakes.deployer_server.down().await;
@@ -348,7 +372,12 @@ async fn list_filters_and_paginates() {
     loop {
         let page = h
             .client()
-            .list_releases(pb::ListReleasesRequest { service: "chat-service".into(), page_size: 2, page_token: token.clone(), ..Default::default() })
+            .list_releases(pb::ListReleasesRequest {
+                service: "chat-service".into(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -368,9 +397,14 @@ async fn list_filters_and_paginates() {
         .into_inner()
         .releases;
     assert!(superseded.iter().all(|r| r.phase == P::Superseded as i32));
-    let err = h.client().list_releases(pb::ListReleasesRequest { page_token: "garbage".into(), ..Default::default() }).await.unwrap_err();
+    let err = h
+        .client()
+        .list_releases(pb::ListReleasesRequest { page_token: "garbage".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let err = h.client().list_releases(pb::ListReleasesRequest { page_size: 501, ..Default::default() }).await.unwrap_err();
+    let err =
+        h.client().list_releases(pb::ListReleasesRequest { page_size: 501, ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     h.stop().await;
 }
@@ -387,7 +421,12 @@ async fn environment_rollback_runs_services_one_after_another() {
     let group = h
         .client()
         .rollback_environment(as_user(
-            pb::RollbackEnvironmentRequest { environment: "staging".into(), services: vec![], reason: "incident".into(), emergency: true },
+            pb::RollbackEnvironmentRequest {
+                environment: "staging".into(),
+                services: vec![],
+                reason: "incident".into(),
+                emergency: true,
+            },
             "bob",
             &[],
         ))
@@ -410,9 +449,19 @@ async fn environment_rollback_runs_services_one_after_another() {
     .await;
     assert_eq!(h.fakes.deployer.target("chat-service", "staging").unwrap().tracks[0].artifact, "chat:1");
     assert_eq!(h.fakes.deployer.target("booking-service", "staging").unwrap().tracks[0].artifact, "booking:1");
-    let g = h.client().get_release_group(pb::GetReleaseGroupRequest { id: group.id.clone() }).await.unwrap().into_inner().group.unwrap();
-    let first_done = g.releases[0].finished_at.clone().unwrap();
-    let second_started = g.releases[1].steps[0].started_at.clone().unwrap();
-    assert!((second_started.seconds, second_started.nanos) >= (first_done.seconds, first_done.nanos), "one after another");
+    let g = h
+        .client()
+        .get_release_group(pb::GetReleaseGroupRequest { id: group.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .group
+        .unwrap();
+    let first_done = g.releases[0].finished_at.unwrap();
+    let second_started = g.releases[1].steps[0].started_at.unwrap();
+    assert!(
+        (second_started.seconds, second_started.nanos) >= (first_done.seconds, first_done.nanos),
+        "one after another"
+    );
     h.stop().await;
 }

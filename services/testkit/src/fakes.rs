@@ -186,12 +186,18 @@ impl FakeDeployer {
 
 #[tonic::async_trait]
 impl dpb::deployer_service_server::DeployerService for FakeDeployer {
-    async fn apply_target(&self, req: Request<dpb::ApplyTargetRequest>) -> Result<Response<dpb::ApplyTargetResponse>, Status> {
+    async fn apply_target(
+        &self,
+        req: Request<dpb::ApplyTargetRequest>,
+    ) -> Result<Response<dpb::ApplyTargetResponse>, Status> {
         self.gate.pass().await?;
         let r = req.into_inner();
         let target = r.target.ok_or_else(|| Status::invalid_argument("target: required"))?;
         if target.canary_weight > 100 {
-            return Err(Status::invalid_argument(format!("target.canary_weight: {} is not in 0..=100", target.canary_weight)));
+            return Err(Status::invalid_argument(format!(
+                "target.canary_weight: {} is not in 0..=100",
+                target.canary_weight
+            )));
         }
         if let Some(t) = target.tracks.iter().find(|t| t.artifact.is_empty()) {
             return Err(Status::invalid_argument(format!("target.tracks[{}].artifact: must not be empty", t.track)));
@@ -218,13 +224,21 @@ impl dpb::deployer_service_server::DeployerService for FakeDeployer {
         Ok(Response::new(dpb::ApplyTargetResponse { changed, status: None }))
     }
 
-    async fn get_target_status(&self, req: Request<dpb::GetTargetStatusRequest>) -> Result<Response<dpb::GetTargetStatusResponse>, Status> {
+    async fn get_target_status(
+        &self,
+        req: Request<dpb::GetTargetStatusRequest>,
+    ) -> Result<Response<dpb::GetTargetStatusResponse>, Status> {
         self.gate.pass().await?;
         let r = req.into_inner();
         let s = self.state.lock().unwrap();
         let Some((target, key, at)) = s.targets.get(&(r.service.clone(), r.environment.clone())) else {
             return Ok(Response::new(dpb::GetTargetStatusResponse {
-                status: Some(dpb::TargetStatus { service: r.service, environment: r.environment, converged: true, ..Default::default() }),
+                status: Some(dpb::TargetStatus {
+                    service: r.service,
+                    environment: r.environment,
+                    converged: true,
+                    ..Default::default()
+                }),
             }));
         };
         let converged = at.elapsed() >= s.converge_after;
@@ -334,7 +348,10 @@ fn run_view(run: &FakeRun) -> apb::AnalysisRun {
 
 #[tonic::async_trait]
 impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
-    async fn start_analysis_run(&self, req: Request<apb::StartAnalysisRunRequest>) -> Result<Response<apb::StartAnalysisRunResponse>, Status> {
+    async fn start_analysis_run(
+        &self,
+        req: Request<apb::StartAnalysisRunRequest>,
+    ) -> Result<Response<apb::StartAnalysisRunResponse>, Status> {
         self.gate.pass().await?;
         let r = req.into_inner();
         if r.metrics.is_empty() {
@@ -346,7 +363,8 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
             return Ok(Response::new(apb::StartAnalysisRunResponse { run: Some(run_view(run)) }));
         }
         let kind = r.labels.get("kind").cloned().unwrap_or_default();
-        let verdict = s.verdicts.get(&kind).or_else(|| s.verdicts.get("*")).copied().unwrap_or(apb::AnalysisPhase::Successful);
+        let verdict =
+            s.verdicts.get(&kind).or_else(|| s.verdicts.get("*")).copied().unwrap_or(apb::AnalysisPhase::Successful);
         let run = FakeRun {
             id: format!("run-{}", s.runs.len() + 1),
             key: r.idempotency_key,
@@ -363,7 +381,10 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
         Ok(Response::new(apb::StartAnalysisRunResponse { run: Some(view) }))
     }
 
-    async fn get_analysis_run(&self, req: Request<apb::GetAnalysisRunRequest>) -> Result<Response<apb::GetAnalysisRunResponse>, Status> {
+    async fn get_analysis_run(
+        &self,
+        req: Request<apb::GetAnalysisRunRequest>,
+    ) -> Result<Response<apb::GetAnalysisRunResponse>, Status> {
         self.gate.pass().await?;
         let id = req.into_inner().id;
         let mut s = self.state.lock().unwrap();
@@ -378,15 +399,24 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
         Ok(Response::new(apb::GetAnalysisRunResponse { run: Some(run_view(run)) }))
     }
 
-    async fn list_analysis_runs(&self, _: Request<apb::ListAnalysisRunsRequest>) -> Result<Response<apb::ListAnalysisRunsResponse>, Status> {
+    async fn list_analysis_runs(
+        &self,
+        _: Request<apb::ListAnalysisRunsRequest>,
+    ) -> Result<Response<apb::ListAnalysisRunsResponse>, Status> {
         self.gate.pass().await?;
         let s = self.state.lock().unwrap();
-        Ok(Response::new(apb::ListAnalysisRunsResponse { runs: s.runs.iter().map(run_view).collect(), next_page_token: String::new() }))
+        Ok(Response::new(apb::ListAnalysisRunsResponse {
+            runs: s.runs.iter().map(run_view).collect(),
+            next_page_token: String::new(),
+        }))
     }
 
     type WatchAnalysisRunStream = tokio_stream::Iter<std::vec::IntoIter<Result<apb::WatchAnalysisRunResponse, Status>>>;
 
-    async fn watch_analysis_run(&self, req: Request<apb::WatchAnalysisRunRequest>) -> Result<Response<Self::WatchAnalysisRunStream>, Status> {
+    async fn watch_analysis_run(
+        &self,
+        req: Request<apb::WatchAnalysisRunRequest>,
+    ) -> Result<Response<Self::WatchAnalysisRunStream>, Status> {
         self.gate.pass().await?;
         let id = req.into_inner().id;
         let s = self.state.lock().unwrap();
@@ -394,7 +424,10 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
         Ok(Response::new(tokio_stream::iter(vec![Ok(apb::WatchAnalysisRunResponse { run: Some(run_view(run)) })])))
     }
 
-    async fn terminate_analysis_run(&self, req: Request<apb::TerminateAnalysisRunRequest>) -> Result<Response<apb::TerminateAnalysisRunResponse>, Status> {
+    async fn terminate_analysis_run(
+        &self,
+        req: Request<apb::TerminateAnalysisRunRequest>,
+    ) -> Result<Response<apb::TerminateAnalysisRunResponse>, Status> {
         self.gate.pass().await?;
         let id = req.into_inner().id;
         let mut s = self.state.lock().unwrap();
@@ -417,21 +450,27 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
 
 // === migrator ===
 
+struct MigratorState {
+    /// (idempotency key, database) per run.
+    runs: Vec<(String, String)>,
+    outcome: mpb::MigrationPhase,
+}
+
 /// Fake migrator: every run succeeds (or fails when told).
 #[derive(Clone)]
 pub struct FakeMigrator {
-    state: Arc<Mutex<(Vec<(String, String)>, mpb::MigrationPhase)>>,
+    state: Arc<Mutex<MigratorState>>,
     gate: Gate,
 }
 
 impl FakeMigrator {
     /// (idempotency key, database) of every run started.
     pub fn runs(&self) -> Vec<(String, String)> {
-        self.state.lock().unwrap().0.clone()
+        self.state.lock().unwrap().runs.clone()
     }
     /// Outcome of runs.
     pub fn outcome(&self, phase: mpb::MigrationPhase) {
-        self.state.lock().unwrap().1 = phase;
+        self.state.lock().unwrap().outcome = phase;
     }
 }
 
@@ -445,25 +484,31 @@ impl mpb::migrator_service_server::MigratorService for FakeMigrator {
         self.gate.pass().await?;
         Ok(Response::new(mpb::ValidateResponse { valid: true, problems: Vec::new() }))
     }
-    async fn start_migration(&self, req: Request<mpb::StartMigrationRequest>) -> Result<Response<mpb::StartMigrationResponse>, Status> {
+    async fn start_migration(
+        &self,
+        req: Request<mpb::StartMigrationRequest>,
+    ) -> Result<Response<mpb::StartMigrationResponse>, Status> {
         self.gate.pass().await?;
         let r = req.into_inner();
         let database = r.target.map(|t| t.database).unwrap_or_default();
         let mut s = self.state.lock().unwrap();
-        let index = match s.0.iter().position(|(k, _)| *k == r.idempotency_key) {
+        let index = match s.runs.iter().position(|(k, _)| *k == r.idempotency_key) {
             Some(i) => i,
             None => {
-                s.0.push((r.idempotency_key.clone(), database.clone()));
-                s.0.len() - 1
+                s.runs.push((r.idempotency_key.clone(), database.clone()));
+                s.runs.len() - 1
             }
         };
         Ok(Response::new(mpb::StartMigrationResponse {
             run: Some(mpb::MigrationRun { id: format!("migration-{}", index + 1), database, ..Default::default() }),
         }))
     }
-    async fn get_migration_run(&self, req: Request<mpb::GetMigrationRunRequest>) -> Result<Response<mpb::GetMigrationRunResponse>, Status> {
+    async fn get_migration_run(
+        &self,
+        req: Request<mpb::GetMigrationRunRequest>,
+    ) -> Result<Response<mpb::GetMigrationRunResponse>, Status> {
         self.gate.pass().await?;
-        let phase = self.state.lock().unwrap().1;
+        let phase = self.state.lock().unwrap().outcome;
         Ok(Response::new(mpb::GetMigrationRunResponse {
             run: Some(mpb::MigrationRun {
                 id: req.into_inner().id,
@@ -503,7 +548,10 @@ impl FakeNotifier {
 
 #[tonic::async_trait]
 impl npb::notifier_service_server::NotifierService for FakeNotifier {
-    async fn publish_events(&self, req: Request<npb::PublishEventsRequest>) -> Result<Response<npb::PublishEventsResponse>, Status> {
+    async fn publish_events(
+        &self,
+        req: Request<npb::PublishEventsRequest>,
+    ) -> Result<Response<npb::PublishEventsResponse>, Status> {
         self.gate.pass().await?;
         let mut s = self.state.lock().unwrap();
         let (mut accepted, mut duplicates) = (0, 0);
@@ -524,16 +572,28 @@ impl npb::notifier_service_server::NotifierService for FakeNotifier {
     async fn subscribe(&self, _: Request<npb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         Err(Status::unimplemented("the fake notifier does not serve subscriptions"))
     }
-    async fn create_webhook(&self, _: Request<npb::CreateWebhookRequest>) -> Result<Response<npb::CreateWebhookResponse>, Status> {
+    async fn create_webhook(
+        &self,
+        _: Request<npb::CreateWebhookRequest>,
+    ) -> Result<Response<npb::CreateWebhookResponse>, Status> {
         Err(Status::unimplemented("the fake notifier has no webhooks"))
     }
-    async fn list_webhooks(&self, _: Request<npb::ListWebhooksRequest>) -> Result<Response<npb::ListWebhooksResponse>, Status> {
+    async fn list_webhooks(
+        &self,
+        _: Request<npb::ListWebhooksRequest>,
+    ) -> Result<Response<npb::ListWebhooksResponse>, Status> {
         Err(Status::unimplemented("the fake notifier has no webhooks"))
     }
-    async fn delete_webhook(&self, _: Request<npb::DeleteWebhookRequest>) -> Result<Response<npb::DeleteWebhookResponse>, Status> {
+    async fn delete_webhook(
+        &self,
+        _: Request<npb::DeleteWebhookRequest>,
+    ) -> Result<Response<npb::DeleteWebhookResponse>, Status> {
         Err(Status::unimplemented("the fake notifier has no webhooks"))
     }
-    async fn list_deliveries(&self, _: Request<npb::ListDeliveriesRequest>) -> Result<Response<npb::ListDeliveriesResponse>, Status> {
+    async fn list_deliveries(
+        &self,
+        _: Request<npb::ListDeliveriesRequest>,
+    ) -> Result<Response<npb::ListDeliveriesResponse>, Status> {
         Err(Status::unimplemented("the fake notifier has no webhooks"))
     }
 }
@@ -568,11 +628,23 @@ impl Fakes {
         let analyzer = FakeAnalyzer { state: Arc::default(), gate: gate.clone() };
         let analyzer_server = Served::start(Routes::new(AnalyzerServiceServer::new(analyzer.clone())), gate).await?;
         let gate = Gate::new();
-        let migrator = FakeMigrator { state: Arc::new(Mutex::new((Vec::new(), mpb::MigrationPhase::Succeeded))), gate: gate.clone() };
+        let migrator = FakeMigrator {
+            state: Arc::new(Mutex::new(MigratorState { runs: Vec::new(), outcome: mpb::MigrationPhase::Succeeded })),
+            gate: gate.clone(),
+        };
         let migrator_server = Served::start(Routes::new(MigratorServiceServer::new(migrator.clone())), gate).await?;
         let gate = Gate::new();
         let notifier = FakeNotifier { state: Arc::default(), gate: gate.clone() };
         let notifier_server = Served::start(Routes::new(NotifierServiceServer::new(notifier.clone())), gate).await?;
-        Ok(Fakes { deployer, deployer_server, analyzer, analyzer_server, migrator, migrator_server, notifier, notifier_server })
+        Ok(Fakes {
+            deployer,
+            deployer_server,
+            analyzer,
+            analyzer_server,
+            migrator,
+            migrator_server,
+            notifier,
+            notifier_server,
+        })
     }
 }

@@ -800,10 +800,15 @@ impl Validator {
                 self.problem(format!("{path}.{field}"), format!("{value} is negative"));
             }
         }
-        let set = [m.provider.prometheus.is_some(), m.provider.scrape.is_some(), m.provider.web.is_some(), m.provider.job.is_some()]
-            .iter()
-            .filter(|x| **x)
-            .count();
+        let set = [
+            m.provider.prometheus.is_some(),
+            m.provider.scrape.is_some(),
+            m.provider.web.is_some(),
+            m.provider.job.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
         if set != 1 {
             self.problem(format!("{path}.provider"), "exactly one of prometheus, scrape, web, job is required");
         }
@@ -845,6 +850,10 @@ impl Validator {
     }
 
     fn url(&mut self, path: &str, url: &str) {
+        // A URL taken from an argument is checked when the run starts, with the value filled in.
+        if url.starts_with("{{args.") {
+            return;
+        }
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "http://".len() {
             self.problem(path, format!("{url:?} is not an http(s) URL"));
         }
@@ -867,7 +876,10 @@ impl Validator {
         }
         for arg in required {
             if !args.contains_key(&arg) {
-                self.problem(path.replace(".templates", ".args"), format!("argument {arg:?} is required by the templates"));
+                self.problem(
+                    path.replace(".templates", ".args"),
+                    format!("argument {arg:?} is required by the templates"),
+                );
             }
         }
     }
@@ -917,7 +929,9 @@ impl Validator {
                     if weight < last_weight {
                         self.problem(
                             format!("{spath}.setWeight"),
-                            format!("{weight} is lower than the previous weight {last_weight}; weights must not decrease"),
+                            format!(
+                                "{weight} is lower than the previous weight {last_weight}; weights must not decrease"
+                            ),
                         );
                     }
                     last_weight = weight;

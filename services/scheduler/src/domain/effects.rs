@@ -154,7 +154,11 @@ pub trait Effects: Sync {
     /// Deployer ApplyTarget.
     fn apply_target(&self, key: &str, desired: &DesiredState) -> impl Future<Output = Result<(), EffectError>> + Send;
     /// Deployer GetTargetStatus.
-    fn target_status(&self, service: &str, environment: &str) -> impl Future<Output = Result<TargetObservation, EffectError>> + Send;
+    fn target_status(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> impl Future<Output = Result<TargetObservation, EffectError>> + Send;
     /// Analyzer StartAnalysisRun; returns the run id.
     fn start_analysis(
         &self,
@@ -168,7 +172,11 @@ pub trait Effects: Sync {
     /// Analyzer TerminateAnalysisRun.
     fn terminate_analysis(&self, run_id: &str, reason: &str) -> impl Future<Output = Result<(), EffectError>> + Send;
     /// Migrator StartMigration (migrate); returns the run id.
-    fn start_migration(&self, key: &str, request: &MigrationRequest) -> impl Future<Output = Result<String, EffectError>> + Send;
+    fn start_migration(
+        &self,
+        key: &str,
+        request: &MigrationRequest,
+    ) -> impl Future<Output = Result<String, EffectError>> + Send;
     /// Migrator GetMigrationRun.
     fn migration_status(&self, run_id: &str) -> impl Future<Output = Result<MigrationObservation, EffectError>> + Send;
 }

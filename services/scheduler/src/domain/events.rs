@@ -65,7 +65,9 @@ pub fn severity(kind: TransitionKind) -> EventSeverity {
     match kind {
         TransitionKind::Failed => EventSeverity::Critical,
         TransitionKind::Aborted | TransitionKind::Rejected => EventSeverity::Error,
-        TransitionKind::Paused | TransitionKind::AwaitingApproval | TransitionKind::RolledBack => EventSeverity::Warning,
+        TransitionKind::Paused | TransitionKind::AwaitingApproval | TransitionKind::RolledBack => {
+            EventSeverity::Warning
+        }
         _ => EventSeverity::Info,
     }
 }

@@ -120,7 +120,11 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { poll_interval: Duration::from_secs(1), retry_base: Duration::from_millis(200), retry_max: Duration::from_secs(15) }
+        Settings {
+            poll_interval: Duration::from_secs(1),
+            retry_base: Duration::from_millis(200),
+            retry_max: Duration::from_secs(15),
+        }
     }
 }
 
@@ -157,7 +161,14 @@ enum Flow {
     Wait(Option<OffsetDateTime>),
 }
 
-fn record(r: &mut Release, kind: TransitionKind, actor: &str, from: Phase, message: impl Into<String>, out: &mut Vec<Transition>) {
+fn record(
+    r: &mut Release,
+    kind: TransitionKind,
+    actor: &str,
+    from: Phase,
+    message: impl Into<String>,
+    out: &mut Vec<Transition>,
+) {
     out.push(Transition {
         kind,
         actor: actor.to_string(),
@@ -284,7 +295,13 @@ pub async fn advance<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s
     Advance { transitions: out, wake_at: Some(now) }
 }
 
-async fn step_once<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Settings, out: &mut Vec<Transition>) -> Flow {
+async fn step_once<E: Effects>(
+    r: &mut Release,
+    now: OffsetDateTime,
+    fx: &E,
+    s: &Settings,
+    out: &mut Vec<Transition>,
+) -> Flow {
     if r.settled {
         return Flow::Wait(None);
     }
@@ -340,7 +357,13 @@ fn retry_later(r: &mut Release, now: OffsetDateTime, s: &Settings, err: &EffectE
     Flow::Wait(Some(after(now, delay)))
 }
 
-async fn roll_back<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Settings, out: &mut Vec<Transition>) -> Flow {
+async fn roll_back<E: Effects>(
+    r: &mut Release,
+    now: OffsetDateTime,
+    fx: &E,
+    s: &Settings,
+    out: &mut Vec<Transition>,
+) -> Flow {
     if let Some(deadline) = r.progress_deadline_at
         && now >= deadline
     {
@@ -407,7 +430,14 @@ fn fail(r: &mut Release, now: OffsetDateTime, err: &EffectError, out: &mut Vec<T
 }
 
 /// Aborts: records why, and leaves the return to stable to the engine.
-fn abort_now(r: &mut Release, now: OffsetDateTime, actor: &str, reason: &str, failed_step: bool, out: &mut Vec<Transition>) {
+fn abort_now(
+    r: &mut Release,
+    now: OffsetDateTime,
+    actor: &str,
+    reason: &str,
+    failed_step: bool,
+    out: &mut Vec<Transition>,
+) {
     let from = r.phase;
     if failed_step && let Some(rec) = r.steps.get_mut(r.step_index) {
         rec.status = StepStatus::Failed;
@@ -417,14 +447,22 @@ fn abort_now(r: &mut Release, now: OffsetDateTime, actor: &str, reason: &str, fa
     r.phase = Phase::Aborted;
     r.completion = Some(if r.switched { Completion::RolledBack } else { Completion::Aborted });
     r.finished_at = Some(now);
-    r.abort = Some(AbortState { reason: reason.to_string(), actor: actor.to_string(), at: now, rollback_applied: false });
+    r.abort =
+        Some(AbortState { reason: reason.to_string(), actor: actor.to_string(), at: now, rollback_applied: false });
     r.progress_deadline_at = Some(after(now, r.plan.progress_deadline.0));
     r.failures = 0;
     r.message = format!("aborted: {reason}");
     record(r, TransitionKind::Aborted, actor, from, reason, out);
 }
 
-fn complete_step(r: &mut Release, now: OffsetDateTime, status: StepStatus, actor: &str, message: &str, out: &mut Vec<Transition>) {
+fn complete_step(
+    r: &mut Release,
+    now: OffsetDateTime,
+    status: StepStatus,
+    actor: &str,
+    message: &str,
+    out: &mut Vec<Transition>,
+) {
     let from = r.phase;
     let index = r.step_index;
     let name = r.plan.steps.get(index).map(|s| s.name.clone()).unwrap_or_default();
@@ -446,7 +484,11 @@ fn complete_step(r: &mut Release, now: OffsetDateTime, status: StepStatus, actor
         rec.started_at = Some(now);
     }
     let kind = if status == StepStatus::Skipped { TransitionKind::StepSkipped } else { TransitionKind::StepCompleted };
-    let text = if message.is_empty() { format!("step {index} ({name}) done") } else { format!("step {index} ({name}): {message}") };
+    let text = if message.is_empty() {
+        format!("step {index} ({name}) done")
+    } else {
+        format!("step {index} ({name}): {message}")
+    };
     r.message = text.clone();
     record(r, kind, actor, from, text, out);
 }
@@ -461,7 +503,13 @@ fn pause(r: &mut Release, message: &str, out: &mut Vec<Transition>) {
     }
 }
 
-async fn run<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Settings, out: &mut Vec<Transition>) -> Flow {
+async fn run<E: Effects>(
+    r: &mut Release,
+    now: OffsetDateTime,
+    fx: &E,
+    s: &Settings,
+    out: &mut Vec<Transition>,
+) -> Flow {
     let mut background_wake = None;
     if let Some(bg) = r.plan.background.clone()
         && !r.background_done
@@ -487,7 +535,14 @@ async fn run<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Setti
                             done: false,
                         });
                         let from = r.phase;
-                        record(r, TransitionKind::AnalysisStarted, ENGINE, from, format!("background analysis {id}"), out);
+                        record(
+                            r,
+                            TransitionKind::AnalysisStarted,
+                            ENGINE,
+                            from,
+                            format!("background analysis {id}"),
+                            out,
+                        );
                         id
                     }
                     Err(err) if err.retryable => return retry_later(r, now, s, &err),
@@ -509,7 +564,8 @@ async fn run<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Setti
                 match obs.phase {
                     RunPhase::Failed | RunPhase::Error => {
                         r.background_done = true;
-                        let reason = format!("background analysis {}: {}", obs.phase.as_str().to_lowercase(), obs.message);
+                        let reason =
+                            format!("background analysis {}: {}", obs.phase.as_str().to_lowercase(), obs.message);
                         record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
                         abort_now(r, now, ENGINE, &reason, false, out);
                         return Flow::Continue;
@@ -517,7 +573,14 @@ async fn run<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Setti
                     RunPhase::Inconclusive => {
                         r.background_done = true;
                         record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                        pause(r, &format!("background analysis inconclusive ({}); promote to continue or abort", obs.message), out);
+                        pause(
+                            r,
+                            &format!(
+                                "background analysis inconclusive ({}); promote to continue or abort",
+                                obs.message
+                            ),
+                            out,
+                        );
                     }
                     RunPhase::Successful => {
                         r.background_done = true;
@@ -605,31 +668,29 @@ async fn run<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Setti
             let state = final_state(r);
             converge(r, now, fx, s, out, state, |_| {}).await
         }
-        StepAction::Pause { duration } => {
-            match duration {
-                None => {
-                    pause(r, &format!("paused at step {} until promoted", r.step_index), out);
-                    Flow::Wait(None)
-                }
-                Some(d) => {
-                    let until = *r.cursor.until.get_or_insert(after(now, d.0));
-                    if now >= until {
-                        complete_step(r, now, StepStatus::Succeeded, ENGINE, "pause elapsed", out);
-                        Flow::Continue
-                    } else {
-                        pause(r, &format!("paused until {until}"), out);
-                        Flow::Wait(Some(until))
-                    }
+        StepAction::Pause { duration } => match duration {
+            None => {
+                pause(r, &format!("paused at step {} until promoted", r.step_index), out);
+                Flow::Wait(None)
+            }
+            Some(d) => {
+                let until = *r.cursor.until.get_or_insert(after(now, d.0));
+                if now >= until {
+                    complete_step(r, now, StepStatus::Succeeded, ENGINE, "pause elapsed", out);
+                    Flow::Continue
+                } else {
+                    pause(r, &format!("paused until {until}"), out);
+                    Flow::Wait(Some(until))
                 }
             }
-        }
-        StepAction::Analysis { analysis } => analysis_step(r, now, fx, s, out, &analysis, "step", "canary").await,
-        StepAction::Verify { analysis } => analysis_step(r, now, fx, s, out, &analysis, "verify", "canary").await,
+        },
+        StepAction::Analysis { analysis } => analysis_step(r, now, fx, s, out, &analysis, "step").await,
+        StepAction::Verify { analysis } => analysis_step(r, now, fx, s, out, &analysis, "verify").await,
         StepAction::PrePromotionAnalysis { analysis } => {
-            analysis_step(r, now, fx, s, out, &analysis, "prePromotion", "preview").await
+            analysis_step(r, now, fx, s, out, &analysis, "prePromotion").await
         }
         StepAction::PostPromotionAnalysis { analysis } => {
-            analysis_step(r, now, fx, s, out, &analysis, "postPromotion", "active").await
+            analysis_step(r, now, fx, s, out, &analysis, "postPromotion").await
         }
         StepAction::Approval { policy } => {
             if !r.cursor.applied {
@@ -654,7 +715,14 @@ async fn run<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Setti
                         Flow::Continue
                     }
                     TimeoutOutcome::Approve => {
-                        complete_step(r, now, StepStatus::Succeeded, ENGINE, "approval timed out; policy approves", out);
+                        complete_step(
+                            r,
+                            now,
+                            StepStatus::Succeeded,
+                            ENGINE,
+                            "approval timed out; policy approves",
+                            out,
+                        );
                         Flow::Continue
                     }
                 },
@@ -692,7 +760,14 @@ async fn run<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Setti
                 }
                 Ok(obs) => match obs.phase {
                     MigrationPhase::Succeeded => {
-                        complete_step(r, now, StepStatus::Succeeded, ENGINE, &format!("migrated: {}", obs.message), out);
+                        complete_step(
+                            r,
+                            now,
+                            StepStatus::Succeeded,
+                            ENGINE,
+                            &format!("migrated: {}", obs.message),
+                            out,
+                        );
                         Flow::Continue
                     }
                     MigrationPhase::Failed => {
@@ -730,7 +805,14 @@ fn update_run(r: &mut Release, run_id: &str, phase: RunPhase, message: &str) {
 
 fn record_analysis_done(r: &mut Release, run_id: &str, phase: RunPhase, message: &str, out: &mut Vec<Transition>) {
     let from = r.phase;
-    record(r, TransitionKind::AnalysisCompleted, ENGINE, from, format!("analysis {run_id} {}: {message}", phase.as_str()), out);
+    record(
+        r,
+        TransitionKind::AnalysisCompleted,
+        ENGINE,
+        from,
+        format!("analysis {run_id} {}: {message}", phase.as_str()),
+        out,
+    );
 }
 
 async fn analysis_step<E: Effects>(
@@ -741,8 +823,13 @@ async fn analysis_step<E: Effects>(
     out: &mut Vec<Transition>,
     spec: &AnalysisSpec,
     kind: &str,
-    track_name: &str,
 ) -> Flow {
+    // Which track the metrics should look at.
+    let track_name = match kind {
+        "prePromotion" => "preview",
+        "postPromotion" => "active",
+        _ => "canary",
+    };
     if r.phase == Phase::Paused {
         // Inconclusive: waits for a person (promote skips, abort aborts).
         return Flow::Wait(None);
@@ -806,7 +893,11 @@ async fn analysis_step<E: Effects>(
                 }
                 RunPhase::Inconclusive => {
                     record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                    pause(r, &format!("{kind} analysis inconclusive ({}); promote to continue or abort", obs.message), out);
+                    pause(
+                        r,
+                        &format!("{kind} analysis inconclusive ({}); promote to continue or abort", obs.message),
+                        out,
+                    );
                     Flow::Wait(None)
                 }
             }
@@ -869,7 +960,13 @@ async fn converge<E: Effects>(
     }
 }
 
-async fn finalize<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &Settings, out: &mut Vec<Transition>) -> Flow {
+async fn finalize<E: Effects>(
+    r: &mut Release,
+    now: OffsetDateTime,
+    fx: &E,
+    s: &Settings,
+    out: &mut Vec<Transition>,
+) -> Flow {
     // A direct plan has already deployed the final state in its last step.
     let done_by_plan = r.plan.strategy == PlanStrategy::Direct && !r.promote_full;
     if !done_by_plan && !r.cursor.applied {
@@ -929,7 +1026,13 @@ async fn finalize<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &
 
 /// `PromoteRelease`: skips the current pause (or an inconclusive or running analysis); with
 /// `full`, every remaining step.
-pub fn promote(r: &mut Release, full: bool, actor: &str, reason: &str, now: OffsetDateTime) -> Result<Vec<Transition>, ActionError> {
+pub fn promote(
+    r: &mut Release,
+    full: bool,
+    actor: &str,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<Transition>, ActionError> {
     let mut out = Vec::new();
     match r.phase {
         Phase::Progressing | Phase::Paused | Phase::Pending => {}
@@ -943,7 +1046,8 @@ pub fn promote(r: &mut Release, full: bool, actor: &str, reason: &str, now: Offs
     }
     r.reason = reason.to_string();
     if full {
-        let approval_left = r.plan.steps[r.step_index..].iter().any(|s| matches!(s.action, StepAction::Approval { .. }));
+        let approval_left =
+            r.plan.steps[r.step_index..].iter().any(|s| matches!(s.action, StepAction::Approval { .. }));
         if approval_left {
             return Err(ActionError::NotNow("an approval step remains; approvals cannot be skipped".into()));
         }
@@ -962,7 +1066,9 @@ pub fn promote(r: &mut Release, full: bool, actor: &str, reason: &str, now: Offs
     let step = &r.plan.steps[r.step_index];
     let skippable = match &step.action {
         StepAction::Pause { .. } => true,
-        StepAction::Analysis { .. } | StepAction::PrePromotionAnalysis { .. } | StepAction::PostPromotionAnalysis { .. } => true,
+        StepAction::Analysis { .. }
+        | StepAction::PrePromotionAnalysis { .. }
+        | StepAction::PostPromotionAnalysis { .. } => true,
         StepAction::Verify { .. } => r.phase == Phase::Paused,
         _ => false,
     };
@@ -981,7 +1087,8 @@ pub fn promote(r: &mut Release, full: bool, actor: &str, reason: &str, now: Offs
             r.step_index, step.name
         )));
     }
-    let status = if matches!(step.action, StepAction::Pause { .. }) { StepStatus::Succeeded } else { StepStatus::Skipped };
+    let status =
+        if matches!(step.action, StepAction::Pause { .. }) { StepStatus::Succeeded } else { StepStatus::Skipped };
     let from = r.phase;
     record(r, TransitionKind::Promoted, actor, from, format!("promoted: {reason}"), &mut out);
     complete_step(r, now, status, actor, "promoted", &mut out);
@@ -1004,7 +1111,10 @@ pub fn abort(r: &mut Release, actor: &str, reason: &str, now: OffsetDateTime) ->
 /// (so every call gets a new idempotency key, and approvals are asked for again).
 pub fn retry(r: &mut Release, actor: &str, reason: &str, now: OffsetDateTime) -> Result<Vec<Transition>, ActionError> {
     if r.phase != Phase::Aborted {
-        return Err(ActionError::NotNow(format!("only an aborted release can be retried; this one is {}", r.phase.as_str())));
+        return Err(ActionError::NotNow(format!(
+            "only an aborted release can be retried; this one is {}",
+            r.phase.as_str()
+        )));
     }
     if !r.settled {
         return Err(ActionError::NotNow("the abort is still returning traffic to stable; retry once it has".into()));
@@ -1063,12 +1173,21 @@ fn current_approval(r: &Release) -> Result<super::plan::ApprovalSpec, ActionErro
     }
 }
 
-fn check_decider(r: &Release, policy: &super::plan::ApprovalSpec, who: &Decider<'_>, verb: &str) -> Result<(), ActionError> {
+fn check_decider(
+    r: &Release,
+    policy: &super::plan::ApprovalSpec,
+    who: &Decider<'_>,
+    verb: &str,
+) -> Result<(), ActionError> {
     if who.anonymous {
         return Err(ActionError::Forbidden(format!("to {verb} a release, send your identity (x-hopngo-user)")));
     }
     if !policy.roles.is_empty() && !policy.roles.iter().any(|role| who.roles.contains(role)) {
-        return Err(ActionError::Forbidden(format!("{} may not {verb}: one of the roles {} is required", who.user, policy.roles.join(", "))));
+        return Err(ActionError::Forbidden(format!(
+            "{} may not {verb}: one of the roles {} is required",
+            who.user,
+            policy.roles.join(", ")
+        )));
     }
     if r.approvals.iter().any(|a| a.user == who.user && a.step_index == r.step_index && a.attempt == r.attempt) {
         return Err(ActionError::NotNow(format!("{} has already decided on this approval", who.user)));
@@ -1077,11 +1196,19 @@ fn check_decider(r: &Release, policy: &super::plan::ApprovalSpec, who: &Decider<
 }
 
 /// `ApproveRelease`: four eyes unless the policy allows self-approval; distinct approvers.
-pub fn approve(r: &mut Release, who: &Decider<'_>, reason: &str, now: OffsetDateTime) -> Result<Vec<Transition>, ActionError> {
+pub fn approve(
+    r: &mut Release,
+    who: &Decider<'_>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<Transition>, ActionError> {
     let policy = current_approval(r)?;
     check_decider(r, &policy, who, "approve")?;
     if !policy.allow_self_approval && who.user == r.created_by {
-        return Err(ActionError::Forbidden(format!("{} created this release and cannot approve it (four-eyes rule)", who.user)));
+        return Err(ActionError::Forbidden(format!(
+            "{} created this release and cannot approve it (four-eyes rule)",
+            who.user
+        )));
     }
     r.approvals.push(ApprovalRecord {
         user: who.user.to_string(),
@@ -1095,17 +1222,36 @@ pub fn approve(r: &mut Release, who: &Decider<'_>, reason: &str, now: OffsetDate
     let count = r.approvals_for_current_step().count() as u32;
     let from = r.phase;
     if count >= policy.min_approvals {
-        record(r, TransitionKind::Approved, who.user, from, format!("approved by {} ({count}/{}): {reason}", who.user, policy.min_approvals), &mut out);
+        record(
+            r,
+            TransitionKind::Approved,
+            who.user,
+            from,
+            format!("approved by {} ({count}/{}): {reason}", who.user, policy.min_approvals),
+            &mut out,
+        );
         complete_step(r, now, StepStatus::Succeeded, who.user, "approved", &mut out);
     } else {
         r.message = format!("{count} of {} approvals", policy.min_approvals);
-        record(r, TransitionKind::ApprovalRecorded, who.user, from, format!("approved by {} ({count}/{}): {reason}", who.user, policy.min_approvals), &mut out);
+        record(
+            r,
+            TransitionKind::ApprovalRecorded,
+            who.user,
+            from,
+            format!("approved by {} ({count}/{}): {reason}", who.user, policy.min_approvals),
+            &mut out,
+        );
     }
     Ok(out)
 }
 
 /// `RejectRelease`: one rejection aborts.
-pub fn reject(r: &mut Release, who: &Decider<'_>, reason: &str, now: OffsetDateTime) -> Result<Vec<Transition>, ActionError> {
+pub fn reject(
+    r: &mut Release,
+    who: &Decider<'_>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<Transition>, ActionError> {
     if reason.trim().is_empty() {
         return Err(ActionError::Invalid { field: "reason", reason: "a rejection needs a reason".into() });
     }

@@ -263,9 +263,10 @@ pub fn resolve_analysis(
 ) -> Result<AnalysisSpec, Problem> {
     let mut spec = AnalysisSpec { templates: templates.to_vec(), metrics: Vec::new(), args: BTreeMap::new() };
     for (i, name) in templates.iter().enumerate() {
-        let template = config
-            .template(name)
-            .ok_or_else(|| Problem { path: format!("{path}[{i}]"), message: format!("unknown analysis template {name:?}") })?;
+        let template = config.template(name).ok_or_else(|| Problem {
+            path: format!("{path}[{i}]"),
+            message: format!("unknown analysis template {name:?}"),
+        })?;
         for arg in &template.args {
             if let Some(value) = &arg.value {
                 spec.args.entry(arg.name.clone()).or_insert_with(|| value.clone());
@@ -293,27 +294,30 @@ fn strategy_for<'a>(service: &'a Service, environment: &str) -> (&'a Strategy, S
 }
 
 /// Compiles the plan for a release of `service` in `environment`.
-pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, mode: PlanMode) -> Result<Plan, Problem> {
+pub fn compile(
+    config: &DeliveryConfig,
+    service_name: &str,
+    environment: &str,
+    mode: PlanMode,
+) -> Result<Plan, Problem> {
     let (si, service) = config
         .services
         .iter()
         .enumerate()
         .find(|(_, s)| s.name == service_name)
         .ok_or_else(|| Problem { path: "service".into(), message: format!("unknown service {service_name:?}") })?;
-    let env = config
-        .environment(environment)
-        .ok_or_else(|| Problem { path: "environment".into(), message: format!("unknown environment {environment:?}") })?;
+    let env = config.environment(environment).ok_or_else(|| Problem {
+        path: "environment".into(),
+        message: format!("unknown environment {environment:?}"),
+    })?;
     let (strategy, strategy_path) = strategy_for(service, environment);
     let base = format!("services[{si}].{strategy_path}");
-    let replicas = service
-        .environments
-        .get(environment)
-        .and_then(|o| o.replicas)
-        .or(service.replicas)
-        .unwrap_or(1)
-        .clamp(1, 100) as u32;
+    let replicas =
+        service.environments.get(environment).and_then(|o| o.replicas).or(service.replicas).unwrap_or(1).clamp(1, 100)
+            as u32;
     let traffic = if strategy.blue_green.is_some() { TrafficModel::BlueGreen } else { TrafficModel::Canary };
-    let progress_deadline = service.progress_deadline.or(env.progress_deadline).unwrap_or(Dur(DEFAULT_PROGRESS_DEADLINE));
+    let progress_deadline =
+        service.progress_deadline.or(env.progress_deadline).unwrap_or(Dur(DEFAULT_PROGRESS_DEADLINE));
 
     let mut steps: Vec<(Option<String>, StepAction)> = Vec::new();
     if mode != PlanMode::Emergency {
@@ -325,7 +329,11 @@ pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, m
             if !explicit {
                 steps.push((
                     None,
-                    StepAction::Migrate { database: m.database.clone(), locations: m.locations.clone(), target_version: None },
+                    StepAction::Migrate {
+                        database: m.database.clone(),
+                        locations: m.locations.clone(),
+                        target_version: None,
+                    },
                 ));
             }
         }
@@ -347,7 +355,12 @@ pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, m
                         StepAction::Pause { duration: p.duration }
                     } else if let Some(a) = &def.analysis {
                         StepAction::Analysis {
-                            analysis: resolve_analysis(config, &format!("{path}.analysis.templates"), &a.templates, &a.args)?,
+                            analysis: resolve_analysis(
+                                config,
+                                &format!("{path}.analysis.templates"),
+                                &a.templates,
+                                &a.args,
+                            )?,
                         }
                     } else if let Some(a) = &def.approval {
                         let mut spec: ApprovalSpec = env.approval.as_ref().map(Into::into).unwrap_or(ApprovalSpec {
@@ -369,12 +382,19 @@ pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, m
                         StepAction::Approval { policy: spec }
                     } else if let Some(v) = &def.verify {
                         let analysis = match (&v.job, &v.templates) {
-                            (Some(job), _) => {
-                                AnalysisSpec { templates: Vec::new(), metrics: vec![job_metric(job)], args: v.args.clone() }
+                            (Some(job), _) => AnalysisSpec {
+                                templates: Vec::new(),
+                                metrics: vec![job_metric(job)],
+                                args: v.args.clone(),
+                            },
+                            (None, Some(t)) => {
+                                resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args)?
                             }
-                            (None, Some(t)) => resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args)?,
                             (None, None) => {
-                                return Err(Problem { path: format!("{path}.verify"), message: "job or templates required".into() });
+                                return Err(Problem {
+                                    path: format!("{path}.verify"),
+                                    message: "job or templates required".into(),
+                                });
                             }
                         };
                         StepAction::Verify { analysis }
@@ -403,8 +423,12 @@ pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, m
                     steps.push((def.name.clone(), action));
                 }
                 if let Some(bg) = &canary.analysis {
-                    let analysis =
-                        resolve_analysis(config, &format!("{base}.canary.analysis.templates"), &bg.templates, &bg.args)?;
+                    let analysis = resolve_analysis(
+                        config,
+                        &format!("{base}.canary.analysis.templates"),
+                        &bg.templates,
+                        &bg.args,
+                    )?;
                     let starting = bg.starting_step.unwrap_or(0).clamp(0, canary.steps.len() as i64) as usize;
                     background = Some(BackgroundSpec { analysis, starting_step: offset + starting });
                 }
@@ -414,14 +438,21 @@ pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, m
                 let preview = bg.preview_replicas.map(|r| r.clamp(1, 100) as u32).unwrap_or(replicas);
                 steps.push((None, StepAction::DeployPreview { replicas: preview }));
                 if let Some(a) = &bg.pre_promotion_analysis {
-                    let analysis =
-                        resolve_analysis(config, &format!("{base}.blueGreen.prePromotionAnalysis.templates"), &a.templates, &a.args)?;
+                    let analysis = resolve_analysis(
+                        config,
+                        &format!("{base}.blueGreen.prePromotionAnalysis.templates"),
+                        &a.templates,
+                        &a.args,
+                    )?;
                     steps.push((None, StepAction::PrePromotionAnalysis { analysis }));
                 }
                 if !bg.auto_promotion_enabled {
                     steps.push((None, StepAction::Pause { duration: None }));
                 } else if let Some(secs) = bg.auto_promotion_seconds.filter(|s| *s > 0) {
-                    steps.push((None, StepAction::Pause { duration: Some(Dur(std::time::Duration::from_secs(secs as u64))) }));
+                    steps.push((
+                        None,
+                        StepAction::Pause { duration: Some(Dur(std::time::Duration::from_secs(secs as u64))) },
+                    ));
                 }
                 steps.push((None, StepAction::SwitchActive));
                 if let Some(a) = &bg.post_promotion_analysis {
@@ -433,7 +464,10 @@ pub fn compile(config: &DeliveryConfig, service_name: &str, environment: &str, m
                     )?;
                     steps.push((None, StepAction::PostPromotionAnalysis { analysis }));
                 }
-                steps.push((None, StepAction::ScaleDownOld { delay: bg.scale_down_delay.unwrap_or(Dur(DEFAULT_SCALE_DOWN_DELAY)) }));
+                steps.push((
+                    None,
+                    StepAction::ScaleDownOld { delay: bg.scale_down_delay.unwrap_or(Dur(DEFAULT_SCALE_DOWN_DELAY)) },
+                ));
                 PlanStrategy::BlueGreen
             }
             (None, None) => return Err(Problem { path: base, message: "no strategy".into() }),

@@ -133,7 +133,13 @@ pub struct StepRecord {
 
 impl StepRecord {
     fn pending() -> Self {
-        StepRecord { status: StepStatus::Pending, started_at: None, finished_at: None, message: String::new(), run_id: None }
+        StepRecord {
+            status: StepStatus::Pending,
+            started_at: None,
+            finished_at: None,
+            message: String::new(),
+            run_id: None,
+        }
     }
 }
 
@@ -382,6 +388,8 @@ impl Release {
 
     /// Approvals counted for the current step of the current attempt.
     pub fn approvals_for_current_step(&self) -> impl Iterator<Item = &ApprovalRecord> {
-        self.approvals.iter().filter(move |a| a.approved && a.step_index == self.step_index && a.attempt == self.attempt)
+        self.approvals
+            .iter()
+            .filter(move |a| a.approved && a.step_index == self.step_index && a.attempt == self.attempt)
     }
 }

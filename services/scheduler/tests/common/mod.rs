@@ -121,14 +121,23 @@ impl Harness {
 
     pub async fn apply(&self, yaml: &str) {
         let mut config = ConfigServiceClient::connect(format!("http://{}", self.addr)).await.unwrap();
-        config.apply_config(as_user(ApplyConfigRequest { yaml: yaml.into() }, "ops", &[])).await.expect("config applies");
+        config
+            .apply_config(as_user(ApplyConfigRequest { yaml: yaml.into() }, "ops", &[]))
+            .await
+            .expect("config applies");
     }
 
     pub fn client(&self) -> ReleaseServiceClient<Channel> {
         self.releases.clone()
     }
 
-    pub async fn create(&self, service: &str, environment: &str, artifact: &str, user: &str) -> Result<pb::Release, tonic::Status> {
+    pub async fn create(
+        &self,
+        service: &str,
+        environment: &str,
+        artifact: &str,
+        user: &str,
+    ) -> Result<pb::Release, tonic::Status> {
         let req = pb::CreateReleaseRequest {
             service: service.into(),
             environment: environment.into(),

@@ -69,13 +69,22 @@ fn decreasing_weights_are_refused() {
     let yaml = GOOD.replace("setWeight: 50", "setWeight: 10");
     let p = problems(&yaml);
     assert_eq!(p.len(), 1, "{p:?}");
-    assert!(p[0].starts_with("services[0].strategy.canary.steps[3].setWeight: 10 is lower than the previous weight 25"), "{p:?}");
+    assert!(
+        p[0].starts_with("services[0].strategy.canary.steps[3].setWeight: 10 is lower than the previous weight 25"),
+        "{p:?}"
+    );
 }
 
 #[test]
 fn unknown_template_and_duplicate_step_names() {
-    let yaml = GOOD.replace("analysis: {templates: [slo]}\n          - setWeight: 50", "analysis: {templates: [nope]}\n          - setWeight: 50");
-    assert_eq!(problems(&yaml), vec![r#"services[0].strategy.canary.steps[2].analysis.templates[0]: unknown analysis template "nope""#]);
+    let yaml = GOOD.replace(
+        "analysis: {templates: [slo]}\n          - setWeight: 50",
+        "analysis: {templates: [nope]}\n          - setWeight: 50",
+    );
+    assert_eq!(
+        problems(&yaml),
+        vec![r#"services[0].strategy.canary.steps[2].analysis.templates[0]: unknown analysis template "nope""#]
+    );
     let yaml = GOOD
         .replace("- setWeight: 25", "- name: quarter\n            setWeight: 25")
         .replace("- setWeight: 50", "- name: quarter\n            setWeight: 50");
@@ -107,7 +116,12 @@ fn structural_rules() {
     let p = problems(&GOOD.replace("      blueGreen:", "      canary: {}\n      blueGreen:"));
     assert_eq!(p, vec!["services[1].strategy: exactly one of canary and blueGreen is required"]);
     let p = problems(&GOOD.replace("- pause: {}", "- pause: {}\n            setWeight: 60"));
-    assert_eq!(p, vec!["services[0].strategy.canary.steps[4]: exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required"]);
+    assert_eq!(
+        p,
+        vec![
+            "services[0].strategy.canary.steps[4]: exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required"
+        ]
+    );
     let p = problems(&GOOD.replace("minApprovals: 1", "minApprovals: 0"));
     assert_eq!(p, vec!["environments[1].approval.minApprovals: 0 is not in 1..=10"]);
     let p = problems(&GOOD.replace("interval: 30s", "interval: 0s"));
@@ -122,7 +136,33 @@ fn per_environment_override_is_validated() {
         "    migrations:",
         "    environments:\n      production:\n        strategy:\n          canary:\n            steps:\n              - setWeight: 101\n    migrations:",
     );
-    assert_eq!(problems(&yaml), vec!["services[0].environments.production.strategy.canary.steps[0].setWeight: 101 is not in 0..=100"]);
+    assert_eq!(
+        problems(&yaml),
+        vec!["services[0].environments.production.strategy.canary.steps[0].setWeight: 101 is not in 0..=100"]
+    );
     let yaml = GOOD.replace("    migrations:", "    environments:\n      qa: {replicas: 1}\n    migrations:");
     assert_eq!(problems(&yaml), vec![r#"services[0].environments.qa: unknown environment "qa""#]);
+}
+
+#[test]
+fn hopngo_delivery_config_is_valid() {
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/hopngo/delivery.yaml")).unwrap();
+    let config = DeliveryConfig::load(&yaml).unwrap_or_else(|p| panic!("{p:?}"));
+    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(services.len(), 11);
+    for environment in ["staging", "production"] {
+        for service in &services {
+            let plan =
+                crate::domain::plan::compile(&config, service, environment, crate::domain::plan::PlanMode::Normal)
+                    .unwrap();
+            let blue_green = matches!(*service, "gateway" | "frontend")
+                || (*service == "auth-service" && environment == "production");
+            assert_eq!(
+                plan.strategy == crate::domain::plan::PlanStrategy::BlueGreen,
+                blue_green,
+                "{service} in {environment}"
+            );
+        }
+    }
 }

@@ -90,7 +90,12 @@ impl Effects for Fake {
         }
         let weight = self.applies.lock().unwrap().last().map(|(_, d)| d.canary_weight).unwrap_or(0);
         let converged = *self.converged.lock().unwrap();
-        Ok(TargetObservation { converged, canary_weight: weight, idempotency_key: String::new(), message: "1/4 ready".into() })
+        Ok(TargetObservation {
+            converged,
+            canary_weight: weight,
+            idempotency_key: String::new(),
+            message: "1/4 ready".into(),
+        })
     }
     async fn start_analysis(
         &self,
@@ -165,10 +170,13 @@ async fn canary_runs_to_succeeded() {
     assert_eq!(a.wake_at, Some(at(30)));
     let first = fx.last_apply();
     assert_eq!(first.canary_weight, 25);
-    assert_eq!(first.tracks, vec![
-        TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 },
-        TrackState { track: Track::Canary, artifact: "v2".into(), replicas: 1 },
-    ]);
+    assert_eq!(
+        first.tracks,
+        vec![
+            TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 },
+            TrackState { track: Track::Canary, artifact: "v2".into(), replicas: 1 },
+        ]
+    );
     // Woken early: nothing happens.
     assert!(tick(&mut r, &fx, 10).await.transitions.is_empty());
     let a = tick(&mut r, &fx, 30).await;
@@ -238,7 +246,10 @@ async fn promote_full_skips_everything_left() {
     let mut r = release("booking", "staging");
     tick(&mut r, &fx, 0).await;
     promote(&mut r, true, "bob", "hotfix", at(1)).unwrap();
-    assert_eq!(promote(&mut r, true, "bob", "again", at(1)).unwrap_err(), ActionError::NotNow("a full promotion is already under way".into()));
+    assert_eq!(
+        promote(&mut r, true, "bob", "again", at(1)).unwrap_err(),
+        ActionError::NotNow("a full promotion is already under way".into())
+    );
     let a = tick(&mut r, &fx, 2).await;
     assert_eq!(kinds(&a), vec![TransitionKind::StepSkipped, TransitionKind::WeightChanged, TransitionKind::Succeeded]);
     assert_eq!(r.completion, Some(Completion::FastPromoted));
@@ -264,7 +275,15 @@ async fn unreachable_deployer_waits_then_aborts_at_the_deadline() {
     assert!(r.failures >= 19);
     let a = tick(&mut r, &fx, 20).await;
     assert_eq!(kinds(&a), vec![TransitionKind::Aborted]);
-    assert!(r.abort.as_ref().unwrap().reason.starts_with("progress deadline exceeded (20s) at step 0 (setWeight-25): deployer:"), "{:?}", r.abort);
+    assert!(
+        r.abort
+            .as_ref()
+            .unwrap()
+            .reason
+            .starts_with("progress deadline exceeded (20s) at step 0 (setWeight-25): deployer:"),
+        "{:?}",
+        r.abort
+    );
     assert!(r.settled, "nothing reached the deployer, so nothing to roll back");
     assert_eq!(r.phase, Phase::Aborted);
 }
@@ -290,7 +309,10 @@ async fn approvals_need_distinct_non_creator_approvers_with_a_role() {
     assert!(matches!(approve(&mut r, &bob, "again", at(3)), Err(ActionError::NotNow(_))));
     let dave = Decider { user: "dave", roles: &rm, anonymous: false };
     let t = approve(&mut r, &dave, "ok", at(4)).unwrap();
-    assert_eq!(t.iter().map(|t| t.kind).collect::<Vec<_>>(), vec![TransitionKind::Approved, TransitionKind::StepCompleted]);
+    assert_eq!(
+        t.iter().map(|t| t.kind).collect::<Vec<_>>(),
+        vec![TransitionKind::Approved, TransitionKind::StepCompleted]
+    );
     assert_eq!(r.phase, Phase::Progressing);
     tick(&mut r, &fx, 5).await;
     assert_eq!(r.canary_weight, 25);
@@ -321,10 +343,13 @@ async fn blue_green_post_promotion_failure_switches_back() {
     // deployPreview, prePromotionAnalysis (passes), switchActive, postPromotionAnalysis started.
     assert_eq!(kinds(&a)[..4], [Started, StepCompleted, AnalysisStarted, AnalysisCompleted]);
     let applies = fx.applies.lock().unwrap().clone();
-    assert_eq!(applies[0].1.tracks, vec![
-        TrackState { track: Track::Active, artifact: "v1".into(), replicas: 2 },
-        TrackState { track: Track::Preview, artifact: "v2".into(), replicas: 2 },
-    ]);
+    assert_eq!(
+        applies[0].1.tracks,
+        vec![
+            TrackState { track: Track::Active, artifact: "v1".into(), replicas: 2 },
+            TrackState { track: Track::Preview, artifact: "v2".into(), replicas: 2 },
+        ]
+    );
     assert_eq!(applies[1].1.tracks[0], TrackState { track: Track::Active, artifact: "v2".into(), replicas: 2 });
     assert!(r.switched);
     // Post-promotion analysis passed too: now in the scale-down delay.

@@ -95,7 +95,15 @@ fn blue_green_override_in_production_only() {
     assert_eq!(prod.traffic, TrafficModel::BlueGreen);
     assert_eq!(
         kinds(&prod),
-        vec!["approval", "deployPreview", "prePromotionAnalysis", "pause", "switchActive", "postPromotionAnalysis", "scaleDownOld"]
+        vec![
+            "approval",
+            "deployPreview",
+            "prePromotionAnalysis",
+            "pause",
+            "switchActive",
+            "postPromotionAnalysis",
+            "scaleDownOld"
+        ]
     );
     assert_eq!(prod.steps[6].action, StepAction::ScaleDownOld { delay: Dur(std::time::Duration::from_secs(10)) });
 }

@@ -1,0 +1,256 @@
+//! Rendering: tables in the style of kubectl (no borders, upper-case headers), JSON and YAML.
+
+use comfy_table::{Table, presets::NOTHING};
+use hopngo_client::views::{ConfigSummaryView, ConfigView, GroupView, ReleaseView, RevisionView};
+use hopngo_proto::config as cpb;
+use serde::Serialize;
+
+use crate::Output;
+
+fn structured<T: Serialize>(out: Output, value: &T) -> anyhow::Result<bool> {
+    match out {
+        Output::Table => Ok(false),
+        Output::Json => {
+            println!("{}", serde_json::to_string_pretty(value)?);
+            Ok(true)
+        }
+        Output::Yaml => {
+            print!("{}", serde_saphyr::to_string(value)?);
+            Ok(true)
+        }
+    }
+}
+
+fn table(headers: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(NOTHING);
+    t.set_header(headers.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
+    t
+}
+
+/// One release in detail.
+pub fn release(out: Output, r: &ReleaseView) -> anyhow::Result<()> {
+    if !structured(out, r)? {
+        print!("{}", release_text(r));
+    }
+    Ok(())
+}
+
+fn weight_bar(weight: u32) -> String {
+    let filled = (weight as usize).div_ceil(5);
+    format!("[{}{}] {weight}%", "#".repeat(filled), ".".repeat(20 - filled.min(20)))
+}
+
+/// The detailed text view (also the live `--watch` view).
+pub fn release_text(r: &ReleaseView) -> String {
+    let mut s = String::new();
+    let phase = match &r.completion {
+        Some(c) => format!("{} ({c})", r.phase),
+        None => r.phase.clone(),
+    };
+    s.push_str(&format!("Release:     {}\n", r.id));
+    s.push_str(&format!("Service:     {} in {}\n", r.service, r.environment));
+    s.push_str(&format!("Revision:    {} ({})\n", r.revision, r.strategy.to_lowercase()));
+    let stable = if r.stable_artifact.is_empty() { "(none)" } else { &r.stable_artifact };
+    s.push_str(&format!("Artifact:    {}  (stable: {stable})\n", r.artifact));
+    s.push_str(&format!("Phase:       {phase}\n"));
+    s.push_str(&format!("Traffic:     {}\n", weight_bar(r.canary_weight)));
+    s.push_str(&format!("Step:        {}/{}\n", r.current_step_index.min(r.steps.len() as u32), r.steps.len()));
+    s.push_str(&format!("Message:     {}\n", r.message));
+    if let Some(p) = &r.pending_approval {
+        let roles = if p.roles.is_empty() { "anyone".to_string() } else { p.roles.join(" or ") };
+        s.push_str(&format!(
+            "Approval:    {}/{} by {roles}{}\n",
+            p.approvals,
+            p.min_approvals,
+            if p.allow_self_approval { "" } else { " (not the creator)" }
+        ));
+    }
+    s.push_str(&format!(
+        "Created:     {} by {}{}\n",
+        r.created_at.as_deref().unwrap_or(""),
+        r.created_by,
+        if r.attempt > 1 { format!(", attempt {}", r.attempt) } else { String::new() }
+    ));
+    s.push('\n');
+    let mut t = table(&["", "#", "step", "status", "detail", "message"]);
+    for step in &r.steps {
+        let marker = if step.index == r.current_step_index && !r.settled { "▶" } else { "" };
+        t.add_row(vec![
+            marker.to_string(),
+            step.index.to_string(),
+            step.name.clone(),
+            step.status.clone(),
+            step.summary.clone(),
+            step.message.clone(),
+        ]);
+    }
+    s.push_str(&t.to_string());
+    s.push('\n');
+    if !r.analysis_runs.is_empty() {
+        s.push('\n');
+        let mut t = table(&["analysis run", "kind", "step", "phase", "message"]);
+        for a in &r.analysis_runs {
+            t.add_row(vec![
+                a.run_id.clone(),
+                a.kind.clone(),
+                a.step_index.to_string(),
+                a.phase.clone(),
+                a.message.clone(),
+            ]);
+        }
+        s.push_str(&t.to_string());
+        s.push('\n');
+    }
+    if !r.approvals.is_empty() {
+        s.push('\n');
+        let mut t = table(&["decided by", "decision", "step", "at", "reason"]);
+        for a in &r.approvals {
+            let decision = if a.approved { "approved" } else { "rejected" };
+            t.add_row(vec![
+                a.user.clone(),
+                decision.into(),
+                a.step_index.to_string(),
+                a.decided_at.clone().unwrap_or_default(),
+                a.reason.clone(),
+            ]);
+        }
+        s.push_str(&t.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// One line per change, for `--watch` without a terminal.
+pub fn progress_line(r: &ReleaseView) -> String {
+    let step = r.steps.get(r.current_step_index as usize).map(|s| s.name.as_str()).unwrap_or("done");
+    format!(
+        "{} {} rev {} {} step {}/{} ({step}) weight {}%: {}",
+        r.service,
+        r.environment,
+        r.revision,
+        r.phase,
+        r.current_step_index.min(r.steps.len() as u32),
+        r.steps.len(),
+        r.canary_weight,
+        r.message
+    )
+}
+
+/// A list of releases.
+pub fn releases(out: Output, rs: &[ReleaseView]) -> anyhow::Result<()> {
+    if structured(out, &rs)? {
+        return Ok(());
+    }
+    let mut t = table(&["id", "service", "env", "rev", "artifact", "phase", "step", "weight", "created"]);
+    for r in rs {
+        t.add_row(vec![
+            r.id.clone(),
+            r.service.clone(),
+            r.environment.clone(),
+            r.revision.to_string(),
+            r.artifact.clone(),
+            r.phase.clone(),
+            format!("{}/{}", r.current_step_index.min(r.steps.len() as u32), r.steps.len()),
+            format!("{}%", r.canary_weight),
+            r.created_at.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// Revision history.
+pub fn revisions(out: Output, rs: &[RevisionView]) -> anyhow::Result<()> {
+    if structured(out, &rs)? {
+        return Ok(());
+    }
+    let mut t = table(&["revision", "artifact", "phase", "completion", "by", "created", "release"]);
+    for r in rs {
+        let rev = if r.current { format!("{} (stable)", r.revision) } else { r.revision.to_string() };
+        t.add_row(vec![
+            rev,
+            r.artifact.clone(),
+            r.phase.clone(),
+            r.completion.clone().unwrap_or_default(),
+            r.created_by.clone(),
+            r.created_at.clone().unwrap_or_default(),
+            r.release_id.clone(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// A release group.
+pub fn group(out: Output, g: &GroupView) -> anyhow::Result<()> {
+    if structured(out, g)? {
+        return Ok(());
+    }
+    println!("Group:       {} ({})", g.id, g.kind);
+    println!("Environment: {}", g.environment);
+    println!("Phase:       {}", g.phase);
+    println!("Reason:      {}\n", g.reason);
+    releases(Output::Table, &g.releases)
+}
+
+/// Result of `config apply`.
+pub fn applied(out: Output, version: u64, changed: bool, summary: &ConfigSummaryView) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct Applied<'a> {
+        version: u64,
+        changed: bool,
+        summary: &'a ConfigSummaryView,
+    }
+    if !structured(out, &Applied { version, changed, summary })? {
+        let what = if changed { "applied as" } else { "unchanged; current is" };
+        println!(
+            "delivery config {what} version {version}: {} environments ({}), {} services, {} analysis templates",
+            summary.environments.len(),
+            summary.environments.join(" → "),
+            summary.services.len(),
+            summary.analysis_templates.len()
+        );
+    }
+    Ok(())
+}
+
+/// A stored config.
+pub fn config(out: Output, c: &ConfigView) -> anyhow::Result<()> {
+    if !structured(out, c)? {
+        println!("# version {} applied by {} at {}", c.version, c.applied_by, c.applied_at.clone().unwrap_or_default());
+        print!("{}", c.yaml);
+    }
+    Ok(())
+}
+
+/// Result of `config validate`.
+pub fn validation(out: Output, v: &cpb::ValidateConfigResponse) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct Problem<'a> {
+        path: &'a str,
+        message: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Validation<'a> {
+        valid: bool,
+        problems: Vec<Problem<'a>>,
+    }
+    let view = Validation {
+        valid: v.valid,
+        problems: v.problems.iter().map(|p| Problem { path: &p.path, message: &p.message }).collect(),
+    };
+    if !structured(out, &view)? {
+        if v.valid {
+            println!("valid");
+        }
+        for p in &v.problems {
+            if p.path.is_empty() {
+                println!("{}", p.message);
+            } else {
+                println!("{}: {}", p.path, p.message);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,322 @@
+//! Serialisable views of API messages, for JSON/YAML output and for programs that log them.
+
+use hopngo_proto::{config as cpb, release as pb};
+use serde::Serialize;
+
+fn time(t: &Option<prost_types::Timestamp>) -> Option<String> {
+    let t = t.as_ref()?;
+    let dt = time::OffsetDateTime::from_unix_timestamp(t.seconds).ok()? + time::Duration::nanoseconds(t.nanos as i64);
+    dt.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+fn duration(d: &Option<prost_types::Duration>) -> Option<String> {
+    let d = d.as_ref()?;
+    Some(if d.nanos == 0 {
+        format!("{}s", d.seconds)
+    } else {
+        format!("{}ms", d.seconds * 1000 + d.nanos as i64 / 1_000_000)
+    })
+}
+
+/// Enum value name without its prefix (`RELEASE_PHASE_PAUSED` → `PAUSED`).
+pub fn short(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).to_string()
+}
+
+/// Phase name.
+pub fn phase_name(p: i32) -> String {
+    pb::ReleasePhase::try_from(p).map(|p| short(p.as_str_name(), "RELEASE_PHASE_")).unwrap_or_else(|_| p.to_string())
+}
+
+fn completion_name(c: i32) -> Option<String> {
+    match pb::Completion::try_from(c) {
+        Ok(pb::Completion::Unspecified) => None,
+        Ok(c) => Some(short(c.as_str_name(), "COMPLETION_")),
+        Err(_) => Some(c.to_string()),
+    }
+}
+
+/// A plan step.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepView {
+    pub index: u32,
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
+}
+
+/// An analysis run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisView {
+    pub run_id: String,
+    pub kind: String,
+    pub step_index: u32,
+    pub phase: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// A decision.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalView {
+    pub user: String,
+    pub approved: bool,
+    pub reason: String,
+    pub decided_at: Option<String>,
+    pub step_index: u32,
+}
+
+/// What a waiting approval needs.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingApprovalView {
+    pub min_approvals: u32,
+    pub approvals: u32,
+    pub roles: Vec<String>,
+    pub allow_self_approval: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// A release.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseView {
+    pub id: String,
+    pub service: String,
+    pub environment: String,
+    pub revision: u64,
+    pub artifact: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stable_artifact: String,
+    pub strategy: String,
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
+    pub message: String,
+    pub current_step_index: u32,
+    pub canary_weight: u32,
+    pub steps: Vec<StepView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub analysis_runs: Vec<AnalysisView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_approval: Option<PendingApprovalView>,
+    pub created_by: String,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_deadline_at: Option<String>,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub superseded_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo_of_revision: Option<u64>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub release_group_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub settled: bool,
+    pub version: u64,
+}
+
+impl From<&pb::Release> for ReleaseView {
+    fn from(r: &pb::Release) -> Self {
+        ReleaseView {
+            id: r.id.clone(),
+            service: r.service.clone(),
+            environment: r.environment.clone(),
+            revision: r.revision,
+            artifact: r.artifact.clone(),
+            stable_artifact: r.stable_artifact.clone(),
+            strategy: pb::Strategy::try_from(r.strategy)
+                .map(|s| short(s.as_str_name(), "STRATEGY_"))
+                .unwrap_or_default(),
+            phase: phase_name(r.phase),
+            completion: completion_name(r.completion),
+            message: r.message.clone(),
+            current_step_index: r.current_step_index,
+            canary_weight: r.canary_weight,
+            steps: r
+                .steps
+                .iter()
+                .map(|s| StepView {
+                    index: s.index,
+                    name: s.name.clone(),
+                    kind: pb::StepKind::try_from(s.kind)
+                        .map(|k| short(k.as_str_name(), "STEP_KIND_"))
+                        .unwrap_or_default(),
+                    status: pb::StepStatus::try_from(s.status)
+                        .map(|k| short(k.as_str_name(), "STEP_STATUS_"))
+                        .unwrap_or_default(),
+                    summary: s.summary.clone(),
+                    duration: duration(&s.duration),
+                    started_at: time(&s.started_at),
+                    finished_at: time(&s.finished_at),
+                    message: s.message.clone(),
+                    run_id: s.run_id.clone(),
+                })
+                .collect(),
+            analysis_runs: r
+                .analysis_runs
+                .iter()
+                .map(|a| AnalysisView {
+                    run_id: a.run_id.clone(),
+                    kind: a.kind.clone(),
+                    step_index: a.step_index,
+                    phase: a.phase.clone(),
+                    message: a.message.clone(),
+                })
+                .collect(),
+            approvals: r
+                .approvals
+                .iter()
+                .map(|a| ApprovalView {
+                    user: a.user.clone(),
+                    approved: a.approved,
+                    reason: a.reason.clone(),
+                    decided_at: time(&a.decided_at),
+                    step_index: a.step_index,
+                })
+                .collect(),
+            pending_approval: r.pending_approval.as_ref().map(|p| PendingApprovalView {
+                min_approvals: p.min_approvals,
+                approvals: p.approvals,
+                roles: p.roles.clone(),
+                allow_self_approval: p.allow_self_approval,
+                expires_at: time(&p.expires_at),
+            }),
+            created_by: r.created_by.clone(),
+            created_at: time(&r.created_at),
+            updated_at: time(&r.updated_at),
+            finished_at: time(&r.finished_at),
+            progress_deadline_at: time(&r.progress_deadline_at),
+            attempt: r.attempt,
+            superseded_by: r.superseded_by.clone(),
+            undo_of_revision: (r.undo_of_revision > 0).then_some(r.undo_of_revision),
+            release_group_id: r.release_group_id.clone(),
+            reason: r.reason.clone(),
+            settled: r.settled,
+            version: r.version,
+        }
+    }
+}
+
+/// A revision.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionView {
+    pub revision: u64,
+    pub artifact: String,
+    pub release_id: String,
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
+    pub created_by: String,
+    pub created_at: Option<String>,
+    pub current: bool,
+}
+
+impl From<&pb::Revision> for RevisionView {
+    fn from(r: &pb::Revision) -> Self {
+        RevisionView {
+            revision: r.revision,
+            artifact: r.artifact.clone(),
+            release_id: r.release_id.clone(),
+            phase: phase_name(r.phase),
+            completion: completion_name(r.completion),
+            created_by: r.created_by.clone(),
+            created_at: time(&r.created_at),
+            current: r.current,
+        }
+    }
+}
+
+/// A release group.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupView {
+    pub id: String,
+    pub environment: String,
+    pub kind: String,
+    pub phase: String,
+    pub created_by: String,
+    pub created_at: Option<String>,
+    pub reason: String,
+    pub releases: Vec<ReleaseView>,
+}
+
+impl From<&pb::ReleaseGroup> for GroupView {
+    fn from(g: &pb::ReleaseGroup) -> Self {
+        GroupView {
+            id: g.id.clone(),
+            environment: g.environment.clone(),
+            kind: g.kind.clone(),
+            phase: phase_name(g.phase),
+            created_by: g.created_by.clone(),
+            created_at: time(&g.created_at),
+            reason: g.reason.clone(),
+            releases: g.releases.iter().map(ReleaseView::from).collect(),
+        }
+    }
+}
+
+/// A config summary.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigSummaryView {
+    pub environments: Vec<String>,
+    pub services: Vec<String>,
+    pub analysis_templates: Vec<String>,
+}
+
+impl From<Option<&cpb::ConfigSummary>> for ConfigSummaryView {
+    fn from(s: Option<&cpb::ConfigSummary>) -> Self {
+        s.map(|s| ConfigSummaryView {
+            environments: s.environments.clone(),
+            services: s.services.clone(),
+            analysis_templates: s.analysis_templates.clone(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// A config version.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigView {
+    pub version: u64,
+    pub applied_by: String,
+    pub applied_at: Option<String>,
+    pub summary: ConfigSummaryView,
+    pub yaml: String,
+}
+
+impl From<&cpb::GetConfigResponse> for ConfigView {
+    fn from(c: &cpb::GetConfigResponse) -> Self {
+        ConfigView {
+            version: c.version,
+            applied_by: c.applied_by.clone(),
+            applied_at: time(&c.applied_at),
+            summary: c.summary.as_ref().into(),
+            yaml: c.yaml.clone(),
+        }
+    }
+}
