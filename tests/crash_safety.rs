@@ -245,5 +245,7 @@ async fn two_schedulers_share_the_work_and_never_drive_one_release_at_once() {
     let ticks_a = scrape_sum(&a.admin, "hopngo_scheduler_ticks_total").await.unwrap();
     let ticks_b = scrape_sum(&b.admin, "hopngo_scheduler_ticks_total").await.unwrap();
     assert!(ticks_a > 0.0 && ticks_b > 0.0, "both replicas advanced releases: {ticks_a} / {ticks_b}");
+    let rpcs = scrape_sum(&a.admin, "hopngo_grpc_server_handled_total").await.unwrap();
+    assert!(rpcs >= (2 * SERVICES) as f64, "per-RPC counts are exported: {rpcs}");
     let _ = std::fs::remove_dir_all(dir);
 }

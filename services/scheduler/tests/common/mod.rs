@@ -93,6 +93,8 @@ pub fn args(db: &str, fakes: &Fakes, extra: &[&str]) -> Args {
         "4",
         "--db-max-connections",
         "12",
+        "--drain-timeout",
+        "2s",
     ]
     .iter()
     .map(|s| s.to_string())
