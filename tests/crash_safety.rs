@@ -131,8 +131,11 @@ async fn check_history(db: &str, ids: &[String]) {
                 .await
                 .unwrap();
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "events of {id} have no gaps or repeats");
-        let version: i64 =
-            sqlx::query_scalar("SELECT version FROM releases WHERE id = $1").bind(uuid).fetch_one(&pool).await.unwrap();
+        let version: i64 = sqlx::query_scalar("SELECT version FROM release_state WHERE release_id = $1")
+            .bind(uuid)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
         assert_eq!(version, seqs.len() as i64);
         let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE release_id = $1")
             .bind(uuid)
@@ -173,11 +176,12 @@ async fn kill_9_mid_release_loses_nothing_and_repeats_no_effect() {
     let uuids: Vec<sqlx::types::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
     for pause_ms in [300u64, 600, 600] {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        let in_flight: i64 = sqlx::query_scalar("SELECT count(*) FROM releases WHERE NOT settled AND id = ANY($1)")
-            .bind(&uuids)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let in_flight: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM release_state WHERE NOT settled AND release_id = ANY($1)")
+                .bind(&uuids)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
         assert!(in_flight > 0, "the kill lands mid-release");
         proc.kill9().await.unwrap();
         proc = Proc::start(&bin, &argv, &[]).await.unwrap();

@@ -18,45 +18,49 @@ CREATE TABLE release_groups (
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- A release's identity and plan: written once.
 CREATE TABLE releases (
     id              UUID PRIMARY KEY,
     service         TEXT NOT NULL,
     environment     TEXT NOT NULL,
     revision        BIGINT NOT NULL,
     artifact        TEXT NOT NULL,
-    phase           TEXT NOT NULL,
-    settled         BOOLEAN NOT NULL DEFAULT false,
-    state           JSONB NOT NULL,
-    version         BIGINT NOT NULL,
-    next_wake_at    TIMESTAMPTZ,
+    plan            JSONB NOT NULL,
     created_by      TEXT NOT NULL,
     created_at      TIMESTAMPTZ NOT NULL,
-    updated_at      TIMESTAMPTZ NOT NULL,
     request_id      TEXT,
     group_id        UUID REFERENCES release_groups (id),
     group_position  INT,
     UNIQUE (service, environment, revision)
 );
-
--- Work queue: due releases, claimed with FOR UPDATE SKIP LOCKED.
-CREATE INDEX releases_due ON releases (next_wake_at) WHERE next_wake_at IS NOT NULL;
 -- Listing, newest first (keyset pagination).
 CREATE INDEX releases_created ON releases (created_at DESC, id DESC);
-CREATE INDEX releases_service_env ON releases (service, environment, revision DESC);
 CREATE UNIQUE INDEX releases_request_id ON releases (request_id) WHERE request_id IS NOT NULL;
--- At most one running release per service and environment.
-CREATE UNIQUE INDEX releases_one_active ON releases (service, environment)
-    WHERE phase IN ('PROGRESSING', 'PAUSED', 'AWAITING_APPROVAL');
 CREATE INDEX releases_group ON releases (group_id, group_position) WHERE group_id IS NOT NULL;
 
--- What is stable where, and the revision counter.
+-- A release's state: rewritten on every transition, so it carries as few indexes as possible
+-- (each index costs an insertion per transition; none of its columns can be HOT-updated).
+CREATE TABLE release_state (
+    release_id    UUID PRIMARY KEY REFERENCES releases (id),
+    phase         TEXT NOT NULL,
+    settled       BOOLEAN NOT NULL,
+    version       BIGINT NOT NULL,
+    next_wake_at  TIMESTAMPTZ,
+    updated_at    TIMESTAMPTZ NOT NULL,
+    state         JSONB NOT NULL
+) WITH (toast_tuple_target = 8160, fillfactor = 80);
+-- Keep the JSONB inline and uncompressed (a typical state is a few KiB): no TOAST writes and no
+-- pglz on each transition.
+ALTER TABLE release_state ALTER COLUMN state SET STORAGE MAIN;
+-- Work queue: due releases, claimed with FOR UPDATE SKIP LOCKED.
+CREATE INDEX release_state_due ON release_state (next_wake_at) WHERE next_wake_at IS NOT NULL;
+
+-- The revision counter of a service in an environment; its row lock serialises release creation.
+-- (What is stable is derived: the newest succeeded release.)
 CREATE TABLE service_environments (
     service          TEXT NOT NULL,
     environment      TEXT NOT NULL,
     last_revision    BIGINT NOT NULL,
-    stable_revision  BIGINT,
-    stable_artifact  TEXT,
-    stable_release   UUID,
     PRIMARY KEY (service, environment)
 );
 

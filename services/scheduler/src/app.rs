@@ -17,7 +17,7 @@ use crate::{
     },
     error::SchedulerError,
     signals::Signals,
-    store::{ConfigVersion, Cursor, GroupRow, ReleaseFilter, Store},
+    store::{ConfigVersion, Cursor, GroupRow, ReleaseFilter, ServiceEnvironment, Store},
 };
 
 /// Who is calling (from the identity interceptor).
@@ -363,16 +363,21 @@ impl App {
     }
 
     /// Applies a user action to a locked release; commits state, events and audit together.
+    /// Locks the service environment first (the order release creation uses too), so `check` can
+    /// look at the revision counter without a race.
     async fn act(
         &self,
         id: &str,
+        check: impl FnOnce(&Release, &ServiceEnvironment) -> Result<(), SchedulerError>,
         action: impl FnOnce(&mut Release, OffsetDateTime) -> Result<Vec<Transition>, SchedulerError>,
     ) -> Result<Release, SchedulerError> {
-        let uuid = parse_id(id)?;
+        let current = self.release(id).await?;
         let mut tx = self.store.begin().await?;
-        let mut release = Store::lock_release(&mut tx, uuid)
+        let se = Store::lock_service_environment(&mut tx, &current.service, &current.environment).await?;
+        let mut release = Store::lock_release(&mut tx, current.id)
             .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("release {id} does not exist")))?;
+        check(&release, &se)?;
         let now = Store::now(&mut tx).await?;
         let transitions = action(&mut release, now)?;
         release.updated_at = now;
@@ -391,37 +396,38 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<Release, SchedulerError> {
-        self.act(id, |r, now| Ok(machine::promote(r, full, &caller.user, reason, now)?)).await
+        self.act(id, no_check, |r, now| Ok(machine::promote(r, full, &caller.user, reason, now)?)).await
     }
 
     /// `AbortRelease`.
     pub async fn abort(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
-        self.act(id, |r, now| Ok(machine::abort(r, &caller.user, reason, now)?)).await
+        self.act(id, no_check, |r, now| Ok(machine::abort(r, &caller.user, reason, now)?)).await
     }
 
     /// `RetryRelease`: only the newest release of its service and environment can be retried.
     pub async fn retry(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
-        let release = self.release(id).await?;
-        let se = self.store.service_environment(&release.service, &release.environment).await?;
-        if se.last_revision != release.revision {
-            return Err(SchedulerError::FailedPrecondition(format!(
+        let newest = |r: &Release, se: &ServiceEnvironment| {
+            if se.last_revision == r.revision {
+                return Ok(());
+            }
+            Err(SchedulerError::FailedPrecondition(format!(
                 "revision {} is newer than this release (revision {}); create a new release instead",
-                se.last_revision, release.revision
-            )));
-        }
-        self.act(id, |r, now| Ok(machine::retry(r, &caller.user, reason, now)?)).await
+                se.last_revision, r.revision
+            )))
+        };
+        self.act(id, newest, |r, now| Ok(machine::retry(r, &caller.user, reason, now)?)).await
     }
 
     /// `ApproveRelease`.
     pub async fn approve(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
         let who = Decider { user: &caller.user, roles: &caller.roles, anonymous: caller.anonymous };
-        self.act(id, |r, now| Ok(machine::approve(r, &who, reason, now)?)).await
+        self.act(id, no_check, |r, now| Ok(machine::approve(r, &who, reason, now)?)).await
     }
 
     /// `RejectRelease`.
     pub async fn reject(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
         let who = Decider { user: &caller.user, roles: &caller.roles, anonymous: caller.anonymous };
-        self.act(id, |r, now| Ok(machine::reject(r, &who, reason, now)?)).await
+        self.act(id, no_check, |r, now| Ok(machine::reject(r, &who, reason, now)?)).await
     }
 
     /// The revision an undo returns to: `to_revision`, or the newest succeeded revision before the
@@ -597,6 +603,10 @@ impl App {
 
     /// How long watchers wait between re-reads when no change notice arrives.
     pub const WATCH_POLL: Duration = Duration::from_secs(2);
+}
+
+fn no_check(_: &Release, _: &ServiceEnvironment) -> Result<(), SchedulerError> {
+    Ok(())
 }
 
 fn parse_id(id: &str) -> Result<Uuid, SchedulerError> {

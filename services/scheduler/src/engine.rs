@@ -1,19 +1,26 @@
 //! The release engine: workers claim due releases (`next_wake_at <= now`, `FOR UPDATE SKIP
-//! LOCKED`) and advance them. The claim and the transition are one transaction, so a crashed
+//! LOCKED`) and advance them; one dispatcher per replica watches `next_wake_at` and wakes them. The claim and the transition are one transaction, so a crashed
 //! scheduler's row locks vanish with its connections and another replica continues at once; the
 //! calls made meanwhile carry idempotency keys, so repeating them does no harm. Wake-ups only
 //! shorten the wait; every worker also polls.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
     domain::{
         effects::Effects,
-        machine::{self, Settings, TransitionKind},
+        machine::{self, Settings},
         release::Phase,
     },
     error::SchedulerError,
@@ -70,6 +77,12 @@ pub struct Engine<E> {
     settings: Settings,
     signals: Signals,
     metrics: EngineMetrics,
+    /// Wakes idle workers.
+    work: Notify,
+    /// Tells the dispatcher a release became due earlier than it planned to look.
+    reschedule: Notify,
+    /// When the dispatcher plans to look next (database clock, µs since epoch).
+    planned_wake: AtomicI64,
 }
 
 impl<E: Effects + Send + 'static> Engine<E> {
@@ -81,11 +94,20 @@ impl<E: Effects + Send + 'static> Engine<E> {
         signals: Signals,
         metrics: EngineMetrics,
     ) -> Arc<Self> {
-        Arc::new(Engine { store, effects, settings, signals, metrics })
+        Arc::new(Engine {
+            store,
+            effects,
+            settings,
+            signals,
+            metrics,
+            work: Notify::new(),
+            reschedule: Notify::new(),
+            planned_wake: AtomicI64::new(i64::MAX),
+        })
     }
 
-    /// Starts `workers` workers on `tracker`; they stop when `shutdown` is cancelled, after
-    /// finishing the release in hand.
+    /// Starts `workers` workers and the dispatcher on `tracker`; they stop when `shutdown` is
+    /// cancelled, workers after finishing the release in hand.
     pub fn spawn(self: &Arc<Self>, workers: usize, tracker: &TaskTracker, shutdown: CancellationToken) {
         for n in 0..workers {
             let engine = self.clone();
@@ -93,12 +115,19 @@ impl<E: Effects + Send + 'static> Engine<E> {
             tracker
                 .spawn(async move { engine.work(shutdown).await }.instrument(tracing::info_span!("engine_worker", n)));
         }
+        let engine = self.clone();
+        tracker.spawn(
+            async move { engine.dispatch(workers, shutdown).await }
+                .instrument(tracing::info_span!("engine_dispatcher")),
+        );
     }
 
+    /// Workers claim until nothing is due, then sleep until the dispatcher wakes them (or a poll
+    /// interval passes, so a lost wake-up costs at most [`MAX_IDLE`]).
     async fn work(&self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             // Listen before looking, so a wake-up between the look and the wait is not lost.
-            let woken = self.signals.engine_woken();
+            let woken = self.work.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             match self.tick().await {
@@ -113,26 +142,61 @@ impl<E: Effects + Send + 'static> Engine<E> {
                     continue;
                 }
             }
-            let idle = match self.until_next_due().await {
-                Ok(Some(d)) => d.clamp(Duration::from_millis(5), MAX_IDLE),
-                Ok(None) => MAX_IDLE,
-                Err(_) => MAX_IDLE,
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(MAX_IDLE) => {}
+            }
+        }
+    }
+
+    /// One query stream per replica decides when work is due: it sleeps until the earliest
+    /// `next_wake_at` (at most [`MAX_IDLE`]), or until a commit or a NOTIFY brings it forward,
+    /// then wakes as many workers as releases are due.
+    async fn dispatch(&self, workers: usize, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let woken = self.signals.engine_woken();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let rescheduled = self.reschedule.notified();
+            tokio::pin!(rescheduled);
+            rescheduled.as_mut().enable();
+            let idle = match self.due().await {
+                Ok((due, next_in, now_micros)) => {
+                    for _ in 0..due.min(workers as i64) {
+                        self.work.notify_one();
+                    }
+                    let idle = next_in.map(Duration::from_secs_f64).unwrap_or(MAX_IDLE).min(MAX_IDLE);
+                    self.planned_wake.store(now_micros + idle.as_micros() as i64, Ordering::SeqCst);
+                    idle
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "engine dispatcher query failed");
+                    self.planned_wake.store(i64::MAX, Ordering::SeqCst);
+                    MAX_IDLE
+                }
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = &mut woken => {}
+                _ = &mut rescheduled => {}
                 _ = tokio::time::sleep(idle) => {}
             }
         }
     }
 
-    async fn until_next_due(&self) -> Result<Option<Duration>, SchedulerError> {
-        let secs: Option<f64> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM (min(next_wake_at) - clock_timestamp()))::float8 FROM releases WHERE next_wake_at IS NOT NULL",
+    /// Releases due now, seconds until the next one, and the database clock (µs since epoch).
+    async fn due(&self) -> Result<(i64, Option<f64>, i64), SchedulerError> {
+        let row: (i64, Option<f64>, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE next_wake_at <= c.now), \
+                    EXTRACT(EPOCH FROM (min(next_wake_at) FILTER (WHERE next_wake_at > c.now) - c.now))::float8, \
+                    (EXTRACT(EPOCH FROM c.now) * 1000000)::bigint \
+             FROM (SELECT clock_timestamp() AS now) c LEFT JOIN release_state ON next_wake_at IS NOT NULL \
+             GROUP BY c.now",
         )
         .fetch_one(self.store.pool())
         .await?;
-        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+        Ok(row)
     }
 
     /// Claims and advances one due release. Returns whether there was one.
@@ -147,14 +211,17 @@ impl<E: Effects + Send + 'static> Engine<E> {
         let was_settled = release.settled;
         let advance = machine::advance(&mut release, now, self.effects.as_ref(), &self.settings).instrument(span).await;
         Store::save(&mut tx, &mut release, &advance.transitions, advance.wake_at).await?;
-        if advance.transitions.iter().any(|t| t.kind == TransitionKind::Succeeded) {
-            Store::mark_stable(&mut tx, &release).await?;
-        }
         let mut changed = vec![release.id];
         if release.settled && !was_settled && release.group_id.is_some() {
             self.continue_group(&mut tx, &release, now, &mut changed).await?;
         }
         tx.commit().await?;
+        if let Some(at) = advance.wake_at
+            && ((at.unix_timestamp_nanos() / 1000) as i64) < self.planned_wake.load(Ordering::SeqCst)
+        {
+            // Due before the dispatcher means to look again.
+            self.reschedule.notify_one();
+        }
         for id in changed {
             self.signals.changed(id);
         }

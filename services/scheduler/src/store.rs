@@ -113,10 +113,100 @@ pub struct GroupRow {
     pub created_at: OffsetDateTime,
 }
 
+/// Columns of the events and audit rows of a batch of transitions.
+struct EventBatch {
+    event_ids: Vec<Uuid>,
+    sequences: Vec<i64>,
+    types: Vec<String>,
+    names: Vec<String>,
+    severities: Vec<String>,
+    payloads: Vec<serde_json::Value>,
+    actors: Vec<String>,
+    froms: Vec<String>,
+    tos: Vec<String>,
+    messages: Vec<String>,
+}
+
+impl EventBatch {
+    fn new(r: &Release, previous: u64, transitions: &[Transition]) -> Result<EventBatch, SchedulerError> {
+        let mut b = EventBatch {
+            event_ids: Vec::with_capacity(transitions.len()),
+            sequences: Vec::with_capacity(transitions.len()),
+            types: Vec::with_capacity(transitions.len()),
+            names: Vec::with_capacity(transitions.len()),
+            severities: Vec::with_capacity(transitions.len()),
+            payloads: Vec::with_capacity(transitions.len()),
+            actors: Vec::with_capacity(transitions.len()),
+            froms: Vec::with_capacity(transitions.len()),
+            tos: Vec::with_capacity(transitions.len()),
+            messages: Vec::with_capacity(transitions.len()),
+        };
+        for (i, t) in transitions.iter().enumerate() {
+            b.event_ids.push(Uuid::now_v7());
+            b.sequences.push((previous + 1 + i as u64) as i64);
+            b.types.push(events::event_type(t.kind, r).to_string());
+            b.names.push(t.kind.as_str().to_string());
+            b.severities.push(events::severity(t.kind).as_str().to_string());
+            b.payloads.push(
+                serde_json::to_value(events::payload(r, t)).map_err(|e| SchedulerError::Internal(e.to_string()))?,
+            );
+            b.actors.push(t.actor.clone());
+            b.froms.push(t.from.as_str().to_string());
+            b.tos.push(t.to.as_str().to_string());
+            b.messages.push(t.message.clone());
+        }
+        Ok(b)
+    }
+}
+
+/// The stored release document: the mutable state plus the plan, which is written once.
+macro_rules! release_doc {
+    () => {
+        "(s.state || jsonb_build_object('plan', r.plan))"
+    };
+}
+
+/// The two tables a release lives in.
+macro_rules! release_tables {
+    () => {
+        " FROM releases r JOIN release_state s ON s.release_id = r.id "
+    };
+}
+
+/// Revision counter and stable release of a service in an environment. The stable release is the
+/// newest succeeded one (an older release can no longer succeed once a newer one exists: it was
+/// superseded), so it is derived, not stored: the engine never writes this row, and user actions
+/// and the engine lock rows in one order (service environment, then release).
+macro_rules! service_environment_query {
+    ($lock:literal) => {
+        concat!(
+            "SELECT e.last_revision, st.revision, st.artifact FROM service_environments e \
+             LEFT JOIN LATERAL (SELECT r.revision, r.artifact",
+            release_tables!(),
+            "WHERE r.service = e.service AND r.environment = e.environment AND s.phase = 'SUCCEEDED' \
+             ORDER BY r.revision DESC LIMIT 1) st ON true \
+             WHERE e.service = $1 AND e.environment = $2",
+            $lock
+        )
+    };
+}
+const SERVICE_ENVIRONMENT: &str = service_environment_query!("");
+const SERVICE_ENVIRONMENT_LOCKED: &str = service_environment_query!(" FOR UPDATE OF e");
+
+fn service_environment(row: Option<(i64, Option<i64>, Option<String>)>) -> ServiceEnvironment {
+    row.map(|(last, revision, artifact)| ServiceEnvironment {
+        last_revision: last as u64,
+        stable_revision: revision.map(|v| v as u64),
+        stable_artifact: artifact,
+    })
+    .unwrap_or_default()
+}
+
 fn decode(state: serde_json::Value) -> Result<Release, SchedulerError> {
     serde_json::from_value(state).map_err(|e| SchedulerError::Internal(format!("stored release does not decode: {e}")))
 }
 
+/// The mutable state (the plan is skipped: it has its own column).
 fn encode(r: &Release) -> Result<serde_json::Value, SchedulerError> {
     serde_json::to_value(r).map_err(|e| SchedulerError::Internal(format!("release does not encode: {e}")))
 }
@@ -227,14 +317,20 @@ impl Store {
     /// A release.
     pub async fn release(&self, id: Uuid) -> Result<Option<Release>, SchedulerError> {
         let row: Option<(serde_json::Value,)> =
-            sqlx::query_as("SELECT state FROM releases WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+            sqlx::query_as(concat!("SELECT ", release_doc!(), release_tables!(), "WHERE r.id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|(state,)| decode(state)).transpose()
     }
 
     /// A release, locked for update in `conn`'s transaction.
     pub async fn lock_release(conn: &mut PgConnection, id: Uuid) -> Result<Option<Release>, SchedulerError> {
         let row: Option<(serde_json::Value,)> =
-            sqlx::query_as("SELECT state FROM releases WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(conn).await?;
+            sqlx::query_as(concat!("SELECT ", release_doc!(), release_tables!(), "WHERE r.id = $1 FOR UPDATE OF s"))
+                .bind(id)
+                .fetch_optional(conn)
+                .await?;
         row.map(|(state,)| decode(state)).transpose()
     }
 
@@ -243,10 +339,11 @@ impl Store {
         conn: &mut PgConnection,
         request_id: &str,
     ) -> Result<Option<Release>, SchedulerError> {
-        let row: Option<(serde_json::Value,)> = sqlx::query_as("SELECT state FROM releases WHERE request_id = $1")
-            .bind(request_id)
-            .fetch_optional(conn)
-            .await?;
+        let row: Option<(serde_json::Value,)> =
+            sqlx::query_as(concat!("SELECT ", release_doc!(), release_tables!(), "WHERE r.request_id = $1"))
+                .bind(request_id)
+                .fetch_optional(conn)
+                .await?;
         row.map(|(state,)| decode(state)).transpose()
     }
 
@@ -255,10 +352,13 @@ impl Store {
     pub async fn claim_due(
         conn: &mut PgConnection,
     ) -> Result<Option<(Release, OffsetDateTime, OffsetDateTime)>, SchedulerError> {
-        let row: Option<(serde_json::Value, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
-            "SELECT state, next_wake_at, clock_timestamp() FROM releases \
-             WHERE next_wake_at <= clock_timestamp() ORDER BY next_wake_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-        )
+        let row: Option<(serde_json::Value, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(concat!(
+            "SELECT ",
+            release_doc!(),
+            ", s.next_wake_at, clock_timestamp()",
+            release_tables!(),
+            "WHERE s.next_wake_at <= clock_timestamp() ORDER BY s.next_wake_at LIMIT 1 FOR UPDATE OF s SKIP LOCKED"
+        ))
         .fetch_optional(conn)
         .await?;
         row.map(|(state, due, now)| Ok((decode(state)?, now, due))).transpose()
@@ -271,7 +371,7 @@ impl Store {
 
     /// Earliest wake time of any release.
     pub async fn next_due(&self) -> Result<Option<OffsetDateTime>, SchedulerError> {
-        Ok(sqlx::query_scalar("SELECT min(next_wake_at) FROM releases WHERE next_wake_at IS NOT NULL")
+        Ok(sqlx::query_scalar("SELECT min(next_wake_at) FROM release_state WHERE next_wake_at IS NOT NULL")
             .fetch_one(&self.pool)
             .await?)
     }
@@ -288,31 +388,36 @@ impl Store {
         let previous = r.version;
         r.version += transitions.len() as u64;
         sqlx::query(
-            "INSERT INTO releases (id, service, environment, revision, artifact, phase, settled, state, version, \
-             next_wake_at, created_by, created_at, updated_at, request_id, group_id, group_position) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15)",
+            "WITH identity AS ( \
+               INSERT INTO releases (id, service, environment, revision, artifact, plan, created_by, created_at, \
+                 request_id, group_id, group_position) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id) \
+             INSERT INTO release_state (release_id, phase, settled, version, next_wake_at, updated_at, state) \
+             SELECT id, $12, $13, $14, $15, $8, $16 FROM identity",
         )
         .bind(r.id)
         .bind(&r.service)
         .bind(&r.environment)
         .bind(r.revision as i64)
         .bind(&r.artifact)
-        .bind(r.phase.as_str())
-        .bind(r.settled)
-        .bind(encode(r)?)
-        .bind(r.version as i64)
-        .bind(wake_at)
+        .bind(serde_json::to_value(&r.plan).map_err(|e| SchedulerError::Internal(e.to_string()))?)
         .bind(&r.created_by)
         .bind(r.created_at)
         .bind(request_id)
         .bind(r.group_id)
         .bind(group_position)
+        .bind(r.phase.as_str())
+        .bind(r.settled)
+        .bind(r.version as i64)
+        .bind(wake_at)
+        .bind(encode(r)?)
         .execute(&mut *conn)
         .await?;
         Self::append(conn, r, previous, transitions).await
     }
 
-    /// Stores a release after transitions: the row, its events and audit rows.
+    /// Stores a release after transitions: the row, its events and its audit rows, in one
+    /// statement (one round trip).
     pub async fn save(
         conn: &mut PgConnection,
         r: &mut Release,
@@ -321,9 +426,18 @@ impl Store {
     ) -> Result<(), SchedulerError> {
         let previous = r.version;
         r.version += transitions.len() as u64;
+        let batch = EventBatch::new(r, previous, transitions)?;
         sqlx::query(
-            "UPDATE releases SET phase = $2, settled = $3, state = $4, version = $5, next_wake_at = $6, updated_at = $7 \
-             WHERE id = $1",
+            "WITH updated AS ( \
+               UPDATE release_state SET phase = $2, settled = $3, state = $4, version = $5, next_wake_at = $6, updated_at = $7 \
+               WHERE release_id = $1 RETURNING release_id), \
+             events AS ( \
+               INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
+               SELECT e, $1, s, t, n, v, p, $7 \
+               FROM UNNEST($8::uuid[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::jsonb[]) AS x(e, s, t, n, v, p)) \
+             INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
+             SELECT $1, s, a, n, f, t, m, $7 \
+             FROM UNNEST($9::bigint[], $14::text[], $11::text[], $15::text[], $16::text[], $17::text[]) AS x(s, a, n, f, t, m)",
         )
         .bind(r.id)
         .bind(r.phase.as_str())
@@ -332,9 +446,19 @@ impl Store {
         .bind(r.version as i64)
         .bind(wake_at)
         .bind(r.updated_at)
+        .bind(&batch.event_ids)
+        .bind(&batch.sequences)
+        .bind(&batch.types)
+        .bind(&batch.names)
+        .bind(&batch.severities)
+        .bind(&batch.payloads)
+        .bind(&batch.actors)
+        .bind(&batch.froms)
+        .bind(&batch.tos)
+        .bind(&batch.messages)
         .execute(&mut *conn)
         .await?;
-        Self::append(conn, r, previous, transitions).await
+        Ok(())
     }
 
     async fn append(
@@ -346,59 +470,28 @@ impl Store {
         if transitions.is_empty() {
             return Ok(());
         }
-        let n = transitions.len();
-        let mut event_ids = Vec::with_capacity(n);
-        let mut sequences = Vec::with_capacity(n);
-        let mut types = Vec::with_capacity(n);
-        let mut names = Vec::with_capacity(n);
-        let mut severities = Vec::with_capacity(n);
-        let mut payloads = Vec::with_capacity(n);
-        let mut actors = Vec::with_capacity(n);
-        let mut froms = Vec::with_capacity(n);
-        let mut tos = Vec::with_capacity(n);
-        let mut messages = Vec::with_capacity(n);
-        for (i, t) in transitions.iter().enumerate() {
-            event_ids.push(Uuid::now_v7());
-            sequences.push((previous + 1 + i as u64) as i64);
-            types.push(events::event_type(t.kind, r).to_string());
-            names.push(t.kind.as_str().to_string());
-            severities.push(events::severity(t.kind).as_str().to_string());
-            payloads.push(
-                serde_json::to_value(events::payload(r, t)).map_err(|e| SchedulerError::Internal(e.to_string()))?,
-            );
-            actors.push(t.actor.clone());
-            froms.push(t.from.as_str().to_string());
-            tos.push(t.to.as_str().to_string());
-            messages.push(t.message.clone());
-        }
+        let batch = EventBatch::new(r, previous, transitions)?;
         sqlx::query(
-            "INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
-             SELECT e, $2, s, t, n, v, p, $8 FROM UNNEST($1::uuid[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::jsonb[]) \
-             AS x(e, s, t, n, v, p)",
-        )
-        .bind(&event_ids)
-        .bind(r.id)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&names)
-        .bind(&severities)
-        .bind(&payloads)
-        .bind(r.updated_at)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
-             SELECT $1, s, a, n, f, t, m, $8 FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
-             AS x(s, a, n, f, t, m)",
+            "WITH events AS ( \
+               INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
+               SELECT e, $1, s, t, n, v, p, $2 \
+               FROM UNNEST($3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::jsonb[]) AS x(e, s, t, n, v, p)) \
+             INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
+             SELECT $1, s, a, n, f, t, m, $2 \
+             FROM UNNEST($4::bigint[], $9::text[], $6::text[], $10::text[], $11::text[], $12::text[]) AS x(s, a, n, f, t, m)",
         )
         .bind(r.id)
-        .bind(&sequences)
-        .bind(&actors)
-        .bind(&names)
-        .bind(&froms)
-        .bind(&tos)
-        .bind(&messages)
         .bind(r.updated_at)
+        .bind(&batch.event_ids)
+        .bind(&batch.sequences)
+        .bind(&batch.types)
+        .bind(&batch.names)
+        .bind(&batch.severities)
+        .bind(&batch.payloads)
+        .bind(&batch.actors)
+        .bind(&batch.froms)
+        .bind(&batch.tos)
+        .bind(&batch.messages)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -410,9 +503,12 @@ impl Store {
         service: &str,
         environment: &str,
     ) -> Result<Vec<Release>, SchedulerError> {
-        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
-            "SELECT state FROM releases WHERE service = $1 AND environment = $2 AND NOT settled ORDER BY revision FOR UPDATE",
-        )
+        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(concat!(
+            "SELECT ",
+            release_doc!(),
+            release_tables!(),
+            "WHERE r.service = $1 AND r.environment = $2 AND NOT s.settled ORDER BY r.revision FOR UPDATE OF s"
+        ))
         .bind(service)
         .bind(environment)
         .fetch_all(conn)
@@ -420,30 +516,24 @@ impl Store {
         rows.into_iter().map(|(s,)| decode(s)).collect()
     }
 
-    /// Locks (creating if needed) the per-service-environment row.
+    /// Locks (creating if needed) the per-service-environment row, which serialises everything
+    /// that creates or restarts releases of one service in one environment.
     pub async fn lock_service_environment(
         conn: &mut PgConnection,
         service: &str,
         environment: &str,
     ) -> Result<ServiceEnvironment, SchedulerError> {
-        sqlx::query("INSERT INTO service_environments (service, environment, last_revision) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING")
-            .bind(service)
-            .bind(environment)
-            .execute(&mut *conn)
-            .await?;
-        let (last, stable_revision, stable_artifact): (i64, Option<i64>, Option<String>) = sqlx::query_as(
-            "SELECT last_revision, stable_revision, stable_artifact FROM service_environments \
-             WHERE service = $1 AND environment = $2 FOR UPDATE",
+        sqlx::query(
+            "INSERT INTO service_environments (service, environment, last_revision) VALUES ($1, $2, 0) \
+             ON CONFLICT DO NOTHING",
         )
         .bind(service)
         .bind(environment)
-        .fetch_one(conn)
+        .execute(&mut *conn)
         .await?;
-        Ok(ServiceEnvironment {
-            last_revision: last as u64,
-            stable_revision: stable_revision.map(|v| v as u64),
-            stable_artifact,
-        })
+        let row: Option<(i64, Option<i64>, Option<String>)> =
+            sqlx::query_as(SERVICE_ENVIRONMENT_LOCKED).bind(service).bind(environment).fetch_optional(conn).await?;
+        Ok(service_environment(row))
     }
 
     /// Hands out the next revision.
@@ -462,49 +552,24 @@ impl Store {
         Ok(())
     }
 
-    /// Records a succeeded release as stable.
-    pub async fn mark_stable(conn: &mut PgConnection, r: &Release) -> Result<(), SchedulerError> {
-        sqlx::query(
-            "UPDATE service_environments SET stable_revision = $3, stable_artifact = $4, stable_release = $5 \
-             WHERE service = $1 AND environment = $2",
-        )
-        .bind(&r.service)
-        .bind(&r.environment)
-        .bind(r.revision as i64)
-        .bind(&r.artifact)
-        .bind(r.id)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
-
     /// What is stable for a service in an environment.
     pub async fn service_environment(
         &self,
         service: &str,
         environment: &str,
     ) -> Result<ServiceEnvironment, SchedulerError> {
-        let row: Option<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
-            "SELECT last_revision, stable_revision, stable_artifact FROM service_environments WHERE service = $1 AND environment = $2",
-        )
-        .bind(service)
-        .bind(environment)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|(last, rev, artifact)| ServiceEnvironment {
-                last_revision: last as u64,
-                stable_revision: rev.map(|v| v as u64),
-                stable_artifact: artifact,
-            })
-            .unwrap_or_default())
+        let row: Option<(i64, Option<i64>, Option<String>)> =
+            sqlx::query_as(SERVICE_ENVIRONMENT).bind(service).bind(environment).fetch_optional(&self.pool).await?;
+        Ok(service_environment(row))
     }
 
     /// Whether `artifact` has a succeeded release of `service` in `environment`.
     pub async fn succeeded_in(&self, service: &str, environment: &str, artifact: &str) -> Result<bool, SchedulerError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM releases WHERE service = $1 AND environment = $2 AND artifact = $3 AND phase = 'SUCCEEDED')",
-        )
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT EXISTS (SELECT 1",
+            release_tables!(),
+            "WHERE r.service = $1 AND r.environment = $2 AND r.artifact = $3 AND s.phase = 'SUCCEEDED')"
+        ))
         .bind(service)
         .bind(environment)
         .bind(artifact)
@@ -520,13 +585,15 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Release>, SchedulerError> {
         let phases: Vec<String> = filter.phases.iter().map(|p| p.as_str().to_string()).collect();
-        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(
-            "SELECT state FROM releases \
-             WHERE ($1::text IS NULL OR service = $1) AND ($2::text IS NULL OR environment = $2) \
-               AND (cardinality($3::text[]) = 0 OR phase = ANY($3)) \
-               AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5)) \
-             ORDER BY created_at DESC, id DESC LIMIT $6",
-        )
+        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(concat!(
+            "SELECT ",
+            release_doc!(),
+            release_tables!(),
+            "WHERE ($1::text IS NULL OR r.service = $1) AND ($2::text IS NULL OR r.environment = $2) \
+               AND (cardinality($3::text[]) = 0 OR s.phase = ANY($3)) \
+               AND ($4::timestamptz IS NULL OR (r.created_at, r.id) < ($4, $5)) \
+             ORDER BY r.created_at DESC, r.id DESC LIMIT $6"
+        ))
         .bind(&filter.service)
         .bind(&filter.environment)
         .bind(&phases)
@@ -543,9 +610,12 @@ impl Store {
 
     /// Every release of a service in an environment, newest first.
     pub async fn revisions(&self, service: &str, environment: &str) -> Result<Vec<RevisionRow>, SchedulerError> {
-        let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(
-            "SELECT revision, state FROM releases WHERE service = $1 AND environment = $2 ORDER BY revision DESC",
-        )
+        let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(concat!(
+            "SELECT r.revision, ",
+            release_doc!(),
+            release_tables!(),
+            "WHERE r.service = $1 AND r.environment = $2 ORDER BY r.revision DESC"
+        ))
         .bind(service)
         .bind(environment)
         .fetch_all(&self.pool)
@@ -578,11 +648,15 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some((id, environment, kind, created_by, reason, created_at)) = row else { return Ok(None) };
-        let members: Vec<(serde_json::Value,)> =
-            sqlx::query_as("SELECT state FROM releases WHERE group_id = $1 ORDER BY group_position")
-                .bind(id)
-                .fetch_all(&self.pool)
-                .await?;
+        let members: Vec<(serde_json::Value,)> = sqlx::query_as(concat!(
+            "SELECT ",
+            release_doc!(),
+            release_tables!(),
+            "WHERE r.group_id = $1 ORDER BY r.group_position"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
         let members = members.into_iter().map(|(s,)| decode(s)).collect::<Result<Vec<_>, _>>()?;
         Ok(Some((GroupRow { id, environment, kind, created_by, reason, created_at }, members)))
     }
@@ -593,11 +667,14 @@ impl Store {
         release: &Release,
     ) -> Result<Option<Release>, SchedulerError> {
         let Some(group) = release.group_id else { return Ok(None) };
-        let row: Option<(serde_json::Value,)> = sqlx::query_as(
-            "SELECT state FROM releases WHERE group_id = $1 \
-             AND group_position > (SELECT group_position FROM releases WHERE id = $2) \
-             AND phase = 'PENDING' ORDER BY group_position LIMIT 1 FOR UPDATE",
-        )
+        let row: Option<(serde_json::Value,)> = sqlx::query_as(concat!(
+            "SELECT ",
+            release_doc!(),
+            release_tables!(),
+            "WHERE r.group_id = $1 \
+               AND r.group_position > (SELECT group_position FROM releases WHERE id = $2) \
+               AND s.phase = 'PENDING' ORDER BY r.group_position LIMIT 1 FOR UPDATE OF s"
+        ))
         .bind(group)
         .bind(release.id)
         .fetch_optional(conn)

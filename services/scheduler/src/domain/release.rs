@@ -234,7 +234,8 @@ pub struct Release {
     pub finished_at: Option<OffsetDateTime>,
     /// Delivery config version the plan came from.
     pub config_version: u64,
-    /// The plan.
+    /// The plan (immutable; stored in a column of its own, so it is not rewritten on every change).
+    #[serde(skip_serializing)]
     pub plan: Plan,
     /// Stable artifact when created.
     pub stable_artifact: Option<String>,

@@ -1,0 +1,453 @@
+//! Scheduler benchmark (a bench binary: `cargo bench -p hopngo-scheduler --bench engine`).
+//!
+//! 1. Durable transition throughput with 32 concurrent releases, against a baseline of plain
+//!    single-row UPDATE + INSERT transactions run by this program on the same database at the same
+//!    concurrency. The engine runs in-process with effects that answer at once, so the figure is
+//!    the cost of claiming, advancing and committing (state + events + audit) — not of gRPC.
+//! 2. 1,000 active releases that wake every 10 s (each polls a never-finishing analysis): wake-up
+//!    lateness p99 read from the scheduler's own histogram, and the scheduler process's peak RSS
+//!    and CPU. Here the scheduler is the real binary talking gRPC to the recording fakes.
+//!
+//! PostgreSQL is a throwaway cluster with fsync and synchronous_commit on.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hopngo_kit::pg::{EphemeralPostgres, PgOptions};
+use hopngo_proto::{
+    analyzer::AnalysisPhase,
+    release::{self as pb, release_service_client::ReleaseServiceClient},
+};
+use hopngo_scheduler::{
+    app::{App, Caller},
+    domain::{
+        effects::{
+            DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, RunObservation,
+            RunPhase, TargetObservation,
+        },
+        machine::Settings,
+        plan::AnalysisSpec,
+    },
+    engine::{Engine, EngineMetrics},
+    signals::Signals,
+    store::Store,
+};
+use hopngo_testkit::fakes::Fakes;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+const CONCURRENCY: usize = 32;
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// Effects that succeed at once: every desired state is converged, every run successful.
+struct Instant0;
+
+impl Effects for Instant0 {
+    async fn apply_target(&self, _: &str, _: &DesiredState) -> Result<(), EffectError> {
+        Ok(())
+    }
+    async fn target_status(&self, _: &str, _: &str) -> Result<TargetObservation, EffectError> {
+        Ok(TargetObservation {
+            converged: true,
+            canary_weight: 0,
+            idempotency_key: String::new(),
+            message: String::new(),
+        })
+    }
+    async fn start_analysis(
+        &self,
+        key: &str,
+        _: &AnalysisSpec,
+        _: &BTreeMap<String, String>,
+        _: &BTreeMap<String, String>,
+    ) -> Result<String, EffectError> {
+        Ok(key.to_string())
+    }
+    async fn analysis_status(&self, _: &str) -> Result<RunObservation, EffectError> {
+        Ok(RunObservation { phase: RunPhase::Successful, message: String::new() })
+    }
+    async fn terminate_analysis(&self, _: &str, _: &str) -> Result<(), EffectError> {
+        Ok(())
+    }
+    async fn start_migration(&self, key: &str, _: &MigrationRequest) -> Result<String, EffectError> {
+        Ok(key.to_string())
+    }
+    async fn migration_status(&self, _: &str) -> Result<MigrationObservation, EffectError> {
+        Ok(MigrationObservation { phase: MigrationPhase::Succeeded, message: String::new() })
+    }
+}
+
+fn throughput_config() -> String {
+    let mut yaml = String::from("environments:\n  - name: bench\nservices:\n");
+    for i in 0..CONCURRENCY {
+        // Timed pauses: each tick commits one or two transitions, like a real release waiting on
+        // timers, rather than racing through many steps in one transaction.
+        yaml.push_str(&format!("  - name: svc-{i}\n    strategy:\n      canary:\n        steps:\n"));
+        for _ in 0..10 {
+            yaml.push_str("          - pause: {duration: 1ms}\n");
+        }
+    }
+    yaml
+}
+
+async fn baseline(pool: &sqlx::PgPool) -> f64 {
+    sqlx::query("CREATE TABLE bench_rows (id INT PRIMARY KEY, n BIGINT NOT NULL, payload JSONB NOT NULL)")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE bench_log (id BIGSERIAL PRIMARY KEY, row_id INT NOT NULL, n BIGINT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .execute(pool)
+        .await
+        .unwrap();
+    for i in 0..CONCURRENCY as i32 {
+        sqlx::query("INSERT INTO bench_rows VALUES ($1, 0, '{}')").bind(i).execute(pool).await.unwrap();
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + WINDOW;
+    let mut tasks = Vec::new();
+    for i in 0..CONCURRENCY as i32 {
+        let pool = pool.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < stop {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("UPDATE bench_rows SET n = n + 1 WHERE id = $1").bind(i).execute(&mut *tx).await.unwrap();
+                sqlx::query("INSERT INTO bench_log (row_id, n) VALUES ($1, 1)")
+                    .bind(i)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / WINDOW.as_secs_f64()
+}
+
+fn counter(registry: &prometheus::Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()))
+        .sum()
+}
+
+async fn engine_throughput(url: &str) -> (f64, f64) {
+    let store = Store::connect(url, (CONCURRENCY + 8) as u32).await.unwrap();
+    store.migrate().await.unwrap();
+    let signals = Signals::local();
+    let app = App::new(store.clone(), signals.clone());
+    let caller = Caller { user: "bench".into(), roles: Vec::new(), anonymous: false };
+    app.apply_config(&throughput_config(), &caller).await.unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = EngineMetrics::new(&registry);
+    let settings = Settings { poll_interval: Duration::from_millis(50), ..Settings::default() };
+    let engine = Engine::new(store.clone(), Arc::new(Instant0), settings, signals, metrics);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    engine.spawn(CONCURRENCY, &tracker, stop.clone());
+    // Seed stable versions, then keep 32 releases in flight for the whole window.
+    let services: Vec<String> = (0..CONCURRENCY).map(|i| format!("svc-{i}")).collect();
+    for s in &services {
+        app.create_release(s, "bench", "v0", "", "", &caller).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One driver per service: as soon as its release settles, the next one is created.
+    let stop_drivers = CancellationToken::new();
+    let mut drivers = Vec::new();
+    for s in services.clone() {
+        let app = app.clone();
+        let caller = caller.clone();
+        let stop = stop_drivers.clone();
+        drivers.push(tokio::spawn(async move {
+            let mut version = 1u64;
+            let mut changes = app.signals().subscribe();
+            while !stop.is_cancelled() {
+                let r = app.create_release(&s, "bench", &format!("v{version}"), "", "", &caller).await.unwrap();
+                version += 1;
+                // Re-read only when the engine reports a change of this release (or every 100 ms).
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        change = changes.recv() => match change {
+                            Ok(id) if id != r.id => continue,
+                            _ => {}
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                    if app.release(&r.id.to_string()).await.unwrap().settled {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let tr0 = counter(&registry, "hopngo_scheduler_transitions_total");
+    let tk0 = counter(&registry, "hopngo_scheduler_ticks_total");
+    tokio::time::sleep(WINDOW).await;
+    let secs = t0.elapsed().as_secs_f64();
+    for f in registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "hopngo_scheduler_tick_seconds" || f.name() == "hopngo_scheduler_wake_lateness_seconds")
+    {
+        let h = f.get_metric()[0].get_histogram();
+        eprintln!(
+            "  ({}: {} samples, mean {:.2} ms)",
+            f.name(),
+            h.get_sample_count(),
+            1000.0 * h.get_sample_sum() / h.get_sample_count() as f64
+        );
+    }
+    let transitions = (counter(&registry, "hopngo_scheduler_transitions_total") - tr0) / secs;
+    let ticks = (counter(&registry, "hopngo_scheduler_ticks_total") - tk0) / secs;
+    stop_drivers.cancel();
+    for d in drivers {
+        d.await.unwrap();
+    }
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    store.pool().close().await;
+    (transitions, ticks)
+}
+
+fn wake_config(services: usize, environments: usize) -> String {
+    let mut yaml = String::from("environments:\n");
+    for e in 0..environments {
+        yaml.push_str(&format!("  - name: env-{e}\n    progressDeadline: 1h\n"));
+    }
+    yaml.push_str("analysisTemplates:\n  - name: slo\n    metrics:\n      - name: errors\n        successCondition: result < 0.01\n        provider: {prometheus: {address: \"http://127.0.0.1:9090\", query: x}}\nservices:\n");
+    for s in 0..services {
+        yaml.push_str(&format!(
+            "  - name: svc-{s}\n    strategy:\n      canary:\n        steps:\n          - setWeight: 10\n          - analysis: {{templates: [slo]}}\n"
+        ));
+    }
+    yaml
+}
+
+fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn quantile_upper_bound(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (f64, f64) {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, c)| (*le, c - before.iter().find(|(l, _)| l == le).map(|(_, c)| *c).unwrap_or(0.0)))
+        .collect();
+    let total = counts.last().map(|(_, c)| *c).unwrap_or(0.0);
+    let target = total * q;
+    let bound = counts.iter().find(|(_, c)| *c >= target).map(|(le, _)| *le).unwrap_or(f64::INFINITY);
+    (bound, total)
+}
+
+fn proc_status(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+async fn scrape(admin: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+async fn wake_lateness(url: &str) {
+    const SERVICES: usize = 100;
+    const ENVIRONMENTS: usize = 10;
+    const MEASURE: Duration = Duration::from_secs(40);
+    let fakes = Fakes::start().await.unwrap();
+    fakes.analyzer.polls_before_verdict(u32::MAX);
+    fakes.analyzer.verdict("*", AnalysisPhase::Successful);
+    let dir = std::env::temp_dir().join(format!("hopngo-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("delivery.yaml");
+    std::fs::write(&config, wake_config(SERVICES, ENVIRONMENTS)).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hopngo-scheduler"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--database-url",
+            url,
+            "--poll-interval",
+            "10s",
+        ])
+        .args(["--deployer-url", &fakes.deployer_server.url(), "--analyzer-url", &fakes.analyzer_server.url()])
+        .args(["--migrator-url", &fakes.migrator_server.url(), "--notifier-url", &fakes.notifier_server.url()])
+        .args(["--apply-config", config.to_str().unwrap(), "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = loop {
+        let line = lines.next_line().await.unwrap().expect("scheduler exited");
+        if line.contains(" listening grpc=") {
+            break line;
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+    let (grpc, admin) = (format!("http://{}", field("grpc=")), field("admin="));
+    let mut client = ReleaseServiceClient::connect(grpc).await.unwrap();
+    let create =
+        |client: &mut ReleaseServiceClient<tonic::transport::Channel>, s: usize, e: usize, artifact: &'static str| {
+            let mut client = client.clone();
+            async move {
+                let mut req = tonic::Request::new(pb::CreateReleaseRequest {
+                    service: format!("svc-{s}"),
+                    environment: format!("env-{e}"),
+                    artifact: artifact.into(),
+                    ..Default::default()
+                });
+                req.metadata_mut().insert("x-hopngo-user", "bench".parse().unwrap());
+                client.create_release(req).await.unwrap().into_inner().release.unwrap().id
+            }
+        };
+    let setup = Instant::now();
+    for artifact in ["v1", "v2"] {
+        let mut ids = Vec::new();
+        for s in 0..SERVICES {
+            for e in 0..ENVIRONMENTS {
+                ids.push(create(&mut client, s, e, artifact).await);
+            }
+        }
+        if artifact == "v1" {
+            // Initial releases go straight to stable; wait until they are.
+            for id in &ids {
+                loop {
+                    let r = client
+                        .get_release(pb::GetReleaseRequest { id: id.clone() })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .release
+                        .unwrap();
+                    if r.settled {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    println!("  set-up: 2,000 releases created in {:.1}s", setup.elapsed().as_secs_f64());
+    // Let every release reach its analysis step and fall into the 10 s rhythm.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let before = histogram_buckets(&scrape(&admin).await, "hopngo_scheduler_wake_lateness_seconds");
+    let cpu_before = cpu_seconds(pid);
+    tokio::time::sleep(MEASURE).await;
+    let after = histogram_buckets(&scrape(&admin).await, "hopngo_scheduler_wake_lateness_seconds");
+    let cpu = (cpu_seconds(pid) - cpu_before) / MEASURE.as_secs_f64();
+    let (p99, wakes) = quantile_upper_bound(&before, &after, 0.99);
+    let (p50, _) = quantile_upper_bound(&before, &after, 0.50);
+    let hwm_kib = proc_status(pid, "VmHWM:");
+    let active = client
+        .list_releases(pb::ListReleasesRequest {
+            phases: vec![pb::ReleasePhase::Progressing as i32],
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    println!(
+        "  {wakes:.0} wake-ups in {}s ({:.0}/s; 1,000 releases every 10 s is 100/s); first page of PROGRESSING releases: {}",
+        MEASURE.as_secs(),
+        wakes / MEASURE.as_secs_f64(),
+        active.releases.len()
+    );
+    println!("  wake-up lateness: p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds; target p99 <= 1s)");
+    println!("  scheduler peak RSS: {:.1} MiB (target <= 256 MiB); CPU: {cpu:.2} cores", hwm_kib as f64 / 1024.0);
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo test --benches` lists benches; this binary has no libtest harness.
+        return;
+    }
+    let mut pg =
+        tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions { durable: true, max_connections: 200 }))
+            .await
+            .unwrap()
+            .expect("PostgreSQL");
+    let admin = pg.url("postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    for db in ["bench_baseline", "bench_engine", "bench_wake"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.unwrap();
+    }
+    println!(
+        "PostgreSQL: throwaway cluster, fsync=on, synchronous_commit=on; {CONCURRENCY} concurrent writers; {}s windows",
+        WINDOW.as_secs()
+    );
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(CONCURRENCY as u32)
+        .connect(&pg.url("bench_baseline"))
+        .await
+        .unwrap();
+    let base = baseline(&pool).await;
+    pool.close().await;
+    println!("baseline: {base:.0} transactions/s (UPDATE one row + INSERT one row, {CONCURRENCY} concurrent)");
+
+    let (transitions, ticks) = engine_throughput(&pg.url("bench_engine")).await;
+    println!(
+        "engine:   {transitions:.0} durable transitions/s in {ticks:.0} transactions/s ({CONCURRENCY} concurrent releases)"
+    );
+    println!(
+        "          transitions ratio {:.2}, transactions ratio {:.2} (target >= 0.5)",
+        transitions / base,
+        ticks / base
+    );
+
+    if std::env::var("HOPNGO_BENCH_SKIP_WAKE").is_err() {
+        println!("wake-ups: 1,000 active releases waking every 10 s (scheduler binary, gRPC to fakes)");
+        wake_lateness(&pg.url("bench_wake")).await;
+    }
+    pg.stop();
+}
