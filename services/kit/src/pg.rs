@@ -27,11 +27,13 @@ pub struct PgOptions {
     pub durable: bool,
     /// `max_connections`.
     pub max_connections: u32,
+    /// Extra server settings (`name`, `value`), e.g. `shared_preload_libraries`.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { durable: false, max_connections: 400 }
+        PgOptions { durable: false, max_connections: 400, settings: Vec::new() }
     }
 }
 
@@ -109,6 +111,9 @@ impl EphemeralPostgres {
             );
             if !options.durable {
                 settings.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
+            }
+            for (name, value) in &options.settings {
+                settings.push_str(&format!(" -c {name}={value}"));
             }
             let result = run(pg
                 .server_command("pg_ctl")

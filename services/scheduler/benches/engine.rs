@@ -145,6 +145,7 @@ fn counter(registry: &prometheus::Registry, name: &str) -> f64 {
 async fn engine_throughput(url: &str) -> (f64, f64) {
     let store = Store::connect(url, (CONCURRENCY + 8) as u32).await.unwrap();
     store.migrate().await.unwrap();
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(store.pool()).await.unwrap();
     let signals = Signals::local();
     let app = App::new(store.clone(), signals.clone());
     let caller = Caller { user: "bench".into(), roles: Vec::new(), anonymous: false };
@@ -185,7 +186,12 @@ async fn engine_throughput(url: &str) -> (f64, f64) {
                         },
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
-                    if app.release(&r.id.to_string()).await.unwrap().settled {
+                    let settled: bool = sqlx::query_scalar("SELECT settled FROM release_state WHERE release_id = $1")
+                        .bind(r.id)
+                        .fetch_one(app.store().pool())
+                        .await
+                        .unwrap();
+                    if settled {
                         break;
                     }
                 }
@@ -198,6 +204,13 @@ async fn engine_throughput(url: &str) -> (f64, f64) {
     let tk0 = counter(&registry, "hopngo_scheduler_ticks_total");
     tokio::time::sleep(WINDOW).await;
     let secs = t0.elapsed().as_secs_f64();
+    let statements: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 90), calls, total_exec_time FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY total_exec_time DESC LIMIT 6",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap_or_default();
     for f in registry
         .gather()
         .iter()
@@ -221,6 +234,11 @@ async fn engine_throughput(url: &str) -> (f64, f64) {
     tracker.close();
     tracker.wait().await;
     store.pool().close().await;
+    let engine_calls: i64 = statements.iter().map(|s| s.1).sum();
+    let _ = engine_calls;
+    for (query, calls, ms) in &statements {
+        eprintln!("  {calls:>8} calls {ms:>9.0} ms  {query}");
+    }
     (transitions, ticks)
 }
 
@@ -411,11 +429,16 @@ async fn main() {
         // `cargo test --benches` lists benches; this binary has no libtest harness.
         return;
     }
-    let mut pg =
-        tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions { durable: true, max_connections: 200 }))
-            .await
-            .unwrap()
-            .expect("PostgreSQL");
+    let mut pg = tokio::task::spawn_blocking(|| {
+        EphemeralPostgres::start(&PgOptions {
+            durable: true,
+            max_connections: 200,
+            settings: vec![("shared_preload_libraries".into(), "pg_stat_statements".into())],
+        })
+    })
+    .await
+    .unwrap()
+    .expect("PostgreSQL");
     let admin = pg.url("postgres");
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
     for db in ["bench_baseline", "bench_engine", "bench_wake"] {

@@ -47,9 +47,10 @@ CREATE TABLE release_state (
     version       BIGINT NOT NULL,
     next_wake_at  TIMESTAMPTZ,
     updated_at    TIMESTAMPTZ NOT NULL,
-    state         JSONB NOT NULL
+    -- JSON text, opaque to SQL: PostgreSQL neither parses nor re-serialises it per transition.
+    state         TEXT NOT NULL
 ) WITH (toast_tuple_target = 8160, fillfactor = 80);
--- Keep the JSONB inline and uncompressed (a typical state is a few KiB): no TOAST writes and no
+-- Keep the state inline and uncompressed (a typical state is a few KiB): no TOAST writes and no
 -- pglz on each transition.
 ALTER TABLE release_state ALTER COLUMN state SET STORAGE MAIN;
 -- Work queue: due releases, claimed with FOR UPDATE SKIP LOCKED.
@@ -64,32 +65,36 @@ CREATE TABLE service_environments (
     PRIMARY KEY (service, environment)
 );
 
--- Every transition of every release, in order; unpublished rows are the outbox.
+-- Every transition of every release, in order; unpublished rows are the outbox. Written on every
+-- transition, so it carries two indexes only: the per-release order (primary key) and the
+-- outbox's unpublished rows in insertion order. No foreign key: rows are only ever inserted in the
+-- transaction that writes their release, and a key check per row would lock the release row again.
 CREATE TABLE release_events (
-    id            BIGSERIAL PRIMARY KEY,
-    event_id      UUID NOT NULL UNIQUE,
-    release_id    UUID NOT NULL REFERENCES releases (id),
+    release_id    UUID NOT NULL,
     sequence      BIGINT NOT NULL,
+    id            BIGSERIAL NOT NULL,
+    event_id      UUID NOT NULL,
     type          TEXT NOT NULL,
     transition    TEXT NOT NULL,
     severity      TEXT NOT NULL,
-    payload       JSONB NOT NULL,
+    -- JSON text of the event data, opaque to SQL (the notifier owns the queryable event log).
+    payload       TEXT NOT NULL,
     created_at    TIMESTAMPTZ NOT NULL,
     published_at  TIMESTAMPTZ,
-    UNIQUE (release_id, sequence)
+    PRIMARY KEY (release_id, sequence)
 );
 CREATE INDEX release_events_outbox ON release_events (id) WHERE published_at IS NULL;
 
--- Who did what, when; written in the same transaction as the transition.
+-- Who did what, when: one row per transition, written in the same transaction (no foreign key,
+-- for the reason given above).
 CREATE TABLE audit_log (
-    id          BIGSERIAL PRIMARY KEY,
-    release_id  UUID REFERENCES releases (id),
-    sequence    BIGINT,
+    release_id  UUID NOT NULL,
+    sequence    BIGINT NOT NULL,
     actor       TEXT NOT NULL,
     action      TEXT NOT NULL,
     from_phase  TEXT,
     to_phase    TEXT,
     message     TEXT NOT NULL,
-    at          TIMESTAMPTZ NOT NULL
+    at          TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (release_id, sequence)
 );
-CREATE INDEX audit_log_release ON audit_log (release_id, id);

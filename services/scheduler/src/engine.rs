@@ -25,7 +25,7 @@ use crate::{
     },
     error::SchedulerError,
     signals::Signals,
-    store::Store,
+    store::{PlanCache, Store},
 };
 
 /// Longest a worker sleeps without looking at the table.
@@ -83,6 +83,8 @@ pub struct Engine<E> {
     reschedule: Notify,
     /// When the dispatcher plans to look next (database clock, µs since epoch).
     planned_wake: AtomicI64,
+    /// Plans of the releases being advanced.
+    plans: PlanCache,
 }
 
 impl<E: Effects + Send + 'static> Engine<E> {
@@ -103,6 +105,7 @@ impl<E: Effects + Send + 'static> Engine<E> {
             work: Notify::new(),
             reschedule: Notify::new(),
             planned_wake: AtomicI64::new(i64::MAX),
+            plans: PlanCache::default(),
         })
     }
 
@@ -187,12 +190,13 @@ impl<E: Effects + Send + 'static> Engine<E> {
 
     /// Releases due now, seconds until the next one, and the database clock (µs since epoch).
     async fn due(&self) -> Result<(i64, Option<f64>, i64), SchedulerError> {
+        // Both sub-selects walk the `next_wake_at` index; the count stops at one wake-up per worker.
         let row: (i64, Option<f64>, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE next_wake_at <= c.now), \
-                    EXTRACT(EPOCH FROM (min(next_wake_at) FILTER (WHERE next_wake_at > c.now) - c.now))::float8, \
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM release_state WHERE next_wake_at <= c.now LIMIT 256) due), \
+                    (SELECT EXTRACT(EPOCH FROM (next_wake_at - c.now))::float8 FROM release_state \
+                     WHERE next_wake_at > c.now ORDER BY next_wake_at LIMIT 1), \
                     (EXTRACT(EPOCH FROM c.now) * 1000000)::bigint \
-             FROM (SELECT clock_timestamp() AS now) c LEFT JOIN release_state ON next_wake_at IS NOT NULL \
-             GROUP BY c.now",
+             FROM (SELECT clock_timestamp() AS now) c",
         )
         .fetch_one(self.store.pool())
         .await?;
@@ -203,7 +207,7 @@ impl<E: Effects + Send + 'static> Engine<E> {
     pub async fn tick(&self) -> Result<bool, SchedulerError> {
         let started = std::time::Instant::now();
         let mut tx = self.store.pool().begin().await?;
-        let Some((mut release, now, due)) = Store::claim_due(&mut tx).await? else {
+        let Some((mut release, now, due)) = Store::claim_due(&mut tx, &self.plans).await? else {
             return Ok(false);
         };
         self.metrics.lateness.observe((now - due).as_seconds_f64().max(0.0));

@@ -1,6 +1,8 @@
 //! All of the scheduler's SQL. Releases are one row each (state as JSONB plus indexed columns);
 //! a transition is one transaction: the row update, its events (the outbox) and its audit rows.
 
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgPoolOptions};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -10,6 +12,7 @@ use crate::{
         config::DeliveryConfig,
         events::{self, EventPayload},
         machine::Transition,
+        plan::Plan,
         release::{Phase, Release},
     },
     error::SchedulerError,
@@ -22,6 +25,30 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+}
+
+/// Plans of releases the engine advanced recently (plans are immutable, so a cached one is never
+/// stale). Bounded: emptied when full.
+#[derive(Default)]
+pub struct PlanCache {
+    plans: std::sync::Mutex<HashMap<Uuid, Plan>>,
+}
+
+/// Plans kept by a [`PlanCache`] before it starts over.
+const PLAN_CACHE_SIZE: usize = 4096;
+
+impl PlanCache {
+    fn get(&self, id: Uuid) -> Option<Plan> {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    fn put(&self, id: Uuid, plan: &Plan) {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if plans.len() >= PLAN_CACHE_SIZE {
+            plans.clear();
+        }
+        plans.insert(id, plan.clone());
+    }
 }
 
 /// A stored config version.
@@ -120,7 +147,7 @@ struct EventBatch {
     types: Vec<String>,
     names: Vec<String>,
     severities: Vec<String>,
-    payloads: Vec<serde_json::Value>,
+    payloads: Vec<String>,
     actors: Vec<String>,
     froms: Vec<String>,
     tos: Vec<String>,
@@ -148,7 +175,7 @@ impl EventBatch {
             b.names.push(t.kind.as_str().to_string());
             b.severities.push(events::severity(t.kind).as_str().to_string());
             b.payloads.push(
-                serde_json::to_value(events::payload(r, t)).map_err(|e| SchedulerError::Internal(e.to_string()))?,
+                serde_json::to_string(&events::payload(r, t)).map_err(|e| SchedulerError::Internal(e.to_string()))?,
             );
             b.actors.push(t.actor.clone());
             b.froms.push(t.from.as_str().to_string());
@@ -159,10 +186,11 @@ impl EventBatch {
     }
 }
 
-/// The stored release document: the mutable state plus the plan, which is written once.
+/// The stored release: the mutable state (JSON text: it is opaque to SQL, so PostgreSQL neither
+/// parses nor re-serialises it on every transition) plus the plan, written once.
 macro_rules! release_doc {
     () => {
-        "(s.state || jsonb_build_object('plan', r.plan))"
+        "s.state, r.plan"
     };
 }
 
@@ -202,13 +230,20 @@ fn service_environment(row: Option<(i64, Option<i64>, Option<String>)>) -> Servi
     .unwrap_or_default()
 }
 
-fn decode(state: serde_json::Value) -> Result<Release, SchedulerError> {
-    serde_json::from_value(state).map_err(|e| SchedulerError::Internal(format!("stored release does not decode: {e}")))
+/// A stored release as selected by `release_doc!()`.
+type Doc = (String, serde_json::Value);
+
+fn decode((state, plan): Doc) -> Result<Release, SchedulerError> {
+    let mut release: Release = serde_json::from_str(&state)
+        .map_err(|e| SchedulerError::Internal(format!("stored release state does not decode: {e}")))?;
+    release.plan = serde_json::from_value(plan)
+        .map_err(|e| SchedulerError::Internal(format!("stored plan does not decode: {e}")))?;
+    Ok(release)
 }
 
 /// The mutable state (the plan is skipped: it has its own column).
-fn encode(r: &Release) -> Result<serde_json::Value, SchedulerError> {
-    serde_json::to_value(r).map_err(|e| SchedulerError::Internal(format!("release does not encode: {e}")))
+fn encode(r: &Release) -> Result<String, SchedulerError> {
+    serde_json::to_string(r).map_err(|e| SchedulerError::Internal(format!("release does not encode: {e}")))
 }
 
 impl Store {
@@ -316,22 +351,21 @@ impl Store {
 
     /// A release.
     pub async fn release(&self, id: Uuid) -> Result<Option<Release>, SchedulerError> {
-        let row: Option<(serde_json::Value,)> =
-            sqlx::query_as(concat!("SELECT ", release_doc!(), release_tables!(), "WHERE r.id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(state,)| decode(state)).transpose()
+        let row: Option<Doc> = sqlx::query_as(concat!("SELECT ", release_doc!(), release_tables!(), "WHERE r.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(decode).transpose()
     }
 
     /// A release, locked for update in `conn`'s transaction.
     pub async fn lock_release(conn: &mut PgConnection, id: Uuid) -> Result<Option<Release>, SchedulerError> {
-        let row: Option<(serde_json::Value,)> =
+        let row: Option<Doc> =
             sqlx::query_as(concat!("SELECT ", release_doc!(), release_tables!(), "WHERE r.id = $1 FOR UPDATE OF s"))
                 .bind(id)
                 .fetch_optional(conn)
                 .await?;
-        row.map(|(state,)| decode(state)).transpose()
+        row.map(decode).transpose()
     }
 
     /// The release created with `request_id`, if any.
@@ -339,29 +373,44 @@ impl Store {
         conn: &mut PgConnection,
         request_id: &str,
     ) -> Result<Option<Release>, SchedulerError> {
-        let row: Option<(serde_json::Value,)> =
+        let row: Option<Doc> =
             sqlx::query_as(concat!("SELECT ", release_doc!(), release_tables!(), "WHERE r.request_id = $1"))
                 .bind(request_id)
                 .fetch_optional(conn)
                 .await?;
-        row.map(|(state,)| decode(state)).transpose()
+        row.map(decode).transpose()
     }
 
     /// Claims the most overdue release, skipping rows other workers hold. Returns it with the
-    /// database clock's "now" and its scheduled wake time.
+    /// database clock's "now" and its scheduled wake time. Plans never change, so they come from
+    /// `plans` when cached there.
     pub async fn claim_due(
         conn: &mut PgConnection,
+        plans: &PlanCache,
     ) -> Result<Option<(Release, OffsetDateTime, OffsetDateTime)>, SchedulerError> {
-        let row: Option<(serde_json::Value, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(concat!(
-            "SELECT ",
-            release_doc!(),
-            ", s.next_wake_at, clock_timestamp()",
-            release_tables!(),
-            "WHERE s.next_wake_at <= clock_timestamp() ORDER BY s.next_wake_at LIMIT 1 FOR UPDATE OF s SKIP LOCKED"
-        ))
-        .fetch_optional(conn)
+        let row: Option<(Uuid, String, OffsetDateTime, OffsetDateTime)> = sqlx::query_as(
+            "SELECT release_id, state, next_wake_at, clock_timestamp() FROM release_state \
+             WHERE next_wake_at <= clock_timestamp() ORDER BY next_wake_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *conn)
         .await?;
-        row.map(|(state, due, now)| Ok((decode(state)?, now, due))).transpose()
+        let Some((id, state, due, now)) = row else { return Ok(None) };
+        let mut release: Release = serde_json::from_str(&state)
+            .map_err(|e| SchedulerError::Internal(format!("stored release state does not decode: {e}")))?;
+        release.plan = match plans.get(id) {
+            Some(plan) => plan,
+            None => {
+                let plan: serde_json::Value = sqlx::query_scalar("SELECT plan FROM releases WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let plan: Plan = serde_json::from_value(plan)
+                    .map_err(|e| SchedulerError::Internal(format!("stored plan does not decode: {e}")))?;
+                plans.put(id, &plan);
+                plan
+            }
+        };
+        Ok(Some((release, now, due)))
     }
 
     /// The database clock.
@@ -434,7 +483,7 @@ impl Store {
              events AS ( \
                INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
                SELECT e, $1, s, t, n, v, p, $7 \
-               FROM UNNEST($8::uuid[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::jsonb[]) AS x(e, s, t, n, v, p)) \
+               FROM UNNEST($8::uuid[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[]) AS x(e, s, t, n, v, p)) \
              INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
              SELECT $1, s, a, n, f, t, m, $7 \
              FROM UNNEST($9::bigint[], $14::text[], $11::text[], $15::text[], $16::text[], $17::text[]) AS x(s, a, n, f, t, m)",
@@ -475,7 +524,7 @@ impl Store {
             "WITH events AS ( \
                INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
                SELECT e, $1, s, t, n, v, p, $2 \
-               FROM UNNEST($3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::jsonb[]) AS x(e, s, t, n, v, p)) \
+               FROM UNNEST($3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[]) AS x(e, s, t, n, v, p)) \
              INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
              SELECT $1, s, a, n, f, t, m, $2 \
              FROM UNNEST($4::bigint[], $9::text[], $6::text[], $10::text[], $11::text[], $12::text[]) AS x(s, a, n, f, t, m)",
@@ -503,7 +552,7 @@ impl Store {
         service: &str,
         environment: &str,
     ) -> Result<Vec<Release>, SchedulerError> {
-        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(concat!(
+        let rows: Vec<Doc> = sqlx::query_as(concat!(
             "SELECT ",
             release_doc!(),
             release_tables!(),
@@ -513,7 +562,7 @@ impl Store {
         .bind(environment)
         .fetch_all(conn)
         .await?;
-        rows.into_iter().map(|(s,)| decode(s)).collect()
+        rows.into_iter().map(decode).collect()
     }
 
     /// Locks (creating if needed) the per-service-environment row, which serialises everything
@@ -585,7 +634,7 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Release>, SchedulerError> {
         let phases: Vec<String> = filter.phases.iter().map(|p| p.as_str().to_string()).collect();
-        let rows: Vec<(serde_json::Value,)> = sqlx::query_as(concat!(
+        let rows: Vec<Doc> = sqlx::query_as(concat!(
             "SELECT ",
             release_doc!(),
             release_tables!(),
@@ -605,12 +654,12 @@ impl Store {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(|(s,)| decode(s)).collect()
+        rows.into_iter().map(decode).collect()
     }
 
     /// Every release of a service in an environment, newest first.
     pub async fn revisions(&self, service: &str, environment: &str) -> Result<Vec<RevisionRow>, SchedulerError> {
-        let rows: Vec<(i64, serde_json::Value)> = sqlx::query_as(concat!(
+        let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(concat!(
             "SELECT r.revision, ",
             release_doc!(),
             release_tables!(),
@@ -620,7 +669,9 @@ impl Store {
         .bind(environment)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(|(rev, s)| Ok(RevisionRow { revision: rev as u64, release: decode(s)? })).collect()
+        rows.into_iter()
+            .map(|(rev, state, plan)| Ok(RevisionRow { revision: rev as u64, release: decode((state, plan))? }))
+            .collect()
     }
 
     // === groups ===
@@ -648,7 +699,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some((id, environment, kind, created_by, reason, created_at)) = row else { return Ok(None) };
-        let members: Vec<(serde_json::Value,)> = sqlx::query_as(concat!(
+        let members: Vec<Doc> = sqlx::query_as(concat!(
             "SELECT ",
             release_doc!(),
             release_tables!(),
@@ -657,7 +708,7 @@ impl Store {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let members = members.into_iter().map(|(s,)| decode(s)).collect::<Result<Vec<_>, _>>()?;
+        let members = members.into_iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(Some((GroupRow { id, environment, kind, created_by, reason, created_at }, members)))
     }
 
@@ -667,7 +718,7 @@ impl Store {
         release: &Release,
     ) -> Result<Option<Release>, SchedulerError> {
         let Some(group) = release.group_id else { return Ok(None) };
-        let row: Option<(serde_json::Value,)> = sqlx::query_as(concat!(
+        let row: Option<Doc> = sqlx::query_as(concat!(
             "SELECT ",
             release_doc!(),
             release_tables!(),
@@ -679,7 +730,7 @@ impl Store {
         .bind(release.id)
         .fetch_optional(conn)
         .await?;
-        row.map(|(s,)| decode(s)).transpose()
+        row.map(decode).transpose()
     }
 
     // === outbox ===
@@ -695,7 +746,7 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|row| {
-                let payload: serde_json::Value = row.try_get("payload")?;
+                let payload: String = row.try_get("payload")?;
                 Ok(OutboxEvent {
                     id: row.try_get("id")?,
                     event_id: row.try_get("event_id")?,
@@ -703,7 +754,7 @@ impl Store {
                     sequence: row.try_get::<i64, _>("sequence")? as u64,
                     event_type: row.try_get("type")?,
                     severity: row.try_get("severity")?,
-                    payload: serde_json::from_value(payload).map_err(|e| SchedulerError::Internal(e.to_string()))?,
+                    payload: serde_json::from_str(&payload).map_err(|e| SchedulerError::Internal(e.to_string()))?,
                     created_at: row.try_get("created_at")?,
                 })
             })

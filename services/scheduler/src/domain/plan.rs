@@ -63,6 +63,21 @@ pub struct Plan {
     pub progress_deadline: Dur,
 }
 
+impl Default for Plan {
+    /// An empty plan; only a placeholder while a stored release is decoded (the plan is stored
+    /// apart from the state and filled in right after).
+    fn default() -> Self {
+        Plan {
+            strategy: PlanStrategy::Direct,
+            traffic: TrafficModel::Canary,
+            replicas: 1,
+            steps: Vec::new(),
+            background: None,
+            progress_deadline: Dur(DEFAULT_PROGRESS_DEADLINE),
+        }
+    }
+}
+
 /// A background analysis.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

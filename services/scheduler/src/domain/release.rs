@@ -235,7 +235,7 @@ pub struct Release {
     /// Delivery config version the plan came from.
     pub config_version: u64,
     /// The plan (immutable; stored in a column of its own, so it is not rewritten on every change).
-    #[serde(skip_serializing)]
+    #[serde(skip)]
     pub plan: Plan,
     /// Stable artifact when created.
     pub stable_artifact: Option<String>,
