@@ -38,7 +38,10 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
     let filter =
         EnvFilter::try_new(&args.log_filter).map_err(|e| anyhow::anyhow!("--log {:?}: {e}", args.log_filter))?;
     let fmt = match args.log_format {
-        LogFormat::Plain => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Plain => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
