@@ -465,3 +465,49 @@ async fn environment_rollback_runs_services_one_after_another() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_step_runs_before_any_traffic_shift_and_a_failed_migration_aborts() {
+    let h = Harness::start().await;
+    let config = common::CONFIG.replace(
+        "        analysis: {templates: [slo], startingStep: 1}\n  - name: gateway",
+        "        analysis: {templates: [slo], startingStep: 1}\n    migrations: {database: booking, locations: [db/booking]}\n  - name: gateway",
+    );
+    assert_ne!(config, common::CONFIG);
+    h.apply(&config).await;
+    h.seed_stable("booking-service", "staging", "booking:1.0").await;
+    h.fakes.migrator.outcome(hopngo_proto::migrator::MigrationPhase::Running);
+    let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
+    assert_eq!(r.steps[0].name, "migrate");
+    h.wait(&r.id, 20, |r| r.message.starts_with("migrating")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h.fakes.deployer.calls().iter().all(|c| !c.key.starts_with(&r.id)), "no traffic moves while migrating");
+    h.fakes.migrator.outcome(hopngo_proto::migrator::MigrationPhase::Succeeded);
+    h.wait(&r.id, 20, |r| r.current_step_index >= 2).await;
+    let runs = h.fakes.migrator.runs();
+    assert_eq!(runs.len(), 2, "seed and release each migrated once: {runs:?}");
+    assert!(runs[1].0.starts_with(&format!("{}/0/", r.id)), "keyed by release/step/attempt: {runs:?}");
+    assert_eq!(runs[1].1, "booking");
+    h.client().abort_release(pb::AbortReleaseRequest { id: r.id.clone(), reason: "next".into() }).await.unwrap();
+    h.wait_settled(&r.id, 20).await;
+
+    h.fakes.migrator.outcome(hopngo_proto::migrator::MigrationPhase::Failed);
+    let r = h.create("booking-service", "staging", "booking:1.2", "alice").await.unwrap();
+    let done = h.wait_settled(&r.id, 20).await;
+    assert_eq!(done.phase, P::Aborted as i32);
+    assert!(done.message.contains("migration failed"), "{}", done.message);
+    assert!(h.fakes.deployer.calls().iter().all(|c| !c.key.starts_with(&r.id)), "no traffic moved");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_listen_notify_everything_still_completes() {
+    let h = Harness::start_with(&["--listen-notify", "false"]).await;
+    h.seed_stable("booking-service", "staging", "booking:1.0").await;
+    let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
+    h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 4).await;
+    h.client().promote_release(as_user(promote(&r.id, false), "bob", &[])).await.unwrap();
+    let done = h.wait_settled(&r.id, 20).await;
+    assert_eq!(done.phase, P::Succeeded as i32);
+    h.stop().await;
+}

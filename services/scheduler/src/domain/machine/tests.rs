@@ -407,3 +407,48 @@ async fn supersede_ends_an_active_release_and_cleans_up_runs() {
     assert!(r.settled);
     assert_eq!(fx.terminated.lock().unwrap().len(), 1, "the step's analysis run is terminated");
 }
+
+#[tokio::test]
+async fn approval_timeout_follows_the_policy() {
+    let fx = Fake::new();
+    let mut r = release("booking", "production");
+    if let StepAction::Approval { policy } = &mut r.plan.steps[0].action {
+        policy.timeout = Some(crate::domain::config::Dur(Duration::from_secs(60)));
+    }
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(a.wake_at, Some(at(60)), "wakes when the approval expires");
+    assert!(tick(&mut r, &fx, 59).await.transitions.is_empty());
+    let a = tick(&mut r, &fx, 60).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::Aborted]);
+    assert_eq!(r.abort.as_ref().unwrap().reason, "approval timed out");
+
+    let mut r = release("booking", "production");
+    if let StepAction::Approval { policy } = &mut r.plan.steps[0].action {
+        policy.timeout = Some(crate::domain::config::Dur(Duration::from_secs(60)));
+        policy.on_timeout = TimeoutOutcome::Approve;
+    }
+    tick(&mut r, &fx, 0).await;
+    let a = tick(&mut r, &fx, 60).await;
+    assert_eq!(kinds(&a)[0], TransitionKind::StepCompleted);
+    assert_eq!(r.canary_weight, 25);
+}
+
+#[tokio::test]
+async fn set_canary_scale_decouples_replicas_from_weight() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    r.plan.steps.insert(
+        0,
+        crate::domain::plan::PlanStep {
+            name: "scale".into(),
+            action: StepAction::SetCanaryScale { scale: CanaryScale::Replicas(3) },
+        },
+    );
+    r.steps.insert(0, r.steps[0].clone());
+    tick(&mut r, &fx, 0).await;
+    let applies = fx.applies.lock().unwrap().clone();
+    assert_eq!(applies[0].1.tracks[1], TrackState { track: Track::Canary, artifact: "v2".into(), replicas: 3 });
+    assert_eq!(applies[0].1.canary_weight, 0, "scale first, no traffic yet");
+    assert_eq!(applies[1].1.tracks[1].replicas, 3, "weight 25 keeps the fixed scale");
+    assert_eq!(applies[1].1.canary_weight, 25);
+}
