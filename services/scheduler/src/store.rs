@@ -425,7 +425,7 @@ impl Store {
             .await?)
     }
 
-    /// Inserts a new release with its first transition.
+    /// Inserts a new release with its first transitions.
     pub async fn insert_release(
         conn: &mut PgConnection,
         r: &mut Release,
@@ -434,15 +434,15 @@ impl Store {
         transitions: &[Transition],
         wake_at: Option<OffsetDateTime>,
     ) -> Result<(), SchedulerError> {
-        let previous = r.version;
-        r.version += transitions.len() as u64;
+        // The identity and an empty state first; `save` then writes the state with the first
+        // events and audit rows exactly as for any later transition.
         sqlx::query(
             "WITH identity AS ( \
                INSERT INTO releases (id, service, environment, revision, artifact, plan, created_by, created_at, \
                  request_id, group_id, group_position) \
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id) \
-             INSERT INTO release_state (release_id, phase, settled, version, next_wake_at, updated_at, state) \
-             SELECT id, $12, $13, $14, $15, $8, $16 FROM identity",
+             INSERT INTO release_state (release_id, phase, settled, version, updated_at, state) \
+             SELECT id, $12, false, $13, $8, '{}' FROM identity",
         )
         .bind(r.id)
         .bind(&r.service)
@@ -456,13 +456,10 @@ impl Store {
         .bind(r.group_id)
         .bind(group_position)
         .bind(r.phase.as_str())
-        .bind(r.settled)
         .bind(r.version as i64)
-        .bind(wake_at)
-        .bind(encode(r)?)
         .execute(&mut *conn)
         .await?;
-        Self::append(conn, r, previous, transitions).await
+        Self::save(conn, r, transitions, wake_at).await
     }
 
     /// Stores a release after transitions: the row, its events and its audit rows, in one
@@ -494,42 +491,6 @@ impl Store {
         .bind(encode(r)?)
         .bind(r.version as i64)
         .bind(wake_at)
-        .bind(r.updated_at)
-        .bind(&batch.event_ids)
-        .bind(&batch.sequences)
-        .bind(&batch.types)
-        .bind(&batch.names)
-        .bind(&batch.severities)
-        .bind(&batch.payloads)
-        .bind(&batch.actors)
-        .bind(&batch.froms)
-        .bind(&batch.tos)
-        .bind(&batch.messages)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    }
-
-    async fn append(
-        conn: &mut PgConnection,
-        r: &Release,
-        previous: u64,
-        transitions: &[Transition],
-    ) -> Result<(), SchedulerError> {
-        if transitions.is_empty() {
-            return Ok(());
-        }
-        let batch = EventBatch::new(r, previous, transitions)?;
-        sqlx::query(
-            "WITH events AS ( \
-               INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
-               SELECT e, $1, s, t, n, v, p, $2 \
-               FROM UNNEST($3::uuid[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[]) AS x(e, s, t, n, v, p)) \
-             INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
-             SELECT $1, s, a, n, f, t, m, $2 \
-             FROM UNNEST($4::bigint[], $9::text[], $6::text[], $10::text[], $11::text[], $12::text[]) AS x(s, a, n, f, t, m)",
-        )
-        .bind(r.id)
         .bind(r.updated_at)
         .bind(&batch.event_ids)
         .bind(&batch.sequences)
