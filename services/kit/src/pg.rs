@@ -170,12 +170,12 @@ impl EphemeralPostgres {
         let pg_ctl = self.bin.join("pg_ctl");
         let data = self.dir.join("data");
         let stop = if self.as_postgres {
-            format!("runuser -u postgres -- {} -D {} -m immediate stop", pg_ctl.display(), data.display())
+            format!("runuser -u postgres -- '{}' -D '{}' -m immediate stop", pg_ctl.display(), data.display())
         } else {
-            format!("{} -D {} -m immediate stop", pg_ctl.display(), data.display())
+            format!("'{}' -D '{}' -m immediate stop", pg_ctl.display(), data.display())
         };
         let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; if [ -d {data} ]; then {stop} >/dev/null 2>&1; rm -rf {dir}; fi",
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; if [ -d '{data}' ]; then {stop} >/dev/null 2>&1; rm -rf '{dir}'; fi",
             pid = std::process::id(),
             data = data.display(),
             dir = self.dir.display(),
