@@ -1,0 +1,303 @@
+//! The weighted reverse proxy in front of one service in one environment. It splits requests
+//! between tracks by the weight in force (changed atomically: the next request sees it),
+//! honours `x-hopngo-track` to pin a request to a track (for testing a canary or a blue/green
+//! preview), spreads a track's requests over its replicas, and records per-track request counts
+//! by status class and latency histograms.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+
+/// Request header that pins a request to a track.
+pub const TRACK_HEADER: &str = "x-hopngo-track";
+
+/// A role a set of replicas plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Track {
+    /// Canary model: most traffic.
+    Stable,
+    /// Canary model: the weighted share.
+    Canary,
+    /// Blue/green: all traffic.
+    Active,
+    /// Blue/green: reachable through the header only.
+    Preview,
+}
+
+impl Track {
+    /// Every track.
+    pub const ALL: [Track; 4] = [Track::Stable, Track::Canary, Track::Active, Track::Preview];
+
+    /// Lower-case name (metrics label, header value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Track::Stable => "stable",
+            Track::Canary => "canary",
+            Track::Active => "active",
+            Track::Preview => "preview",
+        }
+    }
+
+    /// Parses [`Track::as_str`].
+    pub fn parse(s: &str) -> Option<Track> {
+        Track::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Where requests go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// Ready replicas of each track.
+    pub tracks: BTreeMap<Track, Vec<SocketAddr>>,
+    /// Track that takes the traffic not sent to the weighted one (stable or active).
+    pub primary: Option<Track>,
+    /// Weighted track and its share of traffic in percent, 0..=100.
+    pub weighted: Option<(Track, u32)>,
+}
+
+impl Routing {
+    /// Which track a request goes to: the pinned one if it has replicas, else by weight.
+    fn choose(&self, pinned: Option<Track>, roll: u32) -> Option<Track> {
+        if let Some(track) = pinned
+            && self.tracks.get(&track).is_some_and(|a| !a.is_empty())
+        {
+            return Some(track);
+        }
+        if let Some((track, weight)) = self.weighted
+            && roll < weight
+            && self.tracks.get(&track).is_some_and(|a| !a.is_empty())
+        {
+            return Some(track);
+        }
+        self.primary.filter(|t| self.tracks.get(t).is_some_and(|a| !a.is_empty()))
+    }
+}
+
+/// Per-track request metrics of every proxy of a process.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+impl ProxyMetrics {
+    /// Registers the metrics in `registry`.
+    pub fn new(registry: &Registry) -> ProxyMetrics {
+        let requests = IntCounterVec::new(
+            Opts::new("hopngo_proxy_requests_total", "Requests through the local proxy by track and status class"),
+            &["service", "environment", "track", "class"],
+        )
+        .expect("static metric definition");
+        let seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hopngo_proxy_request_duration_seconds",
+                "Time to the upstream's response headers, by track",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            &["service", "environment", "track"],
+        )
+        .expect("static metric definition");
+        let _ = registry.register(Box::new(requests.clone()));
+        let _ = registry.register(Box::new(seconds.clone()));
+        ProxyMetrics { requests, seconds }
+    }
+}
+
+fn class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+struct Shared {
+    service: String,
+    environment: String,
+    routing: RwLock<Arc<Routing>>,
+    next: AtomicUsize,
+    client: Client<HttpConnector, Incoming>,
+    metrics: ProxyMetrics,
+}
+
+/// A running proxy: its address and the handle to change where it sends requests.
+#[derive(Clone)]
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+type Body = Either<Incoming, Full<Bytes>>;
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(text.as_bytes()))));
+    *response.status_mut() = status;
+    response
+}
+
+impl Proxy {
+    /// Binds `addr` and serves until `shutdown`.
+    pub async fn start(
+        addr: SocketAddr,
+        service: &str,
+        environment: &str,
+        metrics: ProxyMetrics,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(connector);
+        let shared = Arc::new(Shared {
+            service: service.to_string(),
+            environment: environment.to_string(),
+            routing: RwLock::new(Arc::new(Routing::default())),
+            next: AtomicUsize::new(0),
+            client,
+            metrics,
+        });
+        let accept_shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(err) => {
+                            tracing::warn!(%err, "proxy accept failed");
+                            continue;
+                        }
+                    },
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = accept_shared.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(forward(&shared, req).await) }
+                    });
+                    let conn =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Proxy { addr, shared })
+    }
+
+    /// Address the proxy listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replaces the routing; the next request uses the new one.
+    pub fn set_routing(&self, routing: Routing) {
+        *self.shared.routing.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routing);
+    }
+
+    /// The routing in force.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.shared.routing.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
+    let routing = shared.routing.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let pinned = req.headers().get(TRACK_HEADER).and_then(|v| v.to_str().ok()).and_then(Track::parse);
+    let Some(track) = routing.choose(pinned, rand::random_range(0..100)) else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "no ready replicas\n");
+    };
+    let replicas = &routing.tracks[&track];
+    let upstream = replicas[shared.next.fetch_add(1, Ordering::Relaxed) % replicas.len()];
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri = match format!("http://{upstream}{path}").parse() {
+        Ok(uri) => uri,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
+    };
+    *req.uri_mut() = uri;
+    if let Ok(host) = HeaderValue::from_str(&upstream.to_string()) {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
+    let started = Instant::now();
+    let labels = [shared.service.as_str(), shared.environment.as_str(), track.as_str()];
+    let response = match shared.client.request(req).await {
+        Ok(response) => response.map(Either::Left),
+        Err(err) => {
+            tracing::debug!(%err, %upstream, "upstream request failed");
+            plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
+        }
+    };
+    shared.metrics.seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    shared.metrics.requests.with_label_values(&[labels[0], labels[1], labels[2], class(response.status())]).inc();
+    let mut response = response;
+    if let Ok(v) = HeaderValue::from_str(track.as_str()) {
+        response.headers_mut().insert(TRACK_HEADER, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routing(weight: u32) -> Routing {
+        Routing {
+            tracks: BTreeMap::from([
+                (Track::Stable, vec![SocketAddr::from(([127, 0, 0, 1], 1))]),
+                (Track::Canary, vec![SocketAddr::from(([127, 0, 0, 1], 2))]),
+            ]),
+            primary: Some(Track::Stable),
+            weighted: Some((Track::Canary, weight)),
+        }
+    }
+
+    #[test]
+    fn weight_decides_unless_pinned() {
+        let r = routing(25);
+        assert_eq!(r.choose(None, 24), Some(Track::Canary));
+        assert_eq!(r.choose(None, 25), Some(Track::Stable));
+        assert_eq!(routing(0).choose(None, 0), Some(Track::Stable), "weight 0 sends none");
+        assert_eq!(routing(100).choose(None, 99), Some(Track::Canary));
+        assert_eq!(r.choose(Some(Track::Stable), 0), Some(Track::Stable));
+        assert_eq!(routing(0).choose(Some(Track::Canary), 99), Some(Track::Canary));
+        assert_eq!(r.choose(Some(Track::Preview), 99), Some(Track::Stable), "an absent pinned track falls back");
+    }
+
+    #[test]
+    fn empty_tracks_fall_back_to_primary_or_nothing() {
+        let mut r = routing(50);
+        r.tracks.insert(Track::Canary, Vec::new());
+        assert_eq!(r.choose(None, 0), Some(Track::Stable));
+        r.tracks.insert(Track::Stable, Vec::new());
+        assert_eq!(r.choose(None, 99), None);
+    }
+}
