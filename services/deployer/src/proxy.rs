@@ -121,23 +121,39 @@ impl ProxyMetrics {
     }
 }
 
-fn class(status: StatusCode) -> &'static str {
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn class(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// One track's metric handles, resolved once per proxy so a request does no label lookups.
+struct TrackMetrics {
+    requests: [prometheus::IntCounter; 5],
+    seconds: prometheus::Histogram,
+}
+
+impl TrackMetrics {
+    fn new(metrics: &ProxyMetrics, service: &str, environment: &str, track: Track) -> TrackMetrics {
+        TrackMetrics {
+            requests: CLASSES.map(|c| metrics.requests.with_label_values(&[service, environment, track.as_str(), c])),
+            seconds: metrics.seconds.with_label_values(&[service, environment, track.as_str()]),
+        }
     }
 }
 
 struct Shared {
-    service: String,
-    environment: String,
     routing: RwLock<Arc<Routing>>,
     next: AtomicUsize,
     client: Client<HttpConnector, Incoming>,
-    metrics: ProxyMetrics,
+    /// Indexed like [`Track::ALL`].
+    metrics: Vec<TrackMetrics>,
 }
 
 /// A running proxy: its address and the handle to change where it sends requests.
@@ -170,12 +186,10 @@ impl Proxy {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(connector);
         let shared = Arc::new(Shared {
-            service: service.to_string(),
-            environment: environment.to_string(),
             routing: RwLock::new(Arc::new(Routing::default())),
             next: AtomicUsize::new(0),
             client,
-            metrics,
+            metrics: Track::ALL.iter().map(|t| TrackMetrics::new(&metrics, service, environment, *t)).collect(),
         });
         let accept_shared = shared.clone();
         tokio::spawn(async move {
@@ -248,7 +262,6 @@ async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> 
         req.headers_mut().insert(http::header::HOST, host);
     }
     let started = Instant::now();
-    let labels = [shared.service.as_str(), shared.environment.as_str(), track.as_str()];
     let response = match shared.client.request(req).await {
         Ok(response) => response.map(Either::Left),
         Err(err) => {
@@ -256,8 +269,9 @@ async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> 
             plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
         }
     };
-    shared.metrics.seconds.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
-    shared.metrics.requests.with_label_values(&[labels[0], labels[1], labels[2], class(response.status())]).inc();
+    let metrics = &shared.metrics[Track::ALL.iter().position(|t| *t == track).unwrap_or(0)];
+    metrics.seconds.observe(started.elapsed().as_secs_f64());
+    metrics.requests[class(response.status())].inc();
     let mut response = response;
     if let Ok(v) = HeaderValue::from_str(track.as_str()) {
         response.headers_mut().insert(TRACK_HEADER, v);

@@ -1,0 +1,120 @@
+//! Proxy benchmark (`cargo bench -p hopngo-deployer --bench proxy`): the weighted proxy against
+//! calling the demo service directly, in the same run on the same machine.
+//!
+//! 1. Throughput: 16 closed-loop clients (CPU-saturating on 2 cores), then 2, for 5 s each way;
+//!    ratio proxy/direct (target >= 0.8).
+//! 2. Latency at a fixed, bounded load (1,000 requests/s for 5 s, paced): p50/p99 each way and
+//!    the p99 the proxy adds (target <= 1 ms).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hopngo_deployer::{
+    demo::{self, Behaviour},
+    proxy::{Proxy, ProxyMetrics, Routing, Track},
+};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tokio_util::sync::CancellationToken;
+
+const CLIENTS: usize = 16;
+const WINDOW: Duration = Duration::from_secs(5);
+const RATE: u64 = 1000;
+
+async fn throughput(target: SocketAddr, clients: usize) -> f64 {
+    let deadline = Instant::now() + WINDOW;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let req = http::Request::get(format!("http://{target}/api/v1/info")).body(Empty::new()).unwrap();
+                let response = client.request(req).await.unwrap();
+                assert!(response.status().is_success());
+                response.into_body().collect().await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total as f64 / WINDOW.as_secs_f64()
+}
+
+/// Sends `RATE` requests per second for `WINDOW`, each on its own schedule (a late request does
+/// not delay the next one's start); returns sorted latencies in microseconds.
+async fn paced(target: SocketAddr) -> Vec<u64> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let start = tokio::time::Instant::now();
+    let total = RATE * WINDOW.as_secs();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for i in 0..total {
+        let client = client.clone();
+        let at = start + Duration::from_micros(i * 1_000_000 / RATE);
+        tokio::time::sleep_until(at).await;
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let req = http::Request::get(format!("http://{target}/api/v1/info")).body(Empty::new()).unwrap();
+            let response = client.request(req).await.unwrap();
+            response.into_body().collect().await.unwrap();
+            t0.elapsed().as_micros() as u64
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        latencies.push(t.await.unwrap());
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let shutdown = CancellationToken::new();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let service = demo::spawn(any, "booking", "1.0.0", Behaviour::default(), shutdown.clone()).await.unwrap();
+    let registry = prometheus::Registry::new();
+    let proxy = Proxy::start(any, "booking", "staging", ProxyMetrics::new(&registry), shutdown.clone()).await.unwrap();
+    proxy.set_routing(Routing {
+        tracks: BTreeMap::from([(Track::Stable, vec![service])]),
+        primary: Some(Track::Stable),
+        weighted: None,
+    });
+    // Warm up connections and code paths.
+    paced(service).await;
+    paced(proxy.addr()).await;
+
+    for clients in [CLIENTS, 2] {
+        let direct = throughput(service, clients).await;
+        let proxied = throughput(proxy.addr(), clients).await;
+        println!(
+            "throughput ({clients} closed-loop clients, {}s each): direct {direct:.0} req/s, proxied {proxied:.0} req/s, ratio {:.2} (target >= 0.8)",
+            WINDOW.as_secs(),
+            proxied / direct
+        );
+    }
+
+    let d = paced(service).await;
+    let p = paced(proxy.addr()).await;
+    println!("latency at {RATE} req/s for {}s ({} requests each way):", WINDOW.as_secs(), d.len());
+    println!("  direct:  p50 {} µs, p99 {} µs", quantile(&d, 0.5), quantile(&d, 0.99));
+    println!("  proxied: p50 {} µs, p99 {} µs", quantile(&p, 0.5), quantile(&p, 0.99));
+    let added = quantile(&p, 0.99) as i64 - quantile(&d, 0.99) as i64;
+    println!("  added p99 {:.3} ms (target <= 1 ms)", added as f64 / 1000.0);
+    shutdown.cancel();
+}
