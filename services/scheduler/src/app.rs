@@ -203,6 +203,8 @@ impl App {
             emergency: false,
         };
         let mut tx = self.store.begin().await?;
+        // Under the service environment's lock, so two requests with one id cannot both create.
+        Store::lock_service_environment(&mut tx, service, environment).await?;
         if let Some(request_id) = intent.request_id
             && let Some(existing) = Store::release_by_request(&mut tx, request_id).await?
         {

@@ -45,6 +45,9 @@ impl From<sqlx::Error> for SchedulerError {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
                 SchedulerError::Unavailable("the release is busy (being advanced); retry".into())
             }
+            sqlx::Error::Database(db) if db.constraint() == Some("releases_request_id") => {
+                SchedulerError::invalid("request_id", "already used for a different release")
+            }
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 SchedulerError::Unavailable(format!("database unavailable: {err}"))
             }

@@ -129,3 +129,40 @@ async fn actions_in_the_wrong_state_are_refused() {
     assert_eq!(h.get(&id).await.version, before, "nothing changed");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_id_returns_the_first_release_even_when_concurrent() {
+    let h = Harness::start().await;
+    h.seed_stable("chat-service", "staging", "chat:1").await;
+    let request = |artifact: &str| {
+        as_user(
+            pb::CreateReleaseRequest {
+                service: "chat-service".into(),
+                environment: "staging".into(),
+                artifact: artifact.into(),
+                request_id: "deploy-42".into(),
+                reason: String::new(),
+            },
+            "ci",
+            &[],
+        )
+    };
+    let (mut a, mut b) = (h.client(), h.client());
+    let (first, second) = tokio::join!(a.create_release(request("chat:2")), b.create_release(request("chat:2")));
+    let (first, second) = (first.unwrap().into_inner().release.unwrap(), second.unwrap().into_inner().release.unwrap());
+    assert_eq!(first.id, second.id, "one release for one request id");
+    let err = h.client().create_release(request("chat:3")).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "request_id: already used for a different release")
+    );
+    let revisions = h
+        .client()
+        .list_revisions(pb::ListRevisionsRequest { service: "chat-service".into(), environment: "staging".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .revisions;
+    assert_eq!(revisions.len(), 2, "the seed and one release");
+    h.stop().await;
+}
