@@ -8,7 +8,7 @@ use hopngo_deployer::demo::{self, Behaviour};
 /// A demo HTTP service: `/healthz`, `/api/v1/info`, `/api/v1/...`; every response carries
 /// `x-hopngo-version`.
 #[derive(Parser, Debug)]
-#[command(name = "hopngo-demo-service", version)]
+#[command(name = "hopngo-demo-service")]
 struct Args {
     /// Service name reported in responses.
     #[arg(long, env = "HOPNGO_DEMO_NAME", default_value = "demo")]
