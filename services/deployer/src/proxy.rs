@@ -1,5 +1,6 @@
 //! The weighted reverse proxy in front of one service in one environment. It splits requests
-//! between tracks by the weight in force (changed atomically: the next request sees it),
+//! between tracks by the weight in force (changed atomically: the next request sees it; spread
+//! evenly, so any 100 consecutive requests carry the weight ±1 rather than only on average),
 //! honours `x-hopngo-track` to pin a request to a track (for testing a canary or a blue/green
 //! preview), spreads a track's requests over its replicas, and records per-track request counts
 //! by status class and latency histograms.
@@ -150,6 +151,7 @@ impl TrackMetrics {
 
 struct Shared {
     routing: RwLock<Arc<Routing>>,
+    /// Request counter: drives the weighted split and the replica round-robin.
     next: AtomicUsize,
     client: Client<HttpConnector, Incoming>,
     /// Indexed like [`Track::ALL`].
@@ -244,14 +246,22 @@ impl Proxy {
     }
 }
 
+/// 0..100 for the `n`-th request: the golden-ratio sequence spreads any run of requests evenly, so
+/// a weight of w sends w of every 100 consecutive requests (±1) rather than w on average.
+fn roll(n: usize) -> u32 {
+    const GOLDEN: f64 = 0.618_033_988_749_894_9;
+    ((n as f64 * GOLDEN).fract() * 100.0) as u32
+}
+
 async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
     let routing = shared.routing.read().unwrap_or_else(|e| e.into_inner()).clone();
     let pinned = req.headers().get(TRACK_HEADER).and_then(|v| v.to_str().ok()).and_then(Track::parse);
-    let Some(track) = routing.choose(pinned, rand::random_range(0..100)) else {
+    let n = shared.next.fetch_add(1, Ordering::Relaxed);
+    let Some(track) = routing.choose(pinned, roll(n)) else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "no ready replicas\n");
     };
     let replicas = &routing.tracks[&track];
-    let upstream = replicas[shared.next.fetch_add(1, Ordering::Relaxed) % replicas.len()];
+    let upstream = replicas[n % replicas.len()];
     let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let uri = match format!("http://{upstream}{path}").parse() {
         Ok(uri) => uri,
@@ -304,6 +314,16 @@ mod tests {
         assert_eq!(r.choose(Some(Track::Stable), 0), Some(Track::Stable));
         assert_eq!(routing(0).choose(Some(Track::Canary), 99), Some(Track::Canary));
         assert_eq!(r.choose(Some(Track::Preview), 99), Some(Track::Stable), "an absent pinned track falls back");
+    }
+
+    #[test]
+    fn the_split_is_even_over_any_window() {
+        for weight in [1u32, 5, 25, 50, 99] {
+            for start in [0usize, 17, 1000] {
+                let hits = (start..start + 1000).filter(|n| roll(*n) < weight).count() as i64;
+                assert!((hits - 10 * weight as i64).abs() <= 2, "weight {weight} from {start}: {hits} of 1000");
+            }
+        }
     }
 
     #[test]
