@@ -125,19 +125,19 @@ async fn check_history(db: &str, ids: &[String]) {
     for id in ids {
         let uuid: sqlx::types::Uuid = id.parse().unwrap();
         let seqs: Vec<i64> =
-            sqlx::query_scalar("SELECT sequence FROM release_events WHERE release_id = $1 ORDER BY sequence")
+            sqlx::query_scalar("SELECT sequence FROM scheduler.release_events WHERE release_id = $1 ORDER BY sequence")
                 .bind(uuid)
                 .fetch_all(&pool)
                 .await
                 .unwrap();
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "events of {id} have no gaps or repeats");
-        let version: i64 = sqlx::query_scalar("SELECT version FROM release_state WHERE release_id = $1")
+        let version: i64 = sqlx::query_scalar("SELECT version FROM scheduler.release_state WHERE release_id = $1")
             .bind(uuid)
             .fetch_one(&pool)
             .await
             .unwrap();
         assert_eq!(version, seqs.len() as i64);
-        let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE release_id = $1")
+        let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler.audit_log WHERE release_id = $1")
             .bind(uuid)
             .fetch_one(&pool)
             .await
@@ -176,12 +176,13 @@ async fn kill_9_mid_release_loses_nothing_and_repeats_no_effect() {
     let uuids: Vec<sqlx::types::Uuid> = ids.iter().map(|id| id.parse().unwrap()).collect();
     for pause_ms in [300u64, 600, 600] {
         tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-        let in_flight: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM release_state WHERE NOT settled AND release_id = ANY($1)")
-                .bind(&uuids)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let in_flight: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM scheduler.release_state WHERE NOT settled AND release_id = ANY($1)",
+        )
+        .bind(&uuids)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         assert!(in_flight > 0, "the kill lands mid-release");
         proc.kill9().await.unwrap();
         proc = Proc::start(&bin, &argv, &[]).await.unwrap();
@@ -196,7 +197,8 @@ async fn kill_9_mid_release_loses_nothing_and_repeats_no_effect() {
     check_history(&db.url, &ids).await;
     // Every committed event reaches the notifier (duplicates after a crash are allowed, by id).
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM release_events").fetch_one(&pool).await.unwrap();
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scheduler.release_events").fetch_one(&pool).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while (fakes.notifier.events().len() as i64) < total {
         assert!(

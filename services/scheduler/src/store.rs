@@ -3,7 +3,12 @@
 
 use std::collections::HashMap;
 
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgPoolOptions};
+use std::str::FromStr as _;
+
+use sqlx::{
+    Connection as _, PgConnection, PgPool, Postgres, Row, Transaction,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -17,6 +22,9 @@ use crate::{
     },
     error::SchedulerError,
 };
+
+/// PostgreSQL schema holding the scheduler's tables.
+pub const SCHEMA: &str = "scheduler";
 
 /// Embedded schema migrations.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -248,13 +256,23 @@ fn encode(r: &Release) -> Result<String, SchedulerError> {
 
 impl Store {
     /// Connects with up to `max_connections`.
+    /// The scheduler's tables live in their own schema, so services can share a database
+    /// without sharing tables (or sqlx migration histories).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, SchedulerError> {
+        let unavailable = |e: sqlx::Error| SchedulerError::Unavailable(format!("database: {e}"));
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| SchedulerError::invalid("database_url", e.to_string()))?;
+        let mut conn = PgConnection::connect_with(&options).await.map_err(unavailable)?;
+        // CREATE SCHEMA IF NOT EXISTS can still collide when replicas start together.
+        sqlx::query("SELECT pg_advisory_lock(7218861937310)").execute(&mut conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))).execute(&mut conn).await?;
+        conn.close().await.map_err(unavailable)?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options.options([("search_path", SCHEMA)]))
             .await
-            .map_err(|e| SchedulerError::Unavailable(format!("database: {e}")))?;
+            .map_err(unavailable)?;
         Ok(Store { pool })
     }
 

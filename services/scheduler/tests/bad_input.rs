@@ -11,8 +11,8 @@ use tonic::Code;
 
 async fn count_releases(h: &Harness) -> i64 {
     let pool = sqlx::PgPool::connect(&h.db.url).await.unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM releases").fetch_one(&pool).await.unwrap();
-    let e: i64 = sqlx::query_scalar("SELECT count(*) FROM release_events").fetch_one(&pool).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler.releases").fetch_one(&pool).await.unwrap();
+    let e: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler.release_events").fetch_one(&pool).await.unwrap();
     pool.close().await;
     n + e
 }
