@@ -1,7 +1,7 @@
 //! Domain logic, free of gRPC and SQL: the delivery config, the plan compiler, releases and their
 //! state machine, and the effects the engine needs from other services.
 
-pub mod config;
+pub use hopngo_delivery as config;
 pub mod effects;
 pub mod events;
 pub mod machine;

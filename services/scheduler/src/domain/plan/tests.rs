@@ -124,3 +124,20 @@ fn unknown_names_are_problems() {
     let err = compile(&config(), "booking-service", "qa", PlanMode::Normal).unwrap_err();
     assert_eq!(err.to_string(), r#"environment: unknown environment "qa""#);
 }
+
+#[test]
+fn hopngo_delivery_config_is_valid() {
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/hopngo/delivery.yaml")).unwrap();
+    let config = DeliveryConfig::load(&yaml).unwrap_or_else(|p| panic!("{p:?}"));
+    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(services.len(), 11);
+    for environment in ["staging", "production"] {
+        for service in &services {
+            let plan = compile(&config, service, environment, PlanMode::Normal).unwrap();
+            let blue_green = matches!(*service, "gateway" | "frontend")
+                || (*service == "auth-service" && environment == "production");
+            assert_eq!(plan.strategy == PlanStrategy::BlueGreen, blue_green, "{service} in {environment}");
+        }
+    }
+}

@@ -1,6 +1,7 @@
-//! The delivery config (DESIGN §6): one YAML document declaring environments (promotion order,
+//! The HopNGo delivery config: one YAML document declaring environments (promotion order,
 //! approval policy), analysis templates and services (strategy per environment, steps, analysis,
-//! migrations). Parsing reports the path of a type error; validation reports every problem with
+//! migrations, how the local backend runs them). The scheduler plans releases from it; the
+//! deployer reads how to run each service. Parsing reports the path of a type error; validation reports every problem with
 //! its path and reason, e.g. `services[3].strategy.canary.steps[2].setWeight: 130 is not in 0..=100`.
 
 use std::{

@@ -143,26 +143,3 @@ fn per_environment_override_is_validated() {
     let yaml = GOOD.replace("    migrations:", "    environments:\n      qa: {replicas: 1}\n    migrations:");
     assert_eq!(problems(&yaml), vec![r#"services[0].environments.qa: unknown environment "qa""#]);
 }
-
-#[test]
-fn hopngo_delivery_config_is_valid() {
-    let yaml =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/hopngo/delivery.yaml")).unwrap();
-    let config = DeliveryConfig::load(&yaml).unwrap_or_else(|p| panic!("{p:?}"));
-    let services: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(services.len(), 11);
-    for environment in ["staging", "production"] {
-        for service in &services {
-            let plan =
-                crate::domain::plan::compile(&config, service, environment, crate::domain::plan::PlanMode::Normal)
-                    .unwrap();
-            let blue_green = matches!(*service, "gateway" | "frontend")
-                || (*service == "auth-service" && environment == "production");
-            assert_eq!(
-                plan.strategy == crate::domain::plan::PlanStrategy::BlueGreen,
-                blue_green,
-                "{service} in {environment}"
-            );
-        }
-    }
-}
