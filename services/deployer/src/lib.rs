@@ -5,6 +5,11 @@
 //!   metrics;
 //! - [`supervisor`]: runs replica sets as child processes, probes readiness, restarts crashes.
 
+pub mod backend;
 pub mod demo;
+pub mod grpc;
+pub mod local;
 pub mod proxy;
+pub mod server;
+pub mod store;
 pub mod supervisor;

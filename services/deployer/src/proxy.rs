@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 pub const TRACK_HEADER: &str = "x-hopngo-track";
 
 /// A role a set of replicas plays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Track {
     /// Canary model: most traffic.
     Stable,

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod args;
 pub mod backoff;
 pub mod client;
+pub mod db;
 pub mod error;
 pub mod identity;
 pub mod pg;

@@ -3,12 +3,7 @@
 
 use std::collections::HashMap;
 
-use std::str::FromStr as _;
-
-use sqlx::{
-    Connection as _, PgConnection, PgPool, Postgres, Row, Transaction,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -255,24 +250,12 @@ fn encode(r: &Release) -> Result<String, SchedulerError> {
 }
 
 impl Store {
-    /// Connects with up to `max_connections`.
-    /// The scheduler's tables live in their own schema, so services can share a database
-    /// without sharing tables (or sqlx migration histories).
+    /// Connects with up to `max_connections`, in the scheduler's own schema.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, SchedulerError> {
-        let unavailable = |e: sqlx::Error| SchedulerError::Unavailable(format!("database: {e}"));
-        let options =
-            PgConnectOptions::from_str(url).map_err(|e| SchedulerError::invalid("database_url", e.to_string()))?;
-        let mut conn = PgConnection::connect_with(&options).await.map_err(unavailable)?;
-        // CREATE SCHEMA IF NOT EXISTS can still collide when replicas start together.
-        sqlx::query("SELECT pg_advisory_lock(7218861937310)").execute(&mut conn).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))).execute(&mut conn).await?;
-        conn.close().await.map_err(unavailable)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_with(options.options([("search_path", SCHEMA)]))
-            .await
-            .map_err(unavailable)?;
+        let pool = hopngo_kit::db::connect(url, SCHEMA, max_connections).await.map_err(|e| match e {
+            hopngo_kit::db::DbError::Url(reason) => SchedulerError::invalid("database_url", reason),
+            e => SchedulerError::Unavailable(e.to_string()),
+        })?;
         Ok(Store { pool })
     }
 

@@ -1,0 +1,88 @@
+//! What a deployer backend converges, in domain terms (no tonic, no sqlx). The local backend is
+//! the first implementation; a Kubernetes backend will implement the same trait.
+
+use std::future::Future;
+
+use crate::proxy::Track;
+
+/// Desired state of one track.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrackSpec {
+    /// Track.
+    pub track: Track,
+    /// Artifact (the version the command template gets).
+    pub artifact: String,
+    /// Replicas.
+    pub replicas: u32,
+}
+
+/// Desired state of one service in one environment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Target {
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Tracks, at most one entry per track.
+    pub tracks: Vec<TrackSpec>,
+    /// Percentage of traffic for the canary track.
+    pub canary_weight: u32,
+}
+
+/// Observed state of one track.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackObserved {
+    /// Track.
+    pub track: Option<Track>,
+    /// Artifact.
+    pub artifact: String,
+    /// Replicas wanted.
+    pub desired: u32,
+    /// Replicas ready.
+    pub ready: u32,
+    /// Why not ready.
+    pub message: String,
+}
+
+/// Observed state of one service in one environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Tracks.
+    pub tracks: Vec<TrackObserved>,
+    /// Canary weight in force at the router.
+    pub canary_weight: u32,
+    /// Everything desired is ready and in force.
+    pub converged: bool,
+    /// What is not converged yet.
+    pub message: String,
+}
+
+/// A failed apply.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The target cannot be run as asked; `field` names what is wrong.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Field path.
+        field: String,
+        /// Reason.
+        reason: String,
+    },
+    /// The backend cannot act right now.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A deployer backend.
+pub trait Backend: Send + Sync {
+    /// Whether the backend can run `target` at all (checked before it is recorded).
+    fn check(&self, target: &Target) -> Result<(), BackendError>;
+    /// Where the service's traffic enters (the proxy, a Kubernetes Service), once applied.
+    fn address(&self, service: &str, environment: &str) -> impl Future<Output = Option<std::net::SocketAddr>> + Send;
+    /// Starts converging `target` (level-based: the same target twice changes nothing).
+    fn apply(&self, target: &Target) -> impl Future<Output = Result<(), BackendError>> + Send;
+    /// Observed state, `None` for a target never applied.
+    fn status(&self, service: &str, environment: &str) -> impl Future<Output = Option<Observed>> + Send;
+    /// Checks that the backend can run a service in an environment: (check, ok, detail).
+    fn preflight(&self, service: &str, environment: &str) -> impl Future<Output = Vec<(String, bool, String)>> + Send;
+}

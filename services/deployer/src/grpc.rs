@@ -1,0 +1,199 @@
+//! `hopngo.deployer.v1.DeployerService` over a [`Backend`]: validates desired states (errors name
+//! the field), records them with their idempotency key, and reports the observed state.
+
+use std::sync::Arc;
+
+use hopngo_kit::ApiError;
+use hopngo_proto::deployer::{self as pb, deployer_service_server::DeployerService};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    backend::{Backend, BackendError, Observed, Target, TrackSpec},
+    proxy::Track,
+    store::Store,
+};
+
+/// Largest replica count of one track.
+pub const MAX_REPLICAS: u32 = 100;
+
+/// The service.
+pub struct Deployer<B> {
+    backend: Arc<B>,
+    store: Store,
+}
+
+impl<B: Backend + 'static> Deployer<B> {
+    /// A deployer over `backend`, recording desired states in `store`.
+    pub fn new(backend: Arc<B>, store: Store) -> Deployer<B> {
+        Deployer { backend, store }
+    }
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Status {
+    ApiError::invalid(field, reason).into()
+}
+
+fn track(value: i32, index: usize) -> Result<Track, Status> {
+    match pb::Track::try_from(value) {
+        Ok(pb::Track::Stable) => Ok(Track::Stable),
+        Ok(pb::Track::Canary) => Ok(Track::Canary),
+        Ok(pb::Track::Active) => Ok(Track::Active),
+        Ok(pb::Track::Preview) => Ok(Track::Preview),
+        _ => Err(invalid(
+            format!("target.tracks[{index}].track"),
+            format!("{value} is not a track (STABLE, CANARY, ACTIVE, PREVIEW)"),
+        )),
+    }
+}
+
+fn proto_track(t: Track) -> pb::Track {
+    match t {
+        Track::Stable => pb::Track::Stable,
+        Track::Canary => pb::Track::Canary,
+        Track::Active => pb::Track::Active,
+        Track::Preview => pb::Track::Preview,
+    }
+}
+
+/// Checks a desired state and turns it into the backend's terms.
+#[allow(clippy::result_large_err)]
+pub fn target(spec: Option<pb::TargetSpec>) -> Result<Target, Status> {
+    let spec = spec.ok_or_else(|| invalid("target", "required"))?;
+    if spec.service.is_empty() {
+        return Err(invalid("target.service", "must not be empty"));
+    }
+    if spec.environment.is_empty() {
+        return Err(invalid("target.environment", "must not be empty"));
+    }
+    if spec.canary_weight > 100 {
+        return Err(invalid("target.canary_weight", format!("{} is not in 0..=100", spec.canary_weight)));
+    }
+    if spec.tracks.is_empty() {
+        return Err(invalid("target.tracks", "at least one track is required"));
+    }
+    let mut tracks: Vec<TrackSpec> = Vec::new();
+    for (i, t) in spec.tracks.iter().enumerate() {
+        let track = track(t.track, i)?;
+        if t.artifact.trim().is_empty() {
+            return Err(invalid(format!("target.tracks[{i}].artifact"), "must not be empty"));
+        }
+        if t.replicas > MAX_REPLICAS {
+            return Err(invalid(
+                format!("target.tracks[{i}].replicas"),
+                format!("{} is not in 0..={MAX_REPLICAS}", t.replicas),
+            ));
+        }
+        if tracks.iter().any(|x| x.track == track) {
+            return Err(invalid(format!("target.tracks[{i}].track"), format!("{} is listed twice", track.as_str())));
+        }
+        tracks.push(TrackSpec { track, artifact: t.artifact.clone(), replicas: t.replicas });
+    }
+    let has = |t: Track| tracks.iter().any(|x| x.track == t);
+    let canary_model = has(Track::Stable) || has(Track::Canary);
+    let blue_green = has(Track::Active) || has(Track::Preview);
+    if canary_model && blue_green {
+        return Err(invalid("target.tracks", "STABLE/CANARY and ACTIVE/PREVIEW cannot be mixed"));
+    }
+    if has(Track::Canary) && !has(Track::Stable) {
+        return Err(invalid("target.tracks", "a CANARY track needs a STABLE track"));
+    }
+    if has(Track::Preview) && !has(Track::Active) {
+        return Err(invalid("target.tracks", "a PREVIEW track needs an ACTIVE track"));
+    }
+    if spec.canary_weight > 0 && !has(Track::Canary) {
+        return Err(invalid("target.canary_weight", format!("{} needs a CANARY track", spec.canary_weight)));
+    }
+    Ok(Target { service: spec.service, environment: spec.environment, tracks, canary_weight: spec.canary_weight })
+}
+
+fn status(service: &str, environment: &str, observed: Option<Observed>, key: Option<String>) -> pb::TargetStatus {
+    let observed = observed.unwrap_or_default();
+    pb::TargetStatus {
+        service: service.to_string(),
+        environment: environment.to_string(),
+        tracks: observed
+            .tracks
+            .iter()
+            .map(|t| pb::TrackStatus {
+                track: t.track.map(proto_track).unwrap_or(pb::Track::Unspecified) as i32,
+                artifact: t.artifact.clone(),
+                desired_replicas: t.desired,
+                ready_replicas: t.ready,
+                message: t.message.clone(),
+            })
+            .collect(),
+        canary_weight: observed.canary_weight,
+        converged: observed.converged,
+        idempotency_key: key.unwrap_or_default(),
+        message: observed.message,
+    }
+}
+
+fn backend_error(e: BackendError) -> Status {
+    match e {
+        BackendError::Invalid { field, reason } => invalid(field, reason),
+        BackendError::Unavailable(m) => ApiError::Unavailable(m).into(),
+    }
+}
+
+fn internal(e: sqlx::Error) -> Status {
+    ApiError::Internal(format!("database: {e}")).into()
+}
+
+#[tonic::async_trait]
+impl<B: Backend + 'static> DeployerService for Deployer<B> {
+    async fn apply_target(
+        &self,
+        req: Request<pb::ApplyTargetRequest>,
+    ) -> Result<Response<pb::ApplyTargetResponse>, Status> {
+        let r = req.into_inner();
+        let target = target(r.target)?;
+        if r.idempotency_key.len() > 256 {
+            return Err(invalid("idempotency_key", "at most 256 characters"));
+        }
+        // Refused before anything is recorded.
+        self.backend.check(&target).map_err(backend_error)?;
+        let changed = self.store.put(&target, &r.idempotency_key).await.map_err(internal)?;
+        self.backend.apply(&target).await.map_err(backend_error)?;
+        if let Some(addr) = self.backend.address(&target.service, &target.environment).await {
+            // The address survives restarts, so clients and metrics keep pointing at it.
+            self.store.set_proxy_port(&target.service, &target.environment, addr.port()).await.map_err(internal)?;
+        }
+        let observed = self.backend.status(&target.service, &target.environment).await;
+        let key = self.store.key(&target.service, &target.environment).await.map_err(internal)?;
+        Ok(Response::new(pb::ApplyTargetResponse {
+            changed,
+            status: Some(status(&target.service, &target.environment, observed, key)),
+        }))
+    }
+
+    async fn get_target_status(
+        &self,
+        req: Request<pb::GetTargetStatusRequest>,
+    ) -> Result<Response<pb::GetTargetStatusResponse>, Status> {
+        let r = req.into_inner();
+        if r.service.is_empty() {
+            return Err(invalid("service", "must not be empty"));
+        }
+        if r.environment.is_empty() {
+            return Err(invalid("environment", "must not be empty"));
+        }
+        let observed = self.backend.status(&r.service, &r.environment).await;
+        let Some(observed) = observed else {
+            return Err(ApiError::NotFound(format!("no desired state for {} in {}", r.service, r.environment)).into());
+        };
+        let key = self.store.key(&r.service, &r.environment).await.map_err(internal)?;
+        Ok(Response::new(pb::GetTargetStatusResponse {
+            status: Some(status(&r.service, &r.environment, Some(observed), key)),
+        }))
+    }
+
+    async fn preflight(&self, req: Request<pb::PreflightRequest>) -> Result<Response<pb::PreflightResponse>, Status> {
+        let r = req.into_inner();
+        let checks = self.backend.preflight(&r.service, &r.environment).await;
+        Ok(Response::new(pb::PreflightResponse {
+            ok: checks.iter().all(|(_, ok, _)| *ok),
+            checks: checks.into_iter().map(|(name, ok, message)| pb::PreflightCheck { name, ok, message }).collect(),
+        }))
+    }
+}

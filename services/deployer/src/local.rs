@@ -1,0 +1,280 @@
+//! The local backend: each track's replicas are child processes (the [`Supervisor`]), and a
+//! weighted [`Proxy`] per service and environment splits traffic between them. A reconcile loop
+//! turns the supervisor's readiness into proxy routing, so a replica that is not ready gets no
+//! traffic and the weight in force is what the router really does.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use hopngo_delivery::DeliveryConfig;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backend::{Backend, BackendError, Observed, Target, TrackObserved},
+    proxy::{Proxy, ProxyMetrics, Routing, Track},
+    supervisor::{ReplicaSetSpec, Supervisor, set_key},
+};
+
+/// How often readiness is turned into routing.
+const RECONCILE_INTERVAL: Duration = Duration::from_millis(50);
+
+struct Running {
+    target: Target,
+    proxy: Proxy,
+}
+
+/// The local backend.
+pub struct LocalBackend {
+    config: DeliveryConfig,
+    supervisor: Supervisor,
+    metrics: ProxyMetrics,
+    running: Mutex<HashMap<(String, String), Running>>,
+    shutdown: CancellationToken,
+}
+
+impl LocalBackend {
+    /// A backend running the services of `config` (their `local` section), logging under
+    /// `log_dir`; proxies record into `metrics`.
+    pub fn new(
+        config: DeliveryConfig,
+        log_dir: std::path::PathBuf,
+        metrics: ProxyMetrics,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Arc<LocalBackend>> {
+        let backend = Arc::new(LocalBackend {
+            config,
+            supervisor: Supervisor::new(log_dir)?,
+            metrics,
+            running: Mutex::new(HashMap::new()),
+            shutdown: shutdown.clone(),
+        });
+        let weak = Arc::downgrade(&backend);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RECONCILE_INTERVAL) => {}
+                }
+                let Some(backend) = weak.upgrade() else { return };
+                backend.reconcile().await;
+            }
+        });
+        Ok(backend)
+    }
+
+    /// Address of the proxy of a service and environment, once applied.
+    pub async fn proxy_addr(&self, service: &str, environment: &str) -> Option<SocketAddr> {
+        self.running.lock().await.get(&(service.to_string(), environment.to_string())).map(|r| r.proxy.addr())
+    }
+
+    /// Starts the proxy of a target on `addr` (port 0: any) before its first apply, so it keeps
+    /// a stable address across deployer restarts.
+    pub async fn bind_proxy(&self, service: &str, environment: &str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let mut running = self.running.lock().await;
+        let key = (service.to_string(), environment.to_string());
+        if let Some(r) = running.get(&key) {
+            return Ok(r.proxy.addr());
+        }
+        let proxy = Proxy::start(addr, service, environment, self.metrics.clone(), self.shutdown.clone()).await?;
+        let bound = proxy.addr();
+        let target = Target {
+            service: service.to_string(),
+            environment: environment.to_string(),
+            tracks: Vec::new(),
+            canary_weight: 0,
+        };
+        running.insert(key, Running { target, proxy });
+        Ok(bound)
+    }
+
+    /// Stops every replica.
+    pub async fn shutdown(&self) {
+        self.supervisor.shutdown().await;
+    }
+
+    fn replica_spec(&self, target: &Target, artifact: &str, replicas: u32) -> Result<ReplicaSetSpec, BackendError> {
+        let service = self.config.service(&target.service).ok_or_else(|| BackendError::Invalid {
+            field: "target.service".into(),
+            reason: format!("unknown service {:?} (not in the delivery config)", target.service),
+        })?;
+        let local = service.local.as_ref().ok_or_else(|| BackendError::Invalid {
+            field: "target.service".into(),
+            reason: format!(
+                "{:?} has no local.command in the delivery config: the local backend cannot run it",
+                target.service
+            ),
+        })?;
+        let spec = ReplicaSetSpec {
+            service: target.service.clone(),
+            environment: target.environment.clone(),
+            version: artifact.to_string(),
+            command: local.command.clone(),
+            env: local.env.clone(),
+            readiness_path: local.readiness_path.clone().unwrap_or_else(|| "/healthz".into()),
+            replicas,
+        };
+        spec.validate()
+            .map_err(|reason| BackendError::Invalid { field: format!("services.{}.local", target.service), reason })?;
+        Ok(spec)
+    }
+
+    /// Turns readiness into routing, and stops replica sets no track uses any more.
+    async fn reconcile(&self) {
+        let running = self.running.lock().await;
+        let mut wanted = std::collections::BTreeSet::new();
+        for r in running.values() {
+            let routing = self.routing(&r.target).await;
+            if *r.proxy.routing() != routing {
+                r.proxy.set_routing(routing);
+            }
+            for t in &r.target.tracks {
+                wanted.insert(set_key(&r.target.service, &r.target.environment, &t.artifact));
+            }
+        }
+        drop(running);
+        for key in self.supervisor.keys().await {
+            if !wanted.contains(&key) {
+                self.supervisor.remove(&key).await;
+            }
+        }
+    }
+
+    async fn routing(&self, target: &Target) -> Routing {
+        let mut tracks = BTreeMap::new();
+        for t in &target.tracks {
+            let ready: Vec<SocketAddr> = self
+                .supervisor
+                .status(&set_key(&target.service, &target.environment, &t.artifact))
+                .await
+                .iter()
+                .filter(|r| r.ready)
+                .map(|r| SocketAddr::from(([127, 0, 0, 1], r.port)))
+                .collect();
+            tracks.insert(t.track, ready);
+        }
+        let has = |t: Track| target.tracks.iter().any(|s| s.track == t);
+        let primary = [Track::Stable, Track::Active].into_iter().find(|t| has(*t));
+        let weighted = has(Track::Canary).then_some((Track::Canary, target.canary_weight));
+        Routing { tracks, primary, weighted }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn check(&self, target: &Target) -> Result<(), BackendError> {
+        for t in &target.tracks {
+            self.replica_spec(target, &t.artifact, t.replicas)?;
+        }
+        Ok(())
+    }
+
+    async fn address(&self, service: &str, environment: &str) -> Option<SocketAddr> {
+        self.proxy_addr(service, environment).await
+    }
+
+    async fn apply(&self, target: &Target) -> Result<(), BackendError> {
+        let mut specs = Vec::new();
+        for t in &target.tracks {
+            specs.push(self.replica_spec(target, &t.artifact, t.replicas)?);
+        }
+        // Two tracks on one artifact (a blue/green switch in progress) share one replica set
+        // with the larger count.
+        let mut by_artifact: BTreeMap<String, ReplicaSetSpec> = BTreeMap::new();
+        for spec in specs {
+            by_artifact
+                .entry(spec.version.clone())
+                .and_modify(|s| s.replicas = s.replicas.max(spec.replicas))
+                .or_insert(spec);
+        }
+        for spec in by_artifact.into_values() {
+            self.supervisor
+                .ensure(spec)
+                .await
+                .map_err(|reason| BackendError::Invalid { field: "target".into(), reason })?;
+        }
+        self.bind_proxy(&target.service, &target.environment, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(|e| BackendError::Unavailable(format!("starting the proxy: {e}")))?;
+        let mut running = self.running.lock().await;
+        if let Some(r) = running.get_mut(&(target.service.clone(), target.environment.clone())) {
+            r.target = target.clone();
+        }
+        drop(running);
+        self.reconcile().await;
+        Ok(())
+    }
+
+    async fn status(&self, service: &str, environment: &str) -> Option<Observed> {
+        let running = self.running.lock().await;
+        let r = running.get(&(service.to_string(), environment.to_string()))?;
+        let routing = r.proxy.routing();
+        let mut observed = Observed::default();
+        let mut waiting = Vec::new();
+        for t in &r.target.tracks {
+            let replicas = self.supervisor.status(&set_key(service, environment, &t.artifact)).await;
+            let ready = replicas.iter().take(t.replicas as usize).filter(|x| x.ready).count() as u32;
+            let message = replicas.iter().find(|x| !x.ready).map(|x| x.message.clone()).unwrap_or_default();
+            if ready < t.replicas {
+                waiting.push(format!(
+                    "{} {}/{} ready{}",
+                    t.track.as_str(),
+                    ready,
+                    t.replicas,
+                    if message.is_empty() { String::new() } else { format!(" ({message})") }
+                ));
+            }
+            observed.tracks.push(TrackObserved {
+                track: Some(t.track),
+                artifact: t.artifact.clone(),
+                desired: t.replicas,
+                ready,
+                message,
+            });
+        }
+        // The weight in force is what the router does: none while the canary has no ready replica.
+        observed.canary_weight = match routing.weighted {
+            Some((track, weight)) if routing.tracks.get(&track).is_some_and(|a| !a.is_empty()) => weight,
+            _ => 0,
+        };
+        let routing_current = *routing == self.routing(&r.target).await;
+        observed.converged = waiting.is_empty() && routing_current && observed.canary_weight == r.target.canary_weight;
+        observed.message = if observed.converged {
+            String::new()
+        } else if waiting.is_empty() {
+            "routing being updated".into()
+        } else {
+            waiting.join("; ")
+        };
+        Some(observed)
+    }
+
+    async fn preflight(&self, service: &str, environment: &str) -> Vec<(String, bool, String)> {
+        let target =
+            Target { service: service.into(), environment: environment.into(), tracks: Vec::new(), canary_weight: 0 };
+        let mut checks = Vec::new();
+        match self.replica_spec(&target, "preflight", 1) {
+            Ok(spec) => {
+                let program = &spec.command[0];
+                let found = std::path::Path::new(program).is_file()
+                    || std::env::var_os("PATH")
+                        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()));
+                checks.push((
+                    "command".into(),
+                    found,
+                    if found { format!("{program} found") } else { format!("{program} not found on PATH") },
+                ));
+            }
+            Err(e) => checks.push(("command".into(), false, e.to_string())),
+        }
+        checks.push((
+            "setpriv".into(),
+            std::path::Path::new("/usr/bin/setpriv").is_file(),
+            "runs replicas with a parent-death signal".into(),
+        ));
+        checks
+    }
+}

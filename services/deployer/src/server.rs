@@ -1,0 +1,115 @@
+//! Wiring of the deployer process with the local backend: database (or a throwaway cluster),
+//! delivery config, restore of the stored desired states, gRPC and admin servers, shutdown.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use hopngo_delivery::DeliveryConfig;
+use hopngo_kit::{
+    admin::{self, Metrics},
+    args::{ListenArgs, TelemetryArgs},
+    pg::{EphemeralPostgres, PgOptions},
+    server::GrpcServer,
+};
+use hopngo_proto::deployer::deployer_service_server::DeployerServiceServer;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::{backend::Backend as _, grpc::Deployer, local::LocalBackend, proxy::ProxyMetrics, store::Store};
+
+/// Deployer settings; every flag also reads an environment variable.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "hopngo-deployer",
+    version,
+    about = "HopNGo deployer: converges desired state per service and environment (local backend: processes + weighted proxy)",
+    mut_arg("listen", |a| a.default_value("127.0.0.1:50052").env("HOPNGO_DEPLOYER_LISTEN")),
+    mut_arg("admin_listen", |a| a.default_value("127.0.0.1:9465").env("HOPNGO_DEPLOYER_ADMIN_LISTEN"))
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// PostgreSQL URL (the deployer keeps its desired states in schema `deployer`).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Start a throwaway PostgreSQL cluster instead of using --database-url.
+    #[arg(long, env = "HOPNGO_EPHEMERAL_POSTGRES")]
+    pub ephemeral_postgres: bool,
+    /// The delivery config: how each service runs locally (`services[].local`).
+    #[arg(long, env = "HOPNGO_DELIVERY_CONFIG")]
+    pub delivery_config: PathBuf,
+    /// Directory for replica logs.
+    #[arg(long, env = "HOPNGO_DEPLOYER_LOG_DIR", default_value = ".hopngo/logs")]
+    pub log_dir: PathBuf,
+}
+
+/// Runs the deployer until `shutdown`; sends the bound gRPC address to `ready`. Prints
+/// `hopngo-deployer listening grpc=ADDR admin=ADDR` once serving.
+pub async fn run(
+    args: Args,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let Args { listen, telemetry: _, database_url, ephemeral_postgres, delivery_config, log_dir } = args;
+    let yaml =
+        std::fs::read_to_string(&delivery_config).with_context(|| format!("reading {}", delivery_config.display()))?;
+    let config = DeliveryConfig::load(&yaml).map_err(|problems| {
+        let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+        anyhow::anyhow!("{}: {first}", delivery_config.display())
+    })?;
+    let mut cluster = None;
+    let url = match (database_url, ephemeral_postgres) {
+        (Some(url), _) => url,
+        (None, true) => {
+            let pg = tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions::default())).await??;
+            let url = pg.url("postgres");
+            cluster = Some(pg);
+            url
+        }
+        (None, false) => anyhow::bail!("no database: set --database-url (DATABASE_URL) or --ephemeral-postgres"),
+    };
+    let store = Store::connect(&url, 8).await.context("connecting to the database")?;
+
+    let metrics = Metrics::new();
+    let backend_stop = CancellationToken::new();
+    let backend = LocalBackend::new(config, log_dir, ProxyMetrics::new(&metrics.registry), backend_stop.clone())?;
+    // Converge what was desired before a restart, on the same proxy addresses.
+    for stored in store.targets().await? {
+        let t = &stored.target;
+        if let Some(port) = stored.proxy_port
+            && let Err(err) =
+                backend.bind_proxy(&t.service, &t.environment, SocketAddr::from(([127, 0, 0, 1], port))).await
+        {
+            tracing::warn!(%err, port, service = %t.service, "the previous proxy port is taken; using another");
+        }
+        if let Err(err) = backend.apply(t).await {
+            tracing::warn!(%err, service = %t.service, environment = %t.environment, "stored desired state not applied");
+        }
+    }
+
+    let listener =
+        tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let admin_addr = match listen.admin_addr()? {
+        Some(addr) => Some(admin::spawn(addr, metrics.clone(), backend_stop.clone()).await?),
+        None => None,
+    };
+    println!(
+        "hopngo-deployer listening grpc={grpc_addr} admin={}",
+        admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(grpc_addr);
+    }
+    let served = GrpcServer::new(listen.drain_timeout)
+        .add_service(DeployerServiceServer::new(Deployer::new(Arc::clone(&backend), store.clone())))
+        .serve(listener, metrics, shutdown)
+        .await;
+    backend.shutdown().await;
+    backend_stop.cancel();
+    store.pool().close().await;
+    drop(cluster);
+    served
+}

@@ -1,0 +1,37 @@
+//! PostgreSQL pools: each service keeps its tables in a schema of its own (set as the pool's
+//! `search_path`), so services can share a database without sharing tables or sqlx migration
+//! histories.
+
+use std::str::FromStr as _;
+
+use sqlx::{
+    Connection as _, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+/// Why a pool could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL does not parse.
+    #[error("database URL: {0}")]
+    Url(String),
+    /// The server cannot be reached or refused.
+    #[error("database: {0}")]
+    Unavailable(#[from] sqlx::Error),
+}
+
+/// Creates `schema` if needed and returns a pool whose connections use it.
+pub async fn connect(url: &str, schema: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| DbError::Url(e.to_string()))?;
+    let mut conn = PgConnection::connect_with(&options).await?;
+    // CREATE SCHEMA IF NOT EXISTS can still collide when replicas start together; the session
+    // lock goes with the connection.
+    sqlx::query("SELECT pg_advisory_lock(7218861937310)").execute(&mut conn).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))).execute(&mut conn).await?;
+    conn.close().await?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options.options([("search_path", schema)]))
+        .await?)
+}
