@@ -5,6 +5,9 @@
 //!    ratio proxy/direct (target >= 0.8).
 //! 2. Latency at a fixed, bounded load (1,000 requests/s for 5 s, paced): p50/p99 each way and
 //!    the p99 the proxy adds (target <= 1 ms).
+//! 3. Through the real DeployerService (gRPC, PostgreSQL, supervised demo processes): time from
+//!    calling ApplyTarget(weight 0) on a 50 % canary to the last request that reached the canary
+//!    (target <= 100 ms), over 10 rounds under steady load.
 
 use std::{
     collections::BTreeMap,
@@ -117,4 +120,129 @@ async fn main() {
     let added = quantile(&p, 0.99) as i64 - quantile(&d, 0.99) as i64;
     println!("  added p99 {:.3} ms (target <= 1 ms)", added as f64 / 1000.0);
     shutdown.cancel();
+    weight_zero_cutoff().await;
+}
+
+/// Section 3: ApplyTarget(weight 0) → last request to the canary.
+async fn weight_zero_cutoff() {
+    use clap::Parser as _;
+    use hopngo_proto::deployer::{self as pb, deployer_service_client::DeployerServiceClient};
+    let pg = tokio::task::spawn_blocking(|| hopngo_kit::pg::EphemeralPostgres::start(&Default::default()))
+        .await
+        .unwrap()
+        .expect("PostgreSQL");
+    let dir = std::env::temp_dir().join(format!("hopngo-proxy-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("delivery.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "environments:\n  - name: bench\nservices:\n  - name: booking\n    strategy:\n      canary:\n        steps: [{{setWeight: 50}}]\n    local:\n      command: [\"{}\", --name, booking, --version, \"{{version}}\", --port, \"{{port}}\"]\n",
+            env!("CARGO_BIN_EXE_hopngo-demo-service")
+        ),
+    )
+    .unwrap();
+    let args = hopngo_deployer::server::Args::parse_from([
+        "hopngo-deployer",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--database-url",
+        &pg.url("postgres"),
+        "--delivery-config",
+        config.to_str().unwrap(),
+        "--log-dir",
+        dir.join("logs").to_str().unwrap(),
+        "--log",
+        "warn",
+    ]);
+    let stop = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(hopngo_deployer::server::run(args, stop.clone(), Some(tx)));
+    let addr = rx.await.unwrap();
+    let mut deployer = DeployerServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let target = |weight: u32| pb::ApplyTargetRequest {
+        target: Some(pb::TargetSpec {
+            service: "booking".into(),
+            environment: "bench".into(),
+            tracks: vec![
+                pb::TrackSpec { track: pb::Track::Stable as i32, artifact: "1.0.0".into(), replicas: 1 },
+                pb::TrackSpec { track: pb::Track::Canary as i32, artifact: "1.1.0".into(), replicas: 1 },
+            ],
+            canary_weight: weight,
+        }),
+        idempotency_key: format!("bench/{weight}"),
+    };
+    let mut worst = Duration::ZERO;
+    let mut apply_times = Vec::new();
+    for _ in 0..10 {
+        deployer.apply_target(target(50)).await.unwrap();
+        loop {
+            let status = deployer
+                .get_target_status(pb::GetTargetStatusRequest {
+                    service: "booking".into(),
+                    environment: "bench".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap();
+            if status.converged {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let pool = sqlx::PgPool::connect(&pg.url("postgres")).await.unwrap();
+        let port: i32 = sqlx::query_scalar("SELECT proxy_port FROM deployer.targets").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        let proxy = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        // Steady load: 4 closed-loop clients recording when each canary-answered request was sent.
+        let load_stop = CancellationToken::new();
+        let mut load = Vec::new();
+        for _ in 0..4 {
+            let load_stop = load_stop.clone();
+            load.push(tokio::spawn(async move {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+                let mut last_canary: Option<Instant> = None;
+                for _ in 0..100_000 {
+                    if load_stop.is_cancelled() {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    let req = http::Request::get(format!("http://{proxy}/api/v1/info")).body(Empty::new()).unwrap();
+                    let response = client.request(req).await.unwrap();
+                    let canary = response.headers().get("x-hopngo-version").is_some_and(|v| v == "1.1.0");
+                    response.into_body().collect().await.unwrap();
+                    if canary {
+                        last_canary = Some(sent);
+                    }
+                }
+                last_canary
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let called = Instant::now();
+        deployer.apply_target(target(0)).await.unwrap();
+        apply_times.push(called.elapsed());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        load_stop.cancel();
+        for l in load {
+            if let Some(last) = l.await.unwrap() {
+                worst = worst.max(last.saturating_duration_since(called));
+            }
+        }
+    }
+    apply_times.sort();
+    println!("ApplyTarget(weight 0) on a 50% canary under load, 10 rounds (gRPC + PostgreSQL + reconcile):");
+    println!("  ApplyTarget took {:.1} ms (median)", apply_times[apply_times.len() / 2].as_secs_f64() * 1000.0);
+    println!(
+        "  last request to reach the canary was sent {:.1} ms after the call, worst round (target <= 100 ms)",
+        worst.as_secs_f64() * 1000.0
+    );
+    stop.cancel();
+    server.await.unwrap().unwrap();
+    drop(pg);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -238,3 +238,29 @@ async fn blue_green_switch_and_switch_back_drop_no_requests_under_steady_load() 
     assert_eq!(preview, HashMap::from([(("2.0.0".to_string(), 200), 20)]), "the preview is reachable with the header");
     s.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_traffic_generator_is_bounded_and_counts_who_answered() {
+    use hopngo_deployer::traffic::{Load, run};
+    let s = setup("1.1.0").await;
+    s.proxy.set_routing(canary(&s, 50));
+    let load = Load {
+        url: format!("http://{}/api/v1/info", s.proxy.addr()),
+        rate: 400,
+        duration: Duration::from_secs(10),
+        max_requests: 200,
+        timeout: Duration::from_secs(2),
+    };
+    let started = std::time::Instant::now();
+    let tally = run(&load, CancellationToken::new()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "stops at max_requests (200 at 400/s is 0.5 s)");
+    assert_eq!(tally.values().sum::<u64>(), 200);
+    assert_eq!(tally.get(&("1.0.0".to_string(), 200)), Some(&100));
+    assert_eq!(tally.get(&("1.1.0".to_string(), 200)), Some(&100));
+    let load = Load { duration: Duration::from_millis(300), max_requests: 1_000_000, ..load };
+    let tally = run(&load, CancellationToken::new()).await.unwrap();
+    let n: u64 = tally.values().sum();
+    assert!((100..=130).contains(&n), "stops at its duration: {n} requests in 300 ms at 400/s");
+    assert!(run(&Load { rate: 0, ..load }, CancellationToken::new()).await.unwrap_err().contains("rate"));
+    s.shutdown.cancel();
+}

@@ -1,0 +1,51 @@
+//! `hopngo-traffic`: bounded load against a service (through its proxy), with a count of answers
+//! by version and status at the end.
+
+use clap::Parser;
+use hopngo_deployer::traffic::{Load, run};
+
+/// Sends GET requests at a fixed rate for a bounded time and prints who answered.
+#[derive(Parser, Debug)]
+#[command(name = "hopngo-traffic", version)]
+struct Args {
+    /// URL to request.
+    #[arg(long, env = "HOPNGO_TRAFFIC_URL")]
+    url: String,
+    /// Requests per second.
+    #[arg(long, env = "HOPNGO_TRAFFIC_RATE", default_value_t = 50)]
+    rate: u32,
+    /// How long to run (at most 1h).
+    #[arg(long, env = "HOPNGO_TRAFFIC_DURATION", default_value = "60s", value_parser = hopngo_kit::args::parse_duration)]
+    duration: std::time::Duration,
+    /// Stop after this many requests.
+    #[arg(long, env = "HOPNGO_TRAFFIC_MAX_REQUESTS", default_value_t = 1_000_000)]
+    max_requests: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    if args.duration > std::time::Duration::from_secs(3600) {
+        eprintln!("hopngo-traffic: --duration is at most 1h");
+        std::process::exit(2);
+    }
+    let load = Load {
+        url: args.url,
+        rate: args.rate,
+        duration: args.duration,
+        max_requests: args.max_requests,
+        timeout: std::time::Duration::from_secs(5),
+    };
+    match run(&load, hopngo_kit::shutdown::on_signal()).await {
+        Ok(tally) => {
+            for ((version, status), n) in tally {
+                let version = if version.is_empty() { "-" } else { &version };
+                println!("{n:>8}  {status:>3}  {version}");
+            }
+        }
+        Err(e) => {
+            eprintln!("hopngo-traffic: {e}");
+            std::process::exit(2);
+        }
+    }
+}
