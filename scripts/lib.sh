@@ -18,3 +18,28 @@ ensure_nextest() {
     cargo install --locked cargo-nextest >/dev/null
   fi
 }
+
+# Starts a throwaway PostgreSQL cluster (target/debug/hopngo-throwaway-pg must be built) that lives
+# until file descriptor 3 is closed (or this shell exits), and exports DATABASE_URL.
+start_throwaway_pg() {
+  local out
+  out=$(mktemp)
+  exec 3> >(target/debug/hopngo-throwaway-pg >"$out")
+  for _ in $(seq 1 120); do
+    grep -q '^DATABASE_URL=' "$out" && break
+    sleep 0.5
+  done
+  DATABASE_URL=$(sed -n 's/^DATABASE_URL=//p' "$out")
+  rm -f "$out"
+  if [ -z "$DATABASE_URL" ]; then
+    echo "the throwaway PostgreSQL did not start" >&2
+    return 1
+  fi
+  export DATABASE_URL
+}
+
+# Stops the cluster started by start_throwaway_pg.
+stop_throwaway_pg() {
+  exec 3>&-
+  sleep 1
+}

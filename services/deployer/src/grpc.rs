@@ -106,7 +106,13 @@ pub fn target(spec: Option<pb::TargetSpec>) -> Result<Target, Status> {
     Ok(Target { service: spec.service, environment: spec.environment, tracks, canary_weight: spec.canary_weight })
 }
 
-fn status(service: &str, environment: &str, observed: Option<Observed>, key: Option<String>) -> pb::TargetStatus {
+fn status(
+    service: &str,
+    environment: &str,
+    observed: Option<Observed>,
+    key: Option<String>,
+    address: Option<std::net::SocketAddr>,
+) -> pb::TargetStatus {
     let observed = observed.unwrap_or_default();
     pb::TargetStatus {
         service: service.to_string(),
@@ -126,6 +132,7 @@ fn status(service: &str, environment: &str, observed: Option<Observed>, key: Opt
         converged: observed.converged,
         idempotency_key: key.unwrap_or_default(),
         message: observed.message,
+        address: address.map(|a| a.to_string()).unwrap_or_default(),
     }
 }
 
@@ -161,9 +168,10 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         }
         let observed = self.backend.status(&target.service, &target.environment).await;
         let key = self.store.key(&target.service, &target.environment).await.map_err(internal)?;
+        let address = self.backend.address(&target.service, &target.environment).await;
         Ok(Response::new(pb::ApplyTargetResponse {
             changed,
-            status: Some(status(&target.service, &target.environment, observed, key)),
+            status: Some(status(&target.service, &target.environment, observed, key, address)),
         }))
     }
 
@@ -183,8 +191,9 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
             return Err(ApiError::NotFound(format!("no desired state for {} in {}", r.service, r.environment)).into());
         };
         let key = self.store.key(&r.service, &r.environment).await.map_err(internal)?;
+        let address = self.backend.address(&r.service, &r.environment).await;
         Ok(Response::new(pb::GetTargetStatusResponse {
-            status: Some(status(&r.service, &r.environment, Some(observed), key)),
+            status: Some(status(&r.service, &r.environment, Some(observed), key, address)),
         }))
     }
 

@@ -150,6 +150,7 @@ async fn canary_converges_and_a_restarted_deployer_converges_again_without_dupli
         vec![(2, 2), (1, 1)]
     );
     let port = proxy_port(&db, "booking").await;
+    assert_eq!(status.address, format!("127.0.0.1:{port}"), "the status says where traffic enters");
     assert_eq!(get(port, Some("canary")).await, "1.1.0-r1");
     assert_eq!(get(port, Some("stable")).await, "1.0.0-r1");
 

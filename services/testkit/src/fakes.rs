@@ -262,6 +262,7 @@ impl dpb::deployer_service_server::DeployerService for FakeDeployer {
                 converged,
                 idempotency_key: key.clone(),
                 message: if converged { String::new() } else { "replicas starting".into() },
+                address: String::new(),
             }),
         }))
     }
