@@ -31,6 +31,7 @@ struct Running {
 /// The local backend.
 pub struct LocalBackend {
     config: DeliveryConfig,
+    proxy_port_base: Option<u16>,
     supervisor: Supervisor,
     metrics: ProxyMetrics,
     running: Mutex<HashMap<(String, String), Running>>,
@@ -40,14 +41,19 @@ pub struct LocalBackend {
 impl LocalBackend {
     /// A backend running the services of `config` (their `local` section), logging under
     /// `log_dir`; proxies record into `metrics`.
+    /// With `proxy_port_base`, the proxy of the i-th service in the j-th environment of the
+    /// config listens on `base + i × environments + j` (known addresses for a local stack);
+    /// without it, on any free port.
     pub fn new(
         config: DeliveryConfig,
+        proxy_port_base: Option<u16>,
         log_dir: std::path::PathBuf,
         metrics: ProxyMetrics,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<LocalBackend>> {
         let backend = Arc::new(LocalBackend {
             config,
+            proxy_port_base,
             supervisor: Supervisor::new(log_dir)?,
             metrics,
             running: Mutex::new(HashMap::new()),
@@ -90,6 +96,16 @@ impl LocalBackend {
         };
         running.insert(key, Running { target, proxy });
         Ok(bound)
+    }
+
+    /// Where the proxy of a service and environment listens when it is first started.
+    pub fn default_proxy_addr(&self, service: &str, environment: &str) -> SocketAddr {
+        let port = self.proxy_port_base.and_then(|base| {
+            let s = self.config.services.iter().position(|x| x.name == service)?;
+            let e = self.config.environments.iter().position(|x| x.name == environment)?;
+            u16::try_from(base as usize + s * self.config.environments.len() + e).ok()
+        });
+        SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)))
     }
 
     /// Stops every replica.
@@ -196,9 +212,13 @@ impl Backend for LocalBackend {
                 .await
                 .map_err(|reason| BackendError::Invalid { field: "target".into(), reason })?;
         }
-        self.bind_proxy(&target.service, &target.environment, SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .map_err(|e| BackendError::Unavailable(format!("starting the proxy: {e}")))?;
+        self.bind_proxy(
+            &target.service,
+            &target.environment,
+            self.default_proxy_addr(&target.service, &target.environment),
+        )
+        .await
+        .map_err(|e| BackendError::Unavailable(format!("starting the proxy: {e}")))?;
         let mut running = self.running.lock().await;
         if let Some(r) = running.get_mut(&(target.service.clone(), target.environment.clone())) {
             r.target = target.clone();

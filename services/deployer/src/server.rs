@@ -43,6 +43,10 @@ pub struct Args {
     /// Directory for replica logs.
     #[arg(long, env = "HOPNGO_DEPLOYER_LOG_DIR", default_value = ".hopngo/logs")]
     pub log_dir: PathBuf,
+    /// Give proxies known ports: the i-th service of the config in its j-th environment listens
+    /// on BASE + i × environments + j (default: any free port).
+    #[arg(long, env = "HOPNGO_DEPLOYER_PROXY_PORT_BASE")]
+    pub proxy_port_base: Option<u16>,
 }
 
 /// Runs the deployer until `shutdown`; sends the bound gRPC address to `ready`. Prints
@@ -52,7 +56,8 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let Args { listen, telemetry: _, database_url, ephemeral_postgres, delivery_config, log_dir } = args;
+    let Args { listen, telemetry: _, database_url, ephemeral_postgres, delivery_config, log_dir, proxy_port_base } =
+        args;
     let yaml =
         std::fs::read_to_string(&delivery_config).with_context(|| format!("reading {}", delivery_config.display()))?;
     let config = DeliveryConfig::load(&yaml).map_err(|problems| {
@@ -74,7 +79,13 @@ pub async fn run(
 
     let metrics = Metrics::new();
     let backend_stop = CancellationToken::new();
-    let backend = LocalBackend::new(config, log_dir, ProxyMetrics::new(&metrics.registry), backend_stop.clone())?;
+    let backend = LocalBackend::new(
+        config,
+        proxy_port_base,
+        log_dir,
+        ProxyMetrics::new(&metrics.registry),
+        backend_stop.clone(),
+    )?;
     // Converge what was desired before a restart, on the same proxy addresses.
     for stored in store.targets().await? {
         let t = &stored.target;

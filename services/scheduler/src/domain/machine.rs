@@ -184,6 +184,10 @@ fn after(now: OffsetDateTime, d: Duration) -> OffsetDateTime {
     now + time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
 }
 
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
 fn earliest(a: Option<OffsetDateTime>, b: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -662,7 +666,7 @@ async fn run<E: Effects>(
         StepAction::ScaleDownOld { delay } => {
             let until = *r.cursor.until.get_or_insert(after(now, delay.0));
             if now < until {
-                r.message = format!("old version scales down at {until}");
+                r.message = format!("old version scales down at {}", rfc3339(until));
                 return Flow::Wait(earliest(Some(until), background_wake));
             }
             let state = final_state(r);
@@ -679,7 +683,7 @@ async fn run<E: Effects>(
                     complete_step(r, now, StepStatus::Succeeded, ENGINE, "pause elapsed", out);
                     Flow::Continue
                 } else {
-                    pause(r, &format!("paused until {until}"), out);
+                    pause(r, &format!("paused until {}", rfc3339(until)), out);
                     Flow::Wait(Some(until))
                 }
             }
