@@ -306,3 +306,57 @@ async fn bad_input_names_the_field_and_a_failing_command_says_why() {
     d.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_active_and_back_under_steady_load_drops_no_request() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+    let db = TestDb::create().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hopngo-deployer-sw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut d = start(&db, &dir).await;
+    let blue = || track(pb::Track::Active, "1.0.0-sw", 1);
+    let green = || track(pb::Track::Preview, "2.0.0-sw", 1);
+    d.client.apply_target(apply("gateway", vec![blue(), green()], 0, "k0")).await.unwrap();
+    let status = converged(&mut d.client, "gateway", 30).await;
+    let proxy: SocketAddr = status.address.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            // Bounded: until told to stop, at most 20,000 requests per client.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if get(proxy.port(), None).await.is_empty() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (active, preview) = if round % 2 == 0 { ("2.0.0-sw", "1.0.0-sw") } else { ("1.0.0-sw", "2.0.0-sw") };
+        let tracks = vec![track(pb::Track::Active, active, 1), track(pb::Track::Preview, preview, 1)];
+        let applied =
+            d.client.apply_target(apply("gateway", tracks, 0, &format!("k{}", round + 1))).await.unwrap().into_inner();
+        assert!(applied.status.unwrap().converged, "round {round}: the switch is in force when ApplyTarget returns");
+        assert_eq!(get(proxy.port(), None).await, active);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{} requests answered, none failed", ok.load(Ordering::Relaxed));
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    d.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
