@@ -8,7 +8,7 @@ use hopngo_delivery::DeliveryConfig;
 use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs},
-    pg::{EphemeralPostgres, PgOptions},
+    pg::DatabaseArgs,
     server::GrpcServer,
 };
 use hopngo_proto::deployer::deployer_service_server::DeployerServiceServer;
@@ -31,12 +31,9 @@ pub struct Args {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
-    /// PostgreSQL URL (the deployer keeps its desired states in schema `deployer`).
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// Start a throwaway PostgreSQL cluster instead of using --database-url.
-    #[arg(long, env = "HOPNGO_EPHEMERAL_POSTGRES")]
-    pub ephemeral_postgres: bool,
+    /// The database (desired states are kept in schema `deployer`).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// The delivery config: how each service runs locally (`services[].local`).
     #[arg(long, env = "HOPNGO_DELIVERY_CONFIG")]
     pub delivery_config: PathBuf,
@@ -56,25 +53,14 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let Args { listen, telemetry: _, database_url, ephemeral_postgres, delivery_config, log_dir, proxy_port_base } =
-        args;
+    let Args { listen, telemetry: _, database, delivery_config, log_dir, proxy_port_base } = args;
     let yaml =
         std::fs::read_to_string(&delivery_config).with_context(|| format!("reading {}", delivery_config.display()))?;
     let config = DeliveryConfig::load(&yaml).map_err(|problems| {
         let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
         anyhow::anyhow!("{}: {first}", delivery_config.display())
     })?;
-    let mut cluster = None;
-    let url = match (database_url, ephemeral_postgres) {
-        (Some(url), _) => url,
-        (None, true) => {
-            let pg = tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions::default())).await??;
-            let url = pg.url("postgres");
-            cluster = Some(pg);
-            url
-        }
-        (None, false) => anyhow::bail!("no database: set --database-url (DATABASE_URL) or --ephemeral-postgres"),
-    };
+    let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, 8).await.context("connecting to the database")?;
 
     let metrics = Metrics::new();

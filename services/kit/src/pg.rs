@@ -210,3 +210,30 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Where a service's database is: a URL, or a throwaway cluster it starts itself.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Start a throwaway PostgreSQL cluster (system binaries) instead of using --database-url;
+    /// it is deleted on exit.
+    #[arg(long, env = "HOPNGO_EPHEMERAL_POSTGRES")]
+    pub ephemeral_postgres: bool,
+}
+
+impl DatabaseArgs {
+    /// The URL to connect to, and the cluster to keep alive while it is used (if one was started).
+    pub async fn resolve(self) -> anyhow::Result<(String, Option<EphemeralPostgres>)> {
+        match (self.database_url, self.ephemeral_postgres) {
+            (Some(url), _) => Ok((url, None)),
+            (None, true) => {
+                let pg = tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions::default())).await??;
+                tracing::info!(url = %pg.url("postgres"), "started a throwaway PostgreSQL");
+                Ok((pg.url("postgres"), Some(pg)))
+            }
+            (None, false) => bail!("no database: set --database-url (DATABASE_URL) or --ephemeral-postgres"),
+        }
+    }
+}

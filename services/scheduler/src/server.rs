@@ -9,7 +9,7 @@ use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs, parse_duration},
     identity,
-    pg::{EphemeralPostgres, PgOptions},
+    pg::DatabaseArgs,
     server::GrpcServer,
 };
 use hopngo_proto::{
@@ -41,13 +41,8 @@ pub struct Args {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
-    /// PostgreSQL URL of the scheduler's database.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// Start a throwaway PostgreSQL cluster (system binaries) instead of using --database-url;
-    /// it is deleted on exit.
-    #[arg(long, env = "HOPNGO_EPHEMERAL_POSTGRES")]
-    pub ephemeral_postgres: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Connections in the database pool.
     #[arg(long, env = "HOPNGO_DB_MAX_CONNECTIONS", default_value_t = 40)]
     pub db_max_connections: u32,
@@ -95,8 +90,7 @@ pub async fn run_with(
     let Args {
         listen,
         telemetry: _,
-        database_url,
-        ephemeral_postgres,
+        database,
         db_max_connections,
         deployer_url,
         analyzer_url,
@@ -109,18 +103,7 @@ pub async fn run_with(
         apply_config,
     } = args;
 
-    let mut cluster = None;
-    let url = match (database_url, ephemeral_postgres) {
-        (Some(url), _) => url,
-        (None, true) => {
-            let pg = tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions::default())).await??;
-            let url = pg.url("postgres");
-            tracing::info!(%url, "started a throwaway PostgreSQL");
-            cluster = Some(pg);
-            url
-        }
-        (None, false) => anyhow::bail!("no database: set --database-url (DATABASE_URL) or --ephemeral-postgres"),
-    };
+    let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, db_max_connections).await.context("connecting to the database")?;
     store.migrate().await.context("applying the scheduler schema")?;
 
