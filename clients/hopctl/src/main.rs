@@ -82,7 +82,8 @@ enum Command {
         #[arg(long)]
         page_token: Option<String>,
     },
-    /// Skip the current pause (or analysis); with --full, every remaining step.
+    /// Skip the current pause (or analysis); with --full, every remaining step (approvals and
+    /// migrations are never skipped).
     Promote {
         /// Release id.
         id: String,

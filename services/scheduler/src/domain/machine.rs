@@ -1050,10 +1050,13 @@ pub fn promote(
     }
     r.reason = reason.to_string();
     if full {
-        let approval_left =
-            r.plan.steps[r.step_index..].iter().any(|s| matches!(s.action, StepAction::Approval { .. }));
-        if approval_left {
+        let remaining = &r.plan.steps[r.step_index..];
+        if remaining.iter().any(|s| matches!(s.action, StepAction::Approval { .. })) {
             return Err(ActionError::NotNow("an approval step remains; approvals cannot be skipped".into()));
+        }
+        if remaining.iter().any(|s| matches!(s.action, StepAction::Migrate { .. })) {
+            // New code must not take traffic before its schema exists.
+            return Err(ActionError::NotNow("a migrate step remains; migrations cannot be skipped".into()));
         }
         if r.promote_full {
             return Err(ActionError::NotNow("a full promotion is already under way".into()));

@@ -434,6 +434,30 @@ async fn approval_timeout_follows_the_policy() {
 }
 
 #[tokio::test]
+async fn promote_never_skips_approvals_or_migrations() {
+    let fx = Fake::new();
+    let mut r = release("booking", "production");
+    tick(&mut r, &fx, 0).await;
+    assert_eq!(
+        promote(&mut r, true, "bob", "", at(1)).unwrap_err(),
+        ActionError::NotNow("the release waits for approval; approvals cannot be skipped".into())
+    );
+    let mut r = release("booking", "staging");
+    r.plan.steps.insert(
+        1,
+        crate::domain::plan::PlanStep {
+            name: "migrate".into(),
+            action: StepAction::Migrate { database: "booking".into(), locations: Vec::new(), target_version: None },
+        },
+    );
+    r.steps.insert(1, r.steps[0].clone());
+    assert_eq!(
+        promote(&mut r, true, "bob", "", at(0)).unwrap_err(),
+        ActionError::NotNow("a migrate step remains; migrations cannot be skipped".into())
+    );
+}
+
+#[tokio::test]
 async fn set_canary_scale_decouples_replicas_from_weight() {
     let fx = Fake::new();
     let mut r = release("booking", "staging");
