@@ -35,14 +35,6 @@ fn args(db: &str, fakes: &Fakes, config_file: &str) -> Vec<String> {
         "127.0.0.1:0",
         "--database-url",
         db,
-        "--deployer-url",
-        &fakes.deployer_server.url(),
-        "--analyzer-url",
-        &fakes.analyzer_server.url(),
-        "--migrator-url",
-        &fakes.migrator_server.url(),
-        "--notifier-url",
-        &fakes.notifier_server.url(),
         "--poll-interval",
         "50ms",
         "--call-timeout",
@@ -58,6 +50,7 @@ fn args(db: &str, fakes: &Fakes, config_file: &str) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(fakes.endpoint_args())
     .collect()
 }
 

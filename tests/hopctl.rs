@@ -43,14 +43,6 @@ async fn hopctl_drives_a_release_and_fails_with_one_line() {
         "off",
         "--database-url",
         &db.url,
-        "--deployer-url",
-        &fakes.deployer_server.url(),
-        "--analyzer-url",
-        &fakes.analyzer_server.url(),
-        "--migrator-url",
-        &fakes.migrator_server.url(),
-        "--notifier-url",
-        &fakes.notifier_server.url(),
         "--poll-interval",
         "50ms",
         "--log",
@@ -58,6 +50,7 @@ async fn hopctl_drives_a_release_and_fails_with_one_line() {
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(fakes.endpoint_args())
     .collect();
     let proc = Proc::start(&binary("hopngo-scheduler", "hopngo-scheduler").unwrap(), &args, &[]).await.unwrap();
     let server = proc.grpc.clone();

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     backend::{Backend, BackendError, Observed, Target, TrackObserved},
     proxy::{Proxy, ProxyMetrics, Routing, Track},
-    supervisor::{ReplicaSetSpec, Supervisor, set_key},
+    supervisor::{ReplicaSetSpec, ReplicaStatus, Supervisor, set_key},
 };
 
 /// How often readiness is turned into routing.
@@ -163,21 +163,23 @@ impl LocalBackend {
     async fn routing(&self, target: &Target) -> Routing {
         let mut tracks = BTreeMap::new();
         for t in &target.tracks {
-            let ready: Vec<SocketAddr> = self
-                .supervisor
-                .status(&set_key(&target.service, &target.environment, &t.artifact))
-                .await
-                .iter()
-                .filter(|r| r.ready)
-                .map(|r| SocketAddr::from(([127, 0, 0, 1], r.port)))
-                .collect();
-            tracks.insert(t.track, ready);
+            let replicas = self.supervisor.status(&set_key(&target.service, &target.environment, &t.artifact)).await;
+            tracks.insert(t.track, ready_addrs(&replicas));
         }
-        let has = |t: Track| target.tracks.iter().any(|s| s.track == t);
-        let primary = [Track::Stable, Track::Active].into_iter().find(|t| has(*t));
-        let weighted = has(Track::Canary).then_some((Track::Canary, target.canary_weight));
-        Routing { tracks, primary, weighted }
+        route(target, tracks)
     }
+}
+
+fn ready_addrs(replicas: &[ReplicaStatus]) -> Vec<SocketAddr> {
+    replicas.iter().filter(|r| r.ready).map(|r| SocketAddr::from(([127, 0, 0, 1], r.port))).collect()
+}
+
+/// The routing of a target given each track's ready replicas.
+fn route(target: &Target, tracks: BTreeMap<Track, Vec<SocketAddr>>) -> Routing {
+    let has = |t: Track| target.tracks.iter().any(|s| s.track == t);
+    let primary = [Track::Stable, Track::Active].into_iter().find(|t| has(*t));
+    let weighted = has(Track::Canary).then_some((Track::Canary, target.canary_weight));
+    Routing { tracks, primary, weighted }
 }
 
 impl Backend for LocalBackend {
@@ -234,8 +236,10 @@ impl Backend for LocalBackend {
         let routing = r.proxy.routing();
         let mut observed = Observed::default();
         let mut waiting = Vec::new();
+        let mut ready_tracks = BTreeMap::new();
         for t in &r.target.tracks {
             let replicas = self.supervisor.status(&set_key(service, environment, &t.artifact)).await;
+            ready_tracks.insert(t.track, ready_addrs(&replicas));
             let ready = replicas.iter().take(t.replicas as usize).filter(|x| x.ready).count() as u32;
             let message = replicas.iter().find(|x| !x.ready).map(|x| x.message.clone()).unwrap_or_default();
             if ready < t.replicas {
@@ -260,7 +264,7 @@ impl Backend for LocalBackend {
             Some((track, weight)) if routing.tracks.get(&track).is_some_and(|a| !a.is_empty()) => weight,
             _ => 0,
         };
-        let routing_current = *routing == self.routing(&r.target).await;
+        let routing_current = *routing == route(&r.target, ready_tracks);
         observed.converged = waiting.is_empty() && routing_current && observed.canary_weight == r.target.canary_weight;
         observed.message = if observed.converged {
             String::new()

@@ -203,16 +203,6 @@ impl App {
             emergency: false,
         };
         let mut tx = self.store.begin().await?;
-        // Under the service environment's lock, so two requests with one id cannot both create.
-        Store::lock_service_environment(&mut tx, service, environment).await?;
-        if let Some(request_id) = intent.request_id
-            && let Some(existing) = Store::release_by_request(&mut tx, request_id).await?
-        {
-            if existing.service != service || existing.environment != environment || existing.artifact != artifact {
-                return Err(SchedulerError::invalid("request_id", "already used for a different release"));
-            }
-            return Ok(existing);
-        }
         let mut changed = Vec::new();
         let release = self.create_in(&mut tx, &current, intent, caller, true, &mut changed).await?;
         tx.commit().await?;
@@ -259,6 +249,19 @@ impl App {
         changed: &mut Vec<Uuid>,
     ) -> Result<Release, SchedulerError> {
         let se = Store::lock_service_environment(conn, intent.service, intent.environment).await?;
+        // Under the service environment's lock, so two requests with one id cannot both create.
+        if let Some(request_id) = intent.request_id
+            && let Some(existing) = Store::release_by_request(conn, request_id).await?
+        {
+            let same = existing.service == intent.service
+                && existing.environment == intent.environment
+                && existing.artifact == intent.artifact;
+            return if same {
+                Ok(existing)
+            } else {
+                Err(SchedulerError::invalid("request_id", "already used for a different release"))
+            };
+        }
         if se.stable_artifact.as_deref() == Some(intent.artifact) {
             return Err(SchedulerError::FailedPrecondition(format!(
                 "{} is already stable for {} in {}",

@@ -259,11 +259,6 @@ impl Store {
         Ok(Store { pool })
     }
 
-    /// Wraps an existing pool.
-    pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
-    }
-
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -417,13 +412,6 @@ impl Store {
     /// The database clock.
     pub async fn now(conn: &mut PgConnection) -> Result<OffsetDateTime, SchedulerError> {
         Ok(sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(conn).await?)
-    }
-
-    /// Earliest wake time of any release.
-    pub async fn next_due(&self) -> Result<Option<OffsetDateTime>, SchedulerError> {
-        Ok(sqlx::query_scalar("SELECT min(next_wake_at) FROM release_state WHERE next_wake_at IS NOT NULL")
-            .fetch_one(&self.pool)
-            .await?)
     }
 
     /// Inserts a new release with its first transitions.

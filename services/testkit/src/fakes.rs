@@ -326,14 +326,6 @@ impl FakeAnalyzer {
     pub fn runs(&self) -> Vec<FakeRun> {
         self.state.lock().unwrap().runs.clone()
     }
-    /// Forces a run's phase.
-    pub fn set_phase(&self, id: &str, phase: apb::AnalysisPhase) {
-        for run in self.state.lock().unwrap().runs.iter_mut().filter(|r| r.id == id) {
-            run.phase = phase;
-            run.verdict = phase;
-            run.polls_left = 0;
-        }
-    }
 }
 
 fn run_view(run: &FakeRun) -> apb::AnalysisRun {
@@ -620,6 +612,19 @@ pub struct Fakes {
 }
 
 impl Fakes {
+    /// The scheduler's flags that point it at these fakes.
+    pub fn endpoint_args(&self) -> Vec<String> {
+        [
+            ("--deployer-url", &self.deployer_server),
+            ("--analyzer-url", &self.analyzer_server),
+            ("--migrator-url", &self.migrator_server),
+            ("--notifier-url", &self.notifier_server),
+        ]
+        .into_iter()
+        .flat_map(|(flag, server)| [flag.to_string(), server.url()])
+        .collect()
+    }
+
     /// Starts all four on loopback.
     pub async fn start() -> anyhow::Result<Fakes> {
         let gate = Gate::new();

@@ -77,14 +77,6 @@ pub fn args(db: &str, fakes: &Fakes, extra: &[&str]) -> Args {
         "off",
         "--database-url",
         db,
-        "--deployer-url",
-        &fakes.deployer_server.url(),
-        "--analyzer-url",
-        &fakes.analyzer_server.url(),
-        "--migrator-url",
-        &fakes.migrator_server.url(),
-        "--notifier-url",
-        &fakes.notifier_server.url(),
         "--poll-interval",
         "50ms",
         "--call-timeout",
@@ -99,6 +91,7 @@ pub fn args(db: &str, fakes: &Fakes, extra: &[&str]) -> Args {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    argv.extend(fakes.endpoint_args());
     argv.extend(extra.iter().map(|s| s.to_string()));
     Args::parse_from(argv)
 }
