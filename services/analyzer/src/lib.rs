@@ -1,0 +1,5 @@
+//! The HopNGo analyzer: analysis runs measured by providers (Prometheus, a scraped endpoint,
+//! HTTP JSON, a command), judged with Argo Rollouts' semantics, stored in PostgreSQL; and a
+//! Kayenta-style judge that compares a canary's sample with a baseline's.
+
+pub mod domain;
