@@ -12,6 +12,17 @@ ensure_postgres() {
   fi
 }
 
+# The analyzer's tests query a real Prometheus (Debian package prometheus); nothing runs it as a
+# service, the tests start their own.
+ensure_prometheus() {
+  if ! command -v prometheus >/dev/null 2>&1; then
+    echo "installing Prometheus (package prometheus)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # The package starts a system-wide Prometheus on :9090; the project needs only the binary.
+    (systemctl disable --now prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+  fi
+}
+
 ensure_nextest() {
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest" >&2

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
+ensure_prometheus
 ensure_nextest
 
 cargo build --workspace --all-targets

@@ -99,6 +99,7 @@ pub fn metric_to_proto(m: &MetricDef) -> analyzer::Metric {
             url: p.url.clone(),
             expression: p.expression.clone(),
             window: duration(p.window),
+            timeout: None,
         }))
     } else if let Some(p) = &m.provider.web {
         Some(Provider::Web(analyzer::WebProvider {
@@ -195,6 +196,7 @@ impl Effects for GrpcEffects {
             args: args.clone().into_iter().collect(),
             labels: labels.clone().into_iter().collect(),
             idempotency_key: key.to_string(),
+            open_ended: spec.open_ended,
         };
         let response =
             self.analyzer.clone().start_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;

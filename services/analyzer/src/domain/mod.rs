@@ -7,3 +7,4 @@ pub mod lexer;
 pub mod run;
 pub mod scrape;
 pub mod stats;
+pub mod template;

@@ -53,6 +53,13 @@ impl Phase {
         }
     }
 
+    /// From [`Phase::as_str`].
+    pub fn parse(text: &str) -> Option<Phase> {
+        [Phase::Pending, Phase::Running, Phase::Successful, Phase::Failed, Phase::Error, Phase::Inconclusive]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+    }
+
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,6 +85,23 @@ pub enum Severity {
     /// Abort at once.
     #[default]
     Critical,
+}
+
+impl Severity {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// From [`Severity::as_str`].
+    pub fn parse(text: &str) -> Option<Severity> {
+        [Severity::Low, Severity::Medium, Severity::High, Severity::Critical].into_iter().find(|s| s.as_str() == text)
+    }
 }
 
 /// What a measurement without data counts as.

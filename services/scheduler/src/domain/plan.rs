@@ -217,6 +217,10 @@ pub struct AnalysisSpec {
     pub metrics: Vec<MetricDef>,
     /// Argument values (builtins are added when the run starts).
     pub args: BTreeMap<String, String>,
+    /// Ended by the release rather than by its metrics' counts (background analysis), so its
+    /// metrics may measure indefinitely.
+    #[serde(default)]
+    pub open_ended: bool,
 }
 
 /// Resolved approval requirement.
@@ -276,7 +280,8 @@ pub fn resolve_analysis(
     templates: &[String],
     args: &BTreeMap<String, String>,
 ) -> Result<AnalysisSpec, Problem> {
-    let mut spec = AnalysisSpec { templates: templates.to_vec(), metrics: Vec::new(), args: BTreeMap::new() };
+    let mut spec =
+        AnalysisSpec { templates: templates.to_vec(), metrics: Vec::new(), args: BTreeMap::new(), open_ended: false };
     for (i, name) in templates.iter().enumerate() {
         let template = config.template(name).ok_or_else(|| Problem {
             path: format!("{path}[{i}]"),
@@ -401,6 +406,7 @@ pub fn compile(
                                 templates: Vec::new(),
                                 metrics: vec![job_metric(job)],
                                 args: v.args.clone(),
+                                open_ended: false,
                             },
                             (None, Some(t)) => {
                                 resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args)?
@@ -438,12 +444,13 @@ pub fn compile(
                     steps.push((def.name.clone(), action));
                 }
                 if let Some(bg) = &canary.analysis {
-                    let analysis = resolve_analysis(
+                    let mut analysis = resolve_analysis(
                         config,
                         &format!("{base}.canary.analysis.templates"),
                         &bg.templates,
                         &bg.args,
                     )?;
+                    analysis.open_ended = true;
                     let starting = bg.starting_step.unwrap_or(0).clamp(0, canary.steps.len() as i64) as usize;
                     background = Some(BackgroundSpec { analysis, starting_step: offset + starting });
                 }

@@ -1,0 +1,78 @@
+//! The providers' HTTP client: plain HTTP/1.1 with a deadline per request and a cap on the
+//! response size.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+
+/// Largest response body read.
+const MAX_BODY: usize = 16 << 20;
+
+/// A pooled HTTP client.
+#[derive(Clone)]
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        HttpClient { client: Client::builder(TokioExecutor::new()).build(connector) }
+    }
+}
+
+/// A response: status and body.
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl HttpClient {
+    /// Sends one request; every failure (connect, timeout, oversized body) is a message.
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: &str,
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request =
+            request.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| format!("bad request to {url}: {e}"))?;
+        let call = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    message = format!("{message}: {s}");
+                    source = s.source();
+                }
+                format!("{method} {url}: {message}")
+            })?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("{method} {url}: reading the body: {e}"))?
+                .to_bytes();
+            Ok(Response { status, body })
+        };
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("{method} {url}: no answer within {}", hopngo_kit::args::format_duration(timeout))),
+        }
+    }
+}

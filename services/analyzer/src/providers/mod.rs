@@ -1,0 +1,42 @@
+//! Metric providers: where a measurement's value comes from.
+
+pub mod http;
+pub mod job;
+pub mod prometheus;
+pub mod scrape;
+pub mod web;
+
+use crate::domain::run::{Observation, Provider};
+
+/// The providers with their shared state (HTTP connection pool, scrape histories).
+#[derive(Clone, Default)]
+pub struct Providers {
+    http: http::HttpClient,
+    scrapes: scrape::ScrapeCache,
+}
+
+impl Providers {
+    /// Takes one measurement.
+    pub async fn measure(&self, provider: &Provider) -> Observation {
+        match provider {
+            Provider::Prometheus { address, query, timeout, range } => {
+                prometheus::measure(&self.http, address, query, *timeout, *range).await
+            }
+            Provider::Scrape { url, expression, window, timeout } => {
+                self.scrapes.measure(&self.http, url, expression, *window, *timeout).await
+            }
+            Provider::Web { url, method, headers, body, json_path, timeout } => {
+                web::measure(&self.http, method, url, headers, body, json_path, *timeout).await
+            }
+            Provider::Job { command, timeout, env } => job::measure(command, env, *timeout).await,
+        }
+    }
+
+    /// Starts the history of a scrape provider's URL, so the first rate covers time already
+    /// passed. Errors are left to the measurement.
+    pub async fn prime(&self, provider: &Provider) {
+        if let Provider::Scrape { url, window, timeout, .. } = provider {
+            let _ = self.scrapes.scrape(&self.http, url, *window, *timeout).await;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Wiring of the analyzer process: database (or a throwaway cluster), the measuring engine, gRPC
+//! and admin servers, shutdown (the engine finishes its rounds in flight).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use hopngo_kit::{
+    admin::{self, Metrics},
+    args::{ListenArgs, TelemetryArgs},
+    pg::DatabaseArgs,
+    server::GrpcServer,
+};
+use hopngo_proto::analyzer::analyzer_service_server::AnalyzerServiceServer;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    engine::{Engine, EngineMetrics},
+    grpc::Analyzer,
+    providers::Providers,
+    store::Store,
+};
+
+/// Analyzer settings; every flag also reads an environment variable.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "hopngo-analyzer",
+    version,
+    about = "HopNGo analyzer: analysis runs (Prometheus, scrape, web, job providers) with Argo Rollouts semantics, and a Kayenta-style judge",
+    mut_arg("listen", |a| a.default_value("127.0.0.1:50053").env("HOPNGO_ANALYZER_LISTEN")),
+    mut_arg("admin_listen", |a| a.default_value("127.0.0.1:9466").env("HOPNGO_ANALYZER_ADMIN_LISTEN"))
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// The database (runs are kept in schema `analyzer`).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Database connections.
+    #[arg(long, env = "HOPNGO_ANALYZER_DB_CONNECTIONS", default_value_t = 8)]
+    pub db_connections: u32,
+}
+
+/// Runs the analyzer until `shutdown`; sends the bound gRPC address to `ready`. Prints
+/// `hopngo-analyzer listening grpc=ADDR admin=ADDR` once serving.
+pub async fn run(
+    args: Args,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let Args { listen, telemetry: _, database, db_connections } = args;
+    let (url, cluster) = database.resolve().await?;
+    let store = Store::connect(&url, db_connections).await.context("connecting to the database")?;
+    let metrics = Metrics::new();
+    let engine = Engine::new(store.clone(), Providers::default(), EngineMetrics::new(&metrics.registry));
+    let engine_stop = CancellationToken::new();
+    let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
+
+    let listener =
+        tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let admin_addr = match listen.admin_addr()? {
+        Some(addr) => Some(admin::spawn(addr, metrics.clone(), engine_stop.clone()).await?),
+        None => None,
+    };
+    println!(
+        "hopngo-analyzer listening grpc={grpc_addr} admin={}",
+        admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(grpc_addr);
+    }
+    let served = GrpcServer::new(listen.drain_timeout)
+        .add_service(AnalyzerServiceServer::new(Analyzer::new(store.clone(), Arc::clone(&engine))))
+        .serve(listener, metrics, shutdown)
+        .await;
+    engine_stop.cancel();
+    let _ = engine_task.await;
+    store.pool().close().await;
+    drop(cluster);
+    served
+}

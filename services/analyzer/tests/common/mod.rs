@@ -1,0 +1,101 @@
+//! An analyzer served on loopback over a test database, and metric builders.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser as _;
+use hopngo_analyzer::server::{Args, run};
+use hopngo_proto::analyzer::{self as pb, analyzer_service_client::AnalyzerServiceClient, metric::Provider};
+use hopngo_testkit::db::TestDb;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Running {
+    pub client: AnalyzerServiceClient<Channel>,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start(db: &TestDb) -> Running {
+    let args = Args::parse_from([
+        "hopngo-analyzer",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--database-url",
+        &db.url,
+        "--drain-timeout",
+        "1s",
+    ]);
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(run(args, shutdown.clone(), Some(tx)));
+    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
+    let client = AnalyzerServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    Running { client, shutdown, handle }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+
+    pub async fn start_run(&self, metrics: Vec<pb::Metric>, open_ended: bool) -> pb::AnalysisRun {
+        let request = pb::StartAnalysisRunRequest {
+            metrics,
+            args: [("track".to_string(), "good".to_string())].into(),
+            labels: [("test".to_string(), "yes".to_string())].into(),
+            idempotency_key: String::new(),
+            open_ended,
+        };
+        self.client.clone().start_analysis_run(request).await.unwrap().into_inner().run.unwrap()
+    }
+
+    /// Follows the run's watch stream to its end (bounded).
+    pub async fn finish(&self, id: &str, within: Duration) -> pb::AnalysisRun {
+        let mut stream = self
+            .client
+            .clone()
+            .watch_analysis_run(pb::WatchAnalysisRunRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(item)) = tokio::time::timeout_at(deadline, stream.message()).await.unwrap_or(Ok(None)) {
+            last = item.run;
+        }
+        let run = last.expect("at least the first state");
+        assert!(run.completed_at.is_some(), "run {id} not completed within {within:?}: {run:?}");
+        run
+    }
+}
+
+pub fn secs(s: f64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds: s.trunc() as i64, nanos: (s.fract() * 1e9) as i32 })
+}
+
+pub fn metric(name: &str, provider: Provider) -> pb::Metric {
+    pb::Metric { name: name.into(), provider: Some(provider), ..Default::default() }
+}
+
+pub fn prometheus(address: &str, query: &str) -> Provider {
+    Provider::Prometheus(pb::PrometheusProvider {
+        address: address.into(),
+        query: query.into(),
+        timeout: secs(5.0),
+        range: None,
+        step: None,
+    })
+}
+
+pub fn phase(run: &pb::AnalysisRun) -> pb::AnalysisPhase {
+    pb::AnalysisPhase::try_from(run.phase).unwrap()
+}
+
+pub fn metric_phase(m: &pb::MetricResult) -> pb::AnalysisPhase {
+    pb::AnalysisPhase::try_from(m.phase).unwrap()
+}
