@@ -70,7 +70,7 @@ impl Effects for Instant0 {
         Ok(key.to_string())
     }
     async fn analysis_status(&self, _: &str) -> Result<RunObservation, EffectError> {
-        Ok(RunObservation { phase: RunPhase::Successful, message: String::new() })
+        Ok(RunObservation { phase: RunPhase::Successful, message: String::new(), severity: Default::default() })
     }
     async fn terminate_analysis(&self, _: &str, _: &str) -> Result<(), EffectError> {
         Ok(())

@@ -224,7 +224,13 @@ impl Effects for GrpcEffects {
             AnalysisPhase::Error => RunPhase::Error,
             AnalysisPhase::Inconclusive => RunPhase::Inconclusive,
         };
-        Ok(RunObservation { phase, message: run.message })
+        let severity = match analyzer::MetricSeverity::try_from(run.severity).unwrap_or_default() {
+            analyzer::MetricSeverity::Unspecified | analyzer::MetricSeverity::Critical => config::Severity::Critical,
+            analyzer::MetricSeverity::High => config::Severity::High,
+            analyzer::MetricSeverity::Medium => config::Severity::Medium,
+            analyzer::MetricSeverity::Low => config::Severity::Low,
+        };
+        Ok(RunObservation { phase, message: run.message, severity })
     }
 
     async fn terminate_analysis(&self, run_id: &str, reason: &str) -> Result<(), EffectError> {

@@ -2,6 +2,7 @@
 //! state machine, and the effects the engine needs from other services.
 
 pub use hopngo_delivery as config;
+pub mod decision;
 pub mod effects;
 pub mod events;
 pub mod machine;

@@ -85,6 +85,8 @@ pub struct Engine<E> {
     planned_wake: AtomicI64,
     /// Plans of the releases being advanced.
     plans: PlanCache,
+    /// Wakes releases when their analysis runs complete (optional shortcut).
+    watcher: std::sync::OnceLock<crate::watcher::AnalysisWatcher>,
 }
 
 impl<E: Effects + Send + 'static> Engine<E> {
@@ -106,7 +108,13 @@ impl<E: Effects + Send + 'static> Engine<E> {
             reschedule: Notify::new(),
             planned_wake: AtomicI64::new(i64::MAX),
             plans: PlanCache::default(),
+            watcher: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Wakes releases as soon as the analysis runs they wait for complete.
+    pub fn watch_analyses(&self, watcher: crate::watcher::AnalysisWatcher) {
+        let _ = self.watcher.set(watcher);
     }
 
     /// Starts `workers` workers and the dispatcher on `tracker`; they stop when `shutdown` is
@@ -225,6 +233,13 @@ impl<E: Effects + Send + 'static> Engine<E> {
         {
             // Due before the dispatcher means to look again.
             self.reschedule.notify_one();
+        }
+        if let Some(watcher) = self.watcher.get()
+            && !release.settled
+        {
+            for run in release.analysis_runs.iter().filter(|a| !a.done) {
+                watcher.watch(release.id, &run.run_id);
+            }
         }
         for id in changed {
             self.signals.changed(id);

@@ -12,3 +12,4 @@ pub mod outbox;
 pub mod server;
 pub mod signals;
 pub mod store;
+pub mod watcher;

@@ -27,6 +27,7 @@ use crate::{
     outbox::Publisher,
     signals::Signals,
     store::Store,
+    watcher::AnalysisWatcher,
 };
 
 /// Scheduler settings; every flag also reads an environment variable.
@@ -67,6 +68,10 @@ pub struct Args {
     /// How often a converging or measuring release is looked at.
     #[arg(long, env = "HOPNGO_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// How long a high-severity analysis failure may last: the release holds traffic, measures
+    /// again after this long, and aborts if it still fails.
+    #[arg(long, env = "HOPNGO_HIGH_SEVERITY_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub high_severity_grace: Duration,
     /// Use PostgreSQL LISTEN/NOTIFY to wake sooner (everything still completes without it).
     #[arg(long, env = "HOPNGO_LISTEN_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
     pub listen_notify: bool,
@@ -99,6 +104,7 @@ pub async fn run_with(
         call_timeout,
         workers,
         poll_interval,
+        high_severity_grace,
         listen_notify,
         apply_config,
     } = args;
@@ -121,11 +127,13 @@ pub async fn run_with(
         tracing::info!(version, changed, file = %path.display(), "delivery config applied");
     }
 
+    let watcher = AnalysisWatcher::new(&analyzer_url, store.pool().clone(), signals.clone())?;
     let endpoints = Endpoints { deployer: deployer_url, analyzer: analyzer_url, migrator: migrator_url };
     let effects = Arc::new(GrpcEffects::new(&endpoints, call_timeout)?);
-    let settings = Settings { poll_interval, ..Settings::default() };
+    let settings = Settings { poll_interval, high_severity_grace, ..Settings::default() };
     let tracker = TaskTracker::new();
     let engine = Engine::new(store.clone(), effects, settings, signals.clone(), engine_metrics);
+    engine.watch_analyses(watcher);
     // Workers stop on their own token, after the gRPC server has drained.
     let workers_stop = CancellationToken::new();
     engine.spawn(workers, &tracker, workers_stop.clone());

@@ -94,6 +94,8 @@ pub struct RunObservation {
     pub phase: RunPhase,
     /// Message.
     pub message: String,
+    /// Worst severity among the metrics that did not pass (critical when unknown).
+    pub severity: super::config::Severity,
 }
 
 /// Phase of a migration run.

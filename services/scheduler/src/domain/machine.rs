@@ -9,8 +9,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    config::TimeoutOutcome,
-    effects::{DesiredState, EffectError, Effects, MigrationPhase, MigrationRequest, RunPhase, Track, TrackState},
+    config::{Severity, TimeoutOutcome},
+    decision::{Decision, decide},
+    effects::{
+        DesiredState, EffectError, Effects, MigrationPhase, MigrationRequest, RunObservation, RunPhase, Track,
+        TrackState,
+    },
     plan::{AnalysisSpec, CanaryScale, PlanStrategy, StepAction, TrafficModel},
     release::{AbortState, AnalysisRecord, ApprovalRecord, Completion, Phase, Release, StepCursor, StepStatus},
 };
@@ -116,6 +120,8 @@ pub struct Settings {
     pub retry_base: Duration,
     /// Longest retry delay.
     pub retry_max: Duration,
+    /// How long a high-severity analysis failure may last before the release aborts.
+    pub high_severity_grace: Duration,
 }
 
 impl Default for Settings {
@@ -124,6 +130,7 @@ impl Default for Settings {
             poll_interval: Duration::from_secs(1),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(15),
+            high_severity_grace: Duration::from_secs(300),
         }
     }
 }
@@ -521,10 +528,23 @@ async fn run<E: Effects>(
         && r.step_index >= bg.starting_step
         && r.step_index < r.plan.steps.len()
     {
+        if r.background_run.is_none()
+            && let Some(until) = r.background_grace_until
+        {
+            if now < until {
+                r.message = format!(
+                    "holding traffic after a high-severity background analysis failure; measuring again at {}",
+                    rfc3339(until)
+                );
+                return Flow::Wait(Some(until));
+            }
+            r.background_grace_until = None;
+            r.background_rechecked = true;
+        }
         let run_id = match &r.background_run {
             Some(id) => id.clone(),
             None => {
-                let key = idempotency_key(r, "background");
+                let key = idempotency_key(r, if r.background_rechecked { "background-recheck" } else { "background" });
                 let args = builtin_args(r, &bg.analysis, "canary");
                 match fx.start_analysis(&key, &bg.analysis, &args, &labels(r, "background")).await {
                     Ok(id) => {
@@ -565,32 +585,33 @@ async fn run<E: Effects>(
             }
             Ok(obs) => {
                 update_run(r, &run_id, obs.phase, &obs.message);
-                match obs.phase {
-                    RunPhase::Failed | RunPhase::Error => {
-                        r.background_done = true;
-                        let reason =
-                            format!("background analysis {}: {}", obs.phase.as_str().to_lowercase(), obs.message);
-                        record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                        abort_now(r, now, ENGINE, &reason, false, out);
-                        return Flow::Continue;
+                if matches!(obs.phase, RunPhase::Pending | RunPhase::Running) {
+                    background_wake = Some(after(now, s.poll_interval));
+                } else {
+                    record_analysis_done(r, &run_id, &obs, out);
+                    let what = format!("background analysis {}", verdict_text(&obs));
+                    match decide(obs.phase, obs.severity, r.background_rechecked) {
+                        Decision::Continue => r.background_done = true,
+                        Decision::Abort => {
+                            r.background_done = true;
+                            abort_now(r, now, ENGINE, &what, false, out);
+                            return Flow::Continue;
+                        }
+                        Decision::Pause => {
+                            r.background_done = true;
+                            pause(r, &format!("{what}; promote to continue or abort"), out);
+                        }
+                        Decision::Notify => {
+                            r.background_done = true;
+                            notify_only(r, &what, out);
+                        }
+                        Decision::Grace => {
+                            r.background_run = None;
+                            let until = start_grace(r, now, s, &what, out);
+                            r.background_grace_until = Some(until);
+                            return Flow::Wait(Some(until));
+                        }
                     }
-                    RunPhase::Inconclusive => {
-                        r.background_done = true;
-                        record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                        pause(
-                            r,
-                            &format!(
-                                "background analysis inconclusive ({}); promote to continue or abort",
-                                obs.message
-                            ),
-                            out,
-                        );
-                    }
-                    RunPhase::Successful => {
-                        r.background_done = true;
-                        record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                    }
-                    RunPhase::Pending | RunPhase::Running => background_wake = Some(after(now, s.poll_interval)),
                 }
             }
         }
@@ -807,16 +828,56 @@ fn update_run(r: &mut Release, run_id: &str, phase: RunPhase, message: &str) {
     }
 }
 
-fn record_analysis_done(r: &mut Release, run_id: &str, phase: RunPhase, message: &str, out: &mut Vec<Transition>) {
+fn record_analysis_done(r: &mut Release, run_id: &str, obs: &RunObservation, out: &mut Vec<Transition>) {
     let from = r.phase;
+    let severity =
+        if obs.phase == RunPhase::Successful { String::new() } else { format!(" ({})", severity_text(obs.severity)) };
     record(
         r,
         TransitionKind::AnalysisCompleted,
         ENGINE,
         from,
-        format!("analysis {run_id} {}: {message}", phase.as_str()),
+        format!("analysis {run_id} {}{severity}: {}", obs.phase.as_str(), obs.message),
         out,
     );
+}
+
+fn severity_text(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "critical",
+        Severity::High => "high severity",
+        Severity::Medium => "medium severity",
+        Severity::Low => "low severity",
+    }
+}
+
+fn verdict_text(obs: &RunObservation) -> String {
+    format!("{} ({}): {}", obs.phase.as_str().to_lowercase(), severity_text(obs.severity), obs.message)
+}
+
+/// Low severity: the failure is an event for the notifier; the release carries on.
+fn notify_only(r: &mut Release, what: &str, out: &mut Vec<Transition>) {
+    let from = r.phase;
+    r.message = format!("{what}; notified, continuing");
+    record(r, TransitionKind::AnalysisCompleted, ENGINE, from, format!("{what}; notify only"), out);
+}
+
+/// High severity: hold traffic where it is for the grace period, then measure again; the
+/// progress deadline is pushed past the hold so it does not abort first.
+fn start_grace(
+    r: &mut Release,
+    now: OffsetDateTime,
+    s: &Settings,
+    what: &str,
+    out: &mut Vec<Transition>,
+) -> OffsetDateTime {
+    let until = after(now, s.high_severity_grace);
+    r.progress_deadline_at = Some(after(until, r.plan.progress_deadline.0));
+    r.message = format!("{what}; holding traffic, measuring again at {} (aborts if it still fails)", rfc3339(until));
+    let from = r.phase;
+    let message = r.message.clone();
+    record(r, TransitionKind::AnalysisCompleted, ENGINE, from, message, out);
+    until
 }
 
 async fn analysis_step<E: Effects>(
@@ -838,10 +899,24 @@ async fn analysis_step<E: Effects>(
         // Inconclusive: waits for a person (promote skips, abort aborts).
         return Flow::Wait(None);
     }
+    if r.cursor.run_id.is_none()
+        && let Some(until) = r.cursor.grace_until
+    {
+        if now < until {
+            r.message = format!(
+                "holding traffic after a high-severity {kind} analysis failure; measuring again at {}",
+                rfc3339(until)
+            );
+            return Flow::Wait(Some(until));
+        }
+        r.cursor.grace_until = None;
+        r.cursor.rechecked = true;
+    }
     let run_id = match r.cursor.run_id.clone() {
         Some(id) => id,
         None => {
-            let key = idempotency_key(r, &r.step_index.to_string());
+            let label = if r.cursor.rechecked { format!("{}-recheck", r.step_index) } else { r.step_index.to_string() };
+            let key = idempotency_key(r, &label);
             let args = builtin_args(r, spec, track_name);
             match fx.start_analysis(&key, spec, &args, &labels(r, kind)).await {
                 Ok(id) => {
@@ -884,25 +959,41 @@ async fn analysis_step<E: Effects>(
                     r.message = format!("waiting for {kind} analysis {run_id}");
                     Flow::Wait(Some(after(now, s.poll_interval)))
                 }
-                RunPhase::Successful => {
-                    record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                    complete_step(r, now, StepStatus::Succeeded, ENGINE, "analysis successful", out);
-                    Flow::Continue
-                }
-                RunPhase::Failed | RunPhase::Error => {
-                    record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                    let reason = format!("{kind} analysis {}: {}", obs.phase.as_str().to_lowercase(), obs.message);
-                    abort_now(r, now, ENGINE, &reason, true, out);
-                    Flow::Continue
-                }
-                RunPhase::Inconclusive => {
-                    record_analysis_done(r, &run_id, obs.phase, &obs.message, out);
-                    pause(
-                        r,
-                        &format!("{kind} analysis inconclusive ({}); promote to continue or abort", obs.message),
-                        out,
-                    );
-                    Flow::Wait(None)
+                _ => {
+                    record_analysis_done(r, &run_id, &obs, out);
+                    let what = format!("{kind} analysis {}", verdict_text(&obs));
+                    match decide(obs.phase, obs.severity, r.cursor.rechecked) {
+                        Decision::Continue => {
+                            complete_step(r, now, StepStatus::Succeeded, ENGINE, "analysis successful", out);
+                            Flow::Continue
+                        }
+                        Decision::Notify => {
+                            notify_only(r, &what, out);
+                            complete_step(
+                                r,
+                                now,
+                                StepStatus::Succeeded,
+                                ENGINE,
+                                &format!("{what}; notified only"),
+                                out,
+                            );
+                            Flow::Continue
+                        }
+                        Decision::Abort => {
+                            abort_now(r, now, ENGINE, &what, true, out);
+                            Flow::Continue
+                        }
+                        Decision::Pause => {
+                            pause(r, &format!("{what}; promote to continue or abort"), out);
+                            Flow::Wait(None)
+                        }
+                        Decision::Grace => {
+                            r.cursor.run_id = None;
+                            let until = start_grace(r, now, s, &what, out);
+                            r.cursor.grace_until = Some(until);
+                            Flow::Wait(Some(until))
+                        }
+                    }
                 }
             }
         }

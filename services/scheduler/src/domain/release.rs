@@ -155,6 +155,12 @@ pub struct StepCursor {
     /// Timer of a timed pause, approval timeout or scale-down delay.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub until: Option<OffsetDateTime>,
+    /// A high-severity analysis failure holds the step until then, when it is measured again.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub grace_until: Option<OffsetDateTime>,
+    /// The step's analysis is the re-check after a grace period.
+    #[serde(default)]
+    pub rechecked: bool,
 }
 
 /// An analysis run started by the release.
@@ -272,6 +278,13 @@ pub struct Release {
     /// Background analysis completed (or was cleared by a promote).
     #[serde(default)]
     pub background_done: bool,
+    /// A high-severity background failure holds the release until then, when the background
+    /// analysis starts again.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub background_grace_until: Option<OffsetDateTime>,
+    /// The background analysis is the re-check after a grace period.
+    #[serde(default)]
+    pub background_rechecked: bool,
     /// Analysis runs started.
     #[serde(default)]
     pub analysis_runs: Vec<AnalysisRecord>,
@@ -371,6 +384,8 @@ impl Release {
             traffic_touched: false,
             background_run: None,
             background_done: false,
+            background_grace_until: None,
+            background_rechecked: false,
             analysis_runs: Vec::new(),
             approvals: Vec::new(),
             attempt: 1,

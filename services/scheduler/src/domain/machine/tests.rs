@@ -47,6 +47,7 @@ struct Fake {
     analyses: Mutex<Vec<String>>,
     terminated: Mutex<Vec<String>>,
     run_phase: Mutex<RunPhase>,
+    run_severity: Mutex<crate::domain::config::Severity>,
     deployer_down: Mutex<bool>,
     converged: Mutex<bool>,
 }
@@ -58,6 +59,7 @@ impl Fake {
             analyses: Mutex::new(Vec::new()),
             terminated: Mutex::new(Vec::new()),
             run_phase: Mutex::new(RunPhase::Running),
+            run_severity: Mutex::new(crate::domain::config::Severity::Critical),
             deployer_down: Mutex::new(false),
             converged: Mutex::new(true),
         }
@@ -111,7 +113,11 @@ impl Effects for Fake {
         Ok(format!("run-{}", key.replace('/', "-")))
     }
     async fn analysis_status(&self, _: &str) -> Result<RunObservation, EffectError> {
-        Ok(RunObservation { phase: *self.run_phase.lock().unwrap(), message: "errors=0.2".into() })
+        Ok(RunObservation {
+            phase: *self.run_phase.lock().unwrap(),
+            message: "errors=0.2".into(),
+            severity: *self.run_severity.lock().unwrap(),
+        })
     }
     async fn terminate_analysis(&self, run_id: &str, _: &str) -> Result<(), EffectError> {
         self.terminated.lock().unwrap().push(run_id.to_string());
@@ -220,6 +226,69 @@ async fn failed_analysis_aborts_and_returns_traffic_to_stable() {
     assert_eq!(back.tracks, vec![TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 }]);
     assert!(r.settled);
     assert_eq!(r.canary_weight, 0);
+}
+
+#[tokio::test]
+async fn severity_decides_what_a_failed_analysis_does() {
+    use crate::domain::config::Severity;
+    use TransitionKind::*;
+    // High: hold traffic for the grace period (300 s), measure again, abort if it still fails.
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::High;
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    fx.set_run(RunPhase::Failed);
+    let applies = fx.applies.lock().unwrap().len();
+    let a = tick(&mut r, &fx, 31).await;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted, AnalysisCompleted]);
+    assert_eq!(r.phase, Phase::Progressing);
+    assert_eq!(a.wake_at, Some(at(331)));
+    assert!(r.message.contains("holding traffic, measuring again at"), "{}", r.message);
+    assert!(tick(&mut r, &fx, 200).await.transitions.is_empty(), "held during the grace period");
+    assert_eq!(fx.applies.lock().unwrap().len(), applies, "traffic untouched while held");
+    fx.set_run(RunPhase::Running);
+    let a = tick(&mut r, &fx, 331).await;
+    assert_eq!(kinds(&a), vec![AnalysisStarted]);
+    assert!(fx.analyses.lock().unwrap().last().unwrap().contains("2-recheck"), "{:?}", fx.analyses.lock().unwrap());
+    fx.set_run(RunPhase::Failed);
+    let a = tick(&mut r, &fx, 340).await;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted, Aborted, RolledBack]);
+    assert!(r.message.contains("failed (high severity)"), "{}", r.message);
+
+    // High, recovered within the grace period: the release goes on.
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::High;
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    fx.set_run(RunPhase::Failed);
+    tick(&mut r, &fx, 31).await;
+    fx.set_run(RunPhase::Successful);
+    tick(&mut r, &fx, 331).await;
+    assert_eq!(r.canary_weight, 50);
+
+    // Medium: pause for a person.
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::Medium;
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    fx.set_run(RunPhase::Failed);
+    let a = tick(&mut r, &fx, 31).await;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted, Paused]);
+
+    // Low: notify and go on.
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::Low;
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    fx.set_run(RunPhase::Failed);
+    let a = tick(&mut r, &fx, 31).await;
+    assert_eq!(kinds(&a)[..3], [AnalysisCompleted, AnalysisCompleted, StepCompleted]);
+    assert!(a.transitions[1].message.ends_with("notify only"), "{}", a.transitions[1].message);
+    assert_eq!(r.canary_weight, 50);
 }
 
 #[tokio::test]
