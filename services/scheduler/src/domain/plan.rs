@@ -273,15 +273,17 @@ fn job_metric(job: &JobProvider) -> MetricDef {
     }
 }
 
-/// Resolves templates into one analysis.
+/// Resolves templates into one analysis. Only an open-ended analysis (background, ended by the
+/// release) may have metrics that measure until terminated (an interval without a count).
 pub fn resolve_analysis(
     config: &DeliveryConfig,
     path: &str,
     templates: &[String],
     args: &BTreeMap<String, String>,
+    open_ended: bool,
 ) -> Result<AnalysisSpec, Problem> {
     let mut spec =
-        AnalysisSpec { templates: templates.to_vec(), metrics: Vec::new(), args: BTreeMap::new(), open_ended: false };
+        AnalysisSpec { templates: templates.to_vec(), metrics: Vec::new(), args: BTreeMap::new(), open_ended };
     for (i, name) in templates.iter().enumerate() {
         let template = config.template(name).ok_or_else(|| Problem {
             path: format!("{path}[{i}]"),
@@ -297,6 +299,16 @@ pub fn resolve_analysis(
                 return Err(Problem {
                     path: format!("{path}[{i}]"),
                     message: format!("metric {:?} appears in more than one template", metric.name),
+                });
+            }
+            if !open_ended && metric.interval.is_some() && metric.count.unwrap_or(0) == 0 {
+                return Err(Problem {
+                    path: format!("{path}[{i}]"),
+                    message: format!(
+                        "metric {:?} of template {name:?} measures until terminated (interval without count); \
+                         only background analysis can use it",
+                        metric.name
+                    ),
                 });
             }
             spec.metrics.push(metric.clone());
@@ -380,6 +392,7 @@ pub fn compile(
                                 &format!("{path}.analysis.templates"),
                                 &a.templates,
                                 &a.args,
+                                false,
                             )?,
                         }
                     } else if let Some(a) = &def.approval {
@@ -409,7 +422,7 @@ pub fn compile(
                                 open_ended: false,
                             },
                             (None, Some(t)) => {
-                                resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args)?
+                                resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args, false)?
                             }
                             (None, None) => {
                                 return Err(Problem {
@@ -444,13 +457,13 @@ pub fn compile(
                     steps.push((def.name.clone(), action));
                 }
                 if let Some(bg) = &canary.analysis {
-                    let mut analysis = resolve_analysis(
+                    let analysis = resolve_analysis(
                         config,
                         &format!("{base}.canary.analysis.templates"),
                         &bg.templates,
                         &bg.args,
+                        true,
                     )?;
-                    analysis.open_ended = true;
                     let starting = bg.starting_step.unwrap_or(0).clamp(0, canary.steps.len() as i64) as usize;
                     background = Some(BackgroundSpec { analysis, starting_step: offset + starting });
                 }
@@ -465,6 +478,7 @@ pub fn compile(
                         &format!("{base}.blueGreen.prePromotionAnalysis.templates"),
                         &a.templates,
                         &a.args,
+                        false,
                     )?;
                     steps.push((None, StepAction::PrePromotionAnalysis { analysis }));
                 }
@@ -483,6 +497,7 @@ pub fn compile(
                         &format!("{base}.blueGreen.postPromotionAnalysis.templates"),
                         &a.templates,
                         &a.args,
+                        false,
                     )?;
                     steps.push((None, StepAction::PostPromotionAnalysis { analysis }));
                 }

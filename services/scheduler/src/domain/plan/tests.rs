@@ -138,6 +138,30 @@ fn hopngo_delivery_config_is_valid() {
             let blue_green = matches!(*service, "gateway" | "frontend")
                 || (*service == "auth-service" && environment == "production");
             assert_eq!(plan.strategy == PlanStrategy::BlueGreen, blue_green, "{service} in {environment}");
+            if !blue_green {
+                let background = plan.background.as_ref().expect("canaries are watched by the SLO template");
+                assert!(background.analysis.open_ended);
+                assert!(
+                    matches!(plan.steps[background.starting_step - 1].action, StepAction::SetWeight { weight: 25 }),
+                    "{service}: from the first traffic shift"
+                );
+                let metrics: Vec<(&str, Option<&str>, Option<&str>)> = background
+                    .analysis
+                    .metrics
+                    .iter()
+                    .map(|m| (m.name.as_str(), m.success_condition.as_deref(), m.failure_condition.as_deref()))
+                    .collect();
+                assert_eq!(
+                    metrics,
+                    vec![
+                        ("error-rate-abort", None, Some("result > 0.05")),
+                        ("error-rate", Some("result < 0.01"), None),
+                        ("success-rate-abort", None, Some("result < 0.95")),
+                        ("success-rate", Some("result > 0.99"), None),
+                        ("latency-p95", Some("result < 0.5"), None),
+                    ]
+                );
+            }
         }
     }
 }

@@ -1,0 +1,263 @@
+//! The analyzer in the embedded stack, every piece its own process: a faulty canary of a service
+//! behind the deployer's proxy is measured by the analyzer's scrape provider (the SLO template's
+//! metrics, read from the proxy's per-track counters) and aborted by the scheduler on its own;
+//! traffic returns to stable. Also: the scrape provider against the proxy with a good and a bad
+//! version, through `Measure`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use hopngo_deployer::traffic::{Load, run as traffic};
+use hopngo_e2e::{Proc, binary};
+use hopngo_proto::{
+    analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient},
+    deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
+    release::{self as pb, release_service_client::ReleaseServiceClient},
+};
+use hopngo_testkit::{db::TestDb, fakes::Fakes};
+use tokio_util::sync::CancellationToken;
+
+fn config(demo: &str, metrics_url: &str) -> String {
+    format!(
+        r#"environments:
+  - name: staging
+analysisTemplates:
+  - name: slo
+    args:
+      - name: metricsUrl
+        value: "{metrics_url}"
+    metrics:
+      - name: error-rate-abort
+        severity: critical
+        interval: 1s
+        initialDelay: 1s
+        failureCondition: result > 0.05
+        provider:
+          scrape:
+            url: "{{{{args.metricsUrl}}}}"
+            window: 2s
+            expression: ratio(rate(hopngo_proxy_requests_total{{service="{{{{args.service}}}}",track="{{{{args.track}}}}",class="5xx"}}), rate(hopngo_proxy_requests_total{{service="{{{{args.service}}}}",track="{{{{args.track}}}}"}}))
+services:
+  - name: booking
+    replicas: 1
+    strategy:
+      canary:
+        steps:
+          - setWeight: 50
+          - pause: {{}}
+        analysis:
+          templates: [slo]
+          startingStep: 1
+    local:
+      command: ["{demo}", --name, booking, --version, "{{version}}", --port, "{{port}}"]
+"#
+    )
+}
+
+async fn create(client: &mut ReleaseServiceClient<tonic::transport::Channel>, artifact: &str) -> pb::Release {
+    let mut req = tonic::Request::new(pb::CreateReleaseRequest {
+        service: "booking".into(),
+        environment: "staging".into(),
+        artifact: artifact.into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("x-hopngo-user", "e2e".parse().unwrap());
+    client.create_release(req).await.expect("create").into_inner().release.unwrap()
+}
+
+async fn until(
+    client: &mut ReleaseServiceClient<tonic::transport::Channel>,
+    id: &str,
+    secs: u64,
+    done: impl Fn(&pb::Release) -> bool,
+) -> pb::Release {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r =
+            client.get_release(pb::GetReleaseRequest { id: id.into() }).await.unwrap().into_inner().release.unwrap();
+        if done(&r) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "release not there in {secs}s: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_canary_is_aborted_by_its_analysis() {
+    let db = TestDb::create().await.unwrap();
+    let fakes = Fakes::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hopngo-e2e-analysis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let demo = binary("hopngo-demo-service", "hopngo-deployer").unwrap();
+    let config_file = dir.join("delivery.yaml");
+    // The deployer only reads `local`; the metrics URL is known once its admin port is.
+    std::fs::write(&config_file, config(&demo.display().to_string(), "http://unknown/metrics")).unwrap();
+    let common = |extra: &[&str]| -> Vec<String> {
+        ["--listen", "127.0.0.1:0", "--database-url", &db.url, "--drain-timeout", "1s"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let deployer = Proc::start(
+        &binary("hopngo-deployer", "hopngo-deployer").unwrap(),
+        &common(&[
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--delivery-config",
+            config_file.to_str().unwrap(),
+            "--log-dir",
+            dir.join("logs").to_str().unwrap(),
+        ]),
+        &[],
+    )
+    .await
+    .unwrap();
+    let metrics_url = format!("http://{}/metrics", deployer.admin);
+    std::fs::write(&config_file, config(&demo.display().to_string(), &metrics_url)).unwrap();
+    let analyzer =
+        Proc::start(&binary("hopngo-analyzer", "hopngo-analyzer").unwrap(), &common(&["--admin-listen", "off"]), &[])
+            .await
+            .unwrap();
+    let scheduler = Proc::start(
+        &binary("hopngo-scheduler", "hopngo-scheduler").unwrap(),
+        &common(&[
+            "--admin-listen",
+            "off",
+            "--deployer-url",
+            &deployer.grpc,
+            "--analyzer-url",
+            &analyzer.grpc,
+            "--migrator-url",
+            &fakes.migrator_server.url(),
+            "--notifier-url",
+            &fakes.notifier_server.url(),
+            "--apply-config",
+            config_file.to_str().unwrap(),
+        ]),
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut releases = ReleaseServiceClient::connect(scheduler.grpc.clone()).await.unwrap();
+    let mut deployer_client = DeployerServiceClient::connect(deployer.grpc.clone()).await.unwrap();
+
+    let first = create(&mut releases, "1.0.0").await;
+    until(&mut releases, &first.id, 60, |r| r.settled).await;
+    let status = deployer_client
+        .get_target_status(dpb::GetTargetStatusRequest { service: "booking".into(), environment: "staging".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let url = format!("http://{}/api/v1/info", status.address);
+    let stop = CancellationToken::new();
+    let load = Load {
+        url: url.clone(),
+        rate: 100,
+        duration: Duration::from_secs(120),
+        max_requests: 12_000,
+        timeout: Duration::from_secs(2),
+    };
+    let background = tokio::spawn({
+        let stop = stop.clone();
+        async move { traffic(&load, stop).await }
+    });
+
+    // The scrape provider, tried through Measure, on the good stable track.
+    let mut analyzer_client = AnalyzerServiceClient::connect(analyzer.grpc.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let error_rate = |track: &str| apb::Metric {
+        name: "error-rate".into(),
+        success_condition: "result < 0.05".into(),
+        provider: Some(apb::metric::Provider::Scrape(apb::ScrapeProvider {
+            url: metrics_url.clone(),
+            expression: format!(
+                r#"ratio(rate(hopngo_proxy_requests_total{{service="booking",track="{track}",class="5xx"}}), rate(hopngo_proxy_requests_total{{service="booking",track="{track}"}}))"#
+            ),
+            window: Some(prost_types::Duration { seconds: 2, nanos: 0 }),
+            timeout: None,
+        })),
+        ..Default::default()
+    };
+    let measure = |m: apb::Metric| {
+        let mut c = analyzer_client.clone();
+        async move {
+            c.measure(apb::MeasureRequest { metric: Some(m), args: Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .measurement
+                .unwrap()
+        }
+    };
+    let good = measure(error_rate("stable")).await;
+    assert_eq!(apb::AnalysisPhase::try_from(good.phase).unwrap(), apb::AnalysisPhase::Successful, "{good:?}");
+    assert_eq!(good.value, "0");
+
+    // A faulty canary: half its answers are errors.
+    let faulty = create(&mut releases, "2.0.0+errors=0.5").await;
+    let canary_up = until(&mut releases, &faulty.id, 60, |r| r.canary_weight == 50 || r.settled).await;
+    assert_eq!(canary_up.canary_weight, 50, "{canary_up:#?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let bad = measure(error_rate("canary")).await;
+    if !bad.no_data {
+        assert_eq!(apb::AnalysisPhase::try_from(bad.phase).unwrap(), apb::AnalysisPhase::Failed, "{bad:?}");
+        let rate: f64 = bad.value.parse().unwrap();
+        assert!((0.3..=0.7).contains(&rate), "canary error rate {rate}");
+    }
+    let aborted = until(&mut releases, &faulty.id, 60, |r| r.settled).await;
+    assert_eq!(pb::ReleasePhase::try_from(aborted.phase).unwrap(), pb::ReleasePhase::Aborted, "{aborted:#?}");
+    assert!(
+        aborted.message.contains("background analysis failed (critical)")
+            || aborted.reason.contains("background analysis failed (critical)"),
+        "{aborted:#?}"
+    );
+    let background_run = aborted.analysis_runs.iter().find(|a| a.kind == "background").unwrap();
+    let run = analyzer_client
+        .get_analysis_run(apb::GetAnalysisRunRequest { id: background_run.run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .run
+        .unwrap();
+    assert_eq!(apb::AnalysisPhase::try_from(run.phase).unwrap(), apb::AnalysisPhase::Failed);
+    let failing = run.metrics[0].measurements.last().unwrap();
+    assert_eq!(apb::AnalysisPhase::try_from(failing.phase).unwrap(), apb::AnalysisPhase::Failed);
+
+    // Time from the failing measurement to the abort, from the notifier's events.
+    let events = fakes.notifier.events();
+    let abort = events
+        .iter()
+        .find(|e| e.release_id == faulty.id && e.data.as_ref().is_some_and(|d| d.phase == "ABORTED"))
+        .unwrap_or_else(|| panic!("no abort event: {:?}", events.iter().map(|e| &e.r#type).collect::<Vec<_>>()));
+    let ts = |t: &prost_types::Timestamp| t.seconds as f64 + t.nanos as f64 / 1e9;
+    let latency = ts(abort.time.as_ref().unwrap()) - ts(failing.finished_at.as_ref().unwrap());
+    eprintln!("failing measurement → abort committed: {:.0} ms", latency * 1000.0);
+    assert!((0.0..2.0).contains(&latency), "abort {latency:.3}s after the failing measurement");
+
+    // Traffic is back on stable: every answer now comes from 1.0.0.
+    let back = until(&mut releases, &faulty.id, 10, |r| r.canary_weight == 0).await;
+    assert_eq!(back.stable_artifact, "1.0.0");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = traffic(
+        &Load { url, rate: 200, duration: Duration::from_secs(5), max_requests: 200, timeout: Duration::from_secs(2) },
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let versions: BTreeMap<String, u64> = after.iter().fold(BTreeMap::new(), |mut acc, ((v, _), n)| {
+        *acc.entry(v.clone()).or_default() += n;
+        acc
+    });
+    assert_eq!(versions.keys().collect::<Vec<_>>(), vec!["1.0.0"], "{after:?}");
+    assert!(after.keys().all(|(_, status)| *status == 200), "{after:?}");
+
+    stop.cancel();
+    let _ = background.await;
+    let _ = scheduler.terminate(Duration::from_secs(10)).await;
+    let _ = analyzer.terminate(Duration::from_secs(10)).await;
+    let _ = deployer.terminate(Duration::from_secs(10)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
