@@ -237,6 +237,48 @@ async fn a_faulty_canary_is_aborted_by_its_analysis() {
     eprintln!("failing measurement → abort committed: {:.0} ms", latency * 1000.0);
     assert!((0.0..2.0).contains(&latency), "abort {latency:.3}s after the failing measurement");
 
+    // The same run through hopctl.
+    let hopctl = binary("hopctl", "hopctl").unwrap();
+    let cli = |args: &[&str]| {
+        let out =
+            std::process::Command::new(&hopctl).arg("--analyzer").arg(&analyzer.grpc).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, stdout, _) = cli(&["analysis", "get", &run.id, "-o", "json"]);
+    assert_eq!(code, Some(0));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["phase"], "FAILED");
+    assert_eq!(json["severity"], "CRITICAL");
+    assert_eq!(json["metrics"][0]["name"], "error-rate-abort");
+    let (code, stdout, _) = cli(&["analysis", "list", "--release", &faulty.id]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains(&run.id) && stdout.contains("FAILED"), "{stdout}");
+    let (code, _, stderr) = cli(&["analysis", "watch", &run.id]);
+    assert_eq!(code, Some(2), "a failed run exits 2: {stderr}");
+    let expression = r#"ratio(rate(hopngo_proxy_requests_total{service="booking",track="stable",class="5xx"}), rate(hopngo_proxy_requests_total{service="booking",track="stable"}))"#;
+    let (code, stdout, stderr) = cli(&[
+        "analysis",
+        "measure",
+        "--scrape",
+        &metrics_url,
+        "--expression",
+        expression,
+        "--success",
+        "result < 0.05",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("Phase:   SUCCESSFUL"), "{stdout}");
+    let (code, _, stderr) = cli(&["analysis", "measure", "--scrape", &metrics_url, "--expression", "sum(x)"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr.trim(),
+        "hopctl: InvalidArgument: metric.scrape.expression: metric \"measure\": \"sum(x)\": unknown function \"sum\" at 0 (rate, increase, quantile, ratio)"
+    );
+
     // Traffic is back on stable: every answer now comes from 1.0.0.
     let back = until(&mut releases, &faulty.id, 10, |r| r.canary_weight == 0).await;
     assert_eq!(back.stable_artifact, "1.0.0");

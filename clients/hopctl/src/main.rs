@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use hopngo_client::{
     Clients,
-    views::{ConfigSummaryView, ConfigView, GroupView, ReleaseView, RevisionView},
+    views::{AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, ReleaseView, RevisionView},
 };
-use hopngo_proto::{config as cpb, release as pb};
+use hopngo_kit::args::parse_duration;
+use hopngo_proto::{analyzer as apb, config as cpb, release as pb};
 use tokio_stream::StreamExt as _;
 
 /// Output format.
@@ -29,12 +30,15 @@ pub enum Output {
 #[command(
     name = "hopctl",
     version,
-    about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks"
+    about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks, analysis"
 )]
 struct Cli {
     /// Scheduler address.
     #[arg(long, global = true, env = "HOPNGO_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// Analyzer address (for `hopctl analysis`).
+    #[arg(long, global = true, env = "HOPNGO_ANALYZER", default_value = "http://127.0.0.1:50053")]
+    analyzer: String,
     /// Who you are (sent as x-hopngo-user; defaults to $USER).
     #[arg(long, global = true, env = "HOPNGO_USER")]
     user: Option<String>,
@@ -168,6 +172,143 @@ enum Command {
         /// Group id.
         id: String,
     },
+    /// Analysis runs: show, list, follow; try a query.
+    #[command(subcommand)]
+    Analysis(AnalysisCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AnalysisCommand {
+    /// Show an analysis run with its latest measurements.
+    Get {
+        /// Run id.
+        id: String,
+    },
+    /// List analysis runs, newest first.
+    List {
+        /// Only runs of this release.
+        #[arg(long)]
+        release: Option<String>,
+        /// Only runs with these labels (`key=value`, repeatable).
+        #[arg(long = "label", value_parser = key_value)]
+        labels: Vec<(String, String)>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Token from a previous page (printed on stderr when there are more).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Follow a run until it completes (exit code 0 only if it is successful).
+    Watch {
+        /// Run id.
+        id: String,
+    },
+    /// Take one measurement now, judged by the conditions given (nothing is stored).
+    Measure(Box<MeasureArgs>),
+}
+
+/// Where the value comes from (exactly one) and how it is judged.
+#[derive(clap::Args, Debug)]
+#[group(skip)]
+#[command(group = clap::ArgGroup::new("provider").required(true).multiple(false))]
+struct MeasureArgs {
+    /// Prometheus base address; with --query.
+    #[arg(long, group = "provider", requires = "query")]
+    prometheus: Option<String>,
+    /// PromQL.
+    #[arg(long)]
+    query: Option<String>,
+    /// Range query over this long back from now (e.g. 5m); with --step.
+    #[arg(long, value_parser = parse_duration)]
+    range: Option<std::time::Duration>,
+    /// Range query step.
+    #[arg(long, value_parser = parse_duration)]
+    step: Option<std::time::Duration>,
+    /// A Prometheus text endpoint to read directly; with --expression.
+    #[arg(long, group = "provider", requires = "expression")]
+    scrape: Option<String>,
+    /// Scrape expression, e.g. `ratio(rate(x{class="5xx"}), rate(x))`.
+    #[arg(long)]
+    expression: Option<String>,
+    /// Window of the scrape expression's rates.
+    #[arg(long, value_parser = parse_duration)]
+    window: Option<std::time::Duration>,
+    /// A URL answering JSON.
+    #[arg(long, group = "provider")]
+    web: Option<String>,
+    /// Selector of the value in the JSON answer, e.g. `$.data.ok`.
+    #[arg(long)]
+    json_path: Option<String>,
+    /// A command to run (exit code 0 passes); give it after `--`.
+    #[arg(long, group = "provider", num_args = 1.., allow_hyphen_values = true)]
+    job: Option<Vec<String>>,
+    /// Condition over `result` that passes, e.g. `result < 0.01`.
+    #[arg(long)]
+    success: Option<String>,
+    /// Condition over `result` that fails.
+    #[arg(long)]
+    failure: Option<String>,
+    /// Argument for `{{args.NAME}}` (`NAME=value`, repeatable).
+    #[arg(long = "arg", value_parser = key_value)]
+    args: Vec<(String, String)>,
+    /// Provider timeout (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<std::time::Duration>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=value"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn proto_duration(d: Option<std::time::Duration>) -> Option<prost_types::Duration> {
+    d.map(|d| prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
+}
+
+impl MeasureArgs {
+    fn metric(&self) -> anyhow::Result<apb::Metric> {
+        use apb::metric::Provider;
+        let timeout = proto_duration(self.timeout);
+        let provider = if let Some(address) = &self.prometheus {
+            Provider::Prometheus(apb::PrometheusProvider {
+                address: address.clone(),
+                query: self.query.clone().unwrap_or_default(),
+                timeout,
+                range: proto_duration(self.range),
+                step: proto_duration(self.step),
+            })
+        } else if let Some(url) = &self.scrape {
+            Provider::Scrape(apb::ScrapeProvider {
+                url: url.clone(),
+                expression: self.expression.clone().unwrap_or_default(),
+                window: proto_duration(self.window),
+                timeout,
+            })
+        } else if let Some(url) = &self.web {
+            Provider::Web(apb::WebProvider {
+                url: url.clone(),
+                method: String::new(),
+                headers: Default::default(),
+                body: String::new(),
+                json_path: self.json_path.clone().unwrap_or_default(),
+                timeout,
+            })
+        } else {
+            Provider::Job(apb::JobProvider {
+                command: self.job.clone().unwrap_or_default(),
+                timeout,
+                env: Default::default(),
+            })
+        };
+        Ok(apb::Metric {
+            name: "measure".into(),
+            success_condition: self.success.clone().unwrap_or_default(),
+            failure_condition: self.failure.clone().unwrap_or_default(),
+            provider: Some(provider),
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -277,9 +418,9 @@ fn one_line(err: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let user = cli.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty());
-    let clients = Clients::connect(&cli.server, user.as_deref(), &cli.roles)?;
+    let clients = Clients::connect(&cli.server, &cli.analyzer, user.as_deref(), &cli.roles)?;
     let out = cli.output;
-    let Clients { mut releases, mut config } = clients;
+    let Clients { mut releases, mut config, mut analyzer } = clients;
     match cli.command {
         Command::Config(ConfigCommand::Apply { file }) => {
             let yaml = read_file(&file)?;
@@ -417,6 +558,68 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .group
                 .context("no group")?;
             render::group(out, &GroupView::from(&r))?;
+        }
+        Command::Analysis(AnalysisCommand::Get { id }) => {
+            let r = analyzer
+                .get_analysis_run(apb::GetAnalysisRunRequest { id })
+                .await?
+                .into_inner()
+                .run
+                .context("no run")?;
+            render::analysis_run(out, &AnalysisRunView::from(&r))?;
+        }
+        Command::Analysis(AnalysisCommand::List { release, mut labels, limit, page_token }) => {
+            if let Some(release) = release {
+                labels.push(("release".into(), release));
+            }
+            let r = analyzer
+                .list_analysis_runs(apb::ListAnalysisRunsRequest {
+                    labels: labels.into_iter().collect(),
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let views: Vec<AnalysisRunView> = r.runs.iter().map(AnalysisRunView::from).collect();
+            render::analysis_runs(out, &views)?;
+            if !r.next_page_token.is_empty() {
+                eprintln!("more: --page-token {}", r.next_page_token);
+            }
+        }
+        Command::Analysis(AnalysisCommand::Watch { id }) => {
+            let mut stream = analyzer.watch_analysis_run(apb::WatchAnalysisRunRequest { id }).await?.into_inner();
+            let live = std::io::stderr().is_terminal();
+            let mut last = None;
+            while let Some(item) = stream.next().await {
+                let view = AnalysisRunView::from(&item?.run.context("no run in the stream")?);
+                if live {
+                    eprint!("\x1b[2J\x1b[H{}", render::analysis_run_text(&view));
+                } else {
+                    eprintln!("{}", render::analysis_progress_line(&view));
+                }
+                last = Some(view);
+            }
+            let view = last.context("the stream ended without a run")?;
+            if !view.completed() {
+                anyhow::bail!("the watch ended before the run completed (server shutting down?)");
+            }
+            if live {
+                eprint!("\x1b[2J\x1b[H");
+            }
+            render::analysis_run(out, &view)?;
+            return Ok(if view.phase == "SUCCESSFUL" { 0 } else { EXIT_NOT_SUCCEEDED });
+        }
+        Command::Analysis(AnalysisCommand::Measure(m)) => {
+            let metric = m.metric()?;
+            let r = analyzer
+                .measure(apb::MeasureRequest { metric: Some(metric), args: m.args.into_iter().collect() })
+                .await?
+                .into_inner()
+                .measurement
+                .context("no measurement")?;
+            let view = MeasurementView::from(&r);
+            render::measurement(out, &view)?;
+            return Ok(if view.phase == "SUCCESSFUL" { 0 } else { EXIT_NOT_SUCCEEDED });
         }
     }
     Ok(0)

@@ -1,7 +1,9 @@
 //! Rendering: tables in the style of kubectl (no borders, upper-case headers), JSON and YAML.
 
 use comfy_table::{Table, presets::NOTHING};
-use hopngo_client::views::{ConfigSummaryView, ConfigView, GroupView, ReleaseView, RevisionView};
+use hopngo_client::views::{
+    AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, ReleaseView, RevisionView,
+};
 use hopngo_proto::config as cpb;
 use serde::Serialize;
 
@@ -251,6 +253,110 @@ pub fn validation(out: Output, v: &cpb::ValidateConfigResponse) -> anyhow::Resul
                 println!("{}: {}", p.path, p.message);
             }
         }
+    }
+    Ok(())
+}
+
+/// One analysis run in detail.
+pub fn analysis_run(out: Output, r: &AnalysisRunView) -> anyhow::Result<()> {
+    if !structured(out, r)? {
+        print!("{}", analysis_run_text(r));
+    }
+    Ok(())
+}
+
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+}
+
+/// The detailed text view of a run (also the live `analysis watch` view).
+pub fn analysis_run_text(r: &AnalysisRunView) -> String {
+    let mut s = String::new();
+    let phase =
+        if r.severity.is_empty() { r.phase.clone() } else { format!("{} ({})", r.phase, r.severity.to_lowercase()) };
+    s.push_str(&format!("Run:       {}\n", r.id));
+    s.push_str(&format!("Phase:     {phase}\n"));
+    s.push_str(&format!("Message:   {}\n", r.message));
+    s.push_str(&format!("Labels:    {}\n", labels_text(&r.labels)));
+    s.push_str(&format!("Started:   {}\n", r.started_at.clone().unwrap_or_default()));
+    if let Some(done) = &r.completed_at {
+        s.push_str(&format!("Completed: {done}\n"));
+    }
+    let mut t = table(&[
+        "metric",
+        "phase",
+        "severity",
+        "count",
+        "ok",
+        "failed",
+        "inconcl.",
+        "errors",
+        "last value",
+        "last message",
+    ]);
+    for m in &r.metrics {
+        let last = m.measurements.last();
+        let name = if m.dry_run { format!("{} (dry run)", m.name) } else { m.name.clone() };
+        t.add_row(vec![
+            name,
+            m.phase.clone(),
+            m.severity.to_lowercase(),
+            m.count.to_string(),
+            m.successful.to_string(),
+            m.failed.to_string(),
+            m.inconclusive.to_string(),
+            m.error.to_string(),
+            last.map(|l| if l.no_data { "(no data)".to_string() } else { l.value.clone() }).unwrap_or_default(),
+            last.map(|l| l.message.clone()).unwrap_or_default(),
+        ]);
+    }
+    s.push_str(&format!("\n{t}\n"));
+    s
+}
+
+/// One line per change, for `analysis watch` without a terminal.
+pub fn analysis_progress_line(r: &AnalysisRunView) -> String {
+    let metrics: Vec<String> = r
+        .metrics
+        .iter()
+        .map(|m| {
+            let last = m.measurements.last().map(|l| l.value.as_str()).unwrap_or("-");
+            format!("{}={} ({}/{} ok, last {last})", m.name, m.phase, m.successful, m.count)
+        })
+        .collect();
+    format!("{} {}: {}", r.id, r.phase, metrics.join(", "))
+}
+
+/// A list of runs.
+pub fn analysis_runs(out: Output, rs: &[AnalysisRunView]) -> anyhow::Result<()> {
+    if structured(out, &rs)? {
+        return Ok(());
+    }
+    let mut t = table(&["id", "phase", "severity", "metrics", "labels", "started"]);
+    for r in rs {
+        t.add_row(vec![
+            r.id.clone(),
+            r.phase.clone(),
+            r.severity.to_lowercase(),
+            r.metrics.len().to_string(),
+            labels_text(&r.labels),
+            r.started_at.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// One measurement.
+pub fn measurement(out: Output, m: &MeasurementView) -> anyhow::Result<()> {
+    if structured(out, m)? {
+        return Ok(());
+    }
+    let value = if m.no_data { "(no data)".to_string() } else { m.value.clone() };
+    println!("Phase:   {}", m.phase);
+    println!("Value:   {value}");
+    if !m.message.is_empty() {
+        println!("Message: {}", m.message);
     }
     Ok(())
 }

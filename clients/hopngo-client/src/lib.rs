@@ -6,7 +6,8 @@ pub mod views;
 use std::time::Duration;
 
 use hopngo_proto::{
-    config::config_service_client::ConfigServiceClient, release::release_service_client::ReleaseServiceClient,
+    analyzer::analyzer_service_client::AnalyzerServiceClient, config::config_service_client::ConfigServiceClient,
+    release::release_service_client::ReleaseServiceClient,
 };
 use tonic::{
     metadata::MetadataValue,
@@ -52,23 +53,31 @@ pub enum ClientError {
 /// A channel with identity.
 pub type Authed = InterceptedService<Channel, IdentityInterceptor>;
 
-/// Clients of the scheduler's services.
+/// Clients of the control plane's public services.
 #[derive(Clone)]
 pub struct Clients {
-    /// `hopngo.release.v1.ReleaseService`.
+    /// `hopngo.release.v1.ReleaseService` (scheduler).
     pub releases: ReleaseServiceClient<Authed>,
-    /// `hopngo.config.v1.ConfigService`.
+    /// `hopngo.config.v1.ConfigService` (scheduler).
     pub config: ConfigServiceClient<Authed>,
+    /// `hopngo.analyzer.v1.AnalyzerService` (analyzer).
+    pub analyzer: AnalyzerServiceClient<Authed>,
+}
+
+fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|e| ClientError::Address(address.into(), e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
 }
 
 impl Clients {
-    /// Connects lazily to `server` as `user` with `roles`.
-    pub fn connect(server: &str, user: Option<&str>, roles: &[String]) -> Result<Clients, ClientError> {
-        let endpoint = Endpoint::from_shared(server.to_string())
-            .map_err(|e| ClientError::Address(server.into(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+    /// Connects lazily to the scheduler at `server` and the analyzer at `analyzer` as `user`
+    /// with `roles`.
+    pub fn connect(server: &str, analyzer: &str, user: Option<&str>, roles: &[String]) -> Result<Clients, ClientError> {
+        let channel = lazy_channel(server)?;
+        let analyzer_channel = lazy_channel(analyzer)?;
         let user = user.map(|u| u.parse().map_err(|_| ClientError::Identity("user", u.to_string()))).transpose()?;
         let roles = if roles.is_empty() {
             None
@@ -79,7 +88,8 @@ impl Clients {
         let interceptor = IdentityInterceptor { user, roles };
         Ok(Clients {
             releases: ReleaseServiceClient::with_interceptor(channel.clone(), interceptor.clone()),
-            config: ConfigServiceClient::with_interceptor(channel, interceptor),
+            config: ConfigServiceClient::with_interceptor(channel, interceptor.clone()),
+            analyzer: AnalyzerServiceClient::with_interceptor(analyzer_channel, interceptor),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! Serialisable views of API messages, for JSON/YAML output and for programs that log them.
 
-use hopngo_proto::{config as cpb, release as pb};
+use hopngo_proto::{analyzer as apb, config as cpb, release as pb};
 use serde::Serialize;
 
 fn time(t: &Option<prost_types::Timestamp>) -> Option<String> {
@@ -317,6 +317,123 @@ impl From<&cpb::GetConfigResponse> for ConfigView {
             applied_at: time(&c.applied_at),
             summary: c.summary.as_ref().into(),
             yaml: c.yaml.clone(),
+        }
+    }
+}
+
+/// Analysis phase name (`ANALYSIS_PHASE_FAILED` → `FAILED`).
+pub fn analysis_phase_name(p: i32) -> String {
+    apb::AnalysisPhase::try_from(p).map(|p| short(p.as_str_name(), "ANALYSIS_PHASE_")).unwrap_or_else(|_| p.to_string())
+}
+
+fn severity_name(s: i32) -> String {
+    match apb::MetricSeverity::try_from(s) {
+        Ok(apb::MetricSeverity::Unspecified) => String::new(),
+        Ok(s) => short(s.as_str_name(), "METRIC_SEVERITY_"),
+        Err(_) => s.to_string(),
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasurementView {
+    pub phase: String,
+    pub value: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub no_data: bool,
+}
+
+impl From<&apb::Measurement> for MeasurementView {
+    fn from(m: &apb::Measurement) -> Self {
+        MeasurementView {
+            phase: analysis_phase_name(m.phase),
+            value: m.value.clone(),
+            message: m.message.clone(),
+            started_at: time(&m.started_at),
+            finished_at: time(&m.finished_at),
+            no_data: m.no_data,
+        }
+    }
+}
+
+/// One metric of a run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricResultView {
+    pub name: String,
+    pub phase: String,
+    pub severity: String,
+    pub dry_run: bool,
+    pub count: u32,
+    pub successful: u32,
+    pub failed: u32,
+    pub inconclusive: u32,
+    pub error: u32,
+    pub consecutive_error: u32,
+    pub consecutive_success: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub measurements: Vec<MeasurementView>,
+}
+
+/// An analysis run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRunView {
+    pub id: String,
+    pub phase: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub severity: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub args: std::collections::BTreeMap<String, String>,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub metrics: Vec<MetricResultView>,
+}
+
+impl AnalysisRunView {
+    /// Completed.
+    pub fn completed(&self) -> bool {
+        self.completed_at.is_some()
+    }
+}
+
+impl From<&apb::AnalysisRun> for AnalysisRunView {
+    fn from(r: &apb::AnalysisRun) -> Self {
+        AnalysisRunView {
+            id: r.id.clone(),
+            phase: analysis_phase_name(r.phase),
+            severity: severity_name(r.severity),
+            message: r.message.clone(),
+            labels: r.labels.clone().into_iter().collect(),
+            args: r.args.clone().into_iter().collect(),
+            started_at: time(&r.started_at),
+            completed_at: time(&r.completed_at),
+            metrics: r
+                .metrics
+                .iter()
+                .map(|m| MetricResultView {
+                    name: m.name.clone(),
+                    phase: analysis_phase_name(m.phase),
+                    severity: severity_name(m.severity),
+                    dry_run: m.dry_run,
+                    count: m.count,
+                    successful: m.successful,
+                    failed: m.failed,
+                    inconclusive: m.inconclusive,
+                    error: m.error,
+                    consecutive_error: m.consecutive_error,
+                    consecutive_success: m.consecutive_success,
+                    message: m.message.clone(),
+                    measurements: m.measurements.iter().map(MeasurementView::from).collect(),
+                })
+                .collect(),
         }
     }
 }
