@@ -590,12 +590,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut stream = analyzer.watch_analysis_run(apb::WatchAnalysisRunRequest { id }).await?.into_inner();
             let live = std::io::stderr().is_terminal();
             let mut last = None;
+            let mut last_line = String::new();
             while let Some(item) = stream.next().await {
                 let view = AnalysisRunView::from(&item?.run.context("no run in the stream")?);
                 if live {
                     eprint!("\x1b[2J\x1b[H{}", render::analysis_run_text(&view));
                 } else {
-                    eprintln!("{}", render::analysis_progress_line(&view));
+                    let line = render::analysis_progress_line(&view);
+                    if line != last_line {
+                        eprintln!("{line}");
+                        last_line = line;
+                    }
                 }
                 last = Some(view);
             }
@@ -635,13 +640,19 @@ async fn watch_release(
     let mut stream = releases.watch_release(pb::WatchReleaseRequest { id: id.to_string() }).await?.into_inner();
     let live = std::io::stderr().is_terminal();
     let mut last = None;
+    let mut last_line = String::new();
     while let Some(item) = stream.next().await {
         let r = item?.release.context("no release in the stream")?;
         let view = ReleaseView::from(&r);
         if live {
             eprint!("\x1b[2J\x1b[H{}", render::release_text(&view));
         } else {
-            eprintln!("{}", render::progress_line(&view));
+            // One line per visible change (analysis polls change the release but not the line).
+            let line = render::progress_line(&view);
+            if line != last_line {
+                eprintln!("{line}");
+                last_line = line;
+            }
         }
         last = Some(view);
     }

@@ -167,7 +167,9 @@ impl Engine {
                 let started_at = OffsetDateTime::now_utc();
                 let lateness = (started_at - *due_at).as_seconds_f64().max(0.0);
                 self.metrics.lateness.with_label_values(&[spec.provider.kind()]).observe(lateness);
-                let observation = self.providers.measure(&spec.provider).await;
+                let age = Duration::try_from(started_at - run.started_at).unwrap_or_default();
+                let since = std::time::Instant::now().checked_sub(age);
+                let observation = self.providers.measure(&spec.provider, since).await;
                 let (phase, message, no_data) = judge(spec, &observation);
                 let value = match &observation {
                     Observation::Value { value, .. } => value.render(),

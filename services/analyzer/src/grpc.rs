@@ -228,7 +228,7 @@ impl AnalyzerService for Analyzer {
             other => other,
         })?;
         let started_at = OffsetDateTime::now_utc();
-        let observation = self.engine.providers().measure(&spec.provider).await;
+        let observation = self.engine.providers().measure(&spec.provider, None).await;
         let (phase, message, no_data) = judge_measurement(&spec, &observation);
         let value = match &observation {
             Observation::Value { value, .. } => value.render(),

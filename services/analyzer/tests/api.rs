@@ -243,3 +243,38 @@ async fn judge_returns_the_statistics() {
     assert!(err.message().starts_with("metrics[0].experiment: "), "{}", err.message());
     analyzer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_rates_never_reach_back_before_the_run() {
+    use hopngo_analyzer::{
+        domain::{condition::Value, run::Observation},
+        providers::Providers,
+    };
+    let page = |errors: u32, ok: u32| {
+        format!("req{{track=\"canary\",class=\"5xx\"}} {errors}\nreq{{track=\"canary\",class=\"2xx\"}} {ok}\n")
+    };
+    let endpoint = Endpoint::start(&page(100, 100)).await.unwrap();
+    let provider = hopngo_analyzer::domain::run::Provider::Scrape {
+        url: endpoint.url("/metrics"),
+        expression: r#"ratio(increase(req{class="5xx"}), increase(req))"#.into(),
+        window: Duration::from_secs(60),
+        timeout: Duration::from_secs(2),
+    };
+    let providers = Providers::default();
+    // An earlier canary on the same track: 50 errors.
+    providers.prime(&provider).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    endpoint.set(200, &page(150, 300));
+    // This run starts now; its canary has no errors.
+    let since = std::time::Instant::now();
+    providers.prime(&provider).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    endpoint.set(200, &page(150, 400));
+    let value = |o: Observation| match o {
+        Observation::Value { value: Value::Num(v), .. } => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(value(providers.measure(&provider, Some(since)).await), 0.0, "only what happened since the run started");
+    let unbounded = value(providers.measure(&provider, None).await);
+    assert!((unbounded - 50.0 / 350.0).abs() < 1e-12, "the whole history: {unbounded}");
+}

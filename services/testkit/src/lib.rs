@@ -3,8 +3,10 @@
 //!   per test process;
 //! - [`fakes`]: in-test implementations of the deployer, analyzer, migrator and notifier contracts,
 //!   served over real gRPC on loopback, that record calls and can be told to fail, hang or be down.
+//! - [`measure`]: histograms, peak RSS and CPU time of measured processes (benchmarks);
 //! - [`prometheus`]: a real Prometheus scraping endpoints the test serves, and such endpoints.
 
 pub mod db;
 pub mod fakes;
+pub mod measure;
 pub mod prometheus;

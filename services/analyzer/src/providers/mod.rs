@@ -16,14 +16,14 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Takes one measurement.
-    pub async fn measure(&self, provider: &Provider) -> Observation {
+    /// Takes one measurement; rates and quantiles cover no time before `since` (a run's start).
+    pub async fn measure(&self, provider: &Provider, since: Option<std::time::Instant>) -> Observation {
         match provider {
             Provider::Prometheus { address, query, timeout, range } => {
                 prometheus::measure(&self.http, address, query, *timeout, *range).await
             }
             Provider::Scrape { url, expression, window, timeout } => {
-                self.scrapes.measure(&self.http, url, expression, *window, *timeout).await
+                self.scrapes.measure(&self.http, url, expression, *window, *timeout, since).await
             }
             Provider::Web { url, method, headers, body, json_path, timeout } => {
                 web::measure(&self.http, method, url, headers, body, json_path, *timeout).await

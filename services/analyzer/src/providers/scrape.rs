@@ -100,7 +100,8 @@ impl ScrapeCache {
         Ok((now, snapshot))
     }
 
-    /// Takes one measurement.
+    /// Takes one measurement. No scrape older than `since` is used, so a run never counts what
+    /// happened before it started (an earlier canary on the same track).
     pub async fn measure(
         &self,
         http: &HttpClient,
@@ -108,6 +109,7 @@ impl ScrapeCache {
         expression: &str,
         window: Duration,
         timeout: Duration,
+        since: Option<Instant>,
     ) -> Observation {
         let expr = match ScrapeExpr::parse(expression) {
             Ok(e) => e,
@@ -119,13 +121,17 @@ impl ScrapeCache {
             Ok(s) => s,
             Err(e) => return Observation::Error(e),
         };
-        // The newest scrape at least `window` old, else the oldest one there is.
+        // The newest scrape at least `window` old, else the oldest one there is — never one from
+        // before `since`.
+        let usable = |at: &Instant| since.is_none_or(|since| *at >= since);
         let earlier = h
             .scrapes
             .iter()
             .rev()
-            .find(|(at, _)| now_at.duration_since(*at) >= window)
-            .or_else(|| h.scrapes.iter().find(|(at, _)| now_at.duration_since(*at) >= Duration::from_millis(100)))
+            .find(|(at, _)| usable(at) && now_at.duration_since(*at) >= window)
+            .or_else(|| {
+                h.scrapes.iter().find(|(at, _)| usable(at) && now_at.duration_since(*at) >= Duration::from_millis(100))
+            })
             .cloned();
         let (then_at, then, now_at, now) = match (earlier, expr.needs_window()) {
             (Some((then_at, then)), _) => (then_at, then, now_at, now),

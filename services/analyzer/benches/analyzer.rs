@@ -1,0 +1,341 @@
+//! Analyzer benchmark (`cargo bench -p hopngo-analyzer`), on a throwaway PostgreSQL with fsync on:
+//!
+//! 1. Measurement lateness with 1,000 concurrent runs measuring every 10 s (scrape provider over
+//!    a proxy-sized metrics page), read from the analyzer's own lateness histogram, with the
+//!    analyzer as a separate process so its peak RSS and CPU are its own. Baseline in the same
+//!    process: 1,000 plain tokio timers with the same rhythm (the machine's timer noise floor).
+//! 2. Time from the failing measurement to the release's abort being committed: the scheduler
+//!    and the analyzer for real (fake deployer and notifier), 20 canaries whose background
+//!    analysis fails at its first measurement.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use clap::Parser as _;
+use hopngo_kit::pg::{EphemeralPostgres, PgOptions};
+use hopngo_proto::{
+    analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient},
+    release::{self as pb, release_service_client::ReleaseServiceClient},
+};
+use hopngo_testkit::{
+    fakes::Fakes,
+    measure::{cpu_seconds, histogram_buckets, proc_status, quantile_upper_bound, scrape},
+    prometheus::Endpoint,
+};
+use tokio::io::AsyncBufReadExt as _;
+use tokio_util::sync::CancellationToken;
+
+const RUNS: usize = 1_000;
+const INTERVAL: Duration = Duration::from_secs(10);
+const MEASURE: Duration = Duration::from_secs(40);
+
+/// A page the size of the embedded stack's proxy metrics: 11 services × 2 environments × 2
+/// tracks, 5 status classes and 13 latency buckets each.
+fn proxy_page(requests: u64) -> String {
+    let mut page = String::new();
+    for s in 0..11 {
+        for env in ["staging", "production"] {
+            for track in ["stable", "canary"] {
+                let labels = format!("service=\"svc-{s}\",environment=\"{env}\",track=\"{track}\"");
+                for (class, share) in [("1xx", 0), ("2xx", 99), ("3xx", 0), ("4xx", 0), ("5xx", 1)] {
+                    page.push_str(&format!(
+                        "hopngo_proxy_requests_total{{{labels},class=\"{class}\"}} {}\n",
+                        requests * share / 100
+                    ));
+                }
+                for (i, le) in
+                    ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"]
+                        .iter()
+                        .enumerate()
+                {
+                    page.push_str(&format!(
+                        "hopngo_proxy_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}\n",
+                        requests * (i as u64 + 1).min(10) / 10
+                    ));
+                }
+            }
+        }
+    }
+    page
+}
+
+async fn baseline_timer_lateness() -> (f64, f64) {
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..RUNS {
+        let offset = INTERVAL.mul_f64(i as f64 / RUNS as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut late = Vec::new();
+            for k in 1..=4u32 {
+                let due = start + offset + INTERVAL * k;
+                tokio::time::sleep_until(due).await;
+                late.push(due.elapsed().as_secs_f64());
+            }
+            late
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_by(f64::total_cmp);
+    (all[all.len() / 2], all[all.len() * 99 / 100])
+}
+
+async fn lateness(url: &str) {
+    let endpoint = Endpoint::start(&proxy_page(1_000)).await.unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hopngo-analyzer"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", url, "--log", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = loop {
+        let line = lines.next_line().await.unwrap().expect("analyzer exited");
+        if line.contains(" listening grpc=") {
+            break line;
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
+    let (grpc, admin) = (format!("http://{}", field("grpc=")), field("admin="));
+    let client = AnalyzerServiceClient::connect(grpc).await.unwrap();
+    let setup = std::time::Instant::now();
+    let mut starts = Vec::new();
+    for i in 0..RUNS {
+        let mut client = client.clone();
+        let url = endpoint.url("/metrics");
+        starts.push(tokio::spawn(async move {
+            let metric = apb::Metric {
+                name: "error-rate".into(),
+                interval: Some(prost_types::Duration { seconds: INTERVAL.as_secs() as i64, nanos: 0 }),
+                count: 100,
+                success_condition: "result < 0.05".into(),
+                no_data: apb::NoDataPolicy::Successful as i32,
+                provider: Some(apb::metric::Provider::Scrape(apb::ScrapeProvider {
+                    url,
+                    expression: format!(
+                        "ratio(rate(hopngo_proxy_requests_total{{service=\"svc-{s}\",track=\"canary\",class=\"5xx\"}}), rate(hopngo_proxy_requests_total{{service=\"svc-{s}\",track=\"canary\"}}))",
+                        s = i % 11
+                    ),
+                    window: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
+                    timeout: None,
+                })),
+                ..Default::default()
+            };
+            client
+                .start_analysis_run(apb::StartAnalysisRunRequest {
+                    metrics: vec![metric],
+                    idempotency_key: format!("bench-{i}"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }));
+        // Spread the starts over one interval, as releases would.
+        tokio::time::sleep(INTERVAL / RUNS as u32).await;
+    }
+    for s in starts {
+        s.await.unwrap();
+    }
+    println!("  set-up: {RUNS} runs started in {:.1}s", setup.elapsed().as_secs_f64());
+    // The page changes as traffic would.
+    let feeder = tokio::spawn(async move {
+        let mut requests = 1_000;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            requests += 500;
+            endpoint.set(200, &proxy_page(requests));
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let name = "hopngo_analyzer_measurement_lateness_seconds";
+    let before = histogram_buckets(&scrape(&admin).await, name);
+    let cpu_before = cpu_seconds(pid);
+    tokio::time::sleep(MEASURE).await;
+    let after = histogram_buckets(&scrape(&admin).await, name);
+    let cpu = (cpu_seconds(pid) - cpu_before) / MEASURE.as_secs_f64();
+    let (p99, measured) = quantile_upper_bound(&before, &after, 0.99);
+    let (p50, _) = quantile_upper_bound(&before, &after, 0.50);
+    let hwm_kib = proc_status(pid, "VmHWM:");
+    println!(
+        "  {measured:.0} measurements in {}s ({:.0}/s; {RUNS} runs every {}s is {:.0}/s)",
+        MEASURE.as_secs(),
+        measured / MEASURE.as_secs_f64(),
+        INTERVAL.as_secs(),
+        RUNS as f64 / INTERVAL.as_secs_f64()
+    );
+    println!("  measurement lateness: p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds; target p99 <= 1s)");
+    println!("  analyzer peak RSS: {:.1} MiB (target <= 256 MiB); CPU: {cpu:.2} cores", hwm_kib as f64 / 1024.0);
+    feeder.abort();
+    let _ = child.kill().await;
+}
+
+fn abort_config(services: usize, web: &str) -> String {
+    let mut yaml = format!(
+        "environments:\n  - name: staging\nanalysisTemplates:\n  - name: slo\n    metrics:\n      - name: error-rate-abort\n        interval: 1s\n        failureCondition: result > 0.05\n        provider: {{web: {{url: \"{web}\", jsonPath: $.errorRate}}}}\nservices:\n"
+    );
+    for s in 0..services {
+        yaml.push_str(&format!(
+            "  - name: svc-{s}\n    strategy:\n      canary:\n        steps:\n          - setWeight: 25\n          - pause: {{}}\n        analysis: {{templates: [slo], startingStep: 1}}\n"
+        ));
+    }
+    yaml
+}
+
+async fn abort_latency(scheduler_url: &str, analyzer_url: &str) {
+    const SERVICES: usize = 20;
+    let fakes = Fakes::start().await.unwrap();
+    let web = Endpoint::start(r#"{"errorRate": 0.5}"#).await.unwrap();
+    let analyzer_shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let analyzer_args = hopngo_analyzer::server::Args::parse_from([
+        "hopngo-analyzer",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--database-url",
+        analyzer_url,
+    ]);
+    let analyzer = tokio::spawn(hopngo_analyzer::server::run(analyzer_args, analyzer_shutdown.clone(), Some(tx)));
+    let analyzer_addr: SocketAddr = rx.await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hopngo-analyzer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("delivery.yaml");
+    std::fs::write(&config, abort_config(SERVICES, &web.url("/errors"))).unwrap();
+    let scheduler_args = hopngo_scheduler::server::Args::parse_from([
+        "hopngo-scheduler",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--database-url",
+        scheduler_url,
+        "--deployer-url",
+        &fakes.deployer_server.url(),
+        "--analyzer-url",
+        &format!("http://{analyzer_addr}"),
+        "--migrator-url",
+        &fakes.migrator_server.url(),
+        "--notifier-url",
+        &fakes.notifier_server.url(),
+        "--apply-config",
+        config.to_str().unwrap(),
+    ]);
+    let scheduler_shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let scheduler =
+        tokio::spawn(hopngo_scheduler::server::run_with(scheduler_args, scheduler_shutdown.clone(), Some(tx)));
+    let scheduler_addr: SocketAddr = rx.await.unwrap();
+    let releases = ReleaseServiceClient::connect(format!("http://{scheduler_addr}")).await.unwrap();
+    let mut analyzer_client = AnalyzerServiceClient::connect(format!("http://{analyzer_addr}")).await.unwrap();
+    let create = |service: String, artifact: &'static str| {
+        let mut client = releases.clone();
+        async move {
+            let mut req = tonic::Request::new(pb::CreateReleaseRequest {
+                service,
+                environment: "staging".into(),
+                artifact: artifact.into(),
+                ..Default::default()
+            });
+            req.metadata_mut().insert("x-hopngo-user", "bench".parse().unwrap());
+            client.create_release(req).await.unwrap().into_inner().release.unwrap().id
+        }
+    };
+    let settled = |id: String| {
+        let mut client = releases.clone();
+        async move {
+            loop {
+                let r = client.get_release(pb::GetReleaseRequest { id: id.clone() }).await.unwrap();
+                let r = r.into_inner().release.unwrap();
+                if r.settled {
+                    return r;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for s in 0..SERVICES {
+        let id = create(format!("svc-{s}"), "1.0.0").await;
+        settled(id).await;
+    }
+    let mut faulty = Vec::new();
+    for s in 0..SERVICES {
+        faulty.push(create(format!("svc-{s}"), "2.0.0").await);
+    }
+    let mut latencies = Vec::new();
+    for id in faulty {
+        let r = settled(id.clone()).await;
+        assert_eq!(pb::ReleasePhase::try_from(r.phase).unwrap(), pb::ReleasePhase::Aborted, "{r:?}");
+        let run_id = r.analysis_runs.iter().find(|a| a.kind == "background").unwrap().run_id.clone();
+        let run = analyzer_client
+            .get_analysis_run(apb::GetAnalysisRunRequest { id: run_id })
+            .await
+            .unwrap()
+            .into_inner()
+            .run
+            .unwrap();
+        let failing = run.metrics[0].measurements.last().unwrap().finished_at.unwrap();
+        let events = fakes.notifier.events();
+        let abort = loop {
+            if let Some(e) = fakes
+                .notifier
+                .events()
+                .into_iter()
+                .find(|e| e.release_id == id && e.data.as_ref().is_some_and(|d| d.phase == "ABORTED"))
+            {
+                break e;
+            }
+            assert!(events.len() < 100_000);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let ts = |t: &prost_types::Timestamp| t.seconds as f64 + t.nanos as f64 / 1e9;
+        latencies.push(ts(abort.time.as_ref().unwrap()) - ts(&failing));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let by_ms: BTreeMap<&str, f64> =
+        [("min", latencies[0]), ("p50", latencies[latencies.len() / 2]), ("max", latencies[latencies.len() - 1])]
+            .into_iter()
+            .collect();
+    println!(
+        "  {} faulty canaries: failing measurement → abort committed: min {:.0} ms, p50 {:.0} ms, max {:.0} ms (target <= 1000 ms)",
+        latencies.len(),
+        by_ms["min"] * 1000.0,
+        by_ms["p50"] * 1000.0,
+        by_ms["max"] * 1000.0
+    );
+    scheduler_shutdown.cancel();
+    let _ = scheduler.await;
+    analyzer_shutdown.cancel();
+    let _ = analyzer.await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo test --benches` lists benches; this binary has no libtest harness.
+        return;
+    }
+    let pg = tokio::task::spawn_blocking(|| {
+        EphemeralPostgres::start(&PgOptions { durable: true, max_connections: 200, settings: vec![] })
+    })
+    .await
+    .unwrap()
+    .expect("PostgreSQL");
+    let admin = pg.url("postgres");
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
+    for db in ["bench_lateness", "bench_abort_analyzer", "bench_abort_scheduler"] {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.unwrap();
+    }
+    println!("PostgreSQL: throwaway cluster, fsync=on, synchronous_commit=on");
+    println!("Baseline: {RUNS} tokio timers every {}s in this process", INTERVAL.as_secs());
+    let (p50, p99) = baseline_timer_lateness().await;
+    println!("  timer lateness: p50 {:.2} ms, p99 {:.2} ms", p50 * 1000.0, p99 * 1000.0);
+    println!("Analyzer: {RUNS} runs, one scrape metric each, every {}s", INTERVAL.as_secs());
+    lateness(&pg.url("bench_lateness")).await;
+    println!("Scheduler + analyzer: automatic abort");
+    abort_latency(&pg.url("bench_abort_scheduler"), &pg.url("bench_abort_analyzer")).await;
+}
