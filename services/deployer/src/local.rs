@@ -35,6 +35,9 @@ pub struct LocalBackend {
     supervisor: Supervisor,
     metrics: ProxyMetrics,
     running: Mutex<HashMap<(String, String), Running>>,
+    /// Held by an apply from its first replica set to its recorded target, and by each
+    /// reconcile: otherwise a reconcile in between removes the new replica set as unwanted.
+    changes: Mutex<()>,
     shutdown: CancellationToken,
 }
 
@@ -57,6 +60,7 @@ impl LocalBackend {
             supervisor: Supervisor::new(log_dir)?,
             metrics,
             running: Mutex::new(HashMap::new()),
+            changes: Mutex::new(()),
             shutdown: shutdown.clone(),
         });
         let weak = Arc::downgrade(&backend);
@@ -141,6 +145,12 @@ impl LocalBackend {
 
     /// Turns readiness into routing, and stops replica sets no track uses any more.
     async fn reconcile(&self) {
+        let _changes = self.changes.lock().await;
+        self.reconcile_locked().await;
+    }
+
+    /// [`Self::reconcile`] with `changes` held by the caller.
+    async fn reconcile_locked(&self) {
         let running = self.running.lock().await;
         let mut wanted = std::collections::BTreeSet::new();
         for r in running.values() {
@@ -195,6 +205,7 @@ impl Backend for LocalBackend {
     }
 
     async fn apply(&self, target: &Target) -> Result<(), BackendError> {
+        let _changes = self.changes.lock().await;
         let mut specs = Vec::new();
         for t in &target.tracks {
             specs.push(self.replica_spec(target, &t.artifact, t.replicas)?);
@@ -226,7 +237,7 @@ impl Backend for LocalBackend {
             r.target = target.clone();
         }
         drop(running);
-        self.reconcile().await;
+        self.reconcile_locked().await;
         Ok(())
     }
 
