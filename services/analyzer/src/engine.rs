@@ -4,12 +4,16 @@
 //! mid-round loses only that round: its lease runs out and another replica (or itself,
 //! restarted) measures again from the stored state.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use futures::future::join_all;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
 
@@ -54,11 +58,6 @@ impl EngineMetrics {
         let _ = registry.register(Box::new(measurements.clone()));
         EngineMetrics { lateness, measurements }
     }
-
-    /// The lateness histogram (benchmarks read it).
-    pub fn lateness(&self) -> &HistogramVec {
-        &self.lateness
-    }
 }
 
 /// The measuring loop and what API handlers need from it.
@@ -67,15 +66,22 @@ pub struct Engine {
     providers: Providers,
     owner: Uuid,
     wake: Notify,
-    updates: broadcast::Sender<Uuid>,
+    /// One notice per watched run, so a change wakes only that run's watchers.
+    watched: std::sync::Mutex<HashMap<Uuid, Weak<Notify>>>,
     metrics: EngineMetrics,
 }
 
 impl Engine {
     /// An engine over `store`.
     pub fn new(store: Store, providers: Providers, metrics: EngineMetrics) -> Arc<Engine> {
-        let (updates, _) = broadcast::channel(4096);
-        Arc::new(Engine { store, providers, owner: Uuid::now_v7(), wake: Notify::new(), updates, metrics })
+        Arc::new(Engine {
+            store,
+            providers,
+            owner: Uuid::now_v7(),
+            wake: Notify::new(),
+            watched: std::sync::Mutex::new(HashMap::new()),
+            metrics,
+        })
     }
 
     /// The providers (for one-off measurements).
@@ -83,14 +89,26 @@ impl Engine {
         &self.providers
     }
 
-    /// Ids of runs as they change on this replica.
-    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
-        self.updates.subscribe()
+    /// The notice of changes to run `id` on this replica (held for as long as it is watched).
+    pub fn watch(&self, id: Uuid) -> Arc<Notify> {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(notice) = watched.get(&id).and_then(Weak::upgrade) {
+            return notice;
+        }
+        let notice = Arc::new(Notify::new());
+        watched.insert(id, Arc::downgrade(&notice));
+        notice
     }
 
-    /// Tells watchers a run changed.
+    /// Tells the run's watchers it changed.
     pub fn changed(&self, id: Uuid) {
-        let _ = self.updates.send(id);
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        match watched.get(&id).and_then(Weak::upgrade) {
+            Some(notice) => notice.notify_waiters(),
+            None => {
+                watched.remove(&id);
+            }
+        }
     }
 
     /// Makes the dispatcher look for due runs now (a run was started).

@@ -22,7 +22,7 @@ use crate::{
 
 /// Slack added to the longest provider timeout for a round's lease.
 const LEASE_SLACK_SECS: u64 = 15;
-/// How often a watcher re-reads its run when no change was announced (changes made by another
+/// How often a watcher looks at its run when no change was announced (changes made by another
 /// replica).
 const WATCH_POLL: Duration = Duration::from_secs(1);
 /// Largest page of `ListAnalysisRuns`.
@@ -81,6 +81,7 @@ impl AnalyzerService for Analyzer {
         let args: BTreeMap<String, String> = req.args.into_iter().collect();
         let specs = convert::metric_specs(&req.metrics, &args, req.open_ended)?;
         let now = store::now();
+        let started = std::time::Instant::now();
         let longest = specs.iter().map(|s| timeout_of(&s.provider)).max().unwrap_or_default();
         let first_due = specs.iter().map(|s| now + s.initial_delay).min();
         let key = if req.idempotency_key.is_empty() { None } else { Some(req.idempotency_key.clone()) };
@@ -116,7 +117,7 @@ impl AnalyzerService for Analyzer {
                 if matches!(spec.provider, Provider::Scrape { .. }) {
                     let engine = self.engine.clone();
                     let provider = spec.provider.clone();
-                    tokio::spawn(async move { engine.providers().prime(&provider).await });
+                    tokio::spawn(async move { engine.providers().prime(&provider, started).await });
                 }
             }
             self.engine.wake();
@@ -161,7 +162,7 @@ impl AnalyzerService for Analyzer {
         request: Request<pb::WatchAnalysisRunRequest>,
     ) -> Result<Response<Self::WatchAnalysisRunStream>, Status> {
         let id = run_id(&request.into_inner().id)?;
-        let mut updates = self.engine.subscribe();
+        let notice = self.engine.watch(id);
         let first = self.store.get(id).await?;
         let store = self.store.clone();
         let stream = async_stream::try_stream! {
@@ -170,14 +171,15 @@ impl AnalyzerService for Analyzer {
             yield pb::WatchAnalysisRunResponse { run: Some(convert::run(&first)) };
             if !done {
                 loop {
-                    tokio::select! {
-                        changed = updates.recv() => match changed {
-                            Ok(changed) if changed != id => continue,
-                            _ => {}
-                        },
-                        _ = tokio::time::sleep(WATCH_POLL) => {}
-                    }
+                    // Listen before looking, so a change in between is not missed.
+                    let changed = notice.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
                     if store.version(id).await.map_err(Status::from)? == Some(version) {
+                        tokio::select! {
+                            _ = &mut changed => {}
+                            _ = tokio::time::sleep(WATCH_POLL) => {}
+                        }
                         continue;
                     }
                     let run = store.get(id).await.map_err(Status::from)?;

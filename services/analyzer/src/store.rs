@@ -108,9 +108,7 @@ pub struct Store {
 impl Store {
     /// Connects in the analyzer's own schema and applies its migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Store> {
-        let pool = hopngo_kit::db::connect(url, SCHEMA, max_connections).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool: hopngo_kit::db::connect_migrated(url, SCHEMA, max_connections, &MIGRATOR).await? })
     }
 
     /// The pool.
@@ -224,23 +222,7 @@ impl Store {
     /// Writes a round of measurements and releases the lease. False when the lease was lost or the
     /// run completed meanwhile (terminated): the round is then discarded.
     pub async fn save_round(&self, owner: Uuid, run: &StoredRun) -> Result<bool, AnalyzerError> {
-        let state = serde_json::to_string(&run.states).map_err(|e| AnalyzerError::Internal(e.to_string()))?;
-        let done = sqlx::query(
-            "UPDATE runs SET state = $3, phase = $4, message = $5, severity = $6, completed_at = $7, next_due_at = $8, \
-               lease_owner = NULL, lease_until = NULL, version = version + 1 \
-             WHERE id = $1 AND lease_owner = $2 AND completed_at IS NULL",
-        )
-        .bind(run.id)
-        .bind(owner)
-        .bind(state)
-        .bind(run.phase.as_str())
-        .bind(&run.message)
-        .bind(run.severity.map(Severity::as_str))
-        .bind(run.completed_at)
-        .bind(run.next_due_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(write(&self.pool, run, Some(owner)).await?.is_some())
     }
 
     /// Changes a run under its row lock (terminate): `change` gets the current run and returns
@@ -260,24 +242,35 @@ impl Store {
         if !change(&mut run) {
             return Ok(run);
         }
-        let state = serde_json::to_string(&run.states).map_err(|e| AnalyzerError::Internal(e.to_string()))?;
-        let version: i64 = sqlx::query_scalar(
-            "UPDATE runs SET state = $2, phase = $3, message = $4, severity = $5, completed_at = $6, next_due_at = $7, \
-               terminate_reason = $8, lease_owner = NULL, lease_until = NULL, version = version + 1 \
-             WHERE id = $1 RETURNING version",
-        )
-        .bind(run.id)
-        .bind(state)
-        .bind(run.phase.as_str())
-        .bind(&run.message)
-        .bind(run.severity.map(Severity::as_str))
-        .bind(run.completed_at)
-        .bind(run.next_due_at)
-        .bind(&run.terminate_reason)
-        .fetch_one(&mut *tx)
-        .await?;
+        run.version =
+            write(&mut *tx, &run, None).await?.ok_or_else(|| AnalyzerError::Internal("run vanished".into()))?;
         tx.commit().await?;
-        run.version = version;
         Ok(run)
     }
+}
+
+/// Writes a run's measured state and releases any lease; with `lease_owner`, only while that
+/// replica still holds the lease and the run is not complete. Returns the new version.
+async fn write<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    run: &StoredRun,
+    lease_owner: Option<Uuid>,
+) -> Result<Option<i64>, AnalyzerError> {
+    let state = serde_json::to_string(&run.states).map_err(|e| AnalyzerError::Internal(e.to_string()))?;
+    Ok(sqlx::query_scalar(
+        "UPDATE runs SET state = $3, phase = $4, message = $5, severity = $6, completed_at = $7, next_due_at = $8, \
+           terminate_reason = $9, lease_owner = NULL, lease_until = NULL, version = version + 1 \
+         WHERE id = $1 AND ($2::uuid IS NULL OR (lease_owner = $2 AND completed_at IS NULL)) RETURNING version",
+    )
+    .bind(run.id)
+    .bind(lease_owner)
+    .bind(state)
+    .bind(run.phase.as_str())
+    .bind(&run.message)
+    .bind(run.severity.map(Severity::as_str))
+    .bind(run.completed_at)
+    .bind(run.next_due_at)
+    .bind(&run.terminate_reason)
+    .fetch_optional(executor)
+    .await?)
 }

@@ -29,9 +29,7 @@ pub struct Store {
 impl Store {
     /// Connects in the deployer's own schema and applies its migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Store> {
-        let pool = hopngo_kit::db::connect(url, SCHEMA, max_connections).await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool: hopngo_kit::db::connect_migrated(url, SCHEMA, max_connections, &MIGRATOR).await? })
     }
 
     /// The pool.

@@ -18,6 +18,9 @@ pub enum DbError {
     /// The server cannot be reached or refused.
     #[error("database: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// The service's schema migrations failed.
+    #[error("schema migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// Creates `schema` if needed and returns a pool whose connections use it.
@@ -34,4 +37,16 @@ pub async fn connect(url: &str, schema: &str, max_connections: u32) -> Result<Pg
         .acquire_timeout(std::time::Duration::from_secs(10))
         .connect_with(options.options([("search_path", schema)]))
         .await?)
+}
+
+/// [`connect`], then brings the schema up to date with the service's `migrator`.
+pub async fn connect_migrated(
+    url: &str,
+    schema: &str,
+    max_connections: u32,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<PgPool, DbError> {
+    let pool = connect(url, schema, max_connections).await?;
+    migrator.run(&pool).await?;
+    Ok(pool)
 }

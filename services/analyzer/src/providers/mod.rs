@@ -32,11 +32,11 @@ impl Providers {
         }
     }
 
-    /// Starts the history of a scrape provider's URL, so the first rate covers time already
-    /// passed. Errors are left to the measurement.
-    pub async fn prime(&self, provider: &Provider) {
+    /// Starts the history of a scrape provider's URL for a run started at `since`, so its first
+    /// rate covers time already passed. Errors are left to the measurement.
+    pub async fn prime(&self, provider: &Provider, since: std::time::Instant) {
         if let Provider::Scrape { url, window, timeout, .. } = provider {
-            let _ = self.scrapes.scrape(&self.http, url, *window, *timeout).await;
+            let _ = self.scrapes.scrape(&self.http, url, *window, *timeout, Some(since)).await;
         }
     }
 }

@@ -45,16 +45,6 @@ impl ScrapeCache {
         urls.entry(url.to_string()).or_default().clone()
     }
 
-    /// URLs with a history (for the admin metrics and tests).
-    pub fn len(&self) -> usize {
-        self.urls.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// No history yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     async fn fetch(http: &HttpClient, url: &str, timeout: Duration) -> Result<Snapshot, String> {
         let response = http.send("GET", url, &[], "", timeout).await?;
         if response.status != 200 {
@@ -63,17 +53,19 @@ impl ScrapeCache {
         parse_exposition(&String::from_utf8_lossy(&response.body)).map_err(|e| format!("GET {url}: {e}"))
     }
 
-    /// Scrapes `url` (or reuses a scrape younger than [`REUSE`]) and records it.
+    /// Scrapes `url` (or reuses a scrape younger than [`REUSE`] and not from before
+    /// `not_before`) and records it.
     pub async fn scrape(
         &self,
         http: &HttpClient,
         url: &str,
         window: Duration,
         timeout: Duration,
+        not_before: Option<Instant>,
     ) -> Result<(), String> {
         let history = self.history(url);
         let mut h = history.lock().await;
-        Self::scrape_locked(&mut h, http, url, window, timeout).await.map(|_| ())
+        Self::scrape_locked(&mut h, http, url, window, timeout, not_before).await.map(|_| ())
     }
 
     async fn scrape_locked(
@@ -82,10 +74,12 @@ impl ScrapeCache {
         url: &str,
         window: Duration,
         timeout: Duration,
+        not_before: Option<Instant>,
     ) -> Result<(Instant, Arc<Snapshot>), String> {
         h.keep_for = h.keep_for.max(window + Duration::from_secs(10));
         if let Some((at, snap)) = h.scrapes.back()
             && at.elapsed() < REUSE
+            && not_before.is_none_or(|t| *at >= t)
         {
             return Ok((*at, snap.clone()));
         }
@@ -117,7 +111,7 @@ impl ScrapeCache {
         };
         let history = self.history(url);
         let mut h = history.lock().await;
-        let (now_at, now) = match Self::scrape_locked(&mut h, http, url, window, timeout).await {
+        let (now_at, now) = match Self::scrape_locked(&mut h, http, url, window, timeout, None).await {
             Ok(s) => s,
             Err(e) => return Observation::Error(e),
         };
@@ -137,8 +131,11 @@ impl ScrapeCache {
             (Some((then_at, then)), _) => (then_at, then, now_at, now),
             (None, false) => (now_at, now.clone(), now_at, now),
             (None, true) => {
+                // Other runs reading this URL must not wait through this one's first span.
+                drop(h);
                 tokio::time::sleep(FIRST_SPAN.min(window)).await;
-                match Self::scrape_locked(&mut h, http, url, window, timeout).await {
+                let mut h = history.lock().await;
+                match Self::scrape_locked(&mut h, http, url, window, timeout, Some(now_at)).await {
                     Ok((later_at, later)) => (now_at, now, later_at, later),
                     Err(e) => return Observation::Error(e),
                 }

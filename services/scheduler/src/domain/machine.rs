@@ -529,22 +529,15 @@ async fn run<E: Effects>(
         && r.step_index < r.plan.steps.len()
     {
         if r.background_run.is_none()
-            && let Some(until) = r.background_grace_until
+            && let Some(until) = r.background_grace.hold(now)
         {
-            if now < until {
-                r.message = format!(
-                    "holding traffic after a high-severity background analysis failure; measuring again at {}",
-                    rfc3339(until)
-                );
-                return Flow::Wait(Some(until));
-            }
-            r.background_grace_until = None;
-            r.background_rechecked = true;
+            return held(r, "background", until);
         }
         let run_id = match &r.background_run {
             Some(id) => id.clone(),
             None => {
-                let key = idempotency_key(r, if r.background_rechecked { "background-recheck" } else { "background" });
+                let key =
+                    idempotency_key(r, if r.background_grace.rechecked { "background-recheck" } else { "background" });
                 let args = builtin_args(r, &bg.analysis, "canary");
                 match fx.start_analysis(&key, &bg.analysis, &args, &labels(r, "background")).await {
                     Ok(id) => {
@@ -590,7 +583,7 @@ async fn run<E: Effects>(
                 } else {
                     record_analysis_done(r, &run_id, &obs, out);
                     let what = format!("background analysis {}", verdict_text(&obs));
-                    match decide(obs.phase, obs.severity, r.background_rechecked) {
+                    match decide(obs.phase, obs.severity, r.background_grace.rechecked) {
                         Decision::Continue => r.background_done = true,
                         Decision::Abort => {
                             r.background_done = true;
@@ -608,7 +601,7 @@ async fn run<E: Effects>(
                         Decision::Grace => {
                             r.background_run = None;
                             let until = start_grace(r, now, s, &what, out);
-                            r.background_grace_until = Some(until);
+                            r.background_grace.until = Some(until);
                             return Flow::Wait(Some(until));
                         }
                     }
@@ -862,6 +855,13 @@ fn notify_only(r: &mut Release, what: &str, out: &mut Vec<Transition>) {
     record(r, TransitionKind::AnalysisCompleted, ENGINE, from, format!("{what}; notify only"), out);
 }
 
+/// Waits out a grace period's hold.
+fn held(r: &mut Release, kind: &str, until: OffsetDateTime) -> Flow {
+    r.message =
+        format!("holding traffic after a high-severity {kind} analysis failure; measuring again at {}", rfc3339(until));
+    Flow::Wait(Some(until))
+}
+
 /// High severity: hold traffic where it is for the grace period, then measure again; the
 /// progress deadline is pushed past the hold so it does not abort first.
 fn start_grace(
@@ -900,22 +900,15 @@ async fn analysis_step<E: Effects>(
         return Flow::Wait(None);
     }
     if r.cursor.run_id.is_none()
-        && let Some(until) = r.cursor.grace_until
+        && let Some(until) = r.cursor.grace.hold(now)
     {
-        if now < until {
-            r.message = format!(
-                "holding traffic after a high-severity {kind} analysis failure; measuring again at {}",
-                rfc3339(until)
-            );
-            return Flow::Wait(Some(until));
-        }
-        r.cursor.grace_until = None;
-        r.cursor.rechecked = true;
+        return held(r, kind, until);
     }
     let run_id = match r.cursor.run_id.clone() {
         Some(id) => id,
         None => {
-            let label = if r.cursor.rechecked { format!("{}-recheck", r.step_index) } else { r.step_index.to_string() };
+            let label =
+                if r.cursor.grace.rechecked { format!("{}-recheck", r.step_index) } else { r.step_index.to_string() };
             let key = idempotency_key(r, &label);
             let args = builtin_args(r, spec, track_name);
             match fx.start_analysis(&key, spec, &args, &labels(r, kind)).await {
@@ -962,7 +955,7 @@ async fn analysis_step<E: Effects>(
                 _ => {
                     record_analysis_done(r, &run_id, &obs, out);
                     let what = format!("{kind} analysis {}", verdict_text(&obs));
-                    match decide(obs.phase, obs.severity, r.cursor.rechecked) {
+                    match decide(obs.phase, obs.severity, r.cursor.grace.rechecked) {
                         Decision::Continue => {
                             complete_step(r, now, StepStatus::Succeeded, ENGINE, "analysis successful", out);
                             Flow::Continue
@@ -990,7 +983,7 @@ async fn analysis_step<E: Effects>(
                         Decision::Grace => {
                             r.cursor.run_id = None;
                             let until = start_grace(r, now, s, &what, out);
-                            r.cursor.grace_until = Some(until);
+                            r.cursor.grace.until = Some(until);
                             Flow::Wait(Some(until))
                         }
                     }

@@ -155,12 +155,36 @@ pub struct StepCursor {
     /// Timer of a timed pause, approval timeout or scale-down delay.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub until: Option<OffsetDateTime>,
-    /// A high-severity analysis failure holds the step until then, when it is measured again.
+    /// The step's analysis after a high-severity failure.
+    #[serde(default)]
+    pub grace: Grace,
+}
+
+/// Where an analysis stands after a high-severity failure: traffic is held until `until`, then
+/// the analysis runs once more as the re-check (whose failure aborts).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Grace {
+    /// End of the hold.
     #[serde(default, with = "time::serde::rfc3339::option")]
-    pub grace_until: Option<OffsetDateTime>,
-    /// The step's analysis is the re-check after a grace period.
+    pub until: Option<OffsetDateTime>,
+    /// The current run is the re-check.
     #[serde(default)]
     pub rechecked: bool,
+}
+
+impl Grace {
+    /// While the hold lasts, its end; once it is over, marks what runs next as the re-check.
+    pub fn hold(&mut self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        match self.until {
+            Some(until) if now < until => Some(until),
+            Some(_) => {
+                self.until = None;
+                self.rechecked = true;
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 /// An analysis run started by the release.
@@ -278,13 +302,9 @@ pub struct Release {
     /// Background analysis completed (or was cleared by a promote).
     #[serde(default)]
     pub background_done: bool,
-    /// A high-severity background failure holds the release until then, when the background
-    /// analysis starts again.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub background_grace_until: Option<OffsetDateTime>,
-    /// The background analysis is the re-check after a grace period.
+    /// The background analysis after a high-severity failure (the whole release is held).
     #[serde(default)]
-    pub background_rechecked: bool,
+    pub background_grace: Grace,
     /// Analysis runs started.
     #[serde(default)]
     pub analysis_runs: Vec<AnalysisRecord>,
@@ -384,8 +404,7 @@ impl Release {
             traffic_touched: false,
             background_run: None,
             background_done: false,
-            background_grace_until: None,
-            background_rechecked: false,
+            background_grace: Grace::default(),
             analysis_runs: Vec::new(),
             approvals: Vec::new(),
             attempt: 1,
