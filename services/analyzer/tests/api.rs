@@ -263,7 +263,7 @@ async fn scrape_rates_never_reach_back_before_the_run() {
     let providers = Providers::default();
     // An earlier canary on the same track: 50 errors.
     providers.prime(&provider, std::time::Instant::now()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     endpoint.set(200, &page(150, 300));
     // This run starts now; its canary has no errors.
     let since = std::time::Instant::now();

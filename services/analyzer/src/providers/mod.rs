@@ -36,7 +36,8 @@ impl Providers {
     /// rate covers time already passed. Errors are left to the measurement.
     pub async fn prime(&self, provider: &Provider, since: std::time::Instant) {
         if let Provider::Scrape { url, window, timeout, .. } = provider {
-            let _ = self.scrapes.scrape(&self.http, url, *window, *timeout, Some(since)).await;
+            let not_before = since.checked_sub(scrape::REUSE);
+            let _ = self.scrapes.scrape(&self.http, url, *window, *timeout, not_before).await;
         }
     }
 }

@@ -94,8 +94,8 @@ impl ScrapeCache {
         Ok((now, snapshot))
     }
 
-    /// Takes one measurement. No scrape older than `since` is used, so a run never counts what
-    /// happened before it started (an earlier canary on the same track).
+    /// Takes one measurement. No scrape from more than [`REUSE`] before `since` is used, so a run
+    /// never counts what happened before it started (an earlier canary on the same track).
     pub async fn measure(
         &self,
         http: &HttpClient,
@@ -116,8 +116,8 @@ impl ScrapeCache {
             Err(e) => return Observation::Error(e),
         };
         // The newest scrape at least `window` old, else the oldest one there is — never one from
-        // before `since`.
-        let usable = |at: &Instant| since.is_none_or(|since| *at >= since);
+        // more than [`REUSE`] before `since` (the slack lets runs starting together share one).
+        let usable = |at: &Instant| since.is_none_or(|since| *at + REUSE >= since);
         let earlier = h
             .scrapes
             .iter()
