@@ -3,3 +3,6 @@
 //! migrate, baseline, repair and undo as stored runs that callers start and watch.
 
 pub mod domain;
+pub mod executor;
+pub mod history;
+pub mod scripts;

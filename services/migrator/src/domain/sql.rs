@@ -165,6 +165,8 @@ pub fn split(text: &str) -> Result<Vec<Statement>, String> {
     let mut start: Option<(usize, usize)> = None;
     // Inside `BEGIN ATOMIC`: depth of CASE … END and the body's own END.
     let mut atomic_depth = 0usize;
+    // Parentheses: psql does not split inside them either (`CREATE RULE … DO ALSO (a; b)`).
+    let mut parens = 0usize;
     let mut prev_word = String::new();
     while i < bytes.len() {
         let c = bytes[i];
@@ -260,7 +262,16 @@ pub fn split(text: &str) -> Result<Vec<Statement>, String> {
                 }
                 prev_word.clear();
             }
-            b';' if atomic_depth == 0 => {
+            b'(' => {
+                start.get_or_insert((i, line));
+                parens += 1;
+                i += 1;
+            }
+            b')' => {
+                parens = parens.saturating_sub(1);
+                i += 1;
+            }
+            b';' if atomic_depth == 0 && parens == 0 => {
                 let (s, l) = start.take().unwrap_or((i, line));
                 i += 1;
                 prev_word.clear();
@@ -385,6 +396,10 @@ mod tests {
         assert_eq!(split("\n\nSELECT $x$ abc").unwrap_err(), "line 3: dollar-quoted body $x$ is not closed");
         assert_eq!(split("/* open").unwrap_err(), "line 1: comment /* is not closed");
         assert!(split("SELECT $1, a$b FROM t;").is_ok());
+        let rule =
+            split("CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); DELETE FROM b);\nSELECT 1;")
+                .unwrap();
+        assert_eq!(rule.len(), 2);
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn applied_and_pending_in_flyway_order() {
     );
     let mut opts = Options::default();
     opts.ignore.push(IgnorePattern::parse("*:pending").unwrap());
-    let set = InfoSet::compute(set.resolved.clone(), set.applied.clone(), opts).unwrap();
+    let set = InfoSet::compute(set.resolved, set.applied, opts).unwrap();
     assert!(codes(&set).is_empty());
 }
 
@@ -223,7 +223,7 @@ fn baseline_scripts_replace_versioned_ones_on_an_empty_history() {
     let mut b = script("2", "snapshot", 20);
     b.kind = MigrationType::SqlBaseline;
     b.script = "B2__snapshot.sql".into();
-    let scripts = vec![script("1", "a", 1), script("2", "b", 2), b.clone(), script("3", "c", 3)];
+    let scripts = vec![script("1", "a", 1), script("2", "b", 2), b, script("3", "c", 3)];
     let set = InfoSet::compute(scripts.clone(), vec![], Options::default()).unwrap();
     assert_eq!(
         states(&set),
@@ -240,7 +240,7 @@ fn baseline_scripts_replace_versioned_ones_on_an_empty_history() {
     );
     let mut opts = Options::default();
     opts.ignore.push(IgnorePattern::parse("*:pending").unwrap());
-    let set = InfoSet::compute(set.resolved.clone(), set.applied.clone(), opts).unwrap();
+    let set = InfoSet::compute(set.resolved, set.applied, opts).unwrap();
     assert!(codes(&set).is_empty(), "{:?}", set.validate());
 }
 
