@@ -340,6 +340,21 @@ pub struct Migrations {
     /// Script locations.
     #[serde(default)]
     pub locations: Vec<String>,
+    /// What an aborted release does to the migrations its migrate step applied.
+    #[serde(default)]
+    pub on_abort: OnAbort,
+}
+
+/// What an aborted release does to the schema its migrate step changed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum OnAbort {
+    /// Leave the schema where the migrations took it, and say so (expand/contract: the
+    /// previous version runs on the expanded schema).
+    #[default]
+    Freeze,
+    /// Undo the migrations (their `U` scripts) back to the version the release started from.
+    Undo,
 }
 
 /// Local backend run settings.

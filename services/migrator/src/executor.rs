@@ -64,6 +64,8 @@ pub struct DatabaseSettings {
     pub baseline_on_migrate: bool,
     /// Allow transactional and non-transactional statements in one script.
     pub mixed: bool,
+    /// Version `baselineOnMigrate` baselines at.
+    pub baseline_version: String,
 }
 
 /// Everything a command works on.
@@ -618,13 +620,13 @@ pub async fn migrate<P: Progress>(
     target: &Target,
     target_version: VersionTarget,
     out_of_order: bool,
-    baseline_version: &str,
     progress: &mut P,
 ) -> Result<Outcome, ExecError> {
     let scripts = load_scripts(target)?;
     let mut locked = Locked::acquire(target).await?;
+    let baseline_version = target.settings.baseline_version.clone();
     let result =
-        migrate_locked(&mut locked, target, &scripts, target_version, out_of_order, baseline_version, progress).await;
+        migrate_locked(&mut locked, target, &scripts, target_version, out_of_order, &baseline_version, progress).await;
     if result.is_err() {
         let placeholders = locked.session.placeholders(target);
         let _ =
@@ -1120,6 +1122,33 @@ pub fn undo_plan<'a>(
     Ok(plan)
 }
 
+/// The version an undo ends at (`Some(None)`: below everything), or `None` when nothing
+/// versioned is applied.
+fn undo_end(set: &InfoSet, to: &UndoTo) -> Option<Option<Version>> {
+    match to {
+        UndoTo::Version(v) => Some(Some(v.clone())),
+        UndoTo::Empty => Some(None),
+        UndoTo::Previous => {
+            let mut versions: Vec<&Version> = set
+                .infos
+                .iter()
+                .filter(|i| matches!(i.state, State::Success | State::OutOfOrder | State::Baseline))
+                .filter(|i| {
+                    i.applied
+                        .is_some_and(|a| matches!(set.applied[a].kind, MigrationType::Sql | MigrationType::Baseline))
+                })
+                .filter_map(|i| set.version_of(i))
+                .collect();
+            versions.sort();
+            match versions.len() {
+                0 => None,
+                1 => Some(None),
+                n => Some(Some(versions[n - 2].clone())),
+            }
+        }
+    }
+}
+
 /// What `undo` ends at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UndoTo {
@@ -1159,33 +1188,11 @@ async fn undo_locked<P: Progress>(
     let set = compute(scripts, &placeholders, rows, Options { ignore: target.ignore.clone(), ..Options::default() })?;
     let version_before = set.current_version();
     progress.started(&version_before).await;
-    let to_version = match &to {
-        UndoTo::Version(v) => Some(v.clone()),
-        UndoTo::Empty => None,
-        UndoTo::Previous => {
-            let versions: Vec<&Version> = set
-                .infos
-                .iter()
-                .filter(|i| matches!(i.state, State::Success | State::OutOfOrder | State::Baseline))
-                .filter(|i| {
-                    i.applied
-                        .is_some_and(|a| matches!(set.applied[a].kind, MigrationType::Sql | MigrationType::Baseline))
-                })
-                .filter_map(|i| set.version_of(i))
-                .collect();
-            let mut sorted = versions;
-            sorted.sort();
-            match sorted.len() {
-                0 => {
-                    return Ok(Outcome {
-                        message: "nothing to undo: no versioned migration is applied".into(),
-                        ..Outcome::default()
-                    });
-                }
-                1 => None,
-                n => Some(sorted[n - 2].clone()),
-            }
-        }
+    let Some(to_version) = undo_end(&set, &to) else {
+        return Ok(Outcome {
+            message: "nothing to undo: no versioned migration is applied".into(),
+            ..Outcome::default()
+        });
     };
     let plan = undo_plan(&set, scripts, to_version.as_ref())?;
     if plan.is_empty() {
@@ -1298,4 +1305,48 @@ pub async fn validate(
         })
         .collect();
     Ok((set, problems))
+}
+
+/// After a crash during a non-transactional migration (`running`, as its run recorded it): if
+/// the migration has no history row, records it as failed, since its statements may have
+/// partly run. Runs under the lock, so a migrator still working on it is waited for. True when
+/// it recorded the failure.
+pub async fn record_interrupted(target: &Target, running: &Change) -> Result<bool, ExecError> {
+    let mut locked = Locked::acquire(target).await?;
+    let result = async {
+        let rows = read_history(&mut locked.session, target).await?;
+        if rows.iter().any(|r| r.rank == running.rank) {
+            return Ok(false);
+        }
+        let row = NewRow {
+            rank: rows.iter().map(|r| r.rank).max().unwrap_or(0) + 1,
+            version: (!running.version.is_empty()).then(|| running.version.clone()),
+            description: running.description.clone(),
+            kind: MigrationType::parse(&running.kind).unwrap_or(MigrationType::Sql),
+            script: running.script.clone(),
+            checksum: running.checksum,
+            installed_by: locked.session.installed_by(target),
+            execution_time: 0,
+            success: false,
+        };
+        let what = format!("database {}", target.database);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(target.table.insert_sql(&row)))
+            .execute(&mut locked.session.conn)
+            .await
+            .map_err(|e| db_error(&what, e))?;
+        Ok(true)
+    }
+    .await;
+    locked.release().await;
+    result
+}
+
+/// Checks before an undo run is stored that every migration it would reverse has its `U`
+/// script (and nothing else forbids it), so a refused undo changes nothing.
+pub async fn check_undo(target: &Target, to: &UndoTo) -> Result<(), ExecError> {
+    let (set, scripts, _) = info(target, Options { ignore: target.ignore.clone(), ..Options::default() }).await?;
+    match undo_end(&set, to) {
+        Some(end) => undo_plan(&set, &scripts, end.as_ref()).map(|_| ()),
+        None => Ok(()),
+    }
 }

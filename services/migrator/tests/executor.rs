@@ -26,7 +26,7 @@ fn row(
 }
 
 async fn migrate(t: &executor::Target) -> Result<executor::Outcome, ExecError> {
-    executor::migrate(t, Upto::Latest, false, "1", &mut Recorder::default()).await
+    executor::migrate(t, Upto::Latest, false, &mut Recorder::default()).await
 }
 
 /// Flyway's own create script for the table (`PostgreSQLDatabase.getRawCreateScript`).
@@ -202,7 +202,7 @@ async fn validate_classifies_as_flyway_does() {
     assert_eq!(validate_codes(&t).await, vec![("2".to_string(), "RESOLVED_VERSIONED_MIGRATION_NOT_APPLIED")]);
     let err = migrate(&t).await.unwrap_err();
     assert!(matches!(&err, ExecError::Precondition(m) if m.contains("-outOfOrder=true")), "{err:?}");
-    executor::migrate(&t, Upto::Latest, true, "1", &mut Recorder::default()).await.unwrap();
+    executor::migrate(&t, Upto::Latest, true, &mut Recorder::default()).await.unwrap();
     let (set, _, _) = executor::info(&t, Options::default()).await.unwrap();
     assert_eq!(
         set.infos.iter().map(|i| i.state).collect::<Vec<_>>(),

@@ -82,7 +82,12 @@ impl Effects for Instant0 {
         Ok(key.to_string())
     }
     async fn migration_status(&self, _: &str) -> Result<MigrationObservation, EffectError> {
-        Ok(MigrationObservation { phase: MigrationPhase::Succeeded, message: String::new() })
+        Ok(MigrationObservation {
+            phase: MigrationPhase::Succeeded,
+            message: String::new(),
+            version_before: String::new(),
+            version_after: String::new(),
+        })
     }
 }
 

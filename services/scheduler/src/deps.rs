@@ -20,8 +20,8 @@ use hopngo_proto::{
 use crate::domain::{
     config::{self, MetricDef},
     effects::{
-        DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, RunObservation,
-        RunPhase, TargetObservation, Track,
+        DesiredState, EffectError, Effects, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
+        RunObservation, RunPhase, TargetObservation, Track,
     },
     plan::AnalysisSpec,
 };
@@ -240,16 +240,24 @@ impl Effects for GrpcEffects {
     }
 
     async fn start_migration(&self, key: &str, request: &MigrationRequest) -> Result<String, EffectError> {
+        let (command, target_version, undo_all) = match &request.action {
+            MigrationAction::Migrate { target_version } => {
+                (MigrationCommand::Migrate, target_version.clone().unwrap_or_default(), false)
+            }
+            MigrationAction::Undo { to_version: Some(v) } => (MigrationCommand::Undo, v.clone(), false),
+            MigrationAction::Undo { to_version: None } => (MigrationCommand::Undo, String::new(), true),
+        };
         let request = StartMigrationRequest {
             target: Some(migrator::MigrationTarget {
                 database: request.database.clone(),
                 locations: request.locations.clone(),
                 ..Default::default()
             }),
-            command: MigrationCommand::Migrate as i32,
-            target_version: request.target_version.clone().unwrap_or_default(),
+            command: command as i32,
+            target_version,
             out_of_order: false,
             idempotency_key: key.to_string(),
+            undo_all,
         };
         let response = self.migrator.clone().start_migration(request).await.map_err(|s| effect_error("migrator", s))?;
         response.into_inner().run.map(|r| r.id).ok_or_else(|| EffectError {
@@ -275,6 +283,11 @@ impl Effects for GrpcEffects {
             migrator::MigrationPhase::Succeeded => MigrationPhase::Succeeded,
             migrator::MigrationPhase::Failed => MigrationPhase::Failed,
         };
-        Ok(MigrationObservation { phase, message: run.message })
+        Ok(MigrationObservation {
+            phase,
+            message: run.message,
+            version_before: run.version_before,
+            version_after: run.version_after,
+        })
     }
 }

@@ -486,8 +486,8 @@ async fn migrate_step_runs_before_any_traffic_shift_and_a_failed_migration_abort
     h.wait(&r.id, 20, |r| r.current_step_index >= 2).await;
     let runs = h.fakes.migrator.runs();
     assert_eq!(runs.len(), 2, "seed and release each migrated once: {runs:?}");
-    assert!(runs[1].0.starts_with(&format!("{}/0/", r.id)), "keyed by release/step/attempt: {runs:?}");
-    assert_eq!(runs[1].1, "booking");
+    assert!(runs[1].key.starts_with(&format!("{}/0/", r.id)), "keyed by release/step/attempt: {runs:?}");
+    assert_eq!(runs[1].database, "booking");
     h.client().abort_release(pb::AbortReleaseRequest { id: r.id.clone(), reason: "next".into() }).await.unwrap();
     h.wait_settled(&r.id, 20).await;
 

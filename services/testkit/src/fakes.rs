@@ -444,12 +444,28 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
 // === migrator ===
 
 struct MigratorState {
-    /// (idempotency key, database) per run.
-    runs: Vec<(String, String)>,
+    runs: Vec<MigrationCall>,
     outcome: mpb::MigrationPhase,
+    versions: (String, String),
 }
 
-/// Fake migrator: every run succeeds (or fails when told).
+/// One StartMigration the fake received (repeats of a key are not recorded again).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationCall {
+    /// Idempotency key.
+    pub key: String,
+    /// Database.
+    pub database: String,
+    /// Command.
+    pub command: mpb::MigrationCommand,
+    /// Target version.
+    pub target_version: String,
+    /// Undo everything.
+    pub undo_all: bool,
+}
+
+/// Fake migrator: every run succeeds (or fails when told), moving the schema from one version to
+/// another.
 #[derive(Clone)]
 pub struct FakeMigrator {
     state: Arc<Mutex<MigratorState>>,
@@ -457,15 +473,43 @@ pub struct FakeMigrator {
 }
 
 impl FakeMigrator {
-    /// (idempotency key, database) of every run started.
-    pub fn runs(&self) -> Vec<(String, String)> {
+    /// Every run started.
+    pub fn runs(&self) -> Vec<MigrationCall> {
         self.state.lock().unwrap().runs.clone()
     }
     /// Outcome of runs.
     pub fn outcome(&self, phase: mpb::MigrationPhase) {
         self.state.lock().unwrap().outcome = phase;
     }
+    /// Schema versions runs report (before, after).
+    pub fn versions(&self, before: &str, after: &str) {
+        self.state.lock().unwrap().versions = (before.to_string(), after.to_string());
+    }
+
+    fn run(&self, id: &str) -> Result<mpb::MigrationRun, Status> {
+        let s = self.state.lock().unwrap();
+        let index: usize = id
+            .strip_prefix("migration-")
+            .and_then(|n| n.parse().ok())
+            .filter(|n| *n >= 1 && *n <= s.runs.len())
+            .ok_or_else(|| Status::not_found(format!("migration run {id} not found")))?;
+        let call = &s.runs[index - 1];
+        Ok(mpb::MigrationRun {
+            id: id.to_string(),
+            command: call.command as i32,
+            phase: s.outcome as i32,
+            message: format!("fake {:?}", s.outcome),
+            database: call.database.clone(),
+            idempotency_key: call.key.clone(),
+            version_before: s.versions.0.clone(),
+            version_after: s.versions.1.clone(),
+            target_version: call.target_version.clone(),
+            ..Default::default()
+        })
+    }
 }
+
+type FakeWatch = std::pin::Pin<Box<dyn futures::Stream<Item = Result<mpb::WatchMigrationRunResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl mpb::migrator_service_server::MigratorService for FakeMigrator {
@@ -484,32 +528,50 @@ impl mpb::migrator_service_server::MigratorService for FakeMigrator {
         self.gate.pass().await?;
         let r = req.into_inner();
         let database = r.target.map(|t| t.database).unwrap_or_default();
-        let mut s = self.state.lock().unwrap();
-        let index = match s.runs.iter().position(|(k, _)| *k == r.idempotency_key) {
-            Some(i) => i,
-            None => {
-                s.runs.push((r.idempotency_key.clone(), database.clone()));
-                s.runs.len() - 1
+        let index = {
+            let mut s = self.state.lock().unwrap();
+            match s.runs.iter().position(|c| c.key == r.idempotency_key) {
+                Some(i) => i,
+                None => {
+                    s.runs.push(MigrationCall {
+                        key: r.idempotency_key.clone(),
+                        database,
+                        command: mpb::MigrationCommand::try_from(r.command).unwrap_or_default(),
+                        target_version: r.target_version.clone(),
+                        undo_all: r.undo_all,
+                    });
+                    s.runs.len() - 1
+                }
             }
         };
-        Ok(Response::new(mpb::StartMigrationResponse {
-            run: Some(mpb::MigrationRun { id: format!("migration-{}", index + 1), database, ..Default::default() }),
-        }))
+        Ok(Response::new(mpb::StartMigrationResponse { run: Some(self.run(&format!("migration-{}", index + 1))?) }))
     }
     async fn get_migration_run(
         &self,
         req: Request<mpb::GetMigrationRunRequest>,
     ) -> Result<Response<mpb::GetMigrationRunResponse>, Status> {
         self.gate.pass().await?;
-        let phase = self.state.lock().unwrap().outcome;
-        Ok(Response::new(mpb::GetMigrationRunResponse {
-            run: Some(mpb::MigrationRun {
-                id: req.into_inner().id,
-                phase: phase as i32,
-                message: format!("fake {phase:?}"),
-                ..Default::default()
-            }),
-        }))
+        Ok(Response::new(mpb::GetMigrationRunResponse { run: Some(self.run(&req.into_inner().id)?) }))
+    }
+    type WatchMigrationRunStream = FakeWatch;
+    async fn watch_migration_run(
+        &self,
+        req: Request<mpb::WatchMigrationRunRequest>,
+    ) -> Result<Response<Self::WatchMigrationRunStream>, Status> {
+        self.gate.pass().await?;
+        let run = self.run(&req.into_inner().id)?;
+        let once = futures::stream::iter([Ok(mpb::WatchMigrationRunResponse { run: Some(run) })]);
+        Ok(Response::new(Box::pin(once)))
+    }
+    async fn list_migration_runs(
+        &self,
+        _: Request<mpb::ListMigrationRunsRequest>,
+    ) -> Result<Response<mpb::ListMigrationRunsResponse>, Status> {
+        self.gate.pass().await?;
+        let runs = (1..=self.state.lock().unwrap().runs.len())
+            .map(|i| self.run(&format!("migration-{i}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(mpb::ListMigrationRunsResponse { runs, next_page_token: String::new() }))
     }
 }
 
@@ -635,7 +697,11 @@ impl Fakes {
         let analyzer_server = Served::start(Routes::new(AnalyzerServiceServer::new(analyzer.clone())), gate).await?;
         let gate = Gate::new();
         let migrator = FakeMigrator {
-            state: Arc::new(Mutex::new(MigratorState { runs: Vec::new(), outcome: mpb::MigrationPhase::Succeeded })),
+            state: Arc::new(Mutex::new(MigratorState {
+                runs: Vec::new(),
+                outcome: mpb::MigrationPhase::Succeeded,
+                versions: (String::new(), String::new()),
+            })),
             gate: gate.clone(),
         };
         let migrator_server = Served::start(Routes::new(MigratorServiceServer::new(migrator.clone())), gate).await?;

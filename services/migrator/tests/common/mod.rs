@@ -56,6 +56,7 @@ pub fn settings(url: &str) -> DatabaseSettings {
         lock_wait: Duration::from_secs(5),
         baseline_on_migrate: false,
         mixed: false,
+        baseline_version: "1".into(),
     }
 }
 

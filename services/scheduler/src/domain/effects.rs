@@ -118,6 +118,25 @@ pub struct MigrationObservation {
     pub phase: MigrationPhase,
     /// Message.
     pub message: String,
+    /// Schema version before the run (empty: nothing applied).
+    pub version_before: String,
+    /// Schema version after the run.
+    pub version_after: String,
+}
+
+/// What a migration run does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MigrationAction {
+    /// Apply pending migrations (up to a version).
+    Migrate {
+        /// Target version (latest when absent).
+        target_version: Option<String>,
+    },
+    /// Undo applied migrations down to a version (every one when absent).
+    Undo {
+        /// Version to end at.
+        to_version: Option<String>,
+    },
 }
 
 /// A migration to start.
@@ -127,8 +146,8 @@ pub struct MigrationRequest {
     pub database: String,
     /// Script locations.
     pub locations: Vec<String>,
-    /// Target version.
-    pub target_version: Option<String>,
+    /// What to do.
+    pub action: MigrationAction,
 }
 
 /// A failed call.
@@ -173,7 +192,7 @@ pub trait Effects: Sync {
     fn analysis_status(&self, run_id: &str) -> impl Future<Output = Result<RunObservation, EffectError>> + Send;
     /// Analyzer TerminateAnalysisRun.
     fn terminate_analysis(&self, run_id: &str, reason: &str) -> impl Future<Output = Result<(), EffectError>> + Send;
-    /// Migrator StartMigration (migrate); returns the run id.
+    /// Migrator StartMigration (migrate or undo); returns the run id.
     fn start_migration(
         &self,
         key: &str,

@@ -57,6 +57,9 @@ pub fn event_type(kind: TransitionKind, r: &Release) -> &'static str {
         TransitionKind::Failed => "dev.cdeventsx.hopngo-release.failed.0.1.0",
         TransitionKind::Superseded => "dev.cdeventsx.hopngo-release.superseded.0.1.0",
         TransitionKind::Retried => "dev.cdeventsx.hopngo-release.retried.0.1.0",
+        TransitionKind::SchemaUndone => "dev.cdeventsx.hopngo-schema.undone.0.1.0",
+        TransitionKind::SchemaUndoFailed => "dev.cdeventsx.hopngo-schema.undo-failed.0.1.0",
+        TransitionKind::SchemaFrozen => "dev.cdeventsx.hopngo-schema.frozen.0.1.0",
     }
 }
 
@@ -64,10 +67,12 @@ pub fn event_type(kind: TransitionKind, r: &Release) -> &'static str {
 pub fn severity(kind: TransitionKind) -> EventSeverity {
     match kind {
         TransitionKind::Failed => EventSeverity::Critical,
-        TransitionKind::Aborted | TransitionKind::Rejected => EventSeverity::Error,
-        TransitionKind::Paused | TransitionKind::AwaitingApproval | TransitionKind::RolledBack => {
-            EventSeverity::Warning
-        }
+        TransitionKind::Aborted | TransitionKind::Rejected | TransitionKind::SchemaUndoFailed => EventSeverity::Error,
+        TransitionKind::Paused
+        | TransitionKind::AwaitingApproval
+        | TransitionKind::RolledBack
+        | TransitionKind::SchemaUndone
+        | TransitionKind::SchemaFrozen => EventSeverity::Warning,
         _ => EventSeverity::Info,
     }
 }

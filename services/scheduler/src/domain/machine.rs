@@ -12,11 +12,13 @@ use super::{
     config::{Severity, TimeoutOutcome},
     decision::{Decision, decide},
     effects::{
-        DesiredState, EffectError, Effects, MigrationPhase, MigrationRequest, RunObservation, RunPhase, Track,
-        TrackState,
+        DesiredState, EffectError, Effects, MigrationAction, MigrationPhase, MigrationRequest, RunObservation,
+        RunPhase, Track, TrackState,
     },
     plan::{AnalysisSpec, CanaryScale, PlanStrategy, StepAction, TrafficModel},
-    release::{AbortState, AnalysisRecord, ApprovalRecord, Completion, Phase, Release, StepCursor, StepStatus},
+    release::{
+        AbortState, AnalysisRecord, ApprovalRecord, Completion, Phase, Release, SchemaChange, StepCursor, StepStatus,
+    },
 };
 
 /// Kinds of transition; each becomes one event and one audit row.
@@ -60,6 +62,12 @@ pub enum TransitionKind {
     Superseded,
     /// Restarted after an abort.
     Retried,
+    /// The abort undid the release's migrations.
+    SchemaUndone,
+    /// The abort could not undo the release's migrations.
+    SchemaUndoFailed,
+    /// The abort left the release's migrations in place (`onAbort: freeze`).
+    SchemaFrozen,
 }
 
 impl TransitionKind {
@@ -85,6 +93,9 @@ impl TransitionKind {
             TransitionKind::Failed => "failed",
             TransitionKind::Superseded => "superseded",
             TransitionKind::Retried => "retried",
+            TransitionKind::SchemaUndone => "schema-undone",
+            TransitionKind::SchemaUndoFailed => "schema-undo-failed",
+            TransitionKind::SchemaFrozen => "schema-frozen",
         }
     }
 }
@@ -375,6 +386,9 @@ async fn roll_back<E: Effects>(
     s: &Settings,
     out: &mut Vec<Transition>,
 ) -> Flow {
+    if r.abort.as_ref().is_some_and(|a| a.traffic_back) {
+        return schema_after_abort(r, now, fx, s, out).await;
+    }
     if let Some(deadline) = r.progress_deadline_at
         && now >= deadline
     {
@@ -394,7 +408,10 @@ async fn roll_back<E: Effects>(
         } else {
             format!("aborted: {reason}")
         };
-        return cleanup(r, now, fx, s).await;
+        if let Some(a) = r.abort.as_mut() {
+            a.traffic_back = true;
+        }
+        return schema_after_abort(r, now, fx, s, out).await;
     };
     if !r.abort.as_ref().is_some_and(|a| a.rollback_applied) {
         let key = idempotency_key(r, "abort");
@@ -421,12 +438,116 @@ async fn roll_back<E: Effects>(
             );
             let message = r.message.clone();
             record(r, TransitionKind::RolledBack, ENGINE, from, message, out);
-            cleanup(r, now, fx, s).await
+            if let Some(a) = r.abort.as_mut() {
+                a.traffic_back = true;
+            }
+            schema_after_abort(r, now, fx, s, out).await
         }
         Ok(obs) => {
             r.message = format!("returning traffic to stable: {}", obs.message);
             Flow::Wait(Some(after(now, s.poll_interval)))
         }
+    }
+}
+
+/// Once traffic is back on the previous version (so no code that needs the new schema runs),
+/// the schema the release's migrate step changed is undone or frozen, as its service says.
+async fn schema_after_abort<E: Effects>(
+    r: &mut Release,
+    now: OffsetDateTime,
+    fx: &E,
+    s: &Settings,
+    out: &mut Vec<Transition>,
+) -> Flow {
+    let Some(change) = r.schema.clone().filter(|c| !c.settled && c.before != c.after) else {
+        return cleanup(r, now, fx, s).await;
+    };
+    let from = r.phase;
+    let settle = |r: &mut Release, kind: TransitionKind, text: String, out: &mut Vec<Transition>| {
+        if let Some(c) = r.schema.as_mut() {
+            c.settled = true;
+        }
+        r.message = format!("{}; {text}", r.message);
+        record(r, kind, ENGINE, from, text, out);
+    };
+    let before = if change.before.is_empty() { "no version".to_string() } else { format!("version {}", change.before) };
+    if change.on_abort == super::config::OnAbort::Freeze {
+        let text = format!(
+            "schema of {} stays at version {} (onAbort: freeze; it was at {before})",
+            change.database, change.after
+        );
+        settle(r, TransitionKind::SchemaFrozen, text, out);
+        return cleanup(r, now, fx, s).await;
+    }
+    if r.progress_deadline_at.is_some_and(|d| now >= d) {
+        let detail = r.last_error.clone().unwrap_or_else(|| "the undo did not finish".into());
+        let text = format!(
+            "schema of {} could not be undone to {before} before the progress deadline ({detail}); it may be at version {}",
+            change.database, change.after
+        );
+        settle(r, TransitionKind::SchemaUndoFailed, text, out);
+        return cleanup(r, now, fx, s).await;
+    }
+    let run_id = match &change.undo_run {
+        Some(id) => id.clone(),
+        None => {
+            let request = MigrationRequest {
+                database: change.database.clone(),
+                locations: change.locations.clone(),
+                action: MigrationAction::Undo {
+                    to_version: (!change.before.is_empty()).then(|| change.before.clone()),
+                },
+            };
+            match fx.start_migration(&idempotency_key(r, "abort-undo"), &request).await {
+                Ok(id) => {
+                    r.failures = 0;
+                    if let Some(c) = r.schema.as_mut() {
+                        c.undo_run = Some(id.clone());
+                    }
+                    id
+                }
+                Err(err) if err.retryable => return retry_later(r, now, s, &err),
+                Err(err) => {
+                    let text = format!(
+                        "schema of {} was not undone: {err}; it stays at version {}",
+                        change.database, change.after
+                    );
+                    settle(r, TransitionKind::SchemaUndoFailed, text, out);
+                    return cleanup(r, now, fx, s).await;
+                }
+            }
+        }
+    };
+    match fx.migration_status(&run_id).await {
+        Err(err) if err.retryable => retry_later(r, now, s, &err),
+        Err(err) => {
+            let text = format!("schema undo {run_id}: {err}; the schema may be at version {}", change.after);
+            settle(r, TransitionKind::SchemaUndoFailed, text, out);
+            cleanup(r, now, fx, s).await
+        }
+        Ok(obs) => match obs.phase {
+            MigrationPhase::Succeeded => {
+                let text = format!("schema of {} undone to {before} (was {})", change.database, change.after);
+                settle(r, TransitionKind::SchemaUndone, text, out);
+                cleanup(r, now, fx, s).await
+            }
+            MigrationPhase::Failed => {
+                let text = format!(
+                    "schema undo of {} failed: {}; it is at version {}",
+                    change.database,
+                    obs.message,
+                    if obs.version_after.is_empty() { change.after.clone() } else { obs.version_after.clone() }
+                );
+                settle(r, TransitionKind::SchemaUndoFailed, text, out);
+                cleanup(r, now, fx, s).await
+            }
+            MigrationPhase::Pending | MigrationPhase::Running => {
+                r.failures = 0;
+                r.message =
+                    format!("traffic back on stable; undoing the schema of {}: {}", change.database, obs.message);
+                Flow::Wait(Some(after(now, s.poll_interval)))
+            }
+        },
     }
 }
 
@@ -458,8 +579,13 @@ fn abort_now(
     r.phase = Phase::Aborted;
     r.completion = Some(if r.switched { Completion::RolledBack } else { Completion::Aborted });
     r.finished_at = Some(now);
-    r.abort =
-        Some(AbortState { reason: reason.to_string(), actor: actor.to_string(), at: now, rollback_applied: false });
+    r.abort = Some(AbortState {
+        reason: reason.to_string(),
+        actor: actor.to_string(),
+        at: now,
+        rollback_applied: false,
+        traffic_back: false,
+    });
     r.progress_deadline_at = Some(after(now, r.plan.progress_deadline.0));
     r.failures = 0;
     r.message = format!("aborted: {reason}");
@@ -747,12 +873,16 @@ async fn run<E: Effects>(
                 until => Flow::Wait(until),
             }
         }
-        StepAction::Migrate { database, locations, target_version } => {
+        StepAction::Migrate { database, locations, target_version, on_abort } => {
             let run_id = match r.cursor.run_id.clone() {
                 Some(id) => id,
                 None => {
                     let key = idempotency_key(r, &r.step_index.to_string());
-                    let request = MigrationRequest { database, locations, target_version };
+                    let request = MigrationRequest {
+                        database: database.clone(),
+                        locations: locations.clone(),
+                        action: MigrationAction::Migrate { target_version },
+                    };
                     match fx.start_migration(&key, &request).await {
                         Ok(id) => {
                             r.failures = 0;
@@ -777,7 +907,22 @@ async fn run<E: Effects>(
                     Flow::Continue
                 }
                 Ok(obs) => match obs.phase {
-                    MigrationPhase::Succeeded => {
+                    MigrationPhase::Succeeded | MigrationPhase::Failed => {
+                        // What an abort may have to undo, including what a failed run applied
+                        // before its failure.
+                        r.schema = Some(SchemaChange {
+                            database,
+                            locations,
+                            before: obs.version_before.clone(),
+                            after: obs.version_after.clone(),
+                            on_abort,
+                            undo_run: None,
+                            settled: false,
+                        });
+                        if obs.phase == MigrationPhase::Failed {
+                            abort_now(r, now, ENGINE, &format!("migration failed: {}", obs.message), true, out);
+                            return Flow::Continue;
+                        }
                         complete_step(
                             r,
                             now,
@@ -786,10 +931,6 @@ async fn run<E: Effects>(
                             &format!("migrated: {}", obs.message),
                             out,
                         );
-                        Flow::Continue
-                    }
-                    MigrationPhase::Failed => {
-                        abort_now(r, now, ENGINE, &format!("migration failed: {}", obs.message), true, out);
                         Flow::Continue
                     }
                     MigrationPhase::Pending | MigrationPhase::Running => {
@@ -1224,6 +1365,7 @@ pub fn retry(r: &mut Release, actor: &str, reason: &str, now: OffsetDateTime) ->
     r.switched = false;
     r.background_run = None;
     r.background_done = false;
+    r.schema = None;
     r.promote_full = false;
     r.failures = 0;
     r.last_error = None;

@@ -121,6 +121,8 @@ pub enum StepAction {
         locations: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target_version: Option<String>,
+        #[serde(default)]
+        on_abort: super::config::OnAbort,
     },
     /// Canary replica count.
     SetCanaryScale { scale: CanaryScale },
@@ -177,10 +179,16 @@ impl StepAction {
                 }
                 s
             }
-            StepAction::Migrate { database, target_version, .. } => match target_version {
-                Some(v) => format!("database {database} to {v}"),
-                None => format!("database {database}"),
-            },
+            StepAction::Migrate { database, target_version, on_abort, .. } => {
+                let abort = match on_abort {
+                    super::config::OnAbort::Freeze => "schema stays on abort",
+                    super::config::OnAbort::Undo => "undone on abort",
+                };
+                match target_version {
+                    Some(v) => format!("database {database} to {v} ({abort})"),
+                    None => format!("database {database} ({abort})"),
+                }
+            }
             StepAction::SetCanaryScale { scale } => match scale {
                 CanaryScale::MatchTrafficWeight => "canary replicas follow weight".into(),
                 CanaryScale::Replicas(n) => format!("canary replicas {n}"),
@@ -365,6 +373,7 @@ pub fn compile(
                         database: m.database.clone(),
                         locations: m.locations.clone(),
                         target_version: None,
+                        on_abort: m.on_abort,
                     },
                 ));
             }
@@ -441,6 +450,7 @@ pub fn compile(
                             database: migrations.database.clone(),
                             locations: migrations.locations.clone(),
                             target_version: m.target_version.clone(),
+                            on_abort: migrations.on_abort,
                         }
                     } else if let Some(s) = &def.set_canary_scale {
                         let scale = if let Some(r) = s.replicas {

@@ -236,6 +236,30 @@ pub struct AbortState {
     /// The return-to-stable desired state has been applied.
     #[serde(default)]
     pub rollback_applied: bool,
+    /// Traffic is confirmed back on stable (what is left: the schema).
+    #[serde(default)]
+    pub traffic_back: bool,
+}
+
+/// What the release's migrate step did to a database, and what its abort did about it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct SchemaChange {
+    /// Database.
+    pub database: String,
+    /// Script locations.
+    pub locations: Vec<String>,
+    /// Schema version before the migrate step (empty: nothing applied).
+    pub before: String,
+    /// Schema version after it.
+    pub after: String,
+    /// What an abort does.
+    pub on_abort: super::config::OnAbort,
+    /// The undo run started by the abort.
+    #[serde(default)]
+    pub undo_run: Option<String>,
+    /// The abort has dealt with the schema (undone, failed to, or frozen).
+    #[serde(default)]
+    pub settled: bool,
 }
 
 /// A release and all the engine needs to continue it after a crash.
@@ -340,6 +364,9 @@ pub struct Release {
     /// Release group.
     #[serde(default)]
     pub group_id: Option<Uuid>,
+    /// What the migrate step did to the schema.
+    #[serde(default)]
+    pub schema: Option<SchemaChange>,
     /// Event sequence of the latest transition.
     pub version: u64,
 }
@@ -417,6 +444,7 @@ impl Release {
             superseded_by: None,
             undo_of_revision: n.undo_of_revision,
             group_id: n.group_id,
+            schema: None,
             version: 0,
         }
     }

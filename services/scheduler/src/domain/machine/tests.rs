@@ -50,6 +50,8 @@ struct Fake {
     run_severity: Mutex<crate::domain::config::Severity>,
     deployer_down: Mutex<bool>,
     converged: Mutex<bool>,
+    migrations: Mutex<Vec<(String, MigrationRequest)>>,
+    migration_phase: Mutex<MigrationPhase>,
 }
 
 impl Fake {
@@ -62,6 +64,8 @@ impl Fake {
             run_severity: Mutex::new(crate::domain::config::Severity::Critical),
             deployer_down: Mutex::new(false),
             converged: Mutex::new(true),
+            migrations: Mutex::new(Vec::new()),
+            migration_phase: Mutex::new(MigrationPhase::Succeeded),
         }
     }
     fn set_run(&self, p: RunPhase) {
@@ -123,11 +127,25 @@ impl Effects for Fake {
         self.terminated.lock().unwrap().push(run_id.to_string());
         Ok(())
     }
-    async fn start_migration(&self, _: &str, _: &MigrationRequest) -> Result<String, EffectError> {
-        Ok("m1".into())
+    async fn start_migration(&self, key: &str, request: &MigrationRequest) -> Result<String, EffectError> {
+        let mut m = self.migrations.lock().unwrap();
+        m.push((key.to_string(), request.clone()));
+        Ok(format!("m{}", m.len()))
     }
-    async fn migration_status(&self, _: &str) -> Result<MigrationObservation, EffectError> {
-        Ok(MigrationObservation { phase: MigrationPhase::Succeeded, message: "ok".into() })
+    async fn migration_status(&self, run_id: &str) -> Result<MigrationObservation, EffectError> {
+        // The migrate run takes the schema from 1 to 2; an undo takes it back to where it asks.
+        let m = self.migrations.lock().unwrap();
+        let index: usize = run_id.trim_start_matches('m').parse().unwrap();
+        let (before, after) = match &m[index - 1].1.action {
+            MigrationAction::Migrate { .. } => ("1".to_string(), "2".to_string()),
+            MigrationAction::Undo { to_version } => ("2".to_string(), to_version.clone().unwrap_or_default()),
+        };
+        Ok(MigrationObservation {
+            phase: *self.migration_phase.lock().unwrap(),
+            message: "ok".into(),
+            version_before: before,
+            version_after: after,
+        })
     }
 }
 
@@ -516,7 +534,12 @@ async fn promote_never_skips_approvals_or_migrations() {
         1,
         crate::domain::plan::PlanStep {
             name: "migrate".into(),
-            action: StepAction::Migrate { database: "booking".into(), locations: Vec::new(), target_version: None },
+            action: StepAction::Migrate {
+                database: "booking".into(),
+                locations: Vec::new(),
+                target_version: None,
+                on_abort: Default::default(),
+            },
         },
     );
     r.steps.insert(1, r.steps[0].clone());
@@ -544,4 +567,79 @@ async fn set_canary_scale_decouples_replicas_from_weight() {
     assert_eq!(applies[0].1.canary_weight, 0, "scale first, no traffic yet");
     assert_eq!(applies[1].1.tracks[1].replicas, 3, "weight 25 keeps the fixed scale");
     assert_eq!(applies[1].1.canary_weight, 25);
+}
+
+fn with_migrate_step(on_abort: crate::domain::config::OnAbort) -> Release {
+    let mut r = release("booking", "staging");
+    r.plan.steps.insert(
+        0,
+        crate::domain::plan::PlanStep {
+            name: "migrate".into(),
+            action: StepAction::Migrate {
+                database: "booking".into(),
+                locations: vec!["db/booking".into()],
+                target_version: None,
+                on_abort,
+            },
+        },
+    );
+    r.steps.insert(0, r.steps[0].clone());
+    r
+}
+
+#[tokio::test]
+async fn an_abort_undoes_the_release_migrations_after_traffic_is_back() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    let mut r = with_migrate_step(crate::domain::config::OnAbort::Undo);
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged, StepCompleted, Paused]);
+    assert_eq!(r.schema.as_ref().map(|c| (c.before.as_str(), c.after.as_str())), Some(("1", "2")));
+    abort(&mut r, "bob", "bad canary", at(5)).unwrap();
+    let a = tick(&mut r, &fx, 6).await;
+    assert_eq!(kinds(&a), vec![RolledBack, SchemaUndone]);
+    let m = fx.migrations.lock().unwrap().clone();
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[1].0, format!("{}/abort-undo/1", r.id));
+    assert_eq!(
+        m[1].1,
+        MigrationRequest {
+            database: "booking".into(),
+            locations: vec!["db/booking".into()],
+            action: MigrationAction::Undo { to_version: Some("1".into()) },
+        }
+    );
+    // The undo came after the traffic: the last desired state is the stable one.
+    assert_eq!(fx.last_apply().canary_weight, 0);
+    assert!(r.settled);
+    assert!(r.message.contains("schema of booking undone to version 1 (was 2)"), "{}", r.message);
+}
+
+#[tokio::test]
+async fn an_abort_with_freeze_leaves_the_schema_and_says_so() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    let mut r = with_migrate_step(crate::domain::config::OnAbort::Freeze);
+    tick(&mut r, &fx, 0).await;
+    abort(&mut r, "bob", "bad canary", at(5)).unwrap();
+    let a = tick(&mut r, &fx, 6).await;
+    assert_eq!(kinds(&a), vec![RolledBack, SchemaFrozen]);
+    assert_eq!(fx.migrations.lock().unwrap().len(), 1, "no undo");
+    assert!(r.message.contains("schema of booking stays at version 2 (onAbort: freeze"), "{}", r.message);
+    assert!(r.settled);
+}
+
+#[tokio::test]
+async fn a_failed_migration_aborts_before_traffic_and_undoes_what_it_applied() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    *fx.migration_phase.lock().unwrap() = MigrationPhase::Failed;
+    let mut r = with_migrate_step(crate::domain::config::OnAbort::Undo);
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(kinds(&a)[..2], [Started, Aborted]);
+    assert!(fx.applies.lock().unwrap().is_empty(), "no traffic moved");
+    // The undo run fails too: the release says where the schema is.
+    assert_eq!(kinds(&a)[2..], [SchemaUndoFailed]);
+    assert!(r.message.contains("schema undo of booking failed"), "{}", r.message);
+    assert!(r.settled);
 }
