@@ -9,10 +9,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use hopngo_client::{
     Clients,
-    views::{AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, ReleaseView, RevisionView},
+    views::{
+        AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, MigrationInfoView,
+        MigrationRunView, ReleaseView, RevisionView,
+    },
 };
 use hopngo_kit::args::parse_duration;
-use hopngo_proto::{analyzer as apb, config as cpb, release as pb};
+use hopngo_proto::{analyzer as apb, config as cpb, migrator as mpb, release as pb};
 use tokio_stream::StreamExt as _;
 
 /// Output format.
@@ -30,7 +33,7 @@ pub enum Output {
 #[command(
     name = "hopctl",
     version,
-    about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks, analysis"
+    about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks, analysis, database migrations"
 )]
 struct Cli {
     /// Scheduler address.
@@ -39,6 +42,9 @@ struct Cli {
     /// Analyzer address (for `hopctl analysis`).
     #[arg(long, global = true, env = "HOPNGO_ANALYZER", default_value = "http://127.0.0.1:50053")]
     analyzer: String,
+    /// Migrator address (for `hopctl migrate`).
+    #[arg(long, global = true, env = "HOPNGO_MIGRATOR", default_value = "http://127.0.0.1:50054")]
+    migrator: String,
     /// Who you are (sent as x-hopngo-user; defaults to $USER).
     #[arg(long, global = true, env = "HOPNGO_USER")]
     user: Option<String>,
@@ -175,6 +181,131 @@ enum Command {
     /// Analysis runs: show, list, follow; try a query.
     #[command(subcommand)]
     Analysis(AnalysisCommand),
+    /// Database migrations, Flyway-compatible (flyway_schema_history): info, validate, migrate,
+    /// baseline, repair, undo against a database the migrator is configured with.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+/// The database and its scripts.
+#[derive(clap::Args, Debug)]
+struct TargetArgs {
+    /// Database name, as configured in the migrator (`--target NAME=URL`).
+    database: String,
+    /// Script location (a directory the migrator can read; repeatable; default: the database's).
+    #[arg(long = "location")]
+    locations: Vec<String>,
+    /// Schema of the history table (default public).
+    #[arg(long)]
+    schema: Option<String>,
+    /// History table (default flyway_schema_history).
+    #[arg(long)]
+    table: Option<String>,
+    /// Value for a `${NAME}` placeholder (`NAME=value`, repeatable).
+    #[arg(long = "placeholder", value_parser = key_value)]
+    placeholders: Vec<(String, String)>,
+    /// States validate does not report (`*:future`, `versioned:missing`, ...; comma-separated;
+    /// an empty value reports everything; default: the migrator's).
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    ignore_migration_patterns: Option<Vec<String>>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> mpb::MigrationTarget {
+        mpb::MigrationTarget {
+            database: self.database.clone(),
+            locations: self.locations.clone(),
+            schema: self.schema.clone().unwrap_or_default(),
+            table: self.table.clone().unwrap_or_default(),
+            placeholders: self.placeholders.clone().into_iter().collect(),
+            ignore_migration_patterns: self.ignore_migration_patterns.clone().map(|patterns| mpb::IgnorePatterns {
+                patterns: patterns.into_iter().filter(|p| !p.is_empty()).collect(),
+            }),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrateCommand {
+    /// Every migration with its state (applied, pending, failed, ignored, future, ...).
+    Info(TargetArgs),
+    /// Check the applied migrations against the scripts (exit code 1 when there are problems).
+    Validate {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Report pending migrations too.
+        #[arg(long)]
+        fail_on_pending: bool,
+    },
+    /// Apply the pending migrations, then follow the run (exit code 0 only if it succeeds).
+    Migrate {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Stop at this version (`latest`, `current`, `next` or a version).
+        #[arg(long = "to")]
+        to: Option<String>,
+        /// Also apply versions older than the newest applied one.
+        #[arg(long)]
+        out_of_order: bool,
+        /// Idempotency key: repeating the command with it returns the same run.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Mark an existing database as being at a version (default 1).
+    Baseline {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Baseline version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Idempotency key.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Remove failed entries, mark missing migrations deleted, realign checksums.
+    Repair {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Idempotency key.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Undo applied migrations with their U scripts (default: the latest one).
+    Undo {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Undo down to this version.
+        #[arg(long = "to", conflicts_with = "all")]
+        to: Option<String>,
+        /// Undo every applied versioned migration.
+        #[arg(long)]
+        all: bool,
+        /// Idempotency key.
+        #[arg(long, default_value = "")]
+        request_id: String,
+    },
+    /// Show a migration run.
+    Get {
+        /// Run id.
+        id: String,
+    },
+    /// Follow a migration run until it ends (exit code 0 only if it succeeded).
+    Watch {
+        /// Run id.
+        id: String,
+    },
+    /// List migration runs, newest first.
+    Runs {
+        /// Only this database.
+        #[arg(long)]
+        database: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Token from a previous page (printed on stderr when there are more).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -418,9 +549,11 @@ fn one_line(err: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let user = cli.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty());
-    let clients = Clients::connect(&cli.server, &cli.analyzer, user.as_deref(), &cli.roles)?;
+    let addresses =
+        hopngo_client::Addresses { scheduler: &cli.server, analyzer: &cli.analyzer, migrator: &cli.migrator };
+    let clients = Clients::connect(&addresses, user.as_deref(), &cli.roles)?;
     let out = cli.output;
-    let Clients { mut releases, mut config, mut analyzer } = clients;
+    let Clients { mut releases, mut config, mut analyzer, mut migrator } = clients;
     match cli.command {
         Command::Config(ConfigCommand::Apply { file }) => {
             let yaml = read_file(&file)?;
@@ -626,8 +759,101 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             render::measurement(out, &view)?;
             return Ok(if view.phase == "SUCCESSFUL" { 0 } else { EXIT_NOT_SUCCEEDED });
         }
+        Command::Migrate(command) => return migrate(&mut migrator, command, out).await,
     }
     Ok(0)
+}
+
+type Migrator = hopngo_proto::migrator::migrator_service_client::MigratorServiceClient<hopngo_client::Authed>;
+
+async fn migrate(migrator: &mut Migrator, command: MigrateCommand, out: Output) -> anyhow::Result<i32> {
+    let start = |target: &TargetArgs, command: mpb::MigrationCommand, version: Option<String>, key: String| {
+        mpb::StartMigrationRequest {
+            target: Some(target.target()),
+            command: command as i32,
+            target_version: version.unwrap_or_default(),
+            idempotency_key: key,
+            ..Default::default()
+        }
+    };
+    let request = match command {
+        MigrateCommand::Info(target) => {
+            let r = migrator.info(mpb::InfoRequest { target: Some(target.target()) }).await?.into_inner();
+            render::migration_info(out, &MigrationInfoView::from(&r))?;
+            return Ok(0);
+        }
+        MigrateCommand::Validate { target, fail_on_pending } => {
+            let r = migrator
+                .validate(mpb::ValidateRequest { target: Some(target.target()), fail_on_pending })
+                .await?
+                .into_inner();
+            render::migration_validation(out, &r)?;
+            return Ok(if r.valid { 0 } else { 1 });
+        }
+        MigrateCommand::Get { id } => {
+            let r = migrator.get_migration_run(mpb::GetMigrationRunRequest { id }).await?.into_inner();
+            render::migration_run(out, &MigrationRunView::from(&r.run.context("no run")?))?;
+            return Ok(0);
+        }
+        MigrateCommand::Watch { id } => return watch_migration(migrator, &id, out).await,
+        MigrateCommand::Runs { database, limit, page_token } => {
+            let r = migrator
+                .list_migration_runs(mpb::ListMigrationRunsRequest {
+                    database: database.unwrap_or_default(),
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let views: Vec<MigrationRunView> = r.runs.iter().map(MigrationRunView::from).collect();
+            render::migration_runs(out, &views)?;
+            if !r.next_page_token.is_empty() {
+                eprintln!("more: --page-token {}", r.next_page_token);
+            }
+            return Ok(0);
+        }
+        MigrateCommand::Migrate { target, to, out_of_order, request_id } => mpb::StartMigrationRequest {
+            out_of_order,
+            ..start(&target, mpb::MigrationCommand::Migrate, to, request_id)
+        },
+        MigrateCommand::Baseline { target, version, request_id } => {
+            start(&target, mpb::MigrationCommand::Baseline, version, request_id)
+        }
+        MigrateCommand::Repair { target, request_id } => {
+            start(&target, mpb::MigrationCommand::Repair, None, request_id)
+        }
+        MigrateCommand::Undo { target, to, all, request_id } => {
+            mpb::StartMigrationRequest { undo_all: all, ..start(&target, mpb::MigrationCommand::Undo, to, request_id) }
+        }
+    };
+    let run = migrator.start_migration(request).await?.into_inner().run.context("no run in the response")?;
+    watch_migration(migrator, &run.id, out).await
+}
+
+/// Follows a migration run: one line per change on stderr, the final run on stdout.
+async fn watch_migration(migrator: &mut Migrator, id: &str, out: Output) -> anyhow::Result<i32> {
+    let mut stream =
+        migrator.watch_migration_run(mpb::WatchMigrationRunRequest { id: id.to_string() }).await?.into_inner();
+    let mut last = None;
+    let mut last_line = String::new();
+    while let Some(item) = stream.next().await {
+        let view = MigrationRunView::from(&item?.run.context("no run in the stream")?);
+        let line = render::migration_progress_line(&view);
+        if line != last_line {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        last = Some(view);
+    }
+    let view = last.context("the stream ended without a run")?;
+    if !view.finished() {
+        anyhow::bail!(
+            "the watch ended before the run finished (migrator shutting down?); follow it with: hopctl migrate watch {}",
+            view.id
+        );
+    }
+    render::migration_run(out, &view)?;
+    Ok(if view.phase == "SUCCEEDED" { 0 } else { EXIT_NOT_SUCCEEDED })
 }
 
 /// Follows a release: a live view on stderr when it is a terminal, one line per change

@@ -2,7 +2,8 @@
 
 use comfy_table::{Table, presets::NOTHING};
 use hopngo_client::views::{
-    AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, ReleaseView, RevisionView,
+    AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, MigrationInfoView, MigrationRunView,
+    ReleaseView, RevisionView,
 };
 use hopngo_proto::config as cpb;
 use serde::Serialize;
@@ -358,5 +359,142 @@ pub fn measurement(out: Output, m: &MeasurementView) -> anyhow::Result<()> {
     if !m.message.is_empty() {
         println!("Message: {}", m.message);
     }
+    Ok(())
+}
+
+/// `migrate info`: Flyway's columns.
+pub fn migration_info(out: Output, info: &MigrationInfoView) -> anyhow::Result<()> {
+    if structured(out, info)? {
+        return Ok(());
+    }
+    let current = if info.current_version.is_empty() { "<< Empty Schema >>" } else { &info.current_version };
+    println!("Schema version: {current}");
+    let mut t = table(&["category", "version", "description", "type", "installed on", "state", "checksum", "script"]);
+    for m in &info.migrations {
+        let category = if m.kind == "BASELINE" || m.kind == "SCHEMA" || m.kind == "DELETE" {
+            ""
+        } else if m.version.is_empty() {
+            "Repeatable"
+        } else {
+            "Versioned"
+        };
+        t.add_row(vec![
+            category.to_string(),
+            m.version.clone(),
+            m.description.clone(),
+            m.kind.clone(),
+            m.installed_on.clone().unwrap_or_default(),
+            m.state_name.clone(),
+            m.checksum.map(|c| c.to_string()).unwrap_or_default(),
+            m.script.clone(),
+        ]);
+    }
+    println!("{t}");
+    for w in &info.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// `migrate validate`.
+pub fn migration_validation(out: Output, v: &hopngo_proto::migrator::ValidateResponse) -> anyhow::Result<()> {
+    #[derive(serde::Serialize)]
+    struct Problem<'a> {
+        version: &'a str,
+        script: &'a str,
+        kind: &'a str,
+        message: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct View<'a> {
+        valid: bool,
+        problems: Vec<Problem<'a>>,
+    }
+    let view = View {
+        valid: v.valid,
+        problems: v
+            .problems
+            .iter()
+            .map(|p| Problem { version: &p.version, script: &p.script, kind: &p.kind, message: &p.message })
+            .collect(),
+    };
+    if structured(out, &view)? {
+        return Ok(());
+    }
+    if v.valid {
+        println!("valid: every applied migration matches its script");
+        return Ok(());
+    }
+    let mut t = table(&["version", "script", "problem", "message"]);
+    for p in &v.problems {
+        t.add_row(vec![p.version.clone(), p.script.clone(), p.kind.clone(), p.message.clone()]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// One migration run.
+pub fn migration_run(out: Output, r: &MigrationRunView) -> anyhow::Result<()> {
+    if structured(out, r)? {
+        return Ok(());
+    }
+    let version = |v: &str| if v.is_empty() { "<< Empty Schema >>".to_string() } else { v.to_string() };
+    println!("Run:      {}", r.id);
+    println!("Command:  {} {}", r.command.to_lowercase(), r.database);
+    println!("Phase:    {}{}", r.phase, if r.interrupted { " (interrupted)" } else { "" });
+    println!("Message:  {}", r.message.replace('\n', "\n          "));
+    println!("Version:  {} -> {}", version(&r.version_before), version(&r.version_after));
+    println!("Started:  {}", r.started_at.clone().unwrap_or_default());
+    if let Some(done) = &r.finished_at {
+        println!("Finished: {done}");
+    }
+    for w in &r.warnings {
+        println!("Warning:  {w}");
+    }
+    if !r.changes.is_empty() {
+        let mut t = table(&["rank", "version", "description", "type", "action", "transaction", "ms", "script"]);
+        for c in &r.changes {
+            t.add_row(vec![
+                c.installed_rank.map(|r| r.to_string()).unwrap_or_default(),
+                c.version.clone(),
+                c.description.clone(),
+                c.kind.clone(),
+                c.action.clone(),
+                if c.transactional { "yes" } else { "no" }.to_string(),
+                c.execution_time_ms.to_string(),
+                c.script.clone(),
+            ]);
+        }
+        println!("\n{t}");
+    }
+    Ok(())
+}
+
+/// One line per change of a migration run, for `--watch` on stderr.
+pub fn migration_progress_line(r: &MigrationRunView) -> String {
+    let last =
+        r.changes.last().map(|c| format!(", last: {} {} {}", c.action, c.version, c.description)).unwrap_or_default();
+    format!("{} {} {} {}: {} change(s){last}", r.id, r.command.to_lowercase(), r.database, r.phase, r.changes.len())
+}
+
+/// A list of migration runs.
+pub fn migration_runs(out: Output, rs: &[MigrationRunView]) -> anyhow::Result<()> {
+    if structured(out, &rs)? {
+        return Ok(());
+    }
+    let mut t = table(&["id", "database", "command", "phase", "before", "after", "changes", "started"]);
+    for r in rs {
+        t.add_row(vec![
+            r.id.clone(),
+            r.database.clone(),
+            r.command.to_lowercase(),
+            r.phase.clone(),
+            r.version_before.clone(),
+            r.version_after.clone(),
+            r.changes.len().to_string(),
+            r.started_at.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }

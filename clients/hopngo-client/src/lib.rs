@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hopngo_proto::{
     analyzer::analyzer_service_client::AnalyzerServiceClient, config::config_service_client::ConfigServiceClient,
-    release::release_service_client::ReleaseServiceClient,
+    migrator::migrator_service_client::MigratorServiceClient, release::release_service_client::ReleaseServiceClient,
 };
 use tonic::{
     metadata::MetadataValue,
@@ -62,6 +62,19 @@ pub struct Clients {
     pub config: ConfigServiceClient<Authed>,
     /// `hopngo.analyzer.v1.AnalyzerService` (analyzer).
     pub analyzer: AnalyzerServiceClient<Authed>,
+    /// `hopngo.migrator.v1.MigratorService` (migrator).
+    pub migrator: MigratorServiceClient<Authed>,
+}
+
+/// Where the services are.
+#[derive(Clone, Debug)]
+pub struct Addresses<'a> {
+    /// Scheduler.
+    pub scheduler: &'a str,
+    /// Analyzer.
+    pub analyzer: &'a str,
+    /// Migrator.
+    pub migrator: &'a str,
 }
 
 fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
@@ -73,11 +86,11 @@ fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
 }
 
 impl Clients {
-    /// Connects lazily to the scheduler at `server` and the analyzer at `analyzer` as `user`
-    /// with `roles`.
-    pub fn connect(server: &str, analyzer: &str, user: Option<&str>, roles: &[String]) -> Result<Clients, ClientError> {
-        let channel = lazy_channel(server)?;
-        let analyzer_channel = lazy_channel(analyzer)?;
+    /// Connects lazily to the services at `addresses` as `user` with `roles`.
+    pub fn connect(addresses: &Addresses<'_>, user: Option<&str>, roles: &[String]) -> Result<Clients, ClientError> {
+        let channel = lazy_channel(addresses.scheduler)?;
+        let analyzer_channel = lazy_channel(addresses.analyzer)?;
+        let migrator_channel = lazy_channel(addresses.migrator)?;
         let user = user.map(|u| u.parse().map_err(|_| ClientError::Identity("user", u.to_string()))).transpose()?;
         let roles = if roles.is_empty() {
             None
@@ -89,7 +102,8 @@ impl Clients {
         Ok(Clients {
             releases: ReleaseServiceClient::with_interceptor(channel.clone(), interceptor.clone()),
             config: ConfigServiceClient::with_interceptor(channel, interceptor.clone()),
-            analyzer: AnalyzerServiceClient::with_interceptor(analyzer_channel, interceptor),
+            analyzer: AnalyzerServiceClient::with_interceptor(analyzer_channel, interceptor.clone()),
+            migrator: MigratorServiceClient::with_interceptor(migrator_channel, interceptor),
         })
     }
 }

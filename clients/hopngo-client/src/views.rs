@@ -1,6 +1,6 @@
 //! Serialisable views of API messages, for JSON/YAML output and for programs that log them.
 
-use hopngo_proto::{analyzer as apb, config as cpb, release as pb};
+use hopngo_proto::{analyzer as apb, config as cpb, migrator as mpb, release as pb};
 use serde::Serialize;
 
 fn time(t: &Option<prost_types::Timestamp>) -> Option<String> {
@@ -434,6 +434,134 @@ impl From<&apb::AnalysisRun> for AnalysisRunView {
                     measurements: m.measurements.iter().map(MeasurementView::from).collect(),
                 })
                 .collect(),
+        }
+    }
+}
+
+/// Migration state name (`MIGRATION_STATE_OUT_OF_ORDER` → `OUT_OF_ORDER`).
+pub fn migration_state_name(s: i32) -> String {
+    mpb::MigrationState::try_from(s)
+        .map(|s| short(s.as_str_name(), "MIGRATION_STATE_"))
+        .unwrap_or_else(|_| s.to_string())
+}
+
+/// One migration (info) or what a run did to one.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationView {
+    pub version: String,
+    pub description: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub script: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_rank: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_on: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub installed_by: String,
+    pub execution_time_ms: i32,
+    pub state: String,
+    /// Flyway's name of the state.
+    pub state_name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub action: String,
+    pub transactional: bool,
+}
+
+impl From<&mpb::MigrationInfo> for MigrationView {
+    fn from(m: &mpb::MigrationInfo) -> Self {
+        MigrationView {
+            version: m.version.clone(),
+            description: m.description.clone(),
+            kind: m.r#type.clone(),
+            script: m.script.clone(),
+            checksum: m.checksum,
+            installed_rank: m.installed_rank,
+            installed_on: time(&m.installed_on),
+            installed_by: m.installed_by.clone(),
+            execution_time_ms: m.execution_time_ms,
+            state: migration_state_name(m.state),
+            state_name: m.state_name.clone(),
+            action: m.action.clone(),
+            transactional: m.transactional,
+        }
+    }
+}
+
+/// `Info`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationInfoView {
+    pub current_version: String,
+    pub migrations: Vec<MigrationView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl From<&mpb::InfoResponse> for MigrationInfoView {
+    fn from(r: &mpb::InfoResponse) -> Self {
+        MigrationInfoView {
+            current_version: r.current_version.clone(),
+            migrations: r.migrations.iter().map(MigrationView::from).collect(),
+            warnings: r.warnings.clone(),
+        }
+    }
+}
+
+/// A migration run.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationRunView {
+    pub id: String,
+    pub database: String,
+    pub command: String,
+    pub phase: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub target_version: String,
+    pub message: String,
+    pub version_before: String,
+    pub version_after: String,
+    pub changes: Vec<MigrationView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    pub interrupted: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub idempotency_key: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl MigrationRunView {
+    /// Ended (succeeded or failed).
+    pub fn finished(&self) -> bool {
+        self.finished_at.is_some()
+    }
+}
+
+impl From<&mpb::MigrationRun> for MigrationRunView {
+    fn from(r: &mpb::MigrationRun) -> Self {
+        MigrationRunView {
+            id: r.id.clone(),
+            database: r.database.clone(),
+            command: mpb::MigrationCommand::try_from(r.command)
+                .map(|c| short(c.as_str_name(), "MIGRATION_COMMAND_"))
+                .unwrap_or_else(|_| r.command.to_string()),
+            phase: mpb::MigrationPhase::try_from(r.phase)
+                .map(|p| short(p.as_str_name(), "MIGRATION_PHASE_"))
+                .unwrap_or_else(|_| r.phase.to_string()),
+            target_version: r.target_version.clone(),
+            message: r.message.clone(),
+            version_before: r.version_before.clone(),
+            version_after: r.version_after.clone(),
+            changes: r.applied.iter().map(MigrationView::from).collect(),
+            warnings: r.warnings.clone(),
+            interrupted: r.interrupted,
+            idempotency_key: r.idempotency_key.clone(),
+            started_at: time(&r.started_at),
+            finished_at: time(&r.finished_at),
         }
     }
 }
