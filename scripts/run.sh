@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The embedded default: a throwaway PostgreSQL, the deployer (local backend: HopNGo's services as
 # demo processes behind weighted proxies), the analyzer (measuring canaries from the proxies'
-# metrics), the scheduler on 127.0.0.1:50051 with HopNGo's delivery config applied, and steady
-# traffic into every staging service. Ctrl-C stops everything and
-# removes what it started.
+# metrics), the migrator (booking's database, in the same cluster), the scheduler on
+# 127.0.0.1:50051 with HopNGo's delivery config applied, and steady traffic into every staging
+# service. Ctrl-C stops everything and removes what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
-cargo build -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopctl -p hopngo-testkit --bins
+cargo build -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopngo-migrator -p hopctl -p hopngo-testkit --bins
 export PATH="$PWD/target/debug:$PATH"
 config=deploy/hopngo/delivery.yaml
 proxy_base=18000
@@ -18,6 +18,10 @@ hopngo-deployer --delivery-config "$config" --proxy-port-base "$proxy_base" --lo
 deployer=$!
 hopngo-analyzer --log warn &
 analyzer=$!
+# Booking's application database lives in the same throwaway cluster.
+hopngo-migrator --log warn --target "booking=${DATABASE_URL%/*}/booking" --create-targets \
+  --locations booking=deploy/hopngo/migrations/booking &
+migrator=$!
 # Proxy of the i-th service in the j-th environment: base + i × environments + j.
 environments=$(awk '/^environments:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
 services=$(awk '/^services:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
@@ -38,8 +42,8 @@ done
 (IFS=,; exec hopngo-traffic --url "${urls[*]}" --rate 5 --duration 1h >"$logs/traffic.txt" 2>&1) &
 traffic=$!
 cleanup() {
-  kill -TERM "$traffic" "$analyzer" "$deployer" 2>/dev/null || true
-  wait "$traffic" "$analyzer" "$deployer" 2>/dev/null || true
+  kill -TERM "$traffic" "$analyzer" "$migrator" "$deployer" 2>/dev/null || true
+  wait "$traffic" "$analyzer" "$migrator" "$deployer" 2>/dev/null || true
   stop_throwaway_pg
   rm -rf "$logs"
 }
@@ -48,6 +52,7 @@ trap cleanup EXIT
   echo "Scheduler: http://127.0.0.1:50051 (metrics http://127.0.0.1:9464/metrics)"
   echo "Deployer:  http://127.0.0.1:50052 (proxy metrics http://127.0.0.1:9465/metrics)"
   echo "Analyzer:  http://127.0.0.1:50053 (canaries are measured from the proxy metrics)"
+  echo "Migrator:  http://127.0.0.1:50054 (database booking: deploy/hopngo/migrations/booking)"
   echo "Service proxies (traffic flows into staging at 5 requests/s each):"
   cat "$logs/proxies.txt"
   echo "In another terminal:"

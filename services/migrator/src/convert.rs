@@ -58,8 +58,7 @@ pub fn info(set: &InfoSet, i: &Info) -> pb::MigrationInfo {
         m.script = a.script.clone();
         m.checksum = a.checksum;
         m.installed_rank = Some(a.rank);
-        let on = a.installed_on.assume_utc();
-        m.installed_on = Some(timestamp(on));
+        m.installed_on = Some(timestamp(a.installed_on));
         m.installed_by = a.installed_by.clone();
         m.execution_time_ms = a.execution_time;
     }

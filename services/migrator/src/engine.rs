@@ -200,9 +200,10 @@ impl Engine {
     }
 
     async fn execute(self: &Arc<Self>, id: Uuid) -> Result<(), MigratorError> {
-        let Some(run) = self.store.claim(id, self.owner, LEASE_SECS).await? else {
+        let Some(mut run) = self.store.claim(id, self.owner, LEASE_SECS).await? else {
             return Ok(());
         };
+        run.message = format!("waiting for the migration lock on database {}", run.request.database);
         let renew = CancellationToken::new();
         let renewer = {
             let engine = Arc::clone(self);
@@ -221,6 +222,7 @@ impl Engine {
             })
         };
         let mut progress = RunProgress { engine: self, run, last_save: Instant::now() };
+        progress.save().await;
         let result = self.carry_out(&mut progress).await;
         renew.cancel();
         let _ = renewer.await;
@@ -310,10 +312,18 @@ impl Progress for RunProgress<'_> {
         if self.run.version_before.is_none() {
             self.run.version_before = Some(version_before.to_string());
         }
+        let at = if version_before.is_empty() { "no version" } else { version_before };
+        self.run.message = format!("holding the migration lock; schema at {at}");
         self.save().await;
     }
 
     async fn changed(&mut self, change: Change) {
+        let name = if change.version.is_empty() {
+            change.description.clone()
+        } else {
+            format!("{} ({})", change.version, change.description)
+        };
+        self.run.message = format!("{} {name}", change.action);
         self.run.changes.push(change);
         if self.last_save.elapsed() >= SAVE_EVERY {
             self.save().await;
@@ -321,6 +331,9 @@ impl Progress for RunProgress<'_> {
     }
 
     async fn non_transactional(&mut self, running: Option<Change>) {
+        if let Some(c) = &running {
+            self.run.message = format!("running {} outside a transaction", c.script);
+        }
         self.run.in_progress = running;
         self.save().await;
     }

@@ -379,12 +379,17 @@ struct Job<'a> {
     action: &'static str,
 }
 
+/// Runs one statement, `prefix` (BEGIN, settings) and `suffix` (the history row and COMMIT) in
+/// the same round trip; returns what the suffix returned (the recorded execution time). An error
+/// of the suffix is reported as the recording's, not the statement's.
 async fn run_statement(
     conn: &mut PgConnection,
     script: &str,
     statement: &Statement,
     prefix: &str,
-) -> Result<(), ExecError> {
+    suffix: &str,
+    table: &Table,
+) -> Result<Option<i32>, ExecError> {
     if let Some(data) = &statement.copy_data {
         if !prefix.is_empty() {
             sqlx::raw_sql(sqlx::AssertSqlSafe(prefix.to_string()))
@@ -399,14 +404,46 @@ async fn run_statement(
             return Err(statement_error(script, statement, &e, 0));
         }
         copy.finish().await.map_err(|e| statement_error(script, statement, &e, 0))?;
-        return Ok(());
+        if suffix.is_empty() {
+            return Ok(None);
+        }
+        return record(conn, script, table, suffix.trim_start_matches([';', '\n']).to_string()).await;
     }
-    let query = format!("{prefix}{}", statement.text);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(query))
-        .execute(&mut *conn)
+    let query = format!("{prefix}{}{suffix}", statement.text);
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(query)).fetch_all(&mut *conn).await {
+        Ok(rows) => Ok(rows.last().and_then(|r| sqlx::Row::try_get::<i32, _>(r, 0).ok())),
+        Err(e) => {
+            let in_suffix = is_history_error(&e, table)
+                || error_position(&e).is_some_and(|p| p > prefix.chars().count() + statement.text.chars().count());
+            if in_suffix {
+                Err(db_error(&format!("{script}: recording it in {}", table.quoted()), e))
+            } else {
+                Err(statement_error(script, statement, &e, prefix.chars().count()))
+            }
+        }
+    }
+}
+
+/// Writes the history row (and COMMIT) on its own.
+async fn record(conn: &mut PgConnection, script: &str, table: &Table, sql: String) -> Result<Option<i32>, ExecError> {
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
         .await
-        .map(|_| ())
-        .map_err(|e| statement_error(script, statement, &e, prefix.chars().count()))
+        .map_err(|e| db_error(&format!("{script}: recording it in {}", table.quoted()), e))?;
+    Ok(rows.last().and_then(|r| sqlx::Row::try_get::<i32, _>(r, 0).ok()))
+}
+
+fn error_position(err: &sqlx::Error) -> Option<usize> {
+    err.as_database_error().and_then(|e| e.try_downcast_ref::<PgDatabaseError>()).and_then(|e| match e.position() {
+        Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
+        _ => None,
+    })
+}
+
+fn is_history_error(err: &sqlx::Error, table: &Table) -> bool {
+    err.as_database_error().and_then(|e| e.try_downcast_ref::<PgDatabaseError>()).is_some_and(|e| {
+        e.table() == Some(table.table.as_str()) || e.constraint() == Some(format!("{}_pk", table.table).as_str())
+    })
 }
 
 fn timeouts(script: &Script, scope: &str) -> String {
@@ -443,16 +480,17 @@ async fn fire(
     scripts: &Scripts,
     event: &str,
     placeholders: &Placeholders,
-    mixed: bool,
+    target: &Target,
 ) -> Result<(), ExecError> {
-    let callbacks = callback_statements(scripts, event, placeholders, mixed)?;
+    let table = &target.table;
+    let callbacks = callback_statements(scripts, event, placeholders, target.settings.mixed)?;
     if callbacks.is_empty() {
         return Ok(());
     }
     sqlx::raw_sql("BEGIN").execute(&mut *conn).await.map_err(|e| db_error(event, e))?;
     for (script, statements) in &callbacks {
         for st in statements {
-            if let Err(e) = run_statement(conn, &script.script, st, "").await {
+            if let Err(e) = run_statement(conn, &script.script, st, "", "", table).await {
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
                 return Err(e);
             }
@@ -491,36 +529,41 @@ async fn execute<P: Progress>(
     let before = callback_statements(scripts, before_each, placeholders, mixed)?;
     let after = callback_statements(scripts, after_each, placeholders, mixed)?;
     if job.in_transaction {
-        let mut prefix = format!("BEGIN;\n{}", timeouts(job.script, "LOCAL "));
-        let mut result = Ok(());
-        'run: for (script, statements) in before
+        // One round trip per statement: the first carries BEGIN, the last the history row and
+        // COMMIT, so a one-statement migration costs what psql pays for the same file.
+        let statements: Vec<(&str, &Statement)> = before
             .iter()
             .map(|(s, st)| (s.script.as_str(), st))
             .chain(std::iter::once((job.script.script.as_str(), &job.statements)))
             .chain(after.iter().map(|(s, st)| (s.script.as_str(), st)))
-        {
-            for st in statements.iter() {
-                if let Err(e) = run_statement(conn, script, st, &prefix).await {
-                    result = Err(e);
-                    break 'run;
-                }
-                prefix.clear();
+            .flat_map(|(script, list)| list.iter().map(move |st| (script, st)))
+            .collect();
+        let begin = format!("BEGIN;\n{}", timeouts(job.script, "LOCAL "));
+        let finish = format!(";\n{};\nCOMMIT;", target.table.insert_timed_sql(&job.row));
+        let mut result = Ok(None);
+        for (i, (script, st)) in statements.iter().enumerate() {
+            let prefix = if i == 0 { begin.as_str() } else { "" };
+            let suffix = if i + 1 == statements.len() { finish.as_str() } else { "" };
+            result = run_statement(conn, script, st, prefix, suffix, &target.table).await;
+            if result.is_err() {
+                break;
             }
         }
-        if result.is_ok() {
-            job.row.execution_time = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-            let commit = format!("{}{};\nCOMMIT;", prefix, target.table.insert_sql(&job.row));
-            result =
-                sqlx::raw_sql(sqlx::AssertSqlSafe(commit)).execute(&mut *conn).await.map(|_| ()).map_err(|e| {
-                    db_error(&format!("{}: recording it in {}", job.script.script, target.table.quoted()), e)
-                });
+        if statements.is_empty() {
+            result = record(conn, &job.script.script, &target.table, format!("{begin}{finish}")).await;
         }
-        if let Err(e) = result {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-            // The migration and its row were rolled back together; the error callbacks get a
-            // transaction of their own.
-            let _ = fire(conn, scripts, after_each_error, placeholders, mixed).await;
-            return Err(e);
+        match result {
+            Ok(recorded) => {
+                job.row.execution_time =
+                    recorded.unwrap_or_else(|| started.elapsed().as_millis().min(i32::MAX as u128) as i32);
+            }
+            Err(e) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                // The migration and its row were rolled back together; the error callbacks get a
+                // transaction of their own.
+                let _ = fire(conn, scripts, after_each_error, placeholders, target).await;
+                return Err(e);
+            }
         }
         return Ok(change(&job.row, job.action, true));
     }
@@ -535,8 +578,7 @@ async fn execute<P: Progress>(
         .chain(after.iter().map(|(s, st)| (s.script.as_str(), st)))
     {
         for st in statements.iter() {
-            let prefix = if settings.is_empty() { String::new() } else { settings.clone() };
-            if let Err(e) = run_statement(conn, script, st, &prefix).await {
+            if let Err(e) = run_statement(conn, script, st, &settings, "", &target.table).await {
                 result = Err(e);
                 break 'run;
             }
@@ -558,7 +600,7 @@ async fn execute<P: Progress>(
     match (result, record) {
         (Ok(()), Ok(())) => Ok(change(&job.row, job.action, false)),
         (Err(e), Ok(())) => {
-            let _ = fire(conn, scripts, after_each_error, placeholders, mixed).await;
+            let _ = fire(conn, scripts, after_each_error, placeholders, target).await;
             progress.changed(change(&job.row, "failed", false)).await;
             Err(ExecError::Failed(format!(
                 "{e} (not transactional: recorded as failed; fix the database by hand, then run repair)"
@@ -629,8 +671,7 @@ pub async fn migrate<P: Progress>(
         migrate_locked(&mut locked, target, &scripts, target_version, out_of_order, &baseline_version, progress).await;
     if result.is_err() {
         let placeholders = locked.session.placeholders(target);
-        let _ =
-            fire(&mut locked.session.conn, &scripts, "afterMigrateError", &placeholders, target.settings.mixed).await;
+        let _ = fire(&mut locked.session.conn, &scripts, "afterMigrateError", &placeholders, target).await;
     }
     locked.release().await;
     result
@@ -726,7 +767,7 @@ async fn migrate_locked<P: Progress>(
     ));
 
     let mixed = target.settings.mixed;
-    fire(&mut locked.session.conn, scripts, "beforeMigrate", &placeholders, mixed).await?;
+    fire(&mut locked.session.conn, scripts, "beforeMigrate", &placeholders, target).await?;
     let mut count = 0;
     let pending = set.pending();
     let last_versioned = pending.iter().rposition(|i| set.version_of(i).is_some());
@@ -737,7 +778,7 @@ async fn migrate_locked<P: Progress>(
         let script = &scripts.migrations[index];
         if resolved.version.is_none() && !repeatables_started {
             repeatables_started = true;
-            fire(&mut locked.session.conn, scripts, "beforeRepeatables", &placeholders, mixed).await?;
+            fire(&mut locked.session.conn, scripts, "beforeRepeatables", &placeholders, target).await?;
         }
         let (statements, in_transaction) = script
             .statements(&placeholders, mixed)
@@ -773,13 +814,13 @@ async fn migrate_locked<P: Progress>(
         progress.changed(change).await;
         count += 1;
         if Some(n) == last_versioned {
-            fire(&mut locked.session.conn, scripts, "afterVersioned", &placeholders, mixed).await?;
+            fire(&mut locked.session.conn, scripts, "afterVersioned", &placeholders, target).await?;
         }
     }
     if count > 0 {
-        fire(&mut locked.session.conn, scripts, "afterMigrateApplied", &placeholders, mixed).await?;
+        fire(&mut locked.session.conn, scripts, "afterMigrateApplied", &placeholders, target).await?;
     }
-    fire(&mut locked.session.conn, scripts, "afterMigrate", &placeholders, mixed).await?;
+    fire(&mut locked.session.conn, scripts, "afterMigrate", &placeholders, target).await?;
     let after = read_history(&mut locked.session, target).await?;
     let after_set =
         compute(scripts, &placeholders, after, Options { ignore: target.ignore.clone(), ..Options::default() })?;
@@ -1169,7 +1210,7 @@ pub async fn undo<P: Progress>(target: &Target, to: UndoTo, progress: &mut P) ->
     let result = undo_locked(&mut locked, target, &scripts, to, progress).await;
     if result.is_err() {
         let placeholders = locked.session.placeholders(target);
-        let _ = fire(&mut locked.session.conn, &scripts, "afterUndoError", &placeholders, target.settings.mixed).await;
+        let _ = fire(&mut locked.session.conn, &scripts, "afterUndoError", &placeholders, target).await;
     }
     locked.release().await;
     result
@@ -1227,7 +1268,7 @@ async fn undo_locked<P: Progress>(
     if set.infos.iter().any(|i| i.applied.is_some() && set.version_of(i).is_none() && i.state == State::Success) {
         warnings.push("repeatable migrations are not undone".into());
     }
-    fire(&mut locked.session.conn, scripts, "beforeUndo", &placeholders, mixed).await?;
+    fire(&mut locked.session.conn, scripts, "beforeUndo", &placeholders, target).await?;
     let count = plan.len();
     for (rank, (a, undo_script)) in (max_rank(&set) + 1..).zip(plan) {
         let row = &set.applied[a];
@@ -1264,7 +1305,7 @@ async fn undo_locked<P: Progress>(
         .await?;
         progress.changed(change).await;
     }
-    fire(&mut locked.session.conn, scripts, "afterUndo", &placeholders, mixed).await?;
+    fire(&mut locked.session.conn, scripts, "afterUndo", &placeholders, target).await?;
     let after = read_history(&mut locked.session, target).await?;
     let version_after =
         compute(scripts, &placeholders, after, Options { ignore: target.ignore.clone(), ..Options::default() })?

@@ -89,7 +89,8 @@ impl Table {
     pub async fn read(&self, conn: &mut PgConnection) -> Result<Result<Vec<AppliedMigration>, String>, sqlx::Error> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT \"installed_rank\", \"version\", \"description\", \"type\", \"script\", \"checksum\", \"installed_by\", \
-               \"installed_on\", \"execution_time\", \"success\" FROM {} ORDER BY \"installed_rank\"",
+               (\"installed_on\" AT TIME ZONE current_setting('TimeZone')) AS \"installed_on\", \"execution_time\", \"success\" \
+             FROM {} ORDER BY \"installed_rank\"",
             self.quoted()
         )))
         .fetch_all(conn)
@@ -128,9 +129,23 @@ impl Table {
     /// Flyway's record statement (the 9 columns but `installed_on`, which the server fills) as
     /// literal SQL, so it can go in one round trip with the migration's COMMIT.
     pub fn insert_sql(&self, row: &NewRow) -> String {
+        self.insert_with(row, &row.execution_time.to_string(), "")
+    }
+
+    /// The record statement inside the migration's own transaction, its `execution_time` the
+    /// server's time since the transaction began (the migration's statements), returned.
+    pub fn insert_timed_sql(&self, row: &NewRow) -> String {
+        self.insert_with(
+            row,
+            "(extract(epoch FROM clock_timestamp() - now()) * 1000)::int",
+            " RETURNING \"execution_time\"",
+        )
+    }
+
+    fn insert_with(&self, row: &NewRow, execution_time: &str, returning: &str) -> String {
         let opt = |v: &Option<String>| v.as_deref().map(quote_literal).unwrap_or_else(|| "NULL".into());
         format!(
-            "/*NO LOAD BALANCE*/ INSERT INTO {} (\"installed_rank\", \"version\", \"description\", \"type\", \"script\", \"checksum\", \"installed_by\", \"execution_time\", \"success\") VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {})",
+            "/*NO LOAD BALANCE*/ INSERT INTO {} (\"installed_rank\", \"version\", \"description\", \"type\", \"script\", \"checksum\", \"installed_by\", \"execution_time\", \"success\") VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}){returning}",
             self.quoted(),
             row.rank,
             opt(&row.version),
@@ -139,7 +154,7 @@ impl Table {
             quote_literal(&row.script),
             row.checksum.map(|c| c.to_string()).unwrap_or_else(|| "NULL".into()),
             quote_literal(&row.installed_by),
-            row.execution_time,
+            execution_time,
             row.success,
         )
     }

@@ -427,3 +427,43 @@ async fn bad_input_names_the_file_or_database() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn copy_data_placeholders_callbacks_and_timeouts() {
+    let db = TestDb::create().await.unwrap();
+    let dir = Dir::new();
+    dir.write(
+        "V1__seed.sql",
+        "CREATE TABLE city (id int PRIMARY KEY, name text, owner text DEFAULT '${owner}');\nCOPY city (id, name) FROM stdin;\n1\tLisbon\n2\tPorto\n\\.\nINSERT INTO city (id, name) VALUES (3, '${flyway:defaultSchema}');\n",
+    )
+    .write("V2__slow.sql", "-- hopngo:statementTimeout=100ms\nSELECT pg_sleep(1);\n")
+    .write("beforeMigrate.sql", "CREATE TABLE IF NOT EXISTS callback_log (event text);\n")
+    .write("afterEachMigrate.sql", "INSERT INTO callback_log VALUES ('afterEachMigrate');\n")
+    .write("afterMigrateError.sql", "INSERT INTO callback_log VALUES ('afterMigrateError');\n");
+    let mut t = target(&db, &dir);
+    t.placeholders.insert("Owner".into(), "booking_app".into());
+    let err = migrate(&t).await.unwrap_err();
+    assert!(
+        matches!(&err, ExecError::Failed(m) if m.contains("V2__slow.sql line 2") && m.contains("statement timeout")),
+        "{err:?}"
+    );
+    let mut c = conn(&db).await;
+    let cities: Vec<(i32, String, String)> =
+        sqlx::query_as("SELECT id, name, owner FROM city ORDER BY id").fetch_all(&mut c).await.unwrap();
+    assert_eq!(
+        cities,
+        vec![
+            (1, "Lisbon".into(), "booking_app".into()),
+            (2, "Porto".into(), "booking_app".into()),
+            (3, "public".into(), "booking_app".into())
+        ]
+    );
+    let log: Vec<String> = sqlx::query_scalar("SELECT event FROM callback_log").fetch_all(&mut c).await.unwrap();
+    assert_eq!(log, vec!["afterEachMigrate", "afterMigrateError"], "V2's afterEachMigrate rolled back with it");
+    assert_eq!(history(&db).await.len(), 1);
+    // The checksum is of the raw text (placeholders not replaced) for versioned migrations.
+    assert_eq!(
+        history(&db).await[0].5,
+        Some(checksum(&std::fs::read_to_string(dir.path.join("V1__seed.sql")).unwrap()))
+    );
+}

@@ -104,8 +104,8 @@ pub struct AppliedMigration {
     pub checksum: Option<i32>,
     /// `installed_by`.
     pub installed_by: String,
-    /// `installed_on` (timestamp without time zone, as stored).
-    pub installed_on: time::PrimitiveDateTime,
+    /// `installed_on` (stored without time zone, in the server's `TimeZone`; read as an instant).
+    pub installed_on: time::OffsetDateTime,
     /// `execution_time` (ms).
     pub execution_time: i32,
     /// `success`.

@@ -402,12 +402,7 @@ async fn roll_back<E: Effects>(
         return Flow::Continue;
     }
     let Some(rollback) = rollback_state(r).filter(|_| r.traffic_touched) else {
-        let reason = r.abort.as_ref().map(|a| a.reason.clone()).unwrap_or_default();
-        r.message = if r.traffic_touched {
-            format!("aborted: {reason}; no earlier version to return to")
-        } else {
-            format!("aborted: {reason}")
-        };
+        r.message = abort_summary(r);
         if let Some(a) = r.abort.as_mut() {
             a.traffic_back = true;
         }
@@ -431,11 +426,7 @@ async fn roll_back<E: Effects>(
             r.canary_weight = 0;
             r.switched = false;
             let from = r.phase;
-            r.message = format!(
-                "traffic back on {}; aborted: {}",
-                r.stable_artifact.as_deref().unwrap_or("stable"),
-                r.abort.as_ref().map(|a| a.reason.as_str()).unwrap_or("")
-            );
+            r.message = abort_summary(r);
             let message = r.message.clone();
             record(r, TransitionKind::RolledBack, ENGINE, from, message, out);
             if let Some(a) = r.abort.as_mut() {
@@ -447,6 +438,18 @@ async fn roll_back<E: Effects>(
             r.message = format!("returning traffic to stable: {}", obs.message);
             Flow::Wait(Some(after(now, s.poll_interval)))
         }
+    }
+}
+
+/// What an abort did with the traffic (the message of a settled abort starts with it).
+fn abort_summary(r: &Release) -> String {
+    let reason = r.abort.as_ref().map(|a| a.reason.as_str()).unwrap_or("");
+    if !r.traffic_touched {
+        format!("aborted: {reason}")
+    } else if rollback_state(r).is_none() {
+        format!("aborted: {reason}; no earlier version to return to")
+    } else {
+        format!("traffic back on {}; aborted: {reason}", r.stable_artifact.as_deref().unwrap_or("stable"))
     }
 }
 
@@ -467,7 +470,7 @@ async fn schema_after_abort<E: Effects>(
         if let Some(c) = r.schema.as_mut() {
             c.settled = true;
         }
-        r.message = format!("{}; {text}", r.message);
+        r.message = format!("{}; {text}", abort_summary(r));
         record(r, kind, ENGINE, from, text, out);
     };
     let before = if change.before.is_empty() { "no version".to_string() } else { format!("version {}", change.before) };
@@ -935,7 +938,7 @@ async fn run<E: Effects>(
                     }
                     MigrationPhase::Pending | MigrationPhase::Running => {
                         r.failures = 0;
-                        r.message = format!("migrating: {}", obs.message);
+                        r.message = format!("migrating {database} (run {run_id}): {}", obs.message);
                         Flow::Wait(Some(after(now, s.poll_interval)))
                     }
                 },

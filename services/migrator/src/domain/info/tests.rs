@@ -45,7 +45,7 @@ fn row(
         },
         checksum,
         installed_by: "app".into(),
-        installed_on: time::macros::datetime!(2026-01-01 00:00:00),
+        installed_on: time::macros::datetime!(2026-01-01 00:00:00 UTC),
         execution_time: 1,
         success,
     }

@@ -1,0 +1,2 @@
+DROP INDEX bookings_reference;
+ALTER TABLE bookings DROP COLUMN reference;

@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY bookings_by_trip;
