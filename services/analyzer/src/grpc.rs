@@ -3,7 +3,8 @@
 
 use std::{collections::BTreeMap, pin::Pin, sync::Arc, time::Duration};
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
+use hopngo_kit::follow::{follow, page_token, parse_page_token};
 use hopngo_proto::analyzer::{self as pb, analyzer_service_server::AnalyzerService};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
@@ -52,21 +53,6 @@ fn timeout_of(p: &Provider) -> Duration {
         | Provider::Web { timeout, .. }
         | Provider::Job { timeout, .. } => *timeout,
     }
-}
-
-fn page_token(run: &StoredRun) -> String {
-    format!("{}_{}", run.started_at.unix_timestamp_nanos(), run.id)
-}
-
-fn parse_page_token(token: &str) -> Result<Option<(OffsetDateTime, Uuid)>, AnalyzerError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || AnalyzerError::invalid("page_token", "not a token from a previous page");
-    let (nanos, id) = token.split_once('_').ok_or_else(bad)?;
-    let nanos: i128 = nanos.parse().map_err(|_| bad())?;
-    let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| bad())?;
-    Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchAnalysisRunResponse, Status>> + Send>>;
@@ -140,12 +126,12 @@ impl AnalyzerService for Analyzer {
     ) -> Result<Response<pb::ListAnalysisRunsResponse>, Status> {
         let req = request.into_inner();
         let size = if req.page_size == 0 { 50 } else { req.page_size.min(MAX_PAGE) };
-        let after = parse_page_token(&req.page_token)?;
+        let after = parse_page_token(&req.page_token).map_err(|e| AnalyzerError::invalid("page_token", e))?;
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         let mut runs = self.store.list(&labels, size as i64 + 1, after).await?;
         let next_page_token = if runs.len() > size as usize {
             runs.truncate(size as usize);
-            runs.last().map(page_token).unwrap_or_default()
+            runs.last().map(|r| page_token(r.started_at, r.id)).unwrap_or_default()
         } else {
             String::new()
         };
@@ -164,34 +150,23 @@ impl AnalyzerService for Analyzer {
         let id = run_id(&request.into_inner().id)?;
         let notice = self.engine.watch(id);
         let first = self.store.get(id).await?;
-        let store = self.store.clone();
-        let stream = async_stream::try_stream! {
-            let mut version = first.version;
-            let done = first.completed_at.is_some();
-            yield pb::WatchAnalysisRunResponse { run: Some(convert::run(&first)) };
-            if !done {
-                loop {
-                    // Listen before looking, so a change in between is not missed.
-                    let changed = notice.notified();
-                    tokio::pin!(changed);
-                    changed.as_mut().enable();
-                    if store.version(id).await.map_err(Status::from)? == Some(version) {
-                        tokio::select! {
-                            _ = &mut changed => {}
-                            _ = tokio::time::sleep(WATCH_POLL) => {}
-                        }
-                        continue;
-                    }
-                    let run = store.get(id).await.map_err(Status::from)?;
-                    version = run.version;
-                    let done = run.completed_at.is_some();
-                    yield pb::WatchAnalysisRunResponse { run: Some(convert::run(&run)) };
-                    if done {
-                        break;
-                    }
-                }
-            }
-        };
+        let (versions, loads) = (self.store.clone(), self.store.clone());
+        let stream = follow(
+            first,
+            notice,
+            WATCH_POLL,
+            |r| r.version,
+            |r| r.completed_at.is_some(),
+            move || {
+                let store = versions.clone();
+                async move { store.version(id).await.map_err(Status::from) }
+            },
+            move || {
+                let store = loads.clone();
+                async move { store.get(id).await.map_err(Status::from) }
+            },
+        )
+        .map(|r| r.map(|run| pb::WatchAnalysisRunResponse { run: Some(convert::run(&run)) }));
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -515,17 +515,7 @@ async fn execute<P: Progress>(
     let mixed = target.settings.mixed;
     let conn = &mut locked.session.conn;
     let started = Instant::now();
-    let change = |row: &NewRow, action: &str, transactional: bool| Change {
-        version: row.version.clone().unwrap_or_default(),
-        description: row.description.clone(),
-        kind: row.kind.as_str().into(),
-        script: row.script.clone(),
-        checksum: row.checksum,
-        rank: row.rank,
-        execution_time_ms: row.execution_time,
-        action: action.into(),
-        transactional,
-    };
+    let change = change_of;
     let before = callback_statements(scripts, before_each, placeholders, mixed)?;
     let after = callback_statements(scripts, after_each, placeholders, mixed)?;
     if job.in_transaction {
@@ -609,6 +599,11 @@ async fn execute<P: Progress>(
         (Err(e), Err(r)) => Err(ExecError::Failed(format!("{e}; and the failure could not be recorded: {r}"))),
         (Ok(()), Err(r)) => Err(r),
     }
+}
+
+/// Info options with the target's ignore patterns.
+fn options(target: &Target) -> Options {
+    Options { ignore: target.ignore.clone(), ..Options::default() }
 }
 
 fn max_rank(set: &InfoSet) -> i32 {
@@ -737,8 +732,7 @@ async fn migrate_locked<P: Progress>(
     let applied = read_history(&mut locked.session, target).await?;
     let mut ignore = target.ignore.clone();
     ignore.push(IgnorePattern::parse("*:pending").expect("valid"));
-    let options = Options { target: target_version, out_of_order, ignore };
-    let set = compute(scripts, &placeholders, applied, options)?;
+    let set = compute(scripts, &placeholders, applied, Options { target: target_version, out_of_order, ignore })?;
     let version_before = set.current_version();
     progress.started(&version_before).await;
     let problems = set.validate();
@@ -822,8 +816,7 @@ async fn migrate_locked<P: Progress>(
     }
     fire(&mut locked.session.conn, scripts, "afterMigrate", &placeholders, target).await?;
     let after = read_history(&mut locked.session, target).await?;
-    let after_set =
-        compute(scripts, &placeholders, after, Options { ignore: target.ignore.clone(), ..Options::default() })?;
+    let after_set = compute(scripts, &placeholders, after, options(target))?;
     let version_after = after_set.current_version();
     let message = if count == 0 {
         format!("Schema {} is up to date. No migration necessary.", history::quote_ident(schema))
@@ -988,8 +981,7 @@ async fn repair_locked<P: Progress>(
         });
     }
     let rows = read_history(&mut locked.session, target).await?;
-    let before =
-        compute(scripts, &placeholders, rows.clone(), Options { ignore: target.ignore.clone(), ..Options::default() })?;
+    let before = compute(scripts, &placeholders, rows.clone(), options(target))?;
     let version_before = before.current_version();
     progress.started(&version_before).await;
     let t = target.table.quoted();
@@ -1010,8 +1002,7 @@ async fn repair_locked<P: Progress>(
         });
     }
     let remaining: Vec<_> = rows.into_iter().filter(|r| r.success).collect();
-    let set =
-        compute(scripts, &placeholders, remaining, Options { ignore: target.ignore.clone(), ..Options::default() })?;
+    let set = compute(scripts, &placeholders, remaining, options(target))?;
     let mut rank = max_rank(&set);
     for info in &set.infos {
         let Some(a) = info.applied else { continue };
@@ -1096,9 +1087,7 @@ async fn repair_locked<P: Progress>(
         progress.changed(c).await;
     }
     let after = read_history(&mut locked.session, target).await?;
-    let version_after =
-        compute(scripts, &placeholders, after, Options { ignore: target.ignore.clone(), ..Options::default() })?
-            .current_version();
+    let version_after = compute(scripts, &placeholders, after, options(target))?.current_version();
     Ok(Outcome {
         version_before,
         version_after,
@@ -1226,7 +1215,7 @@ async fn undo_locked<P: Progress>(
     let placeholders = locked.session.placeholders(target);
     let installed_by = locked.session.installed_by(target);
     let rows = read_history(&mut locked.session, target).await?;
-    let set = compute(scripts, &placeholders, rows, Options { ignore: target.ignore.clone(), ..Options::default() })?;
+    let set = compute(scripts, &placeholders, rows, options(target))?;
     let version_before = set.current_version();
     progress.started(&version_before).await;
     let Some(to_version) = undo_end(&set, &to) else {
@@ -1307,9 +1296,7 @@ async fn undo_locked<P: Progress>(
     }
     fire(&mut locked.session.conn, scripts, "afterUndo", &placeholders, target).await?;
     let after = read_history(&mut locked.session, target).await?;
-    let version_after =
-        compute(scripts, &placeholders, after, Options { ignore: target.ignore.clone(), ..Options::default() })?
-            .current_version();
+    let version_after = compute(scripts, &placeholders, after, options(target))?.current_version();
     Ok(Outcome {
         version_before,
         message: format!(
@@ -1385,7 +1372,7 @@ pub async fn record_interrupted(target: &Target, running: &Change) -> Result<boo
 /// Checks before an undo run is stored that every migration it would reverse has its `U`
 /// script (and nothing else forbids it), so a refused undo changes nothing.
 pub async fn check_undo(target: &Target, to: &UndoTo) -> Result<(), ExecError> {
-    let (set, scripts, _) = info(target, Options { ignore: target.ignore.clone(), ..Options::default() }).await?;
+    let (set, scripts, _) = info(target, options(target)).await?;
     match undo_end(&set, to) {
         Some(end) => undo_plan(&set, &scripts, end.as_ref()).map(|_| ()),
         None => Ok(()),

@@ -546,8 +546,12 @@ async fn schema_after_abort<E: Effects>(
             }
             MigrationPhase::Pending | MigrationPhase::Running => {
                 r.failures = 0;
-                r.message =
-                    format!("traffic back on stable; undoing the schema of {}: {}", change.database, obs.message);
+                r.message = format!(
+                    "{}; undoing the schema of {} to {before} (run {run_id}): {}",
+                    abort_summary(r),
+                    change.database,
+                    obs.message
+                );
                 Flow::Wait(Some(after(now, s.poll_interval)))
             }
         },
