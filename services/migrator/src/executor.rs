@@ -213,8 +213,11 @@ async fn connect(target: &Target) -> Result<PgConnection, ExecError> {
 impl Session {
     async fn open(target: &Target) -> Result<Session, ExecError> {
         let mut conn = connect(target).await?;
-        let (user, database_name): (String, String) =
-            sqlx::query_as("SELECT current_user::text, current_database()::text")
+        // Unqualified names in scripts mean the target schema, whatever the user's search_path
+        // says (Flyway sets it the same way for its migration connection).
+        let (user, database_name, _): (String, String, String) =
+            sqlx::query_as("SELECT current_user::text, current_database()::text, set_config('search_path', $1, false)")
+                .bind(history::quote_ident(&target.table.schema))
                 .fetch_one(&mut conn)
                 .await
                 .map_err(|e| classify_connect(&target.database, e))?;

@@ -3,7 +3,7 @@
 //! duplicates refused. Every problem names the file.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -152,11 +152,13 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
 }
 
 /// Sidecar `V1__x.sql.conf` (Java properties): only the keys Flyway Community knows.
-fn read_conf(path: &Path, relative: &str) -> Result<(Option<bool>, bool), String> {
+fn read_conf(path: &Path, relative: &str, files: &HashSet<PathBuf>) -> Result<(Option<bool>, bool), String> {
     let conf = PathBuf::from(format!("{}.conf", path.display()));
-    let Ok(text) = std::fs::read_to_string(&conf) else {
+    // Known from the directory listing, so a location of thousands of scripts costs no failed opens.
+    if !files.contains(&conf) {
         return Ok((None, true));
-    };
+    }
+    let text = std::fs::read_to_string(&conf).map_err(|e| format!("{relative}.conf: {e}"))?;
     let mut execute_in_transaction = None;
     let mut placeholder_replacement = true;
     for (n, line) in text.lines().enumerate() {
@@ -217,6 +219,7 @@ pub fn load(locations: &[String]) -> Result<Scripts, Vec<String>> {
             problems.push(e);
             continue;
         }
+        let listed: HashSet<PathBuf> = files.iter().cloned().collect();
         for path in files {
             let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
             let relative = path.strip_prefix(&root).unwrap_or(&path).to_string_lossy().replace('\\', "/");
@@ -243,7 +246,7 @@ pub fn load(locations: &[String]) -> Result<Scripts, Vec<String>> {
                     continue;
                 }
             };
-            let (execute_in_transaction, placeholder_replacement) = match read_conf(&path, &relative) {
+            let (execute_in_transaction, placeholder_replacement) = match read_conf(&path, &relative, &listed) {
                 Ok(c) => c,
                 Err(e) => {
                     problems.push(e);

@@ -467,3 +467,34 @@ async fn copy_data_placeholders_callbacks_and_timeouts() {
         Some(checksum(&std::fs::read_to_string(dir.path.join("V1__seed.sql")).unwrap()))
     );
 }
+
+#[tokio::test]
+async fn a_schema_of_its_own_is_created_marked_and_used_for_unqualified_names() {
+    let db = TestDb::create().await.unwrap();
+    let dir = Dir::new();
+    dir.write("V1__init.sql", "CREATE TABLE trips (id int);\n")
+        .write("V2__no_tx.sql", "CREATE INDEX CONCURRENTLY trips_id ON trips (id);\n")
+        .write("V2__no_tx.sql.conf", "executeInTransaction=false\n");
+    let mut t = target(&db, &dir);
+    t.table.schema = "planning".into();
+    migrate(&t).await.unwrap();
+    let mut c = conn(&db).await;
+    let rows: Vec<(i32, Option<String>, String, String, String)> = sqlx::query_as(
+        "SELECT installed_rank, version, description, type, script FROM planning.flyway_schema_history ORDER BY installed_rank",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (0, None, "<< Flyway Schema Creation >>".into(), "SCHEMA".into(), "\"planning\"".into()),
+            (1, Some("1".into()), "init".into(), "SQL".into(), "V1__init.sql".into()),
+            (2, Some("2".into()), "no tx".into(), "SQL".into(), "V2__no_tx.sql".into()),
+        ]
+    );
+    assert!(exists(&db, "planning.trips").await && !exists(&db, "public.trips").await);
+    assert!(exists(&db, "planning.trips_id").await);
+    // Flyway's key for "planning"."flyway_schema_history" differs from the public one.
+    assert_ne!(t.table.lock_key(), 77433833903597);
+}
