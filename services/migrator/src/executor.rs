@@ -102,7 +102,7 @@ pub struct Change {
     pub rank: i32,
     /// Milliseconds.
     pub execution_time_ms: i32,
-    /// What happened (`applied`, `undone`, `failed`, `deleted failed row`, ...).
+    /// What happened (`applied`, `undone`, `failed`, `removed failed row`, ...).
     pub action: String,
     /// Whether it ran inside a transaction.
     pub transactional: bool,
@@ -562,20 +562,29 @@ async fn execute<P: Progress>(
     }
 
     progress.non_transactional(Some(change(&job.row, job.action, false))).await;
+    // Sent on their own: a statement that must not run in a transaction cannot share a query
+    // string with anything (that is an implicit transaction).
     let settings = timeouts(job.script, "");
     let mut result = Ok(());
-    'run: for (script, statements) in before
+    if !settings.is_empty() {
+        result = sqlx::raw_sql(sqlx::AssertSqlSafe(settings.clone()))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+            .map_err(|e| db_error(&job.script.script, e));
+    }
+    let statements = before
         .iter()
         .map(|(s, st)| (s.script.as_str(), st))
         .chain(std::iter::once((job.script.script.as_str(), &job.statements)))
         .chain(after.iter().map(|(s, st)| (s.script.as_str(), st)))
-    {
-        for st in statements.iter() {
-            if let Err(e) = run_statement(conn, script, st, &settings, "", &target.table).await {
-                result = Err(e);
-                break 'run;
-            }
+        .flat_map(|(script, list)| list.iter().map(move |st| (script, st)))
+        .collect::<Vec<(&str, &Statement)>>();
+    for (script, st) in statements {
+        if result.is_err() {
+            break;
         }
+        result = run_statement(conn, script, st, "", "", &target.table).await.map(|_| ());
     }
     if !settings.is_empty() {
         let _ = sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout").execute(&mut *conn).await;
@@ -692,10 +701,7 @@ async fn migrate_locked<P: Progress>(
     // createSchemas: a missing schema is created and marked, so clean could drop it again.
     let mut created_schema = false;
     if !history::schema_exists(conn, schema).await.map_err(|e| db_error(&what, e))? {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {}", history::quote_ident(schema))))
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| db_error(&what, e))?;
+        history::create_schema(conn, schema).await.map_err(|e| db_error(&what, e))?;
         created_schema = true;
     }
     let mut warnings = Vec::new();
@@ -991,7 +997,7 @@ async fn repair_locked<P: Progress>(
     let mut statements = vec!["BEGIN".to_string()];
     let mut changes = Vec::new();
     for r in rows.iter().filter(|r| !r.success) {
-        statements.push(format!("DELETE FROM {t} WHERE \"installed_rank\" = {}", r.rank));
+        statements.push(target.table.delete_sql(r.rank));
         changes.push(Change {
             version: r.version.as_ref().map(|v| v.text().to_string()).unwrap_or_default(),
             description: r.description.clone(),
@@ -1047,13 +1053,7 @@ async fn repair_locked<P: Progress>(
             row.checksum != Some(r.checksum) && r.checksum_matches(row.checksum)
         };
         if realign {
-            statements.push(format!(
-                "UPDATE {t} SET \"description\" = {}, \"type\" = {}, \"checksum\" = {} WHERE \"installed_rank\" = {}",
-                history::quote_literal(&description),
-                history::quote_literal(r.kind.as_str()),
-                r.checksum,
-                row.rank
-            ));
+            statements.push(target.table.realign_sql(row.rank, &description, r.kind, r.checksum));
             changes.push(Change {
                 version: row.version.as_ref().map(|v| v.text().to_string()).unwrap_or_default(),
                 description,

@@ -142,6 +142,21 @@ impl Table {
         )
     }
 
+    /// Repair's removal of a failed row.
+    pub fn delete_sql(&self, rank: i32) -> String {
+        format!("DELETE FROM {} WHERE \"installed_rank\" = {rank}", self.quoted())
+    }
+
+    /// Repair's realignment of a row with its script (Flyway's UPDATE by rank).
+    pub fn realign_sql(&self, rank: i32, description: &str, kind: MigrationType, checksum: i32) -> String {
+        format!(
+            "UPDATE {} SET \"description\" = {}, \"type\" = {}, \"checksum\" = {checksum} WHERE \"installed_rank\" = {rank}",
+            self.quoted(),
+            quote_literal(description),
+            quote_literal(kind.as_str()),
+        )
+    }
+
     fn insert_with(&self, row: &NewRow, execution_time: &str, returning: &str) -> String {
         let opt = |v: &Option<String>| v.as_deref().map(quote_literal).unwrap_or_else(|| "NULL".into());
         format!(
@@ -181,6 +196,11 @@ pub struct NewRow {
     pub execution_time: i32,
     /// `success`.
     pub success: bool,
+}
+
+/// Creates a schema (Flyway's `createSchemas`).
+pub async fn create_schema(conn: &mut PgConnection, schema: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {}", quote_ident(schema)))).execute(conn).await.map(|_| ())
 }
 
 /// Whether a schema exists.

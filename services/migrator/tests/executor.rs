@@ -473,7 +473,7 @@ async fn a_schema_of_its_own_is_created_marked_and_used_for_unqualified_names() 
     let db = TestDb::create().await.unwrap();
     let dir = Dir::new();
     dir.write("V1__init.sql", "CREATE TABLE trips (id int);\n")
-        .write("V2__no_tx.sql", "CREATE INDEX CONCURRENTLY trips_id ON trips (id);\n")
+        .write("V2__no_tx.sql", "-- hopngo:lockTimeout=2s\nCREATE INDEX CONCURRENTLY trips_id ON trips (id);\n")
         .write("V2__no_tx.sql.conf", "executeInTransaction=false\n");
     let mut t = target(&db, &dir);
     t.table.schema = "planning".into();
