@@ -143,3 +143,19 @@ fn per_environment_override_is_validated() {
     let yaml = GOOD.replace("    migrations:", "    environments:\n      qa: {replicas: 1}\n    migrations:");
     assert_eq!(problems(&yaml), vec![r#"services[0].environments.qa: unknown environment "qa""#]);
 }
+
+#[test]
+fn migrations_on_abort() {
+    let config = DeliveryConfig::load(GOOD).expect("valid");
+    let m = config.service("booking-service").unwrap().migrations.clone().unwrap();
+    assert_eq!(m.on_abort, OnAbort::Freeze, "freeze unless the service says undo");
+    let yaml = GOOD.replace(
+        "locations: [deploy/hopngo/migrations/booking]}",
+        "locations: [deploy/hopngo/migrations/booking], onAbort: undo}",
+    );
+    let config = DeliveryConfig::load(&yaml).expect("valid");
+    assert_eq!(config.service("booking-service").unwrap().migrations.clone().unwrap().on_abort, OnAbort::Undo);
+    let p =
+        problems(&GOOD.replace("locations: [deploy/hopngo/migrations/booking]}", "locations: [x], onAbort: revert}"));
+    assert!(p[0].starts_with("services[0].migrations.onAbort: unknown variant `revert`"), "{p:?}");
+}

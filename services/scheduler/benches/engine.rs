@@ -75,8 +75,8 @@ impl Effects for Instant0 {
     async fn analysis_status(&self, _: &str) -> Result<RunObservation, EffectError> {
         Ok(RunObservation { phase: RunPhase::Successful, message: String::new(), severity: Default::default() })
     }
-    async fn terminate_analysis(&self, _: &str, _: &str) -> Result<(), EffectError> {
-        Ok(())
+    async fn terminate_analysis(&self, _: &str, _: &str) -> Result<RunObservation, EffectError> {
+        Ok(RunObservation { phase: RunPhase::Successful, message: String::new(), severity: Default::default() })
     }
     async fn start_migration(&self, key: &str, _: &MigrationRequest) -> Result<String, EffectError> {
         Ok(key.to_string())

@@ -148,6 +148,25 @@ pub fn metric_to_proto(m: &MetricDef) -> analyzer::Metric {
     }
 }
 
+/// A run as the engine sees it.
+fn observation(run: analyzer::AnalysisRun) -> RunObservation {
+    let phase = match AnalysisPhase::try_from(run.phase).unwrap_or(AnalysisPhase::Unspecified) {
+        AnalysisPhase::Unspecified | AnalysisPhase::Pending => RunPhase::Pending,
+        AnalysisPhase::Running => RunPhase::Running,
+        AnalysisPhase::Successful => RunPhase::Successful,
+        AnalysisPhase::Failed => RunPhase::Failed,
+        AnalysisPhase::Error => RunPhase::Error,
+        AnalysisPhase::Inconclusive => RunPhase::Inconclusive,
+    };
+    let severity = match analyzer::MetricSeverity::try_from(run.severity).unwrap_or_default() {
+        analyzer::MetricSeverity::Unspecified | analyzer::MetricSeverity::Critical => config::Severity::Critical,
+        analyzer::MetricSeverity::High => config::Severity::High,
+        analyzer::MetricSeverity::Medium => config::Severity::Medium,
+        analyzer::MetricSeverity::Low => config::Severity::Low,
+    };
+    RunObservation { phase, message: run.message, severity }
+}
+
 impl Effects for GrpcEffects {
     async fn apply_target(&self, key: &str, desired: &DesiredState) -> Result<(), EffectError> {
         let request = ApplyTargetRequest {
@@ -215,28 +234,14 @@ impl Effects for GrpcEffects {
             .get_analysis_run(GetAnalysisRunRequest { id: run_id.to_string() })
             .await
             .map_err(|s| effect_error("analyzer", s))?;
-        let run = response.into_inner().run.unwrap_or_default();
-        let phase = match AnalysisPhase::try_from(run.phase).unwrap_or(AnalysisPhase::Unspecified) {
-            AnalysisPhase::Unspecified | AnalysisPhase::Pending => RunPhase::Pending,
-            AnalysisPhase::Running => RunPhase::Running,
-            AnalysisPhase::Successful => RunPhase::Successful,
-            AnalysisPhase::Failed => RunPhase::Failed,
-            AnalysisPhase::Error => RunPhase::Error,
-            AnalysisPhase::Inconclusive => RunPhase::Inconclusive,
-        };
-        let severity = match analyzer::MetricSeverity::try_from(run.severity).unwrap_or_default() {
-            analyzer::MetricSeverity::Unspecified | analyzer::MetricSeverity::Critical => config::Severity::Critical,
-            analyzer::MetricSeverity::High => config::Severity::High,
-            analyzer::MetricSeverity::Medium => config::Severity::Medium,
-            analyzer::MetricSeverity::Low => config::Severity::Low,
-        };
-        Ok(RunObservation { phase, message: run.message, severity })
+        Ok(observation(response.into_inner().run.unwrap_or_default()))
     }
 
-    async fn terminate_analysis(&self, run_id: &str, reason: &str) -> Result<(), EffectError> {
+    async fn terminate_analysis(&self, run_id: &str, reason: &str) -> Result<RunObservation, EffectError> {
         let request = TerminateAnalysisRunRequest { id: run_id.to_string(), reason: reason.to_string() };
-        self.analyzer.clone().terminate_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;
-        Ok(())
+        let response =
+            self.analyzer.clone().terminate_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;
+        Ok(observation(response.into_inner().run.unwrap_or_default()))
     }
 
     async fn start_migration(&self, key: &str, request: &MigrationRequest) -> Result<String, EffectError> {

@@ -38,6 +38,9 @@ async fn canary_runs_to_succeeded_and_promote_skips_the_pause() {
     let runs = h.fakes.analyzer.runs();
     let background: Vec<_> = runs.iter().filter(|r| r.labels["kind"] == "background").collect();
     assert_eq!(background.len(), 1);
+    let seen: Vec<_> = done.analysis_runs.iter().filter(|a| a.kind == "background").collect();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].phase, "SUCCESSFUL", "the release shows how the terminated run ended");
     // Every apply used a distinct key, one per step.
     let calls = h.fakes.deployer.calls();
     let keys: std::collections::BTreeSet<_> = calls.iter().map(|c| c.key.clone()).collect();

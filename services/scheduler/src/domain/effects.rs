@@ -190,8 +190,12 @@ pub trait Effects: Sync {
     ) -> impl Future<Output = Result<String, EffectError>> + Send;
     /// Analyzer GetAnalysisRun.
     fn analysis_status(&self, run_id: &str) -> impl Future<Output = Result<RunObservation, EffectError>> + Send;
-    /// Analyzer TerminateAnalysisRun.
-    fn terminate_analysis(&self, run_id: &str, reason: &str) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// Analyzer TerminateAnalysisRun; returns the run as it ended.
+    fn terminate_analysis(
+        &self,
+        run_id: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<RunObservation, EffectError>> + Send;
     /// Migrator StartMigration (migrate or undo); returns the run id.
     fn start_migration(
         &self,

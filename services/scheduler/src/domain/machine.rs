@@ -351,7 +351,10 @@ async fn cleanup<E: Effects>(r: &mut Release, now: OffsetDateTime, fx: &E, s: &S
     let open: Vec<String> = r.analysis_runs.iter().filter(|a| !a.done).map(|a| a.run_id.clone()).collect();
     for run_id in open {
         match fx.terminate_analysis(&run_id, &format!("release {}", r.phase.as_str().to_lowercase())).await {
-            Ok(()) => mark_run_done(r, &run_id),
+            Ok(obs) => {
+                update_run(r, &run_id, obs.phase, &obs.message);
+                mark_run_done(r, &run_id);
+            }
             Err(err) if err.retryable && r.failures < 10 => return retry_later(r, now, s, &err),
             Err(err) => {
                 // The analyzer ends runs on its own (count, TTL); settling must not hang on it.

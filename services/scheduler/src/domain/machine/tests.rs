@@ -123,9 +123,13 @@ impl Effects for Fake {
             severity: *self.run_severity.lock().unwrap(),
         })
     }
-    async fn terminate_analysis(&self, run_id: &str, _: &str) -> Result<(), EffectError> {
+    async fn terminate_analysis(&self, run_id: &str, _: &str) -> Result<RunObservation, EffectError> {
         self.terminated.lock().unwrap().push(run_id.to_string());
-        Ok(())
+        Ok(RunObservation {
+            phase: RunPhase::Successful,
+            message: "terminated".into(),
+            severity: crate::domain::config::Severity::Critical,
+        })
     }
     async fn start_migration(&self, key: &str, request: &MigrationRequest) -> Result<String, EffectError> {
         let mut m = self.migrations.lock().unwrap();
