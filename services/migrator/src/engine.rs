@@ -129,7 +129,8 @@ pub struct Engine {
     store: Store,
     databases: Databases,
     owner: Uuid,
-    notices: Mutex<HashMap<Uuid, Arc<Notify>>>,
+    /// Per watched run: the notice its watchers wait on, and how many watchers there are.
+    notices: Mutex<HashMap<Uuid, (Arc<Notify>, usize)>>,
     running: Mutex<HashSet<Uuid>>,
     tasks: TaskTracker,
 }
@@ -152,13 +153,16 @@ impl Engine {
         &self.databases
     }
 
-    /// The notice a watcher of `id` waits on.
-    pub fn watch(&self, id: Uuid) -> Arc<Notify> {
-        self.notices.lock().expect("notices").entry(id).or_default().clone()
+    /// A watcher of `id`: it waits on `notice`, and is forgotten when dropped.
+    pub fn watch(self: &Arc<Self>, id: Uuid) -> Watcher {
+        let mut notices = self.notices.lock().expect("notices");
+        let entry = notices.entry(id).or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        Watcher { engine: Arc::clone(self), id, notice: entry.0.clone() }
     }
 
     fn changed(&self, id: Uuid) {
-        let notice = self.notices.lock().expect("notices").get(&id).cloned();
+        let notice = self.notices.lock().expect("notices").get(&id).map(|(n, _)| n.clone());
         if let Some(n) = notice {
             n.notify_waiters();
         }
@@ -175,7 +179,6 @@ impl Engine {
                 tracing::error!(run = %id, error = %e, "migration run");
             }
             engine.running.lock().expect("running").remove(&id);
-            engine.notices.lock().expect("notices").remove(&id);
         });
     }
 
@@ -283,6 +286,26 @@ impl Engine {
                         })?)
                     };
                 executor::undo(&target, to, progress).await
+            }
+        }
+    }
+}
+
+/// One watcher of a run (see [`Engine::watch`]).
+pub struct Watcher {
+    engine: Arc<Engine>,
+    id: Uuid,
+    /// Notified when this replica changes the run.
+    pub notice: Arc<Notify>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let mut notices = self.engine.notices.lock().expect("notices");
+        if let Some(entry) = notices.get_mut(&self.id) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                notices.remove(&self.id);
             }
         }
     }

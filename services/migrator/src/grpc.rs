@@ -199,12 +199,12 @@ impl MigratorService for Migrator {
         request: Request<pb::WatchMigrationRunRequest>,
     ) -> Result<Response<Self::WatchMigrationRunStream>, Status> {
         let id = run_id(&request.into_inner().id)?;
-        let notice = self.engine.watch(id);
+        let watcher = self.engine.watch(id);
         let first = self.store.get(id).await?;
         let (versions, loads) = (self.store.clone(), self.store.clone());
         let stream = follow(
             first,
-            notice,
+            watcher.notice.clone(),
             WATCH_POLL,
             |r| r.version,
             |r| r.finished_at.is_some(),
@@ -217,7 +217,11 @@ impl MigratorService for Migrator {
                 async move { store.get(id).await.map_err(Status::from) }
             },
         )
-        .map(|r| r.map(|run| pb::WatchMigrationRunResponse { run: Some(convert::run(&run)) }));
+        // The watcher lives as long as the stream.
+        .map(move |r| {
+            let _ = &watcher;
+            r.map(|run| pb::WatchMigrationRunResponse { run: Some(convert::run(&run)) })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -498,3 +498,45 @@ async fn a_schema_of_its_own_is_created_marked_and_used_for_unqualified_names() 
     // Flyway's key for "planning"."flyway_schema_history" differs from the public one.
     assert_ne!(t.table.lock_key(), 77433833903597);
 }
+
+#[tokio::test]
+async fn versions_descriptions_and_repeatables_are_recorded_as_flyway_records_them() {
+    let db = TestDb::create().await.unwrap();
+    let dir = Dir::new();
+    let long = "d".repeat(230);
+    dir.write("V001__leading_zeros.sql", "SELECT 1;")
+        .write("V1_2__underscores_become_dots.sql", "SELECT 2;")
+        .write(&format!("V1_10__{long}.sql"), "SELECT 3;")
+        .write("V1.9.sql", "SELECT 4;")
+        .write("R__grants.sql", "SELECT '${role}';");
+    let mut t = target(&db, &dir);
+    t.placeholders.insert("role".into(), "reader".into());
+    migrate(&t).await.unwrap();
+    let rows = history(&db).await;
+    let described: Vec<(Option<&str>, &str)> = rows.iter().map(|r| (r.1.as_deref(), r.2.as_str())).collect();
+    let abbreviated = format!("{}...", "d".repeat(197));
+    assert_eq!(
+        described,
+        vec![
+            (Some("001"), "leading zeros"),
+            (Some("1.2"), "underscores become dots"),
+            (Some("1.9"), ""),
+            (Some("1.10"), abbreviated.as_str()),
+            (None, "grants"),
+        ],
+        "1.9 < 1.10; leading zeros kept; descriptions over 200 characters abbreviated"
+    );
+    // A repeatable's checksum is of its text with placeholders replaced: a new value runs it
+    // again; the same value does not.
+    assert_eq!(rows[4].5, Some(checksum("SELECT 'reader';")));
+    assert!(migrate(&t).await.unwrap().message.contains("up to date"));
+    t.placeholders.insert("role".into(), "writer".into());
+    migrate(&t).await.unwrap();
+    let rows = history(&db).await;
+    assert_eq!(rows.len(), 6);
+    assert_eq!((rows[5].1.as_deref(), rows[5].5), (None, Some(checksum("SELECT 'writer';"))));
+    let (set, _, _) = executor::info(&t, Options::default()).await.unwrap();
+    let repeatable_states: Vec<State> =
+        set.infos.iter().filter(|i| set.version_of(i).is_none()).map(|i| i.state).collect();
+    assert_eq!(repeatable_states, vec![State::Superseded, State::Success]);
+}
