@@ -136,13 +136,23 @@ pub fn location_path(location: &str) -> Result<PathBuf, String> {
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut entries: Vec<(PathBuf, bool)> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
-        .map(|e| e.map(|e| e.path()).map_err(|e| format!("{}: {e}", dir.display())))
+        .map(|e| {
+            let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+            // The entry's own type (no stat per file); a symlink is followed.
+            let is_dir = match e.file_type() {
+                Ok(t) if t.is_symlink() => e.path().is_dir(),
+                Ok(t) => t.is_dir(),
+                Err(err) => return Err(format!("{}: {err}", e.path().display())),
+            };
+            Ok((e.path(), is_dir))
+        })
         .collect::<Result<_, _>>()?;
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
+    // By name bytes: entries of one directory, and cheaper than comparing paths component-wise.
+    entries.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+    for (path, is_dir) in entries {
+        if is_dir {
             walk(&path, out)?;
         } else {
             out.push(path);
