@@ -469,6 +469,7 @@ pub struct MigrationView {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub action: String,
     pub transactional: bool,
+    pub undoable: bool,
 }
 
 impl From<&mpb::MigrationInfo> for MigrationView {
@@ -487,6 +488,7 @@ impl From<&mpb::MigrationInfo> for MigrationView {
             state_name: m.state_name.clone(),
             action: m.action.clone(),
             transactional: m.transactional,
+            undoable: m.undoable,
         }
     }
 }

@@ -4,7 +4,10 @@ use hopngo_proto::migrator as pb;
 use time::OffsetDateTime;
 
 use crate::{
-    domain::info::{Info, InfoSet, State},
+    domain::{
+        info::{Info, InfoSet, State},
+        version::Version,
+    },
     executor::Change,
     store::{Command, Phase, StoredRun},
 };
@@ -37,8 +40,8 @@ pub fn state(s: State) -> pb::MigrationState {
     }
 }
 
-/// One entry of an info set.
-pub fn info(set: &InfoSet, i: &Info) -> pb::MigrationInfo {
+/// One entry of an info set; `undo_scripts` are the versions that have a `U` script.
+pub fn info(set: &InfoSet, i: &Info, undo_scripts: &std::collections::HashSet<&Version>) -> pb::MigrationInfo {
     let resolved = i.resolved.map(|r| &set.resolved[r]);
     let applied = i.applied.map(|a| &set.applied[a]);
     let mut m = pb::MigrationInfo {
@@ -53,6 +56,9 @@ pub fn info(set: &InfoSet, i: &Info) -> pb::MigrationInfo {
         m.script = r.script.clone();
         m.checksum = Some(r.checksum);
     }
+    let kind = applied.map(|a| a.kind).or(resolved.map(|r| r.kind));
+    m.undoable = kind == Some(crate::domain::info::MigrationType::Sql)
+        && set.version_of(i).is_some_and(|v| undo_scripts.contains(v));
     if let Some(a) = applied {
         m.r#type = a.kind.as_str().to_string();
         m.script = a.script.clone();
@@ -88,6 +94,7 @@ pub fn change(c: &Change) -> pb::MigrationInfo {
         state_name: s.display_name().to_string(),
         action: c.action.clone(),
         transactional: c.transactional,
+        undoable: false,
     }
 }
 

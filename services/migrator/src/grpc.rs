@@ -54,9 +54,10 @@ impl MigratorService for Migrator {
         let databases = self.engine.databases();
         let target = databases.target(&databases.request(req.target.as_ref())?)?;
         let options = Options { ignore: target.ignore.clone(), ..Options::default() };
-        let (set, _, warnings) = executor::info(&target, options).await.map_err(MigratorError::from)?;
+        let (set, scripts, warnings) = executor::info(&target, options).await.map_err(MigratorError::from)?;
+        let undo_scripts = scripts.undo.keys().collect();
         Ok(Response::new(pb::InfoResponse {
-            migrations: set.infos.iter().map(|i| convert::info(&set, i)).collect(),
+            migrations: set.infos.iter().map(|i| convert::info(&set, i, &undo_scripts)).collect(),
             current_version: set.current_version(),
             warnings,
         }))

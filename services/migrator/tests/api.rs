@@ -106,6 +106,8 @@ async fn runs_are_started_watched_listed_and_repeated_by_key() {
         Some(hopngo_migrator::domain::checksum::checksum("CREATE TABLE bookings (id bigint);"))
     );
     assert_eq!(info.current_version, "");
+    let undoable: Vec<bool> = info.migrations.iter().map(|i| i.undoable).collect();
+    assert_eq!(undoable, vec![false, true, false], "only V2 has a U script");
 
     let started = c
         .start_migration(start_request("booking", &dir, pb::MigrationCommand::Migrate, "release-1/0/1"))

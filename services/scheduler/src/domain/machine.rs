@@ -514,11 +514,13 @@ async fn schema_after_abort<E: Effects>(
                 }
                 Err(err) if err.retryable => return retry_later(r, now, s, &err),
                 Err(err) => {
+                    // Refused before anything ran (no undo script for a migration, a failed
+                    // migration in the history): the schema stays, as with `freeze`.
                     let text = format!(
-                        "schema of {} was not undone: {err}; it stays at version {}",
+                        "schema of {} stays at version {}: the undo was refused ({err})",
                         change.database, change.after
                     );
-                    settle(r, TransitionKind::SchemaUndoFailed, text, out);
+                    settle(r, TransitionKind::SchemaFrozen, text, out);
                     return cleanup(r, now, fx, s).await;
                 }
             }

@@ -52,6 +52,7 @@ struct Fake {
     converged: Mutex<bool>,
     migrations: Mutex<Vec<(String, MigrationRequest)>>,
     migration_phase: Mutex<MigrationPhase>,
+    refuse_undo: Mutex<bool>,
 }
 
 impl Fake {
@@ -66,6 +67,7 @@ impl Fake {
             converged: Mutex::new(true),
             migrations: Mutex::new(Vec::new()),
             migration_phase: Mutex::new(MigrationPhase::Succeeded),
+            refuse_undo: Mutex::new(false),
         }
     }
     fn set_run(&self, p: RunPhase) {
@@ -132,6 +134,14 @@ impl Effects for Fake {
         })
     }
     async fn start_migration(&self, key: &str, request: &MigrationRequest) -> Result<String, EffectError> {
+        if *self.refuse_undo.lock().unwrap() && matches!(request.action, MigrationAction::Undo { .. }) {
+            return Err(EffectError {
+                dependency: "migrator",
+                retryable: false,
+                uncertain: false,
+                message: "InvalidArgument: no undo script for 2 (V2__x.sql)".into(),
+            });
+        }
         let mut m = self.migrations.lock().unwrap();
         m.push((key.to_string(), request.clone()));
         Ok(format!("m{}", m.len()))
@@ -645,5 +655,20 @@ async fn a_failed_migration_aborts_before_traffic_and_undoes_what_it_applied() {
     // The undo run fails too: the release says where the schema is.
     assert_eq!(kinds(&a)[2..], [SchemaUndoFailed]);
     assert!(r.message.contains("schema undo of booking failed"), "{}", r.message);
+    assert!(r.settled);
+}
+
+#[tokio::test]
+async fn an_undo_refused_for_lack_of_scripts_leaves_the_schema_and_says_why() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    *fx.refuse_undo.lock().unwrap() = true;
+    let mut r = with_migrate_step(crate::domain::config::OnAbort::Undo);
+    tick(&mut r, &fx, 0).await;
+    abort(&mut r, "bob", "bad canary", at(5)).unwrap();
+    let a = tick(&mut r, &fx, 6).await;
+    assert_eq!(kinds(&a), vec![RolledBack, SchemaFrozen]);
+    assert!(r.message.contains("stays at version 2: the undo was refused"), "{}", r.message);
+    assert!(r.message.contains("no undo script"), "{}", r.message);
     assert!(r.settled);
 }
