@@ -540,3 +540,37 @@ async fn versions_descriptions_and_repeatables_are_recorded_as_flyway_records_th
         set.infos.iter().filter(|i| set.version_of(i).is_none()).map(|i| i.state).collect();
     assert_eq!(repeatable_states, vec![State::Superseded, State::Success]);
 }
+
+#[tokio::test]
+async fn baseline_on_migrate_and_mixed_scripts_when_allowed() {
+    let db = TestDb::create().await.unwrap();
+    let dir = Dir::new();
+    dir.write("V1__old.sql", "CREATE TABLE legacy (id int);")
+        .write("V2__old.sql", "ALTER TABLE legacy ADD note text;")
+        .write("V3__mixed.sql", "CREATE TABLE fresh (id int);\nCREATE INDEX CONCURRENTLY fresh_id ON fresh (id);\n");
+    let mut c = conn(&db).await;
+    sqlx::raw_sql("CREATE TABLE legacy (id int, note text);").execute(&mut c).await.unwrap();
+    let mut t = target(&db, &dir);
+    t.settings.baseline_on_migrate = true;
+    t.settings.baseline_version = "2".into();
+    t.settings.mixed = true;
+    let outcome = migrate(&t).await.unwrap();
+    assert_eq!(outcome.version_after, "3");
+    assert!(outcome.warnings.iter().any(|w| w.contains("baselineOnMigrate")), "{:?}", outcome.warnings);
+    let rows = history(&db).await;
+    assert_eq!(
+        rows,
+        vec![
+            row(1, Some("2"), "<< Flyway Baseline >>", "BASELINE", "<< Flyway Baseline >>", None),
+            row(
+                2,
+                Some("3"),
+                "mixed",
+                "SQL",
+                "V3__mixed.sql",
+                Some(checksum("CREATE TABLE fresh (id int);\nCREATE INDEX CONCURRENTLY fresh_id ON fresh (id);\n"))
+            ),
+        ]
+    );
+    assert!(exists(&db, "fresh_id").await, "the mixed script ran outside a transaction");
+}
