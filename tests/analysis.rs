@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use hopngo_deployer::traffic::{Load, run as traffic};
-use hopngo_e2e::{Proc, binary};
+use hopngo_e2e::{Proc, binary, create_booking_release, until};
 use hopngo_proto::{
     analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient},
     deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
@@ -51,35 +51,6 @@ services:
       command: ["{demo}", --name, booking, --version, "{{version}}", --port, "{{port}}"]
 "#
     )
-}
-
-async fn create(client: &mut ReleaseServiceClient<tonic::transport::Channel>, artifact: &str) -> pb::Release {
-    let mut req = tonic::Request::new(pb::CreateReleaseRequest {
-        service: "booking".into(),
-        environment: "staging".into(),
-        artifact: artifact.into(),
-        ..Default::default()
-    });
-    req.metadata_mut().insert("x-hopngo-user", "e2e".parse().unwrap());
-    client.create_release(req).await.expect("create").into_inner().release.unwrap()
-}
-
-async fn until(
-    client: &mut ReleaseServiceClient<tonic::transport::Channel>,
-    id: &str,
-    secs: u64,
-    done: impl Fn(&pb::Release) -> bool,
-) -> pb::Release {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r =
-            client.get_release(pb::GetReleaseRequest { id: id.into() }).await.unwrap().into_inner().release.unwrap();
-        if done(&r) {
-            return r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "release not there in {secs}s: {r:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +113,7 @@ async fn a_faulty_canary_is_aborted_by_its_analysis() {
     let mut releases = ReleaseServiceClient::connect(scheduler.grpc.clone()).await.unwrap();
     let mut deployer_client = DeployerServiceClient::connect(deployer.grpc.clone()).await.unwrap();
 
-    let first = create(&mut releases, "1.0.0").await;
+    let first = create_booking_release(&mut releases, "1.0.0").await;
     until(&mut releases, &first.id, 60, |r| r.settled).await;
     let status = deployer_client
         .get_target_status(dpb::GetTargetStatusRequest { service: "booking".into(), environment: "staging".into() })
@@ -198,7 +169,7 @@ async fn a_faulty_canary_is_aborted_by_its_analysis() {
 
     // A faulty canary: half its answers are errors. Watched from its creation: the time its
     // ABORTED state reaches a watcher is when the abort was committed (plus the notification).
-    let faulty = create(&mut releases, "2.0.0+errors=0.5").await;
+    let faulty = create_booking_release(&mut releases, "2.0.0+errors=0.5").await;
     let abort_seen = tokio::spawn({
         let mut client = releases.clone();
         let id = faulty.id.clone();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use hopngo_e2e::{Proc, binary};
+use hopngo_e2e::{Proc, binary, create_booking_release, until};
 use hopngo_proto::{
     deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
     migrator::{self as mpb, migrator_service_client::MigratorServiceClient},
@@ -34,38 +34,6 @@ services:
       command: ["{demo}", --name, booking, --version, "{{version}}", --port, "{{port}}"]
 "#
     )
-}
-
-async fn create(client: &mut ReleaseServiceClient<tonic::transport::Channel>, artifact: &str) -> pb::Release {
-    let mut req = tonic::Request::new(pb::CreateReleaseRequest {
-        service: "booking".into(),
-        environment: "staging".into(),
-        artifact: artifact.into(),
-        ..Default::default()
-    });
-    req.metadata_mut().insert("x-hopngo-user", "e2e".parse().unwrap());
-    client.create_release(req).await.expect("create").into_inner().release.unwrap()
-}
-
-async fn get(client: &mut ReleaseServiceClient<tonic::transport::Channel>, id: &str) -> pb::Release {
-    client.get_release(pb::GetReleaseRequest { id: id.into() }).await.unwrap().into_inner().release.unwrap()
-}
-
-async fn until(
-    client: &mut ReleaseServiceClient<tonic::transport::Channel>,
-    id: &str,
-    secs: u64,
-    done: impl Fn(&pb::Release) -> bool,
-) -> pb::Release {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let r = get(client, id).await;
-        if done(&r) {
-            return r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "release not there in {secs}s: {r:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn tracks(deployer: &mut DeployerServiceClient<tonic::transport::Channel>) -> Vec<(i32, String)> {
@@ -133,7 +101,7 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     let mut app_conn = sqlx::PgConnection::connect(&app.url).await.unwrap();
 
     // The first release migrates to V1, then deploys.
-    let first = create(&mut releases, "1.0.0").await;
+    let first = create_booking_release(&mut releases, "1.0.0").await;
     let first = until(&mut releases, &first.id, 60, |r| r.settled).await;
     assert_eq!(first.phase, pb::ReleasePhase::Succeeded as i32, "{}", first.message);
     assert_eq!(first.steps[0].name, "migrate");
@@ -145,7 +113,7 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     )
     .unwrap();
     std::fs::write(scripts.join("U2__add_reference.sql"), "ALTER TABLE bookings DROP COLUMN reference;\n").unwrap();
-    let second = create(&mut releases, "2.0.0").await;
+    let second = create_booking_release(&mut releases, "2.0.0").await;
     let migrating = until(&mut releases, &second.id, 30, |r| r.message.starts_with("migrating")).await;
     let run_id = migrating.steps[0].run_id.clone();
     let mut saw_running = 0;

@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use hopngo_proto::release::{self as pb, release_service_client::ReleaseServiceClient};
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     process::{Child, Command},
@@ -112,4 +113,38 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
         bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
     }
     Ok(body.to_string())
+}
+
+/// A release client of a scheduler on loopback.
+pub type Releases = ReleaseServiceClient<tonic::transport::Channel>;
+
+/// Creates a release of booking in staging as user `e2e`.
+pub async fn create_booking_release(client: &mut Releases, artifact: &str) -> pb::Release {
+    let mut req = tonic::Request::new(pb::CreateReleaseRequest {
+        service: "booking".into(),
+        environment: "staging".into(),
+        artifact: artifact.into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("x-hopngo-user", "e2e".parse().expect("ascii"));
+    client.create_release(req).await.expect("create").into_inner().release.expect("release")
+}
+
+/// Polls a release until `done` (panics after `secs`).
+pub async fn until(client: &mut Releases, id: &str, secs: u64, done: impl Fn(&pb::Release) -> bool) -> pb::Release {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = client
+            .get_release(pb::GetReleaseRequest { id: id.into() })
+            .await
+            .expect("get")
+            .into_inner()
+            .release
+            .expect("release");
+        if done(&r) {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "release not there in {secs}s: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
