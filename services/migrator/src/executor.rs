@@ -318,8 +318,25 @@ pub async fn info(target: &Target, options: Options) -> Result<(InfoSet, Scripts
 pub async fn preflight(target: &Target) -> Result<Scripts, ExecError> {
     let scripts = load_scripts(target)?;
     let session = Session::open(target).await?;
+    let placeholders = session.placeholders(target);
     let _ = session.conn.close().await;
+    scripts
+        .check(&placeholders, target.settings.mixed)
+        .map_err(|p| ExecError::Invalid { field: "target.locations".into(), reason: p.join("; ") })?;
     Ok(scripts)
+}
+
+/// The statements of each script, or the first problem: prepared before anything runs, so a bad
+/// script late in the list does not leave the ones before it applied.
+fn prepare<'a>(
+    scripts: impl Iterator<Item = &'a Script>,
+    placeholders: &Placeholders,
+    mixed: bool,
+) -> Result<Vec<(Vec<Statement>, bool)>, ExecError> {
+    scripts
+        .map(|s| s.statements(placeholders, mixed))
+        .collect::<Result<_, _>>()
+        .map_err(|reason| ExecError::Invalid { field: "target.locations".into(), reason })
 }
 
 /// A locked session: the lock connection (held for the whole command) and the work connection.
@@ -775,7 +792,14 @@ async fn migrate_locked<P: Progress>(
     let pending = set.pending();
     let last_versioned = pending.iter().rposition(|i| set.version_of(i).is_some());
     let mut repeatables_started = false;
-    for (rank, (n, info)) in (max_rank(&set) + 1..).zip(pending.iter().enumerate()) {
+    let prepared = prepare(
+        pending.iter().map(|i| &scripts.migrations[i.resolved.expect("pending has a script")]),
+        &placeholders,
+        mixed,
+    )?;
+    for (rank, (n, (info, (statements, in_transaction)))) in
+        (max_rank(&set) + 1..).zip(pending.iter().zip(prepared).enumerate())
+    {
         let index = info.resolved.expect("pending has a script");
         let resolved = &set.resolved[index];
         let script = &scripts.migrations[index];
@@ -783,9 +807,6 @@ async fn migrate_locked<P: Progress>(
             repeatables_started = true;
             fire(&mut locked.session.conn, scripts, "beforeRepeatables", &placeholders, target).await?;
         }
-        let (statements, in_transaction) = script
-            .statements(&placeholders, mixed)
-            .map_err(|reason| ExecError::Invalid { field: "target.locations".into(), reason })?;
         locked.still_locked(target).await?;
         let mut job = Job {
             script,
@@ -1262,11 +1283,11 @@ async fn undo_locked<P: Progress>(
     }
     fire(&mut locked.session.conn, scripts, "beforeUndo", &placeholders, target).await?;
     let count = plan.len();
-    for (rank, (a, undo_script)) in (max_rank(&set) + 1..).zip(plan) {
+    let prepared = prepare(plan.iter().map(|(_, s)| *s), &placeholders, mixed)?;
+    for (rank, ((a, undo_script), (statements, in_transaction))) in
+        (max_rank(&set) + 1..).zip(plan.into_iter().zip(prepared))
+    {
         let row = &set.applied[a];
-        let (statements, in_transaction) = undo_script
-            .statements(&placeholders, mixed)
-            .map_err(|reason| ExecError::Invalid { field: "target.locations".into(), reason })?;
         locked.still_locked(target).await?;
         let mut job = Job {
             script: undo_script,

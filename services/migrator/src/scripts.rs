@@ -333,4 +333,12 @@ impl Scripts {
         }
         if problems.is_empty() { Ok(resolved) } else { Err(problems) }
     }
+
+    /// Checks that every script (migrations, undo scripts, callbacks) has its placeholders and
+    /// splits into statements that can run as it says; every problem names its file.
+    pub fn check(&self, placeholders: &Placeholders, mixed: bool) -> Result<(), Vec<String>> {
+        let all = self.migrations.iter().chain(self.undo.values()).chain(self.callbacks.values().flatten());
+        let problems: Vec<String> = all.filter_map(|s| s.statements(placeholders, mixed).err()).collect();
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
 }

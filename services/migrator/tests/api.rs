@@ -273,7 +273,13 @@ async fn bad_requests_are_refused_before_anything_is_stored() {
         Code::InvalidArgument,
         "Found more than one migration with version 1",
     );
-    dir.remove("V1.0__twin.sql");
+    dir.remove("V1.0__twin.sql").write("V2__ph.sql", "SELECT '${region}';");
+    refused(
+        start(start_request("app", &dir, pb::MigrationCommand::Migrate, "")).await,
+        Code::InvalidArgument,
+        "V2__ph.sql: No value provided for placeholder: ${region}",
+    );
+    dir.remove("V2__ph.sql");
 
     // Applied, then an undo with no U script: refused, nothing undone.
     let run = c

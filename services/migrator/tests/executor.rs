@@ -393,7 +393,9 @@ async fn bad_input_names_the_file_or_database() {
         "{err:?}"
     );
     assert!(!exists(&db, "flyway_schema_history").await, "nothing was written");
-    dir.remove("V1.0__dup.sql").write("V2__ph.sql", "SELECT '${missing}';");
+    dir.remove("V1.0__dup.sql");
+    migrate(&t).await.unwrap();
+    dir.write("V2__ph.sql", "SELECT '${missing}';");
     let err = migrate(&t).await.unwrap_err();
     assert!(
         matches!(&err, ExecError::Invalid { reason, .. } if reason.contains("V2__ph.sql: No value provided for placeholder: ${missing}")),
@@ -413,6 +415,15 @@ async fn bad_input_names_the_file_or_database() {
         "{err:?}"
     );
     assert_eq!(history(&db).await.len(), 1, "only V1 ran");
+    // A bad script after a good one: every pending script is prepared first, so neither runs.
+    dir.remove("V2__mixed.sql")
+        .write("V2__good.sql", "CREATE TABLE good (id int);")
+        .write("V3__bad.sql", "SELECT '${missing}';");
+    let err = migrate(&t).await.unwrap_err();
+    assert!(matches!(&err, ExecError::Invalid { reason, .. } if reason.contains("V3__bad.sql")), "{err:?}");
+    assert!(!exists(&db, "good").await, "V2 did not run before V3 was found bad");
+    assert_eq!(history(&db).await.len(), 1);
+    dir.remove("V2__good.sql").remove("V3__bad.sql");
 
     let mut unreachable = t.clone();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
