@@ -49,6 +49,10 @@ async fn start(own: &TestDb, targets: &[(&str, &str)]) -> Running {
 }
 
 impl Running {
+    async fn start_run(&self, request: pb::StartMigrationRequest) -> pb::MigrationRun {
+        self.client.clone().start_migration(request).await.unwrap().into_inner().run.unwrap()
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         self.handle.await.unwrap().unwrap();
@@ -109,13 +113,7 @@ async fn runs_are_started_watched_listed_and_repeated_by_key() {
     let undoable: Vec<bool> = info.migrations.iter().map(|i| i.undoable).collect();
     assert_eq!(undoable, vec![false, true, false], "only V2 has a U script");
 
-    let started = c
-        .start_migration(start_request("booking", &dir, pb::MigrationCommand::Migrate, "release-1/0/1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let started = m.start_run(start_request("booking", &dir, pb::MigrationCommand::Migrate, "release-1/0/1")).await;
     let done = m.finish(&started.id).await;
     assert_eq!(done.phase, pb::MigrationPhase::Succeeded as i32, "{}", done.message);
     assert_eq!((done.version_before.as_str(), done.version_after.as_str()), ("", "2"));
@@ -125,13 +123,7 @@ async fn runs_are_started_watched_listed_and_repeated_by_key() {
     assert_eq!(history(&app).await.len(), 3);
 
     // The same key: the same run, nothing run again. The same key for something else: refused.
-    let again = c
-        .start_migration(start_request("booking", &dir, pb::MigrationCommand::Migrate, "release-1/0/1"))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let again = m.start_run(start_request("booking", &dir, pb::MigrationCommand::Migrate, "release-1/0/1")).await;
     assert_eq!(again.id, started.id);
     let status = c
         .start_migration(start_request("booking", &dir, pb::MigrationCommand::Undo, "release-1/0/1"))
@@ -158,13 +150,7 @@ async fn runs_are_started_watched_listed_and_repeated_by_key() {
     dir.write("V1__bookings.sql", "CREATE TABLE bookings (id bigint);");
 
     // Undo of the previous version (a non-transactional index drop is fine either way).
-    let undo = c
-        .start_migration(start_request("booking", &dir, pb::MigrationCommand::Undo, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let undo = m.start_run(start_request("booking", &dir, pb::MigrationCommand::Undo, "")).await;
     let undone = m.finish(&undo.id).await;
     assert_eq!(undone.phase, pb::MigrationPhase::Succeeded as i32, "{}", undone.message);
     assert_eq!(undone.version_after, "1");
@@ -282,13 +268,7 @@ async fn bad_requests_are_refused_before_anything_is_stored() {
     dir.remove("V2__ph.sql");
 
     // Applied, then an undo with no U script: refused, nothing undone.
-    let run = c
-        .start_migration(start_request("app", &dir, pb::MigrationCommand::Migrate, ""))
-        .await
-        .unwrap()
-        .into_inner()
-        .run
-        .unwrap();
+    let run = m.start_run(start_request("app", &dir, pb::MigrationCommand::Migrate, "")).await;
     assert_eq!(m.finish(&run.id).await.phase, pb::MigrationPhase::Succeeded as i32);
     let mut undo = start_request("app", &dir, pb::MigrationCommand::Undo, "");
     undo.undo_all = true;
