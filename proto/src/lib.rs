@@ -47,3 +47,5 @@ pub use hopngo::{
     analyzer::v1 as analyzer, config::v1 as config, deployer::v1 as deployer, events::v1 as events,
     migrator::v1 as migrator, notifier::v1 as notifier, release::v1 as release,
 };
+
+pub mod event_types;

@@ -7,6 +7,7 @@
 //! - [`client`]: lazily connected channels that inject trace context, and call deadlines;
 //! - [`identity`]: the one interceptor that turns request metadata into the caller's identity;
 //! - [`error`]: the one domain-error → `tonic::Status` mapping;
+//! - [`http`]: the outbound HTTP/1.1 client (deadline per request, capped response size);
 //! - [`follow`]: keyset page tokens and following a versioned record (list and watch RPCs);
 //! - [`shutdown`]: SIGTERM / ctrl-c → a cancellation token;
 //! - [`pg`]: a throwaway PostgreSQL cluster from the system binaries (tests and the embedded stack).
@@ -18,6 +19,7 @@ pub mod client;
 pub mod db;
 pub mod error;
 pub mod follow;
+pub mod http;
 pub mod identity;
 pub mod pg;
 pub mod server;

@@ -651,6 +651,18 @@ impl npb::notifier_service_server::NotifierService for FakeNotifier {
     ) -> Result<Response<npb::ListDeliveriesResponse>, Status> {
         Err(Status::unimplemented("the fake notifier has no webhooks"))
     }
+    async fn acknowledge(
+        &self,
+        _: Request<npb::AcknowledgeRequest>,
+    ) -> Result<Response<npb::AcknowledgeResponse>, Status> {
+        Err(Status::unimplemented("the fake notifier does not escalate"))
+    }
+    async fn list_escalations(
+        &self,
+        _: Request<npb::ListEscalationsRequest>,
+    ) -> Result<Response<npb::ListEscalationsResponse>, Status> {
+        Err(Status::unimplemented("the fake notifier does not escalate"))
+    }
 }
 
 /// All four fakes, each on its own port.

@@ -1,6 +1,5 @@
 //! Metric providers: where a measurement's value comes from.
 
-pub mod http;
 pub mod job;
 pub mod prometheus;
 pub mod scrape;
@@ -11,7 +10,7 @@ use crate::domain::run::{Observation, Provider};
 /// The providers with their shared state (HTTP connection pool, scrape histories).
 #[derive(Clone, Default)]
 pub struct Providers {
-    http: http::HttpClient,
+    http: hopngo_kit::http::HttpClient,
     scrapes: scrape::ScrapeCache,
 }
 

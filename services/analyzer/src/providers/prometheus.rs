@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
-use super::http::HttpClient;
 use crate::domain::{condition::Value, run::Observation};
+use hopngo_kit::http::HttpClient;
 
 #[derive(Deserialize)]
 struct ApiResponse {

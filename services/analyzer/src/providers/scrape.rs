@@ -13,12 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::http::HttpClient;
 use crate::domain::{
     condition::Value,
     run::Observation,
     scrape::{ScrapeExpr, Snapshot, parse_exposition},
 };
+use hopngo_kit::http::HttpClient;
 
 /// A scrape this recent is reused instead of scraping again.
 pub const REUSE: Duration = Duration::from_millis(250);

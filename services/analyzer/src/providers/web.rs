@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use super::http::HttpClient;
 use crate::domain::{condition::Value, run::Observation};
+use hopngo_kit::http::HttpClient;
 
 /// Checks a selector's syntax.
 pub fn parse_path(path: &str) -> Result<Vec<Step>, String> {
@@ -81,7 +81,7 @@ pub async fn measure(
     if method == "POST" && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
         headers.push(("content-type".into(), "application/json".into()));
     }
-    let response = match http.send(method, url, &headers, body, timeout).await {
+    let response = match http.send(method, url, &headers, body.to_string(), timeout).await {
         Ok(r) => r,
         Err(e) => return Observation::Error(e),
     };

@@ -1,6 +1,7 @@
 //! How transitions are told to the world: CDEvents types (CloudEvents binding) where CDEvents has
 //! one, the `dev.cdeventsx.hopngo-*` custom namespace otherwise, and a severity for filtering.
 
+use hopngo_proto::event_types as types;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -37,29 +38,29 @@ impl EventSeverity {
 /// CloudEvents `type` of a transition.
 pub fn event_type(kind: TransitionKind, r: &Release) -> &'static str {
     match kind {
-        TransitionKind::Created => "dev.cdeventsx.hopngo-release.created.0.1.0",
-        TransitionKind::Started => "dev.cdeventsx.hopngo-release.started.0.1.0",
-        TransitionKind::StepCompleted => "dev.cdeventsx.hopngo-release.step-completed.0.1.0",
-        TransitionKind::StepSkipped => "dev.cdeventsx.hopngo-release.step-skipped.0.1.0",
-        TransitionKind::WeightChanged => "dev.cdeventsx.hopngo-canary.weight-changed.0.1.0",
-        TransitionKind::Paused => "dev.cdeventsx.hopngo-release.paused.0.1.0",
-        TransitionKind::Promoted => "dev.cdeventsx.hopngo-release.promoted.0.1.0",
-        TransitionKind::AwaitingApproval => "dev.cdevents.approval.created.0.1.0",
-        TransitionKind::ApprovalRecorded => "dev.cdevents.approval.updated.0.1.0",
-        TransitionKind::Approved | TransitionKind::Rejected => "dev.cdevents.approval.closed.0.1.0",
-        TransitionKind::AnalysisStarted => "dev.cdeventsx.hopngo-analysis.started.0.1.0",
-        TransitionKind::AnalysisCompleted => "dev.cdeventsx.hopngo-analysis.completed.0.1.0",
-        TransitionKind::Aborted => "dev.cdeventsx.hopngo-release.aborted.0.1.0",
-        TransitionKind::RolledBack => "dev.cdevents.service.rolledback.0.3.0",
-        TransitionKind::Succeeded if r.undo_of_revision.is_some() => "dev.cdevents.service.rolledback.0.3.0",
-        TransitionKind::Succeeded if r.stable_artifact.is_none() => "dev.cdevents.service.deployed.0.3.0",
-        TransitionKind::Succeeded => "dev.cdevents.service.upgraded.0.3.0",
-        TransitionKind::Failed => "dev.cdeventsx.hopngo-release.failed.0.1.0",
-        TransitionKind::Superseded => "dev.cdeventsx.hopngo-release.superseded.0.1.0",
-        TransitionKind::Retried => "dev.cdeventsx.hopngo-release.retried.0.1.0",
-        TransitionKind::SchemaUndone => "dev.cdeventsx.hopngo-schema.undone.0.1.0",
-        TransitionKind::SchemaUndoFailed => "dev.cdeventsx.hopngo-schema.undo-failed.0.1.0",
-        TransitionKind::SchemaFrozen => "dev.cdeventsx.hopngo-schema.frozen.0.1.0",
+        TransitionKind::Created => types::RELEASE_CREATED,
+        TransitionKind::Started => types::RELEASE_STARTED,
+        TransitionKind::StepCompleted => types::RELEASE_STEP_COMPLETED,
+        TransitionKind::StepSkipped => types::RELEASE_STEP_SKIPPED,
+        TransitionKind::WeightChanged => types::CANARY_WEIGHT_CHANGED,
+        TransitionKind::Paused => types::RELEASE_PAUSED,
+        TransitionKind::Promoted => types::RELEASE_PROMOTED,
+        TransitionKind::AwaitingApproval => types::APPROVAL_CREATED,
+        TransitionKind::ApprovalRecorded => types::APPROVAL_UPDATED,
+        TransitionKind::Approved | TransitionKind::Rejected => types::APPROVAL_CLOSED,
+        TransitionKind::AnalysisStarted => types::ANALYSIS_STARTED,
+        TransitionKind::AnalysisCompleted => types::ANALYSIS_COMPLETED,
+        TransitionKind::Aborted => types::RELEASE_ABORTED,
+        TransitionKind::RolledBack => types::SERVICE_ROLLEDBACK,
+        TransitionKind::Succeeded if r.undo_of_revision.is_some() => types::SERVICE_ROLLEDBACK,
+        TransitionKind::Succeeded if r.stable_artifact.is_none() => types::SERVICE_DEPLOYED,
+        TransitionKind::Succeeded => types::SERVICE_UPGRADED,
+        TransitionKind::Failed => types::RELEASE_FAILED,
+        TransitionKind::Superseded => types::RELEASE_SUPERSEDED,
+        TransitionKind::Retried => types::RELEASE_RETRIED,
+        TransitionKind::SchemaUndone => types::SCHEMA_UNDONE,
+        TransitionKind::SchemaUndoFailed => types::SCHEMA_UNDO_FAILED,
+        TransitionKind::SchemaFrozen => types::SCHEMA_FROZEN,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The providers' HTTP client: plain HTTP/1.1 with a deadline per request and a cap on the
-//! response size.
+//! The outbound HTTP client of the services (the analyzer's providers, the notifier's webhooks):
+//! plain HTTP/1.1, pooled, with a deadline per request and a cap on the response size.
 
 use std::time::Duration;
 
@@ -43,15 +43,14 @@ impl HttpClient {
         method: &str,
         url: &str,
         headers: &[(String, String)],
-        body: &str,
+        body: impl Into<Bytes>,
         timeout: Duration,
     ) -> Result<Response, String> {
         let mut request = http::Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let request =
-            request.body(Full::new(Bytes::from(body.to_string()))).map_err(|e| format!("bad request to {url}: {e}"))?;
+        let request = request.body(Full::new(body.into())).map_err(|e| format!("bad request to {url}: {e}"))?;
         let call = async {
             let response = self.client.request(request).await.map_err(|e| {
                 let mut message = e.to_string();
@@ -72,7 +71,7 @@ impl HttpClient {
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
-            Err(_) => Err(format!("{method} {url}: no answer within {}", hopngo_kit::args::format_duration(timeout))),
+            Err(_) => Err(format!("{method} {url}: no answer within {}", crate::args::format_duration(timeout))),
         }
     }
 }

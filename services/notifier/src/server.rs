@@ -1,0 +1,232 @@
+//! Wiring of the notifier process: its database (or a throwaway cluster), the log, the webhook
+//! dispatcher and the escalator, gRPC and admin servers, shutdown (streams end, deliveries in
+//! flight finish).
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use hopngo_kit::{
+    admin::{self, Metrics},
+    args::{ListenArgs, TelemetryArgs, parse_duration},
+    identity,
+    pg::DatabaseArgs,
+    server::GrpcServer,
+};
+use hopngo_proto::notifier::notifier_service_server::NotifierServiceServer;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    domain::{
+        escalation::{Condition, Level, Policy},
+        render::Links,
+    },
+    escalator::Escalator,
+    grpc::Notifier,
+    log::Log,
+    metrics::NotifierMetrics,
+    store::Store,
+    subscribe::{SubscriptionSettings, Subscriptions},
+    webhooks::{Dispatcher, WebhookSettings},
+};
+
+fn level(s: &str) -> Result<Level, String> {
+    let (name, after) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=DELAY (e.g. team-lead=15m)"))?;
+    Ok(Level { name: name.trim().to_string(), after: parse_duration(after.trim())? })
+}
+
+fn condition(s: &str) -> Result<Condition, String> {
+    Condition::parse(s.trim()).ok_or_else(|| format!("{s:?} is not one of failed, aborted, stuck, awaiting-approval"))
+}
+
+/// Notifier settings; every flag also reads an environment variable.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "hopngo-notifier",
+    version,
+    about = "HopNGo notifier: the ordered, replayable release event log, subscriptions from a cursor, signed webhooks (CloudEvents, Slack) with retries and dead letters, escalation",
+    mut_arg("listen", |a| a.default_value("127.0.0.1:50055").env("HOPNGO_NOTIFIER_LISTEN")),
+    mut_arg("admin_listen", |a| a.default_value("127.0.0.1:9468").env("HOPNGO_NOTIFIER_ADMIN_LISTEN"))
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    /// The notifier's database (tables in schema `notifier`).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Connections to the database.
+    #[arg(long, env = "HOPNGO_NOTIFIER_DB_CONNECTIONS", default_value_t = 8)]
+    pub db_connections: u32,
+    /// Idle time after which a subscription gets a heartbeat.
+    #[arg(long, env = "HOPNGO_NOTIFIER_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// A subscriber whose buffer stays full this long is disconnected with its resume cursor.
+    #[arg(long, env = "HOPNGO_NOTIFIER_SLOW_SUBSCRIBER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub slow_subscriber_timeout: Duration,
+    /// Events buffered per subscriber.
+    #[arg(long, env = "HOPNGO_NOTIFIER_SUBSCRIBER_BUFFER", default_value_t = 1024)]
+    pub subscriber_buffer: usize,
+    /// New events kept in memory for live subscribers (those further behind read the database).
+    #[arg(long, env = "HOPNGO_NOTIFIER_LIVE_BUFFER", default_value_t = 4096)]
+    pub live_buffer: usize,
+    /// How often subscribers and webhooks look for events appended by other replicas.
+    #[arg(long, env = "HOPNGO_NOTIFIER_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub poll: Duration,
+    /// Deadline of one webhook request.
+    #[arg(long, env = "HOPNGO_NOTIFIER_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// Attempts per event before it is dead-lettered.
+    #[arg(long, env = "HOPNGO_NOTIFIER_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_max_attempts: u32,
+    /// First retry delay (doubling, with jitter).
+    #[arg(long, env = "HOPNGO_NOTIFIER_WEBHOOK_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub webhook_backoff: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "HOPNGO_NOTIFIER_WEBHOOK_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub webhook_backoff_max: Duration,
+    /// Allow webhooks to hosts other than this machine (plain HTTP: only on a trusted network).
+    #[arg(long, env = "HOPNGO_NOTIFIER_ALLOW_REMOTE_WEBHOOKS")]
+    pub allow_remote_webhooks: bool,
+    /// Link to a release in messages, `{release_id}` replaced (e.g. your console's release page).
+    #[arg(long, env = "HOPNGO_NOTIFIER_RELEASE_URL_TEMPLATE", default_value = "")]
+    pub release_url_template: String,
+    /// Escalation levels, `NAME=DELAY` after the condition began, in order.
+    #[arg(
+        long = "escalation-level",
+        env = "HOPNGO_NOTIFIER_ESCALATION_LEVELS",
+        value_delimiter = ',',
+        value_parser = level,
+        default_value = "on-call=0s,team-lead=15m,incident-commander=30m,executives=60m"
+    )]
+    pub escalation_levels: Vec<Level>,
+    /// Conditions that escalate.
+    #[arg(
+        long = "escalate-on",
+        env = "HOPNGO_NOTIFIER_ESCALATE_ON",
+        value_delimiter = ',',
+        value_parser = condition,
+        default_value = "failed,aborted,stuck,awaiting-approval"
+    )]
+    pub escalate_on: Vec<Condition>,
+    /// A running release with no event for this long is stuck.
+    #[arg(long, env = "HOPNGO_NOTIFIER_STUCK_AFTER", default_value = "30m", value_parser = parse_duration)]
+    pub stuck_after: Duration,
+    /// Environments whose releases escalate (default: all).
+    #[arg(long = "escalate-environment", env = "HOPNGO_NOTIFIER_ESCALATE_ENVIRONMENTS", value_delimiter = ',')]
+    pub escalate_environments: Vec<String>,
+    /// How often escalations are checked.
+    #[arg(long, env = "HOPNGO_NOTIFIER_ESCALATION_TICK", default_value = "1s", value_parser = parse_duration)]
+    pub escalation_tick: Duration,
+}
+
+impl Args {
+    fn policy(&self) -> anyhow::Result<Policy> {
+        let policy = Policy {
+            levels: self.escalation_levels.clone(),
+            conditions: self.escalate_on.clone(),
+            stuck_after: self.stuck_after,
+            environments: self.escalate_environments.clone(),
+        };
+        policy.check().map_err(|e| anyhow::anyhow!("--escalation-level: {e}"))?;
+        Ok(policy)
+    }
+}
+
+/// Runs the notifier on wall-clock time; see [`run_with_clock`].
+pub async fn run(
+    args: Args,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    run_with_clock(args, Arc::new(SystemClock), shutdown, ready).await
+}
+
+/// Runs the notifier until `shutdown`; sends the bound gRPC address to `ready`. Prints
+/// `hopngo-notifier listening grpc=ADDR admin=ADDR` once serving.
+pub async fn run_with_clock(
+    args: Args,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let policy = Arc::new(args.policy()?);
+    let (url, cluster) = args.database.resolve().await?;
+    let store = Store::connect(&url, args.db_connections).await.context("connecting to the database")?;
+    let metrics = Metrics::new();
+    let notifier_metrics = NotifierMetrics::register(&metrics.registry);
+    let log = Arc::new(Log::new(store.clone(), policy, args.live_buffer, notifier_metrics.clone()));
+
+    let background = CancellationToken::new();
+    let dispatcher = Arc::new(Dispatcher::new(
+        Arc::clone(&log),
+        WebhookSettings {
+            timeout: args.webhook_timeout,
+            max_attempts: args.webhook_max_attempts,
+            backoff: args.webhook_backoff,
+            backoff_max: args.webhook_backoff_max,
+            poll: args.poll,
+        },
+        Links { release_url_template: args.release_url_template.clone() },
+        Arc::clone(&clock),
+        notifier_metrics.clone(),
+    ));
+    let dispatch_task = tokio::spawn(dispatcher.run(background.clone()));
+    let escalator =
+        Arc::new(Escalator::new(Arc::clone(&log), Arc::clone(&clock), args.escalation_tick, notifier_metrics.clone()));
+    let escalate_task = {
+        let escalator = Arc::clone(&escalator);
+        let stop = background.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(err) = escalator.tick_once().await {
+                    tracing::warn!(%err, "escalation tick failed");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(args.escalation_tick) => {}
+                }
+            }
+        })
+    };
+
+    let listen = args.listen;
+    let listener =
+        tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
+    let grpc_addr = listener.local_addr()?;
+    let admin_addr = match listen.admin_addr()? {
+        Some(addr) => Some(admin::spawn(addr, metrics.clone(), background.clone()).await?),
+        None => None,
+    };
+    println!(
+        "hopngo-notifier listening grpc={grpc_addr} admin={}",
+        admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
+    );
+    if let Some(ready) = ready {
+        let _ = ready.send(grpc_addr);
+    }
+    let subscriptions = Subscriptions {
+        log: Arc::clone(&log),
+        settings: SubscriptionSettings {
+            heartbeat: args.heartbeat,
+            slow_timeout: args.slow_subscriber_timeout,
+            buffer: args.subscriber_buffer,
+            poll: args.poll,
+        },
+        clock,
+        metrics: notifier_metrics,
+    };
+    let service = Notifier::new(escalator, subscriptions, args.allow_remote_webhooks, shutdown.clone());
+    let served = GrpcServer::new(listen.drain_timeout)
+        .add_service(NotifierServiceServer::with_interceptor(service, identity::interceptor))
+        .serve(listener, metrics, shutdown)
+        .await;
+    background.cancel();
+    let _ = dispatch_task.await;
+    let _ = escalate_task.await;
+    store.pool().close().await;
+    drop(cluster);
+    served
+}

@@ -1,0 +1,258 @@
+//! Webhook delivery. One replica at a time delivers (a session advisory lock); each webhook has
+//! its own task that walks the log from the webhook's cursor, one event at a time, so a webhook
+//! sees its events in log order. An event is retried with exponential backoff and jitter up to
+//! the retry limit, then dead-lettered; every attempt is in the delivery log, and the cursor moves
+//! in the same transaction as the final attempt's record (at-least-once across crashes: receivers
+//! deduplicate on `webhook-id` / `ce-id`).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use hopngo_kit::http::HttpClient;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    clock::Clock,
+    domain::{
+        render::{Format, Links, render},
+        signature,
+    },
+    error::NotifierError,
+    log::Log,
+    metrics::NotifierMetrics,
+    store::{DISPATCH_LOCK, DeliveryRecord, LoggedEvent, StoredWebhook},
+};
+
+/// Events read per query.
+const BATCH: i64 = 100;
+/// Longest response excerpt kept in the delivery log.
+const EXCERPT: usize = 200;
+
+/// How webhooks are called.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// Deadline of one request.
+    pub timeout: Duration,
+    /// Attempts per event before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub backoff: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// How often the webhook list and the log are re-read without a wake-up.
+    pub poll: Duration,
+}
+
+/// The delivering side.
+pub struct Dispatcher {
+    log: Arc<Log>,
+    http: HttpClient,
+    settings: WebhookSettings,
+    links: Links,
+    clock: Arc<dyn Clock>,
+    metrics: NotifierMetrics,
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Delivered,
+    Retry,
+    Refused,
+}
+
+impl Dispatcher {
+    /// A dispatcher.
+    pub fn new(
+        log: Arc<Log>,
+        settings: WebhookSettings,
+        links: Links,
+        clock: Arc<dyn Clock>,
+        metrics: NotifierMetrics,
+    ) -> Dispatcher {
+        Dispatcher { log, http: HttpClient::default(), settings, links, clock, metrics }
+    }
+
+    /// Runs until `shutdown`: waits to be the delivering replica, then keeps one task per webhook.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(err) = Arc::clone(&self).lead(&shutdown).await {
+                tracing::warn!(%err, "webhook delivery interrupted");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+    }
+
+    async fn lead(self: Arc<Self>, shutdown: &CancellationToken) -> Result<(), NotifierError> {
+        // The lock lives as long as this connection: a replica that dies hands over at once.
+        let mut conn = self.log.store().pool().acquire().await?;
+        let held: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(DISPATCH_LOCK).fetch_one(&mut *conn).await?;
+        if !held {
+            return Ok(());
+        }
+        let mut tasks: HashMap<Uuid, (CancellationToken, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let result = loop {
+            let hooks = match self.log.store().webhooks().await {
+                Ok(h) => h,
+                Err(e) => break Err(e),
+            };
+            tasks.retain(|id, (stop, handle)| {
+                let keep = hooks.iter().any(|h| h.id == *id) && !handle.is_finished();
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            for hook in hooks {
+                tasks.entry(hook.id).or_insert_with(|| {
+                    let stop = shutdown.child_token();
+                    let handle = tokio::spawn(Arc::clone(&self).follow(hook.id, stop.clone()));
+                    (stop, handle)
+                });
+            }
+            // Still holding the lock? A lost connection means another replica may take over.
+            if let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await {
+                break Err(e.into());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        };
+        for (_, (stop, handle)) in tasks {
+            stop.cancel();
+            let _ = handle.await;
+        }
+        result
+    }
+
+    /// Delivers one webhook's events until it is deleted or `stop`.
+    async fn follow(self: Arc<Self>, id: Uuid, stop: CancellationToken) {
+        let mut live = self.log.live();
+        while !stop.is_cancelled() {
+            match self.step(id, &stop).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(NotifierError::NotFound(_)) => return,
+                Err(err) => tracing::warn!(%err, webhook = %id, "webhook delivery paused"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = live.recv() => {}
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+    }
+
+    /// Handles the next batch; true when there may be more right away.
+    async fn step(&self, id: Uuid, stop: &CancellationToken) -> Result<bool, NotifierError> {
+        let store = self.log.store();
+        let hook = store.webhook(id).await?.ok_or_else(|| NotifierError::NotFound(format!("webhook {id}")))?;
+        let head = store.head().await?;
+        if hook.cursor >= head {
+            return Ok(false);
+        }
+        let batch = store.events_after(hook.cursor, head, &hook.filter, BATCH).await?;
+        let complete = (batch.len() as i64) < BATCH;
+        for l in &batch {
+            if !self.deliver(&hook, l, stop).await? {
+                return Ok(false);
+            }
+        }
+        if complete {
+            store.advance_webhook(id, head).await?;
+        }
+        Ok(true)
+    }
+
+    /// Delivers one event with retries; false when stopped before it was settled.
+    async fn deliver(
+        &self,
+        hook: &StoredWebhook,
+        l: &LoggedEvent,
+        stop: &CancellationToken,
+    ) -> Result<bool, NotifierError> {
+        let store = self.log.store();
+        let format = Format::parse(&hook.format).map_err(NotifierError::Internal)?;
+        let key = signature::key(&hook.secret).map_err(NotifierError::Internal)?;
+        let rendered = render(format, &l.event, &self.links);
+        // Attempts made before a restart count toward the limit.
+        let mut attempt = store.attempts(hook.id, l.position).await? + 1;
+        loop {
+            let timestamp = self.clock.now().unix_timestamp();
+            let mut headers = rendered.headers.clone();
+            headers.push(("user-agent".into(), concat!("hopngo-notifier/", env!("CARGO_PKG_VERSION")).into()));
+            headers.push(("webhook-id".into(), l.event.id.clone()));
+            headers.push(("webhook-timestamp".into(), timestamp.to_string()));
+            headers.push(("webhook-signature".into(), signature::sign(&key, &l.event.id, timestamp, &rendered.body)));
+            let started = std::time::Instant::now();
+            let sent = self.http.send("POST", &hook.url, &headers, rendered.body.clone(), self.settings.timeout).await;
+            let (outcome, status_code, message) = match sent {
+                Ok(r) if (200..300).contains(&r.status) => (Outcome::Delivered, r.status, excerpt(&r.body)),
+                Ok(r) if r.status == 408 || r.status == 429 || r.status >= 500 => {
+                    (Outcome::Retry, r.status, excerpt(&r.body))
+                }
+                Ok(r) => {
+                    (Outcome::Refused, r.status, format!("refused by the receiver, not retried: {}", excerpt(&r.body)))
+                }
+                Err(e) => (Outcome::Retry, 0, e),
+            };
+            let last = attempt >= self.settings.max_attempts;
+            let (delivered, dead_lettered, label) = match outcome {
+                Outcome::Delivered => (true, false, "delivered"),
+                Outcome::Refused => (false, true, "dead-letter"),
+                Outcome::Retry if last => (false, true, "dead-letter"),
+                Outcome::Retry => (false, false, "retry"),
+            };
+            self.metrics.deliveries.with_label_values(&[label]).inc();
+            self.metrics.delivery_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+            let message = if dead_lettered && !matches!(outcome, Outcome::Refused) {
+                format!("gave up after {attempt} attempts: {message}")
+            } else {
+                message
+            };
+            store
+                .record_delivery(&DeliveryRecord {
+                    id: Uuid::now_v7(),
+                    webhook_id: hook.id,
+                    event_id: l.event.id.clone(),
+                    position: l.position,
+                    attempt,
+                    status_code: status_code as u32,
+                    message,
+                    attempted_at: self.clock.now(),
+                    delivered,
+                    dead_lettered,
+                })
+                .await?;
+            if delivered || dead_lettered {
+                if dead_lettered {
+                    tracing::warn!(webhook = %hook.id, event = %l.event.id, "webhook event dead-lettered");
+                }
+                return Ok(true);
+            }
+            let delay = hopngo_kit::backoff::delay(attempt, self.settings.backoff, self.settings.backoff_max);
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            // Deleted meanwhile: stop retrying.
+            if store.webhook(hook.id).await?.is_none() {
+                return Err(NotifierError::NotFound(format!("webhook {}", hook.id)));
+            }
+            attempt += 1;
+        }
+    }
+}
+
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(EXCERPT) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
