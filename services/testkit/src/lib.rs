@@ -4,9 +4,12 @@
 //! - [`fakes`]: in-test implementations of the deployer, analyzer, migrator and notifier contracts,
 //!   served over real gRPC on loopback, that record calls and can be told to fail, hang or be down.
 //! - [`measure`]: histograms, peak RSS and CPU time of measured processes (benchmarks);
-//! - [`prometheus`]: a real Prometheus scraping endpoints the test serves, and such endpoints.
+//! - [`prometheus`]: a real Prometheus scraping endpoints the test serves, and such endpoints;
+//! - [`receiver`]: a webhook receiver that records requests, answers what the test says, and can go
+//!   down and come back on the same port.
 
 pub mod db;
 pub mod fakes;
 pub mod measure;
 pub mod prometheus;
+pub mod receiver;

@@ -1,0 +1,166 @@
+//! Starting an in-process notifier on loopback and building events.
+
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use clap::Parser as _;
+use hopngo_notifier::{
+    clock::{Clock, ManualClock, SystemClock},
+    server::{Args, run_with_clock},
+};
+use hopngo_proto::{
+    events::{Event, ReleaseEventData},
+    notifier::{self as pb, notifier_service_client::NotifierServiceClient},
+};
+use hopngo_testkit::db::TestDb;
+use time::OffsetDateTime;
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+use tonic::{Streaming, transport::Channel};
+
+pub struct Running {
+    pub client: NotifierServiceClient<Channel>,
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn start(db: &TestDb, extra: &[&str]) -> Running {
+    start_with_clock(db, extra, Arc::new(SystemClock)).await
+}
+
+pub async fn start_with_clock(db: &TestDb, extra: &[&str], clock: Arc<dyn Clock>) -> Running {
+    let mut argv: Vec<String> = [
+        "hopngo-notifier",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--database-url",
+        &db.url,
+        "--drain-timeout",
+        "2s",
+        "--poll",
+        "200ms",
+        "--webhook-backoff",
+        "50ms",
+        "--webhook-backoff-max",
+        "200ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let args = Args::parse_from(argv);
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(run_with_clock(args, clock, shutdown.clone(), Some(tx)));
+    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
+    let client = NotifierServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    Running { client, addr, shutdown, handle }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+
+    pub async fn publish(&self, events: Vec<Event>) -> pb::PublishEventsResponse {
+        self.client.clone().publish_events(pb::PublishEventsRequest { events }).await.unwrap().into_inner()
+    }
+
+    pub async fn subscribe(
+        &self,
+        filter: pb::EventFilter,
+        start: pb::subscribe_request::Start,
+    ) -> Streaming<pb::SubscribeResponse> {
+        self.client
+            .clone()
+            .subscribe(pb::SubscribeRequest { filter: Some(filter), start: Some(start), subscriber: "test".into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+pub fn manual_clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(OffsetDateTime::from_unix_timestamp(1_764_633_600).unwrap()))
+}
+
+pub fn ts(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }
+}
+
+/// A release event as the scheduler publishes it.
+pub fn event(release: &str, service: &str, sequence: u64, transition: &str, phase: &str, at: OffsetDateTime) -> Event {
+    let event_type = match transition {
+        "aborted" => hopngo_proto::event_types::RELEASE_ABORTED,
+        "succeeded" => hopngo_proto::event_types::SERVICE_UPGRADED,
+        "awaiting-approval" => hopngo_proto::event_types::APPROVAL_CREATED,
+        "failed" => hopngo_proto::event_types::RELEASE_FAILED,
+        "weight-changed" => hopngo_proto::event_types::CANARY_WEIGHT_CHANGED,
+        _ => hopngo_proto::event_types::RELEASE_STEP_COMPLETED,
+    };
+    Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        source: "/hopngo/scheduler".into(),
+        spec_version: "1.0".into(),
+        r#type: event_type.into(),
+        subject: release.into(),
+        time: Some(ts(at)),
+        release_id: release.into(),
+        sequence,
+        service: service.into(),
+        environment: "staging".into(),
+        severity: if transition == "aborted" { 3 } else { 1 },
+        data: Some(ReleaseEventData {
+            revision: 2,
+            artifact: "booking:1.1.0".into(),
+            stable_artifact: "booking:1.0.0".into(),
+            phase: phase.into(),
+            transition: transition.into(),
+            step_name: format!("step-{sequence}"),
+            ..Default::default()
+        }),
+        extensions: Default::default(),
+    }
+}
+
+/// A new release id.
+pub fn release() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Reads `n` events (skipping heartbeats) within `within`.
+pub async fn take_events(
+    stream: &mut Streaming<pb::SubscribeResponse>,
+    n: usize,
+    within: Duration,
+) -> Vec<(u64, Event)> {
+    let mut out = Vec::new();
+    tokio::time::timeout(within, async {
+        while out.len() < n {
+            let item = stream.next().await.expect("stream open").expect("no error");
+            if let Some(pb::subscribe_response::Item::Event(e)) = item.item {
+                out.push((item.cursor.parse().unwrap(), e));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("got {} of {n} events in time", out.len()));
+    out
+}
+
+/// Asserts nothing but heartbeats arrive for `wait`.
+pub async fn no_events(stream: &mut Streaming<pb::SubscribeResponse>, wait: Duration) {
+    let _ = tokio::time::timeout(wait, async {
+        while let Some(item) = stream.next().await {
+            if let Some(pb::subscribe_response::Item::Event(e)) = item.unwrap().item {
+                panic!("unexpected event {} {}", e.r#type, e.id);
+            }
+        }
+    })
+    .await;
+}
