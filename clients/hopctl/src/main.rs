@@ -10,12 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hopngo_client::{
     Clients,
     views::{
-        AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, MigrationInfoView,
-        MigrationRunView, ReleaseView, RevisionView,
+        AnalysisRunView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
+        MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, WebhookView,
     },
 };
 use hopngo_kit::args::parse_duration;
-use hopngo_proto::{analyzer as apb, config as cpb, migrator as mpb, release as pb};
+use hopngo_proto::{analyzer as apb, config as cpb, events as epb, migrator as mpb, notifier as npb, release as pb};
 use tokio_stream::StreamExt as _;
 
 /// Output format.
@@ -33,7 +33,7 @@ pub enum Output {
 #[command(
     name = "hopctl",
     version,
-    about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks, analysis, database migrations"
+    about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks, analysis, database migrations, release events and escalations"
 )]
 struct Cli {
     /// Scheduler address.
@@ -45,6 +45,9 @@ struct Cli {
     /// Migrator address (for `hopctl migrate`).
     #[arg(long, global = true, env = "HOPNGO_MIGRATOR", default_value = "http://127.0.0.1:50054")]
     migrator: String,
+    /// Notifier address (for `hopctl events`, `subscriptions`, `ack`, `escalations`).
+    #[arg(long, global = true, env = "HOPNGO_NOTIFIER", default_value = "http://127.0.0.1:50055")]
+    notifier: String,
     /// Who you are (sent as x-hopngo-user; defaults to $USER).
     #[arg(long, global = true, env = "HOPNGO_USER")]
     user: Option<String>,
@@ -185,6 +188,140 @@ enum Command {
     /// baseline, repair, undo against a database the migrator is configured with.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// Release events from the notifier's log, oldest first; `--follow` keeps following (and
+    /// resumes by itself after a disconnect). The last cursor is printed on stderr.
+    Events {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Start after this cursor (from an earlier run); default: the beginning of the log.
+        #[arg(long, conflicts_with = "from_now")]
+        since: Option<String>,
+        /// Only events from now on.
+        #[arg(long)]
+        from_now: bool,
+        /// Keep following new events.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// The event types the control plane emits (what `--type` accepts).
+    EventTypes,
+    /// Webhook subscriptions: create, list, delete, and their deliveries.
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+    /// Acknowledge a release that is failed, aborted, stuck or waiting for approval: its
+    /// escalation stops.
+    Ack {
+        /// Release id.
+        id: String,
+        /// What is being done.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Releases that need a person, and how far they have been escalated.
+    Escalations {
+        /// Include acknowledged ones.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Severity for filters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SeverityArg {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+/// Which events.
+#[derive(clap::Args, Debug)]
+struct FilterArgs {
+    /// Only these services (repeatable).
+    #[arg(long = "service")]
+    services: Vec<String>,
+    /// Only these environments (repeatable).
+    #[arg(long = "env")]
+    environments: Vec<String>,
+    /// Only these event types (repeatable; full or short names, see `hopctl event-types`).
+    #[arg(long = "type")]
+    types: Vec<String>,
+    /// Only events at least this severe.
+    #[arg(long)]
+    min_severity: Option<SeverityArg>,
+    /// Only events of this release.
+    #[arg(long)]
+    release: Option<String>,
+    /// Only escalation events of these levels (repeatable).
+    #[arg(long = "level")]
+    levels: Vec<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> npb::EventFilter {
+        npb::EventFilter {
+            services: self.services.clone(),
+            environments: self.environments.clone(),
+            types: self.types.iter().map(|t| full_type(t)).collect(),
+            min_severity: match self.min_severity {
+                None => 0,
+                Some(SeverityArg::Info) => epb::Severity::Info as i32,
+                Some(SeverityArg::Warning) => epb::Severity::Warning as i32,
+                Some(SeverityArg::Error) => epb::Severity::Error as i32,
+                Some(SeverityArg::Critical) => epb::Severity::Critical as i32,
+            },
+            release_id: self.release.clone().unwrap_or_default(),
+            escalation_levels: self.levels.clone(),
+        }
+    }
+}
+
+/// A short event type (`service.deployed`, `hopngo-release.aborted`) as its full CloudEvents type;
+/// anything else is sent as given (and the notifier says what it accepts).
+fn full_type(t: &str) -> String {
+    let mut matches = hopngo_proto::event_types::ALL.iter().filter(|full| render::short_type(full) == t);
+    match (matches.next(), matches.next()) {
+        (Some(full), None) => full.to_string(),
+        _ => t.to_string(),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum SubscriptionsCommand {
+    /// Register a webhook; the signing secret is shown once.
+    Create {
+        /// Target URL.
+        url: String,
+        /// Body format.
+        #[arg(long, value_parser = ["cloudevents", "cloudevents-structured", "slack"], default_value = "cloudevents")]
+        format: String,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Signing secret (`whsec_` + base64, or at least 16 characters); default: generated.
+        #[arg(long, env = "HOPNGO_WEBHOOK_SECRET", default_value = "", hide_env_values = true)]
+        secret: String,
+        /// Deliver events after this cursor first (replay); default: from now.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// List webhooks.
+    List,
+    /// Remove a webhook (and its delivery log).
+    Delete {
+        /// Webhook id.
+        id: String,
+    },
+    /// Delivery attempts of a webhook, newest first.
+    Deliveries {
+        /// Webhook id.
+        id: String,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Token from a previous page (printed on stderr when there are more).
+        #[arg(long)]
+        page_token: Option<String>,
+    },
 }
 
 /// The database and its scripts.
@@ -549,11 +686,15 @@ fn one_line(err: &anyhow::Error) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let user = cli.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty());
-    let addresses =
-        hopngo_client::Addresses { scheduler: &cli.server, analyzer: &cli.analyzer, migrator: &cli.migrator };
+    let addresses = hopngo_client::Addresses {
+        scheduler: &cli.server,
+        analyzer: &cli.analyzer,
+        migrator: &cli.migrator,
+        notifier: &cli.notifier,
+    };
     let clients = Clients::connect(&addresses, user.as_deref(), &cli.roles)?;
     let out = cli.output;
-    let Clients { mut releases, mut config, mut analyzer, mut migrator } = clients;
+    let Clients { mut releases, mut config, mut analyzer, mut migrator, mut notifier } = clients;
     match cli.command {
         Command::Config(ConfigCommand::Apply { file }) => {
             let yaml = read_file(&file)?;
@@ -760,7 +901,121 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(if view.phase == "SUCCESSFUL" { 0 } else { EXIT_NOT_SUCCEEDED });
         }
         Command::Migrate(command) => return migrate(&mut migrator, command, out).await,
+        Command::Events { filter, since, from_now, follow } => {
+            let start = match (since, from_now) {
+                (Some(c), _) => npb::subscribe_request::Start::AfterCursor(c),
+                (None, true) => npb::subscribe_request::Start::FromNow(true),
+                (None, false) => npb::subscribe_request::Start::FromBeginning(true),
+            };
+            return events(&mut notifier, filter.filter(), start, follow, out).await;
+        }
+        Command::EventTypes => render::event_types(out, hopngo_proto::event_types::ALL)?,
+        Command::Subscriptions(SubscriptionsCommand::Create { url, format, filter, secret, since }) => {
+            let w = notifier
+                .create_webhook(npb::CreateWebhookRequest {
+                    url,
+                    format,
+                    filter: Some(filter.filter()),
+                    secret,
+                    start_after_cursor: since.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .webhook
+                .context("no webhook in the response")?;
+            render::webhook(out, &WebhookView::from(&w))?;
+        }
+        Command::Subscriptions(SubscriptionsCommand::List) => {
+            let r = notifier.list_webhooks(npb::ListWebhooksRequest {}).await?.into_inner();
+            render::webhooks(out, &r.webhooks.iter().map(WebhookView::from).collect::<Vec<_>>())?;
+        }
+        Command::Subscriptions(SubscriptionsCommand::Delete { id }) => {
+            notifier.delete_webhook(npb::DeleteWebhookRequest { id: id.clone() }).await?;
+            eprintln!("webhook {id} deleted");
+        }
+        Command::Subscriptions(SubscriptionsCommand::Deliveries { id, limit, page_token }) => {
+            let r = notifier
+                .list_deliveries(npb::ListDeliveriesRequest {
+                    webhook_id: id,
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            render::deliveries(out, &r.deliveries.iter().map(DeliveryView::from).collect::<Vec<_>>())?;
+            if !r.next_page_token.is_empty() {
+                eprintln!("more: --page-token {}", r.next_page_token);
+            }
+        }
+        Command::Ack { id, comment } => {
+            let r = notifier.acknowledge(npb::AcknowledgeRequest { release_id: id, comment }).await?.into_inner();
+            render::escalations(out, &[EscalationView::from(&r.escalation.context("no escalation")?)])?;
+        }
+        Command::Escalations { all } => {
+            let r = notifier
+                .list_escalations(npb::ListEscalationsRequest { include_acknowledged: all })
+                .await?
+                .into_inner();
+            render::escalations(out, &r.escalations.iter().map(EscalationView::from).collect::<Vec<_>>())?;
+        }
     }
+    Ok(0)
+}
+
+type Notifier = hopngo_proto::notifier::notifier_service_client::NotifierServiceClient<hopngo_client::Authed>;
+
+/// How often `events --follow` tries again after losing the notifier.
+const RECONNECT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Prints events as they come; with `follow`, resumes from the last cursor after a disconnect
+/// (a restart of the notifier, or being cut off as too slow).
+async fn events(
+    notifier: &mut Notifier,
+    filter: npb::EventFilter,
+    mut start: npb::subscribe_request::Start,
+    follow: bool,
+    out: Output,
+) -> anyhow::Result<i32> {
+    let mut printer = render::EventPrinter::new(out);
+    let mut cursor: Option<String> = None;
+    let ended = loop {
+        let request = npb::SubscribeRequest {
+            filter: Some(filter.clone()),
+            start: Some(start.clone()),
+            subscriber: "hopctl".into(),
+            stop_at_head: !follow,
+        };
+        let result: anyhow::Result<()> = async {
+            let mut stream = notifier.subscribe(request).await?.into_inner();
+            while let Some(item) = stream.next().await {
+                let item = item?;
+                if let Some(npb::subscribe_response::Item::Event(e)) = &item.item {
+                    printer.print(&EventView::new(&item.cursor, e))?;
+                }
+                cursor = Some(item.cursor);
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) if !follow => break Ok(()),
+            Ok(()) => eprintln!("hopctl: the notifier ended the stream; resuming"),
+            Err(err) => match err.downcast_ref::<tonic::Status>() {
+                Some(status) if follow && status.code() != tonic::Code::InvalidArgument => {
+                    eprintln!("hopctl: {:?}: {}; resuming", status.code(), status.message())
+                }
+                _ => break Err(err),
+            },
+        }
+        if let Some(c) = &cursor {
+            start = npb::subscribe_request::Start::AfterCursor(c.clone());
+        }
+        tokio::time::sleep(RECONNECT).await;
+    };
+    if let Some(c) = &cursor {
+        eprintln!("cursor: {c} (continue with --since {c})");
+    }
+    ended?;
     Ok(0)
 }
 

@@ -2,8 +2,8 @@
 
 use comfy_table::{Table, presets::NOTHING};
 use hopngo_client::views::{
-    AnalysisRunView, ConfigSummaryView, ConfigView, GroupView, MeasurementView, MigrationInfoView, MigrationRunView,
-    ReleaseView, RevisionView,
+    AnalysisRunView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
+    MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, WebhookView,
 };
 use hopngo_proto::config as cpb;
 use serde::Serialize;
@@ -493,6 +493,203 @@ pub fn migration_runs(out: Output, rs: &[MigrationRunView]) -> anyhow::Result<()
             r.version_after.clone(),
             r.changes.len().to_string(),
             r.started_at.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// The short name of an event type (`service.upgraded`, `hopngo-canary.weight-changed`).
+pub fn short_type(t: &str) -> String {
+    let t = t.strip_prefix("dev.cdevents.").or_else(|| t.strip_prefix("dev.cdeventsx.")).unwrap_or(t);
+    let mut end = t.len();
+    for _ in 0..3 {
+        end = t[..end].rfind('.').unwrap_or(end);
+    }
+    t[..end].to_string()
+}
+
+/// Prints a stream of events: table rows under one header, one JSON object per line, or YAML
+/// documents.
+pub struct EventPrinter {
+    out: Output,
+    header: bool,
+}
+
+impl EventPrinter {
+    /// A printer.
+    pub fn new(out: Output) -> EventPrinter {
+        EventPrinter { out, header: false }
+    }
+
+    /// Prints one event (flushed, so a pipe sees it at once).
+    pub fn print(&mut self, e: &EventView) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        match self.out {
+            Output::Json => writeln!(stdout, "{}", serde_json::to_string(e)?)?,
+            Output::Yaml => write!(stdout, "---\n{}", serde_saphyr::to_string(e)?)?,
+            Output::Table => {
+                if !self.header {
+                    writeln!(
+                        stdout,
+                        "{:<7} {:<20} {:<17} {:<11} {:<8} {:<34} {:<8} MESSAGE",
+                        "CURSOR", "TIME", "SERVICE", "ENV", "SEVERITY", "TYPE", "RELEASE"
+                    )?;
+                    self.header = true;
+                }
+                let time = e.time.as_deref().map(|t| t.get(..19).unwrap_or(t)).unwrap_or("");
+                let what = match (e.extensions.get("escalationlevel"), e.transition.as_str()) {
+                    (Some(level), _) => format!("[{level}] {}", e.message),
+                    (None, "weight-changed") => format!("canary {}% {}", e.canary_weight, e.message),
+                    (None, t) if e.message.is_empty() => format!("{t} {}", e.step_name),
+                    (None, t) => format!("{t}: {}", e.message),
+                };
+                writeln!(
+                    stdout,
+                    "{:<7} {:<20} {:<17} {:<11} {:<8} {:<34} {:<8} {}",
+                    e.cursor,
+                    time,
+                    e.service,
+                    e.environment,
+                    e.severity,
+                    short_type(&e.event_type),
+                    e.release_id.get(..8).unwrap_or(&e.release_id),
+                    what.trim()
+                )?;
+            }
+        }
+        stdout.flush()?;
+        Ok(())
+    }
+}
+
+/// The event type catalog.
+pub fn event_types(out: Output, types: &[&str]) -> anyhow::Result<()> {
+    if structured(out, &types)? {
+        return Ok(());
+    }
+    let mut t = table(&["type", "short"]);
+    for ty in types {
+        t.add_row(vec![ty.to_string(), short_type(ty)]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn filter_text(f: &hopngo_client::views::EventFilterView) -> String {
+    let mut parts = Vec::new();
+    for (name, list) in [("service", &f.services), ("env", &f.environments), ("level", &f.escalation_levels)] {
+        if !list.is_empty() {
+            parts.push(format!("{name}={}", list.join("|")));
+        }
+    }
+    if !f.types.is_empty() {
+        parts.push(format!("type={}", f.types.iter().map(|t| short_type(t)).collect::<Vec<_>>().join("|")));
+    }
+    if f.min_severity != "INFO" {
+        parts.push(format!("severity>={}", f.min_severity));
+    }
+    if !f.release_id.is_empty() {
+        parts.push(format!("release={}", f.release_id));
+    }
+    if parts.is_empty() { "all".into() } else { parts.join(" ") }
+}
+
+/// A created webhook (with its secret, shown once).
+pub fn webhook(out: Output, w: &WebhookView) -> anyhow::Result<()> {
+    if structured(out, w)? {
+        return Ok(());
+    }
+    println!("id:      {}", w.id);
+    println!("url:     {}", w.url);
+    println!("format:  {}", w.format);
+    println!("filter:  {}", filter_text(&w.filter));
+    println!("cursor:  {}", w.cursor);
+    if !w.secret.is_empty() {
+        println!("secret:  {}", w.secret);
+        eprintln!("keep the secret: it signs every delivery (webhook-signature) and is not shown again");
+    }
+    Ok(())
+}
+
+/// Webhooks.
+pub fn webhooks(out: Output, ws: &[WebhookView]) -> anyhow::Result<()> {
+    if structured(out, &ws)? {
+        return Ok(());
+    }
+    let mut t = table(&["id", "url", "format", "filter", "cursor", "delivered", "dead-lettered"]);
+    for w in ws {
+        t.add_row(vec![
+            w.id.clone(),
+            w.url.clone(),
+            w.format.clone(),
+            filter_text(&w.filter),
+            w.cursor.clone(),
+            w.delivered.to_string(),
+            w.dead_lettered.to_string(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// Delivery attempts.
+pub fn deliveries(out: Output, ds: &[DeliveryView]) -> anyhow::Result<()> {
+    if structured(out, &ds)? {
+        return Ok(());
+    }
+    let mut t = table(&["time", "cursor", "event", "attempt", "status", "result", "message"]);
+    for d in ds {
+        let result = if d.delivered {
+            "delivered"
+        } else if d.dead_lettered {
+            "dead-letter"
+        } else {
+            "retry"
+        };
+        t.add_row(vec![
+            d.attempted_at.clone().unwrap_or_default(),
+            d.cursor.clone(),
+            d.event_id.clone(),
+            d.attempt.to_string(),
+            if d.status_code == 0 { "-".into() } else { d.status_code.to_string() },
+            result.into(),
+            d.message.chars().take(80).collect(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// Escalations.
+pub fn escalations(out: Output, es: &[EscalationView]) -> anyhow::Result<()> {
+    if structured(out, &es)? {
+        return Ok(());
+    }
+    let mut t = table(&["release", "service", "env", "condition", "since", "notified", "next", "acknowledged"]);
+    for e in es {
+        let next = match (&e.next_level[..], &e.next_at) {
+            ("", _) => "-".to_string(),
+            (level, Some(at)) => format!("{level} at {at}"),
+            (level, None) => level.to_string(),
+        };
+        let ack = if e.acknowledged_by.is_empty() {
+            "-".to_string()
+        } else if e.comment.is_empty() {
+            e.acknowledged_by.clone()
+        } else {
+            format!("{}: {}", e.acknowledged_by, e.comment)
+        };
+        t.add_row(vec![
+            e.release_id.clone(),
+            e.service.clone(),
+            e.environment.clone(),
+            e.condition.clone(),
+            e.since.clone().unwrap_or_default(),
+            if e.levels_notified.is_empty() { "-".into() } else { e.levels_notified.join(", ") },
+            next,
+            ack,
         ]);
     }
     println!("{t}");

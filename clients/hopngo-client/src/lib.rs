@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use hopngo_proto::{
     analyzer::analyzer_service_client::AnalyzerServiceClient, config::config_service_client::ConfigServiceClient,
-    migrator::migrator_service_client::MigratorServiceClient, release::release_service_client::ReleaseServiceClient,
+    migrator::migrator_service_client::MigratorServiceClient, notifier::notifier_service_client::NotifierServiceClient,
+    release::release_service_client::ReleaseServiceClient,
 };
 use tonic::{
     metadata::MetadataValue,
@@ -64,6 +65,8 @@ pub struct Clients {
     pub analyzer: AnalyzerServiceClient<Authed>,
     /// `hopngo.migrator.v1.MigratorService` (migrator).
     pub migrator: MigratorServiceClient<Authed>,
+    /// `hopngo.notifier.v1.NotifierService` (notifier).
+    pub notifier: NotifierServiceClient<Authed>,
 }
 
 /// Where the services are.
@@ -75,6 +78,8 @@ pub struct Addresses<'a> {
     pub analyzer: &'a str,
     /// Migrator.
     pub migrator: &'a str,
+    /// Notifier.
+    pub notifier: &'a str,
 }
 
 fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
@@ -91,6 +96,7 @@ impl Clients {
         let channel = lazy_channel(addresses.scheduler)?;
         let analyzer_channel = lazy_channel(addresses.analyzer)?;
         let migrator_channel = lazy_channel(addresses.migrator)?;
+        let notifier_channel = lazy_channel(addresses.notifier)?;
         let user = user.map(|u| u.parse().map_err(|_| ClientError::Identity("user", u.to_string()))).transpose()?;
         let roles = if roles.is_empty() {
             None
@@ -103,7 +109,8 @@ impl Clients {
             releases: ReleaseServiceClient::with_interceptor(channel.clone(), interceptor.clone()),
             config: ConfigServiceClient::with_interceptor(channel, interceptor.clone()),
             analyzer: AnalyzerServiceClient::with_interceptor(analyzer_channel, interceptor.clone()),
-            migrator: MigratorServiceClient::with_interceptor(migrator_channel, interceptor),
+            migrator: MigratorServiceClient::with_interceptor(migrator_channel, interceptor.clone()),
+            notifier: NotifierServiceClient::with_interceptor(notifier_channel, interceptor),
         })
     }
 }

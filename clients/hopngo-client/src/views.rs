@@ -1,6 +1,6 @@
 //! Serialisable views of API messages, for JSON/YAML output and for programs that log them.
 
-use hopngo_proto::{analyzer as apb, config as cpb, migrator as mpb, release as pb};
+use hopngo_proto::{analyzer as apb, config as cpb, events as epb, migrator as mpb, notifier as npb, release as pb};
 use serde::Serialize;
 
 fn time(t: &Option<prost_types::Timestamp>) -> Option<String> {
@@ -564,6 +564,202 @@ impl From<&mpb::MigrationRun> for MigrationRunView {
             idempotency_key: r.idempotency_key.clone(),
             started_at: time(&r.started_at),
             finished_at: time(&r.finished_at),
+        }
+    }
+}
+
+/// Event severity name (`INFO`, `WARNING`, `ERROR`, `CRITICAL`).
+pub fn event_severity_name(s: i32) -> String {
+    match epb::Severity::try_from(s) {
+        Ok(epb::Severity::Unspecified) => "INFO".into(),
+        Ok(s) => short(s.as_str_name(), "SEVERITY_"),
+        Err(_) => s.to_string(),
+    }
+}
+
+/// A release event from the notifier's log.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventView {
+    pub cursor: String,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub source: String,
+    pub time: Option<String>,
+    pub release_id: String,
+    pub sequence: u64,
+    pub service: String,
+    pub environment: String,
+    pub severity: String,
+    pub revision: u64,
+    pub artifact: String,
+    pub phase: String,
+    pub transition: String,
+    pub step_name: String,
+    pub canary_weight: u32,
+    pub actor: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub extensions: std::collections::BTreeMap<String, String>,
+}
+
+impl EventView {
+    /// The view of an event at `cursor`.
+    pub fn new(cursor: &str, e: &epb::Event) -> EventView {
+        let d = e.data.clone().unwrap_or_default();
+        EventView {
+            cursor: cursor.to_string(),
+            id: e.id.clone(),
+            event_type: e.r#type.clone(),
+            source: e.source.clone(),
+            time: time(&e.time),
+            release_id: e.release_id.clone(),
+            sequence: e.sequence,
+            service: e.service.clone(),
+            environment: e.environment.clone(),
+            severity: event_severity_name(e.severity),
+            revision: d.revision,
+            artifact: d.artifact,
+            phase: d.phase,
+            transition: d.transition,
+            step_name: d.step_name,
+            canary_weight: d.canary_weight,
+            actor: d.actor,
+            message: d.message,
+            extensions: e.extensions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+/// An event filter.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFilterView {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    pub min_severity: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub release_id: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub escalation_levels: Vec<String>,
+}
+
+impl From<Option<&npb::EventFilter>> for EventFilterView {
+    fn from(f: Option<&npb::EventFilter>) -> Self {
+        let f = f.cloned().unwrap_or_default();
+        EventFilterView {
+            services: f.services,
+            environments: f.environments,
+            types: f.types,
+            min_severity: event_severity_name(f.min_severity),
+            release_id: f.release_id,
+            escalation_levels: f.escalation_levels,
+        }
+    }
+}
+
+/// A webhook subscription.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub format: String,
+    pub filter: EventFilterView,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+    pub created_at: Option<String>,
+    pub cursor: String,
+    pub delivered: u64,
+    pub dead_lettered: u64,
+}
+
+impl From<&npb::Webhook> for WebhookView {
+    fn from(w: &npb::Webhook) -> Self {
+        WebhookView {
+            id: w.id.clone(),
+            url: w.url.clone(),
+            format: w.format.clone(),
+            filter: EventFilterView::from(w.filter.as_ref()),
+            secret: w.secret.clone(),
+            created_at: time(&w.created_at),
+            cursor: w.cursor.clone(),
+            delivered: w.delivered,
+            dead_lettered: w.dead_lettered,
+        }
+    }
+}
+
+/// One webhook delivery attempt.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryView {
+    pub webhook_id: String,
+    pub event_id: String,
+    pub cursor: String,
+    pub attempt: u32,
+    pub status_code: u32,
+    pub delivered: bool,
+    pub dead_lettered: bool,
+    pub message: String,
+    pub attempted_at: Option<String>,
+}
+
+impl From<&npb::Delivery> for DeliveryView {
+    fn from(d: &npb::Delivery) -> Self {
+        DeliveryView {
+            webhook_id: d.webhook_id.clone(),
+            event_id: d.event_id.clone(),
+            cursor: d.cursor.clone(),
+            attempt: d.attempt,
+            status_code: d.status_code,
+            delivered: d.delivered,
+            dead_lettered: d.dead_lettered,
+            message: d.message.clone(),
+            attempted_at: time(&d.attempted_at),
+        }
+    }
+}
+
+/// An escalation.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationView {
+    pub release_id: String,
+    pub service: String,
+    pub environment: String,
+    pub condition: String,
+    pub since: Option<String>,
+    pub levels_notified: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_level: String,
+    pub next_at: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub acknowledged_by: String,
+    pub acknowledged_at: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+}
+
+impl From<&npb::Escalation> for EscalationView {
+    fn from(e: &npb::Escalation) -> Self {
+        EscalationView {
+            release_id: e.release_id.clone(),
+            service: e.service.clone(),
+            environment: e.environment.clone(),
+            condition: e.condition.clone(),
+            since: time(&e.since),
+            levels_notified: e.levels_notified.clone(),
+            next_level: e.next_level.clone(),
+            next_at: time(&e.next_at),
+            acknowledged_by: e.acknowledged_by.clone(),
+            acknowledged_at: time(&e.acknowledged_at),
+            comment: e.comment.clone(),
         }
     }
 }

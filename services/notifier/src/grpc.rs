@@ -131,7 +131,8 @@ impl NotifierService for Notifier {
             Some(Start::FromNow(_)) | Some(Start::FromBeginning(false)) | None => head,
         };
         tracing::debug!(subscriber = %req.subscriber, after, "subscription opened");
-        let stream = self.subscriptions.open(live, filter, after, self.shutdown.child_token());
+        let stop_at = req.stop_at_head.then_some(head);
+        let stream = self.subscriptions.open(live, filter, (after, stop_at), self.shutdown.child_token());
         Ok(Response::new(Box::pin(stream)))
     }
 

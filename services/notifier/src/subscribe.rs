@@ -58,6 +58,7 @@ struct Producer {
     clock: Arc<dyn Clock>,
     out: mpsc::Sender<SubscribeResponse>,
     last: u64,
+    stop_at: Option<u64>,
 }
 
 impl Producer {
@@ -109,6 +110,13 @@ impl Producer {
                 Ok(()) => {}
                 Err(Ok(stop)) => return Ok(stop),
                 Err(Err(e)) => return Err(e),
+            }
+            if self.stop_at.is_some_and(|head| self.last >= head) {
+                // The last heartbeat tells where to continue from.
+                return Ok(match self.send(None).await {
+                    Ok(()) => Stop::Gone,
+                    Err(stop) => stop,
+                });
             }
             let mut heartbeat = tokio::time::interval_at(
                 tokio::time::Instant::now() + self.settings.heartbeat,
@@ -165,15 +173,16 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
-    /// Opens a subscription after position `after` (read with `live` already subscribed).
+    /// Opens a subscription after position `after` (read with `live` already subscribed); with
+    /// `stop_at`, it ends once that position was looked at.
     pub fn open(
         &self,
         live: broadcast::Receiver<Arc<LoggedEvent>>,
         filter: Filter,
-        after: u64,
+        range: (u64, Option<u64>),
         shutdown: CancellationToken,
     ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> + use<> {
-        open(self.clone(), live, filter, after, shutdown)
+        open(self.clone(), live, filter, range, shutdown)
     }
 }
 
@@ -181,14 +190,14 @@ fn open(
     subscriptions: Subscriptions,
     live: broadcast::Receiver<Arc<LoggedEvent>>,
     filter: Filter,
-    after: u64,
+    (after, stop_at): (u64, Option<u64>),
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> {
     let Subscriptions { log, settings, clock, metrics } = subscriptions;
     let (out, mut items) = mpsc::channel(settings.buffer.max(1));
     let cut_off = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(None::<tonic::Status>));
-    let producer = Producer { log, filter, settings, clock, out, last: after };
+    let producer = Producer { log, filter, settings, clock, out, last: after, stop_at };
     {
         let cut_off = cut_off.clone();
         let failure = Arc::clone(&failure);

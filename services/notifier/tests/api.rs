@@ -74,6 +74,27 @@ async fn replays_then_follows_live_in_order_and_ignores_duplicates() {
         "in order per release"
     );
     no_events(&mut all, Duration::from_millis(300)).await;
+
+    // Reading in batches: the stream ends at the head, its last heartbeat says where to go on.
+    let mut batch = n
+        .client
+        .clone()
+        .subscribe(pb::SubscribeRequest {
+            start: Some(Start::AfterCursor("4".into())),
+            stop_at_head: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut cursors = Vec::new();
+    while let Some(item) = batch.next().await {
+        let item = item.unwrap();
+        cursors.push((item.cursor, matches!(item.item, Some(pb::subscribe_response::Item::Event(_)))));
+    }
+    let expected: Vec<(String, bool)> =
+        (5..=12).map(|c| (c.to_string(), true)).chain([("12".to_string(), false)]).collect();
+    assert_eq!(cursors, expected);
     n.stop().await;
 }
 
@@ -205,7 +226,7 @@ async fn bad_input_is_refused_with_the_field_and_nothing_is_written() {
     let sub = |filter: pb::EventFilter, start: Start| {
         let mut c = c.clone();
         async move {
-            c.subscribe(pb::SubscribeRequest { filter: Some(filter), start: Some(start), subscriber: String::new() })
+            c.subscribe(pb::SubscribeRequest { filter: Some(filter), start: Some(start), ..Default::default() })
                 .await
                 .map(|_| ())
                 .unwrap_err()

@@ -78,7 +78,12 @@ impl Running {
     ) -> Streaming<pb::SubscribeResponse> {
         self.client
             .clone()
-            .subscribe(pb::SubscribeRequest { filter: Some(filter), start: Some(start), subscriber: "test".into() })
+            .subscribe(pb::SubscribeRequest {
+                filter: Some(filter),
+                start: Some(start),
+                subscriber: "test".into(),
+                stop_at_head: false,
+            })
             .await
             .unwrap()
             .into_inner()

@@ -64,7 +64,7 @@ impl Filter {
                     .iter()
                     .find(|known| known.contains(t.as_str()) || without_version(known) == without_version(t))
                     .map(|k| format!("; did you mean {k:?}?"))
-                    .unwrap_or_else(|| "; `hopctl events types` lists them".to_string());
+                    .unwrap_or_else(|| "; `hopctl event-types` lists them".to_string());
                 return Err((format!("types[{i}]"), format!("unknown event type {t:?}{hint}")));
             }
         }
