@@ -100,7 +100,12 @@ impl GrpcServer {
             .tcp_nodelay(true)
             .layer(RpcLayer { metrics: metrics.clone() })
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+            // The builder's TCP settings apply only to listeners it binds itself; without
+            // TCP_NODELAY on accepted sockets, small stream messages wait for delayed ACKs (~40 ms).
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60))),
+                signal,
+            );
         metrics.set_ready(true);
         let drain_timeout = self.drain_timeout;
         tokio::select! {
