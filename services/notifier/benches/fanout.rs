@@ -119,7 +119,7 @@ async fn round(addr: &str, subscribers: usize, seconds: u64, with_stalled: bool)
     };
 
     let mut publisher = NotifierServiceClient::connect(addr.to_string()).await.unwrap();
-    let mut sequences = vec![0u64; RELEASES];
+    let mut sequences = [0u64; RELEASES];
     let mut publish_us = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * PER_CALL / RATE));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
