@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The embedded default: a throwaway PostgreSQL, the deployer (local backend: HopNGo's services as
 # demo processes behind weighted proxies), the analyzer (measuring canaries from the proxies'
-# metrics), the migrator (booking's database, in the same cluster), the scheduler on
+# metrics), the migrator (booking's database, in the same cluster), the notifier (release event
+# log, subscriptions, webhooks, escalation), the scheduler on
 # 127.0.0.1:50051 with HopNGo's delivery config applied, and steady traffic into every staging
 # service. Ctrl-C stops everything and removes what it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
-cargo build -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopngo-migrator -p hopctl -p hopngo-testkit --bins
+cargo build -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopngo-migrator -p hopngo-notifier -p hopctl -p hopngo-testkit --bins
 export PATH="$PWD/target/debug:$PATH"
 config=deploy/hopngo/delivery.yaml
 proxy_base=18000
@@ -22,6 +23,8 @@ analyzer=$!
 hopngo-migrator --log warn --target "booking=${DATABASE_URL%/*}/booking" --create-targets \
   --locations booking=deploy/hopngo/migrations/booking &
 migrator=$!
+hopngo-notifier --log warn &
+notifier=$!
 # Proxy of the i-th service in the j-th environment: base + i × environments + j.
 environments=$(awk '/^environments:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
 services=$(awk '/^services:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
@@ -42,8 +45,8 @@ done
 (IFS=,; exec hopngo-traffic --url "${urls[*]}" --rate 5 --duration 1h >"$logs/traffic.txt" 2>&1) &
 traffic=$!
 cleanup() {
-  kill -TERM "$traffic" "$analyzer" "$migrator" "$deployer" 2>/dev/null || true
-  wait "$traffic" "$analyzer" "$migrator" "$deployer" 2>/dev/null || true
+  kill -TERM "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
+  wait "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
   stop_throwaway_pg
   rm -rf "$logs"
 }
@@ -53,6 +56,7 @@ trap cleanup EXIT
   echo "Deployer:  http://127.0.0.1:50052 (proxy metrics http://127.0.0.1:9465/metrics)"
   echo "Analyzer:  http://127.0.0.1:50053 (canaries are measured from the proxy metrics)"
   echo "Migrator:  http://127.0.0.1:50054 (database booking: deploy/hopngo/migrations/booking)"
+  echo "Notifier:  http://127.0.0.1:50055 (release events: hopctl events --follow; webhooks: hopctl subscriptions)"
   echo "Service proxies (traffic flows into staging at 5 requests/s each):"
   cat "$logs/proxies.txt"
   echo "In another terminal:"
