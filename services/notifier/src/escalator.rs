@@ -126,7 +126,7 @@ impl Escalator {
     }
 
     /// Runs until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             if let Err(err) = self.tick_once().await {
                 tracing::warn!(%err, "escalation tick failed");

@@ -176,21 +176,7 @@ pub async fn run_with_clock(
     let dispatch_task = tokio::spawn(dispatcher.run(background.clone()));
     let escalator =
         Arc::new(Escalator::new(Arc::clone(&log), Arc::clone(&clock), args.escalation_tick, notifier_metrics.clone()));
-    let escalate_task = {
-        let escalator = Arc::clone(&escalator);
-        let stop = background.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Err(err) = escalator.tick_once().await {
-                    tracing::warn!(%err, "escalation tick failed");
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(args.escalation_tick) => {}
-                }
-            }
-        })
-    };
+    let escalate_task = tokio::spawn(Arc::clone(&escalator).run(background.clone()));
 
     let listen = args.listen;
     let listener =
