@@ -533,7 +533,7 @@ impl EventPrinter {
                 if !self.header {
                     writeln!(
                         stdout,
-                        "{:<7} {:<20} {:<17} {:<11} {:<8} {:<34} {:<8} MESSAGE",
+                        "{:<7} {:<20} {:<17} {:<11} {:<8} {:<30} {:<36} MESSAGE",
                         "CURSOR", "TIME", "SERVICE", "ENV", "SEVERITY", "TYPE", "RELEASE"
                     )?;
                     self.header = true;
@@ -541,20 +541,19 @@ impl EventPrinter {
                 let time = e.time.as_deref().map(|t| t.get(..19).unwrap_or(t)).unwrap_or("");
                 let what = match (e.extensions.get("escalationlevel"), e.transition.as_str()) {
                     (Some(level), _) => format!("[{level}] {}", e.message),
-                    (None, "weight-changed") => format!("canary {}% {}", e.canary_weight, e.message),
                     (None, t) if e.message.is_empty() => format!("{t} {}", e.step_name),
                     (None, t) => format!("{t}: {}", e.message),
                 };
                 writeln!(
                     stdout,
-                    "{:<7} {:<20} {:<17} {:<11} {:<8} {:<34} {:<8} {}",
+                    "{:<7} {:<20} {:<17} {:<11} {:<8} {:<30} {:<36} {}",
                     e.cursor,
                     time,
                     e.service,
                     e.environment,
                     e.severity,
                     short_type(&e.event_type),
-                    e.release_id.get(..8).unwrap_or(&e.release_id),
+                    e.release_id,
                     what.trim()
                 )?;
             }
@@ -655,7 +654,7 @@ pub fn deliveries(out: Output, ds: &[DeliveryView]) -> anyhow::Result<()> {
             d.attempt.to_string(),
             if d.status_code == 0 { "-".into() } else { d.status_code.to_string() },
             result.into(),
-            d.message.chars().take(80).collect(),
+            d.message.chars().take(120).collect(),
         ]);
     }
     println!("{t}");

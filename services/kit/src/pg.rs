@@ -5,6 +5,7 @@
 
 use std::{
     net::TcpListener,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -180,8 +181,11 @@ impl EphemeralPostgres {
             data = data.display(),
             dir = self.dir.display(),
         );
+        // Its own process group: killing the owner's group (Ctrl-C, a timeout) must not take the
+        // watchdog with it.
         Command::new("sh")
             .args(["-c", &script])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -205,6 +205,6 @@ async fn structured_cloudevents_and_slack_bodies_and_filters() {
     assert_eq!(slack.len(), 1, "the filter keeps only the abort");
     let text = slack[0].json()["text"].as_str().unwrap().to_string();
     assert!(text.contains("*booking-service* in *staging*: release 2 `booking:1.1.0` *aborted*"), "{text}");
-    assert!(text.contains(&format!("<http://console.test/releases/{r}|Open release")), "{text}");
+    assert!(text.contains(&format!("<http://console.test/releases/{r}|Open the release>")), "{text}");
     n.stop().await;
 }

@@ -297,9 +297,8 @@ fn slack_text(e: &Event, links: &Links) -> (String, String) {
     if !d.message.is_empty() {
         text.push_str(&format!("\n>{}", slack_escape(&d.message).replace('\n', "\n>")));
     }
-    let short = e.release_id.get(..8).unwrap_or(&e.release_id);
     let open = match links.release(&e.release_id) {
-        Some(url) => format!("<{url}|Open release {short}>"),
+        Some(url) => format!("<{url}|Open the release>"),
         None => format!("`hopctl get {}`", e.release_id),
     };
     text.push_str(&format!("\n{open}"));
