@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use hopngo_e2e::{Proc, binary, scrape_sum};
+use hopngo_e2e::{Proc, binary, create_release, scrape_sum};
 use hopngo_proto::{
     analyzer::AnalysisPhase,
     config::{ApplyConfigRequest, config_service_client::ConfigServiceClient},
@@ -52,21 +52,6 @@ fn args(db: &str, fakes: &Fakes, config_file: &str) -> Vec<String> {
     .map(|s| s.to_string())
     .chain(fakes.endpoint_args())
     .collect()
-}
-
-async fn create(
-    client: &mut ReleaseServiceClient<tonic::transport::Channel>,
-    service: &str,
-    artifact: &str,
-) -> pb::Release {
-    let mut req = tonic::Request::new(pb::CreateReleaseRequest {
-        service: service.into(),
-        environment: "staging".into(),
-        artifact: artifact.into(),
-        ..Default::default()
-    });
-    req.metadata_mut().insert("x-hopngo-user", "e2e".parse().unwrap());
-    client.create_release(req).await.expect("create").into_inner().release.unwrap()
 }
 
 /// Polls (through whichever scheduler is up at `url()`) until every release is settled.
@@ -157,12 +142,12 @@ async fn kill_9_mid_release_loses_nothing_and_repeats_no_effect() {
     let mut client = ReleaseServiceClient::connect(proc.grpc.clone()).await.unwrap();
     let mut seeds = Vec::new();
     for i in 0..SERVICES {
-        seeds.push(create(&mut client, &format!("svc-{i}"), "app:1").await.id);
+        seeds.push(create_release(&mut client, &format!("svc-{i}"), "app:1").await.id);
     }
     wait_settled(&seeds, &proc.grpc, 30).await;
     let mut ids = Vec::new();
     for i in 0..SERVICES {
-        ids.push(create(&mut client, &format!("svc-{i}"), "app:2").await.id);
+        ids.push(create_release(&mut client, &format!("svc-{i}"), "app:2").await.id);
     }
     // Three SIGKILLs at different points of the releases, each while releases are in flight.
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
@@ -229,12 +214,12 @@ async fn two_schedulers_share_the_work_and_never_drive_one_release_at_once() {
     assert!(!applied.changed, "both replicas applied the same document; it is stored once");
     let mut seeds = Vec::new();
     for i in 0..SERVICES {
-        seeds.push(create(&mut client, &format!("svc-{i}"), "app:1").await.id);
+        seeds.push(create_release(&mut client, &format!("svc-{i}"), "app:1").await.id);
     }
     wait_settled(&seeds, &a.grpc, 60).await;
     let mut ids = Vec::new();
     for i in 0..SERVICES {
-        ids.push(create(&mut client, &format!("svc-{i}"), "app:2").await.id);
+        ids.push(create_release(&mut client, &format!("svc-{i}"), "app:2").await.id);
     }
     let releases = wait_settled(&ids, &b.grpc, 90).await;
     assert!(releases.iter().all(|r| r.phase == pb::ReleasePhase::Succeeded as i32));

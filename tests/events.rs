@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
-use hopngo_e2e::{Proc, binary};
+use hopngo_e2e::{Proc, binary, create_release, until};
 use hopngo_proto::{
     notifier::{self as npb, notifier_service_client::NotifierServiceClient},
     release::{self as pb, release_service_client::ReleaseServiceClient},
@@ -52,19 +52,6 @@ impl Follower {
         while let Ok(v) = self.lines.try_recv() {
             into.push(v);
         }
-    }
-}
-
-async fn settled(client: &mut ReleaseServiceClient<tonic::transport::Channel>, id: &str) -> pb::Release {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let r =
-            client.get_release(pb::GetReleaseRequest { id: id.into() }).await.unwrap().into_inner().release.unwrap();
-        if r.settled {
-            return r;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "release {id} did not settle");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -141,16 +128,9 @@ async fn every_event_reaches_subscribers_in_order_through_notifier_and_subscribe
     for (service, artifact) in
         [("booking", "booking:1"), ("chat", "chat:1"), ("booking", "booking:2"), ("chat", "chat:2")]
     {
-        let mut req = tonic::Request::new(pb::CreateReleaseRequest {
-            service: service.into(),
-            environment: "staging".into(),
-            artifact: artifact.into(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert("x-hopngo-user", "e2e".parse().unwrap());
-        let r = client.create_release(req).await.unwrap().into_inner().release.unwrap();
+        let r = create_release(&mut client, service, artifact).await;
         if artifact.ends_with(":1") {
-            settled(&mut client, &r.id).await;
+            until(&mut client, &r.id, 60, |r| r.settled).await;
         }
         ids.push(r.id);
     }
@@ -171,7 +151,7 @@ async fn every_event_reaches_subscribers_in_order_through_notifier_and_subscribe
     let mut follower = Follower::start(&notifier.grpc, cursor.as_deref());
 
     for id in &ids[2..] {
-        let r = settled(&mut client, id).await;
+        let r = until(&mut client, id, 60, |r| r.settled).await;
         assert_eq!(r.phase, pb::ReleasePhase::Succeeded as i32, "{}", r.message);
     }
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();

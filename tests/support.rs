@@ -120,8 +120,13 @@ pub type Releases = ReleaseServiceClient<tonic::transport::Channel>;
 
 /// Creates a release of booking in staging as user `e2e`.
 pub async fn create_booking_release(client: &mut Releases, artifact: &str) -> pb::Release {
+    create_release(client, "booking", artifact).await
+}
+
+/// Creates a release of `service` in staging as user `e2e`.
+pub async fn create_release(client: &mut Releases, service: &str, artifact: &str) -> pb::Release {
     let mut req = tonic::Request::new(pb::CreateReleaseRequest {
-        service: "booking".into(),
+        service: service.into(),
         environment: "staging".into(),
         artifact: artifact.into(),
         ..Default::default()

@@ -34,7 +34,7 @@ impl AnalyzerError {
 impl From<sqlx::Error> for AnalyzerError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            _ if hopngo_kit::db::is_unavailable(&err) => {
                 AnalyzerError::Unavailable(format!("database unavailable: {err}"))
             }
             _ => AnalyzerError::Internal(format!("database: {err}")),

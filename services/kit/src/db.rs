@@ -50,3 +50,9 @@ pub async fn connect_migrated(
     migrator.run(&pool).await?;
     Ok(pool)
 }
+
+/// Whether a database error means "cannot reach the database right now" (retry later) rather
+/// than a bug or a refused statement.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+}

@@ -39,7 +39,7 @@ impl MigratorError {
 impl From<sqlx::Error> for MigratorError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            _ if hopngo_kit::db::is_unavailable(&err) => {
                 MigratorError::Unavailable(format!("the migrator's database is unavailable: {err}"))
             }
             _ => MigratorError::Internal(format!("database: {err}")),

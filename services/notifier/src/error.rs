@@ -37,7 +37,7 @@ impl NotifierError {
 impl From<sqlx::Error> for NotifierError {
     fn from(err: sqlx::Error) -> Self {
         match &err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            _ if hopngo_kit::db::is_unavailable(&err) => {
                 NotifierError::Unavailable(format!("the notifier's database is unavailable: {err}"))
             }
             _ => NotifierError::Internal(format!("database: {err}")),

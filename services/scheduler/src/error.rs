@@ -48,7 +48,7 @@ impl From<sqlx::Error> for SchedulerError {
             sqlx::Error::Database(db) if db.constraint() == Some("releases_request_id") => {
                 SchedulerError::invalid("request_id", "already used for a different release")
             }
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            _ if hopngo_kit::db::is_unavailable(&err) => {
                 SchedulerError::Unavailable(format!("database unavailable: {err}"))
             }
             _ => SchedulerError::Internal(format!("database: {err}")),
