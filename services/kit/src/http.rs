@@ -32,6 +32,8 @@ impl Default for HttpClient {
 pub struct Response {
     /// Status code.
     pub status: u16,
+    /// Seconds from a `Retry-After` header given as a number, if any.
+    pub retry_after: Option<u64>,
     /// Body.
     pub body: Bytes,
 }
@@ -62,12 +64,17 @@ impl HttpClient {
                 format!("{method} {url}: {message}")
             })?;
             let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok());
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| format!("{method} {url}: reading the body: {e}"))?
                 .to_bytes();
-            Ok(Response { status, body })
+            Ok(Response { status, retry_after, body })
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,

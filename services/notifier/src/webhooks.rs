@@ -56,8 +56,16 @@ pub struct Dispatcher {
 /// What one attempt came to.
 enum Outcome {
     Delivered,
-    Retry,
+    /// Try again, not sooner than the receiver's `Retry-After` if it sent one.
+    Retry(Option<Duration>),
     Refused,
+}
+
+/// The wait before attempt `attempt + 1`: the backoff, or longer when the receiver asked
+/// (`Retry-After`), never beyond the longest retry delay.
+fn retry_delay(attempt: u32, asked: Option<Duration>, settings: &WebhookSettings) -> Duration {
+    let backoff = hopngo_kit::backoff::delay(attempt, settings.backoff, settings.backoff_max);
+    asked.map_or(backoff, |asked| asked.max(backoff).min(settings.backoff_max))
 }
 
 impl Dispatcher {
@@ -193,19 +201,19 @@ impl Dispatcher {
             let (outcome, status_code, message) = match sent {
                 Ok(r) if (200..300).contains(&r.status) => (Outcome::Delivered, r.status, excerpt(&r.body)),
                 Ok(r) if r.status == 408 || r.status == 429 || r.status >= 500 => {
-                    (Outcome::Retry, r.status, excerpt(&r.body))
+                    (Outcome::Retry(r.retry_after.map(Duration::from_secs)), r.status, excerpt(&r.body))
                 }
                 Ok(r) => {
                     (Outcome::Refused, r.status, format!("refused by the receiver, not retried: {}", excerpt(&r.body)))
                 }
-                Err(e) => (Outcome::Retry, 0, e),
+                Err(e) => (Outcome::Retry(None), 0, e),
             };
             let last = attempt >= self.settings.max_attempts;
             let (delivered, dead_lettered, label) = match outcome {
                 Outcome::Delivered => (true, false, "delivered"),
                 Outcome::Refused => (false, true, "dead-letter"),
-                Outcome::Retry if last => (false, true, "dead-letter"),
-                Outcome::Retry => (false, false, "retry"),
+                Outcome::Retry(_) if last => (false, true, "dead-letter"),
+                Outcome::Retry(_) => (false, false, "retry"),
             };
             self.metrics.deliveries.with_label_values(&[label]).inc();
             self.metrics.delivery_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
@@ -234,7 +242,11 @@ impl Dispatcher {
                 }
                 return Ok(true);
             }
-            let delay = hopngo_kit::backoff::delay(attempt, self.settings.backoff, self.settings.backoff_max);
+            let asked = match outcome {
+                Outcome::Retry(asked) => asked,
+                _ => None,
+            };
+            let delay = retry_delay(attempt, asked, &self.settings);
             tokio::select! {
                 _ = stop.cancelled() => return Ok(false),
                 _ = tokio::time::sleep(delay) => {}
@@ -254,5 +266,30 @@ fn excerpt(body: &[u8]) -> String {
     match text.char_indices().nth(EXCERPT) {
         Some((i, _)) => format!("{}…", &text[..i]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_lengthens_the_backoff_up_to_its_cap() {
+        let settings = WebhookSettings {
+            timeout: Duration::from_secs(1),
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            assert!(retry_delay(1, None, &settings) <= Duration::from_millis(100));
+            assert_eq!(retry_delay(1, Some(Duration::from_secs(7)), &settings), Duration::from_secs(7));
+            assert_eq!(retry_delay(1, Some(Duration::from_secs(3600)), &settings), Duration::from_secs(30));
+            assert!(
+                retry_delay(1, Some(Duration::ZERO), &settings) >= Duration::from_millis(50),
+                "never sooner than the backoff"
+            );
+        }
     }
 }

@@ -383,9 +383,7 @@ mod tests {
         let text = v["text"].as_str().unwrap();
         assert!(text.starts_with(":x: *booking-service* in *staging*: release 4 `booking:1.4.0` *aborted* at step canary-25; traffic goes back to `booking:1.3.2`"), "{text}");
         assert!(text.contains("error rate 7% &gt; 5% &lt;bad&gt;"), "{text}");
-        assert!(
-            text.contains("<https://console.example/r/0190c0de-0000-7000-8000-000000000001|Open release 0190c0de>")
-        );
+        assert!(text.contains("<https://console.example/r/0190c0de-0000-7000-8000-000000000001|Open the release>"));
         assert_eq!(v["blocks"][0]["text"]["type"], "mrkdwn");
         let without_link = render(Format::Slack, &event(types::RELEASE_ABORTED, "aborted"), &Links::default());
         let v: Value = serde_json::from_slice(&without_link.body).unwrap();
