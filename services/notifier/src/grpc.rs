@@ -91,6 +91,20 @@ fn check_event(i: usize, e: &Event) -> Result<(), NotifierError> {
     Ok(())
 }
 
+/// A caller's start cursor: within the log, and not older than what the retention kept.
+async fn start_cursor(log: &Log, raw: &str, field: &str, head: u64) -> Result<u64, NotifierError> {
+    let cursor = cursor::parse(raw, head).map_err(|r| NotifierError::invalid(field, r))?;
+    if let Err(oldest) = log.store().still_has_after(cursor).await? {
+        return Err(NotifierError::Precondition(format!(
+            "{field}: events after cursor {cursor} up to {} were removed by the retention; the oldest kept is {oldest} \
+             (start after cursor {} or from the beginning)",
+            oldest - 1,
+            oldest - 1
+        )));
+    }
+    Ok(cursor)
+}
+
 fn webhook_id(id: &str) -> Result<Uuid, NotifierError> {
     Uuid::parse_str(id).map_err(|_| NotifierError::invalid("id", format!("{id:?} is not a webhook id")))
 }
@@ -124,10 +138,9 @@ impl NotifierService for Notifier {
         let live = self.log.live();
         let head = self.log.store().head().await?;
         let after = match req.start {
-            Some(Start::AfterCursor(c)) => {
-                cursor::parse(&c, head).map_err(|r| NotifierError::invalid("after_cursor", r))?
-            }
-            Some(Start::FromBeginning(true)) => 0,
+            Some(Start::AfterCursor(c)) => start_cursor(&self.log, &c, "after_cursor", head).await?,
+            // The beginning of what the retention kept.
+            Some(Start::FromBeginning(true)) => self.log.store().oldest().await?.saturating_sub(1),
             Some(Start::FromNow(_)) | Some(Start::FromBeginning(false)) | None => head,
         };
         tracing::debug!(subscriber = %req.subscriber, after, "subscription opened");
@@ -151,7 +164,7 @@ impl NotifierService for Notifier {
         let cursor = if req.start_after_cursor.is_empty() {
             head
         } else {
-            cursor::parse(&req.start_after_cursor, head).map_err(|r| NotifierError::invalid("start_after_cursor", r))?
+            start_cursor(&self.log, &req.start_after_cursor, "start_after_cursor", head).await?
         };
         let hook = StoredWebhook {
             id: Uuid::now_v7(),

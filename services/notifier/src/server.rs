@@ -117,6 +117,13 @@ pub struct Args {
     /// Environments whose releases escalate (default: all).
     #[arg(long = "escalate-environment", env = "HOPNGO_NOTIFIER_ESCALATE_ENVIRONMENTS", value_delimiter = ',')]
     pub escalate_environments: Vec<String>,
+    /// How long events (and delivery attempts, and finished releases) are kept; 0s keeps them
+    /// forever. Events a webhook has not handled yet are kept regardless.
+    #[arg(long, env = "HOPNGO_NOTIFIER_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How often the retention is applied.
+    #[arg(long, env = "HOPNGO_NOTIFIER_PRUNE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub prune_interval: Duration,
     /// How often escalations are checked.
     #[arg(long, env = "HOPNGO_NOTIFIER_ESCALATION_TICK", default_value = "1s", value_parser = parse_duration)]
     pub escalation_tick: Duration,
@@ -132,6 +139,26 @@ impl Args {
         };
         policy.check().map_err(|e| anyhow::anyhow!("--escalation-level: {e}"))?;
         Ok(policy)
+    }
+}
+
+/// Applies the retention every `interval` until `stop` (never, when `retention` is zero).
+async fn prune(store: Store, clock: Arc<dyn Clock>, retention: Duration, interval: Duration, stop: CancellationToken) {
+    if retention.is_zero() {
+        return;
+    }
+    loop {
+        match store.prune(clock.now() - retention).await {
+            Ok((0, 0, 0)) => {}
+            Ok((events, deliveries, releases)) => {
+                tracing::info!(events, deliveries, releases, "retention applied")
+            }
+            Err(err) => tracing::warn!(%err, "applying the retention failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
     }
 }
 
@@ -177,6 +204,8 @@ pub async fn run_with_clock(
     let escalator =
         Arc::new(Escalator::new(Arc::clone(&log), Arc::clone(&clock), args.escalation_tick, notifier_metrics.clone()));
     let escalate_task = tokio::spawn(Arc::clone(&escalator).run(background.clone()));
+    let prune_task =
+        tokio::spawn(prune(store.clone(), Arc::clone(&clock), args.retention, args.prune_interval, background.clone()));
 
     let listen = args.listen;
     let listener =
@@ -212,6 +241,7 @@ pub async fn run_with_clock(
     background.cancel();
     let _ = dispatch_task.await;
     let _ = escalate_task.await;
+    let _ = prune_task.await;
     store.pool().close().await;
     drop(cluster);
     served

@@ -197,6 +197,50 @@ impl Store {
         Ok(head as u64)
     }
 
+    /// The oldest position still in the log (0 for an empty log).
+    pub async fn oldest(&self) -> Result<u64, NotifierError> {
+        let oldest: i64 =
+            sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(&self.pool).await?;
+        Ok(oldest as u64)
+    }
+
+    /// Whether the events after `cursor` are all still in the log (none removed by retention).
+    pub async fn still_has_after(&self, cursor: u64) -> Result<Result<(), u64>, NotifierError> {
+        let oldest = self.oldest().await?;
+        Ok(if oldest > cursor + 1 { Err(oldest) } else { Ok(()) })
+    }
+
+    /// Removes what the retention lets go: a prefix of the log received before `before` (never
+    /// the newest event, so positions go on from where they were, and never one a webhook still
+    /// has to handle), delivery attempts before it, and releases that ended before it and need
+    /// nobody. Returns (events, deliveries, releases) removed.
+    pub async fn prune(&self, before: OffsetDateTime) -> Result<(u64, u64, u64), NotifierError> {
+        let events = sqlx::query(
+            "DELETE FROM events WHERE position <= least( \
+               (SELECT max(position) - 1 FROM events), \
+               (SELECT coalesce(min(cursor), 9223372036854775807) FROM webhooks), \
+               (SELECT coalesce(max(position), 0) FROM events WHERE received_at < $1))",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let deliveries = sqlx::query("DELETE FROM deliveries WHERE attempted_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let releases = sqlx::query(
+            "DELETE FROM releases WHERE last_event_at < $1 AND phase IN ('SUCCEEDED', 'SUPERSEDED', 'ABORTED', 'FAILED') \
+             AND (condition IS NULL OR acknowledged_at IS NOT NULL)",
+        )
+        .bind(before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((events, deliveries, releases))
+    }
+
     /// Takes the log lock and appends the events not in the log yet, in order.
     async fn insert(
         tx: &mut Transaction<'static, Postgres>,

@@ -82,6 +82,14 @@ impl Producer {
     /// Sends everything after `last` that is in the database now.
     async fn catch_up(&mut self) -> Result<(), Result<Stop, NotifierError>> {
         loop {
+            // A subscriber that fell behind the retention would skip events silently.
+            if let Err(oldest) = self.log.store().still_has_after(self.last).await.map_err(Err)? {
+                return Err(Err(NotifierError::Precondition(format!(
+                    "the subscription fell behind the retention: events after cursor {} up to {} were removed",
+                    self.last,
+                    oldest - 1
+                ))));
+            }
             let head = self.log.store().head().await.map_err(Err)?;
             if head <= self.last {
                 return Ok(());

@@ -296,3 +296,51 @@ async fn bad_input_is_refused_with_the_field_and_nothing_is_written() {
     assert!(c.list_webhooks(pb::ListWebhooksRequest {}).await.unwrap().into_inner().webhooks.is_empty());
     n.stop().await;
 }
+
+#[tokio::test]
+async fn retention_removes_old_events_but_never_the_newest_nor_what_a_webhook_still_needs() {
+    let db = TestDb::create().await.unwrap();
+    let n = start(&db, &["--retention", "1s", "--prune-interval", "100ms", "--webhook-max-attempts", "1000"]).await;
+    let r = release();
+    // A webhook that cannot deliver holds the log from cursor 2 on.
+    n.publish((1..=2).map(|s| event(&r, "booking-service", s, "step-completed", "PROGRESSING", now())).collect()).await;
+    let hook = n
+        .client
+        .clone()
+        .create_webhook(pb::CreateWebhookRequest { url: "http://127.0.0.1:9/unreachable".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook
+        .unwrap();
+    n.publish((3..=5).map(|s| event(&r, "booking-service", s, "step-completed", "PROGRESSING", now())).collect()).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let mut from_start = n.subscribe(pb::EventFilter::default(), Start::FromBeginning(true)).await;
+    let kept = take_events(&mut from_start, 3, Duration::from_secs(5)).await;
+    assert_eq!(
+        kept.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        vec![3, 4, 5],
+        "1 and 2 are gone, the webhook's are kept"
+    );
+    let err = n
+        .client
+        .clone()
+        .subscribe(pb::SubscribeRequest { start: Some(Start::AfterCursor("1".into())), ..Default::default() })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().starts_with("after_cursor: events after cursor 1 up to 2 were removed by the retention"),
+        "{}",
+        err.message()
+    );
+    // Without the webhook, everything but the newest goes; positions continue after it.
+    n.client.clone().delete_webhook(pb::DeleteWebhookRequest { id: hook.id }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut again = n.subscribe(pb::EventFilter::default(), Start::FromBeginning(true)).await;
+    assert_eq!(take_events(&mut again, 1, Duration::from_secs(5)).await[0].0, 5);
+    n.publish(vec![event(&r, "booking-service", 6, "succeeded", "SUCCEEDED", now())]).await;
+    assert_eq!(take_events(&mut again, 1, Duration::from_secs(5)).await[0].0, 6);
+    n.stop().await;
+}
