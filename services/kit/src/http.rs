@@ -1,14 +1,17 @@
 //! The outbound HTTP client of the services (the analyzer's providers, the notifier's webhooks):
-//! plain HTTP/1.1, pooled, with a deadline per request and a cap on the response size.
+//! HTTP/1.1 over plain TCP or TLS (rustls with ring; the Mozilla roots plus any CA files given),
+//! pooled, with a deadline per request and a cap on the response size.
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
 /// Largest response body read.
 const MAX_BODY: usize = 16 << 20;
@@ -16,15 +19,44 @@ const MAX_BODY: usize = 16 << 20;
 /// A pooled HTTP client.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl Default for HttpClient {
     fn default() -> Self {
+        HttpClient::with_roots(&[] as &[&Path]).expect("the built-in roots always load")
+    }
+}
+
+impl HttpClient {
+    /// A client that trusts the Mozilla roots and the certificates in `ca_files` (PEM).
+    pub fn with_roots(ca_files: &[impl AsRef<Path>]) -> Result<HttpClient, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for file in ca_files {
+            let file = file.as_ref();
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+                .and_then(|certs| certs.collect())
+                .map_err(|e| format!("{}: not a PEM certificate file: {e}", file.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{}: no certificate in it", file.display()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| format!("{}: {e}", file.display()))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
-        HttpClient { client: Client::builder(TokioExecutor::new()).build(connector) }
+        connector.enforce_http(false);
+        let https =
+            HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().wrap_connector(connector);
+        Ok(HttpClient { client: Client::builder(TokioExecutor::new()).build(https) })
     }
 }
 

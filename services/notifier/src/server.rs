@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs, parse_duration},
+    http::HttpClient,
     identity,
     pg::DatabaseArgs,
     server::GrpcServer,
@@ -87,7 +88,10 @@ pub struct Args {
     /// Longest retry delay.
     #[arg(long, env = "HOPNGO_NOTIFIER_WEBHOOK_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
     pub webhook_backoff_max: Duration,
-    /// Allow webhooks to hosts other than this machine (plain HTTP: only on a trusted network).
+    /// Extra CA certificates (PEM files) trusted for https webhooks, besides the Mozilla roots.
+    #[arg(long = "webhook-ca-file", env = "HOPNGO_NOTIFIER_WEBHOOK_CA_FILES", value_delimiter = ',')]
+    pub webhook_ca_files: Vec<std::path::PathBuf>,
+    /// Allow plain-http webhooks to hosts other than this machine (only on a trusted network).
     #[arg(long, env = "HOPNGO_NOTIFIER_ALLOW_REMOTE_WEBHOOKS")]
     pub allow_remote_webhooks: bool,
     /// Link to a release in messages, `{release_id}` replaced (e.g. your console's release page).
@@ -180,6 +184,7 @@ pub async fn run_with_clock(
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
     let policy = Arc::new(args.policy()?);
+    let http = HttpClient::with_roots(&args.webhook_ca_files).map_err(|e| anyhow::anyhow!("--webhook-ca-file: {e}"))?;
     let (url, cluster) = args.database.resolve().await?;
     let store = Store::connect(&url, args.db_connections).await.context("connecting to the database")?;
     let metrics = Metrics::new();
@@ -189,6 +194,7 @@ pub async fn run_with_clock(
     let background = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&log),
+        http,
         WebhookSettings {
             timeout: args.webhook_timeout,
             max_attempts: args.webhook_max_attempts,

@@ -69,15 +69,16 @@ fn retry_delay(attempt: u32, asked: Option<Duration>, settings: &WebhookSettings
 }
 
 impl Dispatcher {
-    /// A dispatcher.
+    /// A dispatcher calling webhooks with `http`.
     pub fn new(
         log: Arc<Log>,
+        http: HttpClient,
         settings: WebhookSettings,
         links: Links,
         clock: Arc<dyn Clock>,
         metrics: NotifierMetrics,
     ) -> Dispatcher {
-        Dispatcher { log, http: HttpClient::default(), settings, links, clock, metrics }
+        Dispatcher { log, http, settings, links, clock, metrics }
     }
 
     /// Runs until `shutdown`: waits to be the delivering replica, then keeps one task per webhook.

@@ -208,3 +208,41 @@ async fn structured_cloudevents_and_slack_bodies_and_filters() {
     assert!(text.contains(&format!("<http://console.test/releases/{r}|Open the release>")), "{text}");
     n.stop().await;
 }
+
+#[tokio::test]
+async fn https_webhooks_verify_the_receiver_certificate() {
+    let receiver = Receiver::start_tls().await.unwrap();
+    let ca = std::env::temp_dir().join(format!("hopngo-webhook-ca-{}.pem", uuid::Uuid::now_v7()));
+    std::fs::write(&ca, receiver.ca_pem().unwrap()).unwrap();
+    let r = release();
+
+    // Trusting the receiver's certificate: delivered over TLS, signed as ever.
+    let db = TestDb::create().await.unwrap();
+    let n = start(&db, &["--webhook-ca-file", ca.to_str().unwrap()]).await;
+    let hook = create(&n, &receiver.url("/tls"), "cloudevents", pb::EventFilter::default()).await;
+    assert!(hook.url.starts_with("https://127.0.0.1:"));
+    let sent = event(&r, "booking-service", 1, "succeeded", "SUCCEEDED", now());
+    n.publish(vec![sent.clone()]).await;
+    let got = receiver.until(Duration::from_secs(10), |g| !g.is_empty()).await;
+    assert_eq!(got[0].header("ce-id"), sent.id);
+    assert!(verify(&hook.secret, &got[0]));
+    n.stop().await;
+
+    // Not trusting it: the attempt fails on the certificate, nothing reaches the receiver.
+    let db = TestDb::create().await.unwrap();
+    let n = start(&db, &["--webhook-max-attempts", "1"]).await;
+    let hook = create(&n, &receiver.url("/untrusted"), "cloudevents", pb::EventFilter::default()).await;
+    n.publish(vec![event(&r, "booking-service", 2, "succeeded", "SUCCEEDED", now())]).await;
+    let log = loop {
+        let log = deliveries(&n, &hook.id).await;
+        if !log.is_empty() {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(log[0].dead_lettered && log[0].status_code == 0);
+    assert!(log[0].message.to_lowercase().contains("certificate"), "{}", log[0].message);
+    assert!(receiver.received().iter().all(|g| g.path == "/tls"));
+    n.stop().await;
+    let _ = std::fs::remove_file(ca);
+}

@@ -1,6 +1,7 @@
-//! A webhook receiver on loopback: records every request (headers and body), answers with the
-//! status the test sets, and can go down (listener and open connections closed, so callers get
-//! "connection refused") and come back on the same port.
+//! A webhook receiver on loopback, over plain HTTP or HTTPS (a self-signed certificate made for
+//! it): records every request (headers and body), answers with the status the test sets, and can
+//! go down (listener and open connections closed, so callers get "connection refused") and come
+//! back on the same port.
 
 use std::{
     collections::BTreeMap,
@@ -50,14 +51,16 @@ pub struct Receiver {
     /// Where it listens.
     pub addr: SocketAddr,
     shared: Arc<Mutex<Shared>>,
+    tls: Option<(tokio_rustls::TlsAcceptor, String)>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>) {
+async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>, tls: Option<tokio_rustls::TlsAcceptor>) {
     // Connections live in this set: dropping the task closes them too.
     let mut connections = JoinSet::new();
     while let Ok((socket, _)) = listener.accept().await {
         let shared = Arc::clone(&shared);
+        let tls = tls.clone();
         connections.spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let shared = Arc::clone(&shared);
@@ -87,24 +90,58 @@ async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>) {
                     )
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(socket), service).await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(socket).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(socket), service).await;
+                }
+            }
         });
     }
 }
 
 impl Receiver {
-    /// A receiver on a free loopback port, answering 200.
+    /// A plain-HTTP receiver on a free loopback port, answering 200.
     pub async fn start() -> anyhow::Result<Receiver> {
+        Receiver::listen(None).await
+    }
+
+    /// An HTTPS receiver with a fresh self-signed certificate for `127.0.0.1` and `localhost`
+    /// ([`Receiver::ca_pem`] is what a client must trust).
+    pub async fn start_tls() -> anyhow::Result<Receiver> {
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
+        let pem = certified.cert.pem();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)?;
+        Receiver::listen(Some((tokio_rustls::TlsAcceptor::from(Arc::new(config)), pem))).await
+    }
+
+    async fn listen(tls: Option<(tokio_rustls::TlsAcceptor, String)>) -> anyhow::Result<Receiver> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Mutex::new(Shared::default()));
-        let task = Some(tokio::spawn(serve(listener, Arc::clone(&shared))));
-        Ok(Receiver { addr, shared, task })
+        let acceptor = tls.as_ref().map(|(a, _)| a.clone());
+        let task = Some(tokio::spawn(serve(listener, Arc::clone(&shared), acceptor)));
+        Ok(Receiver { addr, shared, tls, task })
     }
 
-    /// `http://ADDR/PATH`.
+    /// The certificate (PEM) of an HTTPS receiver.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|(_, pem)| pem.as_str())
+    }
+
+    /// `http://ADDR/PATH`, or `https://` for an HTTPS receiver.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
     }
 
     /// Answers these statuses to the next requests, in turn (the last one repeats).
@@ -144,7 +181,8 @@ impl Receiver {
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop().await;
         let listener = TcpListener::bind(self.addr).await?;
-        self.task = Some(tokio::spawn(serve(listener, Arc::clone(&self.shared))));
+        let acceptor = self.tls.as_ref().map(|(a, _)| a.clone());
+        self.task = Some(tokio::spawn(serve(listener, Arc::clone(&self.shared), acceptor)));
         Ok(())
     }
 }

@@ -16,19 +16,15 @@ fn is_loopback(host: &url::Host<&str>) -> bool {
     }
 }
 
-/// Checks a webhook URL. Only plain HTTP is spoken, so unless `allow_remote` the host must be
-/// this machine: a signed body sent in clear over a network is readable and replayable there.
+/// Checks a webhook URL: `https` anywhere; plain `http` only to this machine unless
+/// `allow_remote`, since a signed body sent in clear over a network is readable there.
 pub fn check(raw: &str, allow_remote: bool) -> Result<Target, String> {
     let url = url::Url::parse(raw.trim()).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "{raw:?}: https is not supported yet (the notifier speaks plain HTTP); point it at a local relay"
-            ));
-        }
-        other => return Err(format!("{raw:?}: scheme {other:?} is not supported; use http")),
-    }
+    let https = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("{raw:?}: scheme {other:?} is not supported; use https or http")),
+    };
     let host = url.host().ok_or_else(|| format!("{raw:?} has no host"))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(format!("{raw:?}: credentials in the URL are not allowed; use the signing secret"));
@@ -36,9 +32,9 @@ pub fn check(raw: &str, allow_remote: bool) -> Result<Target, String> {
     if url.fragment().is_some() {
         return Err(format!("{raw:?}: a fragment is never sent; remove it"));
     }
-    if !allow_remote && !is_loopback(&host) {
+    if !https && !allow_remote && !is_loopback(&host) {
         return Err(format!(
-            "{raw:?}: host {host} is not on this machine; plain HTTP to other hosts needs the notifier's --allow-remote-webhooks"
+            "{raw:?}: plain http to {host}, which is not this machine; use https (or start the notifier with --allow-remote-webhooks)"
         ));
     }
     Ok(Target { url: url.to_string() })
@@ -53,9 +49,9 @@ mod tests {
         assert_eq!(check("http://127.0.0.1:8080/hook", false).unwrap().url, "http://127.0.0.1:8080/hook");
         assert!(check("http://localhost/x", false).is_ok());
         assert!(check("http://[::1]:9/x", false).is_ok());
-        assert!(check("http://hooks.example.com/x", false).unwrap_err().contains("--allow-remote-webhooks"));
+        assert!(check("http://hooks.example.com/x", false).unwrap_err().contains("use https"));
         assert!(check("http://hooks.example.com/x", true).is_ok());
-        assert!(check("https://hooks.slack.com/services/T/B/X", true).unwrap_err().contains("https is not supported"));
+        assert!(check("https://hooks.slack.com/services/T/B/X", false).is_ok());
         assert!(check("ftp://127.0.0.1/x", false).unwrap_err().contains("scheme \"ftp\""));
         assert!(check("not a url", false).unwrap_err().contains("not a URL"));
         assert!(check("http://u:p@127.0.0.1/x", false).unwrap_err().contains("credentials"));
