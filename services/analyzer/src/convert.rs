@@ -82,11 +82,8 @@ impl Field<'_> {
 
     fn http_url(&self, field: &str, url: &str) -> Result<(), AnalyzerError> {
         match url::Url::parse(url) {
-            Ok(u) if u.scheme() == "http" && u.host().is_some() => Ok(()),
-            Ok(u) if u.scheme() == "https" => {
-                Err(self.err(field, "https is not supported yet; use http (a local sidecar or proxy)"))
-            }
-            Ok(u) => Err(self.err(field, format!("{url:?}: scheme {:?} is not http", u.scheme()))),
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+            Ok(u) => Err(self.err(field, format!("{url:?}: scheme {:?} is not http or https", u.scheme()))),
             Err(e) => Err(self.err(field, format!("{url:?} is not a URL: {e}"))),
         }
     }

@@ -186,6 +186,27 @@ async fn web_and_job_providers() {
     let run = analyzer.finish(&run.id, Duration::from_secs(15)).await;
     assert_eq!(phase(&run), pb::AnalysisPhase::Error);
     assert!(run.metrics[0].measurements[0].message.contains("HTTP 503"), "{:?}", run.metrics[0].measurements[0]);
+
+    // https is spoken, and the certificate is checked: a self-signed one is an error measurement.
+    let tls = hopngo_testkit::receiver::Receiver::start_tls().await.unwrap();
+    let mut m = metric(
+        "health",
+        Provider::Web(pb::WebProvider {
+            url: tls.url("/status"),
+            method: String::new(),
+            headers: Default::default(),
+            body: String::new(),
+            json_path: "$.ok".into(),
+            timeout: secs(2.0),
+        }),
+    );
+    m.consecutive_error_limit = Some(0);
+    let run = analyzer.start_run(vec![m], false).await;
+    let run = analyzer.finish(&run.id, Duration::from_secs(15)).await;
+    assert_eq!(phase(&run), pb::AnalysisPhase::Error);
+    let message = run.metrics[0].measurements[0].message.to_lowercase();
+    assert!(message.contains("certificate"), "{message}");
+    assert!(tls.received().is_empty(), "nothing is sent to an untrusted server");
     analyzer.stop().await;
 }
 
