@@ -205,7 +205,7 @@ enum Command {
     },
     /// The event types the control plane emits (what `--type` accepts).
     EventTypes,
-    /// Webhook subscriptions: create, list, delete, and their deliveries.
+    /// Webhook subscriptions: create, list, delete, replay, and their deliveries.
     #[command(subcommand)]
     Subscriptions(SubscriptionsCommand),
     /// Acknowledge a release that is failed, aborted, stuck or waiting for approval: its
@@ -310,6 +310,14 @@ enum SubscriptionsCommand {
     Delete {
         /// Webhook id.
         id: String,
+    },
+    /// Deliver a webhook's events again after a cursor (dead letters, once the receiver is fixed).
+    Replay {
+        /// Webhook id.
+        id: String,
+        /// Deliver the events after this cursor again.
+        #[arg(long)]
+        since: String,
     },
     /// Delivery attempts of a webhook, newest first.
     Deliveries {
@@ -932,6 +940,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Subscriptions(SubscriptionsCommand::Delete { id }) => {
             notifier.delete_webhook(npb::DeleteWebhookRequest { id: id.clone() }).await?;
             eprintln!("webhook {id} deleted");
+        }
+        Command::Subscriptions(SubscriptionsCommand::Replay { id, since }) => {
+            let w = notifier
+                .replay_webhook(npb::ReplayWebhookRequest { id, after_cursor: since })
+                .await?
+                .into_inner()
+                .webhook
+                .context("no webhook in the response")?;
+            render::webhooks(out, &[WebhookView::from(&w)])?;
         }
         Command::Subscriptions(SubscriptionsCommand::Deliveries { id, limit, page_token }) => {
             let r = notifier

@@ -176,6 +176,7 @@ impl NotifierService for Notifier {
             cursor,
             delivered: 0,
             dead_lettered: 0,
+            generation: 0,
         };
         self.log.store().create_webhook(&hook).await?;
         Ok(Response::new(pb::CreateWebhookResponse { webhook: Some(convert::webhook(&hook, true)) }))
@@ -200,6 +201,23 @@ impl NotifierService for Notifier {
             return Err(NotifierError::NotFound(format!("webhook {id} does not exist")).into());
         }
         Ok(Response::new(pb::DeleteWebhookResponse {}))
+    }
+
+    async fn replay_webhook(
+        &self,
+        request: Request<pb::ReplayWebhookRequest>,
+    ) -> Result<Response<pb::ReplayWebhookResponse>, Status> {
+        let req = request.into_inner();
+        let id = webhook_id(&req.id)?;
+        let head = self.log.store().head().await?;
+        let cursor = start_cursor(&self.log, &req.after_cursor, "after_cursor", head).await?;
+        let hook = self
+            .log
+            .store()
+            .replay_webhook(id, cursor)
+            .await?
+            .ok_or_else(|| NotifierError::NotFound(format!("webhook {id} does not exist")))?;
+        Ok(Response::new(pb::ReplayWebhookResponse { webhook: Some(convert::webhook(&hook, false)) }))
     }
 
     async fn list_deliveries(

@@ -90,6 +90,8 @@ pub struct StoredWebhook {
     pub delivered: u64,
     /// Dead-lettered count.
     pub dead_lettered: u64,
+    /// Replays so far.
+    pub generation: u64,
 }
 
 /// One delivery attempt.
@@ -115,6 +117,8 @@ pub struct DeliveryRecord {
     pub delivered: bool,
     /// Given up on.
     pub dead_lettered: bool,
+    /// The webhook's generation when it was made.
+    pub generation: u64,
 }
 
 /// The notifier's store.
@@ -160,6 +164,7 @@ fn webhook(row: &PgRow) -> Result<StoredWebhook, NotifierError> {
         cursor: row.try_get::<i64, _>("cursor")? as u64,
         delivered: row.try_get::<i64, _>("delivered")? as u64,
         dead_lettered: row.try_get::<i64, _>("dead_lettered")? as u64,
+        generation: row.try_get::<i64, _>("generation")? as u64,
     })
 }
 
@@ -499,12 +504,13 @@ impl Store {
     }
 
     /// Records a delivery attempt; a final one (delivered or dead-lettered) also moves the
-    /// webhook's cursor past the event, in the same transaction.
-    pub async fn record_delivery(&self, d: &DeliveryRecord) -> Result<(), NotifierError> {
+    /// webhook's cursor past the event, in the same transaction — unless the webhook was replayed
+    /// meanwhile (another generation): then false, and the cursor stays where the replay put it.
+    pub async fn record_delivery(&self, d: &DeliveryRecord) -> Result<bool, NotifierError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO deliveries (id, webhook_id, event_id, position, attempt, status_code, message, attempted_at, \
-             delivered, dead_lettered) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             delivered, dead_lettered, generation) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(d.id)
         .bind(d.webhook_id)
@@ -516,29 +522,46 @@ impl Store {
         .bind(d.attempted_at)
         .bind(d.delivered)
         .bind(d.dead_lettered)
+        .bind(d.generation as i64)
         .execute(&mut *tx)
         .await?;
+        let mut current = true;
         if d.delivered || d.dead_lettered {
-            sqlx::query(
+            current = sqlx::query(
                 "UPDATE webhooks SET cursor = greatest(cursor, $2), delivered = delivered + $3, \
-                 dead_lettered = dead_lettered + $4 WHERE id = $1",
+                 dead_lettered = dead_lettered + $4 WHERE id = $1 AND generation = $5",
             )
             .bind(d.webhook_id)
             .bind(d.position as i64)
             .bind(d.delivered as i64)
             .bind(d.dead_lettered as i64)
+            .bind(d.generation as i64)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(current)
     }
 
-    /// Moves a webhook's cursor over events its filter skips.
-    pub async fn advance_webhook(&self, id: Uuid, position: u64) -> Result<(), NotifierError> {
-        sqlx::query("UPDATE webhooks SET cursor = greatest(cursor, $2) WHERE id = $1")
+    /// Moves a webhook's cursor back (or forward) to `cursor` and starts a new generation; None
+    /// when there is no such webhook.
+    pub async fn replay_webhook(&self, id: Uuid, cursor: u64) -> Result<Option<StoredWebhook>, NotifierError> {
+        let row = sqlx::query("UPDATE webhooks SET cursor = $2, generation = generation + 1 WHERE id = $1 RETURNING *")
+            .bind(id)
+            .bind(cursor as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(webhook).transpose()
+    }
+
+    /// Moves a webhook's cursor over events its filter skips (within one generation).
+    pub async fn advance_webhook(&self, id: Uuid, generation: u64, position: u64) -> Result<(), NotifierError> {
+        sqlx::query("UPDATE webhooks SET cursor = greatest(cursor, $2) WHERE id = $1 AND generation = $3")
             .bind(id)
             .bind(position as i64)
+            .bind(generation as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -575,6 +598,7 @@ impl Store {
                     attempted_at: r.try_get("attempted_at")?,
                     delivered: r.try_get("delivered")?,
                     dead_lettered: r.try_get("dead_lettered")?,
+                    generation: r.try_get::<i64, _>("generation")? as u64,
                 })
             })
             .collect()
@@ -582,13 +606,16 @@ impl Store {
 }
 
 impl Store {
-    /// Attempts recorded for one event of a webhook.
-    pub async fn attempts(&self, webhook_id: Uuid, position: u64) -> Result<u32, NotifierError> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND position = $2")
-            .bind(webhook_id)
-            .bind(position as i64)
-            .fetch_one(&self.pool)
-            .await?;
+    /// Attempts recorded for one event of a webhook in one generation.
+    pub async fn attempts(&self, webhook_id: Uuid, generation: u64, position: u64) -> Result<u32, NotifierError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND generation = $2 AND position = $3",
+        )
+        .bind(webhook_id)
+        .bind(generation as i64)
+        .bind(position as i64)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n as u32)
     }
 }

@@ -53,6 +53,16 @@ pub struct Dispatcher {
     metrics: NotifierMetrics,
 }
 
+/// How an event's delivery ended.
+enum Settled {
+    /// Delivered or dead-lettered; the cursor moved past it.
+    Yes,
+    /// Shutting down before it was settled.
+    Stopped,
+    /// The webhook was replayed meanwhile.
+    Replayed,
+}
+
 /// What one attempt came to.
 enum Outcome {
     Delivered,
@@ -167,29 +177,32 @@ impl Dispatcher {
         let batch = store.events_after(hook.cursor, head, &hook.filter, BATCH).await?;
         let complete = (batch.len() as i64) < BATCH;
         for l in &batch {
-            if !self.deliver(&hook, l, stop).await? {
-                return Ok(false);
+            match self.deliver(&hook, l, stop).await? {
+                Settled::Yes => {}
+                Settled::Stopped => return Ok(false),
+                // Replayed meanwhile: start over from the new cursor.
+                Settled::Replayed => return Ok(true),
             }
         }
         if complete {
-            store.advance_webhook(id, head).await?;
+            store.advance_webhook(id, hook.generation, head).await?;
         }
         Ok(true)
     }
 
-    /// Delivers one event with retries; false when stopped before it was settled.
+    /// Delivers one event with retries.
     async fn deliver(
         &self,
         hook: &StoredWebhook,
         l: &LoggedEvent,
         stop: &CancellationToken,
-    ) -> Result<bool, NotifierError> {
+    ) -> Result<Settled, NotifierError> {
         let store = self.log.store();
         let format = Format::parse(&hook.format).map_err(NotifierError::Internal)?;
         let key = signature::key(&hook.secret).map_err(NotifierError::Internal)?;
         let rendered = render(format, &l.event, &self.links);
         // Attempts made before a restart count toward the limit.
-        let mut attempt = store.attempts(hook.id, l.position).await? + 1;
+        let mut attempt = store.attempts(hook.id, hook.generation, l.position).await? + 1;
         loop {
             let timestamp = self.clock.now().unix_timestamp();
             let mut headers = rendered.headers.clone();
@@ -223,7 +236,7 @@ impl Dispatcher {
             } else {
                 message
             };
-            store
+            let current = store
                 .record_delivery(&DeliveryRecord {
                     id: Uuid::now_v7(),
                     webhook_id: hook.id,
@@ -235,13 +248,14 @@ impl Dispatcher {
                     attempted_at: self.clock.now(),
                     delivered,
                     dead_lettered,
+                    generation: hook.generation,
                 })
                 .await?;
             if delivered || dead_lettered {
                 if dead_lettered {
                     tracing::warn!(webhook = %hook.id, event = %l.event.id, "webhook event dead-lettered");
                 }
-                return Ok(true);
+                return Ok(if current { Settled::Yes } else { Settled::Replayed });
             }
             let asked = match outcome {
                 Outcome::Retry(asked) => asked,
@@ -249,12 +263,14 @@ impl Dispatcher {
             };
             let delay = retry_delay(attempt, asked, &self.settings);
             tokio::select! {
-                _ = stop.cancelled() => return Ok(false),
+                _ = stop.cancelled() => return Ok(Settled::Stopped),
                 _ = tokio::time::sleep(delay) => {}
             }
-            // Deleted meanwhile: stop retrying.
-            if store.webhook(hook.id).await?.is_none() {
-                return Err(NotifierError::NotFound(format!("webhook {}", hook.id)));
+            // Deleted or replayed meanwhile: stop retrying this one.
+            match store.webhook(hook.id).await? {
+                None => return Err(NotifierError::NotFound(format!("webhook {}", hook.id))),
+                Some(now) if now.generation != hook.generation => return Ok(Settled::Replayed),
+                Some(_) => {}
             }
             attempt += 1;
         }

@@ -246,3 +246,58 @@ async fn https_webhooks_verify_the_receiver_certificate() {
     n.stop().await;
     let _ = std::fs::remove_file(ca);
 }
+
+#[tokio::test]
+async fn a_replay_redelivers_dead_letters_in_order_with_a_fresh_retry_limit() {
+    let db = TestDb::create().await.unwrap();
+    let n = start(&db, &["--webhook-max-attempts", "2"]).await;
+    let receiver = Receiver::start().await.unwrap();
+    let hook = create(&n, &receiver.url("/"), "cloudevents", pb::EventFilter::default()).await;
+    let r = release();
+    let events: Vec<_> =
+        (1..=3).map(|s| event(&r, "booking-service", s, "step-completed", "PROGRESSING", now())).collect();
+    // The receiver is broken: every event is dead-lettered after two attempts.
+    receiver.answer(&[500]);
+    n.publish(events.clone()).await;
+    let listed = loop {
+        let listed = n.client.clone().list_webhooks(pb::ListWebhooksRequest {}).await.unwrap().into_inner().webhooks;
+        if listed[0].dead_lettered == 3 {
+            break listed[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(listed.cursor, "3");
+    assert_eq!(receiver.received().len(), 6);
+
+    // Fixed: replay from the start; each event gets its attempts again and arrives in order.
+    receiver.answer(&[200]);
+    let replayed = n
+        .client
+        .clone()
+        .replay_webhook(pb::ReplayWebhookRequest { id: hook.id.clone(), after_cursor: "0".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook
+        .unwrap();
+    assert_eq!(replayed.cursor, "0");
+    let got = receiver.until(Duration::from_secs(10), |g| g.len() >= 9).await;
+    let again: Vec<&str> = got[6..].iter().map(|g| g.header("ce-id")).collect();
+    assert_eq!(again, events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>());
+    let hook_now = loop {
+        let listed = n.client.clone().list_webhooks(pb::ListWebhooksRequest {}).await.unwrap().into_inner().webhooks;
+        if listed[0].delivered == 3 {
+            break listed[0].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((hook_now.cursor.as_str(), hook_now.dead_lettered), ("3", 3));
+    let err = n
+        .client
+        .clone()
+        .replay_webhook(pb::ReplayWebhookRequest { id: hook.id.clone(), after_cursor: "42".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    n.stop().await;
+}

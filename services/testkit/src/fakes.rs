@@ -651,6 +651,12 @@ impl npb::notifier_service_server::NotifierService for FakeNotifier {
     ) -> Result<Response<npb::ListDeliveriesResponse>, Status> {
         Err(Status::unimplemented("the fake notifier has no webhooks"))
     }
+    async fn replay_webhook(
+        &self,
+        _: Request<npb::ReplayWebhookRequest>,
+    ) -> Result<Response<npb::ReplayWebhookResponse>, Status> {
+        Err(Status::unimplemented("the fake notifier has no webhooks"))
+    }
     async fn acknowledge(
         &self,
         _: Request<npb::AcknowledgeRequest>,
