@@ -78,3 +78,35 @@ pub const ALL: &[&str] = &[
     ESCALATION_ESCALATED,
     ESCALATION_ACKNOWLEDGED,
 ];
+
+/// A type without its trailing `.M.m.p` version (`dev.cdevents.service.deployed`).
+pub fn without_version(t: &str) -> &str {
+    let mut end = t.len();
+    for _ in 0..3 {
+        end = t[..end].rfind('.').unwrap_or(0);
+    }
+    &t[..end]
+}
+
+/// The short name people type and read: no namespace, no version (`service.deployed`,
+/// `hopngo-canary.weight-changed`).
+pub fn short_name(t: &str) -> &str {
+    let t = without_version(t);
+    t.strip_prefix("dev.cdevents.").or_else(|| t.strip_prefix("dev.cdeventsx.")).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_unique_and_drop_namespace_and_version() {
+        assert_eq!(short_name(SERVICE_DEPLOYED), "service.deployed");
+        assert_eq!(short_name(CANARY_WEIGHT_CHANGED), "hopngo-canary.weight-changed");
+        assert_eq!(without_version("dev.cdevents.service.deployed.0.2.0"), "dev.cdevents.service.deployed");
+        let mut names: Vec<&str> = ALL.iter().map(|t| short_name(t)).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+}

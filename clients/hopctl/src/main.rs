@@ -279,7 +279,8 @@ impl FilterArgs {
 /// A short event type (`service.deployed`, `hopngo-release.aborted`) as its full CloudEvents type;
 /// anything else is sent as given (and the notifier says what it accepts).
 fn full_type(t: &str) -> String {
-    let mut matches = hopngo_proto::event_types::ALL.iter().filter(|full| render::short_type(full) == t);
+    let mut matches =
+        hopngo_proto::event_types::ALL.iter().filter(|full| hopngo_proto::event_types::short_name(full) == t);
     match (matches.next(), matches.next()) {
         (Some(full), None) => full.to_string(),
         _ => t.to_string(),

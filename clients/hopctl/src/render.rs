@@ -5,7 +5,7 @@ use hopngo_client::views::{
     AnalysisRunView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
     MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, WebhookView,
 };
-use hopngo_proto::config as cpb;
+use hopngo_proto::{config as cpb, event_types::short_name};
 use serde::Serialize;
 
 use crate::Output;
@@ -499,16 +499,6 @@ pub fn migration_runs(out: Output, rs: &[MigrationRunView]) -> anyhow::Result<()
     Ok(())
 }
 
-/// The short name of an event type (`service.upgraded`, `hopngo-canary.weight-changed`).
-pub fn short_type(t: &str) -> String {
-    let t = t.strip_prefix("dev.cdevents.").or_else(|| t.strip_prefix("dev.cdeventsx.")).unwrap_or(t);
-    let mut end = t.len();
-    for _ in 0..3 {
-        end = t[..end].rfind('.').unwrap_or(end);
-    }
-    t[..end].to_string()
-}
-
 /// Prints a stream of events: table rows under one header, one JSON object per line, or YAML
 /// documents.
 pub struct EventPrinter {
@@ -552,7 +542,7 @@ impl EventPrinter {
                     e.service,
                     e.environment,
                     e.severity,
-                    short_type(&e.event_type),
+                    short_name(&e.event_type),
                     e.release_id,
                     what.trim()
                 )?;
@@ -570,7 +560,7 @@ pub fn event_types(out: Output, types: &[&str]) -> anyhow::Result<()> {
     }
     let mut t = table(&["type", "short"]);
     for ty in types {
-        t.add_row(vec![ty.to_string(), short_type(ty)]);
+        t.add_row(vec![ty.to_string(), short_name(ty).to_string()]);
     }
     println!("{t}");
     Ok(())
@@ -584,7 +574,7 @@ fn filter_text(f: &hopngo_client::views::EventFilterView) -> String {
         }
     }
     if !f.types.is_empty() {
-        parts.push(format!("type={}", f.types.iter().map(|t| short_type(t)).collect::<Vec<_>>().join("|")));
+        parts.push(format!("type={}", f.types.iter().map(|t| short_name(t)).collect::<Vec<_>>().join("|")));
     }
     if f.min_severity != "INFO" {
         parts.push(format!("severity>={}", f.min_severity));

@@ -97,7 +97,6 @@ impl GrpcServer {
         };
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .tcp_nodelay(true)
             .layer(RpcLayer { metrics: metrics.clone() })
             .add_routes(routes.routes())
             // The builder's TCP settings apply only to listeners it binds itself; without

@@ -7,3 +7,8 @@ pub mod filter;
 pub mod render;
 pub mod signature;
 pub mod target;
+
+/// The instant a protobuf timestamp names (None when out of range).
+pub fn instant(t: &prost_types::Timestamp) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(t.seconds as i128 * 1_000_000_000 + t.nanos as i128).ok()
+}

@@ -77,11 +77,7 @@ fn notifier_event(last: &Event, state: &ReleaseState, now: OffsetDateTime, notic
 /// The escalation events for levels that are due now, and the state after them.
 fn escalate(policy: &Policy, tracked: TrackedRelease, now: OffsetDateTime) -> Option<(ReleaseState, Vec<Event>)> {
     let TrackedRelease { mut state, last } = tracked;
-    let opened = state.check_stuck(policy, now);
-    let due = state.due_levels(policy, now);
-    if due.is_empty() && !opened {
-        return None;
-    }
+    let due = state.advance(policy, now)?;
     let (condition, since) = state.condition?;
     let events = due
         .clone()
@@ -143,8 +139,9 @@ impl Escalator {
         let policy = self.log.policy();
         let now = self.clock.now();
         for candidate in self.log.store().watched_releases(policy.levels.len()).await? {
+            // Looked at without the lock first: most releases have nothing due.
             let mut probe = candidate.clone();
-            if !probe.check_stuck(policy, now) && probe.due_levels(policy, now).is_empty() {
+            if probe.advance(policy, now).is_none() {
                 continue;
             }
             let before = probe.levels_notified;

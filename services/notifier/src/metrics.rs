@@ -9,7 +9,7 @@ pub struct NotifierMetrics {
     pub appended: IntCounter,
     /// Open gRPC subscriptions.
     pub subscribers: IntGauge,
-    /// Subscriptions ended by the server, by reason (`slow`, `shutdown`).
+    /// Subscriptions ended by the server, by reason (`slow`: cut off for not reading).
     pub disconnects: IntCounterVec,
     /// Webhook delivery attempts by outcome (`delivered`, `retry`, `dead-letter`).
     pub deliveries: IntCounterVec,
@@ -51,14 +51,12 @@ impl NotifierMetrics {
             )
             .expect("static"),
         };
-        // Registering twice only happens when two notifiers share a registry (tests); the
-        // second keeps its counters to itself.
-        let _ = registry.register(Box::new(m.appended.clone()));
-        let _ = registry.register(Box::new(m.subscribers.clone()));
-        let _ = registry.register(Box::new(m.disconnects.clone()));
-        let _ = registry.register(Box::new(m.deliveries.clone()));
-        let _ = registry.register(Box::new(m.delivery_seconds.clone()));
-        let _ = registry.register(Box::new(m.escalations.clone()));
+        registry.register(Box::new(m.appended.clone())).expect("first registration");
+        registry.register(Box::new(m.subscribers.clone())).expect("first registration");
+        registry.register(Box::new(m.disconnects.clone())).expect("first registration");
+        registry.register(Box::new(m.deliveries.clone())).expect("first registration");
+        registry.register(Box::new(m.delivery_seconds.clone())).expect("first registration");
+        registry.register(Box::new(m.escalations.clone())).expect("first registration");
         m
     }
 }

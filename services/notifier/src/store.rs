@@ -61,12 +61,7 @@ pub fn meta(e: &Event) -> EventMeta {
 }
 
 fn timestamp_of(e: &Event) -> OffsetDateTime {
-    e.time
-        .as_ref()
-        .and_then(|t| {
-            OffsetDateTime::from_unix_timestamp_nanos(t.seconds as i128 * 1_000_000_000 + t.nanos as i128).ok()
-        })
-        .unwrap_or_else(now)
+    e.time.as_ref().and_then(crate::domain::instant).unwrap_or_else(now)
 }
 
 /// A webhook as stored.

@@ -220,6 +220,14 @@ impl ReleaseState {
         self.levels_notified.min(due)..due
     }
 
+    /// What time does to the state by `now`: the stuck condition opened if due, and the levels
+    /// to tell now. None when nothing changes.
+    pub fn advance(&mut self, policy: &Policy, now: OffsetDateTime) -> Option<std::ops::Range<usize>> {
+        let opened = self.check_stuck(policy, now);
+        let due = self.due_levels(policy, now);
+        (opened || !due.is_empty()).then_some(due)
+    }
+
     /// The next level and when it is due, if any.
     pub fn next_level<'p>(&self, policy: &'p Policy) -> Option<(&'p Level, OffsetDateTime)> {
         let (_, since) = self.condition?;

@@ -42,15 +42,6 @@ pub struct Filter {
     pub escalation_levels: Vec<String>,
 }
 
-/// A type without its trailing `.M.m.p` version.
-fn without_version(t: &str) -> &str {
-    let mut end = t.len();
-    for _ in 0..3 {
-        end = t[..end].rfind('.').unwrap_or(0);
-    }
-    &t[..end]
-}
-
 /// A filter field that is wrong: (field, reason).
 pub type FilterError = (String, String);
 
@@ -62,7 +53,10 @@ impl Filter {
             if !event_types::ALL.contains(&t.as_str()) {
                 let hint = event_types::ALL
                     .iter()
-                    .find(|known| known.contains(t.as_str()) || without_version(known) == without_version(t))
+                    .find(|known| {
+                        known.contains(t.as_str())
+                            || event_types::without_version(known) == event_types::without_version(t)
+                    })
                     .map(|k| format!("; did you mean {k:?}?"))
                     .unwrap_or_else(|| "; `hopctl event-types` lists them".to_string());
                 return Err((format!("types[{i}]"), format!("unknown event type {t:?}{hint}")));

@@ -7,7 +7,7 @@ use hopngo_proto::{
     events::{Event, ReleaseEventData},
 };
 use serde_json::{Value, json};
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use time::format_description::well_known::Rfc3339;
 
 /// CDEvents specification version of the bodies (the version the emitted types come from).
 pub const CDEVENTS_SPEC_VERSION: &str = "0.6.0-draft";
@@ -68,9 +68,7 @@ impl Links {
 }
 
 fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| OffsetDateTime::from_unix_timestamp_nanos(t.seconds as i128 * 1_000_000_000 + t.nanos as i128).ok())
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    t.and_then(super::instant).and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
 fn severity_name(s: i32) -> &'static str {
