@@ -104,7 +104,11 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     let first = create_booking_release(&mut releases, "1.0.0").await;
     let first = until(&mut releases, &first.id, 60, |r| r.settled).await;
     assert_eq!(first.phase, pb::ReleasePhase::Succeeded as i32, "{}", first.message);
-    assert_eq!(first.steps[0].name, "migrate");
+    assert_eq!((first.steps[0].name.as_str(), first.steps[1].name.as_str()), ("preflight", "migrate"));
+    // Preflight asked the real deployer and migrator before anything changed.
+    let checks: Vec<(&str, bool)> = first.preflight_checks.iter().map(|c| (c.name.as_str(), c.ok)).collect();
+    assert!(checks.contains(&("backend/command", true)), "{checks:?}");
+    assert!(checks.contains(&("migrations/booking", true)), "{checks:?}");
 
     // V2 takes a while; while it runs, there is no canary.
     std::fs::write(
@@ -115,7 +119,7 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     std::fs::write(scripts.join("U2__add_reference.sql"), "ALTER TABLE bookings DROP COLUMN reference;\n").unwrap();
     let second = create_booking_release(&mut releases, "2.0.0").await;
     let migrating = until(&mut releases, &second.id, 30, |r| r.message.starts_with("migrating")).await;
-    let run_id = migrating.steps[0].run_id.clone();
+    let run_id = migrating.steps[1].run_id.clone();
     let mut saw_running = 0;
     loop {
         let run = migrator_client

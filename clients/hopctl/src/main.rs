@@ -175,11 +175,43 @@ enum Command {
         /// Why.
         #[arg(long, default_value = "")]
         reason: String,
+        /// Follow the group until every member has settled (exit code 0 only if all succeeded).
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show a release group (an environment rollback).
     Group {
         /// Group id.
         id: String,
+        /// Follow the group until every member has settled (exit code 0 only if all succeeded).
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Promote a service to the next environment: releases there what is stable and verified in
+    /// the environment it is promoted from (or --artifact), after the promotion policy's checks
+    /// (succeeded and verified upstream, soak time); the target's approval and maintenance window
+    /// then apply as for any release.
+    PromoteEnv {
+        /// Service.
+        service: String,
+        /// Environment to promote from (default: the target's `from`).
+        #[arg(long)]
+        from: Option<String>,
+        /// Environment to release to.
+        #[arg(long)]
+        to: String,
+        /// Artifact to promote (default: what is stable in --from now).
+        #[arg(long)]
+        artifact: Option<String>,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Client-chosen key: repeating the command with it returns the first release.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// Follow the new release until it settles (exit code 0 only if it succeeded).
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Analysis runs: show, list, follow; try a query.
     #[command(subcommand)]
@@ -824,16 +856,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let views: Vec<RevisionView> = r.revisions.iter().map(RevisionView::from).collect();
             render::revisions(out, &views)?;
         }
-        Command::RollbackEnv { environment, services, emergency, reason } => {
+        Command::RollbackEnv { environment, services, emergency, reason, watch } => {
             let r = releases
                 .rollback_environment(pb::RollbackEnvironmentRequest { environment, services, reason, emergency })
                 .await?
                 .into_inner()
                 .group
                 .context("no group")?;
+            if watch {
+                return watch_group(&mut releases, &r.id, out).await;
+            }
             render::group(out, &GroupView::from(&r))?;
         }
-        Command::Group { id } => {
+        Command::Group { id, watch } => {
+            if watch {
+                return watch_group(&mut releases, &id, out).await;
+            }
             let r = releases
                 .get_release_group(pb::GetReleaseGroupRequest { id })
                 .await?
@@ -841,6 +879,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .group
                 .context("no group")?;
             render::group(out, &GroupView::from(&r))?;
+        }
+        Command::PromoteEnv { service, from, to, artifact, reason, request_id, watch } => {
+            let r = releases
+                .promote_environment(pb::PromoteEnvironmentRequest {
+                    service,
+                    from_environment: from.unwrap_or_default(),
+                    to_environment: to,
+                    artifact: artifact.unwrap_or_default(),
+                    request_id,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            let release = r.release.context("no release in the response")?;
+            if let Some(source) = &r.source {
+                eprintln!(
+                    "promoting {} {} from {} (revision {}, release {}, verified: {})",
+                    source.service,
+                    source.artifact,
+                    source.environment,
+                    source.revision,
+                    source.id,
+                    if source.verification.as_ref().is_some_and(|v| v.verified) { "yes" } else { "not required" }
+                );
+            }
+            if watch {
+                return watch_release(&mut releases, &release.id, out).await;
+            }
+            render::release(out, &ReleaseView::from(&release))?;
         }
         Command::Analysis(AnalysisCommand::Get { id }) => {
             let r = analyzer
@@ -1131,6 +1198,45 @@ async fn watch_migration(migrator: &mut Migrator, id: &str, out: Output) -> anyh
 
 /// Follows a release: a live view on stderr when it is a terminal, one line per change
 /// otherwise; the final state goes to stdout in the chosen format.
+/// Follows a release group by reading it every second (members change one after another, and
+/// each has its own watch stream) until every member has settled.
+async fn watch_group(
+    releases: &mut hopngo_proto::release::release_service_client::ReleaseServiceClient<hopngo_client::Authed>,
+    id: &str,
+    out: Output,
+) -> anyhow::Result<i32> {
+    let live = std::io::stderr().is_terminal();
+    let mut last_lines: Vec<String> = Vec::new();
+    loop {
+        let g = releases
+            .get_release_group(pb::GetReleaseGroupRequest { id: id.to_string() })
+            .await?
+            .into_inner()
+            .group
+            .context("no group")?;
+        let view = GroupView::from(&g);
+        let lines: Vec<String> = view.releases.iter().map(render::progress_line).collect();
+        if live {
+            eprint!("\x1b[2J\x1b[H{}\n{}\n", render::group_header(&view), lines.join("\n"));
+        } else {
+            for (i, line) in lines.iter().enumerate() {
+                if last_lines.get(i) != Some(line) {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        last_lines = lines;
+        if view.phase != "PROGRESSING" {
+            if live {
+                eprint!("\x1b[2J\x1b[H");
+            }
+            render::group(out, &view)?;
+            return Ok(if view.phase == "SUCCEEDED" { 0 } else { EXIT_NOT_SUCCEEDED });
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
 async fn watch_release(
     releases: &mut hopngo_proto::release::release_service_client::ReleaseServiceClient<hopngo_client::Authed>,
     id: &str,

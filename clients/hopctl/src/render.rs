@@ -60,6 +60,10 @@ pub fn release_text(r: &ReleaseView) -> String {
     s.push_str(&format!("Traffic:     {}\n", weight_bar(r.canary_weight)));
     s.push_str(&format!("Step:        {}/{}\n", r.current_step_index.min(r.steps.len() as u32), r.steps.len()));
     s.push_str(&format!("Message:     {}\n", r.message));
+    if r.phase == "SUCCEEDED" {
+        let verified = if r.verified { "yes".to_string() } else { format!("no: {}", r.not_verified_because) };
+        s.push_str(&format!("Verified:    {verified}\n"));
+    }
     if let Some(p) = &r.pending_approval {
         let roles = if p.roles.is_empty() { "anyone".to_string() } else { p.roles.join(" or ") };
         s.push_str(&format!(
@@ -90,6 +94,15 @@ pub fn release_text(r: &ReleaseView) -> String {
     }
     s.push_str(&t.to_string());
     s.push('\n');
+    if !r.preflight_checks.is_empty() {
+        s.push('\n');
+        let mut t = table(&["preflight", "ok", "detail"]);
+        for c in &r.preflight_checks {
+            t.add_row(vec![c.name.clone(), if c.ok { "✓" } else { "✗" }.to_string(), c.message.clone()]);
+        }
+        s.push_str(&t.to_string());
+        s.push('\n');
+    }
     if !r.analysis_runs.is_empty() {
         s.push('\n');
         let mut t = table(&["analysis run", "kind", "step", "phase", "message"]);
@@ -190,11 +203,16 @@ pub fn group(out: Output, g: &GroupView) -> anyhow::Result<()> {
     if structured(out, g)? {
         return Ok(());
     }
-    println!("Group:       {} ({})", g.id, g.kind);
-    println!("Environment: {}", g.environment);
-    println!("Phase:       {}", g.phase);
-    println!("Reason:      {}\n", g.reason);
+    println!("{}", group_header(g));
     releases(Output::Table, &g.releases)
+}
+
+/// The lines above a group's members.
+pub fn group_header(g: &GroupView) -> String {
+    format!(
+        "Group:       {} ({})\nEnvironment: {}\nPhase:       {}\nReason:      {}\n",
+        g.id, g.kind, g.environment, g.phase, g.reason
+    )
 }
 
 /// Result of `config apply`.

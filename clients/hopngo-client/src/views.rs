@@ -133,8 +133,22 @@ pub struct ReleaseView {
     pub release_group_id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preflight_checks: Vec<PreflightCheckView>,
+    pub verified: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub not_verified_because: String,
     pub settled: bool,
     pub version: u64,
+}
+
+/// One preflight check.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightCheckView {
+    pub name: String,
+    pub ok: bool,
+    pub message: String,
 }
 
 impl From<&pb::Release> for ReleaseView {
@@ -213,6 +227,18 @@ impl From<&pb::Release> for ReleaseView {
             undo_of_revision: (r.undo_of_revision > 0).then_some(r.undo_of_revision),
             release_group_id: r.release_group_id.clone(),
             reason: r.reason.clone(),
+            preflight_checks: r
+                .preflight_checks
+                .iter()
+                .map(|c| PreflightCheckView { name: c.name.clone(), ok: c.ok, message: c.message.clone() })
+                .collect(),
+            verified: r.verification.as_ref().is_some_and(|v| v.verified),
+            not_verified_because: r
+                .verification
+                .as_ref()
+                .filter(|v| !v.verified && r.phase == pb::ReleasePhase::Succeeded as i32)
+                .map(|v| v.reason.clone())
+                .unwrap_or_default(),
             settled: r.settled,
             version: r.version,
         }

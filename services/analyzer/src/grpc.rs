@@ -222,6 +222,26 @@ impl AnalyzerService for Analyzer {
         Ok(Response::new(pb::MeasureResponse { measurement: Some(convert::measurement(&m)) }))
     }
 
+    async fn check_providers(
+        &self,
+        request: Request<pb::CheckProvidersRequest>,
+    ) -> Result<Response<pb::CheckProvidersResponse>, Status> {
+        let req = request.into_inner();
+        let args: BTreeMap<String, String> = req.args.into_iter().collect();
+        // Open-ended: the checks do not care how often a metric would measure.
+        let specs = convert::metric_specs(&req.metrics, &args, true)?;
+        let providers = self.engine.providers();
+        let checks = futures::future::join_all(specs.iter().map(|spec| async move {
+            let (ok, message) = match providers.check(&spec.provider).await {
+                Ok(m) => (true, m),
+                Err(e) => (false, e),
+            };
+            pb::ProviderCheck { metric: spec.name.clone(), ok, message }
+        }))
+        .await;
+        Ok(Response::new(pb::CheckProvidersResponse { checks }))
+    }
+
     async fn judge(&self, request: Request<pb::JudgeRequest>) -> Result<Response<pb::JudgeResponse>, Status> {
         let req = request.into_inner();
         let (inputs, settings) = convert::judge_input(&req)?;

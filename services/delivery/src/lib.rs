@@ -12,6 +12,8 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod window;
+
 /// A duration written as `30s`, `5m`, `1h30m` or a number of seconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
@@ -72,6 +74,54 @@ pub struct Environment {
     /// A release that makes no progress for this long is aborted (default 10m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<Dur>,
+    /// What an artifact must have done in the `from` environment before it may be released here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<PromotionPolicy>,
+    /// When releases here may change anything (Argo CD sync-window style); none: any time. A
+    /// release waits (paused) for the next window; an emergency rollback does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+}
+
+/// What promotion from the upstream environment requires of the artifact there.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PromotionPolicy {
+    /// The upstream release must have been verified: every verify step and analysis of its plan
+    /// passed, none skipped by a promote, and its background analysis stayed within the SLO
+    /// (default true).
+    #[serde(default = "yes")]
+    pub require_verification: bool,
+    /// How long the artifact must have been stable upstream before it may be promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Dur>,
+}
+
+impl Default for PromotionPolicy {
+    fn default() -> Self {
+        PromotionPolicy { require_verification: true, soak: None }
+    }
+}
+
+/// A maintenance window: opens at every time `schedule` (five-field cron, read in `timeZone`)
+/// names and stays open for `duration`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// When the window opens (`0 22 * * 1-5`: 22:00 Monday to Friday).
+    pub schedule: String,
+    /// How long it stays open.
+    pub duration: Dur,
+    /// IANA time zone of the schedule (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+impl MaintenanceWindow {
+    /// The parsed window.
+    pub fn parse(&self) -> Result<window::Window, String> {
+        window::Window::new(&self.schedule, self.duration.0, self.time_zone.as_deref().unwrap_or("UTC"))
+    }
 }
 
 /// Who must approve, and what happens when nobody does.
@@ -317,6 +367,10 @@ pub struct Service {
     /// Overrides the environment's progress deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<Dur>,
+    /// Services that must be running in the environment before a release of this one starts
+    /// (checked by preflight).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// Per-environment override of a service.
@@ -556,6 +610,9 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Template arguments the scheduler fills in for every run.
+pub const BUILTIN_ARGS: [&str; 7] = ["service", "environment", "artifact", "track", "release", "revision", "address"];
+
 /// Default progress deadline (Argo Rollouts' `progressDeadlineSeconds` default).
 pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 /// Default blue/green scale-down delay (Argo Rollouts' default).
@@ -645,6 +702,27 @@ impl DeliveryConfig {
             if let Some(policy) = &env.approval {
                 v.approval_policy(&format!("{path}.approval"), policy);
             }
+            if env.promotion.is_some() && env.from.is_none() {
+                v.problem(format!("{path}.promotion"), "needs `from`: there is no environment to promote from");
+            }
+            if let Some(Some(soak)) = env.promotion.as_ref().map(|p| p.soak) {
+                v.positive(&format!("{path}.promotion.soak"), soak);
+            }
+            for (j, w) in env.maintenance_windows.iter().enumerate() {
+                let wpath = format!("{path}.maintenanceWindows[{j}]");
+                if w.duration.0 > Duration::from_secs(7 * 86400) {
+                    v.problem(format!("{wpath}.duration"), "at most 7d");
+                } else if let Err(e) = w.parse() {
+                    let field = if e.contains("time zone") {
+                        "timeZone"
+                    } else if e.contains("duration") {
+                        "duration"
+                    } else {
+                        "schedule"
+                    };
+                    v.problem(format!("{wpath}.{field}"), e);
+                }
+            }
         }
         for (i, env) in self.environments.iter().enumerate() {
             if let Some(from) = &env.from {
@@ -722,7 +800,51 @@ impl DeliveryConfig {
                 v.problem(format!("{path}.local.command"), "must name a program");
             }
         }
+        for (i, service) in self.services.iter().enumerate() {
+            for (j, dep) in service.depends_on.iter().enumerate() {
+                let dpath = format!("services[{i}].dependsOn[{j}]");
+                if dep == &service.name {
+                    v.problem(dpath, "a service cannot depend on itself");
+                } else if !service_names.contains(dep.as_str()) {
+                    v.problem(dpath, format!("unknown service {dep:?}"));
+                }
+            }
+        }
+        if let Some(cycle) = self.dependency_cycle() {
+            v.problem("services", format!("dependsOn has a cycle: {}", cycle.join(" → ")));
+        }
         v.problems
+    }
+
+    /// A cycle of `dependsOn` (no service of it could ever be released first), as service names.
+    fn dependency_cycle(&self) -> Option<Vec<String>> {
+        fn visit<'a>(
+            config: &'a DeliveryConfig,
+            name: &'a str,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) -> Option<Vec<String>> {
+            if let Some(at) = path.iter().position(|n| *n == name) {
+                let mut cycle: Vec<String> = path[at..].iter().map(|n| n.to_string()).collect();
+                cycle.push(name.to_string());
+                return Some(cycle);
+            }
+            if !done.insert(name) {
+                return None;
+            }
+            path.push(name);
+            let deps = config.service(name).map(|s| s.depends_on.as_slice()).unwrap_or_default();
+            // Self-dependence is reported on its own.
+            for dep in deps.iter().filter(|d| d.as_str() != name) {
+                if let Some(cycle) = visit(config, dep, path, done) {
+                    return Some(cycle);
+                }
+            }
+            path.pop();
+            None
+        }
+        let mut done = BTreeSet::new();
+        self.services.iter().find_map(|s| visit(self, &s.name, &mut Vec::new(), &mut done))
     }
 
     fn has_promotion_cycle(&self) -> bool {
@@ -886,8 +1008,9 @@ impl Validator {
                 Some(t) => required.extend(t.args.iter().filter(|a| a.value.is_none()).map(|a| a.name.clone())),
             }
         }
-        // `service`, `environment`, `artifact`, `track` are supplied by the scheduler.
-        for builtin in ["service", "environment", "artifact", "track", "release", "revision"] {
+        // Supplied by the scheduler when a run starts (`address`: where the service's traffic
+        // enters, as the backend reports it).
+        for builtin in BUILTIN_ARGS {
             required.remove(builtin);
         }
         for arg in required {

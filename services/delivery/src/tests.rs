@@ -159,3 +159,38 @@ fn migrations_on_abort() {
         problems(&GOOD.replace("locations: [deploy/hopngo/migrations/booking]}", "locations: [x], onAbort: revert}"));
     assert!(p[0].starts_with("services[0].migrations.onAbort: unknown variant `revert`"), "{p:?}");
 }
+
+#[test]
+fn promotion_windows_and_dependencies() {
+    let promoted = GOOD.replace(
+        "    progressDeadline: 15m\n",
+        "    progressDeadline: 15m\n    promotion: {soak: 10m}\n    maintenanceWindows:\n      - {schedule: \"0 22 * * 1-5\", duration: 4h, timeZone: Europe/Berlin}\n",
+    );
+    let config = DeliveryConfig::load(&promoted).expect("valid");
+    let production = config.environment("production").unwrap();
+    let promotion = production.promotion.clone().unwrap();
+    assert!(promotion.require_verification, "verification is required unless switched off");
+    assert_eq!(promotion.soak, Some(Dur(Duration::from_secs(600))));
+    assert_eq!(production.maintenance_windows[0].parse().unwrap().to_string(), "0 22 * * 1-5 for 4h (Europe/Berlin)");
+
+    let p = problems(&promoted.replace("0 22 * * 1-5", "0 25 * * 1-5"));
+    assert_eq!(p, vec!["environments[1].maintenanceWindows[0].schedule: hour: 25 is not in 0..=23"]);
+    let p = problems(&promoted.replace("Europe/Berlin", "Europe/Atlantis"));
+    assert_eq!(
+        p,
+        vec![r#"environments[1].maintenanceWindows[0].timeZone: "Europe/Atlantis" is not a known IANA time zone"#]
+    );
+    let p = problems(&promoted.replace("duration: 4h", "duration: 8d"));
+    assert_eq!(p, vec!["environments[1].maintenanceWindows[0].duration: at most 7d"]);
+    let p = problems(&GOOD.replace("  - name: staging\n", "  - name: staging\n    promotion: {soak: 1m}\n"));
+    assert_eq!(p, vec!["environments[0].promotion: needs `from`: there is no environment to promote from"]);
+
+    let deps = GOOD.replace("    replicas: 2\n", "    replicas: 2\n    dependsOn: [gateway]\n");
+    assert_eq!(DeliveryConfig::load(&deps).unwrap().service("booking-service").unwrap().depends_on, vec!["gateway"]);
+    let p = problems(&GOOD.replace("    replicas: 2\n", "    replicas: 2\n    dependsOn: [auth]\n"));
+    assert_eq!(p, vec![r#"services[0].dependsOn[0]: unknown service "auth""#]);
+    let p = problems(&GOOD.replace("    replicas: 2\n", "    replicas: 2\n    dependsOn: [booking-service]\n"));
+    assert_eq!(p, vec!["services[0].dependsOn[0]: a service cannot depend on itself"]);
+    let cycle = deps.replace("  - name: gateway\n", "  - name: gateway\n    dependsOn: [booking-service]\n");
+    assert_eq!(problems(&cycle), vec!["services: dependsOn has a cycle: booking-service → gateway → booking-service"]);
+}

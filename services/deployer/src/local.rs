@@ -294,21 +294,27 @@ impl Backend for LocalBackend {
         match self.replica_spec(&target, "preflight", 1) {
             Ok(spec) => {
                 let program = &spec.command[0];
-                let found = std::path::Path::new(program).is_file()
-                    || std::env::var_os("PATH")
-                        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()));
+                let found = hopngo_kit::program::find(program);
                 checks.push((
                     "command".into(),
-                    found,
-                    if found { format!("{program} found") } else { format!("{program} not found on PATH") },
+                    found.is_some(),
+                    match found {
+                        Some(path) => format!("{program} found at {}", path.display()),
+                        None => format!("{program} not found on PATH"),
+                    },
                 ));
             }
             Err(e) => checks.push(("command".into(), false, e.to_string())),
         }
+        let setpriv = std::path::Path::new("/usr/bin/setpriv").is_file();
         checks.push((
             "setpriv".into(),
-            std::path::Path::new("/usr/bin/setpriv").is_file(),
-            "runs replicas with a parent-death signal".into(),
+            setpriv,
+            if setpriv {
+                "runs replicas with a parent-death signal".into()
+            } else {
+                "/usr/bin/setpriv (util-linux) is missing: replicas would outlive a killed deployer".into()
+            },
         ));
         checks
     }

@@ -10,6 +10,7 @@
 //! - [`http`]: the outbound HTTP/1.1 client (deadline per request, capped response size);
 //! - [`follow`]: keyset page tokens and following a versioned record (list and watch RPCs);
 //! - [`shutdown`]: SIGTERM / ctrl-c → a cancellation token;
+//! - [`program`]: finding a program on `PATH` as `execvp` would;
 //! - [`pg`]: a throwaway PostgreSQL cluster from the system binaries (tests and the embedded stack).
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod follow;
 pub mod http;
 pub mod identity;
 pub mod pg;
+pub mod program;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

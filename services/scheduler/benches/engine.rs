@@ -29,8 +29,8 @@ use hopngo_scheduler::{
     app::{App, Caller},
     domain::{
         effects::{
-            DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, RunObservation,
-            RunPhase, TargetObservation,
+            DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, PreflightCheck,
+            PreflightRequest, RunObservation, RunPhase, TargetObservation,
         },
         machine::Settings,
         plan::AnalysisSpec,
@@ -61,6 +61,7 @@ impl Effects for Instant0 {
             canary_weight: 0,
             idempotency_key: String::new(),
             message: String::new(),
+            address: String::new(),
         })
     }
     async fn start_analysis(
@@ -88,6 +89,9 @@ impl Effects for Instant0 {
             version_before: String::new(),
             version_after: String::new(),
         })
+    }
+    async fn preflight(&self, _: &PreflightRequest) -> Result<Vec<PreflightCheck>, EffectError> {
+        Ok(Vec::new())
     }
 }
 

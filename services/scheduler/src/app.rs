@@ -177,21 +177,116 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<Release, SchedulerError> {
+        let current = self.config(None).await?;
+        Ok(self.create_promoted(&current, service, environment, artifact, request_id, reason, caller).await?.0)
+    }
+
+    /// `PromoteEnvironment`: a release in `to` of what is stable (or `artifact`) in `from`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn promote_environment(
+        &self,
+        service: &str,
+        from: &str,
+        to: &str,
+        artifact: &str,
+        request_id: &str,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<(Release, Release), SchedulerError> {
+        let current = self.config(None).await?;
+        let config = &current.config;
+        self.check_target(config, service, to)?;
+        let upstream = config.environment(to).and_then(|e| e.from.clone()).ok_or_else(|| {
+            SchedulerError::invalid("to_environment", format!("{to} is not promoted from another environment"))
+        })?;
+        if !from.is_empty() && from != upstream {
+            return Err(SchedulerError::invalid(
+                "from_environment",
+                format!("{to} is promoted from {upstream}, not from {from}"),
+            ));
+        }
+        let artifact = if artifact.is_empty() {
+            self.store.service_environment(service, &upstream).await?.stable_artifact.ok_or_else(|| {
+                SchedulerError::FailedPrecondition(format!("{service} has no stable version in {upstream} to promote"))
+            })?
+        } else {
+            artifact.to_string()
+        };
+        let (release, source) =
+            self.create_promoted(&current, service, to, &artifact, request_id, reason, caller).await?;
+        let source = source.expect("an environment with `from` always has a promotion source");
+        Ok((release, source))
+    }
+
+    /// The upstream release that lets `artifact` into `environment` under its promotion policy:
+    /// succeeded there, verified (unless the policy says otherwise), soaked. `None` when the
+    /// environment is not promoted from another.
+    async fn promotion_source(
+        &self,
+        config: &DeliveryConfig,
+        service: &str,
+        environment: &str,
+        artifact: &str,
+    ) -> Result<Option<Release>, SchedulerError> {
+        let env = config.environment(environment).expect("checked");
+        let Some(from) = &env.from else { return Ok(None) };
+        let policy = env.promotion.clone().unwrap_or_default();
+        let candidates = self.store.succeeded_with(service, from, artifact).await?;
+        let Some(newest) = candidates.first() else {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "{artifact} has not succeeded for {service} in {from}; {environment} is promoted from {from}"
+            )));
+        };
+        let source = if policy.require_verification {
+            match candidates.iter().find(|r| r.verification().is_ok()) {
+                Some(verified) => verified,
+                None => {
+                    let why = newest.verification().err().unwrap_or_default();
+                    return Err(SchedulerError::FailedPrecondition(format!(
+                        "{artifact} succeeded for {service} in {from} (revision {}) but is not verified: {why}",
+                        newest.revision
+                    )));
+                }
+            }
+        } else {
+            newest
+        };
+        if let Some(soak) = policy.soak {
+            let since = source.finished_at.unwrap_or(source.updated_at);
+            let ready = since + time::Duration::try_from(soak.0).unwrap_or(time::Duration::MAX);
+            let now = OffsetDateTime::now_utc();
+            if now < ready {
+                let stable_for = Duration::try_from(now - since).unwrap_or_default();
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "{artifact} has been stable for {service} in {from} for {}; {environment} needs a soak of {} \
+                     (promotable from {})",
+                    hopngo_kit::args::format_duration(Duration::from_secs(stable_for.as_secs())),
+                    hopngo_kit::args::format_duration(soak.0),
+                    ready.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+                )));
+            }
+        }
+        Ok(Some(source.clone()))
+    }
+
+    /// Creates a release after the promotion checks; returns it with its promotion source.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_promoted(
+        &self,
+        current: &ConfigVersion,
+        service: &str,
+        environment: &str,
+        artifact: &str,
+        request_id: &str,
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<(Release, Option<Release>), SchedulerError> {
         if request_id.len() > 128 {
             return Err(SchedulerError::invalid("request_id", "at most 128 characters"));
         }
         validate_artifact(artifact)?;
-        let current = self.config(None).await?;
-        let config = &current.config;
-        self.check_target(config, service, environment)?;
-        let env = config.environment(environment).expect("checked");
-        if let Some(from) = &env.from
-            && !self.store.succeeded_in(service, from, artifact).await?
-        {
-            return Err(SchedulerError::FailedPrecondition(format!(
-                "{artifact} has not succeeded for {service} in {from}; {environment} is promoted from {from}"
-            )));
-        }
+        self.check_target(&current.config, service, environment)?;
+        let source = self.promotion_source(&current.config, service, environment, artifact).await?;
         let intent = Intent {
             service,
             environment,
@@ -204,10 +299,10 @@ impl App {
         };
         let mut tx = self.store.begin().await?;
         let mut changed = Vec::new();
-        let release = self.create_in(&mut tx, &current, intent, caller, true, &mut changed).await?;
+        let release = self.create_in(&mut tx, current, intent, caller, true, &mut changed).await?;
         tx.commit().await?;
         self.after_commit(&changed, true);
-        Ok(release)
+        Ok((release, source))
     }
 
     fn check_target(&self, config: &DeliveryConfig, service: &str, environment: &str) -> Result<(), SchedulerError> {

@@ -70,6 +70,8 @@ fn step_kind(a: &StepAction) -> pb::StepKind {
         StepAction::PostPromotionAnalysis { .. } => pb::StepKind::PostPromotionAnalysis,
         StepAction::ScaleDownOld { .. } => pb::StepKind::ScaleDownOld,
         StepAction::DeployStable => pb::StepKind::DeployStable,
+        StepAction::MaintenanceWindow { .. } => pb::StepKind::MaintenanceWindow,
+        StepAction::Preflight { .. } => pb::StepKind::Preflight,
     }
 }
 
@@ -96,11 +98,7 @@ pub fn release(r: &Release) -> pb::Release {
                 StepAction::SetWeight { weight } => (*weight, None, Vec::new()),
                 StepAction::Pause { duration } => (0, *duration, Vec::new()),
                 StepAction::ScaleDownOld { delay } => (0, Some(*delay), Vec::new()),
-                StepAction::Analysis { analysis }
-                | StepAction::Verify { analysis }
-                | StepAction::PrePromotionAnalysis { analysis }
-                | StepAction::PostPromotionAnalysis { analysis } => (0, None, analysis.templates.clone()),
-                _ => (0, None, Vec::new()),
+                action => (0, None, action.analysis().map(|a| a.templates.clone()).unwrap_or_default()),
             };
             pb::Step {
                 index: i as u32,
@@ -182,6 +180,15 @@ pub fn release(r: &Release) -> pb::Release {
         settled: r.settled,
         version: r.version,
         reason: r.reason.clone(),
+        preflight_checks: r
+            .preflight
+            .iter()
+            .map(|c| pb::PreflightCheck { name: c.name.clone(), ok: c.ok, message: c.message.clone() })
+            .collect(),
+        verification: Some(match r.verification() {
+            Ok(()) => pb::Verification { verified: true, reason: String::new() },
+            Err(reason) => pb::Verification { verified: false, reason },
+        }),
     }
 }
 

@@ -7,12 +7,15 @@ use std::{collections::BTreeMap, time::Duration};
 use hopngo_kit::client::{TracedChannel, channel, is_retryable, may_have_taken_effect};
 use hopngo_proto::{
     analyzer::{
-        self, AnalysisPhase, GetAnalysisRunRequest, StartAnalysisRunRequest, TerminateAnalysisRunRequest,
-        analyzer_service_client::AnalyzerServiceClient,
+        self, AnalysisPhase, CheckProvidersRequest, GetAnalysisRunRequest, StartAnalysisRunRequest,
+        TerminateAnalysisRunRequest, analyzer_service_client::AnalyzerServiceClient,
     },
-    deployer::{self, ApplyTargetRequest, GetTargetStatusRequest, deployer_service_client::DeployerServiceClient},
+    deployer::{
+        self, ApplyTargetRequest, GetTargetStatusRequest, PreflightRequest as BackendPreflightRequest,
+        deployer_service_client::DeployerServiceClient,
+    },
     migrator::{
-        self, GetMigrationRunRequest, MigrationCommand, StartMigrationRequest,
+        self, GetMigrationRunRequest, MigrationCommand, StartMigrationRequest, ValidateRequest,
         migrator_service_client::MigratorServiceClient,
     },
 };
@@ -21,7 +24,7 @@ use crate::domain::{
     config::{self, MetricDef},
     effects::{
         DesiredState, EffectError, Effects, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
-        RunObservation, RunPhase, TargetObservation, Track,
+        PreflightCheck, PreflightRequest, RunObservation, RunPhase, TargetObservation, Track,
     },
     plan::AnalysisSpec,
 };
@@ -200,6 +203,7 @@ impl Effects for GrpcEffects {
             canary_weight: status.canary_weight,
             idempotency_key: status.idempotency_key,
             message: status.message,
+            address: status.address,
         })
     }
 
@@ -294,5 +298,124 @@ impl Effects for GrpcEffects {
             version_before: run.version_before,
             version_after: run.version_after,
         })
+    }
+
+    async fn preflight(&self, request: &PreflightRequest) -> Result<Vec<PreflightCheck>, EffectError> {
+        let check = |name: String, ok: bool, message: String| PreflightCheck { name, ok, message };
+        // A refusal is the check's answer; only "could not ask" is an error.
+        let answer = |dependency: &'static str, status: tonic::Status| {
+            let err = effect_error(dependency, status);
+            if err.retryable { Err(err) } else { Ok(err.message) }
+        };
+        let backend = async {
+            let request =
+                BackendPreflightRequest { service: request.service.clone(), environment: request.environment.clone() };
+            match self.deployer.clone().preflight(request).await {
+                Ok(r) => Ok(r
+                    .into_inner()
+                    .checks
+                    .into_iter()
+                    .map(|c| check(format!("backend/{}", c.name), c.ok, c.message))
+                    .collect::<Vec<_>>()),
+                Err(status) => answer("deployer", status).map(|m| vec![check("backend".into(), false, m)]),
+            }
+        };
+        let metrics = async {
+            let mut checks: Vec<PreflightCheck> = Vec::new();
+            for (spec, args) in &request.analyses {
+                let call = CheckProvidersRequest {
+                    metrics: spec.metrics.iter().map(metric_to_proto).collect(),
+                    args: args.clone().into_iter().collect(),
+                };
+                match self.analyzer.clone().check_providers(call).await {
+                    Ok(r) => {
+                        for c in r.into_inner().checks {
+                            let name = format!("metrics/{}", c.metric);
+                            if !checks.iter().any(|known| known.name == name) {
+                                checks.push(check(name, c.ok, c.message));
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        let name = format!("metrics/{}", spec.templates.join(","));
+                        checks.push(check(name, false, answer("analyzer", status)?));
+                    }
+                }
+            }
+            Ok(checks)
+        };
+        let migrations = async {
+            let Some((database, locations)) = &request.migrations else { return Ok(Vec::new()) };
+            let call = ValidateRequest {
+                target: Some(migrator::MigrationTarget {
+                    database: database.clone(),
+                    locations: locations.clone(),
+                    ..Default::default()
+                }),
+                fail_on_pending: false,
+            };
+            let name = format!("migrations/{database}");
+            Ok(vec![match self.migrator.clone().validate(call).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let problems: Vec<String> = r
+                        .problems
+                        .iter()
+                        .map(|p| {
+                            format!(
+                                "{} {}: {}",
+                                p.kind,
+                                if p.version.is_empty() { &p.script } else { &p.version },
+                                p.message
+                            )
+                        })
+                        .collect();
+                    if r.valid {
+                        check(name, true, "history matches the scripts".into())
+                    } else {
+                        check(name, false, problems.join("; "))
+                    }
+                }
+                Err(status) => check(name, false, answer("migrator", status)?),
+            }])
+        };
+        let dependencies = async {
+            let mut checks = Vec::new();
+            for dependency in &request.dependencies {
+                let name = format!("dependency/{dependency}");
+                let call =
+                    GetTargetStatusRequest { service: dependency.clone(), environment: request.environment.clone() };
+                checks.push(match self.deployer.clone().get_target_status(call).await {
+                    Ok(r) => {
+                        let status = r.into_inner().status.unwrap_or_default();
+                        let serving = status.tracks.iter().find(|t| {
+                            matches!(
+                                deployer::Track::try_from(t.track),
+                                Ok(deployer::Track::Stable | deployer::Track::Active)
+                            ) && t.ready_replicas > 0
+                        });
+                        match serving {
+                            Some(t) => check(
+                                name,
+                                true,
+                                format!("{} running ({}/{} ready)", t.artifact, t.ready_replicas, t.desired_replicas),
+                            ),
+                            None => check(name, false, format!("no ready replica in {}", request.environment)),
+                        }
+                    }
+                    Err(status) if status.code() == tonic::Code::NotFound => {
+                        check(name, false, format!("not deployed in {}", request.environment))
+                    }
+                    Err(status) => check(name, false, answer("deployer", status)?),
+                });
+            }
+            Ok(checks)
+        };
+        let (backend, metrics, migrations, dependencies) = tokio::join!(backend, metrics, migrations, dependencies);
+        let mut checks = backend?;
+        checks.extend(metrics?);
+        checks.extend(migrations?);
+        checks.extend(dependencies?);
+        Ok(checks)
     }
 }

@@ -196,6 +196,33 @@ impl ReleaseService for Api {
         let group = self.app.group(&req.get_ref().id).await?;
         Ok(Response::new(pb::GetReleaseGroupResponse { group: Some(convert::group(&group)) }))
     }
+
+    async fn promote_environment(
+        &self,
+        req: Request<pb::PromoteEnvironmentRequest>,
+    ) -> Result<pb::PromoteEnvironmentResponse> {
+        let who = caller(&req);
+        let r = req.into_inner();
+        if r.to_environment.is_empty() {
+            return Err(SchedulerError::invalid("to_environment", "must not be empty").into());
+        }
+        let (release, source) = self
+            .app
+            .promote_environment(
+                &r.service,
+                &r.from_environment,
+                &r.to_environment,
+                &r.artifact,
+                &r.request_id,
+                &r.reason,
+                &who,
+            )
+            .await?;
+        Ok(Response::new(pb::PromoteEnvironmentResponse {
+            release: Some(convert::release(&release)),
+            source: Some(convert::release(&source)),
+        }))
+    }
 }
 
 fn summary(c: &DeliveryConfig) -> cpb::ConfigSummary {

@@ -562,18 +562,26 @@ impl Store {
         Ok(service_environment(row))
     }
 
-    /// Whether `artifact` has a succeeded release of `service` in `environment`.
-    pub async fn succeeded_in(&self, service: &str, environment: &str, artifact: &str) -> Result<bool, SchedulerError> {
-        Ok(sqlx::query_scalar(concat!(
-            "SELECT EXISTS (SELECT 1",
+    /// The succeeded releases of `artifact` for a service in an environment, newest first.
+    pub async fn succeeded_with(
+        &self,
+        service: &str,
+        environment: &str,
+        artifact: &str,
+    ) -> Result<Vec<Release>, SchedulerError> {
+        let rows: Vec<Doc> = sqlx::query_as(concat!(
+            "SELECT ",
+            release_doc!(),
             release_tables!(),
-            "WHERE r.service = $1 AND r.environment = $2 AND r.artifact = $3 AND s.phase = 'SUCCEEDED')"
+            "WHERE r.service = $1 AND r.environment = $2 AND r.artifact = $3 AND s.phase = 'SUCCEEDED' \
+             ORDER BY r.revision DESC"
         ))
         .bind(service)
         .bind(environment)
         .bind(artifact)
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(decode).collect()
     }
 
     /// Releases newest first, after `cursor`, at most `limit`.

@@ -22,8 +22,8 @@ async fn canary_runs_to_succeeded_and_promote_skips_the_pause() {
     let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
     assert_eq!(r.revision, 2);
     assert_eq!(r.strategy, pb::Strategy::Canary as i32);
-    assert_eq!(r.steps.len(), 6);
-    let paused = h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 4).await;
+    assert_eq!(r.steps.len(), 7, "preflight, then the six configured steps");
+    let paused = h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 5).await;
     assert_eq!(paused.canary_weight, 50);
     let target = h.fakes.deployer.target("booking-service", "staging").unwrap();
     assert_eq!(target.canary_weight, 50);
@@ -77,7 +77,7 @@ async fn failed_analysis_aborts_and_sets_weight_zero() {
     assert_eq!(done.phase, P::Aborted as i32, "{}", done.message);
     assert_eq!(done.canary_weight, 0);
     assert!(done.message.contains("traffic back on booking:1.0"), "{}", done.message);
-    assert_eq!(done.steps[2].status, pb::StepStatus::Failed as i32);
+    assert_eq!(done.steps[3].status, pb::StepStatus::Failed as i32);
     let target = h.fakes.deployer.target("booking-service", "staging").unwrap();
     assert_eq!(target.canary_weight, 0);
     assert_eq!(target.tracks.iter().map(|t| t.artifact.as_str()).collect::<Vec<_>>(), vec!["booking:1.0"]);
@@ -90,14 +90,14 @@ async fn inconclusive_pauses_then_promote_full_finishes() {
     h.seed_stable("booking-service", "staging", "booking:1.0").await;
     h.fakes.analyzer.verdict("step", AnalysisPhase::Inconclusive);
     let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
-    let paused = h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 2).await;
+    let paused = h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 3).await;
     assert!(paused.message.contains("inconclusive"), "{}", paused.message);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.get(&r.id).await.phase, P::Paused as i32, "stays paused for a person");
     h.client().promote_release(as_user(promote(&r.id, true), "bob", &[])).await.unwrap();
     let done = h.wait_settled(&r.id, 20).await;
     assert_eq!(done.completion, pb::Completion::FastPromoted as i32);
-    assert!(done.steps[3..].iter().all(|s| s.status == pb::StepStatus::Skipped as i32));
+    assert!(done.steps[4..].iter().all(|s| s.status == pb::StepStatus::Skipped as i32));
     let err = h.client().promote_release(as_user(promote(&r.id, false), "bob", &[])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "promote of a finished release: {err:?}");
     h.stop().await;
@@ -205,7 +205,7 @@ async fn blue_green_with_pre_and_post_analysis_and_switch_back_on_failure() {
     let done = h.wait_settled(&r.id, 20).await;
     assert_eq!(done.phase, P::Succeeded as i32, "{}", done.message);
     let kinds: Vec<String> = h.fakes.analyzer.runs().iter().map(|r| r.labels["kind"].clone()).collect();
-    assert_eq!(kinds, vec!["prePromotion", "postPromotion"]);
+    assert_eq!(kinds, vec!["verify", "prePromotion", "postPromotion"], "the first release ran the smoke analysis too");
     let calls = h.fakes.deployer.calls();
     let gw: Vec<_> = calls.iter().filter(|c| c.target.service == "gateway").map(|c| c.target.clone()).collect();
     // preview beside active, then the switch (old kept on preview), then scale-down.
@@ -234,7 +234,30 @@ async fn production_needs_upstream_success_and_an_approval_by_someone_else() {
     let err = h.create("booking-service", "production", "booking:9.9", "alice").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("has not succeeded for booking-service in staging"), "{err:?}");
-    let r = h.create("booking-service", "production", "booking:1.0", "alice").await.unwrap();
+    // The first version went straight to stable in staging: nothing verified it.
+    let err = h.create("booking-service", "production", "booking:1.0", "alice").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("is not verified: its plan has no verify step or analysis"), "{err:?}");
+    // A canary whose analysis passed in staging is verified; promote-environment releases it.
+    let staged = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
+    h.wait(&staged.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 5).await;
+    h.client().promote_release(as_user(promote(&staged.id, false), "alice", &[])).await.unwrap();
+    let staged = h.wait_settled(&staged.id, 20).await;
+    assert!(staged.verification.as_ref().unwrap().verified, "{:?}", staged.verification);
+    let promote_env = |from: &str| pb::PromoteEnvironmentRequest {
+        service: "booking-service".into(),
+        from_environment: from.into(),
+        to_environment: "production".into(),
+        reason: "weekly release".into(),
+        ..Default::default()
+    };
+    let err = h.client().promote_environment(as_user(promote_env("qa"), "alice", &[])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("from_environment: production is promoted from staging"), "{err:?}");
+    let promoted = h.client().promote_environment(as_user(promote_env(""), "alice", &[])).await.unwrap().into_inner();
+    let r = promoted.release.unwrap();
+    assert_eq!((r.environment.as_str(), r.artifact.as_str()), ("production", "booking:1.1"));
+    assert_eq!(promoted.source.unwrap().id, staged.id);
     let waiting = h.wait_phase(&r.id, P::AwaitingApproval, 20).await;
     assert_eq!(waiting.pending_approval.as_ref().unwrap().roles, vec!["release-manager"]);
     assert!(h.fakes.deployer.target("booking-service", "production").is_none(), "nothing changes before approval");
@@ -481,15 +504,15 @@ async fn migrate_step_runs_before_any_traffic_shift_and_a_failed_migration_abort
     h.seed_stable("booking-service", "staging", "booking:1.0").await;
     h.fakes.migrator.outcome(hopngo_proto::migrator::MigrationPhase::Running);
     let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
-    assert_eq!(r.steps[0].name, "migrate");
+    assert_eq!((r.steps[0].name.as_str(), r.steps[1].name.as_str()), ("preflight", "migrate"));
     h.wait(&r.id, 20, |r| r.message.starts_with("migrating")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(h.fakes.deployer.calls().iter().all(|c| !c.key.starts_with(&r.id)), "no traffic moves while migrating");
     h.fakes.migrator.outcome(hopngo_proto::migrator::MigrationPhase::Succeeded);
-    h.wait(&r.id, 20, |r| r.current_step_index >= 2).await;
+    h.wait(&r.id, 20, |r| r.current_step_index >= 3).await;
     let runs = h.fakes.migrator.runs();
     assert_eq!(runs.len(), 2, "seed and release each migrated once: {runs:?}");
-    assert!(runs[1].key.starts_with(&format!("{}/0/", r.id)), "keyed by release/step/attempt: {runs:?}");
+    assert!(runs[1].key.starts_with(&format!("{}/1/", r.id)), "keyed by release/step/attempt: {runs:?}");
     assert_eq!(runs[1].database, "booking");
     h.client().abort_release(pb::AbortReleaseRequest { id: r.id.clone(), reason: "next".into() }).await.unwrap();
     h.wait_settled(&r.id, 20).await;
@@ -508,9 +531,46 @@ async fn without_listen_notify_everything_still_completes() {
     let h = Harness::start_with(&["--listen-notify", "false"]).await;
     h.seed_stable("booking-service", "staging", "booking:1.0").await;
     let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
-    h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 4).await;
+    h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 5).await;
     h.client().promote_release(as_user(promote(&r.id, false), "bob", &[])).await.unwrap();
     let done = h.wait_settled(&r.id, 20).await;
     assert_eq!(done.phase, P::Succeeded as i32);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_preflight_stops_the_release_before_anything_changes() {
+    let h = Harness::start().await;
+    h.seed_stable("booking-service", "staging", "booking:1.0").await;
+    h.fakes.analyzer.provider_unusable("error-rate", "GET http://127.0.0.1:9090/api/v1/query: connection refused");
+    let before = h.fakes.deployer.calls().len();
+    let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
+    let done = h.wait_settled(&r.id, 20).await;
+    assert_eq!(done.phase, P::Aborted as i32);
+    assert_eq!(
+        done.message,
+        "aborted: preflight failed: metrics/error-rate: GET http://127.0.0.1:9090/api/v1/query: connection refused"
+    );
+    assert_eq!(done.steps[0].status, pb::StepStatus::Failed as i32);
+    assert_eq!(h.fakes.deployer.calls().len(), before, "nothing reached the deployer");
+    assert!(h.fakes.analyzer.runs().iter().all(|run| !run.labels["release"].eq(&r.id)), "no analysis started");
+    let failed: Vec<_> = done.preflight_checks.iter().filter(|c| !c.ok).map(|c| c.name.clone()).collect();
+    assert_eq!(failed, vec!["metrics/error-rate"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_waits_out_the_soak_time() {
+    let h = Harness::start().await;
+    let config = common::CONFIG.replace(
+        "    approval: {minApprovals: 1, roles: [release-manager]}\n",
+        "    approval: {minApprovals: 1, roles: [release-manager]}\n    promotion: {requireVerification: false, soak: 1h}\n",
+    );
+    assert_ne!(config, common::CONFIG);
+    h.apply(&config).await;
+    h.seed_stable("chat-service", "staging", "chat:1").await;
+    let err = h.create("chat-service", "production", "chat:1", "alice").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("production needs a soak of 1h (promotable from "), "{err:?}");
     h.stop().await;
 }

@@ -303,6 +303,7 @@ struct AnalyzerState {
     runs: Vec<FakeRun>,
     verdicts: HashMap<String, apb::AnalysisPhase>,
     polls: u32,
+    unusable_providers: HashMap<String, String>,
 }
 
 /// Fake analyzer: each run reaches a verdict (by the run's `kind` label, else the default) after
@@ -325,6 +326,10 @@ impl FakeAnalyzer {
     /// Runs so far.
     pub fn runs(&self) -> Vec<FakeRun> {
         self.state.lock().unwrap().runs.clone()
+    }
+    /// CheckProviders reports the provider of `metric` as unusable, with `reason`.
+    pub fn provider_unusable(&self, metric: &str, reason: &str) {
+        self.state.lock().unwrap().unusable_providers.insert(metric.to_string(), reason.to_string());
     }
 }
 
@@ -434,6 +439,24 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
 
     async fn measure(&self, _: Request<apb::MeasureRequest>) -> Result<Response<apb::MeasureResponse>, Status> {
         Err(Status::unimplemented("the fake analyzer does not measure"))
+    }
+
+    async fn check_providers(
+        &self,
+        req: Request<apb::CheckProvidersRequest>,
+    ) -> Result<Response<apb::CheckProvidersResponse>, Status> {
+        self.gate.pass().await?;
+        let s = self.state.lock().unwrap();
+        let checks = req
+            .into_inner()
+            .metrics
+            .into_iter()
+            .map(|m| match s.unusable_providers.get(&m.name) {
+                Some(reason) => apb::ProviderCheck { metric: m.name, ok: false, message: reason.clone() },
+                None => apb::ProviderCheck { metric: m.name, ok: true, message: "fake provider".into() },
+            })
+            .collect();
+        Ok(Response::new(apb::CheckProvidersResponse { checks }))
     }
 
     async fn judge(&self, _: Request<apb::JudgeRequest>) -> Result<Response<apb::JudgeResponse>, Status> {

@@ -31,6 +31,30 @@ impl Providers {
         }
     }
 
+    /// Whether `provider` can be used, without a measurement that counts: Prometheus answers the
+    /// query (no data is fine: nothing runs yet), a scrape endpoint serves the text format, a web
+    /// endpoint accepts a connection (its request may not be safe to repeat), a job's program
+    /// exists.
+    pub async fn check(&self, provider: &Provider) -> Result<String, String> {
+        match provider {
+            Provider::Prometheus { address, query, timeout, range } => {
+                match prometheus::measure(&self.http, address, query, *timeout, *range).await {
+                    Observation::Error(e) => Err(e),
+                    Observation::Value { .. } => Ok(format!("{address} answers the query")),
+                }
+            }
+            Provider::Scrape { url, timeout, .. } => scrape::ScrapeCache::check(&self.http, url, *timeout).await,
+            Provider::Web { url, timeout, .. } => web::connect(url, *timeout).await,
+            Provider::Job { command, .. } => {
+                let program = command.first().map(String::as_str).unwrap_or_default();
+                match hopngo_kit::program::find(program) {
+                    Some(path) => Ok(format!("{program} found at {}", path.display())),
+                    None => Err(format!("{program:?} not found on PATH")),
+                }
+            }
+        }
+    }
+
     /// Starts the history of a scrape provider's URL for a run started at `since`, so its first
     /// rate covers time already passed. Errors are left to the measurement.
     pub async fn prime(&self, provider: &Provider, since: std::time::Instant) {

@@ -53,6 +53,13 @@ impl ScrapeCache {
         parse_exposition(&String::from_utf8_lossy(&response.body)).map_err(|e| format!("GET {url}: {e}"))
     }
 
+    /// Fetches `url` once without recording it: whether it serves the text format, and how many
+    /// metric families.
+    pub async fn check(http: &HttpClient, url: &str, timeout: Duration) -> Result<String, String> {
+        let snapshot = Self::fetch(http, url, timeout).await?;
+        Ok(format!("{url} serves {} metric families", snapshot.families.len()))
+    }
+
     /// Scrapes `url` (or reuses a scrape younger than [`REUSE`] and not from before
     /// `not_before`) and records it.
     pub async fn scrape(

@@ -103,6 +103,19 @@ pub async fn measure(
     }
 }
 
+/// Opens (and closes) a TCP connection to the URL's host and port.
+pub async fn connect(url: &str, timeout: Duration) -> Result<String, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let host = uri.host().ok_or_else(|| format!("{url:?} has no host"))?;
+    let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_)) => Ok(format!("{host}:{port} accepts connections")),
+        Ok(Err(e)) => Err(format!("{host}:{port}: {e}")),
+        Err(_) => Err(format!("{host}:{port}: no connection within {}", hopngo_kit::args::format_duration(timeout))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,34 @@ pub struct TargetObservation {
     pub idempotency_key: String,
     /// What is not converged.
     pub message: String,
+    /// Where the service's traffic enters (`host:port`), as the backend reports it.
+    pub address: String,
+}
+
+/// What preflight checks for a release.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreflightRequest {
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Every analysis the plan will run, with the arguments it will run with.
+    pub analyses: Vec<(AnalysisSpec, BTreeMap<String, String>)>,
+    /// Database and script locations, if the plan migrates.
+    pub migrations: Option<(String, Vec<String>)>,
+    /// Services that must be running in the environment.
+    pub dependencies: Vec<String>,
+}
+
+/// One preflight result.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PreflightCheck {
+    /// `backend/<check>`, `metrics/<metric>`, `migrations/<database>`, `dependency/<service>`.
+    pub name: String,
+    /// Passed.
+    pub ok: bool,
+    /// Detail or reason.
+    pub message: String,
 }
 
 /// Phase of an analysis run.
@@ -204,4 +232,11 @@ pub trait Effects: Sync {
     ) -> impl Future<Output = Result<String, EffectError>> + Send;
     /// Migrator GetMigrationRun.
     fn migration_status(&self, run_id: &str) -> impl Future<Output = Result<MigrationObservation, EffectError>> + Send;
+    /// The preflight checklist: deployer Preflight, analyzer CheckProviders, migrator Validate,
+    /// the dependencies' status. A check that answers "no" is a failed check; a dependency that
+    /// cannot be asked (unavailable) is an error, so the caller can try again.
+    fn preflight(
+        &self,
+        request: &PreflightRequest,
+    ) -> impl Future<Output = Result<Vec<PreflightCheck>, EffectError>> + Send;
 }

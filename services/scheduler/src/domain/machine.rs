@@ -12,8 +12,8 @@ use super::{
     config::{Severity, TimeoutOutcome},
     decision::{Decision, decide},
     effects::{
-        DesiredState, EffectError, Effects, MigrationAction, MigrationPhase, MigrationRequest, RunObservation,
-        RunPhase, Track, TrackState,
+        DesiredState, EffectError, Effects, MigrationAction, MigrationPhase, MigrationRequest, PreflightRequest,
+        RunObservation, RunPhase, Track, TrackState,
     },
     plan::{AnalysisSpec, CanaryScale, PlanStrategy, StepAction, TrafficModel},
     release::{
@@ -133,6 +133,8 @@ pub struct Settings {
     pub retry_max: Duration,
     /// How long a high-severity analysis failure may last before the release aborts.
     pub high_severity_grace: Duration,
+    /// How long preflight keeps asking a dependency that does not answer before it fails.
+    pub preflight_patience: Duration,
 }
 
 impl Default for Settings {
@@ -142,6 +144,7 @@ impl Default for Settings {
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(15),
             high_severity_grace: Duration::from_secs(300),
+            preflight_patience: Duration::from_secs(30),
         }
     }
 }
@@ -285,6 +288,7 @@ fn builtin_args(r: &Release, spec: &AnalysisSpec, track_name: &str) -> BTreeMap<
     args.insert("revision".into(), r.revision.to_string());
     args.insert("release".into(), r.id.to_string());
     args.insert("track".into(), track_name.to_string());
+    args.insert("address".into(), r.address.clone());
     args
 }
 
@@ -688,6 +692,7 @@ async fn run<E: Effects>(
                             phase: RunPhase::Pending.as_str().into(),
                             message: String::new(),
                             done: false,
+                            severity: None,
                         });
                         let from = r.phase;
                         record(
@@ -763,20 +768,30 @@ async fn run<E: Effects>(
         return Flow::Continue;
     }
 
-    if r.promote_full && r.step_index < r.plan.steps.len() {
+    // promote --full skips every remaining step but the preflight checks.
+    let skip_to = r.plan.steps[r.step_index.min(r.plan.steps.len())..]
+        .iter()
+        .position(|s| matches!(s.action, StepAction::Preflight { .. }))
+        .map_or(r.plan.steps.len(), |p| r.step_index + p);
+    if r.promote_full && r.step_index < skip_to {
         let index = r.step_index;
-        for i in index..r.plan.steps.len() {
+        for i in index..skip_to {
             if let Some(rec) = r.steps.get_mut(i) {
                 rec.status = StepStatus::Skipped;
                 rec.finished_at = Some(now);
             }
         }
-        r.step_index = r.plan.steps.len();
+        r.step_index = skip_to;
         r.cursor = StepCursor::default();
         r.progress_deadline_at = Some(after(now, r.plan.progress_deadline.0));
+        if let Some(rec) = r.steps.get_mut(skip_to) {
+            rec.status = StepStatus::Running;
+            rec.started_at = Some(now);
+        }
         let from = r.phase;
         r.phase = Phase::Progressing;
-        record(r, TransitionKind::StepSkipped, ENGINE, from, format!("steps {index}.. skipped by promote --full"), out);
+        let range = if skip_to == r.plan.steps.len() { format!("{index}..") } else { format!("{index}..{skip_to}") };
+        record(r, TransitionKind::StepSkipped, ENGINE, from, format!("steps {range} skipped by promote --full"), out);
         return Flow::Continue;
     }
 
@@ -848,6 +863,8 @@ async fn run<E: Effects>(
         StepAction::PostPromotionAnalysis { analysis } => {
             analysis_step(r, now, fx, s, out, &analysis, "postPromotion").await
         }
+        StepAction::MaintenanceWindow { windows } => window_step(r, now, &windows, out),
+        StepAction::Preflight { dependencies } => preflight_step(r, now, fx, s, out, &dependencies).await,
         StepAction::Approval { policy } => {
             if !r.cursor.applied {
                 r.cursor.applied = true;
@@ -975,6 +992,11 @@ fn update_run(r: &mut Release, run_id: &str, phase: RunPhase, message: &str) {
 }
 
 fn record_analysis_done(r: &mut Release, run_id: &str, obs: &RunObservation, out: &mut Vec<Transition>) {
+    if obs.phase != RunPhase::Successful {
+        for a in r.analysis_runs.iter_mut().filter(|a| a.run_id == run_id) {
+            a.severity = Some(obs.severity);
+        }
+    }
     let from = r.phase;
     let severity =
         if obs.phase == RunPhase::Successful { String::new() } else { format!(" ({})", severity_text(obs.severity)) };
@@ -1042,12 +1064,7 @@ async fn analysis_step<E: Effects>(
     spec: &AnalysisSpec,
     kind: &str,
 ) -> Flow {
-    // Which track the metrics should look at.
-    let track_name = match kind {
-        "prePromotion" => "preview",
-        "postPromotion" => "active",
-        _ => "canary",
-    };
+    let track_name = analysis_track(r, kind);
     if r.phase == Phase::Paused {
         // Inconclusive: waits for a person (promote skips, abort aborts).
         return Flow::Wait(None);
@@ -1078,6 +1095,7 @@ async fn analysis_step<E: Effects>(
                         phase: RunPhase::Pending.as_str().into(),
                         message: String::new(),
                         done: false,
+                        severity: None,
                     });
                     let from = r.phase;
                     record(r, TransitionKind::AnalysisStarted, ENGINE, from, format!("{kind} analysis {id}"), out);
@@ -1146,6 +1164,121 @@ async fn analysis_step<E: Effects>(
     }
 }
 
+/// Which track an analysis of `kind` looks at: the new version's. A direct plan (first release)
+/// has it on the stable or active track.
+fn analysis_track(r: &Release, kind: &str) -> &'static str {
+    match (kind, r.plan.strategy, r.plan.traffic) {
+        ("prePromotion", ..) => "preview",
+        ("postPromotion", ..) => "active",
+        (_, PlanStrategy::Direct, TrafficModel::BlueGreen) => "active",
+        (_, PlanStrategy::Direct, TrafficModel::Canary) => "stable",
+        _ => "canary",
+    }
+}
+
+/// Waits for one of the environment's maintenance windows (paused, so the progress deadline does
+/// not run; a promote skips the wait).
+fn window_step(
+    r: &mut Release,
+    now: OffsetDateTime,
+    windows: &[super::config::MaintenanceWindow],
+    out: &mut Vec<Transition>,
+) -> Flow {
+    use super::config::window::{WindowState, window_state};
+    let parsed: Result<Vec<_>, String> = windows.iter().map(|w| w.parse()).collect();
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            abort_now(r, now, ENGINE, &format!("maintenance window: {e}"), true, out);
+            return Flow::Continue;
+        }
+    };
+    let at = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).map(rfc3339).unwrap_or_else(|_| secs.to_string());
+    match window_state(&parsed, now.unix_timestamp()) {
+        WindowState::Open { closes_at } => {
+            complete_step(
+                r,
+                now,
+                StepStatus::Succeeded,
+                ENGINE,
+                &format!("maintenance window open until {}", at(closes_at)),
+                out,
+            );
+            Flow::Continue
+        }
+        WindowState::Closed { opens_at } => {
+            let until = OffsetDateTime::from_unix_timestamp(opens_at).unwrap_or(now);
+            pause(
+                r,
+                &format!("waiting for the maintenance window opening at {} (promote to go now)", at(opens_at)),
+                out,
+            );
+            Flow::Wait(Some(until.max(now)))
+        }
+        WindowState::Never => {
+            abort_now(r, now, ENGINE, "no maintenance window opens within five years", true, out);
+            Flow::Continue
+        }
+    }
+}
+
+/// The runbook's checklist, right before the first change: a failed check aborts the release
+/// with every failure as the reason, and nothing has been touched. A dependency that does not
+/// answer is asked again until `preflight_patience` runs out.
+async fn preflight_step<E: Effects>(
+    r: &mut Release,
+    now: OffsetDateTime,
+    fx: &E,
+    s: &Settings,
+    out: &mut Vec<Transition>,
+    dependencies: &[String],
+) -> Flow {
+    let patience = *r.cursor.until.get_or_insert(after(now, s.preflight_patience));
+    let mut analyses = Vec::new();
+    for step in &r.plan.steps {
+        if let Some(spec) = step.action.analysis() {
+            let kind = match step.action {
+                StepAction::PrePromotionAnalysis { .. } => "prePromotion",
+                StepAction::PostPromotionAnalysis { .. } => "postPromotion",
+                StepAction::Verify { .. } => "verify",
+                _ => "step",
+            };
+            analyses.push((spec.clone(), builtin_args(r, spec, analysis_track(r, kind))));
+        }
+    }
+    if let Some(bg) = &r.plan.background {
+        analyses.push((bg.analysis.clone(), builtin_args(r, &bg.analysis, "canary")));
+    }
+    let migrations = r.plan.steps.iter().find_map(|step| match &step.action {
+        StepAction::Migrate { database, locations, .. } => Some((database.clone(), locations.clone())),
+        _ => None,
+    });
+    let request = PreflightRequest {
+        service: r.service.clone(),
+        environment: r.environment.clone(),
+        analyses,
+        migrations,
+        dependencies: dependencies.to_vec(),
+    };
+    let checks = match fx.preflight(&request).await {
+        Ok(checks) => checks,
+        Err(err) if err.retryable && now < patience => return retry_later(r, now, s, &err),
+        Err(err) => {
+            abort_now(r, now, ENGINE, &format!("preflight failed: {err}"), true, out);
+            return Flow::Continue;
+        }
+    };
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.name, c.message)).collect();
+    let total = checks.len();
+    r.preflight = checks;
+    if failed.is_empty() {
+        complete_step(r, now, StepStatus::Succeeded, ENGINE, &format!("preflight passed ({total} checks)"), out);
+    } else {
+        abort_now(r, now, ENGINE, &format!("preflight failed: {}", failed.join("; ")), true, out);
+    }
+    Flow::Continue
+}
+
 /// Applies `state` once (with the step's key), then waits until the deployer reports it converged.
 async fn converge<E: Effects>(
     r: &mut Release,
@@ -1190,6 +1323,9 @@ async fn converge<E: Effects>(
             Flow::Continue
         }
         Ok(obs) if obs.converged && obs.canary_weight == state.canary_weight => {
+            if !obs.address.is_empty() {
+                r.address = obs.address;
+            }
             complete_step(r, now, StepStatus::Succeeded, ENGINE, "", out);
             Flow::Continue
         }
@@ -1314,6 +1450,8 @@ pub fn promote(
         | StepAction::PrePromotionAnalysis { .. }
         | StepAction::PostPromotionAnalysis { .. } => true,
         StepAction::Verify { .. } => r.phase == Phase::Paused,
+        // Deploying outside the window is a person's explicit call.
+        StepAction::MaintenanceWindow { .. } => true,
         _ => false,
     };
     if r.phase == Phase::Paused && !skippable {

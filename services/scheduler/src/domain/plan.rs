@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::{
-    ApprovalPolicy, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig, Dur, JobProvider, MetricDef,
-    Problem, Provider, Service, Strategy, TimeoutOutcome,
+    ApprovalPolicy, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig, Dur, JobProvider,
+    MaintenanceWindow, MetricDef, Problem, Provider, Service, Strategy, TimeoutOutcome, VerifyDef,
 };
 
 /// How traffic is modelled for the service: which tracks exist.
@@ -138,9 +138,28 @@ pub enum StepAction {
     ScaleDownOld { delay: Dur },
     /// Deploy straight to the stable/active track.
     DeployStable,
+    /// Wait until one of the environment's maintenance windows is open.
+    MaintenanceWindow { windows: Vec<MaintenanceWindow> },
+    /// The runbook's checklist before anything changes: backend healthy, metric providers
+    /// reachable, migrations validate, dependencies running.
+    Preflight {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dependencies: Vec<String>,
+    },
 }
 
 impl StepAction {
+    /// The analysis the step runs, if it runs one.
+    pub fn analysis(&self) -> Option<&AnalysisSpec> {
+        match self {
+            StepAction::Analysis { analysis }
+            | StepAction::Verify { analysis }
+            | StepAction::PrePromotionAnalysis { analysis }
+            | StepAction::PostPromotionAnalysis { analysis } => Some(analysis),
+            _ => None,
+        }
+    }
+
     /// Short kind name, as used in generated step names and summaries.
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -157,6 +176,8 @@ impl StepAction {
             StepAction::PostPromotionAnalysis { .. } => "postPromotionAnalysis",
             StepAction::ScaleDownOld { .. } => "scaleDownOld",
             StepAction::DeployStable => "deployStable",
+            StepAction::MaintenanceWindow { .. } => "maintenanceWindow",
+            StepAction::Preflight { .. } => "preflight",
         }
     }
 
@@ -198,6 +219,17 @@ impl StepAction {
             StepAction::SwitchActive => "new version takes all traffic".into(),
             StepAction::ScaleDownOld { delay } => format!("after {}", fmt(delay.0)),
             StepAction::DeployStable => "deploy to stable".into(),
+            StepAction::MaintenanceWindow { windows } => {
+                let list: Vec<String> = windows
+                    .iter()
+                    .map(|w| w.parse().map(|w| w.to_string()).unwrap_or_else(|_| w.schedule.clone()))
+                    .collect();
+                format!("within {}", list.join(" or "))
+            }
+            StepAction::Preflight { dependencies } if dependencies.is_empty() => "backend, metrics, migrations".into(),
+            StepAction::Preflight { dependencies } => {
+                format!("backend, metrics, migrations, dependencies {}", dependencies.join(","))
+            }
         }
     }
 }
@@ -281,6 +313,20 @@ fn job_metric(job: &JobProvider) -> MetricDef {
     }
 }
 
+/// The analysis of a verify step at `path`: its inline job, or its templates.
+fn verify_analysis(config: &DeliveryConfig, path: &str, v: &VerifyDef) -> Result<AnalysisSpec, Problem> {
+    match (&v.job, &v.templates) {
+        (Some(job), _) => Ok(AnalysisSpec {
+            templates: Vec::new(),
+            metrics: vec![job_metric(job)],
+            args: v.args.clone(),
+            open_ended: false,
+        }),
+        (None, Some(t)) => resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args, false),
+        (None, None) => Err(Problem { path: format!("{path}.verify"), message: "job or templates required".into() }),
+    }
+}
+
 /// Resolves templates into one analysis. Only an open-ended analysis (background, ended by the
 /// release) may have metrics that measure until terminated (an interval without a count).
 pub fn resolve_analysis(
@@ -361,9 +407,15 @@ pub fn compile(
 
     let mut steps: Vec<(Option<String>, StepAction)> = Vec::new();
     if mode != PlanMode::Emergency {
+        // Approval first (it may take hours), then the window, then preflight right before
+        // the first change, so its findings are current.
         if let Some(policy) = &env.approval {
             steps.push((None, StepAction::Approval { policy: policy.into() }));
         }
+        if !env.maintenance_windows.is_empty() {
+            steps.push((None, StepAction::MaintenanceWindow { windows: env.maintenance_windows.clone() }));
+        }
+        steps.push((None, StepAction::Preflight { dependencies: service.depends_on.clone() }));
         if let Some(m) = &service.migrations {
             let explicit = strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| s.migrate.is_some()));
             if !explicit {
@@ -381,8 +433,31 @@ pub fn compile(
     }
     let mut background = None;
     let plan_strategy = match mode {
-        PlanMode::Initial | PlanMode::Emergency => {
+        PlanMode::Emergency => {
             steps.push((None, StepAction::DeployStable));
+            PlanStrategy::Direct
+        }
+        PlanMode::Initial => {
+            steps.push((None, StepAction::DeployStable));
+            // Nothing to compare with, but the smoke tests still say whether the first version
+            // works (and make it promotable): the strategy's verify steps, or a blue/green
+            // pre-promotion analysis, run against the stable/active track.
+            if let Some(canary) = &strategy.canary {
+                for (i, def) in canary.steps.iter().enumerate() {
+                    if let Some(v) = &def.verify {
+                        let path = format!("{base}.canary.steps[{i}]");
+                        steps.push((
+                            def.name.clone(),
+                            StepAction::Verify { analysis: verify_analysis(config, &path, v)? },
+                        ));
+                    }
+                }
+            }
+            if let Some(a) = strategy.blue_green.as_ref().and_then(|b| b.pre_promotion_analysis.as_ref()) {
+                let path = format!("{base}.blueGreen.prePromotionAnalysis.templates");
+                let analysis = resolve_analysis(config, &path, &a.templates, &a.args, false)?;
+                steps.push((None, StepAction::Verify { analysis }));
+            }
             PlanStrategy::Direct
         }
         PlanMode::Normal => match (&strategy.canary, &strategy.blue_green) {
@@ -423,24 +498,7 @@ pub fn compile(
                         }
                         StepAction::Approval { policy: spec }
                     } else if let Some(v) = &def.verify {
-                        let analysis = match (&v.job, &v.templates) {
-                            (Some(job), _) => AnalysisSpec {
-                                templates: Vec::new(),
-                                metrics: vec![job_metric(job)],
-                                args: v.args.clone(),
-                                open_ended: false,
-                            },
-                            (None, Some(t)) => {
-                                resolve_analysis(config, &format!("{path}.verify.templates"), t, &v.args, false)?
-                            }
-                            (None, None) => {
-                                return Err(Problem {
-                                    path: format!("{path}.verify"),
-                                    message: "job or templates required".into(),
-                                });
-                            }
-                        };
-                        StepAction::Verify { analysis }
+                        StepAction::Verify { analysis: verify_analysis(config, &path, v)? }
                     } else if let Some(m) = &def.migrate {
                         let migrations = service.migrations.as_ref().ok_or_else(|| Problem {
                             path: format!("{path}.migrate"),

@@ -203,6 +203,9 @@ pub struct AnalysisRecord {
     /// Whether the run has completed (or was terminated).
     #[serde(default)]
     pub done: bool,
+    /// Worst severity among its metrics that did not pass, once it ended without passing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<super::config::Severity>,
 }
 
 /// A decision.
@@ -367,6 +370,12 @@ pub struct Release {
     /// What the migrate step did to the schema.
     #[serde(default)]
     pub schema: Option<SchemaChange>,
+    /// Results of the latest preflight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preflight: Vec<super::effects::PreflightCheck>,
+    /// Where the service's traffic enters, as the deployer last reported it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
     /// Event sequence of the latest transition.
     pub version: u64,
 }
@@ -445,8 +454,53 @@ impl Release {
             undo_of_revision: n.undo_of_revision,
             group_id: n.group_id,
             schema: None,
+            preflight: Vec::new(),
+            address: String::new(),
             version: 0,
         }
+    }
+
+    /// Whether the release may be promoted to the next environment: it succeeded by running its
+    /// plan (not `promote --full`), every verify step and analysis passed (none skipped), there
+    /// was at least one, and no analysis's final verdict was a failure above low severity (the
+    /// SLO held). `Err` says why not.
+    pub fn verification(&self) -> Result<(), String> {
+        use super::config::Severity;
+        if self.phase != Phase::Succeeded {
+            return Err(format!("it is {}, not SUCCEEDED", self.phase.as_str()));
+        }
+        if self.completion == Some(Completion::FastPromoted) {
+            return Err("it was promoted with --full, so its remaining checks did not run".into());
+        }
+        let mut checks = 0;
+        for (i, (step, record)) in self.plan.steps.iter().zip(&self.steps).enumerate() {
+            if step.action.analysis().is_none() {
+                continue;
+            }
+            match record.status {
+                StepStatus::Succeeded => checks += 1,
+                StepStatus::Skipped => return Err(format!("step {i} ({}) was skipped by a promote", step.name)),
+                other => return Err(format!("step {i} ({}) is {other:?}", step.name)),
+            }
+        }
+        if checks == 0 && self.plan.background.is_none() {
+            return Err("its plan has no verify step or analysis".into());
+        }
+        // The latest run of each step (a re-check after a grace period replaces the first run).
+        let mut latest: Vec<&AnalysisRecord> = Vec::new();
+        for run in &self.analysis_runs {
+            match latest.iter_mut().find(|r| r.kind == run.kind && r.step_index == run.step_index) {
+                Some(slot) => *slot = run,
+                None => latest.push(run),
+            }
+        }
+        for run in latest {
+            let failed = matches!(run.phase.as_str(), "FAILED" | "ERROR" | "INCONCLUSIVE");
+            if failed && run.severity != Some(Severity::Low) {
+                return Err(format!("its {} analysis {} ended {}: {}", run.kind, run.run_id, run.phase, run.message));
+            }
+        }
+        Ok(())
     }
 
     /// Approvals counted for the current step of the current attempt.

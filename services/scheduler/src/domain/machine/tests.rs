@@ -5,7 +5,7 @@ use time::macros::datetime;
 use super::*;
 use crate::domain::{
     config::DeliveryConfig,
-    effects::{MigrationObservation, RunObservation, TargetObservation},
+    effects::{MigrationObservation, PreflightCheck, PreflightRequest, RunObservation, TargetObservation},
     plan::{PlanMode, compile},
     release::{NewRelease, Release},
 };
@@ -53,6 +53,8 @@ struct Fake {
     migrations: Mutex<Vec<(String, MigrationRequest)>>,
     migration_phase: Mutex<MigrationPhase>,
     refuse_undo: Mutex<bool>,
+    preflights: Mutex<Vec<PreflightRequest>>,
+    preflight_checks: Mutex<Vec<PreflightCheck>>,
 }
 
 impl Fake {
@@ -68,6 +70,12 @@ impl Fake {
             migrations: Mutex::new(Vec::new()),
             migration_phase: Mutex::new(MigrationPhase::Succeeded),
             refuse_undo: Mutex::new(false),
+            preflights: Mutex::new(Vec::new()),
+            preflight_checks: Mutex::new(vec![PreflightCheck {
+                name: "backend/command".into(),
+                ok: true,
+                message: "found".into(),
+            }]),
         }
     }
     fn set_run(&self, p: RunPhase) {
@@ -103,6 +111,7 @@ impl Effects for Fake {
             canary_weight: weight,
             idempotency_key: String::new(),
             message: "1/4 ready".into(),
+            address: "127.0.0.1:18000".into(),
         })
     }
     async fn start_analysis(
@@ -161,6 +170,13 @@ impl Effects for Fake {
             version_after: after,
         })
     }
+    async fn preflight(&self, request: &PreflightRequest) -> Result<Vec<PreflightCheck>, EffectError> {
+        if *self.deployer_down.lock().unwrap() {
+            return Err(Fake::down());
+        }
+        self.preflights.lock().unwrap().push(request.clone());
+        Ok(self.preflight_checks.lock().unwrap().clone())
+    }
 }
 
 const T0: OffsetDateTime = datetime!(2026-11-26 12:00 UTC);
@@ -203,8 +219,9 @@ async fn canary_runs_to_succeeded() {
     let mut r = release("booking", "staging");
     let a = tick(&mut r, &fx, 0).await;
     use TransitionKind::*;
-    assert_eq!(kinds(&a), vec![Started, WeightChanged, StepCompleted, Paused]);
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged, StepCompleted, Paused]);
     assert_eq!(r.phase, Phase::Paused);
+    assert_eq!(r.preflight.len(), 1, "preflight ran first and its checks are kept");
     assert_eq!(a.wake_at, Some(at(30)));
     let first = fx.last_apply();
     assert_eq!(first.canary_weight, 25);
@@ -237,7 +254,7 @@ async fn canary_runs_to_succeeded() {
     let keys = fx.keys();
     let unique: std::collections::BTreeSet<_> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "every apply has its own key: {keys:?}");
-    assert_eq!(keys[0], format!("{}/0/1", Uuid::nil()));
+    assert_eq!(keys[0], format!("{}/1/1", Uuid::nil()));
 }
 
 #[tokio::test]
@@ -252,7 +269,7 @@ async fn failed_analysis_aborts_and_returns_traffic_to_stable() {
     assert_eq!(kinds(&a), vec![AnalysisCompleted, Aborted, RolledBack]);
     assert_eq!(r.phase, Phase::Aborted);
     assert_eq!(r.completion, Some(Completion::Aborted));
-    assert_eq!(r.steps[2].status, StepStatus::Failed);
+    assert_eq!(r.steps[3].status, StepStatus::Failed);
     let back = fx.last_apply();
     assert_eq!(back.canary_weight, 0);
     assert_eq!(back.tracks, vec![TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 }]);
@@ -282,7 +299,7 @@ async fn severity_decides_what_a_failed_analysis_does() {
     fx.set_run(RunPhase::Running);
     let a = tick(&mut r, &fx, 331).await;
     assert_eq!(kinds(&a), vec![AnalysisStarted]);
-    assert!(fx.analyses.lock().unwrap().last().unwrap().contains("2-recheck"), "{:?}", fx.analyses.lock().unwrap());
+    assert!(fx.analyses.lock().unwrap().last().unwrap().contains("3-recheck"), "{:?}", fx.analyses.lock().unwrap());
     fx.set_run(RunPhase::Failed);
     let a = tick(&mut r, &fx, 340).await;
     assert_eq!(kinds(&a), vec![AnalysisCompleted, Aborted, RolledBack]);
@@ -335,8 +352,8 @@ async fn inconclusive_pauses_and_promote_skips_the_analysis() {
     assert_eq!(r.phase, Phase::Paused);
     assert!(tick(&mut r, &fx, 60).await.transitions.is_empty(), "stays paused");
     promote(&mut r, false, "bob", "checked by hand", at(61)).unwrap();
-    assert_eq!(r.steps[2].status, StepStatus::Skipped);
-    assert_eq!(r.step_index, 3);
+    assert_eq!(r.steps[3].status, StepStatus::Skipped);
+    assert_eq!(r.step_index, 4);
     tick(&mut r, &fx, 62).await;
     assert_eq!(r.canary_weight, 50);
 }
@@ -354,9 +371,18 @@ async fn promote_full_skips_everything_left() {
     let a = tick(&mut r, &fx, 2).await;
     assert_eq!(kinds(&a), vec![TransitionKind::StepSkipped, TransitionKind::WeightChanged, TransitionKind::Succeeded]);
     assert_eq!(r.completion, Some(Completion::FastPromoted));
-    assert!(r.steps[1..].iter().all(|s| s.status == StepStatus::Skipped));
+    assert!(r.steps[2..].iter().all(|s| s.status == StepStatus::Skipped));
     assert!(fx.analyses.lock().unwrap().is_empty());
     assert!(promote(&mut r, false, "bob", "", at(3)).is_err(), "nothing to promote once succeeded");
+    // Before preflight has run, promote --full still runs it (and a failure still stops).
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    promote(&mut r, true, "bob", "hotfix", at(0)).unwrap();
+    let a = tick(&mut r, &fx, 1).await;
+    use TransitionKind::*;
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, StepSkipped, WeightChanged, Succeeded]);
+    assert_eq!(fx.preflights.lock().unwrap().len(), 1);
+    assert_eq!(r.steps[0].status, StepStatus::Succeeded);
 }
 
 #[tokio::test]
@@ -381,7 +407,7 @@ async fn unreachable_deployer_waits_then_aborts_at_the_deadline() {
             .as_ref()
             .unwrap()
             .reason
-            .starts_with("progress deadline exceeded (20s) at step 0 (setWeight-25): deployer:"),
+            .starts_with("progress deadline exceeded (20s) at step 0 (preflight): deployer:"),
         "{:?}",
         r.abort
     );
@@ -442,7 +468,7 @@ async fn blue_green_post_promotion_failure_switches_back() {
     let a = tick(&mut r, &fx, 0).await;
     use TransitionKind::*;
     // deployPreview, prePromotionAnalysis (passes), switchActive, postPromotionAnalysis started.
-    assert_eq!(kinds(&a)[..4], [Started, StepCompleted, AnalysisStarted, AnalysisCompleted]);
+    assert_eq!(kinds(&a)[..5], [Started, StepCompleted, StepCompleted, AnalysisStarted, AnalysisCompleted]);
     let applies = fx.applies.lock().unwrap().clone();
     assert_eq!(
         applies[0].1.tracks,
@@ -460,7 +486,7 @@ async fn blue_green_post_promotion_failure_switches_back() {
     fx2.set_run(RunPhase::Successful);
     tick(&mut r2, &fx2, 0).await;
     // Make the second run fail instead: restart from the post-promotion step.
-    r2.step_index = 3;
+    r2.step_index = 4;
     r2.cursor = Default::default();
     fx2.set_run(RunPhase::Failed);
     let a = tick(&mut r2, &fx2, 1).await;
@@ -490,8 +516,8 @@ async fn retry_starts_over_with_new_keys() {
     assert_eq!((r.attempt, r.phase, r.step_index), (2, Phase::Pending, 0));
     tick(&mut r, &fx, 4).await;
     let keys = fx.keys();
-    assert_eq!(keys.last().unwrap(), &format!("{}/0/2", Uuid::nil()));
-    assert_eq!(keys.iter().filter(|k| k.ends_with("/0/1")).count(), 1);
+    assert_eq!(keys.last().unwrap(), &format!("{}/1/2", Uuid::nil()));
+    assert_eq!(keys.iter().filter(|k| k.ends_with("/1/1")).count(), 1);
 }
 
 #[tokio::test]
@@ -585,8 +611,9 @@ async fn set_canary_scale_decouples_replicas_from_weight() {
 
 fn with_migrate_step(on_abort: crate::domain::config::OnAbort) -> Release {
     let mut r = release("booking", "staging");
+    // After preflight, where the compiler puts it.
     r.plan.steps.insert(
-        0,
+        1,
         crate::domain::plan::PlanStep {
             name: "migrate".into(),
             action: StepAction::Migrate {
@@ -597,7 +624,7 @@ fn with_migrate_step(on_abort: crate::domain::config::OnAbort) -> Release {
             },
         },
     );
-    r.steps.insert(0, r.steps[0].clone());
+    r.steps.insert(1, r.steps[1].clone());
     r
 }
 
@@ -607,7 +634,7 @@ async fn an_abort_undoes_the_release_migrations_after_traffic_is_back() {
     let fx = Fake::new();
     let mut r = with_migrate_step(crate::domain::config::OnAbort::Undo);
     let a = tick(&mut r, &fx, 0).await;
-    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged, StepCompleted, Paused]);
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, StepCompleted, WeightChanged, StepCompleted, Paused]);
     assert_eq!(r.schema.as_ref().map(|c| (c.before.as_str(), c.after.as_str())), Some(("1", "2")));
     abort(&mut r, "bob", "bad canary", at(5)).unwrap();
     let a = tick(&mut r, &fx, 6).await;
@@ -650,10 +677,10 @@ async fn a_failed_migration_aborts_before_traffic_and_undoes_what_it_applied() {
     *fx.migration_phase.lock().unwrap() = MigrationPhase::Failed;
     let mut r = with_migrate_step(crate::domain::config::OnAbort::Undo);
     let a = tick(&mut r, &fx, 0).await;
-    assert_eq!(kinds(&a)[..2], [Started, Aborted]);
+    assert_eq!(kinds(&a)[..3], [Started, StepCompleted, Aborted]);
     assert!(fx.applies.lock().unwrap().is_empty(), "no traffic moved");
     // The undo run fails too: the release says where the schema is.
-    assert_eq!(kinds(&a)[2..], [SchemaUndoFailed]);
+    assert_eq!(kinds(&a)[3..], [SchemaUndoFailed]);
     assert!(r.message.contains("schema undo of booking failed"), "{}", r.message);
     assert!(r.settled);
 }
@@ -671,4 +698,120 @@ async fn an_undo_refused_for_lack_of_scripts_leaves_the_schema_and_says_why() {
     assert!(r.message.contains("stays at version 2: the undo was refused"), "{}", r.message);
     assert!(r.message.contains("no undo script"), "{}", r.message);
     assert!(r.settled);
+}
+
+#[tokio::test]
+async fn a_failed_preflight_check_aborts_before_anything_changes() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    fx.preflight_checks.lock().unwrap().push(PreflightCheck {
+        name: "dependency/auth".into(),
+        ok: false,
+        message: "not deployed in staging".into(),
+    });
+    let mut r = release("booking", "staging");
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(kinds(&a), vec![Started, Aborted]);
+    assert!(fx.applies.lock().unwrap().is_empty(), "nothing reached the deployer");
+    assert!(r.settled);
+    assert_eq!(r.steps[0].status, StepStatus::Failed);
+    assert_eq!(
+        r.abort.as_ref().unwrap().reason,
+        "preflight failed: dependency/auth: not deployed in staging",
+        "the reason names every failed check"
+    );
+    // What preflight was asked to check: the plan's analysis with the run's arguments.
+    let asked = fx.preflights.lock().unwrap()[0].clone();
+    assert_eq!((asked.service.as_str(), asked.environment.as_str()), ("booking", "staging"));
+    assert_eq!(asked.analyses.len(), 1);
+    assert_eq!(asked.analyses[0].1.get("track").map(String::as_str), Some("canary"));
+    assert_eq!(asked.migrations, None);
+}
+
+#[tokio::test]
+async fn preflight_waits_for_an_unreachable_dependency_then_gives_up() {
+    let fx = Fake::new();
+    *fx.deployer_down.lock().unwrap() = true;
+    let mut r = release("booking", "staging");
+    r.plan.progress_deadline = crate::domain::config::Dur(Duration::from_secs(600));
+    tick(&mut r, &fx, 0).await;
+    assert!(r.message.contains("waiting for deployer"), "{}", r.message);
+    for s in 1..30 {
+        assert!(tick(&mut r, &fx, s).await.transitions.is_empty());
+    }
+    let a = tick(&mut r, &fx, 30).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::Aborted]);
+    assert!(r.abort.as_ref().unwrap().reason.starts_with("preflight failed: deployer:"), "{:?}", r.abort);
+    // Back in time: preflight passes and the release goes on.
+    let fx = Fake::new();
+    *fx.deployer_down.lock().unwrap() = true;
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    *fx.deployer_down.lock().unwrap() = false;
+    tick(&mut r, &fx, 5).await;
+    assert_eq!(r.canary_weight, 25);
+}
+
+#[tokio::test]
+async fn a_release_waits_for_its_maintenance_window() {
+    use TransitionKind::*;
+    let yaml = CONFIG.replace(
+        "  - name: staging\n",
+        "  - name: staging\n    maintenanceWindows: [{schedule: \"30 12 * * *\", duration: 1h}]\n",
+    );
+    let config = DeliveryConfig::load(&yaml).unwrap();
+    let mut r = release("booking", "staging");
+    r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
+    r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    let fx = Fake::new();
+    // T0 is 12:00; the window opens at 12:30.
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(kinds(&a), vec![Started, Paused]);
+    assert_eq!(a.wake_at, Some(at(1800)));
+    assert!(r.message.contains("maintenance window opening at 2026-11-26T12:30:00Z"), "{}", r.message);
+    assert_eq!(r.progress_deadline_at, None, "waiting for a window is not lack of progress");
+    assert!(fx.preflights.lock().unwrap().is_empty(), "preflight runs once the window is open");
+    let a = tick(&mut r, &fx, 1800).await;
+    assert_eq!(kinds(&a)[..3], [StepCompleted, StepCompleted, WeightChanged]);
+    assert!(a.transitions[0].message.contains("open until 2026-11-26T13:30:00Z"), "{}", a.transitions[0].message);
+    // A person may go outside the window.
+    let mut r = release("booking", "staging");
+    r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
+    r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    let fx = Fake::new();
+    tick(&mut r, &fx, 0).await;
+    promote(&mut r, false, "bob", "urgent fix", at(10)).unwrap();
+    assert_eq!(r.steps[0].status, StepStatus::Skipped);
+    tick(&mut r, &fx, 11).await;
+    assert_eq!(r.canary_weight, 25);
+}
+
+#[tokio::test]
+async fn verified_means_every_check_ran_and_passed() {
+    let fx = Fake::new();
+    fx.set_run(RunPhase::Successful);
+    let mut r = release("booking", "staging");
+    assert!(r.verification().unwrap_err().contains("PENDING"));
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    promote(&mut r, false, "bob", "", at(31)).unwrap();
+    tick(&mut r, &fx, 32).await;
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert_eq!(r.verification(), Ok(()));
+    // A low-severity failure only notifies: still within the SLO.
+    r.analysis_runs[0].phase = "FAILED".into();
+    r.analysis_runs[0].severity = Some(crate::domain::config::Severity::Low);
+    assert_eq!(r.verification(), Ok(()));
+    r.analysis_runs[0].severity = Some(crate::domain::config::Severity::High);
+    assert!(r.verification().unwrap_err().contains("analysis"), "{:?}", r.verification());
+
+    // Skipping the analysis with a promote, or promote --full, is not verification.
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 30).await;
+    promote(&mut r, true, "bob", "hotfix", at(31)).unwrap();
+    tick(&mut r, &fx, 32).await;
+    assert_eq!(r.phase, Phase::Succeeded);
+    assert!(r.verification().unwrap_err().contains("--full"), "{:?}", r.verification());
 }

@@ -59,10 +59,13 @@ fn canary_plan_has_migrate_first_and_background_offset() {
     let plan = compile(&config(), "booking-service", "staging", PlanMode::Normal).unwrap();
     assert_eq!(plan.strategy, PlanStrategy::Canary);
     assert_eq!(plan.replicas, 4);
-    assert_eq!(kinds(&plan), vec!["migrate", "setWeight-25", "pause", "analysis", "setWeight-50", "pause-2"]);
+    assert_eq!(
+        kinds(&plan),
+        vec!["preflight", "migrate", "setWeight-25", "pause", "analysis", "setWeight-50", "pause-2"]
+    );
     let bg = plan.background.as_ref().unwrap();
-    assert_eq!(bg.starting_step, 2, "startingStep counts from the configured steps");
-    match &plan.steps[3].action {
+    assert_eq!(bg.starting_step, 3, "startingStep counts from the configured steps");
+    match &plan.steps[4].action {
         StepAction::Analysis { analysis } => {
             assert_eq!(analysis.args.get("threshold").map(String::as_str), Some("0.05"), "step args override defaults");
             assert_eq!(analysis.metrics.len(), 1);
@@ -97,6 +100,7 @@ fn blue_green_override_in_production_only() {
         kinds(&prod),
         vec![
             "approval",
+            "preflight",
             "deployPreview",
             "prePromotionAnalysis",
             "pause",
@@ -105,16 +109,67 @@ fn blue_green_override_in_production_only() {
             "scaleDownOld"
         ]
     );
-    assert_eq!(prod.steps[6].action, StepAction::ScaleDownOld { delay: Dur(std::time::Duration::from_secs(10)) });
+    assert_eq!(prod.steps[7].action, StepAction::ScaleDownOld { delay: Dur(std::time::Duration::from_secs(10)) });
 }
 
 #[test]
 fn initial_and_emergency_plans_go_straight_to_stable() {
     let initial = compile(&config(), "booking-service", "staging", PlanMode::Initial).unwrap();
-    assert_eq!(kinds(&initial), vec!["migrate", "deployStable"]);
+    assert_eq!(kinds(&initial), vec!["preflight", "migrate", "deployStable"]);
     assert!(initial.background.is_none());
     let emergency = compile(&config(), "booking-service", "production", PlanMode::Emergency).unwrap();
-    assert_eq!(kinds(&emergency), vec!["deployStable"], "an emergency rollback skips approval and migrations");
+    assert_eq!(
+        kinds(&emergency),
+        vec!["deployStable"],
+        "an emergency rollback skips approval, preflight and migrations"
+    );
+}
+
+#[test]
+fn window_preflight_dependencies_and_first_release_smoke_tests() {
+    let yaml = r#"
+environments:
+  - name: staging
+  - name: production
+    from: staging
+    approval: {minApprovals: 1}
+    maintenanceWindows:
+      - {schedule: "0 22 * * *", duration: 2h}
+analysisTemplates:
+  - name: smoke
+    metrics:
+      - name: smoke
+        provider: {job: {command: [hopngo-smoke, --address, "{{args.address}}"]}}
+services:
+  - name: auth
+    strategy: {canary: {steps: [{setWeight: 50}]}}
+  - name: booking
+    dependsOn: [auth]
+    strategy:
+      canary:
+        steps:
+          - setWeight: 25
+          - verify: {templates: [smoke]}
+          - setWeight: 100
+  - name: gateway
+    strategy: {blueGreen: {prePromotionAnalysis: {templates: [smoke]}}}
+"#;
+    let config = DeliveryConfig::load(yaml).unwrap();
+    let prod = compile(&config, "booking", "production", PlanMode::Normal).unwrap();
+    assert_eq!(
+        kinds(&prod),
+        vec!["approval", "maintenanceWindow", "preflight", "setWeight-25", "verify", "setWeight-100"],
+        "approval first (it may take hours), then the window, then the checks right before the first change"
+    );
+    assert_eq!(prod.steps[2].action, StepAction::Preflight { dependencies: vec!["auth".into()] });
+    assert_eq!(prod.steps[1].action.summary(), "within 0 22 * * * for 2h (UTC)");
+    // A first release runs the smoke tests against what it deployed.
+    let first = compile(&config, "booking", "staging", PlanMode::Initial).unwrap();
+    assert_eq!(kinds(&first), vec!["preflight", "deployStable", "verify"]);
+    let first = compile(&config, "gateway", "staging", PlanMode::Initial).unwrap();
+    assert_eq!(kinds(&first), vec!["preflight", "deployStable", "verify"]);
+    let emergency = compile(&config, "booking", "production", PlanMode::Emergency).unwrap();
+    assert_eq!(kinds(&emergency), vec!["deployStable"], "an emergency rollback waits for no window");
 }
 
 #[test]
