@@ -270,3 +270,77 @@ async fn measure_tries_a_query() {
     assert_eq!(got.value, "[0.2]");
     analyzer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_providers_says_which_can_be_used() {
+    let (prom, endpoint) = prometheus_with_data().await;
+    let db = TestDb::create().await.unwrap();
+    let analyzer = start(&db).await;
+    let mut ok =
+        metric("prometheus-ok", prometheus(&prom.address, "hopngo_test_error_ratio{track=\"{{args.track}}\"}"));
+    ok.success_condition = "result < 0.01".into();
+    let mut no_data = metric("prometheus-no-data", prometheus(&prom.address, "hopngo_test_error_ratio{track=\"new\"}"));
+    no_data.success_condition = "result < 0.01".into();
+    let mut bad_query = metric("prometheus-bad-query", prometheus(&prom.address, "sum(("));
+    bad_query.success_condition = "result < 0.01".into();
+    let mut down = metric("prometheus-down", prometheus("http://127.0.0.1:1", "up"));
+    down.success_condition = "result < 0.01".into();
+    let scrape = |name: &str, url: String| {
+        let mut m = metric(
+            name,
+            Provider::Scrape(pb::ScrapeProvider {
+                url,
+                expression: "hopngo_test_error_ratio".into(),
+                window: secs(10.0),
+                timeout: secs(2.0),
+            }),
+        );
+        m.success_condition = "result < 1".into();
+        m
+    };
+    let job = |name: &str, program: &str| {
+        metric(
+            name,
+            Provider::Job(pb::JobProvider {
+                command: vec![program.into()],
+                timeout: secs(5.0),
+                env: Default::default(),
+            }),
+        )
+    };
+    let request = pb::CheckProvidersRequest {
+        metrics: vec![
+            ok,
+            no_data,
+            bad_query,
+            down,
+            scrape("scrape-ok", format!("http://{}/metrics", endpoint.addr)),
+            scrape("scrape-down", "http://127.0.0.1:1/metrics".into()),
+            job("job-ok", "true"),
+            job("job-missing", "hopngo-no-such-smoke-test"),
+        ],
+        args: [("track".to_string(), "good".to_string())].into(),
+    };
+    let checks = analyzer.client.clone().check_providers(request).await.unwrap().into_inner().checks;
+    let got: Vec<(&str, bool)> = checks.iter().map(|c| (c.metric.as_str(), c.ok)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("prometheus-ok", true),
+            ("prometheus-no-data", true),
+            ("prometheus-bad-query", false),
+            ("prometheus-down", false),
+            ("scrape-ok", true),
+            ("scrape-down", false),
+            ("job-ok", true),
+            ("job-missing", false),
+        ],
+        "{checks:#?}"
+    );
+    assert!(checks[2].message.contains("bad_data"), "Prometheus' own reason: {}", checks[2].message);
+    assert!(checks[7].message.contains("not found on PATH"), "{}", checks[7].message);
+    // Nothing was stored.
+    let runs = analyzer.client.clone().list_analysis_runs(pb::ListAnalysisRunsRequest::default()).await.unwrap();
+    assert!(runs.into_inner().runs.is_empty());
+    analyzer.stop().await;
+}

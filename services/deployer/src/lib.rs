@@ -3,7 +3,8 @@
 //!   and latency per version);
 //! - [`proxy`]: the weighted reverse proxy in front of a service's tracks, with per-track request
 //!   metrics;
-//! - [`supervisor`]: runs replica sets as child processes, probes readiness, restarts crashes.
+//! - [`supervisor`]: runs replica sets as child processes, probes readiness, restarts crashes;
+//! - [`smoke`]: smoke tests against one track of a service behind its proxy (`hopngo-smoke`).
 
 pub mod backend;
 pub mod demo;
@@ -11,6 +12,7 @@ pub mod grpc;
 pub mod local;
 pub mod proxy;
 pub mod server;
+pub mod smoke;
 pub mod store;
 pub mod supervisor;
 pub mod traffic;

@@ -66,6 +66,8 @@ pub struct Response {
     pub status: u16,
     /// Seconds from a `Retry-After` header given as a number, if any.
     pub retry_after: Option<u64>,
+    /// Response headers.
+    pub headers: http::HeaderMap,
     /// Body.
     pub body: Bytes,
 }
@@ -101,12 +103,13 @@ impl HttpClient {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok());
+            let headers = response.headers().clone();
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
                 .map_err(|e| format!("{method} {url}: reading the body: {e}"))?
                 .to_bytes();
-            Ok(Response { status, retry_after, body })
+            Ok(Response { status, retry_after, headers, body })
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,

@@ -193,6 +193,22 @@ fn hopngo_delivery_config_is_valid() {
             let blue_green = matches!(*service, "gateway" | "frontend")
                 || (*service == "auth-service" && environment == "production");
             assert_eq!(plan.strategy == PlanStrategy::BlueGreen, blue_green, "{service} in {environment}");
+            // Smoke tests run before the new version takes any traffic.
+            let smoke = plan
+                .steps
+                .iter()
+                .position(|s| s.action.analysis().is_some_and(|a| a.templates == ["smoke"]))
+                .unwrap_or_else(|| panic!("{service} in {environment} has smoke tests"));
+            let first_traffic = plan
+                .steps
+                .iter()
+                .position(|s| matches!(s.action, StepAction::SetWeight { .. } | StepAction::SwitchActive))
+                .unwrap();
+            assert!(smoke < first_traffic, "{service} in {environment}: smoke tests before traffic");
+            assert_eq!(
+                plan.steps[0].action.kind_name(),
+                if environment == "production" { "approval" } else { "preflight" }
+            );
             if !blue_green {
                 let background = plan.background.as_ref().expect("canaries are watched by the SLO template");
                 assert!(background.analysis.open_ended);
