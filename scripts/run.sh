@@ -2,19 +2,40 @@
 # The embedded default: a throwaway PostgreSQL, the deployer (local backend: HopNGo's services as
 # demo processes behind weighted proxies), the analyzer (measuring canaries from the proxies'
 # metrics), the migrator (booking's database, in the same cluster), the notifier (release event
-# log, subscriptions, webhooks, escalation), the scheduler on
-# 127.0.0.1:50051 with HopNGo's delivery config applied, and steady traffic into every staging
-# service. Ctrl-C stops everything and removes what it started.
+# log, subscriptions, webhooks, escalation) and the scheduler on 127.0.0.1:50051 with HopNGo's
+# delivery config, steady traffic into every service, and then the runbook as a demonstration:
+# a good booking release through staging and (approved by a second person) production, a gateway
+# blue/green release, a faulty version rolled back by its analysis, and a full environment
+# rollback, with events arriving at a subscriber. It finishes by itself and removes what it
+# started.
+#
+#   scripts/run.sh          the demonstration (about four minutes)
+#   scripts/run.sh --serve  the same stack, without the demonstration, until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+serve=false
+if [ "${1:-}" = "--serve" ]; then
+  serve=true
+  shift
+fi
 ensure_postgres
-cargo build -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopngo-migrator -p hopngo-notifier -p hopctl -p hopngo-testkit --bins
+cargo build -q -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopngo-migrator -p hopngo-notifier -p hopctl -p hopngo-testkit --bins
 export PATH="$PWD/target/debug:$PATH"
+logs=$(mktemp -d)
 config=deploy/hopngo/delivery.yaml
+if [ "$serve" = false ]; then
+  # HopNGo's config with the waits shortened so the demonstration takes minutes, not an hour:
+  # 10 s canary pauses, the SLO measured every second over 5 s windows, 5 s blue/green
+  # scale-down. Everything else (strategies, smoke tests, approvals, preflight) is as deployed.
+  sed -e 's/pause: {duration: 1m}/pause: {duration: 10s}/' \
+    -e 's/interval: 10s/interval: 1s/' -e 's/initialDelay: 10s/initialDelay: 3s/' \
+    -e 's/window: 30s/window: 5s/' -e 's/scaleDownDelay: 30s/scaleDownDelay: 5s/' \
+    "$config" >"$logs/delivery.yaml"
+  config="$logs/delivery.yaml"
+fi
 proxy_base=18000
 start_throwaway_pg
-logs=$(mktemp -d)
 hopngo-deployer --delivery-config "$config" --proxy-port-base "$proxy_base" --log-dir "$logs" --log warn &
 deployer=$!
 hopngo-analyzer --log warn &
@@ -36,17 +57,19 @@ for s in $services; do
   for e in $environments; do
     port=$((proxy_base + i * n_env + j))
     printf '  %-22s %-11s http://127.0.0.1:%s\n' "$s" "$e" "$port" >>"$logs/proxies.txt"
-    [ "$e" = staging ] && urls+=("http://127.0.0.1:$port/api/v1/info")
+    urls+=("http://127.0.0.1:$port/api/v1/info")
     j=$((j + 1))
   done
   i=$((i + 1))
 done
-# Bounded: 5 requests/s per staging service for at most an hour.
-(IFS=,; exec hopngo-traffic --url "${urls[*]}" --rate 5 --duration 1h >"$logs/traffic.txt" 2>&1) &
+# Bounded: 10 requests/s per service and environment for at most an hour.
+(IFS=,; exec hopngo-traffic --url "${urls[*]}" --rate 10 --duration 1h >"$logs/traffic.txt" 2>&1) &
 traffic=$!
+scheduler=
+subscriber=
 cleanup() {
-  kill -TERM "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
-  wait "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
+  kill -TERM $subscriber $scheduler "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
+  wait $subscriber $scheduler "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
   stop_throwaway_pg
   rm -rf "$logs"
 }
@@ -57,11 +80,100 @@ trap cleanup EXIT
   echo "Analyzer:  http://127.0.0.1:50053 (canaries are measured from the proxy metrics)"
   echo "Migrator:  http://127.0.0.1:50054 (database booking: deploy/hopngo/migrations/booking)"
   echo "Notifier:  http://127.0.0.1:50055 (release events: hopctl events --follow; webhooks: hopctl subscriptions)"
-  echo "Service proxies (traffic flows into staging at 5 requests/s each):"
+  echo "Service proxies (10 requests/s flow into each):"
   cat "$logs/proxies.txt"
-  echo "In another terminal:"
-  echo '  export PATH="$PWD/target/debug:$PATH"'
-  echo '  hopctl release create chat-service --env staging --artifact 1.0.0 --watch'
-  echo "Ctrl-C here stops everything and deletes the database and the replicas' logs."
 } >&2
-hopngo-scheduler --apply-config "$config" "$@" || true
+if [ "$serve" = true ]; then
+  {
+    echo "In another terminal:"
+    echo '  export PATH="$PWD/target/debug:$PATH"'
+    echo '  hopctl release create chat-service --env staging --artifact 1.0.0 --watch'
+    echo "Ctrl-C here stops everything and deletes the database and the replicas' logs."
+  } >&2
+  hopngo-scheduler --apply-config "$config" "$@" || true
+  exit 0
+fi
+
+hopngo-scheduler --apply-config "$config" --log warn "$@" &
+scheduler=$!
+for _ in $(seq 1 100); do
+  hopctl config get >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+proxy() { # proxy SERVICE ENVIRONMENT → host:port
+  grep -E "^  $1 +$2 " "$logs/proxies.txt" | sed 's|.*http://||'
+}
+say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+run() { # prints the command, then runs it
+  printf '$ %s\n' "$*" >&2
+  "$@"
+}
+answers() { # who answers on a service's proxy: 100 requests, counted by status and version
+  run hopngo-traffic --url "http://$(proxy "$1" "$2")/api/v1/info" --rate 100 --duration 1s
+}
+released() { # the phase of the newest release of SERVICE in ENVIRONMENT
+  hopctl list --service "$1" --env "$2" --limit 1 -o json | sed -n 's/.*"phase": *"\([A-Z_]*\)".*/\1/p' | head -1
+}
+id_of() { sed -n 's/^Release: *//p' | head -1; }
+
+export HOPNGO_USER=alice
+say "A platform service subscribes to release events (hopctl events --follow)"
+hopctl events --follow --from-now >"$logs/subscriber.txt" 2>/dev/null &
+subscriber=$!
+
+say "First versions: auth-service, gateway and booking-service 1.0.0 to staging, then production"
+for s in auth-service gateway booking-service; do
+  hopctl release create "$s" --env staging --artifact 1.0.0 --watch >/dev/null 2>&1 || true
+  echo "  $s 1.0.0 in staging: $(released "$s" staging) (preflight, deploy, smoke tests)" >&2
+  id=$(hopctl promote-env "$s" --to production 2>/dev/null | id_of)
+  hopctl approve "$id" --user bob --roles release-manager --reason "first version" >/dev/null
+  hopctl get "$id" --watch >/dev/null 2>&1 || true
+  echo "  $s 1.0.0 in production: $(released "$s" production) (promoted from staging, approved by bob)" >&2
+done
+
+say "A good booking release: canary 25% → 50% → 100% in staging, watched by the SLO analysis"
+run hopctl release create booking-service --env staging --artifact 1.1.0 --watch
+
+say "Promote it to production: it succeeded and was verified in staging; production needs an approval"
+out=$(run hopctl promote-env booking-service --from staging --to production)
+echo "$out"
+id=$(echo "$out" | id_of)
+run hopctl approve "$id" --roles release-manager || echo "(alice asked for it, so she cannot approve it: four eyes)" >&2
+run hopctl approve "$id" --user bob --roles release-manager --reason "checked the staging SLO"
+run hopctl get "$id" --watch
+answers booking-service production
+
+say "A blue/green release of the gateway: the preview is smoke-tested, then takes all traffic at once"
+answers gateway staging
+run hopctl release create gateway --env staging --artifact 1.1.0 --watch
+answers gateway staging
+id=$(hopctl promote-env gateway --to production 2>/dev/null | id_of)
+hopctl approve "$id" --user bob --roles release-manager --reason "gateway 1.1.0" >/dev/null
+hopctl get "$id" --watch >/dev/null 2>&1 || true
+echo "  gateway 1.1.0 in production: $(released gateway production)" >&2
+
+say "A broken version (half its API answers fail): the smoke tests stop it before it gets any traffic"
+id=$(hopctl release create booking-service --env staging --artifact '1.2.0+errors=0.5' | id_of)
+run hopctl get "$id" --watch >/dev/null || true
+hopctl get "$id" | sed -n 's/^Message: */  /p' >&2
+
+say "A version that breaks under load (fine for 40 requests, then half fail): the SLO analysis aborts the canary"
+id=$(hopctl release create booking-service --env staging --artifact '1.3.0+errors=0.5,errorsAfter=40' | id_of)
+run hopctl get "$id" --watch || true
+sleep 1 # the event log is a moment behind the release
+run hopctl timeline "$id"
+answers booking-service staging
+
+say "Full environment rollback of production (emergency form: every service, straight back, one after another)"
+run hopctl rollback-env production --emergency --reason "demo: back to yesterday's versions" --watch || true
+answers booking-service production
+answers gateway production
+
+say "What the subscriber received"
+kill -TERM "$subscriber" 2>/dev/null || true
+wait "$subscriber" 2>/dev/null || true
+subscriber=
+echo "$(($(wc -l <"$logs/subscriber.txt") - 1)) events, in order; the last ones:" >&2
+(head -1 "$logs/subscriber.txt"; tail -12 "$logs/subscriber.txt") >&2
+say "Done: everything started is stopped and removed"

@@ -11,7 +11,7 @@ use hopngo_client::{
     Clients,
     views::{
         AnalysisRunView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
-        MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, WebhookView,
+        MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView, WebhookView,
     },
 };
 use hopngo_kit::args::parse_duration;
@@ -178,6 +178,13 @@ enum Command {
         /// Follow the group until every member has settled (exit code 0 only if all succeeded).
         #[arg(short, long)]
         watch: bool,
+    },
+    /// A release's timeline: its events from the notifier and the analysis measurements that did
+    /// not pass, in time order; for a release an analysis aborted, the time from the first failing
+    /// measurement to all traffic confirmed back on the previous version.
+    Timeline {
+        /// Release id.
+        id: String,
     },
     /// Show a release group (an environment rollback).
     Group {
@@ -879,6 +886,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .group
                 .context("no group")?;
             render::group(out, &GroupView::from(&r))?;
+        }
+        Command::Timeline { id } => {
+            let r = releases.get_release(pb::GetReleaseRequest { id: id.clone() }).await?.into_inner();
+            let release = r.release.context("no release")?;
+            let request = npb::SubscribeRequest {
+                filter: Some(npb::EventFilter { release_id: id, ..Default::default() }),
+                start: Some(npb::subscribe_request::Start::FromBeginning(true)),
+                subscriber: "hopctl timeline".into(),
+                stop_at_head: true,
+            };
+            let mut stream = notifier.subscribe(request).await?.into_inner();
+            let mut events = Vec::new();
+            while let Some(item) = stream.next().await {
+                if let Some(npb::subscribe_response::Item::Event(e)) = item?.item {
+                    events.push(e);
+                }
+            }
+            let mut runs = Vec::new();
+            for a in &release.analysis_runs {
+                let run = analyzer.get_analysis_run(apb::GetAnalysisRunRequest { id: a.run_id.clone() }).await?;
+                runs.extend(run.into_inner().run);
+            }
+            render::timeline(out, &TimelineView::new(&release, &events, &runs))?;
         }
         Command::PromoteEnv { service, from, to, artifact, reason, request_id, watch } => {
             let r = releases

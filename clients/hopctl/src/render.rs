@@ -3,7 +3,7 @@
 use comfy_table::{Table, presets::NOTHING};
 use hopngo_client::views::{
     AnalysisRunView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
-    MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, WebhookView,
+    MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView, WebhookView,
 };
 use hopngo_proto::{config as cpb, event_types::short_name};
 use serde::Serialize;
@@ -205,6 +205,28 @@ pub fn group(out: Output, g: &GroupView) -> anyhow::Result<()> {
     }
     println!("{}", group_header(g));
     releases(Output::Table, &g.releases)
+}
+
+/// A release's timeline.
+pub fn timeline(out: Output, t: &TimelineView) -> anyhow::Result<()> {
+    if structured(out, t)? {
+        return Ok(());
+    }
+    println!("{} {} in {} ({})", t.service, t.artifact, t.environment, t.phase);
+    let mut table = table(&["at", "time", "source", "what"]);
+    for e in &t.entries {
+        table.add_row(vec![
+            format!("+{:.3}s", e.offset_seconds),
+            e.time.clone().unwrap_or_default(),
+            e.source.clone(),
+            e.what.clone(),
+        ]);
+    }
+    println!("{table}");
+    if let Some(s) = t.failure_to_stable_seconds {
+        println!("first failing measurement → all traffic back on the previous version: {s:.3} s");
+    }
+    Ok(())
 }
 
 /// The lines above a group's members.

@@ -789,3 +789,150 @@ impl From<&npb::Escalation> for EscalationView {
         }
     }
 }
+
+/// One moment in a release's life: a transition (from the notifier's event log) or an analysis
+/// measurement that did not pass.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    pub time: Option<String>,
+    /// Seconds since the release was created.
+    pub offset_seconds: f64,
+    /// `release`, or `analysis <run id>`.
+    pub source: String,
+    pub what: String,
+}
+
+/// A release's timeline, with the runbook's key figure when an analysis aborted it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineView {
+    pub release_id: String,
+    pub service: String,
+    pub environment: String,
+    pub artifact: String,
+    pub phase: String,
+    pub entries: Vec<TimelineEntry>,
+    /// From the first failing measurement to the deployer confirming all traffic back on the
+    /// previous version, when both happened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_to_stable_seconds: Option<f64>,
+}
+
+fn seconds(t: &Option<prost_types::Timestamp>) -> Option<f64> {
+    t.as_ref().map(|t| t.seconds as f64 + t.nanos as f64 / 1e9)
+}
+
+/// The first failing measurement of `runs` and the moment the release's traffic was confirmed back
+/// on stable (its `rolled-back` transition): the time the runbook wants at most 2 s.
+pub fn failure_to_stable(events: &[epb::Event], runs: &[apb::AnalysisRun]) -> Option<f64> {
+    let back = events
+        .iter()
+        .find(|e| e.data.as_ref().is_some_and(|d| d.transition == "rolled-back"))
+        .and_then(|e| seconds(&e.time))?;
+    let failed = |m: &&apb::Measurement| {
+        matches!(apb::AnalysisPhase::try_from(m.phase), Ok(apb::AnalysisPhase::Failed | apb::AnalysisPhase::Error))
+    };
+    let first = runs
+        .iter()
+        .flat_map(|r| r.metrics.iter())
+        .flat_map(|m| m.measurements.iter())
+        .filter(failed)
+        .filter_map(|m| seconds(&m.finished_at))
+        .filter(|t| *t <= back)
+        .fold(None, |min: Option<f64>, t| Some(min.map_or(t, |m| m.min(t))))?;
+    Some(back - first)
+}
+
+impl TimelineView {
+    /// Merges a release's events (in log order) and its runs' measurements that did not pass.
+    pub fn new(r: &pb::Release, events: &[epb::Event], runs: &[apb::AnalysisRun]) -> TimelineView {
+        let start = seconds(&r.created_at).unwrap_or_default();
+        let mut entries: Vec<TimelineEntry> = events
+            .iter()
+            .map(|e| {
+                let d = e.data.clone().unwrap_or_default();
+                TimelineEntry {
+                    time: time(&e.time),
+                    offset_seconds: seconds(&e.time).unwrap_or(start) - start,
+                    source: "release".into(),
+                    what: if d.message.is_empty() { d.transition } else { format!("{}: {}", d.transition, d.message) },
+                }
+            })
+            .collect();
+        for run in runs {
+            for metric in &run.metrics {
+                for m in &metric.measurements {
+                    let phase = apb::AnalysisPhase::try_from(m.phase).unwrap_or_default();
+                    if matches!(phase, apb::AnalysisPhase::Successful | apb::AnalysisPhase::Running) {
+                        continue;
+                    }
+                    let value = if m.value.is_empty() { "no value".to_string() } else { m.value.clone() };
+                    let detail = if m.message.is_empty() { String::new() } else { format!(" ({})", m.message) };
+                    entries.push(TimelineEntry {
+                        time: time(&m.finished_at),
+                        offset_seconds: seconds(&m.finished_at).unwrap_or(start) - start,
+                        source: format!("analysis {}", run.id),
+                        what: format!(
+                            "{} measured {value}: {}{detail}",
+                            metric.name,
+                            short(phase.as_str_name(), "ANALYSIS_PHASE_")
+                        ),
+                    });
+                }
+            }
+        }
+        // Stable: events keep their log order when a measurement has the same time.
+        entries.sort_by(|a, b| a.offset_seconds.total_cmp(&b.offset_seconds));
+        TimelineView {
+            release_id: r.id.clone(),
+            service: r.service.clone(),
+            environment: r.environment.clone(),
+            artifact: r.artifact.clone(),
+            phase: phase_name(r.phase),
+            entries,
+            failure_to_stable_seconds: failure_to_stable(events, runs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64, millis: i32) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos: millis * 1_000_000 })
+    }
+
+    fn event(transition: &str, t: Option<prost_types::Timestamp>) -> epb::Event {
+        epb::Event {
+            time: t,
+            data: Some(epb::ReleaseEventData { transition: transition.into(), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn measurement(phase: apb::AnalysisPhase, t: Option<prost_types::Timestamp>) -> apb::Measurement {
+        apb::Measurement { phase: phase as i32, finished_at: t, ..Default::default() }
+    }
+
+    #[test]
+    fn failure_to_stable_runs_from_the_first_failing_measurement_to_rolled_back() {
+        use apb::AnalysisPhase::{Failed, Successful};
+        let run = apb::AnalysisRun {
+            metrics: vec![
+                apb::MetricResult {
+                    measurements: vec![measurement(Successful, at(100, 0)), measurement(Failed, at(101, 250))],
+                    ..Default::default()
+                },
+                apb::MetricResult { measurements: vec![measurement(Failed, at(101, 900))], ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        let events = [event("aborted", at(101, 300)), event("rolled-back", at(101, 700))];
+        let got = failure_to_stable(&events, std::slice::from_ref(&run)).unwrap();
+        assert!((got - 0.45).abs() < 1e-9, "{got}");
+        assert_eq!(failure_to_stable(&events[..1], &[run]), None, "not rolled back (yet)");
+        assert_eq!(failure_to_stable(&events, &[]), None, "no analysis failed: aborted by a person");
+    }
+}

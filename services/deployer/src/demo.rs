@@ -1,7 +1,9 @@
 //! The demo service: a small HTTP service that stands in for HopNGo's services on the local
 //! backend. Its behaviour comes from flags or from its version's build metadata, so a "bad"
 //! version is easy to make: `2.0.0+errors=0.3,latency=250ms,startup=2s` answers 30 % of API
-//! requests with 500, adds 250 ms to each, and reports not ready for its first 2 s.
+//! requests with 500, adds 250 ms to each, and reports not ready for its first 2 s;
+//! `errorsAfter=100` keeps the first 100 API requests of each replica good (a version that passes
+//! its smoke tests and breaks under production traffic).
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -26,10 +28,12 @@ pub struct Behaviour {
     pub latency: Duration,
     /// Time after start before `/healthz` reports ready.
     pub startup: Duration,
+    /// API requests answered well before `error_rate` applies.
+    pub errors_after: u64,
 }
 
 impl Behaviour {
-    /// Reads `errors=F`, `latency=D`, `startup=D` from the build metadata of `version` (after `+`,
+    /// Reads `errors=F`, `errorsAfter=N`, `latency=D`, `startup=D` from the build metadata of `version` (after `+`,
     /// comma-separated). A version without metadata behaves well.
     pub fn from_version(version: &str) -> Result<Behaviour, String> {
         let mut b = Behaviour::default();
@@ -44,9 +48,14 @@ impl Behaviour {
                     }
                     b.error_rate = rate;
                 }
+                "errorsAfter" => {
+                    b.errors_after = value.parse().map_err(|_| format!("errorsAfter={value:?} is not a count"))?
+                }
                 "latency" => b.latency = hopngo_kit::args::parse_duration(value)?,
                 "startup" => b.startup = hopngo_kit::args::parse_duration(value)?,
-                other => return Err(format!("unknown behaviour {other:?} (errors, latency, startup)")),
+                other => {
+                    return Err(format!("unknown behaviour {other:?} (errors, errorsAfter, latency, startup)"));
+                }
             }
         }
         Ok(b)
@@ -58,6 +67,7 @@ struct Demo {
     version: String,
     behaviour: Behaviour,
     ready_at: tokio::time::Instant,
+    api_requests: std::sync::atomic::AtomicU64,
 }
 
 /// Serves the demo service on `listener` until `shutdown`.
@@ -73,6 +83,7 @@ pub async fn serve(
         version: version.to_string(),
         behaviour,
         ready_at: tokio::time::Instant::now() + behaviour.startup,
+        api_requests: std::sync::atomic::AtomicU64::new(0),
     });
     let app =
         Router::new().route("/healthz", get(healthz)).route("/api/v1/info", get(info)).fallback(api).with_state(state);
@@ -125,7 +136,9 @@ async fn api_response(demo: &Demo, path: &str) -> Response {
     if !demo.behaviour.latency.is_zero() {
         tokio::time::sleep(demo.behaviour.latency).await;
     }
-    let response = if demo.behaviour.error_rate > 0.0 && rand::random::<f64>() < demo.behaviour.error_rate {
+    let served = demo.api_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let faulty = served >= demo.behaviour.errors_after && demo.behaviour.error_rate > 0.0;
+    let response = if faulty && rand::random::<f64>() < demo.behaviour.error_rate {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(serde_json::json!({"error": "injected failure", "version": demo.version})),
@@ -150,5 +163,6 @@ mod tests {
         assert_eq!(b.startup, Duration::from_secs(2));
         assert!(Behaviour::from_version("1+errors=2").unwrap_err().contains("not in 0..=1"));
         assert!(Behaviour::from_version("1+colour=red").unwrap_err().contains("unknown behaviour"));
+        assert_eq!(Behaviour::from_version("1+errors=1,errorsAfter=40").unwrap().errors_after, 40);
     }
 }

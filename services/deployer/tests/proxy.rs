@@ -289,3 +289,22 @@ async fn smoke_tests_check_the_pinned_track_and_its_version() {
     assert!(run(&Smoke { address: String::new(), ..smoke("stable", "") }).await.unwrap_err().contains("no address"));
     s.shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_breaks_under_load_passes_its_smoke_tests_first() {
+    use hopngo_deployer::smoke::{Smoke, run};
+    let s = setup("2.0.0+errors=1,errorsAfter=10").await;
+    s.proxy.set_routing(canary(&s, 0));
+    let smoke = Smoke {
+        address: s.proxy.addr().to_string(),
+        track: "canary".into(),
+        expect_version: "2.0.0+errors=1,errorsAfter=10".into(),
+        paths: vec!["/healthz".into(), "/api/v1/info".into()],
+        requests: 20,
+        timeout: Duration::from_secs(2),
+    };
+    run(&smoke).await.unwrap();
+    let seen = send(s.proxy.addr(), 50, 1, Some("canary")).await;
+    assert_eq!(seen, HashMap::from([(("2.0.0+errors=1,errorsAfter=10".to_string(), 500), 50)]));
+    s.shutdown.cancel();
+}

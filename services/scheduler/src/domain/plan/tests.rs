@@ -212,10 +212,14 @@ fn hopngo_delivery_config_is_valid() {
             if !blue_green {
                 let background = plan.background.as_ref().expect("canaries are watched by the SLO template");
                 assert!(background.analysis.open_ended);
-                assert!(
-                    matches!(plan.steps[background.starting_step - 1].action, StepAction::SetWeight { weight: 25 }),
-                    "{service}: from the first traffic shift"
-                );
+                let shifts: Vec<u32> = plan.steps[..background.starting_step]
+                    .iter()
+                    .filter_map(|s| match s.action {
+                        StepAction::SetWeight { weight } => Some(weight),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(shifts, vec![25], "{service}: from the first traffic shift");
                 let metrics: Vec<(&str, Option<&str>, Option<&str>)> = background
                     .analysis
                     .metrics
