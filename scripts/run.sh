@@ -113,7 +113,7 @@ answers() { # who answers on a service's proxy: 100 requests, counted by status 
   run hopngo-traffic --url "http://$(proxy "$1" "$2")/api/v1/info" --rate 100 --duration 1s
 }
 released() { # the phase of the newest release of SERVICE in ENVIRONMENT
-  hopctl list --service "$1" --env "$2" --limit 1 -o json | sed -n 's/.*"phase": *"\([A-Z_]*\)".*/\1/p' | head -1
+  hopctl list --service "$1" --env "$2" --limit 1 -o json 2>/dev/null | sed -n 's/.*"phase": *"\([A-Z_]*\)".*/\1/p' | head -1
 }
 id_of() { sed -n 's/^Release: *//p' | head -1; }
 

@@ -153,3 +153,299 @@ pub async fn until(client: &mut Releases, id: &str, secs: u64, done: impl Fn(&pb
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A port that was free a moment ago (for processes that must come back on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// A request carrying an identity.
+pub fn as_user<T>(message: T, user: &str, roles: &[&str]) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("x-hopngo-user", user.parse().expect("ascii user"));
+    if !roles.is_empty() {
+        req.metadata_mut().insert("x-hopngo-roles", roles.join(",").parse().expect("ascii roles"));
+    }
+    req
+}
+
+/// One of the stack's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// hopngo-deployer.
+    Deployer,
+    /// hopngo-analyzer.
+    Analyzer,
+    /// hopngo-migrator.
+    Migrator,
+    /// hopngo-notifier.
+    Notifier,
+    /// hopngo-scheduler.
+    Scheduler,
+}
+
+impl Part {
+    fn binary(self) -> (&'static str, &'static str) {
+        match self {
+            Part::Deployer => ("hopngo-deployer", "hopngo-deployer"),
+            Part::Analyzer => ("hopngo-analyzer", "hopngo-analyzer"),
+            Part::Migrator => ("hopngo-migrator", "hopngo-migrator"),
+            Part::Notifier => ("hopngo-notifier", "hopngo-notifier"),
+            Part::Scheduler => ("hopngo-scheduler", "hopngo-scheduler"),
+        }
+    }
+}
+
+/// The whole control plane as real processes on loopback, each on a fixed port so it can be
+/// killed and come back where the others expect it. The delivery config may name `{demo}` and
+/// `{smoke}` (the demo service and smoke-test binaries) and `{metrics}` (the deployer's proxy
+/// metrics endpoint).
+pub struct Stack {
+    /// Working directory (config, replica logs).
+    pub dir: PathBuf,
+    /// The delivery config file.
+    pub config_file: PathBuf,
+    /// The deployer's metrics endpoint (`http://…/metrics`).
+    pub metrics_url: String,
+    procs: std::collections::BTreeMap<Part, (Vec<String>, Option<Proc>)>,
+}
+
+/// What a stack runs with.
+#[derive(Default)]
+pub struct StackOptions {
+    /// Scheduler arguments beyond the addresses (`--high-severity-grace 2s`, ...).
+    pub scheduler_args: Vec<String>,
+    /// `NAME=URL` of the application database and `NAME=DIR` of its scripts, for the migrator.
+    pub migrations: Option<(String, String)>,
+}
+
+impl Stack {
+    /// Starts the five services on `database_url` with the delivery config `config`.
+    pub async fn start(database_url: &str, config: &str, options: StackOptions) -> anyhow::Result<Stack> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hopngo-e2e-stack-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let port = |_: Part| free_port();
+        let (deployer_port, analyzer_port, migrator_port, notifier_port) =
+            (port(Part::Deployer), port(Part::Analyzer), port(Part::Migrator), port(Part::Notifier));
+        let metrics_port = free_port();
+        let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+        let config = resolve(config, &metrics_url)?;
+        let config_file = dir.join("delivery.yaml");
+        std::fs::write(&config_file, &config)?;
+        let common = |listen: u16| -> Vec<String> {
+            let listen = format!("127.0.0.1:{listen}");
+            ["--listen", &listen, "--database-url", database_url, "--drain-timeout", "1s", "--log", "warn"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        };
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let mut procs = std::collections::BTreeMap::new();
+        let mut deployer = common(deployer_port);
+        deployer.extend([
+            "--admin-listen".into(),
+            format!("127.0.0.1:{metrics_port}"),
+            "--delivery-config".into(),
+            config_file.display().to_string(),
+            "--log-dir".into(),
+            dir.join("logs").display().to_string(),
+        ]);
+        procs.insert(Part::Deployer, (deployer, None));
+        let mut analyzer = common(analyzer_port);
+        analyzer.extend(["--admin-listen".into(), "off".into()]);
+        procs.insert(Part::Analyzer, (analyzer, None));
+        let mut migrator = common(migrator_port);
+        migrator.extend(["--admin-listen".into(), "off".into()]);
+        if let Some((target, locations)) = &options.migrations {
+            migrator.extend(["--target".into(), target.clone(), "--locations".into(), locations.clone()]);
+        }
+        procs.insert(Part::Migrator, (migrator, None));
+        let mut notifier = common(notifier_port);
+        notifier.extend(["--admin-listen".into(), "off".into()]);
+        procs.insert(Part::Notifier, (notifier, None));
+        let mut scheduler = common(free_port());
+        scheduler.extend([
+            "--admin-listen".into(),
+            "off".into(),
+            "--deployer-url".into(),
+            url(deployer_port),
+            "--analyzer-url".into(),
+            url(analyzer_port),
+            "--migrator-url".into(),
+            url(migrator_port),
+            "--notifier-url".into(),
+            url(notifier_port),
+            "--call-timeout".into(),
+            "2s".into(),
+            "--apply-config".into(),
+            config_file.display().to_string(),
+        ]);
+        scheduler.extend(options.scheduler_args);
+        procs.insert(Part::Scheduler, (scheduler, None));
+        let mut stack = Stack { dir, config_file, metrics_url, procs };
+        for part in [Part::Deployer, Part::Analyzer, Part::Migrator, Part::Notifier, Part::Scheduler] {
+            stack.start_part(part).await?;
+        }
+        Ok(stack)
+    }
+
+    /// Applies another delivery config (with the same placeholders as [`Stack::start`]).
+    pub async fn apply(&self, config: &str) -> anyhow::Result<()> {
+        use hopngo_proto::config::{ApplyConfigRequest, config_service_client::ConfigServiceClient};
+        let yaml = resolve(config, &self.metrics_url)?;
+        let mut client = ConfigServiceClient::connect(self.url(Part::Scheduler)).await?;
+        client.apply_config(as_user(ApplyConfigRequest { yaml }, "e2e", &[])).await?;
+        Ok(())
+    }
+
+    /// Starts a part (again) with its arguments.
+    pub async fn start_part(&mut self, part: Part) -> anyhow::Result<()> {
+        let (name, package) = part.binary();
+        let bin = binary(name, package)?;
+        let entry = self.procs.get_mut(&part).context("unknown part")?;
+        entry.1 = Some(Proc::start(&bin, &entry.0, &[]).await?);
+        Ok(())
+    }
+
+    /// SIGKILLs a part.
+    pub async fn kill9(&mut self, part: Part) -> anyhow::Result<()> {
+        let proc = self.procs.get_mut(&part).and_then(|e| e.1.take()).context("not running")?;
+        proc.kill9().await
+    }
+
+    /// gRPC address of a part.
+    pub fn url(&self, part: Part) -> String {
+        self.procs.get(&part).and_then(|e| e.1.as_ref()).map(|p| p.grpc.clone()).unwrap_or_default()
+    }
+
+    /// A release client.
+    pub async fn releases(&self) -> Releases {
+        ReleaseServiceClient::connect(self.url(Part::Scheduler)).await.expect("scheduler")
+    }
+
+    /// Where a service's traffic enters in an environment (its proxy); empty when the deployer
+    /// has never been asked to run it there.
+    pub async fn address(&self, service: &str, environment: &str) -> String {
+        use hopngo_proto::deployer::{GetTargetStatusRequest, deployer_service_client::DeployerServiceClient};
+        let mut deployer = DeployerServiceClient::connect(self.url(Part::Deployer)).await.expect("deployer");
+        let request = GetTargetStatusRequest { service: service.into(), environment: environment.into() };
+        match deployer.get_target_status(request).await {
+            Ok(r) => r.into_inner().status.unwrap_or_default().address,
+            Err(status) if status.code() == tonic::Code::NotFound => String::new(),
+            Err(status) => panic!("deployer: {status:?}"),
+        }
+    }
+
+    /// A subscriber of every release event (a real gRPC stream from the notifier).
+    pub async fn subscribe(&self) -> Subscriber {
+        Subscriber::start(&self.url(Part::Notifier)).await
+    }
+}
+
+fn resolve(config: &str, metrics_url: &str) -> anyhow::Result<String> {
+    Ok(config
+        .replace("{demo}", &binary("hopngo-demo-service", "hopngo-deployer")?.display().to_string())
+        .replace("{smoke}", &binary("hopngo-smoke", "hopngo-deployer")?.display().to_string())
+        .replace("{metrics}", metrics_url))
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Processes die with their handles (kill_on_drop); their replicas with the deployer.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Events received by a subscriber, resumed from its cursor whenever the stream breaks (a
+/// notifier restart), as a platform service would.
+pub struct Subscriber {
+    events: std::sync::Arc<std::sync::Mutex<Vec<hopngo_proto::events::Event>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Subscriber {
+    async fn start(notifier: &str) -> Subscriber {
+        use hopngo_proto::notifier::{self as npb, notifier_service_client::NotifierServiceClient};
+        use tokio_stream::StreamExt as _;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (seen, stopped, url) = (events.clone(), stop.clone(), notifier.to_string());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut cursor: Option<String> = None;
+            while !stopped.is_cancelled() {
+                let Ok(mut client) = NotifierServiceClient::connect(url.clone()).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let start = match &cursor {
+                    Some(c) => npb::subscribe_request::Start::AfterCursor(c.clone()),
+                    None => npb::subscribe_request::Start::FromBeginning(true),
+                };
+                let request =
+                    npb::SubscribeRequest { start: Some(start), subscriber: "e2e".into(), ..Default::default() };
+                let Ok(response) = client.subscribe(request).await else { continue };
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(());
+                }
+                let mut stream = response.into_inner();
+                loop {
+                    tokio::select! {
+                        _ = stopped.cancelled() => return,
+                        item = stream.next() => match item {
+                            Some(Ok(item)) => {
+                                if let Some(npb::subscribe_response::Item::Event(e)) = item.item {
+                                    seen.lock().expect("events").push(e);
+                                }
+                                cursor = Some(item.cursor);
+                            }
+                            _ => break,
+                        },
+                    }
+                }
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+        Subscriber { events, stop }
+    }
+
+    /// Every event so far, in the order received.
+    pub fn events(&self) -> Vec<hopngo_proto::events::Event> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// The events of one release, in the order received.
+    pub fn of(&self, release: &str) -> Vec<hopngo_proto::events::Event> {
+        self.events().into_iter().filter(|e| e.release_id == release).collect()
+    }
+
+    /// Waits until `done` holds for the events (panics after `secs`).
+    pub async fn until(&self, secs: u64, done: impl Fn(&[hopngo_proto::events::Event]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while !done(&self.events()) {
+            assert!(tokio::time::Instant::now() < deadline, "subscriber: not there in {secs}s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Who answered `n` requests to `address` (optionally pinned to a track): (version, status) → count.
+pub async fn answers(address: &str, n: u64) -> std::collections::BTreeMap<(String, u16), u64> {
+    let load = hopngo_deployer::traffic::Load {
+        url: format!("http://{address}/api/v1/info"),
+        rate: 200,
+        duration: Duration::from_secs(30),
+        max_requests: n,
+        timeout: Duration::from_secs(2),
+    };
+    hopngo_deployer::traffic::run(&load, tokio_util::sync::CancellationToken::new()).await.expect("traffic")
+}

@@ -72,6 +72,10 @@ pub struct Args {
     /// again after this long, and aborts if it still fails.
     #[arg(long, env = "HOPNGO_HIGH_SEVERITY_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub high_severity_grace: Duration,
+    /// How long preflight keeps asking a dependency that does not answer before the release is
+    /// aborted with that as the reason.
+    #[arg(long, env = "HOPNGO_PREFLIGHT_PATIENCE", default_value = "30s", value_parser = parse_duration)]
+    pub preflight_patience: Duration,
     /// Use PostgreSQL LISTEN/NOTIFY to wake sooner (everything still completes without it).
     #[arg(long, env = "HOPNGO_LISTEN_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
     pub listen_notify: bool,
@@ -105,6 +109,7 @@ pub async fn run_with(
         workers,
         poll_interval,
         high_severity_grace,
+        preflight_patience,
         listen_notify,
         apply_config,
     } = args;
@@ -130,7 +135,7 @@ pub async fn run_with(
     let watcher = AnalysisWatcher::new(&analyzer_url, store.pool().clone(), signals.clone())?;
     let endpoints = Endpoints { deployer: deployer_url, analyzer: analyzer_url, migrator: migrator_url };
     let effects = Arc::new(GrpcEffects::new(&endpoints, call_timeout)?);
-    let settings = Settings { poll_interval, high_severity_grace, ..Settings::default() };
+    let settings = Settings { poll_interval, high_severity_grace, preflight_patience, ..Settings::default() };
     let tracker = TaskTracker::new();
     let engine = Engine::new(store.clone(), effects, settings, signals.clone(), engine_metrics);
     engine.watch_analyses(watcher);

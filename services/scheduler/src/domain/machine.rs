@@ -723,6 +723,21 @@ async fn run<E: Effects>(
                 update_run(r, &run_id, obs.phase, &obs.message);
                 if matches!(obs.phase, RunPhase::Pending | RunPhase::Running) {
                     background_wake = Some(after(now, s.poll_interval));
+                    if r.background_grace.rechecked {
+                        // The plan waits for the re-check: traffic stays where the failure found it.
+                        let settle =
+                            *r.background_grace.settle_until.get_or_insert(after(now, settle_time(&bg.analysis)));
+                        if now < settle {
+                            r.message = format!(
+                                "measuring again after a high-severity failure; traffic held until {} (aborts if it still fails)",
+                                rfc3339(settle)
+                            );
+                            return Flow::Wait(earliest(Some(settle), background_wake));
+                        }
+                        // It did not last: the same run goes on watching, and a new failure gets a new grace.
+                        r.background_grace = Default::default();
+                        r.message = "background analysis passed again after the grace period; continuing".into();
+                    }
                 } else {
                     record_analysis_done(r, &run_id, &obs, out);
                     let what = format!("background analysis {}", verdict_text(&obs));
@@ -735,7 +750,15 @@ async fn run<E: Effects>(
                         }
                         Decision::Pause => {
                             r.background_done = true;
-                            pause(r, &format!("{what}; promote to continue or abort"), out);
+                            r.held_for_person = true;
+                            let text = format!("{what}; promote to continue or abort");
+                            // Also when a timed pause step had paused it: now it waits for a person.
+                            let from = r.phase;
+                            r.phase = Phase::Paused;
+                            r.progress_deadline_at = None;
+                            r.message = text.clone();
+                            record(r, TransitionKind::Paused, ENGINE, from, text, out);
+                            return Flow::Wait(None);
                         }
                         Decision::Notify => {
                             r.background_done = true;
@@ -793,6 +816,11 @@ async fn run<E: Effects>(
         let range = if skip_to == r.plan.steps.len() { format!("{index}..") } else { format!("{index}..{skip_to}") };
         record(r, TransitionKind::StepSkipped, ENGINE, from, format!("steps {range} skipped by promote --full"), out);
         return Flow::Continue;
+    }
+
+    if r.held_for_person {
+        // A background analysis asked for a person: no step moves (not even an elapsed pause).
+        return Flow::Wait(None);
     }
 
     if r.step_index >= r.plan.steps.len() {
@@ -1028,6 +1056,18 @@ fn notify_only(r: &mut Release, what: &str, out: &mut Vec<Transition>) {
     let from = r.phase;
     r.message = format!("{what}; notified, continuing");
     record(r, TransitionKind::AnalysisCompleted, ENGINE, from, format!("{what}; notify only"), out);
+}
+
+/// How long a background re-check must run without failing: every metric measured twice.
+fn settle_time(spec: &AnalysisSpec) -> Duration {
+    spec.metrics
+        .iter()
+        .map(|m| {
+            let delay = m.initial_delay.map(|d| d.0).unwrap_or_default();
+            delay + 2 * m.interval.map(|d| d.0).unwrap_or(Duration::from_secs(10))
+        })
+        .max()
+        .unwrap_or(Duration::from_secs(20))
 }
 
 /// Waits out a grace period's hold.
@@ -1454,8 +1494,9 @@ pub fn promote(
         StepAction::MaintenanceWindow { .. } => true,
         _ => false,
     };
-    if r.phase == Phase::Paused && !skippable {
-        // Paused by an inconclusive background analysis: resume without it.
+    if r.held_for_person || (r.phase == Phase::Paused && !skippable) {
+        // Paused by the background analysis: resume without it.
+        r.held_for_person = false;
         let from = r.phase;
         r.phase = Phase::Progressing;
         r.progress_deadline_at = Some(after(now, r.plan.progress_deadline.0));
@@ -1515,6 +1556,8 @@ pub fn retry(r: &mut Release, actor: &str, reason: &str, now: OffsetDateTime) ->
     r.switched = false;
     r.background_run = None;
     r.background_done = false;
+    r.background_grace = Default::default();
+    r.held_for_person = false;
     r.schema = None;
     r.promote_full = false;
     r.failures = 0;

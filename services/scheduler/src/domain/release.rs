@@ -170,6 +170,10 @@ pub struct Grace {
     /// The current run is the re-check.
     #[serde(default)]
     pub rechecked: bool,
+    /// A background re-check holds the release until then: long enough for its metrics to
+    /// measure twice. Surviving it means the degradation did not last.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub settle_until: Option<OffsetDateTime>,
 }
 
 impl Grace {
@@ -332,6 +336,10 @@ pub struct Release {
     /// The background analysis after a high-severity failure (the whole release is held).
     #[serde(default)]
     pub background_grace: Grace,
+    /// The background analysis paused the release for a person (medium severity, inconclusive):
+    /// nothing moves until a promote.
+    #[serde(default)]
+    pub held_for_person: bool,
     /// Analysis runs started.
     #[serde(default)]
     pub analysis_runs: Vec<AnalysisRecord>,
@@ -441,6 +449,7 @@ impl Release {
             background_run: None,
             background_done: false,
             background_grace: Grace::default(),
+            held_for_person: false,
             analysis_runs: Vec::new(),
             approvals: Vec::new(),
             attempt: 1,

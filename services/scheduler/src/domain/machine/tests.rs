@@ -815,3 +815,90 @@ async fn verified_means_every_check_ran_and_passed() {
     assert_eq!(r.phase, Phase::Succeeded);
     assert!(r.verification().unwrap_err().contains("--full"), "{:?}", r.verification());
 }
+
+#[tokio::test]
+async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
+    use crate::domain::config::Severity;
+    let yaml = CONFIG
+        .replace(
+            "          - pause: {}\n  - name: gateway",
+            "          - pause: {duration: 1s}\n        analysis: {templates: [watch]}\n  - name: gateway",
+        )
+        .replace(
+            "services:\n",
+            "  - name: watch\n    metrics:\n      - name: errors\n        interval: 2s\n        successCondition: result < 0.01\n        provider: {prometheus: {address: \"http://127.0.0.1:9090\", query: \"x\"}}\nservices:\n",
+        );
+    let config = DeliveryConfig::load(&yaml).unwrap();
+    let mut r = release("booking", "staging");
+    r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
+    r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::High;
+    fx.set_run(RunPhase::Running);
+    tick(&mut r, &fx, 0).await;
+    fx.set_run(RunPhase::Failed);
+    tick(&mut r, &fx, 1).await;
+    assert!(r.message.contains("holding traffic"), "{}", r.message);
+    fx.set_run(RunPhase::Running);
+    // The hold ends at 301; the pause after it has long elapsed, yet nothing moves until the
+    // re-check has measured twice (2 × 2 s).
+    let a = tick(&mut r, &fx, 301).await;
+    assert_eq!(kinds(&a), vec![TransitionKind::AnalysisStarted]);
+    assert!(r.message.starts_with("measuring again after a high-severity failure"), "{}", r.message);
+    let weight = r.canary_weight;
+    assert!(tick(&mut r, &fx, 303).await.transitions.is_empty());
+    assert_eq!(r.canary_weight, weight);
+    // A failure now aborts (the degradation lasted past the grace period).
+    fx.set_run(RunPhase::Failed);
+    let a = tick(&mut r, &fx, 304).await;
+    assert!(kinds(&a).contains(&TransitionKind::Aborted), "{:?}", kinds(&a));
+
+    // Surviving the re-check: the plan goes on.
+    let mut r = release("booking", "staging");
+    r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
+    r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::High;
+    fx.set_run(RunPhase::Running);
+    tick(&mut r, &fx, 0).await;
+    fx.set_run(RunPhase::Failed);
+    tick(&mut r, &fx, 1).await;
+    fx.set_run(RunPhase::Running);
+    tick(&mut r, &fx, 301).await;
+    let before = r.step_index;
+    tick(&mut r, &fx, 306).await;
+    assert!(r.step_index > before, "continues once the re-check held for 4 s: {}", r.message);
+}
+
+#[tokio::test]
+async fn a_background_pause_for_a_person_holds_every_step_until_promoted() {
+    use crate::domain::config::Severity;
+    let yaml = CONFIG
+        .replace(
+            "          - pause: {}\n  - name: gateway",
+            "          - pause: {duration: 1s}\n        analysis: {templates: [watch]}\n  - name: gateway",
+        )
+        .replace(
+            "services:\n",
+            "  - name: watch\n    metrics:\n      - name: errors\n        interval: 2s\n        successCondition: result < 0.01\n        provider: {prometheus: {address: \"http://127.0.0.1:9090\", query: \"x\"}}\nservices:\n",
+        );
+    let config = DeliveryConfig::load(&yaml).unwrap();
+    let mut r = release("booking", "staging");
+    r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
+    r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::Medium;
+    fx.set_run(RunPhase::Running);
+    tick(&mut r, &fx, 0).await;
+    fx.set_run(RunPhase::Failed);
+    let a = tick(&mut r, &fx, 1).await;
+    assert_eq!(a.transitions.last().unwrap().kind, TransitionKind::Paused);
+    assert_eq!(a.wake_at, None);
+    let (step, weight) = (r.step_index, r.canary_weight);
+    // The 30 s pause step elapses, and still nothing moves.
+    assert!(tick(&mut r, &fx, 120).await.transitions.is_empty());
+    assert_eq!((r.step_index, r.canary_weight, r.phase), (step, weight, Phase::Paused));
+    promote(&mut r, false, "bob", "looked at it", at(121)).unwrap();
+    tick(&mut r, &fx, 122).await;
+    assert!(r.step_index > step, "moves on after the promote");
+}
