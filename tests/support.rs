@@ -19,9 +19,17 @@ pub fn binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).context("test binary location")?;
     let path = dir.join(name);
-    if !path.exists() {
+    // A benchmark (target/release) builds them every time: a stale release binary from an
+    // earlier run would measure old code. Tests rely on `scripts/test.sh` building the workspace.
+    let release = dir.file_name().is_some_and(|d| d == "release");
+    if release || !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo).args(["build", "-p", package, "--bin", name]).status()?;
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "-p", package, "--bin", name]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status()?;
         if !status.success() || !path.exists() {
             bail!("{name} is not built and `cargo build -p {package}` failed");
         }
