@@ -45,13 +45,7 @@ analysisTemplates:
         interval: 1s
         initialDelay: 1s
         failureCondition: result > 0.05
-        provider:
-          scrape:
-            url: "{metrics}"
-            window: 3s
-            expression: >-
-              ratio(rate(hopngo_proxy_requests_total{service="{{args.service}}",environment="{{args.environment}}",track="{{args.track}}",class="5xx"}),
-                    rate(hopngo_proxy_requests_total{service="{{args.service}}",environment="{{args.environment}}",track="{{args.track}}"}))
+        provider: {scrape: {url: "{metrics}", window: 3s, expression: {error-ratio}}}
 services:
   - name: auth
     strategy: &canary
@@ -394,22 +388,7 @@ async fn environment_rollback_returns_services_one_after_another_and_the_emergen
     for service in ["auth", "booking", "gateway"] {
         release(&mut releases, service, "staging", "1.1.0", P::Succeeded).await;
     }
-    let group = releases
-        .rollback_environment(as_user(
-            pb::RollbackEnvironmentRequest {
-                environment: "staging".into(),
-                services: vec!["booking".into(), "auth".into()],
-                reason: "incident 42".into(),
-                emergency: false,
-            },
-            "alice",
-            &[],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .group
-        .unwrap();
+    let group = rollback(&mut releases, &["booking", "auth"], false).await;
     let order: Vec<&str> = group.releases.iter().map(|r| r.service.as_str()).collect();
     assert_eq!(order, ["booking", "auth"], "in the order asked");
     let group = wait_group(&stack, &group.id).await;
@@ -425,22 +404,7 @@ async fn environment_rollback_returns_services_one_after_another_and_the_emergen
     assert_eq!(answers(&stack.address("gateway", "staging").await, 40).await, only("1.1.0", 40), "not listed");
 
     // Emergency: every service with an earlier revision, straight back, still one after another.
-    let group = releases
-        .rollback_environment(as_user(
-            pb::RollbackEnvironmentRequest {
-                environment: "staging".into(),
-                services: vec![],
-                reason: "incident 43".into(),
-                emergency: true,
-            },
-            "alice",
-            &[],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .group
-        .unwrap();
+    let group = rollback(&mut releases, &[], true).await;
     assert_eq!(group.kind, "emergency-rollback");
     let group = wait_group(&stack, &group.id).await;
     assert_eq!(group.phase, P::Succeeded as i32);
@@ -456,6 +420,16 @@ async fn environment_rollback_returns_services_one_after_another_and_the_emergen
         subscriber.until(10, |e| e.iter().any(|e| e.release_id == r.id && e.r#type == types::SERVICE_ROLLEDBACK)).await;
         assert_complete(&subscriber, r);
     }
+}
+
+async fn rollback(releases: &mut Releases, services: &[&str], emergency: bool) -> pb::ReleaseGroup {
+    let request = pb::RollbackEnvironmentRequest {
+        environment: "staging".into(),
+        services: services.iter().map(|s| s.to_string()).collect(),
+        reason: "incident".into(),
+        emergency,
+    };
+    releases.rollback_environment(as_user(request, "alice", &[])).await.unwrap().into_inner().group.unwrap()
 }
 
 async fn wait_group(stack: &Stack, id: &str) -> pb::ReleaseGroup {

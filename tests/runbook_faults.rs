@@ -22,13 +22,7 @@ analysisTemplates:
         interval: 1s
         initialDelay: 1s
         failureCondition: result > 0.05
-        provider:
-          scrape:
-            url: "{metrics}"
-            window: 3s
-            expression: >-
-              ratio(rate(hopngo_proxy_requests_total{service="{{args.service}}",track="{{args.track}}",class="5xx"}),
-                    rate(hopngo_proxy_requests_total{service="{{args.service}}",track="{{args.track}}"}))
+        provider: {scrape: {url: "{metrics}", window: 3s, expression: {error-ratio}}}
 services:
   - name: booking
     replicas: 2

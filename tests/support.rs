@@ -206,8 +206,8 @@ impl Part {
 
 /// The whole control plane as real processes on loopback, each on a fixed port so it can be
 /// killed and come back where the others expect it. The delivery config may name `{demo}` and
-/// `{smoke}` (the demo service and smoke-test binaries) and `{metrics}` (the deployer's proxy
-/// metrics endpoint).
+/// `{smoke}` (the demo service and smoke-test binaries), `{metrics}` (the deployer's proxy
+/// metrics endpoint) and `{error-ratio}` (the SLO's error-ratio expression over it).
 pub struct Stack {
     /// Working directory (config, replica logs).
     pub dir: PathBuf,
@@ -352,11 +352,16 @@ impl Stack {
     }
 }
 
+/// The SLO's error ratio of the track under analysis, from the proxy's counters, as a quoted YAML
+/// scalar (what `{error-ratio}` in a stack's config stands for).
+const ERROR_RATIO: &str = "'ratio(rate(hopngo_proxy_requests_total{service=\"{{args.service}}\",environment=\"{{args.environment}}\",track=\"{{args.track}}\",class=\"5xx\"}), rate(hopngo_proxy_requests_total{service=\"{{args.service}}\",environment=\"{{args.environment}}\",track=\"{{args.track}}\"}))'";
+
 fn resolve(config: &str, metrics_url: &str) -> anyhow::Result<String> {
     Ok(config
         .replace("{demo}", &binary("hopngo-demo-service", "hopngo-deployer")?.display().to_string())
         .replace("{smoke}", &binary("hopngo-smoke", "hopngo-deployer")?.display().to_string())
-        .replace("{metrics}", metrics_url))
+        .replace("{metrics}", metrics_url)
+        .replace("{error-ratio}", ERROR_RATIO))
 }
 
 impl Drop for Stack {

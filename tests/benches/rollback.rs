@@ -5,7 +5,8 @@
 //!
 //! - **confirmed**: the failing measurement's end (analyzer) → the release's `rolled-back`
 //!   transition, which the scheduler records once the deployer reports the stable version alone
-//!   at 100 % (what `hopctl timeline` prints);
+//!   at 100 % (what `hopctl timeline` prints; the transitions of one engine step carry that step's
+//!   start time, so this leaves out the few milliseconds of the step's own calls);
 //! - **seen by traffic**: the failing measurement's end → the last request answered by the
 //!   canary, from a client sending 100 requests/s (the router's view, independent of the API; at
 //!   25 % the canary gets every fourth request, so this is resolved to about 40 ms, and it can
@@ -45,13 +46,7 @@ analysisTemplates:
         initialDelay: 1s
         failureLimit: 0
         failureCondition: result > 0.05
-        provider:
-          scrape:
-            url: "{metrics}"
-            window: 2s
-            expression: >-
-              ratio(rate(hopngo_proxy_requests_total{service="{{args.service}}",track="{{args.track}}",class="5xx"}),
-                    rate(hopngo_proxy_requests_total{service="{{args.service}}",track="{{args.track}}"}))
+        provider: {scrape: {url: "{metrics}", window: 2s, expression: {error-ratio}}}
 services:
   - name: booking
     replicas: 2

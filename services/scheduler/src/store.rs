@@ -453,6 +453,9 @@ impl Store {
 
     /// Stores a release after transitions: the row, its events and its audit rows, in one
     /// statement (one round trip).
+    /// Events and audit rows are stamped when they are written, after the calls that made them
+    /// true (the step's decisions use the clock it was claimed at), so a `rolled-back` event is
+    /// never earlier than the deployer's confirmation.
     pub async fn save(
         conn: &mut PgConnection,
         r: &mut Release,
@@ -468,10 +471,10 @@ impl Store {
                WHERE release_id = $1 RETURNING release_id), \
              events AS ( \
                INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
-               SELECT e, $1, s, t, n, v, p, $7 \
+               SELECT e, $1, s, t, n, v, p, clock_timestamp() \
                FROM UNNEST($8::uuid[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[]) AS x(e, s, t, n, v, p)) \
              INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
-             SELECT $1, s, a, n, f, t, m, $7 \
+             SELECT $1, s, a, n, f, t, m, clock_timestamp() \
              FROM UNNEST($9::bigint[], $14::text[], $11::text[], $15::text[], $16::text[], $17::text[]) AS x(s, a, n, f, t, m)",
         )
         .bind(r.id)

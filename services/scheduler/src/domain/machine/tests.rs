@@ -816,9 +816,8 @@ async fn verified_means_every_check_ran_and_passed() {
     assert!(r.verification().unwrap_err().contains("--full"), "{:?}", r.verification());
 }
 
-#[tokio::test]
-async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
-    use crate::domain::config::Severity;
+/// A booking release whose canary also has a background analysis measuring every 2 s.
+fn with_background_analysis() -> Release {
     let yaml = CONFIG
         .replace(
             "          - pause: {}\n  - name: gateway",
@@ -832,6 +831,13 @@ async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
     let mut r = release("booking", "staging");
     r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
     r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    r
+}
+
+#[tokio::test]
+async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
+    use crate::domain::config::Severity;
+    let mut r = with_background_analysis();
     let fx = Fake::new();
     *fx.run_severity.lock().unwrap() = Severity::High;
     fx.set_run(RunPhase::Running);
@@ -854,9 +860,7 @@ async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
     assert!(kinds(&a).contains(&TransitionKind::Aborted), "{:?}", kinds(&a));
 
     // Surviving the re-check: the plan goes on.
-    let mut r = release("booking", "staging");
-    r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
-    r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    let mut r = with_background_analysis();
     let fx = Fake::new();
     *fx.run_severity.lock().unwrap() = Severity::High;
     fx.set_run(RunPhase::Running);
@@ -873,19 +877,7 @@ async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
 #[tokio::test]
 async fn a_background_pause_for_a_person_holds_every_step_until_promoted() {
     use crate::domain::config::Severity;
-    let yaml = CONFIG
-        .replace(
-            "          - pause: {}\n  - name: gateway",
-            "          - pause: {duration: 1s}\n        analysis: {templates: [watch]}\n  - name: gateway",
-        )
-        .replace(
-            "services:\n",
-            "  - name: watch\n    metrics:\n      - name: errors\n        interval: 2s\n        successCondition: result < 0.01\n        provider: {prometheus: {address: \"http://127.0.0.1:9090\", query: \"x\"}}\nservices:\n",
-        );
-    let config = DeliveryConfig::load(&yaml).unwrap();
-    let mut r = release("booking", "staging");
-    r.plan = compile(&config, "booking", "staging", PlanMode::Normal).unwrap();
-    r.steps = vec![r.steps[0].clone(); r.plan.steps.len()];
+    let mut r = with_background_analysis();
     let fx = Fake::new();
     *fx.run_severity.lock().unwrap() = Severity::Medium;
     fx.set_run(RunPhase::Running);
