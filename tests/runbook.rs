@@ -385,6 +385,11 @@ async fn environment_rollback_returns_services_one_after_another_and_the_emergen
     for (service, version) in [("auth", "1.0.0"), ("booking", "1.0.0"), ("gateway", "1.0.0")] {
         release(&mut releases, service, "staging", version, P::Succeeded).await;
     }
+    // Canaries without traffic have no data: their analysis would stop them for a person.
+    let mut traffic = Vec::new();
+    for service in ["auth", "booking"] {
+        traffic.push(Traffic::start(&stack.address(service, "staging").await, 20));
+    }
     for service in ["auth", "booking", "gateway"] {
         release(&mut releases, service, "staging", "1.1.0", P::Succeeded).await;
     }
@@ -449,4 +454,38 @@ async fn wait_group(stack: &Stack, id: &str) -> pb::ReleaseGroup {
         assert!(tokio::time::Instant::now() < deadline, "group not done: {g:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_waits_for_its_maintenance_window_unless_a_person_goes_now() {
+    let (_db, stack, _subscriber, mut releases) = start(&[]).await;
+    release(&mut releases, "auth", "staging", "1.0.0", P::Succeeded).await;
+    // A window that opens two hours from now (UTC) and lasts a minute.
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 7200;
+    let (hour, minute) = ((secs / 3600) % 24, (secs / 60) % 60);
+    let windowed = config("critical").replace(
+        "    promotion: {requireVerification: true}\n",
+        &format!(
+            "    promotion: {{requireVerification: true}}\n    maintenanceWindows: [{{schedule: \"{minute} {hour} * * *\", duration: 1m}}]\n"
+        ),
+    );
+    stack.apply(&windowed).await.unwrap();
+    let r = releases.promote_environment(as_user(promote_env("auth"), "alice", &[])).await.unwrap().into_inner();
+    let id = r.release.unwrap().id;
+    until(&mut releases, &id, 30, |r| r.phase == P::AwaitingApproval as i32).await;
+    let approve = pb::ApproveReleaseRequest { id: id.clone(), reason: "ok".into() };
+    releases.approve_release(as_user(approve, "bob", &["release-manager"])).await.unwrap();
+    let waiting = until(&mut releases, &id, 30, |r| r.phase == P::Paused as i32).await;
+    assert_eq!(waiting.steps[1].name, "maintenanceWindow");
+    assert!(waiting.message.starts_with("waiting for the maintenance window opening at "), "{}", waiting.message);
+    assert!(waiting.progress_deadline_at.is_none(), "waiting for a window is not lack of progress");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(stack.address("auth", "production").await, "", "nothing changes outside the window");
+    // Someone decides it cannot wait.
+    let now = pb::PromoteReleaseRequest { id: id.clone(), full: false, reason: "security fix".into() };
+    releases.promote_release(as_user(now, "bob", &[])).await.unwrap();
+    let done = settled(&mut releases, &id).await;
+    assert_eq!(done.phase, P::Succeeded as i32, "{}", done.message);
+    assert_eq!(done.steps[1].status, pb::StepStatus::Skipped as i32);
+    assert_eq!(answers(&stack.address("auth", "production").await, 20).await, only("1.0.0", 20));
 }
