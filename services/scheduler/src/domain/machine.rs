@@ -1475,6 +1475,7 @@ pub fn promote(
             return Err(ActionError::NotNow("a full promotion is already under way".into()));
         }
         r.promote_full = true;
+        r.held_for_person = false;
         let from = r.phase;
         if r.phase == Phase::Paused {
             r.phase = Phase::Progressing;

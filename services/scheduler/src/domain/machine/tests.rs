@@ -893,4 +893,17 @@ async fn a_background_pause_for_a_person_holds_every_step_until_promoted() {
     promote(&mut r, false, "bob", "looked at it", at(121)).unwrap();
     tick(&mut r, &fx, 122).await;
     assert!(r.step_index > step, "moves on after the promote");
+
+    // promote --full from the same hold finishes the release.
+    let mut r = with_background_analysis();
+    let fx = Fake::new();
+    *fx.run_severity.lock().unwrap() = Severity::Medium;
+    fx.set_run(RunPhase::Running);
+    tick(&mut r, &fx, 0).await;
+    fx.set_run(RunPhase::Failed);
+    tick(&mut r, &fx, 1).await;
+    assert!(r.held_for_person);
+    promote(&mut r, true, "bob", "ship it", at(2)).unwrap();
+    tick(&mut r, &fx, 3).await;
+    assert_eq!(r.phase, Phase::Succeeded);
 }
