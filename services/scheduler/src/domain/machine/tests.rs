@@ -834,16 +834,22 @@ fn with_background_analysis() -> Release {
     r
 }
 
-#[tokio::test]
-async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
-    use crate::domain::config::Severity;
+/// A release with background analysis whose first verdict (at 1 s) is a failure of `severity`.
+async fn failing_background(severity: crate::domain::config::Severity) -> (Release, Fake, Advance) {
     let mut r = with_background_analysis();
     let fx = Fake::new();
-    *fx.run_severity.lock().unwrap() = Severity::High;
+    *fx.run_severity.lock().unwrap() = severity;
     fx.set_run(RunPhase::Running);
     tick(&mut r, &fx, 0).await;
     fx.set_run(RunPhase::Failed);
-    tick(&mut r, &fx, 1).await;
+    let a = tick(&mut r, &fx, 1).await;
+    (r, fx, a)
+}
+
+#[tokio::test]
+async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
+    use crate::domain::config::Severity;
+    let (mut r, fx, _) = failing_background(Severity::High).await;
     assert!(r.message.contains("holding traffic"), "{}", r.message);
     fx.set_run(RunPhase::Running);
     // The hold ends at 301; the pause after it has long elapsed, yet nothing moves until the
@@ -860,13 +866,7 @@ async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
     assert!(kinds(&a).contains(&TransitionKind::Aborted), "{:?}", kinds(&a));
 
     // Surviving the re-check: the plan goes on.
-    let mut r = with_background_analysis();
-    let fx = Fake::new();
-    *fx.run_severity.lock().unwrap() = Severity::High;
-    fx.set_run(RunPhase::Running);
-    tick(&mut r, &fx, 0).await;
-    fx.set_run(RunPhase::Failed);
-    tick(&mut r, &fx, 1).await;
+    let (mut r, fx, _) = failing_background(Severity::High).await;
     fx.set_run(RunPhase::Running);
     tick(&mut r, &fx, 301).await;
     let before = r.step_index;
@@ -877,13 +877,7 @@ async fn a_background_recheck_holds_the_plan_until_it_has_measured() {
 #[tokio::test]
 async fn a_background_pause_for_a_person_holds_every_step_until_promoted() {
     use crate::domain::config::Severity;
-    let mut r = with_background_analysis();
-    let fx = Fake::new();
-    *fx.run_severity.lock().unwrap() = Severity::Medium;
-    fx.set_run(RunPhase::Running);
-    tick(&mut r, &fx, 0).await;
-    fx.set_run(RunPhase::Failed);
-    let a = tick(&mut r, &fx, 1).await;
+    let (mut r, fx, a) = failing_background(Severity::Medium).await;
     assert_eq!(a.transitions.last().unwrap().kind, TransitionKind::Paused);
     assert_eq!(a.wake_at, None);
     let (step, weight) = (r.step_index, r.canary_weight);
@@ -895,13 +889,7 @@ async fn a_background_pause_for_a_person_holds_every_step_until_promoted() {
     assert!(r.step_index > step, "moves on after the promote");
 
     // promote --full from the same hold finishes the release.
-    let mut r = with_background_analysis();
-    let fx = Fake::new();
-    *fx.run_severity.lock().unwrap() = Severity::Medium;
-    fx.set_run(RunPhase::Running);
-    tick(&mut r, &fx, 0).await;
-    fx.set_run(RunPhase::Failed);
-    tick(&mut r, &fx, 1).await;
+    let (mut r, fx, _) = failing_background(Severity::Medium).await;
     assert!(r.held_for_person);
     promote(&mut r, true, "bob", "ship it", at(2)).unwrap();
     tick(&mut r, &fx, 3).await;
