@@ -710,17 +710,15 @@ impl DeliveryConfig {
             }
             for (j, w) in env.maintenance_windows.iter().enumerate() {
                 let wpath = format!("{path}.maintenanceWindows[{j}]");
+                if let Err(e) = window::Schedule::parse(&w.schedule) {
+                    v.problem(format!("{wpath}.schedule"), e);
+                }
+                v.positive(&format!("{wpath}.duration"), w.duration);
                 if w.duration.0 > Duration::from_secs(7 * 86400) {
                     v.problem(format!("{wpath}.duration"), "at most 7d");
-                } else if let Err(e) = w.parse() {
-                    let field = if e.contains("time zone") {
-                        "timeZone"
-                    } else if e.contains("duration") {
-                        "duration"
-                    } else {
-                        "schedule"
-                    };
-                    v.problem(format!("{wpath}.{field}"), e);
+                }
+                if let Err(e) = window::time_zone(w.time_zone.as_deref().unwrap_or_default()) {
+                    v.problem(format!("{wpath}.timeZone"), e);
                 }
             }
         }

@@ -168,14 +168,18 @@ pub enum WindowState {
     Never,
 }
 
+/// The IANA time zone `name` (empty: UTC).
+pub fn time_zone(name: &str) -> Result<TimeZone, String> {
+    if name.is_empty() || name == "UTC" {
+        return Ok(TimeZone::UTC);
+    }
+    TimeZone::get(name).map_err(|_| format!("{name:?} is not a known IANA time zone"))
+}
+
 impl Window {
     /// Parses a window; the error names what is wrong.
-    pub fn new(schedule: &str, duration: Duration, time_zone: &str) -> Result<Window, String> {
-        let tz = if time_zone.is_empty() || time_zone == "UTC" {
-            TimeZone::UTC
-        } else {
-            TimeZone::get(time_zone).map_err(|_| format!("{time_zone:?} is not a known IANA time zone"))?
-        };
+    pub fn new(schedule: &str, duration: Duration, zone: &str) -> Result<Window, String> {
+        let tz = time_zone(zone)?;
         if duration.is_zero() {
             return Err("duration must be greater than 0".into());
         }
@@ -183,11 +187,7 @@ impl Window {
             schedule: Schedule::parse(schedule)?,
             duration,
             tz,
-            text: format!(
-                "{schedule} for {} ({})",
-                hopngo_kit::args::format_duration(duration),
-                time_zone_name(time_zone)
-            ),
+            text: format!("{schedule} for {} ({})", hopngo_kit::args::format_duration(duration), time_zone_name(zone)),
         })
     }
 

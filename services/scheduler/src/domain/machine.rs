@@ -883,13 +883,12 @@ async fn run<E: Effects>(
                 }
             }
         },
-        StepAction::Analysis { analysis } => analysis_step(r, now, fx, s, out, &analysis, "step").await,
-        StepAction::Verify { analysis } => analysis_step(r, now, fx, s, out, &analysis, "verify").await,
-        StepAction::PrePromotionAnalysis { analysis } => {
-            analysis_step(r, now, fx, s, out, &analysis, "prePromotion").await
-        }
-        StepAction::PostPromotionAnalysis { analysis } => {
-            analysis_step(r, now, fx, s, out, &analysis, "postPromotion").await
+        StepAction::Analysis { .. }
+        | StepAction::Verify { .. }
+        | StepAction::PrePromotionAnalysis { .. }
+        | StepAction::PostPromotionAnalysis { .. } => {
+            let (spec, kind) = action.analysis_run().expect("an analysis step");
+            analysis_step(r, now, fx, s, out, spec, kind).await
         }
         StepAction::MaintenanceWindow { windows } => window_step(r, now, &windows, out),
         StepAction::Preflight { dependencies } => preflight_step(r, now, fx, s, out, &dependencies).await,
@@ -1275,16 +1274,8 @@ async fn preflight_step<E: Effects>(
 ) -> Flow {
     let patience = *r.cursor.until.get_or_insert(after(now, s.preflight_patience));
     let mut analyses = Vec::new();
-    for step in &r.plan.steps {
-        if let Some(spec) = step.action.analysis() {
-            let kind = match step.action {
-                StepAction::PrePromotionAnalysis { .. } => "prePromotion",
-                StepAction::PostPromotionAnalysis { .. } => "postPromotion",
-                StepAction::Verify { .. } => "verify",
-                _ => "step",
-            };
-            analyses.push((spec.clone(), builtin_args(r, spec, analysis_track(r, kind))));
-        }
+    for (spec, kind) in r.plan.steps.iter().filter_map(|step| step.action.analysis_run()) {
+        analyses.push((spec.clone(), builtin_args(r, spec, analysis_track(r, kind))));
     }
     if let Some(bg) = &r.plan.background {
         analyses.push((bg.analysis.clone(), builtin_args(r, &bg.analysis, "canary")));

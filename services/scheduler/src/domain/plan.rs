@@ -151,11 +151,17 @@ pub enum StepAction {
 impl StepAction {
     /// The analysis the step runs, if it runs one.
     pub fn analysis(&self) -> Option<&AnalysisSpec> {
+        self.analysis_run().map(|(spec, _)| spec)
+    }
+
+    /// The analysis the step runs with its run kind (the `kind` label: `step`, `verify`,
+    /// `prePromotion`, `postPromotion`).
+    pub fn analysis_run(&self) -> Option<(&AnalysisSpec, &'static str)> {
         match self {
-            StepAction::Analysis { analysis }
-            | StepAction::Verify { analysis }
-            | StepAction::PrePromotionAnalysis { analysis }
-            | StepAction::PostPromotionAnalysis { analysis } => Some(analysis),
+            StepAction::Analysis { analysis } => Some((analysis, "step")),
+            StepAction::Verify { analysis } => Some((analysis, "verify")),
+            StepAction::PrePromotionAnalysis { analysis } => Some((analysis, "prePromotion")),
+            StepAction::PostPromotionAnalysis { analysis } => Some((analysis, "postPromotion")),
             _ => None,
         }
     }
