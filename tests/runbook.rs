@@ -3,19 +3,14 @@
 //! scheduler), real PostgreSQL, real HTTP traffic. Outcomes are read from the API, from the
 //! traffic itself (which version answered) and from a subscriber of the event log.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
-use hopngo_e2e::{Releases, Stack, StackOptions, Subscriber, answers, as_user, until};
+use hopngo_e2e::{Releases, Stack, StackOptions, Subscriber, Traffic, answers, as_user, create_as, until};
 use hopngo_proto::{
     event_types as types,
     release::{self as pb, ReleasePhase as P},
 };
 use hopngo_testkit::db::TestDb;
-use tokio_util::sync::CancellationToken;
 
 /// HopNGo's strategies with short waits: canary with smoke tests on one replica before traffic,
 /// 25 → 50 → 100 with the SLO's critical error-rate check in the background; blue/green with
@@ -88,13 +83,7 @@ async fn start(scheduler_args: &[&str]) -> (TestDb, Stack, Subscriber, Releases)
 }
 
 async fn create(releases: &mut Releases, service: &str, environment: &str, artifact: &str) -> pb::Release {
-    let request = pb::CreateReleaseRequest {
-        service: service.into(),
-        environment: environment.into(),
-        artifact: artifact.into(),
-        ..Default::default()
-    };
-    releases.create_release(as_user(request, "alice", &[])).await.unwrap().into_inner().release.unwrap()
+    create_as(releases, "alice", service, environment, artifact).await
 }
 
 async fn settled(releases: &mut Releases, id: &str) -> pb::Release {
@@ -127,56 +116,6 @@ async fn to_production(releases: &mut Releases, service: &str) -> pb::Release {
     let approve = pb::ApproveReleaseRequest { id: id.clone(), reason: "ok".into() };
     releases.approve_release(as_user(approve, "bob", &["release-manager"])).await.unwrap();
     settled(releases, &id).await
-}
-
-/// Steady traffic into a proxy until stopped; every answer's version and status, by send time.
-struct Traffic {
-    stop: CancellationToken,
-    seen: Arc<Mutex<Vec<(std::time::Instant, String, u16)>>>,
-}
-
-impl Traffic {
-    fn start(address: &str, per_second: u64) -> Traffic {
-        let stop = CancellationToken::new();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (url, stopped, log) = (format!("http://{address}/api/v1/info"), stop.clone(), seen.clone());
-        tokio::spawn(async move {
-            let http = hopngo_kit::http::HttpClient::default();
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_second));
-            while !stopped.is_cancelled() {
-                tick.tick().await;
-                let (http, url, log) = (http.clone(), url.clone(), log.clone());
-                tokio::spawn(async move {
-                    let sent = std::time::Instant::now();
-                    let (version, status) = match http.send("GET", &url, &[], "", Duration::from_secs(2)).await {
-                        Ok(r) => (
-                            r.headers
-                                .get("x-hopngo-version")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_string(),
-                            r.status,
-                        ),
-                        Err(_) => (String::new(), 0),
-                    };
-                    log.lock().unwrap().push((sent, version, status));
-                });
-            }
-        });
-        Traffic { stop, seen }
-    }
-
-    fn seen(&self) -> Vec<(String, u16)> {
-        let mut seen = self.seen.lock().unwrap().clone();
-        seen.sort_by_key(|(sent, _, _)| *sent);
-        seen.into_iter().map(|(_, v, s)| (v, s)).collect()
-    }
-}
-
-impl Drop for Traffic {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
 }
 
 fn only(version: &str, n: u64) -> BTreeMap<(String, u16), u64> {
@@ -313,10 +252,6 @@ async fn blue_green_switches_all_traffic_at_once_after_the_preview_passes() {
     assert_eq!(answers(&address, 100).await, only("1.1.0", 100));
 }
 
-async fn apply(stack: &Stack, yaml: String) {
-    stack.apply(&yaml).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decision_matrix_critical_aborts_high_waits_out_its_grace_medium_pauses_low_notifies() {
     let (_db, stack, subscriber, mut releases) = start(&["--high-severity-grace", "4s"]).await;
@@ -339,7 +274,7 @@ async fn the_decision_matrix_critical_aborts_high_waits_out_its_grace_medium_pau
     assert_eq!(events[failed_at + 1].r#type, types::RELEASE_ABORTED, "nothing in between: aborted at once");
 
     // High: traffic held for the grace period, measured again, aborted because it still fails.
-    apply(&stack, config("high")).await;
+    stack.apply(&config("high")).await.unwrap();
     let r = create(&mut releases, "auth", "staging", &faulty(2)).await;
     let held = until(&mut releases, &r.id, 60, |r| r.message.contains("holding traffic")).await;
     let weight = held.canary_weight;
@@ -355,7 +290,7 @@ async fn the_decision_matrix_critical_aborts_high_waits_out_its_grace_medium_pau
     assert_eq!(answers(&address, 50).await, only("1.0.0", 50));
 
     // Medium: paused for a person, traffic where it was.
-    apply(&stack, config("medium")).await;
+    stack.apply(&config("medium")).await.unwrap();
     let r = create(&mut releases, "auth", "staging", &faulty(3)).await;
     let paused = until(&mut releases, &r.id, 60, |r| r.phase == P::Paused as i32 && r.message.contains("failed")).await;
     assert!(paused.message.contains("promote to continue or abort"), "{}", paused.message);
@@ -368,7 +303,7 @@ async fn the_decision_matrix_critical_aborts_high_waits_out_its_grace_medium_pau
     settled(&mut releases, &r.id).await;
 
     // Low: the failure is an event; the release goes on.
-    apply(&stack, config("low")).await;
+    stack.apply(&config("low")).await.unwrap();
     let r = release(&mut releases, "auth", "staging", &faulty(4), P::Succeeded).await;
     let events = subscriber.of(&r.id);
     assert!(

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hopngo_e2e::{Part, Releases, Stack, StackOptions, answers, as_user, until};
+use hopngo_e2e::{Part, Releases, Stack, StackOptions, answers, create_as, until};
 use hopngo_proto::release::{self as pb, ReleasePhase as P};
 use hopngo_testkit::db::TestDb;
 
@@ -45,13 +45,7 @@ services:
 "#;
 
 async fn create(releases: &mut Releases, service: &str, artifact: &str) -> pb::Release {
-    let request = pb::CreateReleaseRequest {
-        service: service.into(),
-        environment: "staging".into(),
-        artifact: artifact.into(),
-        ..Default::default()
-    };
-    releases.create_release(as_user(request, "alice", &[])).await.unwrap().into_inner().release.unwrap()
+    create_as(releases, "alice", service, "staging", artifact).await
 }
 
 async fn get(stack: &Stack, id: &str) -> pb::Release {

@@ -133,14 +133,24 @@ pub async fn create_booking_release(client: &mut Releases, artifact: &str) -> pb
 
 /// Creates a release of `service` in staging as user `e2e`.
 pub async fn create_release(client: &mut Releases, service: &str, artifact: &str) -> pb::Release {
-    let mut req = tonic::Request::new(pb::CreateReleaseRequest {
+    create_as(client, "e2e", service, "staging", artifact).await
+}
+
+/// Creates a release as `user`.
+pub async fn create_as(
+    client: &mut Releases,
+    user: &str,
+    service: &str,
+    environment: &str,
+    artifact: &str,
+) -> pb::Release {
+    let request = pb::CreateReleaseRequest {
         service: service.into(),
-        environment: "staging".into(),
+        environment: environment.into(),
         artifact: artifact.into(),
         ..Default::default()
-    });
-    req.metadata_mut().insert("x-hopngo-user", "e2e".parse().expect("ascii"));
-    client.create_release(req).await.expect("create").into_inner().release.expect("release")
+    };
+    client.create_release(as_user(request, user, &[])).await.expect("create").into_inner().release.expect("release")
 }
 
 /// Polls a release until `done` (panics after `secs`).
@@ -234,9 +244,8 @@ impl Stack {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("hopngo-e2e-stack-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let port = |_: Part| free_port();
         let (deployer_port, analyzer_port, migrator_port, notifier_port) =
-            (port(Part::Deployer), port(Part::Analyzer), port(Part::Migrator), port(Part::Notifier));
+            (free_port(), free_port(), free_port(), free_port());
         let metrics_port = free_port();
         let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
         let config = resolve(config, &metrics_url)?;
@@ -461,4 +470,60 @@ pub async fn answers(address: &str, n: u64) -> std::collections::BTreeMap<(Strin
         timeout: Duration::from_secs(2),
     };
     hopngo_deployer::traffic::run(&load, tokio_util::sync::CancellationToken::new()).await.expect("traffic")
+}
+
+/// Steady traffic into a proxy until stopped; every answer's version and status, by send time.
+pub struct Traffic {
+    stop: tokio_util::sync::CancellationToken,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(std::time::SystemTime, String, u16)>>>,
+}
+
+impl Traffic {
+    pub fn start(address: &str, per_second: u64) -> Traffic {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (url, stopped, log) = (format!("http://{address}/api/v1/info"), stop.clone(), seen.clone());
+        tokio::spawn(async move {
+            let http = hopngo_kit::http::HttpClient::default();
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_second));
+            while !stopped.is_cancelled() {
+                tick.tick().await;
+                let (http, url, log) = (http.clone(), url.clone(), log.clone());
+                tokio::spawn(async move {
+                    let sent = std::time::SystemTime::now();
+                    let (version, status) = match http.send("GET", &url, &[], "", Duration::from_secs(2)).await {
+                        Ok(r) => (
+                            r.headers
+                                .get("x-hopngo-version")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string(),
+                            r.status,
+                        ),
+                        Err(_) => (String::new(), 0),
+                    };
+                    log.lock().expect("traffic").push((sent, version, status));
+                });
+            }
+        });
+        Traffic { stop, seen }
+    }
+
+    /// When the last request answered by `version` was sent.
+    pub fn last_sent(&self, version: &str) -> Option<std::time::SystemTime> {
+        self.seen.lock().expect("traffic").iter().filter(|(_, v, _)| v == version).map(|(t, _, _)| *t).max()
+    }
+
+    /// (version, status) of every answer, in the order the requests were sent.
+    pub fn seen(&self) -> Vec<(String, u16)> {
+        let mut seen = self.seen.lock().expect("traffic").clone();
+        seen.sort_by_key(|(sent, _, _)| *sent);
+        seen.into_iter().map(|(_, v, s)| (v, s)).collect()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }

@@ -15,12 +15,9 @@
 //! The target is 2 s. Baseline in the same run: the measurement interval (1 s), which bounds how
 //! long a failure can go unmeasured.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hopngo_e2e::{Part, Stack, StackOptions, as_user, until};
+use hopngo_e2e::{Part, Stack, StackOptions, Traffic, as_user, until};
 use hopngo_proto::{
     analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient},
     notifier::{self as npb, notifier_service_client::NotifierServiceClient},
@@ -28,7 +25,6 @@ use hopngo_proto::{
 };
 use hopngo_testkit::db::TestDb;
 use tokio_stream::StreamExt as _;
-use tokio_util::sync::CancellationToken;
 
 const CANARIES: u32 = 8;
 const TARGET: f64 = 2.0;
@@ -60,35 +56,12 @@ services:
     local: {command: ["{demo}", --name, booking, --version, "{version}", --port, "{port}"]}
 "#;
 
-fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+fn seconds_since_epoch(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 fn seconds(t: &Option<prost_types::Timestamp>) -> f64 {
     t.as_ref().map(|t| t.seconds as f64 + t.nanos as f64 / 1e9).unwrap_or_default()
-}
-
-/// Sends requests at `rate` until stopped; records (send time, version) of every answer.
-fn traffic(address: String, rate: u64, stop: CancellationToken) -> Arc<Mutex<Vec<(f64, String)>>> {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        let http = hopngo_kit::http::HttpClient::default();
-        let url = format!("http://{address}/api/v1/info");
-        let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate));
-        while !stop.is_cancelled() {
-            tick.tick().await;
-            let (http, url, log) = (http.clone(), url.clone(), log.clone());
-            tokio::spawn(async move {
-                let sent = now();
-                if let Ok(r) = http.send("GET", &url, &[], "", Duration::from_secs(2)).await {
-                    let version = r.headers.get("x-hopngo-version").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                    log.lock().unwrap().push((sent, version.to_string()));
-                }
-            });
-        }
-    });
-    seen
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -110,8 +83,7 @@ async fn main() {
     };
     let first = releases.create_release(as_user(create("1.0.0".into()), "bench", &[])).await.unwrap();
     until(&mut releases, &first.into_inner().release.unwrap().id, 60, |r| r.settled).await;
-    let stop = CancellationToken::new();
-    let seen = traffic(stack.address("booking", "staging").await, 100, stop.clone());
+    let traffic = Traffic::start(&stack.address("booking", "staging").await, 100);
 
     let (mut confirmed, mut by_traffic) = (Vec::new(), Vec::new());
     for i in 1..=CANARIES {
@@ -148,8 +120,7 @@ async fn main() {
             }
         }
         let back = hopngo_client::views::failure_to_stable(&events, &[run]).expect("rolled back after a failure");
-        let last_canary =
-            seen.lock().unwrap().iter().filter(|(_, v)| *v == artifact).map(|(t, _)| *t).fold(f64::MIN, f64::max);
+        let last_canary = traffic.last_sent(&artifact).map(seconds_since_epoch).unwrap_or(f64::MIN);
         confirmed.push(back);
         by_traffic.push((last_canary - failed_at).max(0.0));
         println!(
@@ -158,7 +129,7 @@ async fn main() {
             last_canary - failed_at
         );
     }
-    stop.cancel();
+    drop(traffic);
     for (name, mut xs) in
         [("confirmed (rolled-back event)", confirmed), ("seen by traffic (last canary answer)", by_traffic)]
     {

@@ -194,8 +194,8 @@ enum Command {
         #[arg(short, long)]
         watch: bool,
     },
-    /// Promote a service to the next environment: releases there what is stable and verified in
-    /// the environment it is promoted from (or --artifact), after the promotion policy's checks
+    /// Promote a service to the next environment: releases there what is stable now in the
+    /// environment it is promoted from (or --artifact), if the promotion policy allows it
     /// (succeeded and verified upstream, soak time); the target's approval and maintenance window
     /// then apply as for any release.
     PromoteEnv {
