@@ -240,6 +240,18 @@ pub struct StackOptions {
 impl Stack {
     /// Starts the five services on `database_url` with the delivery config `config`.
     pub async fn start(database_url: &str, config: &str, options: StackOptions) -> anyhow::Result<Stack> {
+        // A port found free can be taken by another test's process before ours binds it: then
+        // the whole stack starts again on other ports.
+        let mut attempt = 1;
+        loop {
+            match Stack::try_start(database_url, config, &options).await {
+                Err(e) if attempt < 3 && e.to_string().contains("exited before listening") => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
+    async fn try_start(database_url: &str, config: &str, options: &StackOptions) -> anyhow::Result<Stack> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("hopngo-e2e-stack-{}-{n}", std::process::id()));
@@ -282,7 +294,8 @@ impl Stack {
         let mut notifier = common(notifier_port);
         notifier.extend(["--admin-listen".into(), "off".into()]);
         procs.insert(Part::Notifier, (notifier, None));
-        let mut scheduler = common(free_port());
+        // Nothing calls the scheduler by a fixed address: it may take any port.
+        let mut scheduler = common(0);
         scheduler.extend([
             "--admin-listen".into(),
             "off".into(),
@@ -299,7 +312,7 @@ impl Stack {
             "--apply-config".into(),
             config_file.display().to_string(),
         ]);
-        scheduler.extend(options.scheduler_args);
+        scheduler.extend(options.scheduler_args.iter().cloned());
         procs.insert(Part::Scheduler, (scheduler, None));
         let mut stack = Stack { dir, config_file, metrics_url, procs };
         for part in [Part::Deployer, Part::Analyzer, Part::Migrator, Part::Notifier, Part::Scheduler] {
