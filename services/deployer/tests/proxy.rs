@@ -268,7 +268,7 @@ async fn the_traffic_generator_is_bounded_and_counts_who_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_tests_check_the_pinned_track_and_its_version() {
     use hopngo_deployer::smoke::{Smoke, run};
-    let s = setup("2.0.0+errors=0.5").await;
+    let s = setup("2.0.0+errors=1").await;
     s.proxy.set_routing(canary(&s, 0));
     let smoke = |track: &str, version: &str| Smoke {
         address: s.proxy.addr().to_string(),
@@ -280,8 +280,8 @@ async fn smoke_tests_check_the_pinned_track_and_its_version() {
     };
     let ok = run(&smoke("stable", "1.0.0")).await.unwrap();
     assert!(ok.starts_with("20 requests to the stable track of 127.0.0.1:"), "{ok}");
-    // The canary at weight 0 is still reached (pinned), and half its API answers fail.
-    let err = run(&smoke("canary", "2.0.0+errors=0.5")).await.unwrap_err();
+    // The canary at weight 0 is still reached (pinned), and its API answers fail.
+    let err = run(&smoke("canary", "2.0.0+errors=1")).await.unwrap_err();
     assert!(err.contains("of 20 requests failed: GET /api/v1/info: HTTP 500"), "{err}");
     // The right answers from the wrong version fail too (the canary is not what was deployed).
     let err = run(&smoke("stable", "1.1.0")).await.unwrap_err();
