@@ -29,7 +29,7 @@ analysisTemplates:
 services:
   - name: booking
     replicas: 2
-    strategy: &canary
+    strategy:
       canary:
         steps:
           - setWeight: 25
@@ -40,7 +40,18 @@ services:
         analysis: {templates: [slo], startingStep: 1}
     local: {command: ["{demo}", --name, booking, --version, "{version}", --port, "{port}"]}
   - name: auth
-    strategy: *canary
+    # The faulty canary holds at 50% long enough for its failures to be measured whatever the
+    # faults cost it: a deployer restart starts its replicas again, and with them the count of
+    # good answers before the errors begin.
+    strategy:
+      canary:
+        steps:
+          - setWeight: 25
+          - pause: {duration: 4s}
+          - setWeight: 50
+          - pause: {duration: 60s}
+          - setWeight: 100
+        analysis: {templates: [slo], startingStep: 1}
     local: {command: ["{demo}", --name, auth, --version, "{version}", --port, "{port}"]}
 "#;
 
