@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded default: a throwaway PostgreSQL, the deployer (local backend: HopNGo's services as
 # demo processes behind weighted proxies), the analyzer (measuring canaries from the proxies'
-# metrics), the migrator (booking's database, in the same cluster), the notifier (release event
+# metrics), the migrator (booking's databases, in the same cluster), the notifier (release event
 # log, subscriptions, webhooks, escalation) and the scheduler on 127.0.0.1:50051 with HopNGo's
 # delivery config, steady traffic into every service, and then the runbook as a demonstration:
 # a good booking release through staging and (approved by a second person) production, a gateway
@@ -40,9 +40,11 @@ hopngo-deployer --delivery-config "$config" --proxy-port-base "$proxy_base" --lo
 deployer=$!
 hopngo-analyzer --log warn &
 analyzer=$!
-# Booking's application database lives in the same throwaway cluster.
-hopngo-migrator --log warn --target "booking=${DATABASE_URL%/*}/booking" --create-targets \
-  --locations booking=deploy/hopngo/migrations/booking &
+# Booking's application databases (staging's and production's) live in the same throwaway cluster.
+hopngo-migrator --log warn --create-targets \
+  --target "booking=${DATABASE_URL%/*}/booking" --locations booking=deploy/hopngo/migrations/booking \
+  --target "booking-production=${DATABASE_URL%/*}/booking-production" \
+  --locations booking-production=deploy/hopngo/migrations/booking &
 migrator=$!
 hopngo-notifier --log warn &
 notifier=$!
@@ -78,7 +80,7 @@ trap cleanup EXIT
   echo "Scheduler: http://127.0.0.1:50051 (metrics http://127.0.0.1:9464/metrics)"
   echo "Deployer:  http://127.0.0.1:50052 (proxy metrics http://127.0.0.1:9465/metrics)"
   echo "Analyzer:  http://127.0.0.1:50053 (canaries are measured from the proxy metrics)"
-  echo "Migrator:  http://127.0.0.1:50054 (database booking: deploy/hopngo/migrations/booking)"
+  echo "Migrator:  http://127.0.0.1:50054 (databases booking and booking-production: deploy/hopngo/migrations/booking)"
   echo "Notifier:  http://127.0.0.1:50055 (release events: hopctl events --follow; webhooks: hopctl subscriptions)"
   echo "Service proxies (10 requests/s flow into each):"
   cat "$logs/proxies.txt"

@@ -373,6 +373,25 @@ pub struct Service {
     pub depends_on: Vec<String>,
 }
 
+impl Service {
+    /// The service's migrations in `environment`: its own, with that environment's overrides.
+    pub fn migrations_in(&self, environment: &str) -> Option<Migrations> {
+        let mut migrations = self.migrations.clone()?;
+        if let Some(over) = self.environments.get(environment).and_then(|o| o.migrations.as_ref()) {
+            if let Some(database) = &over.database {
+                migrations.database = database.clone();
+            }
+            if let Some(locations) = &over.locations {
+                migrations.locations = locations.clone();
+            }
+            if let Some(on_abort) = over.on_abort {
+                migrations.on_abort = on_abort;
+            }
+        }
+        Some(migrations)
+    }
+}
+
 /// Per-environment override of a service.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -383,6 +402,25 @@ pub struct ServiceOverride {
     /// Replicas in this environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i64>,
+    /// Migrations in this environment: each environment has its own database (the same scripts,
+    /// applied to staging's database first, then to production's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrations: Option<MigrationsOverride>,
+}
+
+/// Per-environment override of a service's migrations; what it leaves out is the service's.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MigrationsOverride {
+    /// Database name as configured in the migrator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// Script locations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locations: Option<Vec<String>>,
+    /// What an aborted release does to the migrations its migrate step applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_abort: Option<OnAbort>,
 }
 
 /// Database migrations of a service.
@@ -783,14 +821,22 @@ impl DeliveryConfig {
                 if let Some(strategy) = &over.strategy {
                     v.strategy(&format!("{opath}.strategy"), strategy, self, service);
                 }
+                if let Some(m) = &over.migrations {
+                    if service.migrations.is_none() {
+                        v.problem(
+                            format!("{opath}.migrations"),
+                            "the service declares no migrations to override (declare them on the service)",
+                        );
+                    }
+                    if let Some(database) = &m.database {
+                        v.name(&format!("{opath}.migrations.database"), database);
+                    }
+                    v.locations(&format!("{opath}.migrations.locations"), m.locations.as_deref().unwrap_or_default());
+                }
             }
             if let Some(m) = &service.migrations {
                 v.name(&format!("{path}.migrations.database"), &m.database);
-                for (j, loc) in m.locations.iter().enumerate() {
-                    if loc.trim().is_empty() {
-                        v.problem(format!("{path}.migrations.locations[{j}]"), "must not be empty");
-                    }
-                }
+                v.locations(&format!("{path}.migrations.locations"), &m.locations);
             }
             if let Some(local) = &service.local
                 && local.command.first().is_none_or(|c| c.trim().is_empty())
@@ -884,6 +930,14 @@ impl Validator {
     fn range(&mut self, path: &str, value: i64, min: i64, max: i64) {
         if value < min || value > max {
             self.problem(path, format!("{value} is not in {min}..={max}"));
+        }
+    }
+
+    fn locations(&mut self, path: &str, locations: &[String]) {
+        for (j, location) in locations.iter().enumerate() {
+            if location.trim().is_empty() {
+                self.problem(format!("{path}[{j}]"), "must not be empty");
+            }
         }
     }
 

@@ -161,6 +161,43 @@ fn migrations_on_abort() {
 }
 
 #[test]
+fn each_environment_may_migrate_its_own_database() {
+    let yaml = GOOD.replace(
+        "    migrations:",
+        "    environments:\n      production:\n        migrations: {database: booking-production}\n    migrations:",
+    );
+    let config = DeliveryConfig::load(&yaml).expect("valid");
+    let booking = config.service("booking-service").unwrap();
+    let production = booking.migrations_in("production").unwrap();
+    assert_eq!(production.database, "booking-production");
+    assert_eq!(production.locations, ["deploy/hopngo/migrations/booking"], "the scripts are the service's");
+    assert_eq!(booking.migrations_in("staging").unwrap().database, "booking");
+    assert_eq!(config.service("gateway").unwrap().migrations_in("production"), None);
+
+    let yaml = GOOD.replace(
+        "    migrations:",
+        "    environments:\n      production:\n        migrations: {database: Booking, locations: [\"\"]}\n    migrations:",
+    );
+    assert_eq!(
+        problems(&yaml),
+        vec![
+            r#"services[0].environments.production.migrations.database: "Booking" is not a valid name (lower-case letters, digits and '-', starting with a letter, at most 63)"#,
+            "services[0].environments.production.migrations.locations[0]: must not be empty",
+        ]
+    );
+    let yaml = GOOD.replace(
+        "        autoPromotionEnabled: false\n",
+        "        autoPromotionEnabled: false\n    environments:\n      staging:\n        migrations: {database: gateway}\n",
+    );
+    assert_eq!(
+        problems(&yaml),
+        vec![
+            "services[1].environments.staging.migrations: the service declares no migrations to override (declare them on the service)"
+        ]
+    );
+}
+
+#[test]
 fn promotion_windows_and_dependencies() {
     let promoted = GOOD.replace(
         "    progressDeadline: 15m\n",

@@ -105,7 +105,7 @@ pub fn release(r: &Release) -> pb::Release {
                 name: step.name.clone(),
                 kind: step_kind(&step.action) as i32,
                 status: step_status(rec.status) as i32,
-                summary: step.action.summary(),
+                summary: r.plan.step_summary(i),
                 weight,
                 duration: duration
                     .map(|d| prost_types::Duration { seconds: d.0.as_secs() as i64, nanos: d.0.subsec_nanos() as i32 }),

@@ -78,6 +78,30 @@ impl Default for Plan {
     }
 }
 
+impl Plan {
+    /// One-line description of step `index` as shown to people: a step's own parameters, and
+    /// for preflight everything it checks in this plan (metric providers only when something is
+    /// analysed, the migrations only when a step migrates).
+    pub fn step_summary(&self, index: usize) -> String {
+        let action = &self.steps[index].action;
+        let StepAction::Preflight { dependencies } = action else { return action.summary() };
+        let mut checks = vec!["backend".to_string()];
+        if self.background.is_some() || self.steps.iter().any(|s| s.action.analysis().is_some()) {
+            checks.push("metric providers".into());
+        }
+        if let Some(database) = self.steps.iter().find_map(|s| match &s.action {
+            StepAction::Migrate { database, .. } => Some(database),
+            _ => None,
+        }) {
+            checks.push(format!("migrations of {database}"));
+        }
+        if !dependencies.is_empty() {
+            checks.push(format!("dependencies {}", dependencies.join(",")));
+        }
+        checks.join(", ")
+    }
+}
+
 /// A background analysis.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -232,10 +256,8 @@ impl StepAction {
                     .collect();
                 format!("within {}", list.join(" or "))
             }
-            StepAction::Preflight { dependencies } if dependencies.is_empty() => "backend, metrics, migrations".into(),
-            StepAction::Preflight { dependencies } => {
-                format!("backend, metrics, migrations, dependencies {}", dependencies.join(","))
-            }
+            StepAction::Preflight { dependencies } if dependencies.is_empty() => "backend".into(),
+            StepAction::Preflight { dependencies } => format!("backend, dependencies {}", dependencies.join(",")),
         }
     }
 }
@@ -422,14 +444,14 @@ pub fn compile(
             steps.push((None, StepAction::MaintenanceWindow { windows: env.maintenance_windows.clone() }));
         }
         steps.push((None, StepAction::Preflight { dependencies: service.depends_on.clone() }));
-        if let Some(m) = &service.migrations {
+        if let Some(m) = service.migrations_in(environment) {
             let explicit = strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| s.migrate.is_some()));
             if !explicit {
                 steps.push((
                     None,
                     StepAction::Migrate {
-                        database: m.database.clone(),
-                        locations: m.locations.clone(),
+                        database: m.database,
+                        locations: m.locations,
                         target_version: None,
                         on_abort: m.on_abort,
                     },
@@ -506,13 +528,13 @@ pub fn compile(
                     } else if let Some(v) = &def.verify {
                         StepAction::Verify { analysis: verify_analysis(config, &path, v)? }
                     } else if let Some(m) = &def.migrate {
-                        let migrations = service.migrations.as_ref().ok_or_else(|| Problem {
+                        let migrations = service.migrations_in(environment).ok_or_else(|| Problem {
                             path: format!("{path}.migrate"),
                             message: "the service declares no migrations".into(),
                         })?;
                         StepAction::Migrate {
-                            database: migrations.database.clone(),
-                            locations: migrations.locations.clone(),
+                            database: migrations.database,
+                            locations: migrations.locations,
                             target_version: m.target_version.clone(),
                             on_abort: migrations.on_abort,
                         }

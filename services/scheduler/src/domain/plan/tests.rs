@@ -1,5 +1,5 @@
 use super::*;
-use crate::domain::config::DeliveryConfig;
+use crate::domain::config::{DeliveryConfig, OnAbort};
 
 const CONFIG: &str = r#"
 environments:
@@ -31,6 +31,7 @@ services:
     environments:
       production:
         replicas: 6
+        migrations: {database: booking-production, onAbort: undo}
     migrations: {database: booking, locations: [m]}
   - name: auth-service
     strategy:
@@ -87,6 +88,23 @@ fn production_adds_the_approval_gate_and_replica_override() {
         }
         other => panic!("{other:?}"),
     }
+    // Each environment migrates its own database with the same scripts.
+    assert_eq!(
+        plan.steps[2].action,
+        StepAction::Migrate {
+            database: "booking-production".into(),
+            locations: vec!["m".into()],
+            target_version: None,
+            on_abort: OnAbort::Undo
+        }
+    );
+    assert_eq!(plan.step_summary(1), "backend, metric providers, migrations of booking-production");
+    let staging = compile(&config(), "booking-service", "staging", PlanMode::Normal).unwrap();
+    assert!(
+        matches!(&staging.steps[1].action, StepAction::Migrate { database, on_abort: OnAbort::Freeze, .. } if database == "booking")
+    );
+    let auth = compile(&config(), "auth-service", "staging", PlanMode::Normal).unwrap();
+    assert_eq!(auth.step_summary(0), "backend", "nothing analysed, nothing migrated");
 }
 
 #[test]
