@@ -73,10 +73,14 @@ services:
 }
 
 async fn start(scheduler_args: &[&str]) -> (TestDb, Stack, Subscriber, Releases) {
-    let db = TestDb::create().await.unwrap();
     let options =
-        StackOptions { scheduler_args: scheduler_args.iter().map(|s| s.to_string()).collect(), migrations: None };
-    let stack = Stack::start(&db.url, &config("critical"), options).await.unwrap();
+        StackOptions { scheduler_args: scheduler_args.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    start_with(&config("critical"), options).await
+}
+
+async fn start_with(config: &str, options: StackOptions) -> (TestDb, Stack, Subscriber, Releases) {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db.url, config, options).await.unwrap();
     let subscriber = stack.subscribe().await;
     let releases = stack.releases().await;
     (db, stack, subscriber, releases)
@@ -135,15 +139,60 @@ fn assert_complete(subscriber: &Subscriber, release: &pb::Release) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_from_staging_to_production_needs_verification_and_a_second_person() {
-    let (_db, stack, subscriber, mut releases) = start(&[]).await;
+    // Booking's schema: each environment migrates its own database with the same scripts.
+    let (staging_db, production_db) = (TestDb::create().await.unwrap(), TestDb::create().await.unwrap());
+    let scripts = std::env::temp_dir().join(format!("hopngo-e2e-runbook-scripts-{}", std::process::id()));
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(scripts.join("V1__create_bookings.sql"), "CREATE TABLE bookings (id bigint PRIMARY KEY);\n")
+        .unwrap();
+    let config = config("critical").replace(
+        "    dependsOn: [auth]\n",
+        &format!(
+            "    dependsOn: [auth]\n    migrations: {{database: booking-staging, locations: [\"{}\"]}}\n    \
+             environments: {{production: {{migrations: {{database: booking-production}}}}}}\n",
+            scripts.display()
+        ),
+    );
+    let migrator_args =
+        [format!("booking-staging={}", staging_db.url), format!("booking-production={}", production_db.url)]
+            .into_iter()
+            .flat_map(|target| ["--target".to_string(), target])
+            .collect();
+    let (_db, stack, subscriber, mut releases) =
+        start_with(&config, StackOptions { migrator_args, ..Default::default() }).await;
+    let applied = |url: String| async move {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        let history: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('flyway_schema_history')::text").fetch_one(&mut conn).await.unwrap();
+        if history.is_none() {
+            return Vec::new();
+        }
+        sqlx::query_scalar::<_, String>("SELECT version FROM flyway_schema_history ORDER BY installed_rank")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+    };
+
     release(&mut releases, "auth", "staging", "1.0.0", P::Succeeded).await;
     let first = release(&mut releases, "booking", "staging", "1.0.0", P::Succeeded).await;
     let kinds: Vec<&str> = first.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(kinds, ["preflight", "deployStable", "verify"], "a first release is smoke-tested too");
+    assert_eq!(kinds, ["preflight", "migrate", "deployStable", "verify"], "a first release is smoke-tested too");
     assert!(first.verification.as_ref().unwrap().verified);
+    assert_eq!(applied(staging_db.url.clone()).await, ["1"]);
+    assert_eq!(
+        applied(production_db.url.clone()).await,
+        Vec::<String>::new(),
+        "staging's release leaves production alone"
+    );
     to_production(&mut releases, "auth").await;
     let prod = to_production(&mut releases, "booking").await;
     assert_eq!(prod.phase, P::Succeeded as i32, "{}", prod.message);
+    assert!(
+        prod.steps.iter().any(|s| s.name == "migrate" && s.summary.contains("booking-production")),
+        "{:?}",
+        prod.steps
+    );
+    assert_eq!(applied(production_db.url.clone()).await, ["1"], "production ran what staging ran");
 
     // A good canary in staging, under traffic.
     let staging_traffic = Traffic::start(&stack.address("booking", "staging").await, 20);
@@ -155,6 +204,8 @@ async fn promotion_from_staging_to_production_needs_verification_and_a_second_pe
 
     // One that skipped its checks cannot go to production.
     let skipped = create(&mut releases, "booking", "staging", "1.2.0").await;
+    // Migrations are never skipped: --full is refused until the migrate step is done.
+    until(&mut releases, &skipped.id, 30, |r| r.current_step_index > 1).await;
     let full = pb::PromoteReleaseRequest { id: skipped.id.clone(), full: true, reason: "hotfix".into() };
     releases.promote_release(as_user(full, "alice", &[])).await.unwrap();
     assert_eq!(settled(&mut releases, &skipped.id).await.phase, P::Succeeded as i32);

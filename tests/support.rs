@@ -233,8 +233,8 @@ pub struct Stack {
 pub struct StackOptions {
     /// Scheduler arguments beyond the addresses (`--high-severity-grace 2s`, ...).
     pub scheduler_args: Vec<String>,
-    /// `NAME=URL` of the application database and `NAME=DIR` of its scripts, for the migrator.
-    pub migrations: Option<(String, String)>,
+    /// Migrator arguments (`--target NAME=URL`, `--locations NAME=DIR`, ...).
+    pub migrator_args: Vec<String>,
 }
 
 impl Stack {
@@ -287,9 +287,7 @@ impl Stack {
         procs.insert(Part::Analyzer, (analyzer, None));
         let mut migrator = common(migrator_port);
         migrator.extend(["--admin-listen".into(), "off".into()]);
-        if let Some((target, locations)) = &options.migrations {
-            migrator.extend(["--target".into(), target.clone(), "--locations".into(), locations.clone()]);
-        }
+        migrator.extend(options.migrator_args.iter().cloned());
         procs.insert(Part::Migrator, (migrator, None));
         let mut notifier = common(notifier_port);
         notifier.extend(["--admin-listen".into(), "off".into()]);

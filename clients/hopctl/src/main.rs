@@ -95,8 +95,8 @@ enum Command {
         #[arg(long)]
         page_token: Option<String>,
     },
-    /// Skip the current pause (or analysis); with --full, every remaining step (approvals and
-    /// migrations are never skipped).
+    /// Skip the current pause (or analysis); with --full, every remaining step (refused while an
+    /// approval or a migrate step remains: those are never skipped).
     Promote {
         /// Release id.
         id: String,
