@@ -246,6 +246,7 @@ async fn promotion_from_staging_to_production_needs_verification_and_a_second_pe
         assert!(seen_types.contains(&t), "{t} missing from {seen_types:?}");
     }
     assert_complete(&subscriber, &done);
+    let _ = std::fs::remove_dir_all(&scripts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

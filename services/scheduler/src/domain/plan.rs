@@ -83,8 +83,11 @@ impl Plan {
     /// for preflight everything it checks in this plan (metric providers only when something is
     /// analysed, the migrations only when a step migrates).
     pub fn step_summary(&self, index: usize) -> String {
-        let action = &self.steps[index].action;
-        let StepAction::Preflight { dependencies } = action else { return action.summary() };
+        self.steps[index].action.summary(self)
+    }
+
+    /// What preflight checks in this plan.
+    fn preflight_summary(&self, dependencies: &[String]) -> String {
         let mut checks = vec!["backend".to_string()];
         if self.background.is_some() || self.steps.iter().any(|s| s.action.analysis().is_some()) {
             checks.push("metric providers".into());
@@ -211,8 +214,8 @@ impl StepAction {
         }
     }
 
-    /// One-line description of the parameters.
-    pub fn summary(&self) -> String {
+    /// One-line description of the parameters (`plan` is the plan the step is in).
+    fn summary(&self, plan: &Plan) -> String {
         use hopngo_kit::args::format_duration as fmt;
         match self {
             StepAction::SetWeight { weight } => format!("weight {weight}%"),
@@ -256,8 +259,7 @@ impl StepAction {
                     .collect();
                 format!("within {}", list.join(" or "))
             }
-            StepAction::Preflight { dependencies } if dependencies.is_empty() => "backend".into(),
-            StepAction::Preflight { dependencies } => format!("backend, dependencies {}", dependencies.join(",")),
+            StepAction::Preflight { dependencies } => plan.preflight_summary(dependencies),
         }
     }
 }

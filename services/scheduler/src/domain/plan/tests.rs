@@ -180,7 +180,7 @@ services:
         "approval first (it may take hours), then the window, then the checks right before the first change"
     );
     assert_eq!(prod.steps[2].action, StepAction::Preflight { dependencies: vec!["auth".into()] });
-    assert_eq!(prod.steps[1].action.summary(), "within 0 22 * * * for 2h (UTC)");
+    assert_eq!(prod.step_summary(1), "within 0 22 * * * for 2h (UTC)");
     // A first release runs the smoke tests against what it deployed.
     let first = compile(&config, "booking", "staging", PlanMode::Initial).unwrap();
     assert_eq!(kinds(&first), vec!["preflight", "deployStable", "verify"]);
