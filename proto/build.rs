@@ -5,6 +5,8 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
+mod check_gen;
+
 const FILES: &[&str] = &[
     "hopngo/events/v1/event.proto",
     "hopngo/release/v1/release.proto",
@@ -18,9 +20,18 @@ const FILES: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=hopngo");
+    println!("cargo:rerun-if-changed=limits.rs");
+    println!("cargo:rerun-if-changed=check_gen.rs");
     let fds = protox::compile(FILES, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("hopngo_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    let (checks, listing) = check_gen::generate(&fds);
+    fs::write(out.join("checks.rs"), checks)?;
+    fs::write(out.join("checked_fields.txt"), listing)?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::check::CheckedCodec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -17,9 +17,19 @@ ensure_postgres() {
 ensure_prometheus() {
   if ! command -v prometheus >/dev/null 2>&1; then
     echo "installing Prometheus (package prometheus)" >&2
+    # The package would start a system-wide Prometheus on :9090; the project needs only the
+    # binary. Debian's policy-rc.d hook (exit 101: "action forbidden") keeps the package from
+    # starting it, so nothing has to be stopped afterwards, and no other Prometheus is touched.
+    local policy=/usr/sbin/policy-rc.d own_policy=false
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=true
+    fi
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    # The package starts a system-wide Prometheus on :9090; the project needs only the binary.
-    (systemctl disable --now prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+    if [ "$own_policy" = true ]; then rm -f "$policy"; fi
+    # Where the hook could not be used (the host has its own), stop the unit the package started.
+    if [ "$own_policy" = false ]; then
+      (systemctl disable --now prometheus || service prometheus stop) >/dev/null 2>&1 || true
+    fi
   fi
 }
 

@@ -73,10 +73,14 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     .await
     .unwrap();
     let target = format!("booking={}", app.url);
-    let migrator =
-        Proc::start(&binary("hopngo-migrator", "hopngo-migrator").unwrap(), &common(&["--target", &target]), &[])
-            .await
-            .unwrap();
+    let locations = format!("booking={}", scripts.display());
+    let migrator = Proc::start(
+        &binary("hopngo-migrator", "hopngo-migrator").unwrap(),
+        &common(&["--target", &target, "--locations", &locations]),
+        &[],
+    )
+    .await
+    .unwrap();
     let scheduler = Proc::start(
         &binary("hopngo-scheduler", "hopngo-scheduler").unwrap(),
         &common(&[

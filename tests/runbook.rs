@@ -153,11 +153,18 @@ async fn promotion_from_staging_to_production_needs_verification_and_a_second_pe
             scripts.display()
         ),
     );
-    let migrator_args =
-        [format!("booking-staging={}", staging_db.url), format!("booking-production={}", production_db.url)]
-            .into_iter()
-            .flat_map(|target| ["--target".to_string(), target])
-            .collect();
+    let migrator_args = ["booking-staging", "booking-production"]
+        .into_iter()
+        .zip([&staging_db.url, &production_db.url])
+        .flat_map(|(name, url)| {
+            [
+                "--target".to_string(),
+                format!("{name}={url}"),
+                "--locations".to_string(),
+                format!("{name}={}", scripts.display()),
+            ]
+        })
+        .collect();
     let (_db, stack, subscriber, mut releases) =
         start_with(&config, StackOptions { migrator_args, ..Default::default() }).await;
     let applied = |url: String| async move {

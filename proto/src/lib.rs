@@ -48,4 +48,9 @@ pub use hopngo::{
     migrator::v1 as migrator, notifier::v1 as notifier, release::v1 as release,
 };
 
+pub mod check;
 pub mod event_types;
+#[path = "../limits.rs"]
+pub mod limits;
+
+include!(concat!(env!("OUT_DIR"), "/checks.rs"));

@@ -656,6 +656,33 @@ pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 /// Default blue/green scale-down delay (Argo Rollouts' default).
 pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
+/// Longest artifact reference (an image reference with registry, path, tag and digest fits).
+pub const MAX_ARTIFACT_BYTES: usize = 512;
+
+/// Why `artifact` cannot be deployed, if it cannot: the scheduler (CreateRelease) and the deployer
+/// (ApplyTarget) refuse the same artifacts. An artifact is printable ASCII without spaces (an
+/// image reference or a version), and never starts with `-`: backends hand it to programs as an
+/// argument, where it must not read as an option.
+pub fn artifact_problem(artifact: &str) -> Option<String> {
+    if artifact.is_empty() {
+        return Some("must not be empty".into());
+    }
+    if artifact.len() > MAX_ARTIFACT_BYTES {
+        return Some(format!("is {} bytes long; at most {MAX_ARTIFACT_BYTES} are allowed", artifact.len()));
+    }
+    let shown = || hopngo_proto::check::shown(artifact);
+    if let Some(c) = artifact.chars().find(|c| !c.is_ascii_graphic()) {
+        return Some(format!(
+            "{} contains {c:?}; an artifact is printable ASCII without spaces or control characters",
+            shown()
+        ));
+    }
+    if artifact.starts_with('-') || artifact.starts_with(':') || artifact.ends_with(':') || artifact.ends_with('/') {
+        return Some(format!("{} is not an image reference or version", shown()));
+    }
+    None
+}
+
 impl DeliveryConfig {
     /// Parses YAML; a syntax or type error is one problem with its path.
     pub fn parse(yaml: &str) -> Result<DeliveryConfig, Problem> {

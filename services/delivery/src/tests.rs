@@ -231,3 +231,16 @@ fn promotion_windows_and_dependencies() {
     let cycle = deps.replace("  - name: gateway\n", "  - name: gateway\n    dependsOn: [booking-service]\n");
     assert_eq!(problems(&cycle), vec!["services: dependsOn has a cycle: booking-service → gateway → booking-service"]);
 }
+
+#[test]
+fn hostile_nesting_and_size_are_problems_not_crashes() {
+    for yaml in [
+        "[".repeat(100_000),
+        format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000)),
+        format!("{}1{}", "{a: ".repeat(5_000), "}".repeat(5_000)),
+        (0..5_000).map(|i| format!("{}a:\n", "  ".repeat(i))).collect(),
+    ] {
+        let err = DeliveryConfig::parse(&yaml).unwrap_err();
+        assert!(err.message.contains("not valid YAML"), "{}", err.message);
+    }
+}

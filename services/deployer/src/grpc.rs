@@ -74,8 +74,8 @@ pub fn target(spec: Option<pb::TargetSpec>) -> Result<Target, Status> {
     let mut tracks: Vec<TrackSpec> = Vec::new();
     for (i, t) in spec.tracks.iter().enumerate() {
         let track = track(t.track, i)?;
-        if t.artifact.trim().is_empty() {
-            return Err(invalid(format!("target.tracks[{i}].artifact"), "must not be empty"));
+        if let Some(reason) = hopngo_delivery::artifact_problem(&t.artifact) {
+            return Err(invalid(format!("target.tracks[{i}].artifact"), reason));
         }
         if t.replicas > MAX_REPLICAS {
             return Err(invalid(
@@ -155,9 +155,6 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
     ) -> Result<Response<pb::ApplyTargetResponse>, Status> {
         let r = req.into_inner();
         let target = target(r.target)?;
-        if r.idempotency_key.len() > 256 {
-            return Err(invalid("idempotency_key", "at most 256 characters"));
-        }
         // Refused before anything is recorded.
         self.backend.check(&target).map_err(backend_error)?;
         let changed = self.store.put(&target, &r.idempotency_key).await.map_err(internal)?;

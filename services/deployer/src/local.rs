@@ -120,8 +120,20 @@ impl LocalBackend {
     fn replica_spec(&self, target: &Target, artifact: &str, replicas: u32) -> Result<ReplicaSetSpec, BackendError> {
         let service = self.config.service(&target.service).ok_or_else(|| BackendError::Invalid {
             field: "target.service".into(),
-            reason: format!("unknown service {:?} (not in the delivery config)", target.service),
+            reason: format!(
+                "unknown service {} (not in the delivery config)",
+                hopngo_proto::check::shown(&target.service)
+            ),
         })?;
+        if self.config.environment(&target.environment).is_none() {
+            return Err(BackendError::Invalid {
+                field: "target.environment".into(),
+                reason: format!(
+                    "unknown environment {} (not in the delivery config)",
+                    hopngo_proto::check::shown(&target.environment)
+                ),
+            });
+        }
         let local = service.local.as_ref().ok_or_else(|| BackendError::Invalid {
             field: "target.service".into(),
             reason: format!(

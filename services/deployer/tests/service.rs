@@ -245,7 +245,7 @@ async fn bad_input_names_the_field_and_a_failing_command_says_why() {
         ),
         (
             apply("booking", vec![pb::TrackSpec { track: 9, artifact: "1".into(), replicas: 1 }], 0, "k"),
-            "target.tracks[0].track: 9 is not a track (STABLE, CANARY, ACTIVE, PREVIEW)",
+            "target.tracks[0].track: 9 is not a Track (STABLE, CANARY, ACTIVE, PREVIEW)",
         ),
         (
             apply("booking", vec![track(pb::Track::Stable, "", 1)], 0, "k"),
@@ -261,6 +261,37 @@ async fn bad_input_names_the_field_and_a_failing_command_says_why() {
         ),
         (apply("booking", vec![stable(), stable()], 0, "k"), "target.tracks[1].track: stable is listed twice"),
         (apply("booking", vec![stable()], 10, "k"), "target.canary_weight: 10 needs a CANARY track"),
+        // Hostile artifacts and targets, refused exactly as CreateRelease refuses them.
+        (
+            apply("booking", vec![track(pb::Track::Stable, "--help", 1)], 0, "k"),
+            "target.tracks[0].artifact: \"--help\" is not an image reference or version",
+        ),
+        (
+            apply("booking", vec![track(pb::Track::Stable, &"9".repeat(1 << 20), 1)], 0, "k"),
+            "target.tracks[0].artifact: is 1048576 bytes long; at most 512 are allowed",
+        ),
+        (
+            apply("booking", vec![track(pb::Track::Stable, "1.0\u{202E}", 1)], 0, "k"),
+            "target.tracks[0].artifact: contains the bidirectional control U+202E (at byte 3)",
+        ),
+        (
+            apply("booking", vec![track(pb::Track::Stable, "1.0\0", 1)], 0, "k"),
+            "target.tracks[0].artifact: contains a NUL byte (at byte 3)",
+        ),
+        (
+            pb::ApplyTargetRequest { idempotency_key: "k".repeat(1 << 20), ..apply("booking", vec![stable()], 0, "") },
+            "idempotency_key: is 1048576 bytes long; at most 256 are allowed",
+        ),
+        (
+            pb::ApplyTargetRequest {
+                target: Some(pb::TargetSpec {
+                    environment: "moon".into(),
+                    ..apply("booking", vec![stable()], 0, "").target.unwrap()
+                }),
+                idempotency_key: "k".into(),
+            },
+            "target.environment: unknown environment \"moon\" (not in the delivery config)",
+        ),
     ];
     for (request, message) in cases {
         let err = d.client.apply_target(request).await.unwrap_err();

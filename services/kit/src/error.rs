@@ -55,8 +55,25 @@ impl From<ApiError> for Status {
                 return Status::internal("internal error; see the server log");
             }
         };
-        Status::new(code, err.to_string())
+        Status::new(code, bounded_message(err.to_string()))
     }
+}
+
+/// Longest status message sent. Messages echo what the caller sent (values are shown cut to 80
+/// characters where they are echoed); this is the backstop, so no message can outgrow a client's
+/// header limit and hide the real code behind RESOURCE_EXHAUSTED.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES - '…'.len_utf8();
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
 }
 
 #[cfg(test)]
@@ -68,6 +85,13 @@ mod tests {
         let status = Status::from(ApiError::invalid("steps[2].weight", "130 is not in 0..=100"));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "steps[2].weight: 130 is not in 0..=100");
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let status = Status::from(ApiError::NotFound(format!("no service {}", "é".repeat(1 << 20))));
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES && status.message().ends_with('…'));
     }
 
     #[test]

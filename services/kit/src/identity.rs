@@ -37,8 +37,19 @@ impl Identity {
 
     /// Whether the caller holds `role`.
     pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+        self.roles.iter().any(|r| same_name(r, role))
     }
+}
+
+/// A user or role name as the control plane stores and compares it: trimmed and case-folded,
+/// so `ALICE` and `alice ` are one person (the four-eyes rule depends on it).
+pub fn normalise(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// Whether two names (as sent, or as stored before names were normalised) are the same person.
+pub fn same_name(a: &str, b: &str) -> bool {
+    normalise(a) == normalise(b)
 }
 
 fn valid_name(s: &str) -> bool {
@@ -61,7 +72,7 @@ pub fn interceptor(mut req: Request<()>) -> Result<Request<()>, Status> {
                     "x-hopngo-user: {user:?} is not a valid user name (1-128 of A-Z a-z 0-9 - _ . @ :)"
                 )));
             }
-            user.to_string()
+            normalise(user)
         }
     };
     let roles = match meta.get(ROLES_HEADER) {
@@ -73,7 +84,7 @@ pub fn interceptor(mut req: Request<()>) -> Result<Request<()>, Status> {
                 if !valid_name(role) {
                     return Err(Status::unauthenticated(format!("x-hopngo-roles: {role:?} is not a valid role")));
                 }
-                roles.push(role.to_string());
+                roles.push(normalise(role));
             }
             roles
         }
@@ -95,6 +106,18 @@ mod tests {
         let id = Identity::of(&req);
         assert_eq!(id.user, "alice");
         assert!(id.has_role("sre") && id.has_role("release-manager"));
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        let mut req = Request::new(());
+        req.metadata_mut().insert(USER_HEADER, " ALICE ".parse().unwrap());
+        req.metadata_mut().insert(ROLES_HEADER, "Release-Manager".parse().unwrap());
+        let id = Identity::of(&interceptor(req).unwrap());
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.roles, vec!["release-manager".to_string()]);
+        assert!(id.has_role("RELEASE-MANAGER"));
+        assert!(same_name("Bob", " bob") && !same_name("bob", "bobby"));
     }
 
     #[test]

@@ -65,6 +65,7 @@ fn target(url: &str, dir: &Path) -> Target {
         settings: DatabaseSettings {
             url: url.to_string(),
             locations: vec![],
+            location_roots: vec![],
             installed_by: None,
             lock_wait: Duration::from_secs(10),
             baseline_on_migrate: false,

@@ -70,6 +70,18 @@ impl Databases {
                 ),
             )
         })?;
+        for (i, location) in t.locations.iter().enumerate() {
+            if !settings.permits(location) {
+                return Err(MigratorError::invalid(
+                    format!("target.locations[{i}]"),
+                    format!(
+                        "{} is not a location configured for database {:?} (--locations, --location-root) nor below one",
+                        hopngo_proto::check::shown(location),
+                        t.database
+                    ),
+                ));
+            }
+        }
         let locations = if t.locations.is_empty() { settings.locations.clone() } else { t.locations.clone() };
         if locations.is_empty() {
             return Err(MigratorError::invalid(

@@ -56,6 +56,8 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Default script locations.
     pub locations: Vec<String>,
+    /// Directories below which a request may name locations (besides `locations`).
+    pub location_roots: Vec<String>,
     /// Default `installed_by` (else `current_user`).
     pub installed_by: Option<String>,
     /// How long to wait for the lock.
@@ -66,6 +68,14 @@ pub struct DatabaseSettings {
     pub mixed: bool,
     /// Version `baselineOnMigrate` baselines at.
     pub baseline_version: String,
+}
+
+impl DatabaseSettings {
+    /// Whether a request may name `location` for this database.
+    pub fn permits(&self, location: &str) -> bool {
+        let roots: Vec<String> = self.locations.iter().chain(&self.location_roots).cloned().collect();
+        crate::scripts::is_within(location, &roots)
+    }
 }
 
 /// Everything a command works on.

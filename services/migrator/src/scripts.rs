@@ -135,6 +135,20 @@ pub fn location_path(location: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(location))
 }
 
+/// Whether `location` is one of `roots` or a directory below one, with symlinks and `..` resolved
+/// on both sides: a request cannot reach outside the configured directories through a link or a
+/// `filesystem:` prefix. A location that does not exist is not permitted (and is not told apart
+/// from one outside, so the answer says nothing about the rest of the file system).
+pub fn is_within(location: &str, roots: &[String]) -> bool {
+    let Some(wanted) = location_path(location).ok().and_then(|p| std::fs::canonicalize(p).ok()) else {
+        return false;
+    };
+    roots
+        .iter()
+        .filter_map(|root| location_path(root).ok().and_then(|p| std::fs::canonicalize(p).ok()))
+        .any(|root| wanted.starts_with(root))
+}
+
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     let mut entries: Vec<(PathBuf, bool)> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?

@@ -55,9 +55,14 @@ pub struct Args {
     /// An application database it may migrate, `NAME=postgres://...` (repeatable).
     #[arg(long = "target", env = "HOPNGO_MIGRATOR_TARGETS", value_delimiter = ',', value_parser = name_value)]
     pub targets: Vec<(String, String)>,
-    /// Default script location of a database, `NAME=DIR` (repeatable; used when a request names none).
+    /// Default script location of a database, `NAME=DIR` (repeatable; used when a request names
+    /// none). A request may name these or directories below them.
     #[arg(long = "locations", env = "HOPNGO_MIGRATOR_LOCATIONS", value_delimiter = ',', value_parser = name_value)]
     pub locations: Vec<(String, String)>,
+    /// A directory below which a request may name script locations for a database, `NAME=DIR`
+    /// (repeatable), besides its --locations. Nothing else is ever read.
+    #[arg(long = "location-root", env = "HOPNGO_MIGRATOR_LOCATION_ROOTS", value_delimiter = ',', value_parser = name_value)]
+    pub location_roots: Vec<(String, String)>,
     /// How long a run waits for the migration lock (held by another migrator or Flyway).
     #[arg(long, env = "HOPNGO_MIGRATOR_LOCK_WAIT", default_value = "50s", value_parser = parse_duration)]
     pub lock_wait: Duration,
@@ -95,6 +100,7 @@ impl Args {
             let settings = DatabaseSettings {
                 url: url.clone(),
                 locations: self.locations.iter().filter(|(n, _)| n == name).map(|(_, l)| l.clone()).collect(),
+                location_roots: self.location_roots.iter().filter(|(n, _)| n == name).map(|(_, l)| l.clone()).collect(),
                 installed_by: self.installed_by.clone(),
                 lock_wait: self.lock_wait,
                 baseline_on_migrate: self.baseline_on_migrate,
@@ -107,6 +113,9 @@ impl Args {
         }
         if let Some((name, _)) = self.locations.iter().find(|(n, _)| !by_name.contains_key(n)) {
             anyhow::bail!("--locations {name}=...: no --target {name}");
+        }
+        if let Some((name, _)) = self.location_roots.iter().find(|(n, _)| !by_name.contains_key(n)) {
+            anyhow::bail!("--location-root {name}=...: no --target {name}");
         }
         Ok(Databases { by_name, ignore: self.ignore_migration_patterns.clone() })
     }

@@ -38,6 +38,8 @@ async fn start(own: &TestDb, targets: &[(&str, &str)]) -> Running {
     for (name, url) in targets {
         argv.push("--target".into());
         argv.push(format!("{name}={url}"));
+        argv.push("--location-root".into());
+        argv.push(format!("{name}={}", common::root().display()));
     }
     let args = Args::parse_from(argv);
     let shutdown = CancellationToken::new();
@@ -236,6 +238,40 @@ async fn bad_requests_are_refused_before_anything_is_stored() {
         ..Default::default()
     };
     refused(start(no_locations).await, Code::InvalidArgument, "target.locations: no locations given");
+    // Only configured locations (and directories below them, symlinks resolved) are read: a
+    // request cannot point the migrator at a directory of its choosing.
+    let outside = std::env::temp_dir().join(format!("hopngo-outside-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("V9__evil.sql"), "CREATE TABLE evil (id int);").unwrap();
+    std::os::unix::fs::symlink(&outside, dir.path.join("link")).unwrap();
+    let escapes = [
+        outside.display().to_string(),
+        format!("filesystem:{}", outside.display()),
+        dir.path.join("link").display().to_string(),
+        format!("{}/../../{}", dir.location(), outside.file_name().unwrap().to_str().unwrap()),
+        "/etc".to_string(),
+        "/no/such/dir".to_string(),
+    ];
+    for location in &escapes {
+        let target = Some(pb::MigrationTarget {
+            database: "app".into(),
+            locations: vec![location.clone()],
+            ..Default::default()
+        });
+        let request = pb::StartMigrationRequest {
+            target: target.clone(),
+            command: pb::MigrationCommand::Migrate as i32,
+            ..Default::default()
+        };
+        refused(start(request).await, Code::InvalidArgument, "target.locations[0]: ");
+        let status =
+            c.validate(pb::ValidateRequest { target: target.clone(), ..Default::default() }).await.unwrap_err();
+        refused(status, Code::InvalidArgument, "is not a location configured for database \"app\"");
+        let status = c.info(pb::InfoRequest { target }).await.unwrap_err();
+        refused(status, Code::InvalidArgument, "is not a location configured for database \"app\"");
+    }
+    std::fs::remove_file(dir.path.join("link")).unwrap();
+    let _ = std::fs::remove_dir_all(&outside);
     let mut patterns = start_request("app", &dir, pb::MigrationCommand::Migrate, "");
     patterns.target.as_mut().unwrap().ignore_migration_patterns =
         Some(pb::IgnorePatterns { patterns: vec!["*:gone".into()] });

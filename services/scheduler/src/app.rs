@@ -31,9 +31,6 @@ pub struct Caller {
     pub anonymous: bool,
 }
 
-/// Maximum artifact length.
-pub const MAX_ARTIFACT_LEN: usize = 512;
-
 /// The use cases.
 #[derive(Clone)]
 pub struct App {
@@ -84,29 +81,6 @@ impl Group {
 
 fn problem_to_error(p: Problem) -> SchedulerError {
     SchedulerError::invalid(if p.path.is_empty() { "yaml".to_string() } else { p.path }, p.message)
-}
-
-/// Checks an artifact reference: non-empty, no whitespace or control characters, bounded.
-pub fn validate_artifact(artifact: &str) -> Result<(), SchedulerError> {
-    if artifact.is_empty() {
-        return Err(SchedulerError::invalid("artifact", "must not be empty"));
-    }
-    if artifact.len() > MAX_ARTIFACT_LEN {
-        return Err(SchedulerError::invalid(
-            "artifact",
-            format!("is {} characters; at most {MAX_ARTIFACT_LEN}", artifact.len()),
-        ));
-    }
-    if let Some(c) = artifact.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(SchedulerError::invalid(
-            "artifact",
-            format!("{artifact:?} contains {c:?}; whitespace and control characters are not allowed"),
-        ));
-    }
-    if artifact.starts_with('-') || artifact.starts_with(':') || artifact.ends_with(':') || artifact.ends_with('/') {
-        return Err(SchedulerError::invalid("artifact", format!("{artifact:?} is not an image reference or version")));
-    }
-    Ok(())
 }
 
 fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -284,7 +258,9 @@ impl App {
         if request_id.len() > 128 {
             return Err(SchedulerError::invalid("request_id", "at most 128 characters"));
         }
-        validate_artifact(artifact)?;
+        if let Some(reason) = hopngo_delivery::artifact_problem(artifact) {
+            return Err(SchedulerError::invalid("artifact", reason));
+        }
         self.check_target(&current.config, service, environment)?;
         let source = self.promotion_source(&current.config, service, environment, artifact).await?;
         let intent = Intent {

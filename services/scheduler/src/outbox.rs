@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use hopngo_kit::client::{TracedChannel, channel};
 use hopngo_proto::{
+    check::{TextRule, conform},
     events::{Event, ReleaseEventData, Severity},
+    limits,
     notifier::{PublishEventsRequest, notifier_service_client::NotifierServiceClient},
 };
 use tokio_util::sync::CancellationToken;
@@ -65,7 +67,9 @@ pub fn to_proto(e: &OutboxEvent, source: &str) -> Event {
             step_name: p.step_name.clone(),
             canary_weight: p.canary_weight,
             actor: p.actor.clone(),
-            message: p.message.clone(),
+            // Messages quote other services' errors and jobs' output; the notifier refuses what is
+            // not printable, and one refused event would hold back every later one.
+            message: conform(&p.message, TextRule { max_bytes: limits::EVENT_MESSAGE, multiline: true }),
             transition: p.transition.clone(),
             release_group_id: p.release_group_id.clone(),
         }),

@@ -36,7 +36,7 @@ async fn create_release_refuses_bad_requests_and_stores_nothing() {
     }
     let long = "a".repeat(600);
     let err = h.create("booking-service", "staging", &long, "alice").await.unwrap_err();
-    assert!(err.message().starts_with("artifact: is 600 characters"), "{err:?}");
+    assert!(err.message().starts_with("artifact: is 600 bytes long; at most 512"), "{err:?}");
     let err = h.client().get_release(pb::GetReleaseRequest { id: "not-a-uuid".into() }).await.unwrap_err();
     assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "id: \"not-a-uuid\" is not a release id (UUID)"));
     assert_eq!(count_releases(&h).await, before, "nothing stored");

@@ -266,6 +266,12 @@ async fn production_needs_upstream_success_and_an_approval_by_someone_else() {
     };
     let err = h.client().approve_release(approve("alice", &["release-manager"])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "self-approval: {err:?}");
+    // Identities compare normalised: ALICE is alice.
+    for alice in ["ALICE", " Alice "] {
+        let err = h.client().approve_release(approve(alice, &["Release-Manager"])).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "self-approval as {alice:?}: {err:?}");
+        assert!(err.message().contains("four-eyes"), "{err:?}");
+    }
     let err = h.client().approve_release(approve("carol", &[])).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "missing role: {err:?}");
     let err = h

@@ -228,12 +228,17 @@ fn binary_op(t: &Tok) -> Option<(BinOp, u8)> {
 }
 
 fn parse_binary(c: &mut Cursor, min: u8) -> Result<Expr, String> {
+    c.nested(|c| parse_binary_here(c, min))
+}
+
+fn parse_binary_here(c: &mut Cursor, min: u8) -> Result<Expr, String> {
     let mut left = parse_unary(c)?;
     while let Some((op, precedence)) = binary_op(c.peek()) {
         if precedence <= min {
             break;
         }
         c.advance();
+        c.deeper()?;
         // Comparisons do not chain (`a < b < c` is a mistake, not a range test).
         let right = parse_binary(c, if precedence == 3 { precedence + 1 } else { precedence })?;
         left = Expr::Bin(op, Box::new(left), Box::new(right));
@@ -247,6 +252,10 @@ fn parse_binary(c: &mut Cursor, min: u8) -> Result<Expr, String> {
 }
 
 fn parse_unary(c: &mut Cursor) -> Result<Expr, String> {
+    c.nested(parse_unary_here)
+}
+
+fn parse_unary_here(c: &mut Cursor) -> Result<Expr, String> {
     if c.eat("!")
         || matches!(c.peek(), Tok::Ident(w) if w == "not") && {
             c.advance();
@@ -260,6 +269,9 @@ fn parse_unary(c: &mut Cursor) -> Result<Expr, String> {
     }
     let mut e = parse_primary(c)?;
     loop {
+        if matches!(c.peek(), Tok::Op("[" | ".")) {
+            c.deeper()?;
+        }
         if c.eat("[") {
             let index = parse_binary(c, 0)?;
             c.expect("]")?;
@@ -523,6 +535,24 @@ mod tests {
         assert!(Condition::parse("0 < result < 1").unwrap_err().contains("do not chain"));
         assert!(Condition::parse("result < 1 )").unwrap_err().contains("unexpected \")\""));
         assert_eq!(Condition::parse("  ").unwrap_err(), "empty condition");
+    }
+
+    #[test]
+    fn hostile_nesting_is_an_error_not_a_stack_overflow() {
+        let parens = format!("{}result{} < 1", "(".repeat(1000), ")".repeat(1000));
+        assert!(Condition::parse(&parens).unwrap_err().contains("nested more than"));
+        let nots = format!("{}true", "!".repeat(5000));
+        assert!(Condition::parse(&nots).unwrap_err().contains("nested more than"));
+        let chain = format!("result < 1{}", " && true".repeat(900));
+        assert!(Condition::parse(&chain).unwrap_err().contains("nested more than"));
+        let indexes = format!("result{} == 0", "[0]".repeat(2000));
+        assert!(Condition::parse(&indexes).unwrap_err().contains("nested more than"));
+        let huge = format!("{}true", "!".repeat(100_000));
+        assert!(Condition::parse(&huge).unwrap_err().contains("at most 8192"));
+        // What people write stays well inside the limits.
+        let deep_enough =
+            format!("{}result{} < 1 && {}", "(".repeat(30), ")".repeat(30), "!false && ".repeat(20) + "true");
+        assert!(Condition::parse(&deep_enough).unwrap().eval(&Value::Num(0.5)).unwrap());
     }
 
     #[test]

@@ -113,16 +113,45 @@ pub fn tokenize(source: &str) -> Result<Vec<Token>, String> {
     Ok(tokens)
 }
 
+/// Longest source either language accepts.
+pub const MAX_SOURCE_BYTES: usize = 8192;
+/// How deep an expression may nest (each parenthesis, operand of a chain, `!`, `-`, index or
+/// call counts): the parsers and evaluators recurse, and a hostile `((((…` must be an error, not
+/// a stack overflow.
+pub const MAX_NESTING: usize = 100;
+
 /// A cursor over tokens with the helpers both parsers need.
 pub struct Cursor {
     tokens: Vec<Token>,
     pos: usize,
+    depth: usize,
 }
 
 impl Cursor {
     /// Tokenizes `source`.
     pub fn new(source: &str) -> Result<Cursor, String> {
-        Ok(Cursor { tokens: tokenize(source)?, pos: 0 })
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(format!("{} bytes long; at most {MAX_SOURCE_BYTES} are allowed", source.len()));
+        }
+        Ok(Cursor { tokens: tokenize(source)?, pos: 0, depth: 0 })
+    }
+
+    /// Runs `parse` one level deeper; the depth it reaches inside (through [`Cursor::deeper`])
+    /// is given back when it returns.
+    pub fn nested<T>(&mut self, parse: impl FnOnce(&mut Cursor) -> Result<T, String>) -> Result<T, String> {
+        let depth = self.depth;
+        let result = self.deeper().and_then(|()| parse(self));
+        self.depth = depth;
+        result
+    }
+
+    /// One more level (a node whose subtree grows: an operand added to a chain, a postfix).
+    pub fn deeper(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return Err(format!("nested more than {MAX_NESTING} levels deep (at {})", self.at()));
+        }
+        Ok(())
     }
 
     /// The next token, not consumed.

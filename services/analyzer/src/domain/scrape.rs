@@ -271,6 +271,10 @@ pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
 }
 
 fn sum(c: &mut Cursor) -> Result<ScrapeExpr, String> {
+    c.nested(sum_here)
+}
+
+fn sum_here(c: &mut Cursor) -> Result<ScrapeExpr, String> {
     let mut left = product(c)?;
     loop {
         let op = if c.eat("+") {
@@ -280,11 +284,16 @@ fn sum(c: &mut Cursor) -> Result<ScrapeExpr, String> {
         } else {
             return Ok(left);
         };
+        c.deeper()?;
         left = ScrapeExpr::Bin(op, Box::new(left), Box::new(product(c)?));
     }
 }
 
 fn product(c: &mut Cursor) -> Result<ScrapeExpr, String> {
+    c.nested(product_here)
+}
+
+fn product_here(c: &mut Cursor) -> Result<ScrapeExpr, String> {
     let mut left = primary(c)?;
     loop {
         let op = if c.eat("*") {
@@ -294,6 +303,7 @@ fn product(c: &mut Cursor) -> Result<ScrapeExpr, String> {
         } else {
             return Ok(left);
         };
+        c.deeper()?;
         left = ScrapeExpr::Bin(op, Box::new(left), Box::new(primary(c)?));
     }
 }
@@ -455,6 +465,18 @@ lat_bucket{track="canary",le="+Inf"} 30
         assert!(ScrapeExpr::parse("req{a=b}").unwrap_err().contains("quoted value"));
         assert!(!ScrapeExpr::parse("req + 1").unwrap().needs_window());
         assert!(ScrapeExpr::parse("1 / rate(x)").unwrap().needs_window());
+    }
+
+    #[test]
+    fn hostile_nesting_is_an_error_not_a_stack_overflow() {
+        let ratios = format!("{}x{}", "ratio(".repeat(500), ", 1)".repeat(500));
+        assert!(ScrapeExpr::parse(&ratios).unwrap_err().contains("nested more than"));
+        let parens = format!("{}x{}", "(".repeat(2000), ")".repeat(2000));
+        assert!(ScrapeExpr::parse(&parens).unwrap_err().contains("nested more than"));
+        let chain = format!("x{}", " + x".repeat(1500));
+        assert!(ScrapeExpr::parse(&chain).unwrap_err().contains("nested more than"));
+        assert!(ScrapeExpr::parse(&"(".repeat(100_000)).unwrap_err().contains("at most 8192"));
+        assert!(ScrapeExpr::parse(&format!("{}x{}", "ratio(".repeat(10), ", 1)".repeat(10))).is_ok());
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::domain::{condition::Value, run::Observation};
 use hopngo_kit::http::HttpClient;
 
+/// Longest selector, in steps.
+pub const MAX_PATH_STEPS: usize = 128;
+
 /// Checks a selector's syntax.
 pub fn parse_path(path: &str) -> Result<Vec<Step>, String> {
     let rest = path.trim();
@@ -43,6 +46,11 @@ pub fn parse_path(path: &str) -> Result<Vec<Step>, String> {
         }
     }
     flush(&mut name, &mut steps);
+    // JSON documents are read at most 128 levels deep (serde_json's limit); a longer path can
+    // never match.
+    if steps.len() > MAX_PATH_STEPS {
+        return Err(format!("{} steps in {}; at most {MAX_PATH_STEPS}", steps.len(), hopngo_proto::check::shown(path)));
+    }
     Ok(steps)
 }
 
@@ -130,5 +138,7 @@ mod tests {
         assert_eq!(get("$"), Some(doc.clone()));
         assert_eq!(get("$.data.missing"), None);
         assert!(parse_path("$.items[x]").unwrap_err().contains("bad index"));
+        assert!(parse_path(&"[0]".repeat(129)).unwrap_err().contains("at most 128"));
+        assert_eq!(parse_path(&"[0]".repeat(128)).unwrap().len(), 128);
     }
 }

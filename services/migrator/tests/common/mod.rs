@@ -17,9 +17,15 @@ pub struct Dir {
     pub path: PathBuf,
 }
 
+/// Where every [`Dir`] is made: the location root the tests' migrators are configured with.
+#[allow(dead_code)]
+pub fn root() -> PathBuf {
+    std::env::temp_dir().join("hopngo-migrations")
+}
+
 impl Dir {
     pub fn new() -> Dir {
-        let path = std::env::temp_dir().join(format!("hopngo-migrations-{}", uuid::Uuid::now_v7().simple()));
+        let path = root().join(uuid::Uuid::now_v7().simple().to_string());
         std::fs::create_dir_all(&path).unwrap();
         Dir { path }
     }
@@ -52,6 +58,7 @@ pub fn settings(url: &str) -> DatabaseSettings {
     DatabaseSettings {
         url: url.to_string(),
         locations: vec![],
+        location_roots: vec![],
         installed_by: None,
         lock_wait: Duration::from_secs(5),
         baseline_on_migrate: false,

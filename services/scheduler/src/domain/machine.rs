@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use hopngo_kit::identity::same_name;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -1600,14 +1601,17 @@ fn check_decider(
     if who.anonymous {
         return Err(ActionError::Forbidden(format!("to {verb} a release, send your identity (x-hopngo-user)")));
     }
-    if !policy.roles.is_empty() && !policy.roles.iter().any(|role| who.roles.contains(role)) {
+    if !policy.roles.is_empty() && !policy.roles.iter().any(|role| who.roles.iter().any(|r| same_name(r, role))) {
         return Err(ActionError::Forbidden(format!(
             "{} may not {verb}: one of the roles {} is required",
             who.user,
             policy.roles.join(", ")
         )));
     }
-    if r.approvals.iter().any(|a| a.user == who.user && a.step_index == r.step_index && a.attempt == r.attempt) {
+    if r.approvals
+        .iter()
+        .any(|a| same_name(&a.user, who.user) && a.step_index == r.step_index && a.attempt == r.attempt)
+    {
         return Err(ActionError::NotNow(format!("{} has already decided on this approval", who.user)));
     }
     Ok(())
@@ -1622,7 +1626,7 @@ pub fn approve(
 ) -> Result<Vec<Transition>, ActionError> {
     let policy = current_approval(r)?;
     check_decider(r, &policy, who, "approve")?;
-    if !policy.allow_self_approval && who.user == r.created_by {
+    if !policy.allow_self_approval && same_name(who.user, &r.created_by) {
         return Err(ActionError::Forbidden(format!(
             "{} created this release and cannot approve it (four-eyes rule)",
             who.user

@@ -1,0 +1,281 @@
+//! Generates the edge checks (`src/check.rs`) for every message a request can contain, from the
+//! compiled descriptors and the per-field limits of `limits.rs`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+};
+
+use prost_types::{
+    DescriptorProto, FieldDescriptorProto, FileDescriptorSet,
+    field_descriptor_proto::{Label, Type},
+};
+
+#[path = "limits.rs"]
+mod limits;
+
+struct Msg<'a> {
+    desc: &'a DescriptorProto,
+    /// `hopngo.analyzer.v1.Metric`
+    full_name: String,
+    /// `crate::hopngo::analyzer::v1::Metric`
+    rust_path: String,
+    /// `crate::hopngo::analyzer::v1::metric` (where its oneofs and nested types live)
+    rust_mod: String,
+}
+
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn camel(name: &str) -> String {
+    name.split('_').map(|p| p[..1].to_ascii_uppercase() + &p[1..]).collect()
+}
+
+fn ident(field: &str) -> String {
+    const KEYWORDS: &[&str] = &["type", "match", "ref", "mod", "use", "fn", "impl", "move", "loop", "in", "where"];
+    if KEYWORDS.contains(&field) { format!("r#{field}") } else { field.to_string() }
+}
+
+fn rust_module(package: &str) -> String {
+    format!("crate::{}", package.replace('.', "::"))
+}
+
+fn collect<'a>(
+    out: &mut BTreeMap<String, Msg<'a>>,
+    enums: &mut BTreeMap<String, (String, String)>,
+    scope: &str,
+    rust_scope: &str,
+    messages: &'a [DescriptorProto],
+    nested_enums: &'a [prost_types::EnumDescriptorProto],
+) {
+    for e in nested_enums {
+        let prefix = format!("{}_", snake(e.name()).to_ascii_uppercase());
+        let values: Vec<&str> = e
+            .value
+            .iter()
+            .map(|v| v.name().strip_prefix(&prefix).unwrap_or(v.name()))
+            .filter(|v| *v != "UNSPECIFIED")
+            .collect();
+        enums.insert(
+            format!("{scope}.{}", e.name()),
+            (format!("{rust_scope}::{}", e.name()), format!("{} ({})", e.name(), values.join(", "))),
+        );
+    }
+    for m in messages {
+        let full_name = format!("{scope}.{}", m.name());
+        let rust_mod = format!("{rust_scope}::{}", snake(m.name()));
+        collect(out, enums, &full_name, &rust_mod, &m.nested_type, &m.enum_type);
+        out.insert(
+            full_name.clone(),
+            Msg { desc: m, full_name, rust_path: format!("{rust_scope}::{}", m.name()), rust_mod },
+        );
+    }
+}
+
+fn type_key(type_name: &str) -> String {
+    type_name.trim_start_matches('.').to_string()
+}
+
+fn rule(full_field: &str) -> (usize, bool) {
+    limits::TEXT.iter().find(|(f, ..)| *f == full_field).map(|(_, max, ml)| (*max, *ml)).unwrap_or(limits::DEFAULT_TEXT)
+}
+
+fn items(full_field: &str) -> usize {
+    limits::ITEMS.iter().find(|(f, _)| *f == full_field).map(|(_, n)| *n).unwrap_or(limits::DEFAULT_ITEMS)
+}
+
+fn text_rule((max, multiline): (usize, bool)) -> String {
+    format!("crate::check::TextRule {{ max_bytes: {max}, multiline: {multiline} }}")
+}
+
+/// Returns the generated code and the list of checked fields (for a reviewer).
+pub fn generate(fds: &FileDescriptorSet) -> (String, String) {
+    let mut msgs = BTreeMap::new();
+    let mut enums = BTreeMap::new();
+    for file in &fds.file {
+        let package = file.package();
+        if !package.starts_with("hopngo.") {
+            continue;
+        }
+        collect(&mut msgs, &mut enums, package, &rust_module(package), &file.message_type, &file.enum_type);
+    }
+    let mut inputs = BTreeSet::new();
+    let mut outputs = BTreeSet::new();
+    for file in &fds.file {
+        for svc in &file.service {
+            for m in &svc.method {
+                inputs.insert(type_key(m.input_type()));
+                outputs.insert(type_key(m.output_type()));
+            }
+        }
+    }
+    if let Some(both) = inputs.intersection(&outputs).next() {
+        panic!("{both} is both a request and a response: the codec could not tell whether to check it");
+    }
+    // Every message a request can contain.
+    let mut reachable = BTreeSet::new();
+    let mut todo: Vec<String> = inputs.iter().cloned().collect();
+    while let Some(name) = todo.pop() {
+        let Some(msg) = msgs.get(&name) else { continue };
+        // Map entries are checked as maps by the message holding them.
+        if msg.desc.options.as_ref().is_some_and(|o| o.map_entry()) || !reachable.insert(name.clone()) {
+            continue;
+        }
+        for f in &msg.desc.field {
+            if f.r#type() == Type::Message {
+                todo.push(type_key(f.type_name()));
+            }
+        }
+    }
+
+    let mut used_limits = BTreeSet::new();
+    let mut code = String::from("// Generated by build.rs (check_gen.rs) from the descriptors and limits.rs.\n");
+    let mut listing = String::new();
+    for name in &reachable {
+        let msg = &msgs[name];
+        let mut body = String::new();
+        for f in &msg.desc.field {
+            let full_field = format!("{}.{}", msg.full_name, f.name());
+            if limits::TEXT.iter().any(|(n, ..)| *n == full_field)
+                || limits::ITEMS.iter().any(|(n, _)| *n == full_field)
+            {
+                used_limits.insert(full_field.clone());
+            }
+            let check = field_check(f, &msgs, &enums, &full_field, &mut listing);
+            if check.is_empty() {
+                continue;
+            }
+            let in_real_oneof = f.oneof_index.is_some() && !f.proto3_optional();
+            if in_real_oneof {
+                let oneof = &msg.desc.oneof_decl[f.oneof_index() as usize];
+                let _ = writeln!(
+                    body,
+                    "if let Some({m}::{o}::{v}(value)) = &self.{fi} {{ {check} }}",
+                    m = msg.rust_mod,
+                    o = camel(oneof.name()),
+                    v = camel(f.name()),
+                    fi = ident(oneof.name()),
+                    check = check.replace("&SELF", "value").replace("SELF", "*value"),
+                );
+            } else {
+                let _ = writeln!(body, "{}", check.replace("SELF", &format!("self.{}", ident(f.name()))));
+            }
+        }
+        let _ = writeln!(
+            code,
+            "impl crate::check::Check for {} {{\n#[allow(unused_variables)]\nfn check(&self, at: &str) -> Result<(), crate::check::Violation> {{\n{body}Ok(())\n}}\n}}",
+            msg.rust_path
+        );
+    }
+    for name in &inputs {
+        let _ = writeln!(
+            code,
+            "impl crate::check::CheckOnDecode for {} {{\nconst IS_REQUEST: bool = true;\nfn check_on_decode(&self) -> Result<(), crate::check::Violation> {{ crate::check::Check::check(self, \"\") }}\n}}",
+            msgs[name].rust_path
+        );
+    }
+    for name in &outputs {
+        let _ = writeln!(
+            code,
+            "impl crate::check::CheckOnDecode for {} {{\nconst IS_REQUEST: bool = false;\nfn check_on_decode(&self) -> Result<(), crate::check::Violation> {{ Ok(()) }}\n}}",
+            msgs[name].rust_path
+        );
+    }
+    for (field, ..) in limits::TEXT {
+        assert!(used_limits.contains(*field), "limits.rs names {field}, which no request contains");
+    }
+    for (field, _) in limits::ITEMS {
+        assert!(used_limits.contains(*field), "limits.rs names {field}, which no request contains");
+    }
+    (code, listing)
+}
+
+fn field_check(
+    f: &FieldDescriptorProto,
+    msgs: &BTreeMap<String, Msg<'_>>,
+    enums: &BTreeMap<String, (String, String)>,
+    full_field: &str,
+    listing: &mut String,
+) -> String {
+    let name = f.name();
+    let repeated = f.label() == Label::Repeated;
+    let optional = f.proto3_optional();
+    match f.r#type() {
+        Type::String => {
+            let r = rule(full_field);
+            let _ = writeln!(listing, "{full_field}: {} bytes{}", r.0, if r.1 { ", multi-line" } else { "" });
+            if repeated {
+                format!("crate::check::texts(&SELF, at, {name:?}, {}, {})?;", text_rule(r), items(full_field))
+            } else if optional {
+                format!("crate::check::opt_text(&SELF, at, {name:?}, {})?;", text_rule(r))
+            } else {
+                format!("crate::check::text(&SELF, at, {name:?}, {})?;", text_rule(r))
+            }
+        }
+        Type::Enum => {
+            let key = type_key(f.type_name());
+            let (path, key) = enums.get(&key).unwrap_or_else(|| panic!("enum {key} of {full_field} not found"));
+            if repeated {
+                format!("crate::check::enumerations::<{path}>(&SELF, at, {name:?}, {key:?}, {})?;", items(full_field))
+            } else if optional {
+                format!("if let Some(v) = SELF {{ crate::check::enumeration::<{path}>(v, at, {name:?}, {key:?})?; }}")
+            } else {
+                format!("crate::check::enumeration::<{path}>(SELF, at, {name:?}, {key:?})?;")
+            }
+        }
+        Type::Message => {
+            let key = type_key(f.type_name());
+            let Some(target) = msgs.get(&key) else {
+                // Well-known types (Timestamp, Duration) carry no text; the handler bounds them.
+                return String::new();
+            };
+            if target.desc.options.as_ref().is_some_and(|o| o.map_entry()) {
+                let key_field = &target.desc.field[0];
+                let value_field = &target.desc.field[1];
+                assert_eq!(key_field.r#type(), Type::String, "{full_field}: only string-keyed maps are checked");
+                let value_rule = match value_field.r#type() {
+                    Type::String => rule(full_field),
+                    Type::Message | Type::Enum | Type::Bytes => {
+                        panic!("{full_field}: map values of this type are not checked; add a case")
+                    }
+                    _ => limits::DEFAULT_TEXT,
+                };
+                let _ = writeln!(
+                    listing,
+                    "{full_field}: map, keys {} bytes, values {} bytes{}",
+                    limits::DEFAULT_KEY.0,
+                    value_rule.0,
+                    if value_rule.1 { ", multi-line" } else { "" }
+                );
+                return format!(
+                    "crate::check::map(&SELF, at, {name:?}, {}, {}, {})?;",
+                    text_rule(limits::DEFAULT_KEY),
+                    text_rule(value_rule),
+                    items(full_field)
+                );
+            }
+            if repeated {
+                format!("crate::check::messages(&SELF, at, {name:?}, {})?;", items(full_field))
+            } else if f.oneof_index.is_some() && !optional {
+                format!("crate::check::Check::check(&SELF, &crate::check::path(at, {name:?}))?;")
+            } else {
+                format!("crate::check::message(&SELF, at, {name:?})?;")
+            }
+        }
+        Type::Bytes => panic!("{full_field}: bytes fields are not checked; add a case"),
+        _ if repeated => format!("crate::check::scalars(&SELF, at, {name:?}, {})?;", items(full_field)),
+        _ => String::new(),
+    }
+}
