@@ -38,7 +38,7 @@ proxy_base=18000
 start_throwaway_pg
 hopngo-deployer --delivery-config "$config" --proxy-port-base "$proxy_base" --log-dir "$logs" --log warn &
 deployer=$!
-hopngo-analyzer --log warn &
+hopngo-analyzer --delivery-config "$config" --log warn &
 analyzer=$!
 # Booking's application databases (staging's and production's) live in the same throwaway cluster.
 hopngo-migrator --log warn --create-targets \

@@ -20,6 +20,8 @@ fn config(demo: &str, metrics_url: &str) -> String {
     format!(
         r#"environments:
   - name: staging
+providers:
+  allowedHosts: [127.0.0.1]
 analysisTemplates:
   - name: slo
     args:
@@ -86,10 +88,13 @@ async fn a_faulty_canary_is_aborted_by_its_analysis() {
     .unwrap();
     let metrics_url = format!("http://{}/metrics", deployer.admin);
     std::fs::write(&config_file, config(&demo.display().to_string(), &metrics_url)).unwrap();
-    let analyzer =
-        Proc::start(&binary("hopngo-analyzer", "hopngo-analyzer").unwrap(), &common(&["--admin-listen", "off"]), &[])
-            .await
-            .unwrap();
+    let analyzer = Proc::start(
+        &binary("hopngo-analyzer", "hopngo-analyzer").unwrap(),
+        &common(&["--admin-listen", "off", "--delivery-config", config_file.to_str().unwrap()]),
+        &[],
+    )
+    .await
+    .unwrap();
     let scheduler = Proc::start(
         &binary("hopngo-scheduler", "hopngo-scheduler").unwrap(),
         &common(&[

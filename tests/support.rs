@@ -283,7 +283,12 @@ impl Stack {
         ]);
         procs.insert(Part::Deployer, (deployer, None));
         let mut analyzer = common(analyzer_port);
-        analyzer.extend(["--admin-listen".into(), "off".into()]);
+        analyzer.extend([
+            "--admin-listen".into(),
+            "off".into(),
+            "--delivery-config".into(),
+            config_file.display().to_string(),
+        ]);
         procs.insert(Part::Analyzer, (analyzer, None));
         let mut migrator = common(migrator_port);
         migrator.extend(["--admin-listen".into(), "off".into()]);
@@ -323,6 +328,8 @@ impl Stack {
     pub async fn apply(&self, config: &str) -> anyhow::Result<()> {
         use hopngo_proto::config::{ApplyConfigRequest, config_service_client::ConfigServiceClient};
         let yaml = resolve(config, &self.metrics_url)?;
+        // As in production, the file the analyzer reads is the one applied.
+        std::fs::write(&self.config_file, &yaml)?;
         let mut client = ConfigServiceClient::connect(self.url(Part::Scheduler)).await?;
         client.apply_config(as_user(ApplyConfigRequest { yaml }, "e2e", &[])).await?;
         Ok(())
@@ -376,7 +383,14 @@ impl Stack {
 /// scalar (what `{error-ratio}` in a stack's config stands for).
 const ERROR_RATIO: &str = "'ratio(rate(hopngo_proxy_requests_total{service=\"{{args.service}}\",environment=\"{{args.environment}}\",track=\"{{args.track}}\",class=\"5xx\"}), rate(hopngo_proxy_requests_total{service=\"{{args.service}}\",environment=\"{{args.environment}}\",track=\"{{args.track}}\"}))'";
 
+/// The config with the test binaries and metrics URL filled in; providers may reach loopback
+/// (the proxies' metrics) unless the config says otherwise.
 fn resolve(config: &str, metrics_url: &str) -> anyhow::Result<String> {
+    let config = if config.contains("\nproviders:") {
+        config.to_string()
+    } else {
+        format!("{config}\nproviders:\n  allowedHosts: [127.0.0.1, localhost]\n")
+    };
     Ok(config
         .replace("{demo}", &binary("hopngo-demo-service", "hopngo-deployer")?.display().to_string())
         .replace("{smoke}", &binary("hopngo-smoke", "hopngo-deployer")?.display().to_string())

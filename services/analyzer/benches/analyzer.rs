@@ -83,8 +83,11 @@ async fn baseline_timer_lateness() -> (f64, f64) {
 
 async fn lateness(url: &str) {
     let endpoint = Endpoint::start(&proxy_page(1_000)).await.unwrap();
+    let config = hopngo_testkit::config::loopback_config(&[]);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hopngo-analyzer"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", url, "--log", "warn"])
+        .arg("--delivery-config")
+        .arg(&config)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -198,6 +201,8 @@ async fn abort_latency(scheduler_url: &str, analyzer_url: &str) {
         "off",
         "--database-url",
         analyzer_url,
+        "--delivery-config",
+        hopngo_testkit::config::loopback_config(&[]).to_str().unwrap(),
     ]);
     let analyzer = tokio::spawn(hopngo_analyzer::server::run(analyzer_args, analyzer_shutdown.clone(), Some(tx)));
     let analyzer_addr: SocketAddr = rx.await.unwrap();

@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use hopngo_proto::analyzer::{self as pb, metric::Provider as PbProvider};
+use hopngo_proto::{
+    analyzer::{self as pb, metric::Provider as PbProvider},
+    check::shown,
+};
 use time::OffsetDateTime;
 
 use crate::{
@@ -18,6 +21,7 @@ use crate::{
         template::substitute,
     },
     error::AnalyzerError,
+    policy::Policy,
     providers::web::parse_path,
     store::StoredRun,
 };
@@ -32,6 +36,10 @@ pub const DEFAULT_SCRAPE_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// Largest sample the judge takes.
 const MAX_SAMPLE: usize = 100_000;
+/// Most measurements of one metric (a day of measurements every second).
+const MAX_COUNT: u32 = 86_400;
+/// Most measurements kept per metric.
+const MAX_RETENTION: u32 = 1000;
 /// Longest interval, delay or timeout accepted.
 const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -43,11 +51,12 @@ pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
 struct Field<'a> {
     path: String,
     metric: &'a str,
+    policy: &'a Policy,
 }
 
 impl Field<'_> {
     fn err(&self, field: &str, reason: impl std::fmt::Display) -> AnalyzerError {
-        let metric = if self.metric.is_empty() { String::new() } else { format!("metric {:?}: ", self.metric) };
+        let metric = if self.metric.is_empty() { String::new() } else { format!("metric {}: ", shown(self.metric)) };
         AnalyzerError::invalid(format!("{}.{field}", self.path), format!("{metric}{reason}"))
     }
 
@@ -82,9 +91,11 @@ impl Field<'_> {
 
     fn http_url(&self, field: &str, url: &str) -> Result<(), AnalyzerError> {
         match url::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-            Ok(u) => Err(self.err(field, format!("{url:?}: scheme {:?} is not http or https", u.scheme()))),
-            Err(e) => Err(self.err(field, format!("{url:?} is not a URL: {e}"))),
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                self.policy.check_url(&u).map_err(|e| self.err(field, e))
+            }
+            Ok(u) => Err(self.err(field, format!("{}: scheme {:?} is not http or https", shown(url), u.scheme()))),
+            Err(e) => Err(self.err(field, format!("{} is not a URL: {e}", shown(url)))),
         }
     }
 
@@ -103,8 +114,9 @@ pub fn metric_spec(
     m: &pb::Metric,
     args: &BTreeMap<String, String>,
     open_ended: bool,
+    policy: &Policy,
 ) -> Result<MetricSpec, AnalyzerError> {
-    let f = Field { path: format!("metrics[{index}]"), metric: &m.name };
+    let f = Field { path: format!("metrics[{index}]"), metric: &m.name, policy };
     if m.name.trim().is_empty() {
         return Err(f.err("name", "must not be empty"));
     }
@@ -122,6 +134,7 @@ pub fn metric_spec(
                 "0 with an interval measures until the run is terminated; only an open-ended run (background analysis) can have that",
             ));
         }
+        (c, _) if c > MAX_COUNT => return Err(f.err("count", format!("{c} is more than {MAX_COUNT} measurements"))),
         (c, None) if c > 1 => return Err(f.err("count", format!("{c} measurements need an interval"))),
         (c, _) => Some(c),
     };
@@ -130,7 +143,7 @@ pub fn metric_spec(
             return Ok(None);
         }
         let text = f.text(field, text, args)?;
-        Condition::parse(&text).map_err(|e| f.err(field, format!("{text:?}: {e}")))?;
+        Condition::parse(&text).map_err(|e| f.err(field, format!("{}: {e}", shown(&text))))?;
         Ok(Some(text))
     };
     let success_condition = condition("success_condition", &m.success_condition)?;
@@ -166,7 +179,8 @@ pub fn metric_spec(
             let url = f.text("scrape.url", &p.url, args)?;
             f.http_url("scrape.url", &url)?;
             let expression = f.text("scrape.expression", &p.expression, args)?;
-            ScrapeExpr::parse(&expression).map_err(|e| f.err("scrape.expression", format!("{expression:?}: {e}")))?;
+            ScrapeExpr::parse(&expression)
+                .map_err(|e| f.err("scrape.expression", format!("{}: {e}", shown(&expression))))?;
             let window = f.positive("scrape.window", &p.window, DEFAULT_SCRAPE_WINDOW)?;
             let timeout = f.positive("scrape.timeout", &p.timeout, DEFAULT_HTTP_TIMEOUT)?;
             Provider::Scrape { url, expression, window, timeout }
@@ -176,7 +190,7 @@ pub fn metric_spec(
             f.http_url("web.url", &url)?;
             let method = if p.method.is_empty() { "GET".to_string() } else { p.method.to_ascii_uppercase() };
             if method != "GET" && method != "POST" {
-                return Err(f.err("web.method", format!("{:?} is not GET or POST", p.method)));
+                return Err(f.err("web.method", format!("{} is not GET or POST", shown(&p.method))));
             }
             let json_path = f.text("web.json_path", &p.json_path, args)?;
             parse_path(&json_path).map_err(|e| f.err("web.json_path", e))?;
@@ -202,6 +216,8 @@ pub fn metric_spec(
             if p.command.is_empty() || p.command[0].trim().is_empty() {
                 return Err(f.err("job.command", "must name a program"));
             }
+            let declared: BTreeMap<String, String> = p.env.clone().into_iter().collect();
+            policy.check_job(&p.command, &declared).map_err(|e| f.err("job.command", e))?;
             let command = p
                 .command
                 .iter()
@@ -246,7 +262,13 @@ pub fn metric_spec(
         )?,
         consecutive_success_limit: m.consecutive_success_limit,
         dry_run: m.dry_run,
-        retention: if m.measurement_retention == 0 { DEFAULT_RETENTION } else { m.measurement_retention.min(1000) },
+        retention: match m.measurement_retention {
+            0 => DEFAULT_RETENTION,
+            r if r > MAX_RETENTION => {
+                return Err(f.err("measurement_retention", format!("{r} is more than {MAX_RETENTION}")));
+            }
+            r => r,
+        },
         severity,
         no_data,
         provider,
@@ -258,13 +280,14 @@ pub fn metric_specs(
     metrics: &[pb::Metric],
     args: &BTreeMap<String, String>,
     open_ended: bool,
+    policy: &Policy,
 ) -> Result<Vec<MetricSpec>, AnalyzerError> {
     if metrics.is_empty() {
         return Err(AnalyzerError::invalid("metrics", "at least one metric is required"));
     }
     let mut specs: Vec<MetricSpec> = Vec::with_capacity(metrics.len());
     for (i, m) in metrics.iter().enumerate() {
-        let spec = metric_spec(i, m, args, open_ended)?;
+        let spec = metric_spec(i, m, args, open_ended, policy)?;
         if specs.iter().any(|s| s.name == spec.name) {
             return Err(AnalyzerError::invalid(format!("metrics[{i}].name"), format!("{:?} is used twice", spec.name)));
         }

@@ -65,7 +65,7 @@ impl AnalyzerService for Analyzer {
     ) -> Result<Response<pb::StartAnalysisRunResponse>, Status> {
         let req = request.into_inner();
         let args: BTreeMap<String, String> = req.args.into_iter().collect();
-        let specs = convert::metric_specs(&req.metrics, &args, req.open_ended)?;
+        let specs = convert::metric_specs(&req.metrics, &args, req.open_ended, &self.engine.providers().policy())?;
         let now = store::now();
         let started = std::time::Instant::now();
         let longest = specs.iter().map(|s| timeout_of(&s.provider)).max().unwrap_or_default();
@@ -198,12 +198,13 @@ impl AnalyzerService for Analyzer {
         let args: BTreeMap<String, String> = req.args.into_iter().collect();
         // One measurement: the run-level fields (interval, count) do not apply.
         let one = pb::Metric { interval: None, count: 0, ..metric };
-        let spec = convert::metric_spec(0, &one, &args, false).map_err(|e| match e {
-            AnalyzerError::Invalid { field, reason } => {
-                AnalyzerError::invalid(field.replacen("metrics[0]", "metric", 1), reason)
-            }
-            other => other,
-        })?;
+        let spec =
+            convert::metric_spec(0, &one, &args, false, &self.engine.providers().policy()).map_err(|e| match e {
+                AnalyzerError::Invalid { field, reason } => {
+                    AnalyzerError::invalid(field.replacen("metrics[0]", "metric", 1), reason)
+                }
+                other => other,
+            })?;
         let started_at = OffsetDateTime::now_utc();
         let observation = self.engine.providers().measure(&spec.provider, None).await;
         let (phase, message, no_data) = judge_measurement(&spec, &observation);
@@ -229,7 +230,7 @@ impl AnalyzerService for Analyzer {
         let req = request.into_inner();
         let args: BTreeMap<String, String> = req.args.into_iter().collect();
         // Open-ended: the checks do not care how often a metric would measure.
-        let specs = convert::metric_specs(&req.metrics, &args, true)?;
+        let specs = convert::metric_specs(&req.metrics, &args, true, &self.engine.providers().policy())?;
         let providers = self.engine.providers();
         let checks = futures::future::join_all(specs.iter().map(|spec| async move {
             let (ok, message) = match providers.check(&spec.provider).await {

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod policy;
 pub mod providers;
 pub mod server;
 pub mod store;

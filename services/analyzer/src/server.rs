@@ -1,7 +1,7 @@
 //! Wiring of the analyzer process: database (or a throwaway cluster), the measuring engine, gRPC
 //! and admin servers, shutdown (the engine finishes its rounds in flight).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use hopngo_kit::{
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     engine::{Engine, EngineMetrics},
     grpc::Analyzer,
+    policy::PolicySource,
     providers::Providers,
     store::Store,
 };
@@ -41,6 +42,11 @@ pub struct Args {
     /// Database connections.
     #[arg(long, env = "HOPNGO_ANALYZER_DB_CONNECTIONS", default_value_t = 8)]
     pub db_connections: u32,
+    /// The delivery config (the file the scheduler's config is applied from): which hosts
+    /// providers may reach (`providers.allowedHosts`) and which jobs may run (those its templates
+    /// and verify steps declare). Read again when it changes. Without it nothing is measured.
+    #[arg(long, env = "HOPNGO_DELIVERY_CONFIG")]
+    pub delivery_config: Option<PathBuf>,
 }
 
 /// Runs the analyzer until `shutdown`; sends the bound gRPC address to `ready`. Prints
@@ -50,11 +56,12 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let Args { listen, telemetry: _, database, db_connections } = args;
+    let Args { listen, telemetry: _, database, db_connections, delivery_config } = args;
+    let policy = PolicySource::open(delivery_config).map_err(|e| anyhow::anyhow!("--delivery-config: {e}"))?;
     let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, db_connections).await.context("connecting to the database")?;
     let metrics = Metrics::new();
-    let engine = Engine::new(store.clone(), Providers::default(), EngineMetrics::new(&metrics.registry));
+    let engine = Engine::new(store.clone(), Providers::new(Arc::new(policy)), EngineMetrics::new(&metrics.registry));
     let engine_stop = CancellationToken::new();
     let engine_task = tokio::spawn(engine.clone().run(engine_stop.clone()));
 

@@ -59,6 +59,63 @@ async fn bad_input_names_the_metric_and_field() {
     let mut m = ok();
     m.provider = Some(Provider::Job(pb::JobProvider { command: vec![], timeout: None, env: Default::default() }));
     cases.push((m, "metrics[0].job.command", "must name a program"));
+    // Hostile: nesting that would overflow a recursive parser, commands of the caller's choosing,
+    // providers pointed at metadata services or hosts the config does not allow, unbounded counts.
+    let mut m = ok();
+    m.success_condition = format!("{}result{} < 1", "(".repeat(1000), ")".repeat(1000));
+    cases.push((m, "metrics[0].success_condition", "nested more than 100 levels deep"));
+    let mut m = ok();
+    m.failure_condition = format!("{}true", "!".repeat(5000));
+    cases.push((m, "metrics[0].failure_condition", "nested more than 100 levels deep"));
+    let mut m = ok();
+    m.provider = Some(Provider::Scrape(pb::ScrapeProvider {
+        url: "http://127.0.0.1:9465/metrics".into(),
+        expression: format!("{}x{}", "ratio(".repeat(500), ", 1)".repeat(500)),
+        window: None,
+        timeout: None,
+    }));
+    cases.push((m, "metrics[0].scrape.expression", "nested more than 100 levels deep"));
+    for command in [vec!["id"], vec!["cat", "/etc/shadow"], vec!["env"], vec!["sh", "-c", "echo 2 of 9 failed; exit 1"]]
+    {
+        let mut m = ok();
+        m.provider = Some(Provider::Job(pb::JobProvider {
+            command: command.iter().map(|c| c.to_string()).collect(),
+            timeout: None,
+            env: Default::default(),
+        }));
+        cases.push((m, "metrics[0].job.command", "commands are never taken from a request"));
+    }
+    for (address, reason) in [
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[fe80::1]:9090", "link-local"),
+        ("http://metadata.google.internal", "cloud metadata"),
+        ("http://10.1.2.3:9090", "not an allowed host"),
+        ("https://example.com", "not an allowed host"),
+    ] {
+        let mut m = ok();
+        m.provider = Some(prometheus(address, "up"));
+        cases.push((m, "metrics[0].prometheus.address", reason));
+        let mut m = ok();
+        m.provider = Some(Provider::Web(pb::WebProvider {
+            url: format!("{address}/x"),
+            json_path: "$.ok".into(),
+            ..Default::default()
+        }));
+        cases.push((m, "metrics[0].web.url", reason));
+    }
+    let mut m = ok();
+    m.interval = secs(1.0);
+    m.count = u32::MAX;
+    cases.push((m, "metrics[0].count", "4294967295 is more than 86400 measurements"));
+    let mut m = ok();
+    m.measurement_retention = u32::MAX;
+    cases.push((m, "metrics[0].measurement_retention", "is more than 1000"));
+    let mut m = ok();
+    m.severity = 999;
+    cases.push((m, "metrics[0].severity", "999 is not a MetricSeverity"));
+    let mut m = ok();
+    m.name = "x".repeat(1 << 20);
+    cases.push((m, "metrics[0].name", "at most 256 are allowed"));
     for (m, field, reason) in cases {
         let err = analyzer
             .client
@@ -93,6 +150,33 @@ async fn bad_input_names_the_metric_and_field() {
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM analyzer.runs").fetch_one(&mut conn).await.unwrap();
     assert_eq!(rows, 0, "nothing stored for refused requests");
+    // Measure and CheckProviders refuse the same; CheckProviders says nothing about files that
+    // are not declared jobs (a program that exists and one that does not get the same answer).
+    let job = |program: &str| {
+        metric(
+            "probe",
+            Provider::Job(pb::JobProvider { command: vec![program.into()], timeout: None, env: Default::default() }),
+        )
+    };
+    let mut answers = Vec::new();
+    for program in ["/etc/passwd", "/no/such/file"] {
+        let err = analyzer
+            .client
+            .clone()
+            .check_providers(pb::CheckProvidersRequest { metrics: vec![job(program)], ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        answers.push(err.message().replace(program, "PROGRAM"));
+        let err = analyzer
+            .client
+            .clone()
+            .measure(pb::MeasureRequest { metric: Some(job(program)), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+    assert_eq!(answers[0], answers[1]);
     analyzer.stop().await;
 }
 
@@ -269,6 +353,7 @@ async fn judge_returns_the_statistics() {
 async fn scrape_rates_never_reach_back_before_the_run() {
     use hopngo_analyzer::{
         domain::{condition::Value, run::Observation},
+        policy::{Policy, PolicySource},
         providers::Providers,
     };
     let page = |errors: u32, ok: u32| {
@@ -281,7 +366,7 @@ async fn scrape_rates_never_reach_back_before_the_run() {
         window: Duration::from_secs(60),
         timeout: Duration::from_secs(2),
     };
-    let providers = Providers::default();
+    let providers = Providers::new(std::sync::Arc::new(PolicySource::fixed(Policy::default())));
     // An earlier canary on the same track: 50 errors.
     providers.prime(&provider, std::time::Instant::now()).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -298,4 +383,52 @@ async fn scrape_rates_never_reach_back_before_the_run() {
     assert_eq!(value(providers.measure(&provider, Some(since)).await), 0.0, "only what happened since the run started");
     let unbounded = value(providers.measure(&provider, None).await);
     assert!((unbounded - 50.0 / 350.0).abs() < 1e-12, "the whole history: {unbounded}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_the_configured_user_with_only_the_allowed_environment() {
+    let as_root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let db = TestDb::create().await.unwrap();
+    let config = std::env::temp_dir().join(format!("hopngo-analyzer-runas-{}.yaml", uuid::Uuid::now_v7().simple()));
+    let run_as = if as_root { "    runAs: nobody\n" } else { "" };
+    std::fs::write(
+        &config,
+        format!(
+            "environments: [{{name: staging}}]\nproviders:\n  allowedHosts: [127.0.0.1]\n  jobs:\n{run_as}    environment: [PATH]\n\
+             analysisTemplates:\n  - name: t\n    metrics:\n      - name: whoami\n        provider: {{job: {{command: [sh, -c, 'id -u; env']}}}}\n\
+             services:\n  - name: test\n    strategy: {{canary: {{steps: [{{setWeight: 100}}]}}}}\n"
+        ),
+    )
+    .unwrap();
+    // The analyzer's own environment has secrets a job must never see.
+    assert!(std::env::var_os("PATH").is_some());
+    let analyzer = common::start_with(&db, &config).await;
+    let job = metric(
+        "whoami",
+        Provider::Job(pb::JobProvider {
+            command: vec!["sh".into(), "-c".into(), "id -u; env".into()],
+            timeout: secs(5.0),
+            env: Default::default(),
+        }),
+    );
+    let measured = analyzer
+        .client
+        .clone()
+        .measure(pb::MeasureRequest { metric: Some(job), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let output = measured.measurement.unwrap().message;
+    let mut lines = output.lines();
+    let uid = lines.next().unwrap();
+    if as_root {
+        assert_eq!(uid, "65534", "ran as nobody: {output}");
+    }
+    let names: Vec<&str> = lines.filter_map(|l| l.split('=').next()).collect();
+    assert!(names.contains(&"PATH"), "{output}");
+    for name in names {
+        assert!(["PATH", "PWD", "SHLVL", "_"].contains(&name), "{name} reached the job: {output}");
+    }
+    analyzer.stop().await;
+    let _ = std::fs::remove_file(config);
 }

@@ -12,6 +12,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod providers;
 pub mod window;
 
 /// A duration written as `30s`, `5m`, `1h30m` or a number of seconds.
@@ -56,6 +57,9 @@ pub struct DeliveryConfig {
     pub analysis_templates: Vec<AnalysisTemplate>,
     /// Services.
     pub services: Vec<Service>,
+    /// What metric providers may reach and how jobs run.
+    #[serde(default)]
+    pub providers: providers::Providers,
 }
 
 /// An environment.
@@ -754,6 +758,7 @@ impl DeliveryConfig {
         if self.environments.is_empty() {
             v.problem("environments", "at least one environment is required");
         }
+        v.providers(&self.providers);
         let mut env_names = BTreeSet::new();
         for (i, env) in self.environments.iter().enumerate() {
             let path = format!("environments[{i}]");
@@ -941,6 +946,34 @@ struct Validator {
 impl Validator {
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem { path: path.into(), message: message.into() });
+    }
+
+    fn providers(&mut self, p: &providers::Providers) {
+        for (i, host) in p.allowed_hosts.iter().enumerate() {
+            if let Err(e) = providers::HostPattern::parse(host) {
+                self.problem(format!("providers.allowedHosts[{i}]"), e);
+            }
+        }
+        let Some(jobs) = &p.jobs else { return };
+        if let Some(user) = &jobs.run_as {
+            let ok = !user.is_empty()
+                && user.len() <= 32
+                && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                && !user.starts_with('-');
+            if !ok {
+                self.problem("providers.jobs.runAs", format!("{user:?} is not a user name"));
+            } else if user == "root" || user == "0" {
+                self.problem("providers.jobs.runAs", "jobs run as an unprivileged user, not root");
+            }
+        }
+        for (i, var) in jobs.environment.iter().flatten().enumerate() {
+            let ok = !var.is_empty()
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !var.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                self.problem(format!("providers.jobs.environment[{i}]"), format!("{var:?} is not a variable name"));
+            }
+        }
     }
 
     fn name(&mut self, path: &str, name: &str) {

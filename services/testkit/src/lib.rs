@@ -1,4 +1,5 @@
 //! Test support shared by every service's tests and the end-to-end tests:
+//! - [`config`]: delivery config files for services that read one;
 //! - [`db`]: a fresh database per test, on `DATABASE_URL` or on a throwaway cluster started once
 //!   per test process;
 //! - [`fakes`]: in-test implementations of the deployer, analyzer, migrator and notifier contracts,
@@ -8,6 +9,7 @@
 //! - [`receiver`]: a webhook receiver that records requests, answers what the test says, and can go
 //!   down and come back on the same port.
 
+pub mod config;
 pub mod db;
 pub mod fakes;
 pub mod measure;

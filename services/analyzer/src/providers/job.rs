@@ -6,7 +6,10 @@ use std::{process::Stdio, time::Duration};
 
 use tokio::{io::AsyncReadExt as _, process::Command};
 
-use crate::domain::{condition::Value, run::Observation};
+use crate::{
+    domain::{condition::Value, run::Observation},
+    policy::JobRuntime,
+};
 
 /// Output kept per job.
 const TAIL: usize = 4096;
@@ -16,13 +19,44 @@ fn tail(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&bytes[start..]).trim_end().to_string()
 }
 
-/// Runs the job.
-pub async fn measure(command: &[String], env: &[(String, String)], timeout: Duration) -> Observation {
-    let Some((program, args)) = command.split_first() else {
+/// The command line that runs `command` as `runtime` says: as the configured user through
+/// `setpriv` (util-linux: new user and group ids, supplementary groups cleared), else as it is.
+fn command_line<'a>(command: &'a [String], runtime: &JobRuntime) -> Vec<std::borrow::Cow<'a, str>> {
+    let mut line: Vec<std::borrow::Cow<'a, str>> = Vec::new();
+    if let Some(user) = &runtime.user {
+        line.extend(
+            [
+                "setpriv".into(),
+                "--reuid".into(),
+                user.uid.to_string().into(),
+                "--regid".into(),
+                user.gid.to_string().into(),
+            ]
+            .into_iter()
+            .chain(["--clear-groups".into(), "--".into()]),
+        );
+    }
+    line.extend(command.iter().map(|c| std::borrow::Cow::Borrowed(c.as_str())));
+    line
+}
+
+/// Runs the job with only the variables `runtime` passes through from the analyzer's own
+/// environment (never its database URL or tokens) plus the job's own.
+pub async fn measure(
+    command: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    runtime: &JobRuntime,
+) -> Observation {
+    let line = command_line(command, runtime);
+    let Some((program, args)) = line.split_first() else {
         return Observation::Error("empty command".into());
     };
-    let mut child = match Command::new(program)
-        .args(args)
+    let inherited = runtime.environment.iter().filter_map(|k| std::env::var_os(k).map(|v| (k.clone(), v)));
+    let mut child = match Command::new(program.as_ref())
+        .args(args.iter().map(|a| a.as_ref()))
+        .env_clear()
+        .envs(inherited)
         .envs(env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -87,6 +121,40 @@ mod tests {
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    async fn measure(command: &[String], env: &[(String, String)], timeout: Duration) -> Observation {
+        super::measure(command, env, timeout, &JobRuntime::default()).await
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_scrubbed() {
+        // The test process has variables a job must never see (the analyzer's DATABASE_URL).
+        let seen = measure(&sh("env"), &[("EXTRA".into(), "1".into())], Duration::from_secs(5)).await;
+        let Observation::Value { detail, .. } = seen else { panic!("{seen:?}") };
+        let names: Vec<&str> = detail.lines().filter_map(|l| l.split('=').next()).collect();
+        assert!(names.contains(&"EXTRA") && names.contains(&"PATH"), "{names:?}");
+        for name in &names {
+            assert!(
+                ["EXTRA", "PATH", "HOME", "LANG", "LC_ALL", "TZ", "PWD", "SHLVL", "_"].contains(name),
+                "{name} reached the job: {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_configured_user_runs_the_job_through_setpriv() {
+        let runtime = JobRuntime {
+            user: Some(crate::policy::JobUser { name: "nobody".into(), uid: 65534, gid: 65534 }),
+            ..JobRuntime::default()
+        };
+        let id = sh("id -u");
+        let line = command_line(&id, &runtime);
+        assert_eq!(
+            line,
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", "sh", "-c", "id -u"]
+        );
+        assert_eq!(command_line(&id, &JobRuntime::default()), ["sh", "-c", "id -u"]);
     }
 
     #[tokio::test]

@@ -5,16 +5,33 @@ pub mod prometheus;
 pub mod scrape;
 pub mod web;
 
-use crate::domain::run::{Observation, Provider};
+use std::sync::Arc;
 
-/// The providers with their shared state (HTTP connection pool, scrape histories).
-#[derive(Clone, Default)]
+use crate::{
+    domain::run::{Observation, Provider},
+    policy::{Policy, PolicySource},
+};
+
+/// The providers with their shared state (HTTP connection pool, scrape histories) and the policy
+/// of what they may reach and run.
+#[derive(Clone)]
 pub struct Providers {
     http: hopngo_kit::http::HttpClient,
     scrapes: scrape::ScrapeCache,
+    policy: Arc<PolicySource>,
 }
 
 impl Providers {
+    /// Providers under `policy`.
+    pub fn new(policy: Arc<PolicySource>) -> Providers {
+        Providers { http: Default::default(), scrapes: Default::default(), policy }
+    }
+
+    /// The policy in force (what requests may name).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.current()
+    }
+
     /// Takes one measurement; rates and quantiles cover no time before `since` (a run's start).
     pub async fn measure(&self, provider: &Provider, since: Option<std::time::Instant>) -> Observation {
         match provider {
@@ -27,7 +44,9 @@ impl Providers {
             Provider::Web { url, method, headers, body, json_path, timeout } => {
                 web::measure(&self.http, method, url, headers, body, json_path, *timeout).await
             }
-            Provider::Job { command, timeout, env } => job::measure(command, env, *timeout).await,
+            Provider::Job { command, timeout, env } => {
+                job::measure(command, env, *timeout, &self.policy.current().jobs_run).await
+            }
         }
     }
 

@@ -17,7 +17,22 @@ pub struct Running {
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// The smoke-test scripts the tests run (with `TARGET` set from the run's `track` argument).
+pub const SCRIPTS: [&str; 3] = ["echo smoke tests passed for $TARGET", "echo 2 of 9 failed; exit 1", "sleep 30"];
+
+const TARGET: &[(&str, &str)] = &[("TARGET", "{{args.track}}")];
+
+/// An analyzer whose delivery config allows loopback and declares every job a test sends.
 pub async fn start(db: &TestDb) -> Running {
+    let scripts: Vec<[&str; 3]> = SCRIPTS.iter().map(|s| ["sh", "-c", s]).collect();
+    let mut jobs: Vec<hopngo_testkit::config::TestJob<'_>> =
+        vec![(&["true"], &[]), (&["hopngo-no-such-smoke-test"], &[])];
+    jobs.extend(scripts.iter().map(|s| (s.as_slice(), TARGET)));
+    start_with(db, &hopngo_testkit::config::loopback_config(&jobs)).await
+}
+
+/// An analyzer reading the delivery config at `config`.
+pub async fn start_with(db: &TestDb, config: &std::path::Path) -> Running {
     let args = Args::parse_from([
         "hopngo-analyzer",
         "--listen",
@@ -28,6 +43,8 @@ pub async fn start(db: &TestDb) -> Running {
         &db.url,
         "--drain-timeout",
         "1s",
+        "--delivery-config",
+        config.to_str().unwrap(),
     ]);
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
