@@ -33,6 +33,21 @@ ensure_prometheus() {
   fi
 }
 
+# A Python with grpcio (reflection, health) in target/python for the tests' foreign gRPC client;
+# exports HOPNGO_TEST_PYTHON.
+ensure_python_grpc() {
+  local venv=target/python
+  if ! "$venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1 \
+    || ! cmp -s tools/python-requirements.txt "$venv/requirements.txt"; then
+    echo "installing the Python gRPC client for the tests (tools/python-requirements.txt)" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tools/python-requirements.txt
+    cp tools/python-requirements.txt "$venv/requirements.txt"
+  fi
+  HOPNGO_TEST_PYTHON="$PWD/$venv/bin/python"
+  export HOPNGO_TEST_PYTHON
+}
+
 ensure_nextest() {
   if ! cargo nextest --version >/dev/null 2>&1; then
     echo "installing cargo-nextest" >&2

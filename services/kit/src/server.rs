@@ -27,6 +27,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::admin::Metrics;
 
+/// The services every server adds to its own: health and reflection (both versions).
+const PLUMBING: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 /// Collects a service's gRPC services, then serves them with the shared plumbing.
 pub struct GrpcServer {
     routes: RoutesBuilder,
@@ -61,25 +65,30 @@ impl GrpcServer {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        // What this port serves, and nothing else: reflection lists exactly these, and health
+        // answers for each of them.
+        let mut names = self.names.clone();
+        names.extend(PLUMBING);
         let (reporter, health) = tonic_health::server::health_reporter();
-        for name in &self.names {
+        for name in &names {
             reporter.set_service_status(*name, ServingStatus::Serving).await;
         }
         reporter.set_service_status("", ServingStatus::Serving).await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(hopngo_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(hopngo_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection = || {
+            names.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(hopngo_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(*name),
+            )
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let mut routes = self.routes;
         routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
 
-        let names = self.names.clone();
         let drain_started = CancellationToken::new();
         let signal = {
             let shutdown = shutdown.clone();

@@ -104,6 +104,15 @@ impl MigratorService for Migrator {
         run_request.out_of_order = req.out_of_order;
         run_request.undo_all = req.undo_all;
         let invalid_version = |e: String| MigratorError::invalid("target_version", e);
+        // Flyway parses versions as BigIntegers, so `-1` is a version; no migration has one, and a
+        // target below every version would quietly do nothing (or undo everything).
+        if run_request.target_version.starts_with('-') || run_request.target_version.contains(".-") {
+            return Err(invalid_version(format!(
+                "{} is negative; a target is a version (1, 1.2), latest, current or next",
+                hopngo_proto::check::shown(&run_request.target_version)
+            ))
+            .into());
+        }
         let undo_to = match run_request.command {
             Command::Migrate => {
                 VersionTarget::parse(&run_request.target_version).map_err(invalid_version)?;

@@ -222,6 +222,14 @@ async fn bad_requests_are_refused_before_anything_is_stored() {
     let mut bad_version = start_request("app", &dir, pb::MigrationCommand::Migrate, "");
     bad_version.target_version = "1.x".into();
     refused(start(bad_version).await, Code::InvalidArgument, "target_version: Version may only contain");
+    for negative in ["-1", "1.-2"] {
+        let mut request = start_request("app", &dir, pb::MigrationCommand::Migrate, "");
+        request.target_version = negative.into();
+        refused(start(request).await, Code::InvalidArgument, "target_version: ");
+        let mut request = start_request("app", &dir, pb::MigrationCommand::Undo, "");
+        request.target_version = negative.into();
+        refused(start(request).await, Code::InvalidArgument, "is negative");
+    }
     refused(
         start(start_request("down", &dir, pb::MigrationCommand::Migrate, "")).await,
         Code::Unavailable,

@@ -1,0 +1,262 @@
+//! A hostile caller against the real binaries: every service gets requests meant to crash it
+//! (nesting that would overflow a recursive parser), to run commands or read files of the
+//! caller's choosing, to start replicas for made-up targets, to turn providers into a network
+//! scanner, and to smuggle NUL bytes, control characters and megabytes into storage. Each is
+//! refused with INVALID_ARGUMENT naming the field, nothing happens, and afterwards every process
+//! still serves: checked with a client that is not tonic (Python grpcio, types learned from
+//! reflection), which also sees that each port lists exactly what it serves.
+
+use std::{path::PathBuf, time::Duration};
+
+use hopngo_e2e::{Part, Stack, StackOptions, as_user};
+use hopngo_proto::{
+    analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient, metric::Provider},
+    deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
+    migrator::{self as mpb, migrator_service_client::MigratorServiceClient},
+    notifier::{self as npb, notifier_service_client::NotifierServiceClient},
+    release as pb,
+};
+use hopngo_testkit::db::TestDb;
+use tonic::Code;
+
+const CONFIG: &str = r#"
+environments:
+  - name: staging
+analysisTemplates:
+  - name: smoke
+    metrics:
+      - name: smoke
+        provider: {job: {command: ["{smoke}", --address, "{{args.address}}"]}}
+services:
+  - name: booking
+    replicas: 1
+    migrations: {database: app}
+    strategy:
+      canary:
+        steps:
+          - setWeight: 50
+          - pause: {}
+    local:
+      command: ["{demo}", --name, booking, --version, "{version}", --port, "{port}"]
+"#;
+
+/// The Python with grpcio that `scripts/test.sh` installs.
+fn python() -> PathBuf {
+    let path = std::env::var_os("HOPNGO_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/python/bin/python")));
+    assert!(path.exists(), "{} is missing: run scripts/test.sh, which installs the Python gRPC client", path.display());
+    path
+}
+
+fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
+    let status = result.expect_err("a hostile request was accepted");
+    assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+    assert!(status.message().starts_with(field), "{:?} should name {field}", status.message());
+    assert!(status.message().len() <= 2048, "the error echoes the whole input: {} bytes", status.message().len());
+}
+
+fn metric(provider: Provider, condition: &str) -> apb::Metric {
+    apb::Metric {
+        name: "probe".into(),
+        success_condition: condition.into(),
+        provider: Some(provider),
+        ..Default::default()
+    }
+}
+
+fn scrape(url: &str, expression: &str) -> Provider {
+    Provider::Scrape(apb::ScrapeProvider {
+        url: url.into(),
+        expression: expression.into(),
+        window: None,
+        timeout: None,
+    })
+}
+
+fn job(command: &[&str]) -> Provider {
+    Provider::Job(apb::JobProvider {
+        command: command.iter().map(|c| c.to_string()).collect(),
+        timeout: None,
+        env: Default::default(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_and_every_process_still_serves() {
+    let db = TestDb::create().await.unwrap();
+    let app = TestDb::create().await.unwrap();
+    let scripts = std::env::temp_dir().join(format!("hopngo-e2e-hostile-{}", std::process::id()));
+    let elsewhere = std::env::temp_dir().join(format!("hopngo-e2e-hostile-x-{}", std::process::id()));
+    for dir in [&scripts, &elsewhere] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(scripts.join("V1__bookings.sql"), "CREATE TABLE bookings (id int);\n").unwrap();
+    std::fs::write(elsewhere.join("V2__evil.sql"), "CREATE TABLE evil (id int);\n").unwrap();
+    let _ = std::fs::remove_file(scripts.join("escape"));
+    std::os::unix::fs::symlink(&elsewhere, scripts.join("escape")).unwrap();
+    let migrator_args =
+        vec!["--target".into(), format!("app={}", app.url), "--locations".into(), format!("app={}", scripts.display())];
+    let stack = Stack::start(&db.url, CONFIG, StackOptions { migrator_args, ..Default::default() }).await.unwrap();
+    let pwned = std::env::temp_dir().join(format!("hopngo-pwned-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pwned);
+
+    // Analyzer: parsers that recursed without bound, commands of the caller's choosing, providers
+    // aimed at metadata services and hosts the config does not allow.
+    let mut analyzer = AnalyzerServiceClient::connect(stack.url(Part::Analyzer)).await.unwrap();
+    let metrics = stack.metrics_url.clone();
+    let measure = |m: apb::Metric| apb::MeasureRequest { metric: Some(m), ..Default::default() };
+    let deep_condition = format!("{}result{} < 1", "(".repeat(1000), ")".repeat(1000));
+    refused(
+        analyzer.measure(measure(metric(scrape(&metrics, "1"), &deep_condition))).await,
+        "metric.success_condition",
+    );
+    let nots = format!("{}true", "!".repeat(100_000));
+    refused(analyzer.measure(measure(metric(scrape(&metrics, "1"), &nots))).await, "metric.success_condition");
+    let ratios = format!("{}x{}", "ratio(".repeat(500), ", 1)".repeat(500));
+    refused(analyzer.measure(measure(metric(scrape(&metrics, &ratios), ""))).await, "metric.scrape.expression");
+    let touch = format!("touch {}", pwned.display());
+    for command in [vec!["id"], vec!["cat", "/etc/shadow"], vec!["env"], vec!["sh", "-c", touch.as_str()]] {
+        refused(analyzer.measure(measure(metric(job(&command), ""))).await, "metric.job.command");
+        let start = apb::StartAnalysisRunRequest { metrics: vec![metric(job(&command), "")], ..Default::default() };
+        refused(analyzer.start_analysis_run(start).await, "metrics[0].job.command");
+    }
+    let check = apb::CheckProvidersRequest { metrics: vec![metric(job(&["/etc/passwd"]), "")], ..Default::default() };
+    refused(analyzer.check_providers(check).await, "metrics[0].job.command");
+    for url in ["http://169.254.169.254/latest/meta-data/", "http://metadata.google.internal/", "http://10.9.8.7:9090/"]
+    {
+        refused(analyzer.measure(measure(metric(scrape(url, "1"), ""))).await, "metric.scrape.url");
+    }
+
+    // Migrator: scripts only from the configured locations.
+    let mut migrator = MigratorServiceClient::connect(stack.url(Part::Migrator)).await.unwrap();
+    let escape = scripts.join("escape").display().to_string();
+    let filesystem = format!("filesystem:{}", elsewhere.display());
+    let outside = elsewhere.display().to_string();
+    for location in [outside.as_str(), filesystem.as_str(), escape.as_str(), "/etc", "/tmp"] {
+        let target = Some(mpb::MigrationTarget {
+            database: "app".into(),
+            locations: vec![location.to_string()],
+            ..Default::default()
+        });
+        refused(
+            migrator.validate(mpb::ValidateRequest { target: target.clone(), ..Default::default() }).await,
+            "target.locations[0]",
+        );
+        let start =
+            mpb::StartMigrationRequest { target, command: mpb::MigrationCommand::Migrate as i32, ..Default::default() };
+        refused(migrator.start_migration(start).await, "target.locations[0]");
+    }
+    let mut bad_version = mpb::StartMigrationRequest {
+        target: Some(mpb::MigrationTarget { database: "app".into(), ..Default::default() }),
+        command: mpb::MigrationCommand::Migrate as i32,
+        ..Default::default()
+    };
+    bad_version.target_version = "-1".into();
+    refused(migrator.start_migration(bad_version).await, "target_version");
+
+    // Deployer: artifacts that read as options, megabytes, made-up environments.
+    let mut deployer = DeployerServiceClient::connect(stack.url(Part::Deployer)).await.unwrap();
+    let apply = |environment: &str, artifact: &str| dpb::ApplyTargetRequest {
+        target: Some(dpb::TargetSpec {
+            service: "booking".into(),
+            environment: environment.into(),
+            tracks: vec![dpb::TrackSpec { track: dpb::Track::Stable as i32, artifact: artifact.into(), replicas: 1 }],
+            canary_weight: 0,
+        }),
+        idempotency_key: "hostile".into(),
+    };
+    refused(deployer.apply_target(apply("staging", "--help")).await, "target.tracks[0].artifact");
+    refused(deployer.apply_target(apply("staging", &"1".repeat(1 << 20))).await, "target.tracks[0].artifact");
+    refused(deployer.apply_target(apply("staging", "1.0\u{202E}")).await, "target.tracks[0].artifact");
+    refused(deployer.apply_target(apply("moon", "1.0.0")).await, "target.environment");
+    let status = deployer
+        .get_target_status(dpb::GetTargetStatusRequest { service: "booking".into(), environment: "moon".into() })
+        .await;
+    assert_eq!(status.unwrap_err().code(), Code::NotFound, "no replica was started for the moon");
+
+    // Scheduler and notifier: NUL bytes, control characters and megabytes never reach storage.
+    let mut releases = stack.releases().await;
+    let create = |artifact: &str, reason: &str, request_id: &str| {
+        as_user(
+            pb::CreateReleaseRequest {
+                service: "booking".into(),
+                environment: "staging".into(),
+                artifact: artifact.into(),
+                request_id: request_id.into(),
+                reason: reason.into(),
+            },
+            "mallory",
+            &[],
+        )
+    };
+    refused(releases.create_release(create("1.0.0", "because\0", "")).await, "reason");
+    refused(releases.create_release(create("1.0.0", "\u{1b}[2J", "")).await, "reason");
+    refused(releases.create_release(create("1.0.0", &"r".repeat(1 << 20), "")).await, "reason");
+    refused(releases.create_release(create("1.0.0", "", &"k".repeat(1 << 20))).await, "request_id");
+    refused(releases.create_release(create("1.0.\u{202E}1", "", "")).await, "artifact");
+    let list = pb::ListReleasesRequest { service: "booking\0".into(), ..Default::default() };
+    refused(releases.list_releases(list).await, "service");
+    let mut notifier = NotifierServiceClient::connect(stack.url(Part::Notifier)).await.unwrap();
+    let event = hopngo_proto::events::Event { id: "x\0".into(), ..Default::default() };
+    refused(notifier.publish_events(npb::PublishEventsRequest { events: vec![event] }).await, "events[0].id");
+    let webhook = npb::CreateWebhookRequest { url: format!("https://{}", "a".repeat(1 << 20)), ..Default::default() };
+    refused(notifier.create_webhook(webhook).await, "url");
+    let listed = releases.list_releases(pb::ListReleasesRequest::default()).await.unwrap().into_inner();
+    assert!(listed.releases.is_empty(), "nothing was stored: {:?}", listed.releases);
+    assert!(!pwned.exists(), "a command of the caller's choosing ran");
+
+    // Every process still serves; a foreign client sees exactly what each port serves, healthy,
+    // and gets the same refusal for a NUL byte.
+    let address = |part: Part| stack.url(part).trim_start_matches("http://").to_string();
+    let spec = serde_json::json!({
+        "targets": [
+            {"address": address(Part::Scheduler), "calls": [{
+                "method": "hopngo.release.v1.ReleaseService/CreateRelease",
+                "request": {"service": "booking", "environment": "staging", "artifact": "1.0.0", "reason": "a\u{0}b"}
+            }]},
+            {"address": address(Part::Deployer)},
+            {"address": address(Part::Analyzer)},
+            {"address": address(Part::Migrator)},
+            {"address": address(Part::Notifier)},
+        ]
+    });
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .arg("tests/python/foreign_client.py")
+            .arg(spec.to_string())
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .output(),
+    )
+    .await
+    .expect("the foreign client finished")
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let probes: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let plumbing =
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+    let expected: [&[&str]; 5] = [
+        &["hopngo.config.v1.ConfigService", "hopngo.release.v1.ReleaseService"],
+        &["hopngo.deployer.v1.DeployerService"],
+        &["hopngo.analyzer.v1.AnalyzerService"],
+        &["hopngo.migrator.v1.MigratorService"],
+        &["hopngo.notifier.v1.NotifierService"],
+    ];
+    for (probe, own) in probes.as_array().unwrap().iter().zip(expected) {
+        let mut want: Vec<&str> = own.iter().chain(plumbing.iter()).copied().collect();
+        want.sort_unstable();
+        let listed: Vec<&str> = probe["services"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert_eq!(listed, want, "{probe}");
+        for name in listed {
+            assert_eq!(probe["health"][name], "SERVING", "{name} on {}", probe["address"]);
+        }
+    }
+    let call = &probes[0]["calls"][0];
+    assert_eq!(call["code"], "INVALID_ARGUMENT", "{call}");
+    assert!(call["message"].as_str().unwrap().starts_with("reason: contains a NUL byte"), "{call}");
+
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&scripts);
+    let _ = std::fs::remove_dir_all(&elsewhere);
+}
