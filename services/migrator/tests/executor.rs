@@ -585,3 +585,20 @@ async fn baseline_on_migrate_and_mixed_scripts_when_allowed() {
     );
     assert!(exists(&db, "fresh_id").await, "the mixed script ran outside a transaction");
 }
+
+#[tokio::test]
+async fn scripts_with_a_byte_order_mark_crlf_and_non_ascii_run_and_checksum_as_flyway_does() {
+    let db = TestDb::create().await.unwrap();
+    let dir = Dir::new();
+    // Written by an editor on Windows: a UTF-8 BOM, CRLF line ends, accents in data.
+    let script = "CREATE TABLE cafés (nom text);\r\nALTER TABLE cafés ADD COLUMN prix int;\r\nINSERT INTO cafés VALUES ('Crème brûlée', 4);\r\n";
+    dir.write("V1__bom.sql", &format!("\u{FEFF}{script}"));
+    let outcome = migrate(&target(&db, &dir)).await.unwrap();
+    assert_eq!(outcome.version_after, "1");
+    let mut c = conn(&db).await;
+    let name: String = sqlx::query_scalar("SELECT nom FROM cafés").fetch_one(&mut c).await.unwrap();
+    assert_eq!(name, "Crème brûlée");
+    // The checksum Flyway computes for the file: the same text without its BOM and line ends.
+    let expected = checksum(&script.replace("\r\n", "\n"));
+    assert_eq!(history(&db).await[0].5, Some(expected));
+}
