@@ -75,6 +75,8 @@ pub enum BackendError {
 
 /// A deployer backend.
 pub trait Backend: Send + Sync {
+    /// Whether `service` and `environment` are ones the delivery config declares.
+    fn check_names(&self, service: &str, environment: &str) -> Result<(), BackendError>;
     /// Whether the backend can run `target` at all (checked before it is recorded).
     fn check(&self, target: &Target) -> Result<(), BackendError>;
     /// Where the service's traffic enters (the proxy, a Kubernetes Service), once applied.

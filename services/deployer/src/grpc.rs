@@ -196,6 +196,11 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
 
     async fn preflight(&self, req: Request<pb::PreflightRequest>) -> Result<Response<pb::PreflightResponse>, Status> {
         let r = req.into_inner();
+        // The same names as a target's (field names as in ApplyTarget, without `target.`).
+        self.backend.check_names(&r.service, &r.environment).map_err(|e| match e {
+            BackendError::Invalid { field, reason } => invalid(field.trim_start_matches("target."), reason),
+            other => backend_error(other),
+        })?;
         let checks = self.backend.preflight(&r.service, &r.environment).await;
         Ok(Response::new(pb::PreflightResponse {
             ok: checks.iter().all(|(_, ok, _)| *ok),

@@ -117,23 +117,26 @@ impl LocalBackend {
         self.supervisor.shutdown().await;
     }
 
-    fn replica_spec(&self, target: &Target, artifact: &str, replicas: u32) -> Result<ReplicaSetSpec, BackendError> {
-        let service = self.config.service(&target.service).ok_or_else(|| BackendError::Invalid {
+    /// The service, when it and the environment are declared by the delivery config.
+    fn declared(&self, service: &str, environment: &str) -> Result<&hopngo_delivery::Service, BackendError> {
+        let declared = self.config.service(service).ok_or_else(|| BackendError::Invalid {
             field: "target.service".into(),
-            reason: format!(
-                "unknown service {} (not in the delivery config)",
-                hopngo_proto::check::shown(&target.service)
-            ),
+            reason: format!("unknown service {} (not in the delivery config)", hopngo_proto::check::shown(service)),
         })?;
-        if self.config.environment(&target.environment).is_none() {
+        if self.config.environment(environment).is_none() {
             return Err(BackendError::Invalid {
                 field: "target.environment".into(),
                 reason: format!(
                     "unknown environment {} (not in the delivery config)",
-                    hopngo_proto::check::shown(&target.environment)
+                    hopngo_proto::check::shown(environment)
                 ),
             });
         }
+        Ok(declared)
+    }
+
+    fn replica_spec(&self, target: &Target, artifact: &str, replicas: u32) -> Result<ReplicaSetSpec, BackendError> {
+        let service = self.declared(&target.service, &target.environment)?;
         let local = service.local.as_ref().ok_or_else(|| BackendError::Invalid {
             field: "target.service".into(),
             reason: format!(
@@ -205,6 +208,10 @@ fn route(target: &Target, tracks: BTreeMap<Track, Vec<SocketAddr>>) -> Routing {
 }
 
 impl Backend for LocalBackend {
+    fn check_names(&self, service: &str, environment: &str) -> Result<(), BackendError> {
+        self.declared(service, environment).map(|_| ())
+    }
+
     fn check(&self, target: &Target) -> Result<(), BackendError> {
         for t in &target.tracks {
             self.replica_spec(target, &t.artifact, t.replicas)?;

@@ -334,6 +334,19 @@ async fn bad_input_names_the_field_and_a_failing_command_says_why() {
         .unwrap()
         .into_inner();
     assert!(!preflight.ok);
+    // Names nobody declared are mistakes, not a failed check.
+    for (service, environment, message) in [
+        ("", "staging", "service: unknown service \"\" (not in the delivery config)"),
+        ("nope", "staging", "service: unknown service \"nope\" (not in the delivery config)"),
+        ("booking", "moon", "environment: unknown environment \"moon\" (not in the delivery config)"),
+    ] {
+        let err = d
+            .client
+            .preflight(pb::PreflightRequest { service: service.into(), environment: environment.into() })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::InvalidArgument, message));
+    }
     d.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

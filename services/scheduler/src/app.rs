@@ -289,7 +289,8 @@ impl App {
             return Err(SchedulerError::invalid(
                 "service",
                 format!(
-                    "unknown service {service:?} (known: {})",
+                    "unknown service {} (known: {})",
+                    hopngo_proto::check::shown(service),
                     known(config.services.iter().map(|s| s.name.as_str()))
                 ),
             ));
@@ -301,7 +302,8 @@ impl App {
             return Err(SchedulerError::invalid(
                 "environment",
                 format!(
-                    "unknown environment {environment:?} (known: {})",
+                    "unknown environment {} (known: {})",
+                    hopngo_proto::check::shown(environment),
                     known(config.environments.iter().map(|e| e.name.as_str()))
                 ),
             ));
@@ -588,6 +590,12 @@ impl App {
         }
         let se = self.store.service_environment(service, environment).await?;
         let rows = self.store.revisions(service, environment).await?;
+        if rows.is_empty() {
+            // A service taken out of the config keeps its history; a name nobody ever released
+            // and the config does not know is a mistake, not an empty history.
+            let current = self.config(None).await?;
+            self.check_target(&current.config, service, environment)?;
+        }
         Ok((rows.into_iter().map(|r| r.release).collect(), se.stable_revision))
     }
 
@@ -606,7 +614,8 @@ impl App {
             return Err(SchedulerError::invalid(
                 "environment",
                 format!(
-                    "unknown environment {environment:?} (known: {})",
+                    "unknown environment {} (known: {})",
+                    hopngo_proto::check::shown(environment),
                     known(config.environments.iter().map(|e| e.name.as_str()))
                 ),
             ));
@@ -624,13 +633,22 @@ impl App {
                 )));
             }
         } else {
+            // Every name is checked before any is looked up, so a mistake is named as such.
             for (i, name) in services.iter().enumerate() {
                 if config.service(name).is_none() {
-                    return Err(SchedulerError::invalid(format!("services[{i}]"), format!("unknown service {name:?}")));
+                    return Err(SchedulerError::invalid(
+                        format!("services[{i}]"),
+                        format!("unknown service {}", hopngo_proto::check::shown(name)),
+                    ));
                 }
-                if targets.iter().any(|(n, _, _)| n == name) {
-                    return Err(SchedulerError::invalid(format!("services[{i}]"), format!("{name:?} is listed twice")));
+                if services[..i].contains(name) {
+                    return Err(SchedulerError::invalid(
+                        format!("services[{i}]"),
+                        format!("{} is listed twice", hopngo_proto::check::shown(name)),
+                    ));
                 }
+            }
+            for name in services {
                 let (rev, artifact) = self.undo_target(name, environment, 0).await?;
                 targets.push((name.clone(), rev, artifact));
             }

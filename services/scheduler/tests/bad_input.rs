@@ -166,3 +166,48 @@ async fn a_repeated_request_id_returns_the_first_release_even_when_concurrent() 
     assert_eq!(revisions.len(), 2, "the seed and one release");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_names_are_errors_not_empty_answers() {
+    let h = Harness::start().await;
+    let before = count_releases(&h).await;
+    let err = h
+        .client()
+        .list_revisions(pb::ListRevisionsRequest { service: "nope".into(), environment: "staging".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("service: unknown service \"nope\""), "{err:?}");
+    let err = h
+        .client()
+        .list_revisions(pb::ListRevisionsRequest { service: "booking-service".into(), environment: "moon".into() })
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("environment: unknown environment \"moon\""), "{err:?}");
+    let known = h
+        .client()
+        .list_revisions(pb::ListRevisionsRequest { service: "booking-service".into(), environment: "staging".into() })
+        .await
+        .unwrap();
+    assert!(known.into_inner().revisions.is_empty(), "a known service without releases has an empty history");
+    let rollback = |services: &[&str]| {
+        as_user(
+            pb::RollbackEnvironmentRequest {
+                environment: "staging".into(),
+                services: services.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            },
+            "alice",
+            &[],
+        )
+    };
+    let err = h.client().rollback_environment(rollback(&["booking-service", "booking-service"])).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "services[1]: \"booking-service\" is listed twice")
+    );
+    let err = h.client().rollback_environment(rollback(&["booking-service", "nope"])).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "services[1]: unknown service \"nope\""));
+    assert_eq!(count_releases(&h).await, before, "nothing stored");
+    h.stop().await;
+}
