@@ -67,11 +67,18 @@ fn check_event(i: usize, e: &Event) -> Result<(), NotifierError> {
     if Uuid::parse_str(&e.release_id).is_err() {
         return Err(NotifierError::invalid(
             field("release_id"),
-            format!("{:?} is not a release id (a UUID)", e.release_id),
+            format!("{} is not a release id (a UUID)", hopngo_proto::check::shown(&e.release_id)),
         ));
     }
-    if e.id.len() > 256 {
-        return Err(NotifierError::invalid(field("id"), "is longer than 256 characters"));
+    if !hopngo_proto::event_types::ALL.contains(&e.r#type.as_str()) {
+        return Err(NotifierError::invalid(
+            field("type"),
+            format!("{} is not an event type of the control plane", hopngo_proto::check::shown(&e.r#type)),
+        ));
+    }
+    // Positions and sequences are PostgreSQL bigints.
+    if e.sequence > i64::MAX as u64 {
+        return Err(NotifierError::invalid(field("sequence"), format!("{} is more than {}", e.sequence, i64::MAX)));
     }
     if !e.spec_version.is_empty() && e.spec_version != "1.0" {
         return Err(NotifierError::invalid(

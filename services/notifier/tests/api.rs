@@ -223,6 +223,27 @@ async fn bad_input_is_refused_with_the_field_and_nothing_is_written() {
     bad_release.release_id = "r1".into();
     let err = c.publish_events(pb::PublishEventsRequest { events: vec![bad_release] }).await.unwrap_err();
     assert!(err.message().starts_with("events[0].release_id:"), "{}", err.message());
+    // Garbage that used to be stored or to reach PostgreSQL as an internal error.
+    let mut unknown_type = good.clone();
+    unknown_type.r#type = "com.example.anything".into();
+    let mut huge_sequence = good.clone();
+    huge_sequence.sequence = u64::MAX;
+    let mut nul_id = good.clone();
+    nul_id.id = "a\0b".into();
+    let mut long_id = good.clone();
+    long_id.id = "i".repeat(1 << 20);
+    let mut bad_severity = good.clone();
+    bad_severity.severity = 999;
+    for (event, message) in [
+        (unknown_type, "events[0].type: \"com.example.anything\" is not an event type of the control plane"),
+        (huge_sequence, "events[0].sequence: 18446744073709551615 is more than 9223372036854775807"),
+        (nul_id, "events[0].id: contains a NUL byte (at byte 1)"),
+        (long_id, "events[0].id: is 1048576 bytes long; at most 256 are allowed"),
+        (bad_severity, "events[0].severity: 999 is not a Severity (INFO, WARNING, ERROR, CRITICAL)"),
+    ] {
+        let err = c.publish_events(pb::PublishEventsRequest { events: vec![event] }).await.unwrap_err();
+        assert_eq!((err.code(), err.message()), (Code::InvalidArgument, message));
+    }
     let sub = |filter: pb::EventFilter, start: Start| {
         let mut c = c.clone();
         async move {
@@ -237,6 +258,25 @@ async fn bad_input_is_refused_with_the_field_and_nothing_is_written() {
             .await;
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("filter.types[0]: unknown event type \"service.deployed\"; did you mean \"dev.cdevents.service.deployed.0.3.0\"?"), "{}", err.message());
+    let err = sub(pb::EventFilter { services: vec!["a\0".into()], ..Default::default() }, Start::FromNow(true)).await;
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "filter.services[0]: contains a NUL byte (at byte 1)")
+    );
+    let err = n
+        .client
+        .clone()
+        .create_webhook(pb::CreateWebhookRequest {
+            url: "http://127.0.0.1:1/".into(),
+            secret: "s".repeat(1 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "secret: is 1048576 bytes long; at most 256 are allowed")
+    );
     let err = sub(pb::EventFilter::default(), Start::AfterCursor("5".into())).await;
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
