@@ -107,6 +107,41 @@ async fn hopctl_drives_a_release_and_fails_with_one_line() {
     let out = tokio::task::spawn_blocking(|| hopctl("http://127.0.0.1:1", &["list"])).await.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out).lines().count(), 1);
-    assert!(stderr(&out).starts_with("hopctl: Unavailable"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("hopctl: cannot reach the scheduler at http://127.0.0.1:1: tcp connect error"),
+        "names the address: {}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("--server"), "suggests the fix: {}", stderr(&out));
+    // host:port works as well as a URL; an address that is neither says so.
+    let bare = server.trim_start_matches("http://").to_string();
+    let out = tokio::task::spawn_blocking(move || hopctl(&bare, &["list"])).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = tokio::task::spawn_blocking(|| hopctl("garbage", &["list"])).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "hopctl: server address \"garbage\" is not valid: no port; give host:port (127.0.0.1:50051) or a URL (http://host:port)"
+    );
+    // An unknown service has no history: an error, not an empty table.
+    let out = run(s(&["history", "nope", "--env", "staging"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).starts_with("hopctl: InvalidArgument: service: unknown service \"nope\""), "{}", stderr(&out));
+    // A reader that goes away (`hopctl list -o yaml | head -0`) ends hopctl quietly.
+    let server_for_pipe = server.clone();
+    let piped = tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(binary("hopctl", "hopctl").unwrap())
+            .args(["--server", &server_for_pipe, "list", "-o", "yaml"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
+    assert!(stderr(&piped).is_empty(), "no panic, no message: {}", stderr(&piped));
     let _ = std::fs::remove_dir_all(dir);
 }

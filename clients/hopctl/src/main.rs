@@ -1,7 +1,25 @@
 //! `hopctl`: the thin CLI of the HopNGo control plane. Every command is one or two RPCs plus
 //! rendering; data goes to stdout (`-o table|json|yaml`), live progress of `--watch` to stderr.
 
+/// `println!` to stdout through [`term::stdout`].
+macro_rules! outln {
+    () => {
+        $crate::term::stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::term::stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` to stdout through [`term::stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::term::stdout(format_args!($($arg)*))
+    };
+}
+
 mod render;
+mod term;
 
 use std::{io::IsTerminal as _, path::PathBuf};
 
@@ -36,26 +54,50 @@ pub enum Output {
     about = "Drive HopNGo releases: blue/green and canary deployments, approvals, rollbacks, analysis, database migrations, release events and escalations"
 )]
 struct Cli {
-    /// Scheduler address.
-    #[arg(long, global = true, env = "HOPNGO_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// Scheduler address: host:port or a URL.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "HOPNGO_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
     server: String,
     /// Analyzer address (for `hopctl analysis`).
-    #[arg(long, global = true, env = "HOPNGO_ANALYZER", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "HOPNGO_ANALYZER",
+        default_value = "http://127.0.0.1:50053"
+    )]
     analyzer: String,
     /// Migrator address (for `hopctl migrate`).
-    #[arg(long, global = true, env = "HOPNGO_MIGRATOR", default_value = "http://127.0.0.1:50054")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "HOPNGO_MIGRATOR",
+        default_value = "http://127.0.0.1:50054"
+    )]
     migrator: String,
     /// Notifier address (for `hopctl events`, `subscriptions`, `ack`, `escalations`).
-    #[arg(long, global = true, env = "HOPNGO_NOTIFIER", default_value = "http://127.0.0.1:50055")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "HOPNGO_NOTIFIER",
+        default_value = "http://127.0.0.1:50055"
+    )]
     notifier: String,
     /// Who you are (sent as x-hopngo-user; defaults to $USER).
-    #[arg(long, global = true, env = "HOPNGO_USER")]
+    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_USER")]
     user: Option<String>,
     /// Your roles, comma-separated (sent as x-hopngo-roles).
-    #[arg(long, global = true, env = "HOPNGO_ROLES", value_delimiter = ',')]
+    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_ROLES", value_delimiter = ',')]
     roles: Vec<String>,
     /// Output format.
-    #[arg(short, long, global = true, env = "HOPNGO_OUTPUT", value_enum, default_value_t = Output::Table)]
+    #[arg(short, long, global = true, help_heading = "Global options", env = "HOPNGO_OUTPUT", value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(subcommand)]
     command: Command,
@@ -715,13 +757,59 @@ const EXIT_NOT_SUCCEEDED: i32 = 2;
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
+    let (service, address, flag) = cli.contacted();
+    let address = address.to_string();
     match run(cli).await {
         Ok(code) => std::process::exit(code),
         Err(err) => {
-            eprintln!("hopctl: {}", one_line(&err));
+            let message = match unreachable_cause(&err) {
+                Some(cause) => format!(
+                    "cannot reach the {service} at {address}: {cause}; is it running there? \
+                     Give its host:port with {flag}"
+                ),
+                None => one_line(&err),
+            };
+            eprintln!("hopctl: {}", term::printable(&message));
             std::process::exit(1);
         }
     }
+}
+
+impl Cli {
+    /// The service a command talks to first: its name, address and the flag that sets it.
+    fn contacted(&self) -> (&'static str, &str, &'static str) {
+        match &self.command {
+            Command::Analysis(_) => ("analyzer", &self.analyzer, "--analyzer (HOPNGO_ANALYZER)"),
+            Command::Migrate(_) => ("migrator", &self.migrator, "--migrator (HOPNGO_MIGRATOR)"),
+            Command::Events { .. } | Command::Subscriptions(_) | Command::Ack { .. } | Command::Escalations { .. } => {
+                ("notifier", &self.notifier, "--notifier (HOPNGO_NOTIFIER)")
+            }
+            _ => ("scheduler", &self.server, "--server (HOPNGO_SERVER)"),
+        }
+    }
+}
+
+/// Why no connection could be made, when that is what failed (refused, no such host, timed out),
+/// with the underlying cause ("Connection refused (os error 111)").
+fn unreachable_cause(err: &anyhow::Error) -> Option<String> {
+    let status = err.downcast_ref::<tonic::Status>()?;
+    let transport = matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+        && ["tcp connect error", "dns error", "transport error", "connection", "timed out"]
+            .iter()
+            .any(|m| status.message().contains(m));
+    if !transport {
+        return None;
+    }
+    let mut causes = vec![status.message().to_string()];
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        source = e.source();
+    }
+    Some(causes.join(": "))
 }
 
 fn one_line(err: &anyhow::Error) -> String {
@@ -974,11 +1062,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             while let Some(item) = stream.next().await {
                 let view = AnalysisRunView::from(&item?.run.context("no run in the stream")?);
                 if live {
-                    eprint!("\x1b[2J\x1b[H{}", render::analysis_run_text(&view));
+                    term::screen(&render::analysis_run_text(&view));
                 } else {
                     let line = render::analysis_progress_line(&view);
                     if line != last_line {
-                        eprintln!("{line}");
+                        term::progress(&line);
                         last_line = line;
                     }
                 }
@@ -989,7 +1077,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 anyhow::bail!("the watch ended before the run completed (server shutting down?)");
             }
             if live {
-                eprint!("\x1b[2J\x1b[H");
+                term::clear_screen();
             }
             render::analysis_run(out, &view)?;
             return Ok(if view.phase == "SUCCESSFUL" { 0 } else { EXIT_NOT_SUCCEEDED });
@@ -1117,7 +1205,7 @@ async fn events(
             Ok(()) => eprintln!("hopctl: the notifier ended the stream; resuming"),
             Err(err) => match err.downcast_ref::<tonic::Status>() {
                 Some(status) if follow && status.code() != tonic::Code::InvalidArgument => {
-                    eprintln!("hopctl: {:?}: {}; resuming", status.code(), status.message())
+                    eprintln!("hopctl: {:?}: {}; resuming", status.code(), term::printable(status.message()))
                 }
                 _ => break Err(err),
             },
@@ -1210,7 +1298,7 @@ async fn watch_migration(migrator: &mut Migrator, id: &str, out: Output) -> anyh
         let view = MigrationRunView::from(&item?.run.context("no run in the stream")?);
         let line = render::migration_progress_line(&view);
         if line != last_line {
-            eprintln!("{line}");
+            term::progress(&line);
             last_line = line;
         }
         last = Some(view);
@@ -1247,18 +1335,18 @@ async fn watch_group(
         let view = GroupView::from(&g);
         let lines: Vec<String> = view.releases.iter().map(render::progress_line).collect();
         if live {
-            eprint!("\x1b[2J\x1b[H{}\n{}\n", render::group_header(&view), lines.join("\n"));
+            term::screen(&format!("{}\n{}\n", render::group_header(&view), lines.join("\n")));
         } else {
             for (i, line) in lines.iter().enumerate() {
                 if last_lines.get(i) != Some(line) {
-                    eprintln!("{line}");
+                    term::progress(line);
                 }
             }
         }
         last_lines = lines;
         if view.phase != "PROGRESSING" {
             if live {
-                eprint!("\x1b[2J\x1b[H");
+                term::clear_screen();
             }
             render::group(out, &view)?;
             return Ok(if view.phase == "SUCCEEDED" { 0 } else { EXIT_NOT_SUCCEEDED });
@@ -1280,12 +1368,12 @@ async fn watch_release(
         let r = item?.release.context("no release in the stream")?;
         let view = ReleaseView::from(&r);
         if live {
-            eprint!("\x1b[2J\x1b[H{}", render::release_text(&view));
+            term::screen(&render::release_text(&view));
         } else {
             // One line per visible change (analysis polls change the release but not the line).
             let line = render::progress_line(&view);
             if line != last_line {
-                eprintln!("{line}");
+                term::progress(&line);
                 last_line = line;
             }
         }
@@ -1296,7 +1384,7 @@ async fn watch_release(
         anyhow::bail!("the watch ended before the release settled (server shutting down?)");
     }
     if live {
-        eprint!("\x1b[2J\x1b[H");
+        term::clear_screen();
     }
     render::release(out, &view)?;
     Ok(if view.phase == "SUCCEEDED" { 0 } else { EXIT_NOT_SUCCEEDED })

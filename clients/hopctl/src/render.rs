@@ -14,11 +14,11 @@ fn structured<T: Serialize>(out: Output, value: &T) -> anyhow::Result<bool> {
     match out {
         Output::Table => Ok(false),
         Output::Json => {
-            println!("{}", serde_json::to_string_pretty(value)?);
+            outln!("{}", serde_json::to_string_pretty(value)?);
             Ok(true)
         }
         Output::Yaml => {
-            print!("{}", serde_saphyr::to_string(value)?);
+            out!("{}", serde_saphyr::to_string(value)?);
             Ok(true)
         }
     }
@@ -34,7 +34,7 @@ fn table(headers: &[&str]) -> Table {
 /// One release in detail.
 pub fn release(out: Output, r: &ReleaseView) -> anyhow::Result<()> {
     if !structured(out, r)? {
-        print!("{}", release_text(r));
+        out!("{}", release_text(r));
     }
     Ok(())
 }
@@ -47,9 +47,10 @@ fn weight_bar(weight: u32) -> String {
 /// The detailed text view (also the live `--watch` view).
 pub fn release_text(r: &ReleaseView) -> String {
     let mut s = String::new();
-    let phase = match &r.completion {
-        Some(c) => format!("{} ({c})", r.phase),
-        None => r.phase.clone(),
+    let phase = match (&r.completion, r.pause_text(time::OffsetDateTime::now_utc())) {
+        (Some(c), _) => format!("{} ({c})", r.phase),
+        (None, Some(waiting)) => format!("{}: {waiting}", r.phase),
+        (None, None) => r.phase.clone(),
     };
     s.push_str(&format!("Release:     {}\n", r.id));
     s.push_str(&format!("Service:     {} in {}\n", r.service, r.environment));
@@ -172,7 +173,7 @@ pub fn releases(out: Output, rs: &[ReleaseView]) -> anyhow::Result<()> {
             r.created_at.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -194,7 +195,7 @@ pub fn revisions(out: Output, rs: &[RevisionView]) -> anyhow::Result<()> {
             r.release_id.clone(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -203,7 +204,7 @@ pub fn group(out: Output, g: &GroupView) -> anyhow::Result<()> {
     if structured(out, g)? {
         return Ok(());
     }
-    println!("{}", group_header(g));
+    outln!("{}", group_header(g));
     releases(Output::Table, &g.releases)
 }
 
@@ -212,7 +213,7 @@ pub fn timeline(out: Output, t: &TimelineView) -> anyhow::Result<()> {
     if structured(out, t)? {
         return Ok(());
     }
-    println!("{} {} in {} ({})", t.service, t.artifact, t.environment, t.phase);
+    outln!("{} {} in {} ({})", t.service, t.artifact, t.environment, t.phase);
     let mut table = table(&["at", "time", "source", "what"]);
     for e in &t.entries {
         table.add_row(vec![
@@ -222,9 +223,9 @@ pub fn timeline(out: Output, t: &TimelineView) -> anyhow::Result<()> {
             e.what.clone(),
         ]);
     }
-    println!("{table}");
+    outln!("{table}");
     if let Some(s) = t.failure_to_stable_seconds {
-        println!("first failing measurement → all traffic back on the previous version: {s:.3} s");
+        outln!("first failing measurement → all traffic back on the previous version: {s:.3} s");
     }
     Ok(())
 }
@@ -247,7 +248,7 @@ pub fn applied(out: Output, version: u64, changed: bool, summary: &ConfigSummary
     }
     if !structured(out, &Applied { version, changed, summary })? {
         let what = if changed { "applied as" } else { "unchanged; current is" };
-        println!(
+        outln!(
             "delivery config {what} version {version}: {} environments ({}), {} services, {} analysis templates",
             summary.environments.len(),
             summary.environments.join(" → "),
@@ -261,8 +262,8 @@ pub fn applied(out: Output, version: u64, changed: bool, summary: &ConfigSummary
 /// A stored config.
 pub fn config(out: Output, c: &ConfigView) -> anyhow::Result<()> {
     if !structured(out, c)? {
-        println!("# version {} applied by {} at {}", c.version, c.applied_by, c.applied_at.clone().unwrap_or_default());
-        print!("{}", c.yaml);
+        outln!("# version {} applied by {} at {}", c.version, c.applied_by, c.applied_at.clone().unwrap_or_default());
+        out!("{}", c.yaml);
     }
     Ok(())
 }
@@ -285,13 +286,13 @@ pub fn validation(out: Output, v: &cpb::ValidateConfigResponse) -> anyhow::Resul
     };
     if !structured(out, &view)? {
         if v.valid {
-            println!("valid");
+            outln!("valid");
         }
         for p in &v.problems {
             if p.path.is_empty() {
-                println!("{}", p.message);
+                outln!("{}", p.message);
             } else {
-                println!("{}: {}", p.path, p.message);
+                outln!("{}: {}", p.path, p.message);
             }
         }
     }
@@ -301,7 +302,7 @@ pub fn validation(out: Output, v: &cpb::ValidateConfigResponse) -> anyhow::Resul
 /// One analysis run in detail.
 pub fn analysis_run(out: Output, r: &AnalysisRunView) -> anyhow::Result<()> {
     if !structured(out, r)? {
-        print!("{}", analysis_run_text(r));
+        out!("{}", analysis_run_text(r));
     }
     Ok(())
 }
@@ -384,7 +385,7 @@ pub fn analysis_runs(out: Output, rs: &[AnalysisRunView]) -> anyhow::Result<()> 
             r.started_at.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -394,10 +395,10 @@ pub fn measurement(out: Output, m: &MeasurementView) -> anyhow::Result<()> {
         return Ok(());
     }
     let value = if m.no_data { "(no data)".to_string() } else { m.value.clone() };
-    println!("Phase:   {}", m.phase);
-    println!("Value:   {value}");
+    outln!("Phase:   {}", m.phase);
+    outln!("Value:   {value}");
     if !m.message.is_empty() {
-        println!("Message: {}", m.message);
+        outln!("Message: {}", m.message);
     }
     Ok(())
 }
@@ -408,7 +409,7 @@ pub fn migration_info(out: Output, info: &MigrationInfoView) -> anyhow::Result<(
         return Ok(());
     }
     let current = if info.current_version.is_empty() { "<< Empty Schema >>" } else { &info.current_version };
-    println!("Schema version: {current}");
+    outln!("Schema version: {current}");
     let mut t = table(&["category", "version", "description", "type", "installed on", "state", "checksum", "script"]);
     for m in &info.migrations {
         let category = if m.kind == "BASELINE" || m.kind == "SCHEMA" || m.kind == "DELETE" {
@@ -429,7 +430,7 @@ pub fn migration_info(out: Output, info: &MigrationInfoView) -> anyhow::Result<(
             m.script.clone(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     for w in &info.warnings {
         eprintln!("warning: {w}");
     }
@@ -462,14 +463,14 @@ pub fn migration_validation(out: Output, v: &hopngo_proto::migrator::ValidateRes
         return Ok(());
     }
     if v.valid {
-        println!("valid: every applied migration matches its script");
+        outln!("valid: every applied migration matches its script");
         return Ok(());
     }
     let mut t = table(&["version", "script", "problem", "message"]);
     for p in &v.problems {
         t.add_row(vec![p.version.clone(), p.script.clone(), p.kind.clone(), p.message.clone()]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -479,17 +480,17 @@ pub fn migration_run(out: Output, r: &MigrationRunView) -> anyhow::Result<()> {
         return Ok(());
     }
     let version = |v: &str| if v.is_empty() { "<< Empty Schema >>".to_string() } else { v.to_string() };
-    println!("Run:      {}", r.id);
-    println!("Command:  {} {}", r.command.to_lowercase(), r.database);
-    println!("Phase:    {}{}", r.phase, if r.interrupted { " (interrupted)" } else { "" });
-    println!("Message:  {}", r.message.replace('\n', "\n          "));
-    println!("Version:  {} -> {}", version(&r.version_before), version(&r.version_after));
-    println!("Started:  {}", r.started_at.clone().unwrap_or_default());
+    outln!("Run:      {}", r.id);
+    outln!("Command:  {} {}", r.command.to_lowercase(), r.database);
+    outln!("Phase:    {}{}", r.phase, if r.interrupted { " (interrupted)" } else { "" });
+    outln!("Message:  {}", r.message.replace('\n', "\n          "));
+    outln!("Version:  {} -> {}", version(&r.version_before), version(&r.version_after));
+    outln!("Started:  {}", r.started_at.clone().unwrap_or_default());
     if let Some(done) = &r.finished_at {
-        println!("Finished: {done}");
+        outln!("Finished: {done}");
     }
     for w in &r.warnings {
-        println!("Warning:  {w}");
+        outln!("Warning:  {w}");
     }
     if !r.changes.is_empty() {
         let mut t = table(&["rank", "version", "description", "type", "action", "transaction", "ms", "script"]);
@@ -505,7 +506,7 @@ pub fn migration_run(out: Output, r: &MigrationRunView) -> anyhow::Result<()> {
                 c.script.clone(),
             ]);
         }
-        println!("\n{t}");
+        outln!("\n{t}");
     }
     Ok(())
 }
@@ -535,7 +536,7 @@ pub fn migration_runs(out: Output, rs: &[MigrationRunView]) -> anyhow::Result<()
             r.started_at.clone().unwrap_or_default(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -554,18 +555,21 @@ impl EventPrinter {
 
     /// Prints one event (flushed, so a pipe sees it at once).
     pub fn print(&mut self, e: &EventView) -> anyhow::Result<()> {
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
         match self.out {
-            Output::Json => writeln!(stdout, "{}", serde_json::to_string(e)?)?,
-            Output::Yaml => write!(stdout, "---\n{}", serde_saphyr::to_string(e)?)?,
+            Output::Json => outln!("{}", serde_json::to_string(e)?),
+            Output::Yaml => out!("---\n{}", serde_saphyr::to_string(e)?),
             Output::Table => {
                 if !self.header {
-                    writeln!(
-                        stdout,
+                    outln!(
                         "{:<7} {:<20} {:<17} {:<11} {:<8} {:<30} {:<36} MESSAGE",
-                        "CURSOR", "TIME", "SERVICE", "ENV", "SEVERITY", "TYPE", "RELEASE"
-                    )?;
+                        "CURSOR",
+                        "TIME",
+                        "SERVICE",
+                        "ENV",
+                        "SEVERITY",
+                        "TYPE",
+                        "RELEASE"
+                    );
                     self.header = true;
                 }
                 let time = e.time.as_deref().map(|t| t.get(..19).unwrap_or(t)).unwrap_or("");
@@ -574,8 +578,7 @@ impl EventPrinter {
                     (None, t) if e.message.is_empty() => format!("{t} {}", e.step_name),
                     (None, t) => format!("{t}: {}", e.message),
                 };
-                writeln!(
-                    stdout,
+                outln!(
                     "{:<7} {:<20} {:<17} {:<11} {:<8} {:<30} {:<36} {}",
                     e.cursor,
                     time,
@@ -585,10 +588,9 @@ impl EventPrinter {
                     short_name(&e.event_type),
                     e.release_id,
                     what.trim()
-                )?;
+                );
             }
         }
-        stdout.flush()?;
         Ok(())
     }
 }
@@ -602,7 +604,7 @@ pub fn event_types(out: Output, types: &[&str]) -> anyhow::Result<()> {
     for ty in types {
         t.add_row(vec![ty.to_string(), short_name(ty).to_string()]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -630,13 +632,13 @@ pub fn webhook(out: Output, w: &WebhookView) -> anyhow::Result<()> {
     if structured(out, w)? {
         return Ok(());
     }
-    println!("id:      {}", w.id);
-    println!("url:     {}", w.url);
-    println!("format:  {}", w.format);
-    println!("filter:  {}", filter_text(&w.filter));
-    println!("cursor:  {}", w.cursor);
+    outln!("id:      {}", w.id);
+    outln!("url:     {}", w.url);
+    outln!("format:  {}", w.format);
+    outln!("filter:  {}", filter_text(&w.filter));
+    outln!("cursor:  {}", w.cursor);
     if !w.secret.is_empty() {
-        println!("secret:  {}", w.secret);
+        outln!("secret:  {}", w.secret);
         eprintln!("keep the secret: it signs every delivery (webhook-signature) and is not shown again");
     }
     Ok(())
@@ -659,7 +661,7 @@ pub fn webhooks(out: Output, ws: &[WebhookView]) -> anyhow::Result<()> {
             w.dead_lettered.to_string(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -687,7 +689,7 @@ pub fn deliveries(out: Output, ds: &[DeliveryView]) -> anyhow::Result<()> {
             d.message.chars().take(120).collect(),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -721,6 +723,6 @@ pub fn escalations(out: Output, es: &[EscalationView]) -> anyhow::Result<()> {
             ack,
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }

@@ -43,7 +43,7 @@ impl Interceptor for IdentityInterceptor {
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The server address is not a URL.
+    /// The server address is neither host:port nor a URL.
     #[error("server address {0:?} is not valid: {1}")]
     Address(String, String),
     /// The identity cannot be sent as metadata.
@@ -82,8 +82,25 @@ pub struct Addresses<'a> {
     pub notifier: &'a str,
 }
 
+/// An address as people type it, `host:port` (plain HTTP/2) or a URL (`http://host:port`,
+/// `https://host`), as the URL a channel connects to.
+pub fn endpoint_url(address: &str) -> Result<String, ClientError> {
+    let has_scheme = address.contains("://");
+    let url = if has_scheme { address.to_string() } else { format!("http://{address}") };
+    let hint = "give host:port (127.0.0.1:50051) or a URL (http://host:port)";
+    let uri: http::Uri = url.parse().map_err(|e| ClientError::Address(address.into(), format!("{e}; {hint}")))?;
+    match (uri.scheme_str(), uri.host(), uri.port_u16()) {
+        (Some("http" | "https"), Some(_), Some(_)) => Ok(url),
+        (Some("http" | "https"), Some(_), None) if has_scheme => Ok(url),
+        (Some(scheme), _, _) if scheme != "http" && scheme != "https" => {
+            Err(ClientError::Address(address.into(), format!("the scheme {scheme:?} is not http or https; {hint}")))
+        }
+        _ => Err(ClientError::Address(address.into(), format!("no port; {hint}"))),
+    }
+}
+
 fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(address.to_string())
+    let endpoint = Endpoint::from_shared(endpoint_url(address)?)
         .map_err(|e| ClientError::Address(address.into(), e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
@@ -112,5 +129,20 @@ impl Clients {
             migrator: MigratorServiceClient::with_interceptor(migrator_channel, interceptor.clone()),
             notifier: NotifierServiceClient::with_interceptor(notifier_channel, interceptor),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_as_people_type_them() {
+        assert_eq!(endpoint_url("127.0.0.1:50051").unwrap(), "http://127.0.0.1:50051");
+        assert_eq!(endpoint_url("http://scheduler:50051").unwrap(), "http://scheduler:50051");
+        assert_eq!(endpoint_url("https://hopngo.example").unwrap(), "https://hopngo.example");
+        assert!(endpoint_url("garbage").unwrap_err().to_string().contains("no port; give host:port"));
+        assert!(endpoint_url("ftp://x:1").unwrap_err().to_string().contains("not http or https"));
+        assert!(endpoint_url("a b:1").is_err());
     }
 }

@@ -124,6 +124,9 @@ pub struct ReleaseView {
     pub finished_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress_deadline_at: Option<String>,
+    /// While PAUSED: when the pause ends by itself (unset: it waits for a person).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumes_at: Option<String>,
     pub attempt: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub superseded_by: String,
@@ -149,6 +152,30 @@ pub struct PreflightCheckView {
     pub name: String,
     pub ok: bool,
     pub message: String,
+}
+
+impl ReleaseView {
+    /// What a paused release waits for, as of `now`: the time left of a timed pause (nothing for
+    /// anyone to do), or a person.
+    pub fn pause_text(&self, now: time::OffsetDateTime) -> Option<String> {
+        if self.phase != "PAUSED" {
+            return None;
+        }
+        let Some(resumes) = self
+            .resumes_at
+            .as_deref()
+            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+        else {
+            return Some("waiting for a person (promote to continue, or abort)".into());
+        };
+        let left = (resumes - now).whole_seconds().max(0);
+        let left = match left {
+            0..120 => format!("{left} s"),
+            120..7200 => format!("{} min {} s", left / 60, left % 60),
+            _ => format!("{} h {} min", left / 3600, left % 3600 / 60),
+        };
+        Some(format!("waiting {left} (timed pause, nothing to do)"))
+    }
 }
 
 impl From<&pb::Release> for ReleaseView {
@@ -222,6 +249,7 @@ impl From<&pb::Release> for ReleaseView {
             updated_at: time(&r.updated_at),
             finished_at: time(&r.finished_at),
             progress_deadline_at: time(&r.progress_deadline_at),
+            resumes_at: time(&r.resumes_at),
             attempt: r.attempt,
             superseded_by: r.superseded_by.clone(),
             undo_of_revision: (r.undo_of_revision > 0).then_some(r.undo_of_revision),
@@ -910,6 +938,24 @@ mod tests {
             data: Some(epb::ReleaseEventData { transition: transition.into(), ..Default::default() }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_timed_pause_says_how_long_it_waits_and_that_nobody_has_to_act() {
+        let paused = |resumes_at| {
+            ReleaseView::from(&pb::Release { phase: pb::ReleasePhase::Paused as i32, resumes_at, ..Default::default() })
+        };
+        let now = time::OffsetDateTime::from_unix_timestamp(1_000).unwrap();
+        assert_eq!(paused(at(1_042, 0)).pause_text(now).unwrap(), "waiting 42 s (timed pause, nothing to do)");
+        assert_eq!(
+            paused(at(1_000 + 600, 0)).pause_text(now).unwrap(),
+            "waiting 10 min 0 s (timed pause, nothing to do)"
+        );
+        assert_eq!(paused(at(900, 0)).pause_text(now).unwrap(), "waiting 0 s (timed pause, nothing to do)");
+        assert!(paused(None).pause_text(now).unwrap().contains("waiting for a person"));
+        let running =
+            ReleaseView::from(&pb::Release { phase: pb::ReleasePhase::Progressing as i32, ..Default::default() });
+        assert_eq!(running.pause_text(now), None);
     }
 
     fn measurement(phase: apb::AnalysisPhase, t: Option<prost_types::Timestamp>) -> apb::Measurement {

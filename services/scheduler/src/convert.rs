@@ -173,6 +173,7 @@ pub fn release(r: &Release) -> pb::Release {
         updated_at: Some(ts(r.updated_at)),
         finished_at: r.finished_at.map(ts),
         progress_deadline_at: r.progress_deadline_at.filter(|_| !r.settled).map(ts),
+        resumes_at: r.resumes_at.filter(|_| r.phase == Phase::Paused && !r.held_for_person).map(ts),
         attempt: r.attempt,
         superseded_by: r.superseded_by.map(|u| u.to_string()).unwrap_or_default(),
         undo_of_revision: r.undo_of_revision.unwrap_or(0),

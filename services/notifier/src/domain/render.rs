@@ -256,6 +256,7 @@ fn summary(e: &Event, d: &ReleaseEventData) -> String {
         (_, "step-skipped") => format!("skipped{step}"),
         (_, "weight-changed") => format!("canary now takes {}% of traffic", d.canary_weight),
         (_, "paused") => format!("paused{step}"),
+        (_, "waiting") => format!("waiting{step} (timed pause)"),
         (_, "promoted") => format!("promoted by {}", slack_escape(&d.actor)),
         (_, "awaiting-approval") => format!("waits for approval{step}"),
         (_, "approval-recorded") => format!("approval recorded by {}", slack_escape(&d.actor)),

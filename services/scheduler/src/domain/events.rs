@@ -43,7 +43,7 @@ pub fn event_type(kind: TransitionKind, r: &Release) -> &'static str {
         TransitionKind::StepCompleted => types::RELEASE_STEP_COMPLETED,
         TransitionKind::StepSkipped => types::RELEASE_STEP_SKIPPED,
         TransitionKind::WeightChanged => types::CANARY_WEIGHT_CHANGED,
-        TransitionKind::Paused => types::RELEASE_PAUSED,
+        TransitionKind::Paused | TransitionKind::Waiting => types::RELEASE_PAUSED,
         TransitionKind::Promoted => types::RELEASE_PROMOTED,
         TransitionKind::AwaitingApproval => types::APPROVAL_CREATED,
         TransitionKind::ApprovalRecorded => types::APPROVAL_UPDATED,

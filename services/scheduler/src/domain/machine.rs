@@ -35,8 +35,10 @@ pub enum TransitionKind {
     StepSkipped,
     /// New traffic split applied.
     WeightChanged,
-    /// Paused.
+    /// Paused until someone promotes (a pause step without duration, a failed analysis).
     Paused,
+    /// Paused on a timer (a timed pause step): nothing for anyone to do.
+    Waiting,
     /// A person promoted.
     Promoted,
     /// Waiting for approvals.
@@ -81,6 +83,7 @@ impl TransitionKind {
             TransitionKind::StepSkipped => "step-skipped",
             TransitionKind::WeightChanged => "weight-changed",
             TransitionKind::Paused => "paused",
+            TransitionKind::Waiting => "waiting",
             TransitionKind::Promoted => "promoted",
             TransitionKind::AwaitingApproval => "awaiting-approval",
             TransitionKind::ApprovalRecorded => "approval-recorded",
@@ -647,13 +650,17 @@ fn complete_step(
     record(r, kind, actor, from, text, out);
 }
 
-fn pause(r: &mut Release, message: &str, out: &mut Vec<Transition>) {
+/// Pauses until `resumes_at` ([`TransitionKind::Waiting`]: nothing for anyone to do), or until a
+/// person promotes ([`TransitionKind::Paused`]).
+fn pause(r: &mut Release, resumes_at: Option<OffsetDateTime>, message: &str, out: &mut Vec<Transition>) {
     if r.phase != Phase::Paused {
         let from = r.phase;
+        let kind = if resumes_at.is_some() { TransitionKind::Waiting } else { TransitionKind::Paused };
         r.phase = Phase::Paused;
+        r.resumes_at = resumes_at;
         r.progress_deadline_at = None;
         r.message = message.to_string();
-        record(r, TransitionKind::Paused, ENGINE, from, message, out);
+        record(r, kind, ENGINE, from, message, out);
     }
 }
 
@@ -870,7 +877,7 @@ async fn run<E: Effects>(
         }
         StepAction::Pause { duration } => match duration {
             None => {
-                pause(r, &format!("paused at step {} until promoted", r.step_index), out);
+                pause(r, None, &format!("paused at step {} until promoted", r.step_index), out);
                 Flow::Wait(None)
             }
             Some(d) => {
@@ -879,7 +886,7 @@ async fn run<E: Effects>(
                     complete_step(r, now, StepStatus::Succeeded, ENGINE, "pause elapsed", out);
                     Flow::Continue
                 } else {
-                    pause(r, &format!("paused until {}", rfc3339(until)), out);
+                    pause(r, Some(until), &format!("paused until {}", rfc3339(until)), out);
                     Flow::Wait(Some(until))
                 }
             }
@@ -1188,7 +1195,7 @@ async fn analysis_step<E: Effects>(
                             Flow::Continue
                         }
                         Decision::Pause => {
-                            pause(r, &format!("{what}; promote to continue or abort"), out);
+                            pause(r, None, &format!("{what}; promote to continue or abort"), out);
                             Flow::Wait(None)
                         }
                         Decision::Grace => {
@@ -1250,6 +1257,7 @@ fn window_step(
             let until = OffsetDateTime::from_unix_timestamp(opens_at).unwrap_or(now);
             pause(
                 r,
+                Some(until.max(now)),
                 &format!("waiting for the maintenance window opening at {} (promote to go now)", at(opens_at)),
                 out,
             );

@@ -340,6 +340,10 @@ pub struct Release {
     /// nothing moves until a promote.
     #[serde(default)]
     pub held_for_person: bool,
+    /// When the latest pause ends by itself (a timed pause step, a maintenance window); `None`
+    /// when it waits for a person. Meaningful while the phase is PAUSED.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub resumes_at: Option<OffsetDateTime>,
     /// Analysis runs started.
     #[serde(default)]
     pub analysis_runs: Vec<AnalysisRecord>,
@@ -450,6 +454,7 @@ impl Release {
             background_done: false,
             background_grace: Grace::default(),
             held_for_person: false,
+            resumes_at: None,
             analysis_runs: Vec::new(),
             approvals: Vec::new(),
             attempt: 1,

@@ -5,8 +5,15 @@
 use hopngo_kit::pg::{EphemeralPostgres, PgOptions};
 use tokio::io::AsyncReadExt as _;
 
+/// Starts a throwaway PostgreSQL cluster (system initdb/pg_ctl, as the postgres user when run as
+/// root), prints `DATABASE_URL=…`, and removes it when stdin closes or on SIGTERM/ctrl-c.
+#[derive(clap::Parser)]
+#[command(name = "hopngo-throwaway-pg", version)]
+struct Args {}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let Args {} = clap::Parser::parse();
     let mut pg = tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions::default())).await??;
     println!("DATABASE_URL={}", pg.url("postgres"));
     let shutdown = hopngo_kit::shutdown::on_signal();

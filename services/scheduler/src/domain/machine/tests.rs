@@ -219,7 +219,10 @@ async fn canary_runs_to_succeeded() {
     let mut r = release("booking", "staging");
     let a = tick(&mut r, &fx, 0).await;
     use TransitionKind::*;
-    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged, StepCompleted, Paused]);
+    // A timed pause waits: nothing for anyone to do, so it is not a warning.
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged, StepCompleted, Waiting]);
+    assert_eq!(crate::domain::events::severity(Waiting).as_str(), "INFO");
+    assert_eq!(crate::domain::events::severity(Paused).as_str(), "WARNING");
     assert_eq!(r.phase, Phase::Paused);
     assert_eq!(r.preflight.len(), 1, "preflight ran first and its checks are kept");
     assert_eq!(a.wake_at, Some(at(30)));
@@ -634,7 +637,7 @@ async fn an_abort_undoes_the_release_migrations_after_traffic_is_back() {
     let fx = Fake::new();
     let mut r = with_migrate_step(crate::domain::config::OnAbort::Undo);
     let a = tick(&mut r, &fx, 0).await;
-    assert_eq!(kinds(&a), vec![Started, StepCompleted, StepCompleted, WeightChanged, StepCompleted, Paused]);
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, StepCompleted, WeightChanged, StepCompleted, Waiting]);
     assert_eq!(r.schema.as_ref().map(|c| (c.before.as_str(), c.after.as_str())), Some(("1", "2")));
     abort(&mut r, "bob", "bad canary", at(5)).unwrap();
     let a = tick(&mut r, &fx, 6).await;
@@ -766,7 +769,7 @@ async fn a_release_waits_for_its_maintenance_window() {
     let fx = Fake::new();
     // T0 is 12:00; the window opens at 12:30.
     let a = tick(&mut r, &fx, 0).await;
-    assert_eq!(kinds(&a), vec![Started, Paused]);
+    assert_eq!(kinds(&a), vec![Started, Waiting]);
     assert_eq!(a.wake_at, Some(at(1800)));
     assert!(r.message.contains("maintenance window opening at 2026-11-26T12:30:00Z"), "{}", r.message);
     assert_eq!(r.progress_deadline_at, None, "waiting for a window is not lack of progress");
