@@ -50,12 +50,27 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` with `args` and waits for its `listening grpc=… admin=…` line.
     pub async fn start(bin: &Path, args: &[String], envs: &[(&str, &str)]) -> anyhow::Result<Proc> {
+        Proc::start_with_stderr(bin, args, envs, Stdio::inherit()).await
+    }
+
+    /// [`Proc::start`] with the process's log (stderr) written to `log`.
+    pub async fn start_logged(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Proc> {
+        let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        Proc::start_with_stderr(bin, args, &[], Stdio::from(file)).await
+    }
+
+    async fn start_with_stderr(
+        bin: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> anyhow::Result<Proc> {
         let mut child = Command::new(bin)
             .args(args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;

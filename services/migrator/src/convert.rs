@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use crate::{
     domain::{
         info::{Info, InfoSet, State},
+        placeholders::redacted,
         version::Version,
     },
     executor::Change,
@@ -135,7 +136,8 @@ pub fn run(r: &StoredRun) -> pb::MigrationRun {
             locations: q.locations.clone(),
             schema: q.schema.clone(),
             table: q.table.clone(),
-            placeholders: q.placeholders.clone().into_iter().collect(),
+            // Values are often credentials: a run shows which placeholders it had, never their values.
+            placeholders: redacted(&q.placeholders).into_iter().collect(),
             ignore_migration_patterns: q.ignore.clone().map(|patterns| pb::IgnorePatterns { patterns }),
         }),
         target_version: q.target_version.clone(),

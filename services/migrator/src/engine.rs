@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::{
     domain::{
         info::{IgnorePattern, Target as VersionTarget},
+        placeholders::redact,
         version::Version,
     },
     error::MigratorError,
@@ -247,16 +248,17 @@ impl Engine {
         match result {
             Ok(outcome) => {
                 run.phase = Phase::Succeeded;
-                run.message = outcome.message;
+                run.message = redact(&outcome.message, &run.request.placeholders);
                 if run.version_before.is_none() {
                     run.version_before = Some(outcome.version_before);
                 }
                 run.version_after = Some(outcome.version_after);
-                run.warnings.extend(outcome.warnings);
+                run.warnings.extend(outcome.warnings.iter().map(|w| redact(w, &run.request.placeholders)));
             }
             Err(e) => {
                 run.phase = Phase::Failed;
-                run.message = e.to_string();
+                // A failing statement is quoted with its placeholders replaced.
+                run.message = redact(&e.to_string(), &run.request.placeholders);
             }
         }
         progress.save().await;

@@ -205,10 +205,14 @@ struct Session {
 }
 
 async fn connect(target: &Target) -> Result<PgConnection, ExecError> {
-    let options = PgConnectOptions::from_str(&target.settings.url).map_err(|e| ExecError::Invalid {
-        field: "target.database".into(),
-        reason: format!("database {}: the configured URL does not parse: {e}", target.database),
-    })?;
+    let options = PgConnectOptions::from_str(&target.settings.url)
+        .map_err(|e| ExecError::Invalid {
+            field: "target.database".into(),
+            reason: format!("database {}: the configured URL does not parse: {e}", target.database),
+        })?
+        // Migration statements carry placeholder values (often credentials) and application data:
+        // they are never written to the log, at any level.
+        .disable_statement_logging();
     match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(classify_connect(&target.database, e)),

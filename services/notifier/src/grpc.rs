@@ -165,7 +165,8 @@ impl NotifierService for Notifier {
             target::check(&req.url, self.allow_remote_webhooks).map_err(|r| NotifierError::invalid("url", r))?;
         let format = Format::parse(&req.format).map_err(|r| NotifierError::invalid("format", r))?;
         let filter = convert::filter(req.filter, "filter", self.log.policy())?;
-        let secret = if req.secret.is_empty() { signature::generate_secret() } else { req.secret };
+        let generated = req.secret.is_empty();
+        let secret = if generated { signature::generate_secret() } else { req.secret };
         signature::key(&secret).map_err(|r| NotifierError::invalid("secret", r))?;
         let head = self.log.store().head().await?;
         let cursor = if req.start_after_cursor.is_empty() {
@@ -186,7 +187,9 @@ impl NotifierService for Notifier {
             generation: 0,
         };
         self.log.store().create_webhook(&hook).await?;
-        Ok(Response::new(pb::CreateWebhookResponse { webhook: Some(convert::webhook(&hook, true)) }))
+        // A secret the caller chose is never sent back; one generated here is shown this once
+        // (there is no other way to learn it).
+        Ok(Response::new(pb::CreateWebhookResponse { webhook: Some(convert::webhook(&hook, generated)) }))
     }
 
     async fn list_webhooks(

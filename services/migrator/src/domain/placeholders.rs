@@ -54,9 +54,42 @@ impl Placeholders {
     }
 }
 
+/// How a placeholder value is shown: never (values are often credentials).
+pub const REDACTED: &str = "***";
+
+/// Values shorter than this are too common (`1`, `on`) to cut out of a message without garbling
+/// it; they are still never returned as values.
+const REDACT_FROM_TEXT_MIN: usize = 4;
+
+/// `text` (a database's error, a quoted statement) with every caller-given placeholder value
+/// replaced by [`REDACTED`].
+pub fn redact(text: &str, values: &BTreeMap<String, String>) -> String {
+    let mut secrets: Vec<&str> =
+        values.values().map(String::as_str).filter(|v| v.chars().count() >= REDACT_FROM_TEXT_MIN).collect();
+    // Longest first, so a value containing another is cut whole.
+    secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    secrets.iter().fold(text.to_string(), |text, secret| text.replace(secret, REDACTED))
+}
+
+/// The values of `values` hidden, the names kept.
+pub fn redacted(values: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    values.keys().map(|k| (k.clone(), REDACTED.to_string())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_cut_out_of_messages() {
+        let values: BTreeMap<String, String> =
+            [("password".to_string(), "hunter22".to_string()), ("flag".to_string(), "on".to_string())].into();
+        assert_eq!(
+            redact("syntax error at or near \"hunter22\" (flag on)", &values),
+            "syntax error at or near \"***\" (flag on)"
+        );
+        assert_eq!(redacted(&values).get("password").map(String::as_str), Some(REDACTED));
+    }
 
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
