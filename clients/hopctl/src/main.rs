@@ -28,8 +28,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hopngo_client::{
     Clients,
     views::{
-        AnalysisRunView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
-        MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView, WebhookView,
+        AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView,
+        GroupView, MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView,
+        WebhookView,
     },
 };
 use hopngo_kit::args::parse_duration;
@@ -202,6 +203,40 @@ enum Command {
         /// Environment.
         #[arg(long = "env")]
         environment: String,
+    },
+    /// The audit log, newest first: every transition with who caused it and why, and every
+    /// refused request.
+    Audit {
+        /// Only this release.
+        #[arg(long)]
+        release: Option<String>,
+        /// Only this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this environment.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Only this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only this action (created, promoted, approval-recorded, approve, apply-config, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only refused requests.
+        #[arg(long, conflicts_with = "allowed")]
+        refused: bool,
+        /// Only what was allowed.
+        #[arg(long)]
+        allowed: bool,
+        /// Only entries newer than this (`30m`, `2h`, `7d`).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Page size.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Token from a previous page (printed on stderr when there are more).
+        #[arg(long)]
+        page_token: Option<String>,
     },
     /// Return every service of an environment (or the listed ones, in order) to its previous
     /// revision, one after another.
@@ -950,6 +985,37 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let r = releases.list_revisions(pb::ListRevisionsRequest { service, environment }).await?.into_inner();
             let views: Vec<RevisionView> = r.revisions.iter().map(RevisionView::from).collect();
             render::revisions(out, &views)?;
+        }
+        Command::Audit { release, service, environment, actor, action, refused, allowed, since, limit, page_token } => {
+            let outcome = match (refused, allowed) {
+                (true, _) => pb::AuditOutcome::Refused,
+                (_, true) => pb::AuditOutcome::Allowed,
+                _ => pb::AuditOutcome::Unspecified,
+            };
+            let start_time = since.map(|ago| {
+                let at = std::time::SystemTime::now() - ago;
+                prost_types::Timestamp::from(at)
+            });
+            let r = releases
+                .list_audit_entries(pb::ListAuditEntriesRequest {
+                    release_id: release.unwrap_or_default(),
+                    service: service.unwrap_or_default(),
+                    environment: environment.unwrap_or_default(),
+                    actor: actor.unwrap_or_default(),
+                    action: action.unwrap_or_default(),
+                    outcome: outcome as i32,
+                    start_time,
+                    end_time: None,
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let views: Vec<AuditEntryView> = r.entries.iter().map(AuditEntryView::from).collect();
+            render::audit(out, &views)?;
+            if !r.next_page_token.is_empty() {
+                eprintln!("more: --page-token {}", r.next_page_token);
+            }
         }
         Command::RollbackEnv { environment, services, emergency, reason, watch } => {
             let r = releases

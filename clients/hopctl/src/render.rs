@@ -2,7 +2,7 @@
 
 use comfy_table::{Table, presets::NOTHING};
 use hopngo_client::views::{
-    AnalysisRunView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
+    AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
     MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView, WebhookView,
 };
 use hopngo_proto::{config as cpb, event_types::short_name};
@@ -193,6 +193,29 @@ pub fn revisions(out: Output, rs: &[RevisionView]) -> anyhow::Result<()> {
             r.created_by.clone(),
             r.created_at.clone().unwrap_or_default(),
             r.release_id.clone(),
+        ]);
+    }
+    outln!("{t}");
+    Ok(())
+}
+
+/// Audit log entries, newest first.
+pub fn audit(out: Output, es: &[AuditEntryView]) -> anyhow::Result<()> {
+    if structured(out, &es)? {
+        return Ok(());
+    }
+    let mut t = table(&["time", "actor", "action", "outcome", "service", "env", "release", "reason", "message"]);
+    for e in es {
+        t.add_row(vec![
+            e.time.as_deref().map(|t| t.get(..19).unwrap_or(t)).unwrap_or("").to_string(),
+            e.actor.clone(),
+            e.action.clone(),
+            e.outcome.to_lowercase(),
+            e.service.clone(),
+            e.environment.clone(),
+            e.release_id.clone(),
+            e.reason.clone(),
+            e.message.clone(),
         ]);
     }
     outln!("{t}");

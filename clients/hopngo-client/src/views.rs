@@ -303,6 +303,48 @@ impl From<&pb::Revision> for RevisionView {
     }
 }
 
+/// One row of the audit log.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntryView {
+    pub id: u64,
+    pub time: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub release_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub environment: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    pub message: String,
+}
+
+impl From<&pb::AuditEntry> for AuditEntryView {
+    fn from(e: &pb::AuditEntry) -> Self {
+        AuditEntryView {
+            id: e.id,
+            time: time(&e.time),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            outcome: pb::AuditOutcome::try_from(e.outcome)
+                .map(|o| short(o.as_str_name(), "AUDIT_OUTCOME_"))
+                .unwrap_or_else(|_| e.outcome.to_string()),
+            release_id: e.release_id.clone(),
+            service: e.service.clone(),
+            environment: e.environment.clone(),
+            reason: e.reason.clone(),
+            request_id: e.request_id.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
 /// A release group.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -17,7 +17,10 @@ use crate::{
     },
     error::SchedulerError,
     signals::Signals,
-    store::{ConfigVersion, Cursor, GroupRow, ReleaseFilter, ServiceEnvironment, Store},
+    store::{
+        AuditEntry, AuditFilter, AuditedRequest, ConfigVersion, Cursor, GroupRow, ReleaseFilter, ServiceEnvironment,
+        Store,
+    },
 };
 
 /// Who is calling (from the identity interceptor).
@@ -438,6 +441,45 @@ impl App {
             None
         };
         Ok(Page { releases, next_page_token })
+    }
+
+    /// One page of the audit log, newest first.
+    pub async fn audit(
+        &self,
+        filter: AuditFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditEntry>, Option<String>), SchedulerError> {
+        let size = match page_size {
+            0 => 50,
+            n if n <= 500 => n,
+            n => return Err(SchedulerError::invalid("page_size", format!("{n} is not in 1..=500"))),
+        };
+        let before = match page_token {
+            "" => None,
+            t => Some(
+                t.parse::<i64>()
+                    .ok()
+                    .filter(|id| *id > 0)
+                    .ok_or_else(|| SchedulerError::invalid("page_token", "not a token from a previous page"))?,
+            ),
+        };
+        let mut entries = self.store.audit(&filter, before, size + 1).await?;
+        let next = if entries.len() > size as usize {
+            entries.truncate(size as usize);
+            entries.last().map(|e| e.id.to_string())
+        } else {
+            None
+        };
+        Ok((entries, next))
+    }
+
+    /// Records a request that is not a release's transition (a refusal, a config applied). A
+    /// failure to record it is logged: the caller gets its answer either way.
+    pub async fn audit_request(&self, request: AuditedRequest) {
+        if let Err(e) = self.store.audit_request(&request).await {
+            tracing::warn!(error = %e, action = %request.action, actor = %request.actor, "recording a request in the audit log");
+        }
     }
 
     /// Applies a user action to a locked release; commits state, events and audit together.

@@ -206,3 +206,40 @@ pub fn group(g: &Group) -> pb::ReleaseGroup {
         reason: g.row.reason.clone(),
     }
 }
+
+/// A timestamp of a request; out of range is the caller's mistake.
+pub fn time_from(field: &str, t: prost_types::Timestamp) -> Result<OffsetDateTime, crate::error::SchedulerError> {
+    OffsetDateTime::from_unix_timestamp(t.seconds)
+        .ok()
+        .and_then(|at| {
+            u32::try_from(t.nanos)
+                .ok()
+                .filter(|n| *n < 1_000_000_000)
+                .map(|n| at + time::Duration::nanoseconds(n.into()))
+        })
+        .ok_or_else(|| {
+            crate::error::SchedulerError::invalid(field, format!("{}s {}ns is not a valid time", t.seconds, t.nanos))
+        })
+}
+
+/// An audit row → contract.
+pub fn audit_entry(e: &crate::store::AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        id: e.id as u64,
+        time: Some(ts(e.at)),
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        outcome: match e.outcome.as_str() {
+            "refused" => pb::AuditOutcome::Refused,
+            _ => pb::AuditOutcome::Allowed,
+        } as i32,
+        release_id: e.release_id.map(|id| id.to_string()).unwrap_or_default(),
+        service: e.service.clone(),
+        environment: e.environment.clone(),
+        reason: e.reason.clone(),
+        request_id: e.request_id.clone(),
+        message: e.message.clone(),
+        from_phase: e.from_phase.clone().unwrap_or_default(),
+        to_phase: e.to_phase.clone().unwrap_or_default(),
+    }
+}

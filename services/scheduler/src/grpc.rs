@@ -19,7 +19,7 @@ use crate::{
     convert,
     domain::config::{DeliveryConfig, Problem},
     error::SchedulerError,
-    store::ReleaseFilter,
+    store::{AuditFilter, AuditedRequest, ReleaseFilter},
 };
 
 /// Both services over one [`App`].
@@ -36,6 +36,62 @@ impl Api {
     }
 }
 
+/// What a state-changing request named, for the audit row written when it is refused.
+#[derive(Default)]
+struct Asked<'a> {
+    action: &'static str,
+    release_id: &'a str,
+    service: &'a str,
+    environment: &'a str,
+    reason: &'a str,
+    request_id: &'a str,
+}
+
+/// Refusals are the caller's: wrong, not allowed, not now. An outage refuses nothing.
+fn is_refusal(e: &SchedulerError) -> bool {
+    matches!(
+        e,
+        SchedulerError::Invalid { .. }
+            | SchedulerError::NotFound(_)
+            | SchedulerError::FailedPrecondition(_)
+            | SchedulerError::PermissionDenied(_)
+    )
+}
+
+impl Api {
+    /// Passes `result` through; a refusal is written to the audit log first.
+    async fn audited<T>(
+        &self,
+        who: &Caller,
+        asked: Asked<'_>,
+        result: std::result::Result<T, SchedulerError>,
+    ) -> std::result::Result<T, SchedulerError> {
+        let Err(e) = &result else { return result };
+        if !is_refusal(e) {
+            return result;
+        }
+        // A release the request named is recorded with its service and environment.
+        let named = match uuid::Uuid::parse_str(asked.release_id) {
+            Ok(_) => self.app.release(asked.release_id).await.ok(),
+            Err(_) => None,
+        };
+        self.app
+            .audit_request(AuditedRequest {
+                actor: who.user.clone(),
+                action: asked.action.to_string(),
+                outcome: "refused",
+                release_id: named.as_ref().map(|r| r.id),
+                service: named.as_ref().map_or(asked.service, |r| &r.service).to_string(),
+                environment: named.as_ref().map_or(asked.environment, |r| &r.environment).to_string(),
+                reason: asked.reason.to_string(),
+                request_id: asked.request_id.to_string(),
+                message: format!("{}: {e}", e.code_name()),
+            })
+            .await;
+        result
+    }
+}
+
 fn caller<T>(req: &Request<T>) -> Caller {
     let id = Identity::of(req);
     Caller { anonymous: id.is_anonymous(), user: id.user, roles: id.roles }
@@ -48,8 +104,17 @@ impl ReleaseService for Api {
     async fn create_release(&self, req: Request<pb::CreateReleaseRequest>) -> Result<pb::CreateReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release =
-            self.app.create_release(&r.service, &r.environment, &r.artifact, &r.request_id, &r.reason, &who).await?;
+        let created =
+            self.app.create_release(&r.service, &r.environment, &r.artifact, &r.request_id, &r.reason, &who).await;
+        let asked = Asked {
+            action: "create",
+            service: &r.service,
+            environment: &r.environment,
+            reason: &r.reason,
+            request_id: &r.request_id,
+            ..Asked::default()
+        };
+        let release = self.audited(&who, asked, created).await?;
         Ok(Response::new(pb::CreateReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
@@ -118,42 +183,60 @@ impl ReleaseService for Api {
     async fn promote_release(&self, req: Request<pb::PromoteReleaseRequest>) -> Result<pb::PromoteReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release = self.app.promote(&r.id, r.full, &r.reason, &who).await?;
+        let done = self.app.promote(&r.id, r.full, &r.reason, &who).await;
+        let asked = Asked { action: "promote", release_id: &r.id, reason: &r.reason, ..Asked::default() };
+        let release = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::PromoteReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
     async fn abort_release(&self, req: Request<pb::AbortReleaseRequest>) -> Result<pb::AbortReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release = self.app.abort(&r.id, &r.reason, &who).await?;
+        let done = self.app.abort(&r.id, &r.reason, &who).await;
+        let asked = Asked { action: "abort", release_id: &r.id, reason: &r.reason, ..Asked::default() };
+        let release = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::AbortReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
     async fn retry_release(&self, req: Request<pb::RetryReleaseRequest>) -> Result<pb::RetryReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release = self.app.retry(&r.id, &r.reason, &who).await?;
+        let done = self.app.retry(&r.id, &r.reason, &who).await;
+        let asked = Asked { action: "retry", release_id: &r.id, reason: &r.reason, ..Asked::default() };
+        let release = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::RetryReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
     async fn undo_release(&self, req: Request<pb::UndoReleaseRequest>) -> Result<pb::UndoReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release = self.app.undo(&r.service, &r.environment, r.to_revision, &r.reason, &who).await?;
+        let done = self.app.undo(&r.service, &r.environment, r.to_revision, &r.reason, &who).await;
+        let asked = Asked {
+            action: "undo",
+            service: &r.service,
+            environment: &r.environment,
+            reason: &r.reason,
+            ..Asked::default()
+        };
+        let release = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::UndoReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
     async fn approve_release(&self, req: Request<pb::ApproveReleaseRequest>) -> Result<pb::ApproveReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release = self.app.approve(&r.id, &r.reason, &who).await?;
+        let done = self.app.approve(&r.id, &r.reason, &who).await;
+        let asked = Asked { action: "approve", release_id: &r.id, reason: &r.reason, ..Asked::default() };
+        let release = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::ApproveReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
     async fn reject_release(&self, req: Request<pb::RejectReleaseRequest>) -> Result<pb::RejectReleaseResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        let release = self.app.reject(&r.id, &r.reason, &who).await?;
+        let done = self.app.reject(&r.id, &r.reason, &who).await;
+        let asked = Asked { action: "reject", release_id: &r.id, reason: &r.reason, ..Asked::default() };
+        let release = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::RejectReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
@@ -185,11 +268,56 @@ impl ReleaseService for Api {
     ) -> Result<pb::RollbackEnvironmentResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        if r.environment.is_empty() {
-            return Err(SchedulerError::invalid("environment", "must not be empty").into());
-        }
-        let group = self.app.rollback_environment(&r.environment, &r.services, &r.reason, r.emergency, &who).await?;
+        let done = if r.environment.is_empty() {
+            Err(SchedulerError::invalid("environment", "must not be empty"))
+        } else {
+            self.app.rollback_environment(&r.environment, &r.services, &r.reason, r.emergency, &who).await
+        };
+        let asked = Asked {
+            action: "rollback-environment",
+            environment: &r.environment,
+            reason: &r.reason,
+            ..Asked::default()
+        };
+        let group = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::RollbackEnvironmentResponse { group: Some(convert::group(&group)) }))
+    }
+
+    async fn list_audit_entries(
+        &self,
+        req: Request<pb::ListAuditEntriesRequest>,
+    ) -> Result<pb::ListAuditEntriesResponse> {
+        let r = req.into_inner();
+        let some = |s: String| (!s.is_empty()).then_some(s);
+        let release_id = match r.release_id.as_str() {
+            "" => None,
+            id => Some(uuid::Uuid::parse_str(id).map_err(|_| {
+                SchedulerError::invalid(
+                    "release_id",
+                    format!("{} is not a release id (UUID)", hopngo_proto::check::shown(id)),
+                )
+            })?),
+        };
+        let outcome = match pb::AuditOutcome::try_from(r.outcome) {
+            Ok(pb::AuditOutcome::Allowed) => Some("allowed".to_string()),
+            Ok(pb::AuditOutcome::Refused) => Some("refused".to_string()),
+            _ => None,
+        };
+        let filter = AuditFilter {
+            release_id,
+            service: some(r.service),
+            environment: some(r.environment),
+            actor: some(hopngo_kit::identity::normalise(&r.actor)),
+            action: some(r.action),
+            outcome,
+            since: r.start_time.map(|t| convert::time_from("start_time", t)).transpose()?,
+            until: r.end_time.map(|t| convert::time_from("end_time", t)).transpose()?,
+        };
+        let (entries, next) = self.app.audit(filter, r.page_size, &r.page_token).await?;
+        Ok(Response::new(pb::ListAuditEntriesResponse {
+            entries: entries.iter().map(convert::audit_entry).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
     }
 
     async fn get_release_group(&self, req: Request<pb::GetReleaseGroupRequest>) -> Result<pb::GetReleaseGroupResponse> {
@@ -203,21 +331,30 @@ impl ReleaseService for Api {
     ) -> Result<pb::PromoteEnvironmentResponse> {
         let who = caller(&req);
         let r = req.into_inner();
-        if r.to_environment.is_empty() {
-            return Err(SchedulerError::invalid("to_environment", "must not be empty").into());
-        }
-        let (release, source) = self
-            .app
-            .promote_environment(
-                &r.service,
-                &r.from_environment,
-                &r.to_environment,
-                &r.artifact,
-                &r.request_id,
-                &r.reason,
-                &who,
-            )
-            .await?;
+        let done = if r.to_environment.is_empty() {
+            Err(SchedulerError::invalid("to_environment", "must not be empty"))
+        } else {
+            self.app
+                .promote_environment(
+                    &r.service,
+                    &r.from_environment,
+                    &r.to_environment,
+                    &r.artifact,
+                    &r.request_id,
+                    &r.reason,
+                    &who,
+                )
+                .await
+        };
+        let asked = Asked {
+            action: "promote-environment",
+            service: &r.service,
+            environment: &r.to_environment,
+            reason: &r.reason,
+            request_id: &r.request_id,
+            ..Asked::default()
+        };
+        let (release, source) = self.audited(&who, asked, done).await?;
         Ok(Response::new(pb::PromoteEnvironmentResponse {
             release: Some(convert::release(&release)),
             source: Some(convert::release(&source)),
@@ -255,8 +392,23 @@ impl ConfigService for Api {
     async fn apply_config(&self, req: Request<cpb::ApplyConfigRequest>) -> Result<cpb::ApplyConfigResponse> {
         let who = caller(&req);
         let yaml = req.into_inner().yaml;
-        check_size(&yaml)?;
-        let (version, changed, config) = self.app.apply_config(&yaml, &who).await?;
+        let done = match check_size(&yaml) {
+            Ok(()) => self.app.apply_config(&yaml, &who).await,
+            Err(e) => Err(e),
+        };
+        let (version, changed, config) =
+            self.audited(&who, Asked { action: "apply-config", ..Asked::default() }, done).await?;
+        if changed {
+            self.app
+                .audit_request(AuditedRequest {
+                    actor: who.user.clone(),
+                    action: "config-applied".into(),
+                    outcome: "allowed",
+                    message: format!("delivery config version {version}"),
+                    ..AuditedRequest::default()
+                })
+                .await;
+        }
         Ok(Response::new(cpb::ApplyConfigResponse { version, changed, summary: Some(summary(&config)) }))
     }
 

@@ -11,7 +11,7 @@ use crate::{
     domain::{
         config::DeliveryConfig,
         events::{self, EventPayload},
-        machine::Transition,
+        machine::{ENGINE, Transition},
         plan::Plan,
         release::{Phase, Release},
     },
@@ -143,6 +143,82 @@ pub struct GroupRow {
     pub created_at: OffsetDateTime,
 }
 
+/// One row of the audit log.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// Position in the log (grows with every row).
+    pub id: i64,
+    /// When it was written.
+    pub at: OffsetDateTime,
+    /// Who (`scheduler` for the engine).
+    pub actor: String,
+    /// What: a transition (`promoted`, `approval-recorded`) or a refused request (`approve`).
+    pub action: String,
+    /// `allowed` or `refused`.
+    pub outcome: String,
+    /// The release, when there is one.
+    pub release_id: Option<Uuid>,
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// The person's reason.
+    pub reason: String,
+    /// The caller's request id (release creation).
+    pub request_id: String,
+    /// What happened, or why it was refused.
+    pub message: String,
+    /// Phase before (transitions).
+    pub from_phase: Option<String>,
+    /// Phase after (transitions).
+    pub to_phase: Option<String>,
+}
+
+/// A request audited by itself rather than as a release's transition: a refused one (nothing
+/// changed) or one that changes no release (a config applied).
+#[derive(Clone, Debug, Default)]
+pub struct AuditedRequest {
+    /// Who asked.
+    pub actor: String,
+    /// The request (`create`, `approve`, `apply-config`, ...).
+    pub action: String,
+    /// `allowed` or `refused`.
+    pub outcome: &'static str,
+    /// The release it named, if it named an existing one.
+    pub release_id: Option<Uuid>,
+    /// Service named.
+    pub service: String,
+    /// Environment named.
+    pub environment: String,
+    /// The reason given.
+    pub reason: String,
+    /// The request id given.
+    pub request_id: String,
+    /// What it did, or why it was refused (`PermissionDenied: …`).
+    pub message: String,
+}
+
+/// Filters of `ListAuditEntries`.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Release.
+    pub release_id: Option<Uuid>,
+    /// Service.
+    pub service: Option<String>,
+    /// Environment.
+    pub environment: Option<String>,
+    /// Actor (normalised as identities are).
+    pub actor: Option<String>,
+    /// Action.
+    pub action: Option<String>,
+    /// `allowed` or `refused`.
+    pub outcome: Option<String>,
+    /// From this time on.
+    pub since: Option<OffsetDateTime>,
+    /// Before this time.
+    pub until: Option<OffsetDateTime>,
+}
+
 /// Columns of the events and audit rows of a batch of transitions.
 struct EventBatch {
     event_ids: Vec<Uuid>,
@@ -155,6 +231,7 @@ struct EventBatch {
     froms: Vec<String>,
     tos: Vec<String>,
     messages: Vec<String>,
+    reasons: Vec<String>,
 }
 
 impl EventBatch {
@@ -170,6 +247,7 @@ impl EventBatch {
             froms: Vec::with_capacity(transitions.len()),
             tos: Vec::with_capacity(transitions.len()),
             messages: Vec::with_capacity(transitions.len()),
+            reasons: Vec::with_capacity(transitions.len()),
         };
         for (i, t) in transitions.iter().enumerate() {
             b.event_ids.push(Uuid::now_v7());
@@ -184,6 +262,8 @@ impl EventBatch {
             b.froms.push(t.from.as_str().to_string());
             b.tos.push(t.to.as_str().to_string());
             b.messages.push(t.message.clone());
+            // A person's action carries the reason they gave; the engine's carry none.
+            b.reasons.push(if t.actor == ENGINE { String::new() } else { r.reason.clone() });
         }
         Ok(b)
     }
@@ -473,9 +553,12 @@ impl Store {
                INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
                SELECT e, $1, s, t, n, v, p, clock_timestamp() \
                FROM UNNEST($8::uuid[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[]) AS x(e, s, t, n, v, p)) \
-             INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at) \
-             SELECT $1, s, a, n, f, t, m, clock_timestamp() \
-             FROM UNNEST($9::bigint[], $14::text[], $11::text[], $15::text[], $16::text[], $17::text[]) AS x(s, a, n, f, t, m)",
+             INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at, \
+               service, environment, reason, request_id) \
+             SELECT $1, s, a, n, f, t, m, clock_timestamp(), $19, $20, why, \
+               CASE WHEN n = 'created' THEN coalesce((SELECT request_id FROM releases WHERE id = $1), '') ELSE '' END \
+             FROM UNNEST($9::bigint[], $14::text[], $11::text[], $15::text[], $16::text[], $17::text[], $18::text[]) \
+               AS x(s, a, n, f, t, m, why)",
         )
         .bind(r.id)
         .bind(r.phase.as_str())
@@ -494,6 +577,9 @@ impl Store {
         .bind(&batch.froms)
         .bind(&batch.tos)
         .bind(&batch.messages)
+        .bind(&batch.reasons)
+        .bind(&r.service)
+        .bind(&r.environment)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -616,6 +702,58 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(decode).collect()
+    }
+
+    /// Records a request (a refused one in a transaction of its own: it wrote nothing).
+    pub async fn audit_request(&self, r: &AuditedRequest) -> Result<(), SchedulerError> {
+        sqlx::query(
+            "INSERT INTO audit_log (release_id, actor, action, outcome, message, at, service, environment, reason, request_id) \
+             VALUES ($1, $2, $3, $9, $4, clock_timestamp(), $5, $6, $7, $8)",
+        )
+        .bind(r.release_id)
+        .bind(&r.actor)
+        .bind(&r.action)
+        .bind(&r.message)
+        .bind(&r.service)
+        .bind(&r.environment)
+        .bind(&r.reason)
+        .bind(&r.request_id)
+        .bind(r.outcome)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit rows matching `filter`, newest first, before position `before`.
+    pub async fn audit(
+        &self,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, SchedulerError> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, actor, action, outcome, release_id, service, environment, reason, request_id, message, \
+                    from_phase, to_phase \
+             FROM audit_log \
+             WHERE ($1::uuid IS NULL OR release_id = $1) AND ($2::text IS NULL OR service = $2) \
+               AND ($3::text IS NULL OR environment = $3) AND ($4::text IS NULL OR lower(actor) = $4) \
+               AND ($5::text IS NULL OR action = $5) AND ($6::text IS NULL OR outcome = $6) \
+               AND ($7::timestamptz IS NULL OR at >= $7) AND ($8::timestamptz IS NULL OR at < $8) \
+               AND ($9::bigint IS NULL OR id < $9) \
+             ORDER BY id DESC LIMIT $10",
+        )
+        .bind(filter.release_id)
+        .bind(&filter.service)
+        .bind(&filter.environment)
+        .bind(&filter.actor)
+        .bind(&filter.action)
+        .bind(&filter.outcome)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Every release of a service in an environment, newest first.
