@@ -22,6 +22,9 @@ pub enum ApiError {
     /// The caller may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The caller uses as much of something as it may (open streams); release some first.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A dependency (database, another service) cannot be reached right now; retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -48,6 +51,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Aborted(_) => Code::Aborted,
             ApiError::Internal(detail) => {

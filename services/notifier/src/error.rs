@@ -19,6 +19,9 @@ pub enum NotifierError {
     /// The request does not fit the current state.
     #[error("{0}")]
     Precondition(String),
+    /// The caller holds as much as it may (open subscriptions).
+    #[error("{0}")]
+    Exhausted(String),
     /// The notifier's database cannot be reached.
     #[error("{0}")]
     Unavailable(String),
@@ -51,6 +54,7 @@ impl From<NotifierError> for tonic::Status {
             NotifierError::Invalid { field, reason } => ApiError::InvalidArgument { field, reason },
             NotifierError::NotFound(m) => ApiError::NotFound(m),
             NotifierError::Precondition(m) => ApiError::FailedPrecondition(m),
+            NotifierError::Exhausted(m) => ApiError::ResourceExhausted(m),
             NotifierError::Unavailable(m) => ApiError::Unavailable(m),
             NotifierError::Internal(m) => ApiError::Internal(m),
         }

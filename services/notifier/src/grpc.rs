@@ -139,6 +139,14 @@ impl NotifierService for Notifier {
     type SubscribeStream = SubscribeStream;
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
+        // One caller cannot hold every stream: who it is, or where it calls from when it did not say.
+        let identity = hopngo_kit::Identity::of(&request);
+        let caller = if identity.is_anonymous() {
+            request.remote_addr().map(|a| format!("anonymous@{}", a.ip())).unwrap_or_else(|| identity.user.clone())
+        } else {
+            identity.user
+        };
+        let slot = self.subscriptions.slot(&caller)?;
         let req = request.into_inner();
         let filter = convert::filter(req.filter, "filter", self.log.policy())?;
         // Subscribed before the head is read: nothing appended in between is missed.
@@ -152,7 +160,7 @@ impl NotifierService for Notifier {
         };
         tracing::debug!(subscriber = %req.subscriber, after, "subscription opened");
         let stop_at = req.stop_at_head.then_some(head);
-        let stream = self.subscriptions.open(live, filter, (after, stop_at), self.shutdown.child_token());
+        let stream = self.subscriptions.open(live, filter, (after, stop_at), slot, self.shutdown.child_token());
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -67,9 +67,12 @@ pub struct Args {
     /// A subscriber whose buffer stays full this long is disconnected with its resume cursor.
     #[arg(long, env = "HOPNGO_NOTIFIER_SLOW_SUBSCRIBER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub slow_subscriber_timeout: Duration,
-    /// Events buffered per subscriber.
-    #[arg(long, env = "HOPNGO_NOTIFIER_SUBSCRIBER_BUFFER", default_value_t = 1024)]
+    /// Events buffered per subscriber (with the catch-up batch, what one subscriber can hold).
+    #[arg(long, env = "HOPNGO_NOTIFIER_SUBSCRIBER_BUFFER", default_value_t = 64)]
     pub subscriber_buffer: usize,
+    /// Subscriptions one caller (user, or address when anonymous) may hold open at once.
+    #[arg(long, env = "HOPNGO_NOTIFIER_MAX_SUBSCRIPTIONS_PER_CALLER", default_value_t = 100)]
+    pub max_subscriptions_per_caller: usize,
     /// New events kept in memory for live subscribers (those further behind read the database).
     #[arg(long, env = "HOPNGO_NOTIFIER_LIVE_BUFFER", default_value_t = 4096)]
     pub live_buffer: usize,
@@ -235,9 +238,13 @@ pub async fn run_with_clock(
             slow_timeout: args.slow_subscriber_timeout,
             buffer: args.subscriber_buffer,
             poll: args.poll,
+            max_per_caller: args.max_subscriptions_per_caller,
         },
         clock,
         metrics: notifier_metrics,
+        // Half the pool at most: publishing and webhooks always find a connection.
+        readers: Arc::new(tokio::sync::Semaphore::new((args.db_connections as usize / 2).max(1))),
+        open: Default::default(),
     };
     let service = Notifier::new(escalator, subscriptions, args.allow_remote_webhooks, shutdown.clone());
     let served = GrpcServer::new(listen.drain_timeout)

@@ -12,7 +12,7 @@ use std::{
 
 use futures::Stream;
 use hopngo_proto::notifier::{Heartbeat, SubscribeResponse, subscribe_response::Item};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -27,8 +27,9 @@ use crate::{
 
 /// Metadata key of the resume cursor sent with a slow-subscriber disconnect.
 pub const RESUME_CURSOR_TRAILER: &str = "x-hopngo-resume-cursor";
-/// Events read from the database per query while catching up.
-const CATCH_UP_BATCH: i64 = 500;
+/// Events read from the database per query while catching up: what one subscriber holds besides
+/// its buffer.
+const CATCH_UP_BATCH: i64 = 100;
 
 /// How subscriptions behave.
 #[derive(Clone, Debug)]
@@ -41,6 +42,8 @@ pub struct SubscriptionSettings {
     pub buffer: usize,
     /// How often the database is checked for events appended by other replicas.
     pub poll: Duration,
+    /// Subscriptions one caller may hold open at once.
+    pub max_per_caller: usize,
 }
 
 /// Why the producer stopped.
@@ -59,6 +62,9 @@ struct Producer {
     out: mpsc::Sender<SubscribeResponse>,
     last: u64,
     stop_at: Option<u64>,
+    readers: Arc<Semaphore>,
+    /// Whether anything was sent yet.
+    sent: bool,
 }
 
 impl Producer {
@@ -73,7 +79,10 @@ impl Producer {
             },
         };
         match self.out.send_timeout(response, self.settings.slow_timeout).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.sent = true;
+                Ok(())
+            }
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Stop::Slow),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Gone),
         }
@@ -94,8 +103,12 @@ impl Producer {
             if head <= self.last {
                 return Ok(());
             }
-            let batch =
-                self.log.store().events_after(self.last, head, &self.filter, CATCH_UP_BATCH).await.map_err(Err)?;
+            // Catching-up subscribers take turns at the database, so hundreds of them cannot
+            // starve publishing of connections; none holds a turn while its client reads.
+            let batch = {
+                let _turn = self.readers.acquire().await.map_err(|_| Ok(Stop::Gone))?;
+                self.log.store().events_after(self.last, head, &self.filter, CATCH_UP_BATCH).await.map_err(Err)?
+            };
             let complete = (batch.len() as i64) < CATCH_UP_BATCH;
             for l in &batch {
                 self.send(Some(l)).await.map_err(Ok)?;
@@ -113,11 +126,21 @@ impl Producer {
         mut live: broadcast::Receiver<Arc<LoggedEvent>>,
         shutdown: CancellationToken,
     ) -> Result<Stop, NotifierError> {
+        let mut first = true;
         loop {
             match self.catch_up().await {
                 Ok(()) => {}
                 Err(Ok(stop)) => return Ok(stop),
                 Err(Err(e)) => return Err(e),
+            }
+            // A subscriber learns at once that it is subscribed, and from which cursor, even
+            // when nothing is there to replay.
+            if std::mem::take(&mut first)
+                && !self.sent
+                && self.stop_at.is_none()
+                && let Err(stop) = self.send(None).await
+            {
+                return Ok(stop);
             }
             if self.stop_at.is_some_and(|head| self.last >= head) {
                 // The last heartbeat tells where to continue from.
@@ -178,9 +201,45 @@ pub struct Subscriptions {
     pub clock: Arc<dyn Clock>,
     /// Metrics.
     pub metrics: NotifierMetrics,
+    /// Turns at the database for catching-up subscribers.
+    pub readers: Arc<Semaphore>,
+    /// Open subscriptions per caller.
+    pub open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One caller's hold on a subscription slot; given back when the stream ends.
+pub struct Slot {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.caller) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
 }
 
 impl Subscriptions {
+    /// Takes one of `caller`'s subscription slots, or says how many it holds.
+    pub fn slot(&self, caller: &str) -> Result<Slot, NotifierError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let held = open.entry(caller.to_string()).or_default();
+        if *held >= self.settings.max_per_caller {
+            return Err(NotifierError::Exhausted(format!(
+                "{caller} holds {held} open subscriptions, the most one caller may (--max-subscriptions-per-caller); \
+                 close one or filter more narrowly"
+            )));
+        }
+        *held += 1;
+        Ok(Slot { open: Arc::clone(&self.open), caller: caller.to_string() })
+    }
+
     /// Opens a subscription after position `after` (read with `live` already subscribed); with
     /// `stop_at`, it ends once that position was looked at.
     pub fn open(
@@ -188,9 +247,10 @@ impl Subscriptions {
         live: broadcast::Receiver<Arc<LoggedEvent>>,
         filter: Filter,
         range: (u64, Option<u64>),
+        slot: Slot,
         shutdown: CancellationToken,
     ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> + use<> {
-        open(self.clone(), live, filter, range, shutdown)
+        open(self.clone(), live, filter, range, slot, shutdown)
     }
 }
 
@@ -199,13 +259,14 @@ fn open(
     live: broadcast::Receiver<Arc<LoggedEvent>>,
     filter: Filter,
     (after, stop_at): (u64, Option<u64>),
+    slot: Slot,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> {
-    let Subscriptions { log, settings, clock, metrics } = subscriptions;
+    let Subscriptions { log, settings, clock, metrics, readers, open: _ } = subscriptions;
     let (out, mut items) = mpsc::channel(settings.buffer.max(1));
     let cut_off = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(None::<tonic::Status>));
-    let producer = Producer { log, filter, settings, clock, out, last: after, stop_at };
+    let producer = Producer { log, filter, settings, clock, out, last: after, stop_at, readers, sent: false };
     {
         let cut_off = cut_off.clone();
         let failure = Arc::clone(&failure);
@@ -230,6 +291,7 @@ fn open(
     let gauge = SubscriberGauge(metrics);
     async_stream::stream! {
         let _gauge = gauge;
+        let _slot = slot;
         loop {
             tokio::select! {
                 biased;
