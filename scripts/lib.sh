@@ -20,7 +20,7 @@ ensure_prometheus() {
     # The package would start a system-wide Prometheus on :9090; the project needs only the
     # binary. Debian's policy-rc.d hook (exit 101: "action forbidden") keeps the package from
     # starting it, so nothing has to be stopped afterwards, and no other Prometheus is touched.
-    local policy=/usr/sbin/policy-rc.d own_policy=false
+    local policy=${HOPNGO_POLICY_RC_D:-/usr/sbin/policy-rc.d} own_policy=false
     if [ ! -e "$policy" ]; then
       printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=true
     fi

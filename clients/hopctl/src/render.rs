@@ -141,6 +141,12 @@ pub fn release_text(r: &ReleaseView) -> String {
 /// One line per change, for `--watch` without a terminal.
 pub fn progress_line(r: &ReleaseView) -> String {
     let step = r.steps.get(r.current_step_index as usize).map(|s| s.name.as_str()).unwrap_or("done");
+    // A timed pause says how long it waits and that nobody has to act; a pause for a person keeps
+    // the engine's message (it says why).
+    let what = match (&r.resumes_at, r.pause_text(time::OffsetDateTime::now_utc())) {
+        (Some(_), Some(waiting)) => waiting,
+        _ => r.message.clone(),
+    };
     format!(
         "{} {} rev {} {} step {}/{} ({step}) weight {}%: {}",
         r.service,
@@ -150,7 +156,7 @@ pub fn progress_line(r: &ReleaseView) -> String {
         r.current_step_index.min(r.steps.len() as u32),
         r.steps.len(),
         r.canary_weight,
-        r.message
+        what
     )
 }
 
