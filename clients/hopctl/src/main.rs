@@ -1390,7 +1390,7 @@ async fn watch_group(
     out: Output,
 ) -> anyhow::Result<i32> {
     let live = std::io::stderr().is_terminal();
-    let mut last_lines: Vec<String> = Vec::new();
+    let mut last_states: Vec<String> = Vec::new();
     loop {
         let g = releases
             .get_release_group(pb::GetReleaseGroupRequest { id: id.to_string() })
@@ -1400,16 +1400,17 @@ async fn watch_group(
             .context("no group")?;
         let view = GroupView::from(&g);
         let lines: Vec<String> = view.releases.iter().map(render::progress_line).collect();
+        let states: Vec<String> = view.releases.iter().map(render::progress_state).collect();
         if live {
             term::screen(&format!("{}\n{}\n", render::group_header(&view), lines.join("\n")));
         } else {
             for (i, line) in lines.iter().enumerate() {
-                if last_lines.get(i) != Some(line) {
+                if last_states.get(i) != Some(&states[i]) {
                     term::progress(line);
                 }
             }
         }
-        last_lines = lines;
+        last_states = states;
         if view.phase != "PROGRESSING" {
             if live {
                 term::clear_screen();
@@ -1429,18 +1430,19 @@ async fn watch_release(
     let mut stream = releases.watch_release(pb::WatchReleaseRequest { id: id.to_string() }).await?.into_inner();
     let live = std::io::stderr().is_terminal();
     let mut last = None;
-    let mut last_line = String::new();
+    let mut last_state = String::new();
     while let Some(item) = stream.next().await {
         let r = item?.release.context("no release in the stream")?;
         let view = ReleaseView::from(&r);
         if live {
             term::screen(&render::release_text(&view));
         } else {
-            // One line per visible change (analysis polls change the release but not the line).
-            let line = render::progress_line(&view);
-            if line != last_line {
-                term::progress(&line);
-                last_line = line;
+            // One line per visible change (analysis polls change the release but not the line,
+            // nor does the countdown of a timed pause).
+            let state = render::progress_state(&view);
+            if state != last_state {
+                term::progress(&render::progress_line(&view));
+                last_state = state;
             }
         }
         last = Some(view);

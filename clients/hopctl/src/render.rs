@@ -140,15 +140,25 @@ pub fn release_text(r: &ReleaseView) -> String {
 
 /// One line per change, for `--watch` without a terminal.
 pub fn progress_line(r: &ReleaseView) -> String {
-    let step = r.steps.get(r.current_step_index as usize).map(|s| s.name.as_str()).unwrap_or("done");
     // A timed pause says how long it waits and that nobody has to act; a pause for a person keeps
     // the engine's message (it says why).
     let what = match (&r.resumes_at, r.pause_text(time::OffsetDateTime::now_utc())) {
         (Some(_), Some(waiting)) => waiting,
         _ => r.message.clone(),
     };
+    progress(r, &what)
+}
+
+/// What a progress line reports, without the time left of a timed pause: a watch prints a new
+/// line when this changes (not every second of a countdown).
+pub fn progress_state(r: &ReleaseView) -> String {
+    progress(r, &format!("{} {}", r.message, r.resumes_at.as_deref().unwrap_or("")))
+}
+
+fn progress(r: &ReleaseView, what: &str) -> String {
+    let step = r.steps.get(r.current_step_index as usize).map(|s| s.name.as_str()).unwrap_or("done");
     format!(
-        "{} {} rev {} {} step {}/{} ({step}) weight {}%: {}",
+        "{} {} rev {} {} step {}/{} ({step}) weight {}%: {what}",
         r.service,
         r.environment,
         r.revision,
@@ -156,7 +166,6 @@ pub fn progress_line(r: &ReleaseView) -> String {
         r.current_step_index.min(r.steps.len() as u32),
         r.steps.len(),
         r.canary_weight,
-        what
     )
 }
 
