@@ -339,6 +339,8 @@ async fn the_decision_matrix_critical_aborts_high_waits_out_its_grace_medium_pau
     let weight = held.canary_weight;
     assert!(weight > 0, "held where it was");
     let done = settled(&mut releases, &r.id).await;
+    // Settled in the API before the subscriber has the last events: wait for the abort's.
+    subscriber.until(10, |e| e.iter().any(|e| e.release_id == r.id && e.r#type == types::RELEASE_ABORTED)).await;
     let events = subscriber.of(&r.id);
     let story: Vec<String> = events.iter().map(|e| e.data.as_ref().unwrap().message.clone()).collect();
     assert_eq!(done.phase, P::Aborted as i32, "{story:#?}");
@@ -364,6 +366,7 @@ async fn the_decision_matrix_critical_aborts_high_waits_out_its_grace_medium_pau
     // Low: the failure is an event; the release goes on.
     stack.apply(&config("low")).await.unwrap();
     let r = release(&mut releases, "auth", "staging", &faulty(4), P::Succeeded).await;
+    subscriber.until(10, |e| e.iter().any(|e| e.release_id == r.id && e.r#type == types::SERVICE_UPGRADED)).await;
     let events = subscriber.of(&r.id);
     assert!(
         events.iter().any(|e| e.data.as_ref().unwrap().message.ends_with("notify only")),
