@@ -374,15 +374,10 @@ fn problem(p: Problem) -> cpb::ConfigProblem {
     cpb::ConfigProblem { path: p.path, message: p.message }
 }
 
-/// Largest delivery config accepted.
-const MAX_CONFIG_BYTES: usize = 1 << 20;
-
-fn check_size(yaml: &str) -> std::result::Result<(), SchedulerError> {
+/// A delivery config must say something (its size is bounded by the edge checks: 1 MiB).
+fn check_not_empty(yaml: &str) -> std::result::Result<(), SchedulerError> {
     if yaml.trim().is_empty() {
         return Err(SchedulerError::invalid("yaml", "must not be empty"));
-    }
-    if yaml.len() > MAX_CONFIG_BYTES {
-        return Err(SchedulerError::invalid("yaml", format!("{} bytes; at most {MAX_CONFIG_BYTES}", yaml.len())));
     }
     Ok(())
 }
@@ -392,7 +387,7 @@ impl ConfigService for Api {
     async fn apply_config(&self, req: Request<cpb::ApplyConfigRequest>) -> Result<cpb::ApplyConfigResponse> {
         let who = caller(&req);
         let yaml = req.into_inner().yaml;
-        let done = match check_size(&yaml) {
+        let done = match check_not_empty(&yaml) {
             Ok(()) => self.app.apply_config(&yaml, &who).await,
             Err(e) => Err(e),
         };
@@ -429,7 +424,7 @@ impl ConfigService for Api {
 
     async fn validate_config(&self, req: Request<cpb::ValidateConfigRequest>) -> Result<cpb::ValidateConfigResponse> {
         let yaml = req.into_inner().yaml;
-        check_size(&yaml)?;
+        check_not_empty(&yaml)?;
         Ok(Response::new(match self.app.validate_config(&yaml) {
             Ok(config) => {
                 cpb::ValidateConfigResponse { valid: true, problems: Vec::new(), summary: Some(summary(&config)) }
