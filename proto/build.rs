@@ -25,9 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(FILES, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("hopngo_descriptor.bin"), fds.encode_to_vec())?;
-    let (checks, listing) = check_gen::generate(&fds);
-    fs::write(out.join("checks.rs"), checks)?;
-    fs::write(out.join("checked_fields.txt"), listing)?;
+    fs::write(out.join("checks.rs"), check_gen::generate(&fds))?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

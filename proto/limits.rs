@@ -13,7 +13,7 @@ pub const DEFAULT_ITEMS: usize = 1000;
 const REASON: usize = 1024;
 const URL: usize = 2048;
 /// An image reference with a registry, a path, a tag and a digest fits.
-const ARTIFACT: usize = 512;
+pub const ARTIFACT: usize = 512;
 const EXPRESSION: usize = 8192;
 const ARGUMENT: usize = 4096;
 /// An event's message: it quotes what failed (a database's error, a job's output).
@@ -33,6 +33,9 @@ pub const TEXT: &[(&str, usize, bool)] = &[
     ("hopngo.release.v1.PromoteEnvironmentRequest.reason", REASON, false),
     ("hopngo.analyzer.v1.TerminateAnalysisRunRequest.reason", REASON, false),
     ("hopngo.notifier.v1.AcknowledgeRequest.comment", REASON, false),
+    // Release request ids (stored in a unique index).
+    ("hopngo.release.v1.CreateReleaseRequest.request_id", 128, false),
+    ("hopngo.release.v1.PromoteEnvironmentRequest.request_id", 128, false),
     // Artifacts.
     ("hopngo.release.v1.PromoteEnvironmentRequest.artifact", ARTIFACT, false),
     ("hopngo.release.v1.CreateReleaseRequest.artifact", ARTIFACT, false),

@@ -10,7 +10,7 @@
 //! this layer guarantees that whatever reaches a handler, a database or a log line is bounded and
 //! printable.
 
-use std::{collections::HashMap, marker::PhantomData};
+use std::{borrow::Cow, collections::HashMap, marker::PhantomData};
 
 use prost::Message;
 use tonic::{
@@ -91,50 +91,57 @@ fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
+/// Whether `c` may stand as it is in text: not a control character (newlines, carriage returns
+/// and tabs are, in `multiline` text) and not a bidirectional control.
+pub fn is_printable(c: char, multiline: bool) -> bool {
+    if multiline && matches!(c, '\n' | '\r' | '\t') {
+        return true;
+    }
+    !(c.is_control() || is_bidi_control(c))
+}
+
+/// `text` with every character `keep` refuses written as an escape (`\u{1b}`).
+pub fn escape(text: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if text.chars().all(&keep) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(text.chars().map(|c| if keep(c) { c.to_string() } else { c.escape_unicode().to_string() }).collect())
+}
+
+/// Cuts `text` to at most `max_bytes`, at a character boundary, ending it with `…` when cut.
+pub fn cut(text: &mut String, max_bytes: usize) {
+    if text.len() > max_bytes {
+        let mut at = max_bytes.saturating_sub('…'.len_utf8());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push('…');
+    }
+}
+
 /// Why `value` breaks `rule`, if it does.
 pub fn text_problem(value: &str, rule: TextRule) -> Option<String> {
     if value.len() > rule.max_bytes {
         return Some(format!("is {} bytes long; at most {} are allowed", value.len(), rule.max_bytes));
     }
-    for (at, c) in value.char_indices() {
-        if c == '\0' {
-            return Some(format!("contains a NUL byte (at byte {at})"));
-        }
-        if rule.multiline && matches!(c, '\n' | '\r' | '\t') {
-            continue;
-        }
-        if c.is_control() {
-            let what = if matches!(c, '\n' | '\r' | '\t') { "a line break or tab" } else { "a control character" };
-            return Some(format!("contains {what} (U+{:04X} at byte {at}); this field is one line of text", c as u32));
-        }
-        if is_bidi_control(c) {
-            return Some(format!("contains the bidirectional control U+{:04X} (at byte {at})", c as u32));
-        }
-    }
-    None
+    let (at, c) = value.char_indices().find(|(_, c)| *c == '\0' || !is_printable(*c, rule.multiline))?;
+    Some(if c == '\0' {
+        format!("contains a NUL byte (at byte {at})")
+    } else if is_bidi_control(c) {
+        format!("contains the bidirectional control U+{:04X} (at byte {at})", c as u32)
+    } else {
+        let what = if matches!(c, '\n' | '\r' | '\t') { "a line break or tab" } else { "a control character" };
+        format!("contains {what} (U+{:04X} at byte {at}); this field is one line of text", c as u32)
+    })
 }
 
 /// `value` made to satisfy `rule`: characters the rule refuses are written as escapes
 /// (`\u{1b}`), and the text is cut at `rule.max_bytes` with `…`. For text a service makes from
 /// what others said (a job's output, a database's error) before it sends it on.
 pub fn conform(value: &str, rule: TextRule) -> String {
-    let mut out = String::with_capacity(value.len().min(rule.max_bytes));
-    for c in value.chars() {
-        let allowed = !(c.is_control() || is_bidi_control(c)) || (rule.multiline && matches!(c, '\n' | '\r' | '\t'));
-        if allowed {
-            out.push(c);
-        } else {
-            out.push_str(&c.escape_unicode().to_string());
-        }
-    }
-    if out.len() > rule.max_bytes {
-        let mut cut = rule.max_bytes.saturating_sub('…'.len_utf8());
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push('…');
-    }
+    let mut out = escape(value, |c| is_printable(c, rule.multiline)).into_owned();
+    cut(&mut out, rule.max_bytes);
     out
 }
 

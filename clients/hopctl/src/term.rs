@@ -8,20 +8,12 @@ use std::{
     io::{ErrorKind, Write as _},
 };
 
-/// `text` with every control character but newline and tab, and every bidirectional control,
-/// written as an escape (`\u{1b}`).
+use hopngo_proto::check;
+
+/// `text` with every control character but newline and tab (a carriage return could overwrite
+/// the line), and every bidirectional control, written as an escape (`\u{1b}`).
 pub fn printable(text: &str) -> Cow<'_, str> {
-    let shown_raw = |c: char| {
-        matches!(c, '\n' | '\t')
-            || !(c.is_control()
-                || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}'))
-    };
-    if text.chars().all(shown_raw) {
-        return Cow::Borrowed(text);
-    }
-    Cow::Owned(
-        text.chars().map(|c| if shown_raw(c) { c.to_string() } else { c.escape_unicode().to_string() }).collect(),
-    )
+    check::escape(text, |c| matches!(c, '\n' | '\t') || check::is_printable(c, false))
 }
 
 /// Writes to stdout. A reader that has gone ends hopctl quietly (exit 0); any other failure ends

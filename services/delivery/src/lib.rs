@@ -660,8 +660,8 @@ pub const DEFAULT_PROGRESS_DEADLINE: Duration = Duration::from_secs(600);
 /// Default blue/green scale-down delay (Argo Rollouts' default).
 pub const DEFAULT_SCALE_DOWN_DELAY: Duration = Duration::from_secs(30);
 
-/// Longest artifact reference (an image reference with registry, path, tag and digest fits).
-pub const MAX_ARTIFACT_BYTES: usize = 512;
+/// Longest artifact reference (the contract's bound, so every request path agrees).
+pub const MAX_ARTIFACT_BYTES: usize = hopngo_proto::limits::ARTIFACT;
 
 /// Why `artifact` cannot be deployed, if it cannot: the scheduler (CreateRelease) and the deployer
 /// (ApplyTarget) refuse the same artifacts. An artifact is printable ASCII without spaces (an

@@ -69,14 +69,7 @@ impl From<ApiError> for Status {
 pub const MAX_MESSAGE_BYTES: usize = 2048;
 
 fn bounded_message(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE_BYTES {
-        let mut cut = MAX_MESSAGE_BYTES - '…'.len_utf8();
-        while !message.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        message.truncate(cut);
-        message.push('…');
-    }
+    hopngo_proto::check::cut(&mut message, MAX_MESSAGE_BYTES);
     message
 }
 

@@ -44,10 +44,11 @@ pub struct Databases {
 
 fn identifier(field: &str, value: &str, default: &str) -> Result<String, MigratorError> {
     let value = if value.is_empty() { default } else { value };
-    if value.len() > 63 || value.contains('\0') {
+    // The edge checks refused NUL and control characters; PostgreSQL's own limit is left.
+    if value.len() > 63 {
         return Err(MigratorError::invalid(
             field,
-            format!("{value:?} is not a PostgreSQL identifier (at most 63 bytes, no NUL)"),
+            format!("{} is not a PostgreSQL identifier (at most 63 bytes)", hopngo_proto::check::shown(value)),
         ));
     }
     Ok(value.to_string())

@@ -126,7 +126,6 @@ impl Producer {
         mut live: broadcast::Receiver<Arc<LoggedEvent>>,
         shutdown: CancellationToken,
     ) -> Result<Stop, NotifierError> {
-        let mut first = true;
         loop {
             match self.catch_up().await {
                 Ok(()) => {}
@@ -135,8 +134,7 @@ impl Producer {
             }
             // A subscriber learns at once that it is subscribed, and from which cursor, even
             // when nothing is there to replay.
-            if std::mem::take(&mut first)
-                && !self.sent
+            if !self.sent
                 && self.stop_at.is_none()
                 && let Err(stop) = self.send(None).await
             {
@@ -204,12 +202,15 @@ pub struct Subscriptions {
     /// Turns at the database for catching-up subscribers.
     pub readers: Arc<Semaphore>,
     /// Open subscriptions per caller.
-    pub open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    pub open: OpenPerCaller,
 }
+
+/// Open subscriptions per caller.
+pub type OpenPerCaller = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
 
 /// One caller's hold on a subscription slot; given back when the stream ends.
 pub struct Slot {
-    open: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    open: OpenPerCaller,
     caller: String,
 }
 
@@ -233,7 +234,7 @@ impl Subscriptions {
         if *held >= self.settings.max_per_caller {
             return Err(NotifierError::Exhausted(format!(
                 "{caller} holds {held} open subscriptions, the most one caller may (--max-subscriptions-per-caller); \
-                 close one or filter more narrowly"
+                 close one first"
             )));
         }
         *held += 1;

@@ -90,6 +90,30 @@ fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
     names.collect::<Vec<_>>().join(", ")
 }
 
+/// A page size as asked (0: the default of 50), at most 500.
+fn page_size(asked: u32) -> Result<u32, SchedulerError> {
+    match asked {
+        0 => Ok(50),
+        n if n <= 500 => Ok(n),
+        n => Err(SchedulerError::invalid("page_size", format!("{n} is not in 1..=500"))),
+    }
+}
+
+/// Refuses an environment the config does not have, naming the ones it has.
+fn check_environment(config: &DeliveryConfig, environment: &str) -> Result<(), SchedulerError> {
+    if config.environment(environment).is_none() {
+        return Err(SchedulerError::invalid(
+            "environment",
+            format!(
+                "unknown environment {} (known: {})",
+                hopngo_proto::check::shown(environment),
+                known(config.environments.iter().map(|e| e.name.as_str()))
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl App {
     /// Use cases over `store`, signalling through `signals`.
     pub fn new(store: Store, signals: Signals) -> App {
@@ -258,9 +282,6 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<(Release, Option<Release>), SchedulerError> {
-        if request_id.len() > 128 {
-            return Err(SchedulerError::invalid("request_id", "at most 128 characters"));
-        }
         if let Some(reason) = hopngo_delivery::artifact_problem(artifact) {
             return Err(SchedulerError::invalid("artifact", reason));
         }
@@ -301,16 +322,7 @@ impl App {
         if environment.is_empty() {
             return Err(SchedulerError::invalid("environment", "must not be empty"));
         }
-        if config.environment(environment).is_none() {
-            return Err(SchedulerError::invalid(
-                "environment",
-                format!(
-                    "unknown environment {} (known: {})",
-                    hopngo_proto::check::shown(environment),
-                    known(config.environments.iter().map(|e| e.name.as_str()))
-                ),
-            ));
-        }
+        check_environment(config, environment)?;
         Ok(())
     }
 
@@ -427,11 +439,7 @@ impl App {
 
     /// `ListReleases`.
     pub async fn list(&self, filter: ReleaseFilter, page_size: u32, page_token: &str) -> Result<Page, SchedulerError> {
-        let size = match page_size {
-            0 => 50,
-            n if n <= 500 => n,
-            n => return Err(SchedulerError::invalid("page_size", format!("{n} is not in 1..=500"))),
-        };
+        let size = self::page_size(page_size)?;
         let cursor = if page_token.is_empty() { None } else { Some(decode_token(page_token)?) };
         let mut releases = self.store.list(&filter, cursor, size + 1).await?;
         let next_page_token = if releases.len() > size as usize {
@@ -450,11 +458,7 @@ impl App {
         page_size: u32,
         page_token: &str,
     ) -> Result<(Vec<AuditEntry>, Option<String>), SchedulerError> {
-        let size = match page_size {
-            0 => 50,
-            n if n <= 500 => n,
-            n => return Err(SchedulerError::invalid("page_size", format!("{n} is not in 1..=500"))),
-        };
+        let size = self::page_size(page_size)?;
         let before = match page_token {
             "" => None,
             t => Some(
@@ -652,16 +656,7 @@ impl App {
     ) -> Result<Group, SchedulerError> {
         let current = self.config(None).await?;
         let config = &current.config;
-        if config.environment(environment).is_none() {
-            return Err(SchedulerError::invalid(
-                "environment",
-                format!(
-                    "unknown environment {} (known: {})",
-                    hopngo_proto::check::shown(environment),
-                    known(config.environments.iter().map(|e| e.name.as_str()))
-                ),
-            ));
-        }
+        check_environment(config, environment)?;
         let mut targets = Vec::new();
         if services.is_empty() {
             for s in &config.services {

@@ -209,17 +209,9 @@ pub fn group(g: &Group) -> pb::ReleaseGroup {
 
 /// A timestamp of a request; out of range is the caller's mistake.
 pub fn time_from(field: &str, t: prost_types::Timestamp) -> Result<OffsetDateTime, crate::error::SchedulerError> {
-    OffsetDateTime::from_unix_timestamp(t.seconds)
-        .ok()
-        .and_then(|at| {
-            u32::try_from(t.nanos)
-                .ok()
-                .filter(|n| *n < 1_000_000_000)
-                .map(|n| at + time::Duration::nanoseconds(n.into()))
-        })
-        .ok_or_else(|| {
-            crate::error::SchedulerError::invalid(field, format!("{}s {}ns is not a valid time", t.seconds, t.nanos))
-        })
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)).map_err(
+        |_| crate::error::SchedulerError::invalid(field, format!("{}s {}ns is not a valid time", t.seconds, t.nanos)),
+    )
 }
 
 /// An audit row → contract.

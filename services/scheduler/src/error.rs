@@ -33,18 +33,6 @@ pub enum SchedulerError {
 }
 
 impl SchedulerError {
-    /// The gRPC code it is answered with, by name (`PermissionDenied`), for the audit log.
-    pub fn code_name(&self) -> &'static str {
-        match self {
-            SchedulerError::Invalid { .. } => "InvalidArgument",
-            SchedulerError::NotFound(_) => "NotFound",
-            SchedulerError::FailedPrecondition(_) => "FailedPrecondition",
-            SchedulerError::PermissionDenied(_) => "PermissionDenied",
-            SchedulerError::Unavailable(_) => "Unavailable",
-            SchedulerError::Internal(_) => "Internal",
-        }
-    }
-
     /// Shorthand for [`SchedulerError::Invalid`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         SchedulerError::Invalid { field: field.into(), reason: reason.into() }

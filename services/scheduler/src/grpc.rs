@@ -29,13 +29,6 @@ pub struct Api {
     shutdown: CancellationToken,
 }
 
-impl Api {
-    /// The API; streams end when `shutdown` is cancelled.
-    pub fn new(app: App, shutdown: CancellationToken) -> Api {
-        Api { app, shutdown }
-    }
-}
-
 /// What a state-changing request named, for the audit row written when it is refused.
 #[derive(Default)]
 struct Asked<'a> {
@@ -59,36 +52,46 @@ fn is_refusal(e: &SchedulerError) -> bool {
 }
 
 impl Api {
-    /// Passes `result` through; a refusal is written to the audit log first.
+    /// The API; streams end when `shutdown` is cancelled.
+    pub fn new(app: App, shutdown: CancellationToken) -> Api {
+        Api { app, shutdown }
+    }
+
+    /// `result` as the caller gets it; a refusal is written to the audit log first, with the
+    /// status the caller sees.
     async fn audited<T>(
         &self,
         who: &Caller,
         asked: Asked<'_>,
         result: std::result::Result<T, SchedulerError>,
-    ) -> std::result::Result<T, SchedulerError> {
-        let Err(e) = &result else { return result };
-        if !is_refusal(e) {
-            return result;
-        }
-        // A release the request named is recorded with its service and environment.
-        let named = match uuid::Uuid::parse_str(asked.release_id) {
-            Ok(_) => self.app.release(asked.release_id).await.ok(),
-            Err(_) => None,
+    ) -> std::result::Result<T, Status> {
+        let e = match result {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
         };
-        self.app
-            .audit_request(AuditedRequest {
-                actor: who.user.clone(),
-                action: asked.action.to_string(),
-                outcome: "refused",
-                release_id: named.as_ref().map(|r| r.id),
-                service: named.as_ref().map_or(asked.service, |r| &r.service).to_string(),
-                environment: named.as_ref().map_or(asked.environment, |r| &r.environment).to_string(),
-                reason: asked.reason.to_string(),
-                request_id: asked.request_id.to_string(),
-                message: format!("{}: {e}", e.code_name()),
-            })
-            .await;
-        result
+        let refused = is_refusal(&e);
+        let status = Status::from(e);
+        if refused {
+            // A release the request named is recorded with its service and environment.
+            let named = match uuid::Uuid::parse_str(asked.release_id) {
+                Ok(_) => self.app.release(asked.release_id).await.ok(),
+                Err(_) => None,
+            };
+            self.app
+                .audit_request(AuditedRequest {
+                    actor: who.user.clone(),
+                    action: asked.action.to_string(),
+                    outcome: "refused",
+                    release_id: named.as_ref().map(|r| r.id),
+                    service: named.as_ref().map_or(asked.service, |r| &r.service).to_string(),
+                    environment: named.as_ref().map_or(asked.environment, |r| &r.environment).to_string(),
+                    reason: asked.reason.to_string(),
+                    request_id: asked.request_id.to_string(),
+                    message: format!("{:?}: {}", status.code(), status.message()),
+                })
+                .await;
+        }
+        Err(status)
     }
 }
 

@@ -21,22 +21,13 @@ fn tail(bytes: &[u8]) -> String {
 
 /// The command line that runs `command` as `runtime` says: as the configured user through
 /// `setpriv` (util-linux: new user and group ids, supplementary groups cleared), else as it is.
-fn command_line<'a>(command: &'a [String], runtime: &JobRuntime) -> Vec<std::borrow::Cow<'a, str>> {
-    let mut line: Vec<std::borrow::Cow<'a, str>> = Vec::new();
+fn command_line(command: &[String], runtime: &JobRuntime) -> Vec<String> {
+    let mut line = Vec::new();
     if let Some(user) = &runtime.user {
-        line.extend(
-            [
-                "setpriv".into(),
-                "--reuid".into(),
-                user.uid.to_string().into(),
-                "--regid".into(),
-                user.gid.to_string().into(),
-            ]
-            .into_iter()
-            .chain(["--clear-groups".into(), "--".into()]),
-        );
+        let (uid, gid) = (user.uid.to_string(), user.gid.to_string());
+        line.extend(["setpriv", "--reuid", &uid, "--regid", &gid, "--clear-groups", "--"].map(String::from));
     }
-    line.extend(command.iter().map(|c| std::borrow::Cow::Borrowed(c.as_str())));
+    line.extend_from_slice(command);
     line
 }
 
@@ -53,8 +44,8 @@ pub async fn measure(
         return Observation::Error("empty command".into());
     };
     let inherited = runtime.environment.iter().filter_map(|k| std::env::var_os(k).map(|v| (k.clone(), v)));
-    let mut child = match Command::new(program.as_ref())
-        .args(args.iter().map(|a| a.as_ref()))
+    let mut child = match Command::new(program)
+        .args(args)
         .env_clear()
         .envs(inherited)
         .envs(env.iter().cloned())
