@@ -52,5 +52,6 @@ pub mod check;
 pub mod event_types;
 #[path = "../limits.rs"]
 pub mod limits;
+pub mod transitions;
 
 include!(concat!(env!("OUT_DIR"), "/checks.rs"));

@@ -1,6 +1,9 @@
 //! Serialisable views of API messages, for JSON/YAML output and for programs that log them.
 
-use hopngo_proto::{analyzer as apb, config as cpb, events as epb, migrator as mpb, notifier as npb, release as pb};
+use hopngo_proto::{
+    analyzer as apb, config as cpb, events as epb, migrator as mpb, notifier as npb, release as pb,
+    transitions::TransitionKind,
+};
 use serde::Serialize;
 
 fn time(t: &Option<prost_types::Timestamp>) -> Option<String> {
@@ -898,7 +901,7 @@ fn seconds(t: &Option<prost_types::Timestamp>) -> Option<f64> {
 pub fn failure_to_stable(events: &[epb::Event], runs: &[apb::AnalysisRun]) -> Option<f64> {
     let back = events
         .iter()
-        .find(|e| e.data.as_ref().is_some_and(|d| d.transition == "rolled-back"))
+        .find(|e| e.data.as_ref().is_some_and(|d| d.transition == TransitionKind::RolledBack.as_str()))
         .and_then(|e| seconds(&e.time))?;
     let failed = |m: &&apb::Measurement| {
         matches!(apb::AnalysisPhase::try_from(m.phase), Ok(apb::AnalysisPhase::Failed | apb::AnalysisPhase::Error))

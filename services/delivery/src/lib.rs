@@ -485,7 +485,7 @@ pub struct Strategy {
 pub struct Canary {
     /// Steps in order.
     #[serde(default)]
-    pub steps: Vec<StepDef>,
+    pub steps: Vec<CanaryStep>,
     /// Background analysis beside the steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<BackgroundAnalysis>,
@@ -505,34 +505,149 @@ pub struct BackgroundAnalysis {
     pub starting_step: Option<i64>,
 }
 
-/// One canary step: exactly one kind.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct StepDef {
+/// One canary step: its kind with the kind's parameters (`- setWeight: 25`,
+/// `- pause: {duration: 1m}`), and an optional `name` beside the kind.
+#[derive(Clone, Debug)]
+pub struct CanaryStep {
     /// Optional name, unique in the strategy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// What the step does.
+    pub step: StepDef,
+}
+
+/// What a canary step does: one kind, so a step with two kinds or none cannot be written down.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StepDef {
     /// Canary traffic percentage.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_weight: Option<i64>,
+    SetWeight(i64),
     /// Pause.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pause: Option<PauseDef>,
+    Pause(PauseDef),
     /// Blocking analysis.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<AnalysisRef>,
+    Analysis(AnalysisRef),
     /// Approval gate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<ApprovalStepDef>,
+    Approval(ApprovalStepDef),
     /// Verification job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verify: Option<VerifyDef>,
+    Verify(VerifyDef),
     /// Database migration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub migrate: Option<MigrateDef>,
+    Migrate(MigrateDef),
     /// Canary scale.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_canary_scale: Option<CanaryScaleDef>,
+    SetCanaryScale(CanaryScaleDef),
+}
+
+impl StepDef {
+    /// The kinds a step can have, as they are written.
+    pub fn kinds() -> &'static [&'static str] {
+        variant_names::<StepDef>()
+    }
+
+    /// "exactly one of setWeight, pause, ... is required".
+    fn one_kind_required() -> String {
+        format!("exactly one of {} is required", StepDef::kinds().join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for CanaryStep {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StepVisitor;
+        impl<'de> serde::de::Visitor<'de> for StepVisitor {
+            type Value = CanaryStep;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a step ({})", StepDef::kinds().join(", "))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<CanaryStep, A::Error> {
+                use serde::de::Error as _;
+                let mut fields = NameBeside { map, name: None, exhausted: false };
+                let step = match StepDef::deserialize(serde::de::value::MapAccessDeserializer::new(&mut fields)) {
+                    Ok(step) => step,
+                    Err(_) if fields.exhausted => return Err(A::Error::custom(StepDef::one_kind_required())),
+                    Err(e) => return Err(e),
+                };
+                if serde::de::MapAccess::next_key::<serde::de::IgnoredAny>(&mut fields)?.is_some() {
+                    return Err(A::Error::custom(StepDef::one_kind_required()));
+                }
+                Ok(CanaryStep { name: fields.name, step })
+            }
+        }
+        d.deserialize_map(StepVisitor)
+    }
+}
+
+impl Serialize for CanaryStep {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Written<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            name: &'a Option<String>,
+            #[serde(flatten)]
+            step: &'a StepDef,
+        }
+        Written { name: &self.name, step: &self.step }.serialize(s)
+    }
+}
+
+/// A step's map with its `name` taken aside, so the rest reads as the externally tagged
+/// [`StepDef`] (keys and values still go through the caller's map, which keeps error paths).
+struct NameBeside<A> {
+    map: A,
+    name: Option<String>,
+    exhausted: bool,
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for NameBeside<A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        loop {
+            let Some(key) = self.map.next_key::<String>()? else {
+                self.exhausted = true;
+                return Ok(None);
+            };
+            if key == "name" {
+                self.name = Some(self.map.next_value()?);
+                continue;
+            }
+            return seed.deserialize(serde::de::IntoDeserializer::<A::Error>::into_deserializer(key)).map(Some);
+        }
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
+
+/// The names serde reads an enum's variants by, asked of the type itself (so a message listing
+/// them cannot fall behind the enum).
+fn variant_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor, value::Error};
+    struct Capture<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Capture<'_> {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not an enum"))
+        }
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            *self.0 = variants;
+            Err(Error::custom("captured"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map struct identifier ignored_any
+        }
+    }
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(Capture(&mut names));
+    names
 }
 
 /// Pause step.
@@ -1154,76 +1269,63 @@ impl Validator {
                     self.problem(format!("{spath}.name"), format!("duplicate step name {name:?}"));
                 }
             }
-            let kinds = [
-                step.set_weight.is_some(),
-                step.pause.is_some(),
-                step.analysis.is_some(),
-                step.approval.is_some(),
-                step.verify.is_some(),
-                step.migrate.is_some(),
-                step.set_canary_scale.is_some(),
-            ]
-            .iter()
-            .filter(|x| **x)
-            .count();
-            if kinds != 1 {
-                self.problem(
-                    spath.clone(),
-                    "exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required",
-                );
-                continue;
-            }
-            if let Some(weight) = step.set_weight {
-                let before = self.problems.len();
-                self.range(&format!("{spath}.setWeight"), weight, 0, 100);
-                if self.problems.len() == before {
-                    if weight < last_weight {
+            match &step.step {
+                StepDef::SetWeight(weight) => {
+                    let weight = *weight;
+                    let before = self.problems.len();
+                    self.range(&format!("{spath}.setWeight"), weight, 0, 100);
+                    if self.problems.len() == before {
+                        if weight < last_weight {
+                            self.problem(
+                                format!("{spath}.setWeight"),
+                                format!(
+                                    "{weight} is lower than the previous weight {last_weight}; weights must not decrease"
+                                ),
+                            );
+                        }
+                        last_weight = weight;
+                    }
+                }
+                StepDef::Pause(p) => {
+                    if let Some(d) = p.duration {
+                        self.positive(&format!("{spath}.pause.duration"), d);
+                    }
+                }
+                StepDef::Analysis(a) => {
+                    self.templates(&format!("{spath}.analysis.templates"), &a.templates, &a.args, config)
+                }
+                StepDef::Approval(a) => {
+                    if let Some(min) = a.min_approvals {
+                        self.range(&format!("{spath}.approval.minApprovals"), min, 1, 10);
+                    }
+                    if let Some(t) = a.timeout {
+                        self.positive(&format!("{spath}.approval.timeout"), t);
+                    }
+                }
+                StepDef::Verify(verify) => self.verify(&format!("{spath}.verify"), verify, config),
+                StepDef::Migrate(_) => {
+                    if service.migrations.is_none() {
+                        self.problem(format!("{spath}.migrate"), "the service declares no migrations");
+                    }
+                }
+                StepDef::SetCanaryScale(scale) => {
+                    let set =
+                        [scale.replicas.is_some(), scale.weight.is_some(), scale.match_traffic_weight == Some(true)]
+                            .iter()
+                            .filter(|x| **x)
+                            .count();
+                    if set != 1 {
                         self.problem(
-                            format!("{spath}.setWeight"),
-                            format!(
-                                "{weight} is lower than the previous weight {last_weight}; weights must not decrease"
-                            ),
+                            format!("{spath}.setCanaryScale"),
+                            "exactly one of replicas, weight, matchTrafficWeight: true is required",
                         );
                     }
-                    last_weight = weight;
-                }
-            }
-            if let Some(Some(d)) = step.pause.as_ref().map(|p| p.duration) {
-                self.positive(&format!("{spath}.pause.duration"), d);
-            }
-            if let Some(a) = &step.analysis {
-                self.templates(&format!("{spath}.analysis.templates"), &a.templates, &a.args, config);
-            }
-            if let Some(a) = &step.approval {
-                if let Some(min) = a.min_approvals {
-                    self.range(&format!("{spath}.approval.minApprovals"), min, 1, 10);
-                }
-                if let Some(t) = a.timeout {
-                    self.positive(&format!("{spath}.approval.timeout"), t);
-                }
-            }
-            if let Some(verify) = &step.verify {
-                self.verify(&format!("{spath}.verify"), verify, config);
-            }
-            if step.migrate.is_some() && service.migrations.is_none() {
-                self.problem(format!("{spath}.migrate"), "the service declares no migrations");
-            }
-            if let Some(scale) = &step.set_canary_scale {
-                let set = [scale.replicas.is_some(), scale.weight.is_some(), scale.match_traffic_weight == Some(true)]
-                    .iter()
-                    .filter(|x| **x)
-                    .count();
-                if set != 1 {
-                    self.problem(
-                        format!("{spath}.setCanaryScale"),
-                        "exactly one of replicas, weight, matchTrafficWeight: true is required",
-                    );
-                }
-                if let Some(r) = scale.replicas {
-                    self.range(&format!("{spath}.setCanaryScale.replicas"), r, 0, 100);
-                }
-                if let Some(w) = scale.weight {
-                    self.range(&format!("{spath}.setCanaryScale.weight"), w, 0, 100);
+                    if let Some(r) = scale.replicas {
+                        self.range(&format!("{spath}.setCanaryScale.replicas"), r, 0, 100);
+                    }
+                    if let Some(w) = scale.weight {
+                        self.range(&format!("{spath}.setCanaryScale.weight"), w, 0, 100);
+                    }
                 }
             }
         }

@@ -210,7 +210,14 @@ impl DeliveryConfig {
                 .chain(service.environments.values().filter_map(|o| o.strategy.as_ref()));
             for strategy in strategies {
                 let steps = strategy.canary.iter().flat_map(|c| &c.steps);
-                jobs.extend(steps.filter_map(|s| s.verify.as_ref()?.job.as_ref()).map(declared));
+                jobs.extend(
+                    steps
+                        .filter_map(|s| match &s.step {
+                            crate::StepDef::Verify(v) => v.job.as_ref(),
+                            _ => None,
+                        })
+                        .map(declared),
+                );
             }
         }
         jobs.dedup();

@@ -244,3 +244,28 @@ fn hostile_nesting_and_size_are_problems_not_crashes() {
         assert!(err.message.contains("not valid YAML"), "{}", err.message);
     }
 }
+
+#[test]
+fn a_step_is_one_kind_with_an_optional_name_beside_it() {
+    let one_kind = "exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required";
+    assert_eq!(StepDef::kinds().len(), 7);
+    let p = problems(&GOOD.replace("- pause: {}", "- name: hold"));
+    assert_eq!(p, vec![format!("services[0].strategy.canary.steps[4]: {one_kind}")]);
+    let p = problems(&GOOD.replace("- pause: {}", "- {}"));
+    assert_eq!(p, vec![format!("services[0].strategy.canary.steps[4]: {one_kind}")]);
+    let p = problems(&GOOD.replace("- pause: {}", "- colour: blue"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with("services[0].strategy.canary.steps[4]: unknown variant `colour`, expected one of `setWeight`")
+    );
+    let p = problems(&GOOD.replace("- pause: {}", "- pause: {}\n            name: 7"));
+    assert!(p[0].starts_with("services[0].strategy.canary.steps[4].name: invalid type"), "{p:?}");
+
+    // The name may come before or after the kind; both read (and write back) the same.
+    let config = DeliveryConfig::load(&GOOD.replace("- pause: {}", "- pause: {}\n            name: hold")).unwrap();
+    let steps = &config.services[0].strategy.canary.as_ref().unwrap().steps;
+    assert_eq!(steps[4].name.as_deref(), Some("hold"));
+    assert!(matches!(steps[4].step, StepDef::Pause(PauseDef { duration: None })));
+    assert_eq!(serde_json::to_value(&steps[4]).unwrap(), serde_json::json!({"name": "hold", "pause": {}}));
+    assert_eq!(serde_json::to_value(&steps[0]).unwrap(), serde_json::json!({"setWeight": 25}));
+}

@@ -8,3 +8,4 @@ pub mod events;
 pub mod machine;
 pub mod plan;
 pub mod release;
+pub mod steps;

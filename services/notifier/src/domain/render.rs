@@ -5,6 +5,7 @@
 use hopngo_proto::{
     event_types as types,
     events::{Event, ReleaseEventData},
+    transitions::{TransitionKind, UnknownTransition},
 };
 use serde_json::{Value, json};
 use time::format_description::well_known::Rfc3339;
@@ -112,11 +113,13 @@ pub fn cdevent(e: &Event, links: &Links) -> Value {
             }
             if e.r#type == types::APPROVAL_UPDATED {
                 c["responder"] = json!(urn(&d.actor));
-                c["decision"] = json!(if d.transition == "rejected" { "rejected" } else { "approved" });
+                c["decision"] =
+                    json!(if d.transition == TransitionKind::Rejected.as_str() { "rejected" } else { "approved" });
             }
             if e.r#type == types::APPROVAL_CLOSED {
                 c["responder"] = json!(urn(&d.actor));
-                c["status"] = json!(if d.transition == "rejected" { "rejected" } else { "approved" });
+                c["status"] =
+                    json!(if d.transition == TransitionKind::Rejected.as_str() { "rejected" } else { "approved" });
             }
             (e.release_id.clone(), c)
         }
@@ -243,37 +246,41 @@ fn slack_escape(s: &str) -> String {
 /// What happened, in a few words.
 fn summary(e: &Event, d: &ReleaseEventData) -> String {
     let step = if d.step_name.is_empty() { String::new() } else { format!(" at step {}", slack_escape(&d.step_name)) };
-    match (e.r#type.as_str(), d.transition.as_str()) {
+    match (e.r#type.as_str(), d.transition.parse::<TransitionKind>()) {
         (types::ESCALATION_ESCALATED, _) => format!(
             "needs a person: *{}*, escalated to *{}*",
             e.extensions.get("escalationcondition").map(String::as_str).unwrap_or("open"),
             e.extensions.get("escalationlevel").map(String::as_str).unwrap_or("?")
         ),
         (types::ESCALATION_ACKNOWLEDGED, _) => format!("acknowledged by {}", slack_escape(&d.actor)),
-        (_, "created") => "created".into(),
-        (_, "started") => "started".into(),
-        (_, "step-completed") => format!("completed{step}"),
-        (_, "step-skipped") => format!("skipped{step}"),
-        (_, "weight-changed") => format!("canary now takes {}% of traffic", d.canary_weight),
-        (_, "paused") => format!("paused{step}"),
-        (_, "waiting") => format!("waiting{step} (timed pause)"),
-        (_, "promoted") => format!("promoted by {}", slack_escape(&d.actor)),
-        (_, "awaiting-approval") => format!("waits for approval{step}"),
-        (_, "approval-recorded") => format!("approval recorded by {}", slack_escape(&d.actor)),
-        (_, "approved") => format!("approved by {}", slack_escape(&d.actor)),
-        (_, "rejected") => format!("rejected by {}", slack_escape(&d.actor)),
-        (_, "analysis-started") => format!("analysis started{step}"),
-        (_, "analysis-completed") => format!("analysis finished{step}"),
-        (_, "aborted") => format!("*aborted*{step}; traffic goes back to `{}`", slack_escape(&d.stable_artifact)),
-        (_, "rolled-back") => "rolled back".into(),
-        (_, "succeeded") => "is live".into(),
-        (_, "failed") => "*FAILED*: returning to stable could not be confirmed, a person must act".into(),
-        (_, "superseded") => "superseded by a newer release".into(),
-        (_, "retried") => "retried".into(),
-        (_, "schema-undone") => "schema migrations undone".into(),
-        (_, "schema-undo-failed") => "*undoing the schema migrations failed*".into(),
-        (_, "schema-frozen") => "schema left as it is (frozen)".into(),
-        (_, other) => slack_escape(other),
+        (_, Ok(TransitionKind::Created)) => "created".into(),
+        (_, Ok(TransitionKind::Started)) => "started".into(),
+        (_, Ok(TransitionKind::StepCompleted)) => format!("completed{step}"),
+        (_, Ok(TransitionKind::StepSkipped)) => format!("skipped{step}"),
+        (_, Ok(TransitionKind::WeightChanged)) => format!("canary now takes {}% of traffic", d.canary_weight),
+        (_, Ok(TransitionKind::Paused)) => format!("paused{step}"),
+        (_, Ok(TransitionKind::Waiting)) => format!("waiting{step} (timed pause)"),
+        (_, Ok(TransitionKind::Promoted)) => format!("promoted by {}", slack_escape(&d.actor)),
+        (_, Ok(TransitionKind::AwaitingApproval)) => format!("waits for approval{step}"),
+        (_, Ok(TransitionKind::ApprovalRecorded)) => format!("approval recorded by {}", slack_escape(&d.actor)),
+        (_, Ok(TransitionKind::Approved)) => format!("approved by {}", slack_escape(&d.actor)),
+        (_, Ok(TransitionKind::Rejected)) => format!("rejected by {}", slack_escape(&d.actor)),
+        (_, Ok(TransitionKind::AnalysisStarted)) => format!("analysis started{step}"),
+        (_, Ok(TransitionKind::AnalysisCompleted)) => format!("analysis finished{step}"),
+        (_, Ok(TransitionKind::Aborted)) => {
+            format!("*aborted*{step}; traffic goes back to `{}`", slack_escape(&d.stable_artifact))
+        }
+        (_, Ok(TransitionKind::RolledBack)) => "rolled back".into(),
+        (_, Ok(TransitionKind::Succeeded)) => "is live".into(),
+        (_, Ok(TransitionKind::Failed)) => {
+            "*FAILED*: returning to stable could not be confirmed, a person must act".into()
+        }
+        (_, Ok(TransitionKind::Superseded)) => "superseded by a newer release".into(),
+        (_, Ok(TransitionKind::Retried)) => "retried".into(),
+        (_, Ok(TransitionKind::SchemaUndone)) => "schema migrations undone".into(),
+        (_, Ok(TransitionKind::SchemaUndoFailed)) => "*undoing the schema migrations failed*".into(),
+        (_, Ok(TransitionKind::SchemaFrozen)) => "schema left as it is (frozen)".into(),
+        (_, Err(UnknownTransition(other))) => slack_escape(&other),
     }
 }
 

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::{
-    ApprovalPolicy, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig, Dur, JobProvider,
-    MaintenanceWindow, MetricDef, Problem, Provider, Service, Strategy, TimeoutOutcome, VerifyDef,
+    ApprovalPolicy, ApprovalStepDef, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig, Dur,
+    Environment, JobProvider, MaintenanceWindow, MetricDef, Problem, Provider, Service, StepDef, Strategy,
+    TimeoutOutcome, VerifyDef,
 };
 
 /// How traffic is modelled for the service: which tracks exist.
@@ -402,6 +403,27 @@ pub fn resolve_analysis(
     Ok(spec)
 }
 
+/// An approval step's policy: the environment's, with what the step sets over it.
+fn approval_step(env: &Environment, a: &ApprovalStepDef) -> ApprovalSpec {
+    let mut spec: ApprovalSpec = env.approval.as_ref().map(Into::into).unwrap_or(ApprovalSpec {
+        min_approvals: 1,
+        roles: Vec::new(),
+        allow_self_approval: false,
+        timeout: None,
+        on_timeout: TimeoutOutcome::Reject,
+    });
+    if let Some(min) = a.min_approvals {
+        spec.min_approvals = min.clamp(1, 10) as u32;
+    }
+    if let Some(roles) = &a.roles {
+        spec.roles = roles.clone();
+    }
+    if a.timeout.is_some() {
+        spec.timeout = a.timeout;
+    }
+    spec
+}
+
 fn strategy_for<'a>(service: &'a Service, environment: &str) -> (&'a Strategy, String) {
     match service.environments.get(environment).and_then(|o| o.strategy.as_ref()) {
         Some(s) => (s, format!("environments.{environment}.strategy")),
@@ -447,7 +469,8 @@ pub fn compile(
         }
         steps.push((None, StepAction::Preflight { dependencies: service.depends_on.clone() }));
         if let Some(m) = service.migrations_in(environment) {
-            let explicit = strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| s.migrate.is_some()));
+            let explicit =
+                strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| matches!(s.step, StepDef::Migrate(_))));
             if !explicit {
                 steps.push((
                     None,
@@ -474,7 +497,7 @@ pub fn compile(
             // pre-promotion analysis, run against the stable/active track.
             if let Some(canary) = &strategy.canary {
                 for (i, def) in canary.steps.iter().enumerate() {
-                    if let Some(v) = &def.verify {
+                    if let StepDef::Verify(v) = &def.step {
                         let path = format!("{base}.canary.steps[{i}]");
                         steps.push((
                             def.name.clone(),
@@ -495,12 +518,10 @@ pub fn compile(
                 let offset = steps.len();
                 for (i, def) in canary.steps.iter().enumerate() {
                     let path = format!("{base}.canary.steps[{i}]");
-                    let action = if let Some(w) = def.set_weight {
-                        StepAction::SetWeight { weight: w.clamp(0, 100) as u32 }
-                    } else if let Some(p) = &def.pause {
-                        StepAction::Pause { duration: p.duration }
-                    } else if let Some(a) = &def.analysis {
-                        StepAction::Analysis {
+                    let action = match &def.step {
+                        StepDef::SetWeight(w) => StepAction::SetWeight { weight: (*w).clamp(0, 100) as u32 },
+                        StepDef::Pause(p) => StepAction::Pause { duration: p.duration },
+                        StepDef::Analysis(a) => StepAction::Analysis {
                             analysis: resolve_analysis(
                                 config,
                                 &format!("{path}.analysis.templates"),
@@ -508,49 +529,28 @@ pub fn compile(
                                 &a.args,
                                 false,
                             )?,
+                        },
+                        StepDef::Approval(a) => StepAction::Approval { policy: approval_step(env, a) },
+                        StepDef::Verify(v) => StepAction::Verify { analysis: verify_analysis(config, &path, v)? },
+                        StepDef::Migrate(m) => {
+                            let migrations = service.migrations_in(environment).ok_or_else(|| Problem {
+                                path: format!("{path}.migrate"),
+                                message: "the service declares no migrations".into(),
+                            })?;
+                            StepAction::Migrate {
+                                database: migrations.database,
+                                locations: migrations.locations,
+                                target_version: m.target_version.clone(),
+                                on_abort: migrations.on_abort,
+                            }
                         }
-                    } else if let Some(a) = &def.approval {
-                        let mut spec: ApprovalSpec = env.approval.as_ref().map(Into::into).unwrap_or(ApprovalSpec {
-                            min_approvals: 1,
-                            roles: Vec::new(),
-                            allow_self_approval: false,
-                            timeout: None,
-                            on_timeout: TimeoutOutcome::Reject,
-                        });
-                        if let Some(min) = a.min_approvals {
-                            spec.min_approvals = min.clamp(1, 10) as u32;
-                        }
-                        if let Some(roles) = &a.roles {
-                            spec.roles = roles.clone();
-                        }
-                        if a.timeout.is_some() {
-                            spec.timeout = a.timeout;
-                        }
-                        StepAction::Approval { policy: spec }
-                    } else if let Some(v) = &def.verify {
-                        StepAction::Verify { analysis: verify_analysis(config, &path, v)? }
-                    } else if let Some(m) = &def.migrate {
-                        let migrations = service.migrations_in(environment).ok_or_else(|| Problem {
-                            path: format!("{path}.migrate"),
-                            message: "the service declares no migrations".into(),
-                        })?;
-                        StepAction::Migrate {
-                            database: migrations.database,
-                            locations: migrations.locations,
-                            target_version: m.target_version.clone(),
-                            on_abort: migrations.on_abort,
-                        }
-                    } else if let Some(s) = &def.set_canary_scale {
-                        let scale = if let Some(r) = s.replicas {
-                            CanaryScale::Replicas(r.clamp(0, 100) as u32)
-                        } else if let Some(w) = s.weight {
-                            CanaryScale::Weight(w.clamp(0, 100) as u32)
-                        } else {
-                            CanaryScale::MatchTrafficWeight
-                        };
-                        StepAction::SetCanaryScale { scale }
-                    } else {
-                        return Err(Problem { path, message: "step has no kind".into() });
+                        StepDef::SetCanaryScale(s) => StepAction::SetCanaryScale {
+                            scale: match (s.replicas, s.weight) {
+                                (Some(r), _) => CanaryScale::Replicas(r.clamp(0, 100) as u32),
+                                (None, Some(w)) => CanaryScale::Weight(w.clamp(0, 100) as u32),
+                                (None, None) => CanaryScale::MatchTrafficWeight,
+                            },
+                        },
                     };
                     steps.push((def.name.clone(), action));
                 }

@@ -1,12 +1,16 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use time::macros::datetime;
+use uuid::Uuid;
 
 use super::*;
 use crate::domain::{
-    config::DeliveryConfig,
-    effects::{MigrationObservation, PreflightCheck, PreflightRequest, RunObservation, TargetObservation},
-    plan::{PlanMode, compile},
+    config::{DeliveryConfig, TimeoutOutcome},
+    effects::{
+        DesiredState, EffectError, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
+        PreflightCheck, PreflightRequest, RunObservation, RunPhase, TargetObservation, Track, TrackState,
+    },
+    plan::{AnalysisSpec, CanaryScale, PlanMode, compile},
     release::{NewRelease, Release},
 };
 

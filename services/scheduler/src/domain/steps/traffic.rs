@@ -1,0 +1,122 @@
+//! Desired states (which artifact runs on which track, with how much traffic) and the one way a
+//! step applies one: once, with the step's idempotency key, then waiting until the deployer
+//! reports it converged.
+
+use super::{Next, StepCtx};
+use crate::domain::{
+    effects::{DesiredState, Effects, Track, TrackState},
+    machine::idempotency_key,
+    plan::{CanaryScale, TrafficModel},
+    release::{Release, StepStatus},
+};
+use hopngo_proto::transitions::TransitionKind;
+
+fn canary_replicas(r: &Release, weight: u32) -> u32 {
+    let stable = r.plan.replicas;
+    match r.canary_scale {
+        CanaryScale::Replicas(n) => n,
+        CanaryScale::Weight(w) => (stable * w).div_ceil(100),
+        CanaryScale::MatchTrafficWeight if weight == 0 => 0,
+        CanaryScale::MatchTrafficWeight => (stable * weight).div_ceil(100).max(1),
+    }
+}
+
+fn track(track: Track, artifact: &str, replicas: u32) -> TrackState {
+    TrackState { track, artifact: artifact.to_string(), replicas }
+}
+
+fn desired(r: &Release, tracks: Vec<TrackState>, canary_weight: u32) -> DesiredState {
+    DesiredState { service: r.service.clone(), environment: r.environment.clone(), tracks, canary_weight }
+}
+
+/// The track that takes all traffic once a release is done.
+fn live_track(r: &Release) -> Track {
+    match r.plan.traffic {
+        TrafficModel::Canary => Track::Stable,
+        TrafficModel::BlueGreen => Track::Active,
+    }
+}
+
+/// Desired state with the canary at `weight`.
+pub fn canary_state(r: &Release, weight: u32) -> DesiredState {
+    let stable = r.stable_artifact.as_deref().unwrap_or(&r.artifact);
+    let mut tracks = vec![track(Track::Stable, stable, r.plan.replicas)];
+    let canary = canary_replicas(r, weight);
+    if canary > 0 || weight > 0 {
+        tracks.push(track(Track::Canary, &r.artifact, canary.max(1)));
+    }
+    desired(r, tracks, weight)
+}
+
+/// Desired state with only the new artifact (promotion complete).
+pub fn final_state(r: &Release) -> DesiredState {
+    desired(r, vec![track(live_track(r), &r.artifact, r.plan.replicas)], 0)
+}
+
+/// Desired state with only the previous stable artifact (abort).
+pub fn rollback_state(r: &Release) -> Option<DesiredState> {
+    let stable = r.stable_artifact.as_deref()?;
+    Some(desired(r, vec![track(live_track(r), stable, r.plan.replicas)], 0))
+}
+
+/// Blue/green: the new version on preview, or (`switched`) on active with the old on preview.
+pub fn blue_green_state(r: &Release, switched: bool, preview_replicas: u32) -> DesiredState {
+    let stable = r.stable_artifact.as_deref().unwrap_or(&r.artifact);
+    let tracks = if switched {
+        vec![track(Track::Active, &r.artifact, r.plan.replicas), track(Track::Preview, stable, r.plan.replicas)]
+    } else {
+        vec![track(Track::Active, stable, r.plan.replicas), track(Track::Preview, &r.artifact, preview_replicas)]
+    };
+    desired(r, tracks, 0)
+}
+
+/// Applies `state` once (with the step's key; `on_applied` records what it changed), then waits
+/// until the deployer reports it converged, and completes the step.
+pub async fn converge<E: Effects>(
+    cx: &mut StepCtx<'_, E>,
+    state: DesiredState,
+    on_applied: impl FnOnce(&mut Release),
+) -> Next {
+    if !cx.r.cursor.applied {
+        let key = idempotency_key(cx.r, &cx.r.step_index.to_string());
+        match cx.fx.apply_target(&key, &state).await {
+            Ok(()) => {
+                let r = &mut *cx.r;
+                r.failures = 0;
+                r.cursor.applied = true;
+                r.traffic_touched = true;
+                let before = r.canary_weight;
+                on_applied(r);
+                if r.canary_weight != before {
+                    let from = r.phase;
+                    let message = format!("traffic to {}: {}%", r.artifact, r.canary_weight);
+                    cx.record(TransitionKind::WeightChanged, from, message);
+                }
+            }
+            Err(err) => {
+                if err.uncertain {
+                    cx.r.traffic_touched = true;
+                }
+                if err.retryable {
+                    return cx.retry_later(&err);
+                }
+                return cx.abort(&format!("deployer refused the desired state: {err}"), true);
+            }
+        }
+    }
+    match cx.fx.target_status(&cx.r.service, &cx.r.environment).await {
+        Err(err) if err.retryable => cx.retry_later(&err),
+        Err(err) => cx.abort(&format!("deployer status: {err}"), true),
+        Ok(obs) if obs.converged && obs.canary_weight == state.canary_weight => {
+            if !obs.address.is_empty() {
+                cx.r.address = obs.address;
+            }
+            cx.complete(StepStatus::Succeeded, "")
+        }
+        Ok(obs) => {
+            cx.r.failures = 0;
+            cx.r.message = format!("converging: {}", obs.message);
+            cx.poll_later()
+        }
+    }
+}
