@@ -937,6 +937,7 @@ impl DeliveryConfig {
                     v.problem(format!("{mpath}.name"), format!("duplicate metric {:?}", metric.name));
                 }
                 v.metric(&mpath, metric);
+                v.metric_expressions(&mpath, metric);
             }
         }
 
@@ -1051,6 +1052,42 @@ impl DeliveryConfig {
         }
         false
     }
+}
+
+/// Parses `text` as it will be once a run fills in its `{{args.NAME}}` references. The values
+/// are not known yet, so each reference is tried as a number (`0`, for `result < {{args.max}}`)
+/// and as a name (`x`, for a metric name in a scrape expression); it parses if either does, and
+/// the error of the first try is the one reported.
+fn parses_with_arguments(text: &str, parse: impl Fn(&str) -> Result<(), String>) -> Result<(), String> {
+    let mut first_error = None;
+    for sample in ["0", "x"] {
+        let filled = with_every_argument(text, sample)?;
+        match parse(&filled) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+        if filled == text {
+            break;
+        }
+    }
+    Err(first_error.unwrap_or_default())
+}
+
+/// `text` with every `{{args.NAME}}` replaced by `value`.
+fn with_every_argument(text: &str, value: &str) -> Result<String, String> {
+    let mut args = BTreeMap::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        if let Some(name) = after[..end].trim().strip_prefix("args.") {
+            args.insert(name.to_string(), value.to_string());
+        }
+        rest = &after[end + 2..];
+    }
+    hopngo_metrics_lang::template::substitute(text, &args)
 }
 
 #[derive(Default)]
@@ -1202,6 +1239,26 @@ impl Validator {
             {
                 self.problem(format!("{path}.provider.web.method"), format!("{method:?} is not GET or POST"));
             }
+        }
+    }
+
+    /// Parses the metric's conditions and scrape expression, so a typo is refused when the config
+    /// is applied, not when a release first measures.
+    fn metric_expressions(&mut self, path: &str, m: &MetricDef) {
+        use hopngo_metrics_lang::{condition::Condition, scrape::ScrapeExpr};
+        let conditions = [("successCondition", &m.success_condition), ("failureCondition", &m.failure_condition)];
+        for (field, text) in conditions {
+            if let Some(text) = text
+                && let Err(e) = parses_with_arguments(text, |t| Condition::parse(t).map(drop))
+            {
+                self.problem(format!("{path}.{field}"), e);
+            }
+        }
+        if let Some(p) = &m.provider.scrape
+            && !p.expression.trim().is_empty()
+            && let Err(e) = parses_with_arguments(&p.expression, |t| ScrapeExpr::parse(t).map(drop))
+        {
+            self.problem(format!("{path}.provider.scrape.expression"), e);
         }
     }
 

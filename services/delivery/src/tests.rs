@@ -269,3 +269,30 @@ fn a_step_is_one_kind_with_an_optional_name_beside_it() {
     assert_eq!(serde_json::to_value(&steps[4]).unwrap(), serde_json::json!({"name": "hold", "pause": {}}));
     assert_eq!(serde_json::to_value(&steps[0]).unwrap(), serde_json::json!({"setWeight": 25}));
 }
+
+#[test]
+fn template_typos_are_refused_when_the_config_is_applied() {
+    let p = problems(&GOOD.replace("successCondition: result < 0.01", "successCondition: reslt < 0.01"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("analysisTemplates[0].metrics[0].successCondition: unknown name \"reslt\""), "{p:?}");
+    let p = problems(&GOOD.replace("successCondition: result < 0.01", "failureCondition: result >"));
+    assert!(p[0].starts_with("analysisTemplates[0].metrics[0].failureCondition: "), "{p:?}");
+    let p = problems(&GOOD.replace("expression: ratio(errors, requests)", "expression: ratio(errors, requests"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("analysisTemplates[0].metrics[0].provider.scrape.expression: "), "{p:?}");
+
+    // Arguments are filled in when a run starts: a number in a condition, a name in a scrape
+    // expression, a label value in quotes all parse.
+    let with_args = GOOD
+        .replace(
+            "successCondition: result < 0.01",
+            "successCondition: result < {{args.max}} && result >= {{ args.min }}",
+        )
+        .replace(
+            "expression: ratio(errors, requests)",
+            "expression: 'ratio({{args.errors}}{service=\"{{args.service}}\"}, requests)'",
+        );
+    assert_eq!(problems(&with_args), Vec::<String>::new());
+    let p = problems(&GOOD.replace("successCondition: result < 0.01", "successCondition: reslt < {{args.max}}"));
+    assert!(p[0].contains("unknown name \"reslt\""), "{p:?}");
+}

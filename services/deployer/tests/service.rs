@@ -6,8 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser as _;
 use hopngo_deployer::server::{Args, run};
 use hopngo_proto::deployer::{self as pb, deployer_service_client::DeployerServiceClient};
-use hopngo_testkit::db::TestDb;
-use tokio_util::sync::CancellationToken;
+use hopngo_testkit::{
+    db::TestDb,
+    server::{InProcess, server_args},
+};
 use tonic::{Code, transport::Channel};
 
 fn config() -> String {
@@ -19,40 +21,28 @@ fn config() -> String {
 
 struct Running {
     client: DeployerServiceClient<Channel>,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: InProcess,
 }
 
 async fn start(db: &TestDb, dir: &std::path::Path) -> Running {
     let config_file = dir.join("delivery.yaml");
     std::fs::write(&config_file, config()).unwrap();
-    let args = Args::parse_from([
-        "hopngo-deployer",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        &db.url,
-        "--delivery-config",
-        config_file.to_str().unwrap(),
-        "--log-dir",
-        dir.join("logs").to_str().unwrap(),
-        "--drain-timeout",
-        "1s",
+    let mut argv = server_args("hopngo-deployer", &db.url, "1s");
+    argv.extend([
+        "--delivery-config".into(),
+        config_file.to_str().unwrap().into(),
+        "--log-dir".into(),
+        dir.join("logs").to_str().unwrap().into(),
     ]);
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(run(args, shutdown.clone(), Some(tx)));
-    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
-    let client = DeployerServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    Running { client, shutdown, handle }
+    let args = Args::parse_from(argv);
+    let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
+    let client = DeployerServiceClient::connect(server.url()).await.unwrap();
+    Running { client, server }
 }
 
 impl Running {
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 }
 

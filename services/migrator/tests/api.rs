@@ -4,37 +4,27 @@
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::Parser as _;
 use common::{Dir, conn, exists, history};
 use hopngo_migrator::server::{Args, run};
 use hopngo_proto::migrator::{self as pb, migrator_service_client::MigratorServiceClient};
-use hopngo_testkit::db::TestDb;
+use hopngo_testkit::{
+    db::TestDb,
+    server::{InProcess, server_args},
+};
 use tokio_stream::StreamExt as _;
-use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
 struct Running {
     client: MigratorServiceClient<Channel>,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: InProcess,
 }
 
 async fn start(own: &TestDb, targets: &[(&str, &str)]) -> Running {
-    let mut argv = vec![
-        "hopngo-migrator".to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--admin-listen".into(),
-        "off".into(),
-        "--database-url".into(),
-        own.url.clone(),
-        "--drain-timeout".into(),
-        "2s".into(),
-        "--lock-wait".into(),
-        "3s".into(),
-    ];
+    let mut argv = server_args("hopngo-migrator", &own.url, "2s");
+    argv.extend(["--lock-wait".into(), "3s".into()]);
     for (name, url) in targets {
         argv.push("--target".into());
         argv.push(format!("{name}={url}"));
@@ -42,12 +32,9 @@ async fn start(own: &TestDb, targets: &[(&str, &str)]) -> Running {
         argv.push(format!("{name}={}", common::root().display()));
     }
     let args = Args::parse_from(argv);
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(run(args, shutdown.clone(), Some(tx)));
-    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
-    let client = MigratorServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    Running { client, shutdown, handle }
+    let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
+    let client = MigratorServiceClient::connect(server.url()).await.unwrap();
+    Running { client, server }
 }
 
 impl Running {
@@ -56,8 +43,7 @@ impl Running {
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 
     async fn finish(&self, id: &str) -> pb::MigrationRun {

@@ -13,17 +13,18 @@ use hopngo_proto::{
     events::{Event, ReleaseEventData},
     notifier::{self as pb, notifier_service_client::NotifierServiceClient},
 };
-use hopngo_testkit::db::TestDb;
+use hopngo_testkit::{
+    db::TestDb,
+    server::{InProcess, server_args},
+};
 use time::OffsetDateTime;
 use tokio_stream::StreamExt as _;
-use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Channel};
 
 pub struct Running {
     pub client: NotifierServiceClient<Channel>,
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: InProcess,
 }
 
 pub async fn start(db: &TestDb, extra: &[&str]) -> Running {
@@ -31,40 +32,22 @@ pub async fn start(db: &TestDb, extra: &[&str]) -> Running {
 }
 
 pub async fn start_with_clock(db: &TestDb, extra: &[&str], clock: Arc<dyn Clock>) -> Running {
-    let mut argv: Vec<String> = [
-        "hopngo-notifier",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        &db.url,
-        "--drain-timeout",
-        "2s",
-        "--poll",
-        "200ms",
-        "--webhook-backoff",
-        "50ms",
-        "--webhook-backoff-max",
-        "200ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    argv.extend(extra.iter().map(|s| s.to_string()));
+    let mut argv = server_args("hopngo-notifier", &db.url, "2s");
+    argv.extend(
+        ["--poll", "200ms", "--webhook-backoff", "50ms", "--webhook-backoff-max", "200ms"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string()),
+    );
     let args = Args::parse_from(argv);
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(run_with_clock(args, clock, shutdown.clone(), Some(tx)));
-    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
-    let client = NotifierServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    Running { client, addr, shutdown, handle }
+    let server = InProcess::start(|shutdown, ready| run_with_clock(args, clock, shutdown, Some(ready))).await;
+    let client = NotifierServiceClient::connect(server.url()).await.unwrap();
+    Running { client, addr: server.addr, server }
 }
 
 impl Running {
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 
     pub async fn publish(&self, events: Vec<Event>) -> pb::PublishEventsResponse {

@@ -72,6 +72,11 @@ async fn config_errors_name_the_path() {
             ),
             "services[0].strategy.canary.steps[3].name: duplicate step name \"a\"",
         ),
+        (
+            // A typo in a template is found at apply time, not when a release first measures.
+            common::CONFIG.replace("successCondition: result < 0.01", "successCondition: reslt < 0.01"),
+            "analysisTemplates[0].metrics[0].successCondition: unknown name \"reslt\" at 0 (conditions see `result` and the functions default, len, isNaN, isInf, abs, min, max, sum, avg, asFloat, asInt)",
+        ),
     ];
     for (yaml, expected) in cases {
         let err =

@@ -7,7 +7,8 @@
 //! - [`measure`]: histograms, peak RSS and CPU time of measured processes (benchmarks);
 //! - [`prometheus`]: a real Prometheus scraping endpoints the test serves, and such endpoints;
 //! - [`receiver`]: a webhook receiver that records requests, answers what the test says, and can go
-//!   down and come back on the same port.
+//!   down and come back on the same port;
+//! - [`server`]: a service served in the test's process on loopback, stopped through its drain.
 
 pub mod config;
 pub mod db;
@@ -15,3 +16,4 @@ pub mod fakes;
 pub mod measure;
 pub mod prometheus;
 pub mod receiver;
+pub mod server;

@@ -1,10 +1,8 @@
-//! The analyzer's domain, free of gRPC and SQL: the condition and scrape languages, Argo's run
-//! semantics, and the judge's statistics.
+//! The analyzer's domain, free of gRPC and SQL: the condition and scrape languages (their own
+//! crate, shared with the delivery config's validation), Argo's run semantics, and the judge's
+//! statistics.
 
-pub mod condition;
+pub use hopngo_metrics_lang::{condition, lexer, scrape, template};
 pub mod judge;
-pub mod lexer;
 pub mod run;
-pub mod scrape;
 pub mod stats;
-pub mod template;

@@ -2,19 +2,20 @@
 
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::Parser as _;
 use hopngo_analyzer::server::{Args, run};
 use hopngo_proto::analyzer::{self as pb, analyzer_service_client::AnalyzerServiceClient, metric::Provider};
-use hopngo_testkit::db::TestDb;
-use tokio_util::sync::CancellationToken;
+use hopngo_testkit::{
+    db::TestDb,
+    server::{InProcess, server_args},
+};
 use tonic::transport::Channel;
 
 pub struct Running {
     pub client: AnalyzerServiceClient<Channel>,
-    shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: InProcess,
 }
 
 /// The smoke-test scripts the tests run (with `TARGET` set from the run's `track` argument).
@@ -33,31 +34,17 @@ pub async fn start(db: &TestDb) -> Running {
 
 /// An analyzer reading the delivery config at `config`.
 pub async fn start_with(db: &TestDb, config: &std::path::Path) -> Running {
-    let args = Args::parse_from([
-        "hopngo-analyzer",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        &db.url,
-        "--drain-timeout",
-        "1s",
-        "--delivery-config",
-        config.to_str().unwrap(),
-    ]);
-    let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let handle = tokio::spawn(run(args, shutdown.clone(), Some(tx)));
-    let addr: SocketAddr = tokio::time::timeout(Duration::from_secs(30), rx).await.unwrap().unwrap();
-    let client = AnalyzerServiceClient::connect(format!("http://{addr}")).await.unwrap();
-    Running { client, shutdown, handle }
+    let mut argv = server_args("hopngo-analyzer", &db.url, "1s");
+    argv.extend(["--delivery-config".into(), config.to_str().unwrap().into()]);
+    let args = Args::parse_from(argv);
+    let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
+    let client = AnalyzerServiceClient::connect(server.url()).await.unwrap();
+    Running { client, server }
 }
 
 impl Running {
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.await.unwrap().unwrap();
+        self.server.stop().await;
     }
 
     pub async fn start_run(&self, metrics: Vec<pb::Metric>, open_ended: bool) -> pb::AnalysisRun {

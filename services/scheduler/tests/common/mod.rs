@@ -11,8 +11,11 @@ use hopngo_proto::{
     release::{self as pb, release_service_client::ReleaseServiceClient},
 };
 use hopngo_scheduler::server::{Args, run_with};
-use hopngo_testkit::{db::TestDb, fakes::Fakes};
-use tokio::task::JoinHandle;
+use hopngo_testkit::{
+    db::TestDb,
+    fakes::Fakes,
+    server::{InProcess, server_args},
+};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
 
@@ -65,32 +68,16 @@ pub struct Harness {
     pub addr: SocketAddr,
     pub releases: ReleaseServiceClient<Channel>,
     pub shutdown: CancellationToken,
-    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    server: InProcess,
 }
 
 pub fn args(db: &str, fakes: &Fakes, extra: &[&str]) -> Args {
-    let mut argv: Vec<String> = [
-        "hopngo-scheduler",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        db,
-        "--poll-interval",
-        "50ms",
-        "--call-timeout",
-        "1s",
-        "--workers",
-        "4",
-        "--db-max-connections",
-        "12",
-        "--drain-timeout",
-        "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut argv = server_args("hopngo-scheduler", db, "2s");
+    argv.extend(
+        ["--poll-interval", "50ms", "--call-timeout", "1s", "--workers", "4", "--db-max-connections", "12"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     argv.extend(fakes.endpoint_args());
     argv.extend(extra.iter().map(|s| s.to_string()));
     Args::parse_from(argv)
@@ -104,12 +91,10 @@ impl Harness {
     pub async fn start_with(extra: &[&str]) -> Harness {
         let db = TestDb::create().await.expect("test database");
         let fakes = Fakes::start().await.expect("fakes");
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let handle = tokio::spawn(run_with(args(&db.url, &fakes, extra), shutdown.clone(), Some(tx)));
-        let addr = tokio::time::timeout(Duration::from_secs(30), rx).await.expect("scheduler starts").expect("ready");
-        let releases = ReleaseServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-        let h = Harness { db, fakes, addr, releases, shutdown, handle: Some(handle) };
+        let args = args(&db.url, &fakes, extra);
+        let server = InProcess::start(|shutdown, ready| run_with(args, shutdown, Some(ready))).await;
+        let releases = ReleaseServiceClient::connect(server.url()).await.expect("connect");
+        let h = Harness { db, fakes, addr: server.addr, releases, shutdown: server.shutdown.clone(), server };
         h.apply(CONFIG).await;
         h
     }
@@ -176,11 +161,8 @@ impl Harness {
         assert_eq!(r.phase, pb::ReleasePhase::Succeeded as i32, "seed: {}", r.message);
     }
 
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            handle.await.expect("join").expect("clean exit");
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 

@@ -1,0 +1,65 @@
+//! A service served in this process on loopback, the way each service's own tests start it: its
+//! `run` on a spawned task, told to report the address it bound, stopped through its shutdown
+//! token (so the drain runs as under SIGTERM).
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::{sync::oneshot, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// A running in-process server.
+pub struct InProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Cancelling it starts the drain (health NOT_SERVING, streams end, in-flight calls finish).
+    pub shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+/// The flags every in-process server gets: a free loopback port, no admin port, its database,
+/// a short drain. `program` is argv[0]; the service's own flags follow.
+pub fn server_args(program: &str, database_url: &str, drain: &str) -> Vec<String> {
+    [
+        program,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "off",
+        "--database-url",
+        database_url,
+        "--drain-timeout",
+        drain,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl InProcess {
+    /// Spawns `serve(shutdown, ready)` (a service's `run` with its arguments bound) and waits, at
+    /// most 30 s, for it to report its address.
+    pub async fn start<F>(serve: impl FnOnce(CancellationToken, oneshot::Sender<SocketAddr>) -> F) -> InProcess
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let (ready, addr) = oneshot::channel();
+        let handle = tokio::spawn(serve(shutdown.clone(), ready));
+        let addr = tokio::time::timeout(Duration::from_secs(30), addr)
+            .await
+            .expect("the server reports its address within 30 s")
+            .expect("the server starts");
+        InProcess { addr, shutdown, handle }
+    }
+
+    /// `http://addr`, for a client to connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it and checks it exited cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.expect("the server task joins").expect("the server exits cleanly");
+    }
+}
