@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use hopngo_kit::ApiError;
 use hopngo_proto::deployer::{self as pb, deployer_service_server::DeployerService};
 use tonic::{Request, Response, Status};
 
 use crate::{
     backend::{Backend, BackendError, Observed, Target, TrackSpec},
+    error::DeployerError,
     proxy::Track,
     store::Store,
 };
@@ -30,7 +30,7 @@ impl<B: Backend + 'static> Deployer<B> {
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Status {
-    ApiError::invalid(field, reason).into()
+    DeployerError::invalid(field, reason).into()
 }
 
 fn track(value: i32, index: usize) -> Result<Track, Status> {
@@ -136,17 +136,6 @@ fn status(
     }
 }
 
-fn backend_error(e: BackendError) -> Status {
-    match e {
-        BackendError::Invalid { field, reason } => invalid(field, reason),
-        BackendError::Unavailable(m) => ApiError::Unavailable(m).into(),
-    }
-}
-
-fn internal(e: sqlx::Error) -> Status {
-    ApiError::Internal(format!("database: {e}")).into()
-}
-
 #[tonic::async_trait]
 impl<B: Backend + 'static> DeployerService for Deployer<B> {
     async fn apply_target(
@@ -156,15 +145,18 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         let r = req.into_inner();
         let target = target(r.target)?;
         // Refused before anything is recorded.
-        self.backend.check(&target).map_err(backend_error)?;
-        let changed = self.store.put(&target, &r.idempotency_key).await.map_err(internal)?;
-        self.backend.apply(&target).await.map_err(backend_error)?;
+        self.backend.check(&target).map_err(DeployerError::from)?;
+        let changed = self.store.put(&target, &r.idempotency_key).await.map_err(DeployerError::from)?;
+        self.backend.apply(&target).await.map_err(DeployerError::from)?;
         if let Some(addr) = self.backend.address(&target.service, &target.environment).await {
             // The address survives restarts, so clients and metrics keep pointing at it.
-            self.store.set_proxy_port(&target.service, &target.environment, addr.port()).await.map_err(internal)?;
+            self.store
+                .set_proxy_port(&target.service, &target.environment, addr.port())
+                .await
+                .map_err(DeployerError::from)?;
         }
         let observed = self.backend.status(&target.service, &target.environment).await;
-        let key = self.store.key(&target.service, &target.environment).await.map_err(internal)?;
+        let key = self.store.key(&target.service, &target.environment).await.map_err(DeployerError::from)?;
         let address = self.backend.address(&target.service, &target.environment).await;
         Ok(Response::new(pb::ApplyTargetResponse {
             changed,
@@ -185,9 +177,11 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         }
         let observed = self.backend.status(&r.service, &r.environment).await;
         let Some(observed) = observed else {
-            return Err(ApiError::NotFound(format!("no desired state for {} in {}", r.service, r.environment)).into());
+            return Err(
+                DeployerError::NotFound(format!("no desired state for {} in {}", r.service, r.environment)).into()
+            );
         };
-        let key = self.store.key(&r.service, &r.environment).await.map_err(internal)?;
+        let key = self.store.key(&r.service, &r.environment).await.map_err(DeployerError::from)?;
         let address = self.backend.address(&r.service, &r.environment).await;
         Ok(Response::new(pb::GetTargetStatusResponse {
             status: Some(status(&r.service, &r.environment, Some(observed), key, address)),
@@ -199,7 +193,7 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         // The same names as a target's (field names as in ApplyTarget, without `target.`).
         self.backend.check_names(&r.service, &r.environment).map_err(|e| match e {
             BackendError::Invalid { field, reason } => invalid(field.trim_start_matches("target."), reason),
-            other => backend_error(other),
+            other => DeployerError::from(other).into(),
         })?;
         let checks = self.backend.preflight(&r.service, &r.environment).await;
         Ok(Response::new(pb::PreflightResponse {

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod demo;
+pub mod error;
 pub mod grpc;
 pub mod local;
 pub mod proxy;

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub registry: Registry,
     rpc_total: IntCounterVec,
     rpc_seconds: HistogramVec,
+    rpc_errors: IntCounterVec,
     ready: Arc<AtomicBool>,
 }
 
@@ -42,14 +43,27 @@ impl Metrics {
             &["grpc_service", "grpc_method", "grpc_code"],
         )
         .expect("static metric definition");
+        let rpc_errors = IntCounterVec::new(
+            Opts::new(
+                "hopngo_grpc_server_errors_total",
+                "Failed RPCs by service, method and the kind of failure (the service's error label)",
+            ),
+            &["grpc_service", "grpc_method", "error"],
+        )
+        .expect("static metric definition");
         registry.register(Box::new(rpc_total.clone())).expect("first registration");
         registry.register(Box::new(rpc_seconds.clone())).expect("first registration");
-        Metrics { registry, rpc_total, rpc_seconds, ready: Arc::new(AtomicBool::new(false)) }
+        registry.register(Box::new(rpc_errors.clone())).expect("first registration");
+        Metrics { registry, rpc_total, rpc_seconds, rpc_errors, ready: Arc::new(AtomicBool::new(false)) }
     }
 
-    /// Records one completed RPC. `path` is the gRPC path `/pkg.Service/Method`.
-    pub fn observe_rpc(&self, path: &str, code: tonic::Code, elapsed: Duration) {
+    /// Records one completed RPC. `path` is the gRPC path `/pkg.Service/Method`; `error` is the
+    /// failure's label ([`crate::error::ERROR_LABEL`]) when it has one.
+    pub fn observe_rpc(&self, path: &str, code: tonic::Code, error: Option<&str>, elapsed: Duration) {
         let (service, method) = split_path(path);
+        if let Some(error) = error {
+            self.rpc_errors.with_label_values(&[service, method, error]).inc();
+        }
         let code = format!("{code:?}");
         self.rpc_total.with_label_values(&[service, method, &code]).inc();
         self.rpc_seconds.with_label_values(&[service, method, &code]).observe(elapsed.as_secs_f64());
@@ -127,6 +141,7 @@ mod tests {
         metrics.observe_rpc(
             "/hopngo.release.v1.ReleaseService/GetRelease",
             tonic::Code::NotFound,
+            Some("not-found"),
             Duration::from_millis(3),
         );
         let text = metrics.render();
@@ -134,5 +149,8 @@ mod tests {
             r#"hopngo_grpc_server_handled_total{grpc_code="NotFound",grpc_method="GetRelease",grpc_service="hopngo.release.v1.ReleaseService"} 1"#
         ), "{text}");
         assert!(text.contains("hopngo_grpc_server_handling_seconds_bucket"));
+        assert!(text.contains(
+            r#"hopngo_grpc_server_errors_total{error="not-found",grpc_method="GetRelease",grpc_service="hopngo.release.v1.ReleaseService"} 1"#
+        ), "{text}");
     }
 }

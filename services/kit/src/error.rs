@@ -36,11 +36,38 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Response metadata naming the kind of failure with a short label (`database-unavailable`,
+/// `invalid`): the `error` label of `hopngo_grpc_server_errors_total`, and something a client can
+/// act on without parsing the message.
+pub const ERROR_LABEL: &str = "hopngo-error";
+
 impl ApiError {
     /// Shorthand for [`ApiError::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument { field: field.into(), reason: reason.into() }
     }
+
+    /// The status for this error, carrying `label` as [`ERROR_LABEL`] metadata.
+    pub fn labelled(self, label: &'static str) -> Status {
+        let mut status = Status::from(self);
+        status.metadata_mut().insert(ERROR_LABEL, tonic::metadata::MetadataValue::from_static(label));
+        status
+    }
+}
+
+/// The classification every service gives a database error: the database cannot be reached
+/// (UNAVAILABLE, retry later) or something else went wrong (INTERNAL, logged).
+pub fn database_error(err: &sqlx::Error) -> ApiError {
+    if crate::db::is_unavailable(err) {
+        ApiError::Unavailable(format!("database unavailable: {err}"))
+    } else {
+        ApiError::Internal(format!("database: {err}"))
+    }
+}
+
+/// The label of a database error (see [`database_error`]).
+pub fn database_label(err: &sqlx::Error) -> &'static str {
+    if crate::db::is_unavailable(err) { "database-unavailable" } else { "database" }
 }
 
 impl From<ApiError> for Status {
@@ -89,6 +116,18 @@ mod tests {
         let status = Status::from(ApiError::NotFound(format!("no service {}", "é".repeat(1 << 20))));
         assert_eq!(status.code(), Code::NotFound);
         assert!(status.message().len() <= MAX_MESSAGE_BYTES && status.message().ends_with('…'));
+    }
+
+    #[test]
+    fn database_errors_are_unavailable_only_when_the_database_cannot_be_reached() {
+        let down = sqlx::Error::PoolTimedOut;
+        let status = database_error(&down).labelled(database_label(&down));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.metadata().get(ERROR_LABEL).unwrap(), "database-unavailable");
+        let broken = sqlx::Error::RowNotFound;
+        let status = database_error(&broken).labelled(database_label(&broken));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.metadata().get(ERROR_LABEL).unwrap(), "database");
     }
 
     #[test]

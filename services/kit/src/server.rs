@@ -200,7 +200,8 @@ where
                     .and_then(|v| v.parse::<i32>().ok())
                     .map(tonic::Code::from)
                     .unwrap_or(tonic::Code::Ok);
-                metrics.observe_rpc(&path, code, started.elapsed());
+                let error = response.headers().get(crate::error::ERROR_LABEL).and_then(|v| v.to_str().ok());
+                metrics.observe_rpc(&path, code, error, started.elapsed());
                 Ok(response)
             }
             .instrument(span),

@@ -1,6 +1,9 @@
 //! The migrator's errors, and their one mapping to gRPC status (through the kit's [`ApiError`]).
 
-use hopngo_kit::ApiError;
+use hopngo_kit::{
+    ApiError,
+    error::{database_error, database_label},
+};
 
 use crate::executor::ExecError;
 
@@ -24,6 +27,10 @@ pub enum MigratorError {
     /// A database cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The migrator's own database failed: UNAVAILABLE when it cannot be reached, INTERNAL
+    /// otherwise.
+    #[error("the migrator's database: {0}")]
+    Database(#[source] sqlx::Error),
     /// A bug.
     #[error("{0}")]
     Internal(String),
@@ -36,14 +43,23 @@ impl MigratorError {
     }
 }
 
+impl MigratorError {
+    /// The kind of failure, for metrics (`hopngo_grpc_server_errors_total{error}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            MigratorError::Invalid { .. } => "invalid",
+            MigratorError::NotFound(_) => "not-found",
+            MigratorError::Precondition(_) => "precondition",
+            MigratorError::Unavailable(_) => "unavailable",
+            MigratorError::Database(e) => database_label(e),
+            MigratorError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<sqlx::Error> for MigratorError {
     fn from(err: sqlx::Error) -> Self {
-        match &err {
-            _ if hopngo_kit::db::is_unavailable(&err) => {
-                MigratorError::Unavailable(format!("the migrator's database is unavailable: {err}"))
-            }
-            _ => MigratorError::Internal(format!("database: {err}")),
-        }
+        MigratorError::Database(err)
     }
 }
 
@@ -59,13 +75,20 @@ impl From<ExecError> for MigratorError {
 
 impl From<MigratorError> for tonic::Status {
     fn from(err: MigratorError) -> Self {
+        let label = err.label();
         match err {
             MigratorError::Invalid { field, reason } => ApiError::InvalidArgument { field, reason },
             MigratorError::NotFound(m) => ApiError::NotFound(m),
             MigratorError::Precondition(m) => ApiError::FailedPrecondition(m),
             MigratorError::Unavailable(m) => ApiError::Unavailable(m),
+            MigratorError::Database(e) => match database_error(&e) {
+                ApiError::Unavailable(_) => {
+                    ApiError::Unavailable(format!("the migrator's database is unavailable: {e}"))
+                }
+                other => other,
+            },
             MigratorError::Internal(m) => ApiError::Internal(m),
         }
-        .into()
+        .labelled(label)
     }
 }

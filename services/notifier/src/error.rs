@@ -1,6 +1,9 @@
 //! The notifier's errors, and their one mapping to gRPC status (through the kit's [`ApiError`]).
 
-use hopngo_kit::ApiError;
+use hopngo_kit::{
+    ApiError,
+    error::{database_error, database_label},
+};
 
 /// Everything that can go wrong in the notifier's API.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +28,9 @@ pub enum NotifierError {
     /// The notifier's database cannot be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The notifier's database failed: UNAVAILABLE when it cannot be reached, INTERNAL otherwise.
+    #[error("the notifier's database: {0}")]
+    Database(#[source] sqlx::Error),
     /// A bug, or stored data that does not decode.
     #[error("{0}")]
     Internal(String),
@@ -37,27 +43,44 @@ impl NotifierError {
     }
 }
 
+impl NotifierError {
+    /// The kind of failure, for metrics (`hopngo_grpc_server_errors_total{error}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            NotifierError::Invalid { .. } => "invalid",
+            NotifierError::NotFound(_) => "not-found",
+            NotifierError::Precondition(_) => "precondition",
+            NotifierError::Exhausted(_) => "exhausted",
+            NotifierError::Unavailable(_) => "unavailable",
+            NotifierError::Database(e) => database_label(e),
+            NotifierError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<sqlx::Error> for NotifierError {
     fn from(err: sqlx::Error) -> Self {
-        match &err {
-            _ if hopngo_kit::db::is_unavailable(&err) => {
-                NotifierError::Unavailable(format!("the notifier's database is unavailable: {err}"))
-            }
-            _ => NotifierError::Internal(format!("database: {err}")),
-        }
+        NotifierError::Database(err)
     }
 }
 
 impl From<NotifierError> for tonic::Status {
     fn from(err: NotifierError) -> Self {
+        let label = err.label();
         match err {
             NotifierError::Invalid { field, reason } => ApiError::InvalidArgument { field, reason },
             NotifierError::NotFound(m) => ApiError::NotFound(m),
             NotifierError::Precondition(m) => ApiError::FailedPrecondition(m),
             NotifierError::Exhausted(m) => ApiError::ResourceExhausted(m),
             NotifierError::Unavailable(m) => ApiError::Unavailable(m),
+            NotifierError::Database(e) => match database_error(&e) {
+                ApiError::Unavailable(_) => {
+                    ApiError::Unavailable(format!("the notifier's database is unavailable: {e}"))
+                }
+                other => other,
+            },
             NotifierError::Internal(m) => ApiError::Internal(m),
         }
-        .into()
+        .labelled(label)
     }
 }

@@ -72,6 +72,8 @@ fn step_kind(a: &StepAction) -> pb::StepKind {
         StepAction::DeployStable => pb::StepKind::DeployStable,
         StepAction::MaintenanceWindow { .. } => pb::StepKind::MaintenanceWindow,
         StepAction::Preflight { .. } => pb::StepKind::Preflight,
+        #[cfg(test)]
+        StepAction::Checkpoint { .. } => pb::StepKind::Unspecified,
     }
 }
 
@@ -233,5 +235,95 @@ pub fn audit_entry(e: &crate::store::AuditEntry) -> pb::AuditEntry {
         message: e.message.clone(),
         from_phase: e.from_phase.clone().unwrap_or_default(),
         to_phase: e.to_phase.clone().unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        config::{Dur, StepDef},
+        plan::{AnalysisSpec, ApprovalSpec, CanaryScale, PlanMode, compile},
+    };
+
+    /// One plan action of each kind. The proto walk below finds a kind missing here.
+    fn one_of_each() -> Vec<StepAction> {
+        let analysis = AnalysisSpec::default();
+        let approval = ApprovalSpec {
+            min_approvals: 1,
+            roles: Vec::new(),
+            allow_self_approval: false,
+            timeout: None,
+            on_timeout: crate::domain::config::TimeoutOutcome::Reject,
+        };
+        vec![
+            StepAction::SetWeight { weight: 10 },
+            StepAction::Pause { duration: None },
+            StepAction::Analysis { analysis: analysis.clone() },
+            StepAction::Approval { policy: approval },
+            StepAction::Verify { analysis: analysis.clone() },
+            StepAction::Migrate {
+                database: "db".into(),
+                locations: Vec::new(),
+                target_version: None,
+                on_abort: Default::default(),
+            },
+            StepAction::SetCanaryScale { scale: CanaryScale::Replicas(1) },
+            StepAction::DeployPreview { replicas: 1 },
+            StepAction::PrePromotionAnalysis { analysis: analysis.clone() },
+            StepAction::SwitchActive,
+            StepAction::PostPromotionAnalysis { analysis },
+            StepAction::ScaleDownOld { delay: Dur(std::time::Duration::from_secs(1)) },
+            StepAction::DeployStable,
+            StepAction::MaintenanceWindow { windows: Vec::new() },
+            StepAction::Preflight { dependencies: Vec::new() },
+        ]
+    }
+
+    /// A canary step of each kind people write, as they write it.
+    fn written(kind: &str) -> &'static str {
+        match kind {
+            "setWeight" => "setWeight: 10",
+            "pause" => "pause: {}",
+            "analysis" => "analysis: {templates: [slo]}",
+            "approval" => "approval: {}",
+            "verify" => "verify: {job: {command: [\"true\"]}}",
+            "migrate" => "migrate: {}",
+            "setCanaryScale" => "setCanaryScale: {replicas: 1}",
+            other => panic!("no example of the config step kind {other:?}: add one here"),
+        }
+    }
+
+    #[test]
+    fn config_step_kinds_plan_actions_and_proto_step_kinds_map_one_to_one() {
+        // Plan ↔ proto: every proto kind is one action's, and no two actions share one.
+        let actions = one_of_each();
+        let mut proto_kinds = Vec::new();
+        for value in 1.. {
+            let Ok(kind) = pb::StepKind::try_from(value) else { break };
+            proto_kinds.push(kind);
+        }
+        assert_eq!(actions.len(), proto_kinds.len(), "one action per proto StepKind");
+        for kind in &proto_kinds {
+            let of_kind: Vec<&str> = actions.iter().filter(|a| step_kind(a) == *kind).map(|a| a.kind_name()).collect();
+            assert_eq!(of_kind.len(), 1, "{kind:?} is the kind of {of_kind:?}");
+        }
+        let names: std::collections::BTreeSet<&str> = actions.iter().map(|a| a.kind_name()).collect();
+        assert_eq!(names.len(), actions.len(), "kind names are distinct");
+
+        // Config → plan: each kind people write compiles into the action of the same name.
+        for kind in StepDef::kinds() {
+            let yaml = format!(
+                "environments: [{{name: staging}}]\n\
+                 analysisTemplates:\n  - name: slo\n    metrics:\n      - name: m\n        successCondition: result < 1\n        provider: {{prometheus: {{address: \"http://127.0.0.1:9090\", query: x}}}}\n\
+                 services:\n  - name: svc\n    migrations: {{database: db, locations: [m]}}\n    strategy:\n      canary:\n        steps:\n          - {}\n",
+                written(kind)
+            );
+            let config = crate::domain::config::DeliveryConfig::load(&yaml).unwrap_or_else(|p| panic!("{kind}: {p:?}"));
+            let plan = compile(&config, "svc", "staging", PlanMode::Normal).unwrap();
+            let compiled: Vec<&str> = plan.steps.iter().map(|s| s.action.kind_name()).collect();
+            assert!(compiled.contains(kind), "{kind} compiles into {compiled:?}");
+            assert!(names.contains(kind), "{kind} is a plan action");
+        }
     }
 }

@@ -1,6 +1,9 @@
 //! The scheduler's errors, and their one mapping to gRPC status (through the kit's [`ApiError`]).
 
-use hopngo_kit::ApiError;
+use hopngo_kit::{
+    ApiError,
+    error::{database_error, database_label},
+};
 
 use crate::domain::machine::ActionError;
 
@@ -27,6 +30,9 @@ pub enum SchedulerError {
     /// Database or dependency down, or a row lock not obtained in time.
     #[error("{0}")]
     Unavailable(String),
+    /// The database failed: UNAVAILABLE when it cannot be reached, INTERNAL otherwise.
+    #[error("database: {0}")]
+    Database(#[source] sqlx::Error),
     /// A bug.
     #[error("{0}")]
     Internal(String),
@@ -48,10 +54,7 @@ impl From<sqlx::Error> for SchedulerError {
             sqlx::Error::Database(db) if db.constraint() == Some("releases_request_id") => {
                 SchedulerError::invalid("request_id", "already used for a different release")
             }
-            _ if hopngo_kit::db::is_unavailable(&err) => {
-                SchedulerError::Unavailable(format!("database unavailable: {err}"))
-            }
-            _ => SchedulerError::Internal(format!("database: {err}")),
+            _ => SchedulerError::Database(err),
         }
     }
 }
@@ -66,6 +69,21 @@ impl From<ActionError> for SchedulerError {
     }
 }
 
+impl SchedulerError {
+    /// The kind of failure, for metrics (`hopngo_grpc_server_errors_total{error}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SchedulerError::Invalid { .. } => "invalid",
+            SchedulerError::NotFound(_) => "not-found",
+            SchedulerError::FailedPrecondition(_) => "precondition",
+            SchedulerError::PermissionDenied(_) => "permission-denied",
+            SchedulerError::Unavailable(_) => "unavailable",
+            SchedulerError::Database(e) => database_label(e),
+            SchedulerError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<SchedulerError> for ApiError {
     fn from(err: SchedulerError) -> Self {
         match err {
@@ -74,6 +92,7 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             SchedulerError::PermissionDenied(m) => ApiError::PermissionDenied(m),
             SchedulerError::Unavailable(m) => ApiError::Unavailable(m),
+            SchedulerError::Database(e) => database_error(&e),
             SchedulerError::Internal(m) => ApiError::Internal(m),
         }
     }
@@ -81,6 +100,7 @@ impl From<SchedulerError> for ApiError {
 
 impl From<SchedulerError> for tonic::Status {
     fn from(err: SchedulerError) -> Self {
-        ApiError::from(err).into()
+        let label = err.label();
+        ApiError::from(err).labelled(label)
     }
 }

@@ -174,6 +174,10 @@ pub enum StepAction {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dependencies: Vec<String>,
     },
+    /// Test only: the trivial step kind `machine::tests` adds the way a newcomer would
+    /// (ARCHITECTURE.md, "Adding a step kind"), so the count of places it takes stays honest.
+    #[cfg(test)]
+    Checkpoint { label: String },
 }
 
 impl StepAction {
@@ -212,6 +216,8 @@ impl StepAction {
             StepAction::DeployStable => "deployStable",
             StepAction::MaintenanceWindow { .. } => "maintenanceWindow",
             StepAction::Preflight { .. } => "preflight",
+            #[cfg(test)]
+            StepAction::Checkpoint { .. } => "checkpoint",
         }
     }
 
@@ -261,6 +267,8 @@ impl StepAction {
                 format!("within {}", list.join(" or "))
             }
             StepAction::Preflight { dependencies } => plan.preflight_summary(dependencies),
+            #[cfg(test)]
+            StepAction::Checkpoint { label } => format!("checkpoint {label}"),
         }
     }
 }

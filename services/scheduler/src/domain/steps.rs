@@ -6,6 +6,8 @@
 
 pub(super) mod analysis;
 mod approval;
+#[cfg(test)]
+mod checkpoint;
 mod deploy_preview;
 mod deploy_stable;
 mod maintenance_window;
@@ -133,6 +135,8 @@ pub(super) async fn run<E: Effects>(cx: &mut StepCtx<'_, E>, action: &StepAction
         StepAction::Migrate { database, locations, target_version, on_abort } => {
             migrate::run(cx, database, locations, target_version, *on_abort).await
         }
+        #[cfg(test)]
+        StepAction::Checkpoint { label } => checkpoint::run(cx, label),
     }
 }
 
@@ -158,5 +162,7 @@ pub(super) fn promote_skips(action: &StepAction, paused: bool) -> bool {
         | StepAction::Preflight { .. }
         | StepAction::Approval { .. }
         | StepAction::Migrate { .. } => false,
+        #[cfg(test)]
+        StepAction::Checkpoint { .. } => false,
     }
 }

@@ -902,3 +902,26 @@ async fn a_background_pause_for_a_person_holds_every_step_until_promoted() {
     tick(&mut r, &fx, 3).await;
     assert_eq!(r.phase, Phase::Succeeded);
 }
+
+#[tokio::test]
+async fn a_step_kind_added_as_the_architecture_says_runs_in_a_plan() {
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    let at_index = 2; // after preflight and the first setWeight
+    r.plan.steps.insert(
+        at_index,
+        crate::domain::plan::PlanStep {
+            name: "canary-up".into(),
+            action: StepAction::Checkpoint { label: "canary-up".into() },
+        },
+    );
+    r.steps.insert(at_index, r.steps[at_index].clone());
+    assert_eq!(r.plan.step_summary(at_index), "checkpoint canary-up");
+    let a = tick(&mut r, &fx, 0).await;
+    use TransitionKind::*;
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged, StepCompleted, StepCompleted, Waiting]);
+    assert_eq!(r.steps[at_index].status, StepStatus::Succeeded);
+    assert_eq!(r.steps[at_index].message, "checkpoint canary-up reached");
+    assert_eq!(a.transitions[4].message, "step 2 (canary-up): checkpoint canary-up reached");
+    assert!(!crate::domain::steps::promote_skips(&StepAction::Checkpoint { label: "x".into() }, true));
+}
