@@ -21,7 +21,6 @@ pub use hopngo_proto::transitions::TransitionKind;
 
 use super::{
     effects::Effects,
-    plan::StepAction,
     release::{AbortState, Completion, Phase, Release, StepCursor, StepStatus},
     steps::{self, Next, StepCtx},
 };
@@ -242,7 +241,7 @@ fn skip_for_full_promotion<E: Effects>(cx: &mut StepCtx<'_, E>) -> Option<Next> 
     let r = &mut *cx.r;
     let skip_to = r.plan.steps[r.step_index.min(r.plan.steps.len())..]
         .iter()
-        .position(|s| matches!(s.action, StepAction::Preflight { .. }))
+        .position(|s| matches!(steps::on_full_promotion(&s.action), steps::FullPromotion::Runs))
         .map_or(r.plan.steps.len(), |p| r.step_index + p);
     if !r.promote_full || r.step_index >= skip_to {
         return None;

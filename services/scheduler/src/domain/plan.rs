@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::config::{
-    ApprovalPolicy, ApprovalStepDef, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig, Dur,
-    Environment, JobProvider, MaintenanceWindow, MetricDef, Problem, Provider, Service, StepDef, Strategy,
+    ApprovalPolicy, ApprovalStepDef, BlueGreen, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig,
+    Dur, Environment, JobProvider, MaintenanceWindow, MetricDef, Problem, Provider, Service, StepDef, Strategy,
     TimeoutOutcome, VerifyDef,
 };
 
@@ -465,33 +465,7 @@ pub fn compile(
     let progress_deadline =
         service.progress_deadline.or(env.progress_deadline).unwrap_or(Dur(DEFAULT_PROGRESS_DEADLINE));
 
-    let mut steps: Vec<(Option<String>, StepAction)> = Vec::new();
-    if mode != PlanMode::Emergency {
-        // Approval first (it may take hours), then the window, then preflight right before
-        // the first change, so its findings are current.
-        if let Some(policy) = &env.approval {
-            steps.push((None, StepAction::Approval { policy: policy.into() }));
-        }
-        if !env.maintenance_windows.is_empty() {
-            steps.push((None, StepAction::MaintenanceWindow { windows: env.maintenance_windows.clone() }));
-        }
-        steps.push((None, StepAction::Preflight { dependencies: service.depends_on.clone() }));
-        if let Some(m) = service.migrations_in(environment) {
-            let explicit =
-                strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| matches!(s.step, StepDef::Migrate(_))));
-            if !explicit {
-                steps.push((
-                    None,
-                    StepAction::Migrate {
-                        database: m.database,
-                        locations: m.locations,
-                        target_version: None,
-                        on_abort: m.on_abort,
-                    },
-                ));
-            }
-        }
-    }
+    let mut steps = if mode == PlanMode::Emergency { Vec::new() } else { gate_steps(env, service, environment) };
     let mut background = None;
     let plan_strategy = match mode {
         PlanMode::Emergency => {
@@ -500,25 +474,7 @@ pub fn compile(
         }
         PlanMode::Initial => {
             steps.push((None, StepAction::DeployStable));
-            // Nothing to compare with, but the smoke tests still say whether the first version
-            // works (and make it promotable): the strategy's verify steps, or a blue/green
-            // pre-promotion analysis, run against the stable/active track.
-            if let Some(canary) = &strategy.canary {
-                for (i, def) in canary.steps.iter().enumerate() {
-                    if let StepDef::Verify(v) = &def.step {
-                        let path = format!("{base}.canary.steps[{i}]");
-                        steps.push((
-                            def.name.clone(),
-                            StepAction::Verify { analysis: verify_analysis(config, &path, v)? },
-                        ));
-                    }
-                }
-            }
-            if let Some(a) = strategy.blue_green.as_ref().and_then(|b| b.pre_promotion_analysis.as_ref()) {
-                let path = format!("{base}.blueGreen.prePromotionAnalysis.templates");
-                let analysis = resolve_analysis(config, &path, &a.templates, &a.args, false)?;
-                steps.push((None, StepAction::Verify { analysis }));
-            }
+            steps.extend(first_release_checks(config, &base, strategy)?);
             PlanStrategy::Direct
         }
         PlanMode::Normal => match (&strategy.canary, &strategy.blue_green) {
@@ -526,91 +482,18 @@ pub fn compile(
                 let offset = steps.len();
                 for (i, def) in canary.steps.iter().enumerate() {
                     let path = format!("{base}.canary.steps[{i}]");
-                    let action = match &def.step {
-                        StepDef::SetWeight(w) => StepAction::SetWeight { weight: (*w).clamp(0, 100) as u32 },
-                        StepDef::Pause(p) => StepAction::Pause { duration: p.duration },
-                        StepDef::Analysis(a) => StepAction::Analysis {
-                            analysis: resolve_analysis(
-                                config,
-                                &format!("{path}.analysis.templates"),
-                                &a.templates,
-                                &a.args,
-                                false,
-                            )?,
-                        },
-                        StepDef::Approval(a) => StepAction::Approval { policy: approval_step(env, a) },
-                        StepDef::Verify(v) => StepAction::Verify { analysis: verify_analysis(config, &path, v)? },
-                        StepDef::Migrate(m) => {
-                            let migrations = service.migrations_in(environment).ok_or_else(|| Problem {
-                                path: format!("{path}.migrate"),
-                                message: "the service declares no migrations".into(),
-                            })?;
-                            StepAction::Migrate {
-                                database: migrations.database,
-                                locations: migrations.locations,
-                                target_version: m.target_version.clone(),
-                                on_abort: migrations.on_abort,
-                            }
-                        }
-                        StepDef::SetCanaryScale(s) => StepAction::SetCanaryScale {
-                            scale: match (s.replicas, s.weight) {
-                                (Some(r), _) => CanaryScale::Replicas(r.clamp(0, 100) as u32),
-                                (None, Some(w)) => CanaryScale::Weight(w.clamp(0, 100) as u32),
-                                (None, None) => CanaryScale::MatchTrafficWeight,
-                            },
-                        },
-                    };
-                    steps.push((def.name.clone(), action));
+                    steps.push((def.name.clone(), canary_step(config, env, service, environment, &path, &def.step)?));
                 }
                 if let Some(bg) = &canary.analysis {
-                    let analysis = resolve_analysis(
-                        config,
-                        &format!("{base}.canary.analysis.templates"),
-                        &bg.templates,
-                        &bg.args,
-                        true,
-                    )?;
+                    let path = format!("{base}.canary.analysis.templates");
+                    let analysis = resolve_analysis(config, &path, &bg.templates, &bg.args, true)?;
                     let starting = bg.starting_step.unwrap_or(0).clamp(0, canary.steps.len() as i64) as usize;
                     background = Some(BackgroundSpec { analysis, starting_step: offset + starting });
                 }
                 PlanStrategy::Canary
             }
             (None, Some(bg)) => {
-                let preview = bg.preview_replicas.map(|r| r.clamp(1, 100) as u32).unwrap_or(replicas);
-                steps.push((None, StepAction::DeployPreview { replicas: preview }));
-                if let Some(a) = &bg.pre_promotion_analysis {
-                    let analysis = resolve_analysis(
-                        config,
-                        &format!("{base}.blueGreen.prePromotionAnalysis.templates"),
-                        &a.templates,
-                        &a.args,
-                        false,
-                    )?;
-                    steps.push((None, StepAction::PrePromotionAnalysis { analysis }));
-                }
-                if !bg.auto_promotion_enabled {
-                    steps.push((None, StepAction::Pause { duration: None }));
-                } else if let Some(secs) = bg.auto_promotion_seconds.filter(|s| *s > 0) {
-                    steps.push((
-                        None,
-                        StepAction::Pause { duration: Some(Dur(std::time::Duration::from_secs(secs as u64))) },
-                    ));
-                }
-                steps.push((None, StepAction::SwitchActive));
-                if let Some(a) = &bg.post_promotion_analysis {
-                    let analysis = resolve_analysis(
-                        config,
-                        &format!("{base}.blueGreen.postPromotionAnalysis.templates"),
-                        &a.templates,
-                        &a.args,
-                        false,
-                    )?;
-                    steps.push((None, StepAction::PostPromotionAnalysis { analysis }));
-                }
-                steps.push((
-                    None,
-                    StepAction::ScaleDownOld { delay: bg.scale_down_delay.unwrap_or(Dur(DEFAULT_SCALE_DOWN_DELAY)) },
-                ));
+                steps.extend(blue_green_steps(config, &format!("{base}.blueGreen"), bg, replicas)?);
                 PlanStrategy::BlueGreen
             }
             (None, None) => return Err(Problem { path: base, message: "no strategy".into() }),
@@ -620,9 +503,134 @@ pub fn compile(
     Ok(Plan { strategy: plan_strategy, traffic, replicas, steps: name_steps(steps), background, progress_deadline })
 }
 
+/// A step before it is named: its configured name, if any, and what it does.
+type Unnamed = (Option<String>, StepAction);
+
+/// The steps before any change: approval first (it may take hours), then the maintenance window,
+/// then preflight right before the first change (so its findings are current), then the
+/// service's migrations unless a canary step places them.
+fn gate_steps(env: &Environment, service: &Service, environment: &str) -> Vec<Unnamed> {
+    let mut steps = Vec::new();
+    if let Some(policy) = &env.approval {
+        steps.push((None, StepAction::Approval { policy: policy.into() }));
+    }
+    if !env.maintenance_windows.is_empty() {
+        steps.push((None, StepAction::MaintenanceWindow { windows: env.maintenance_windows.clone() }));
+    }
+    steps.push((None, StepAction::Preflight { dependencies: service.depends_on.clone() }));
+    if let Some(m) = service.migrations_in(environment) {
+        let (strategy, _) = strategy_for(service, environment);
+        let explicit =
+            strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| matches!(s.step, StepDef::Migrate(_))));
+        if !explicit {
+            let action = StepAction::Migrate {
+                database: m.database,
+                locations: m.locations,
+                target_version: None,
+                on_abort: m.on_abort,
+            };
+            steps.push((None, action));
+        }
+    }
+    steps
+}
+
+/// A first release has nothing to compare with, but the smoke tests still say whether the first
+/// version works (and make it promotable): the strategy's verify steps, or a blue/green
+/// pre-promotion analysis, run against the stable/active track.
+fn first_release_checks(config: &DeliveryConfig, base: &str, strategy: &Strategy) -> Result<Vec<Unnamed>, Problem> {
+    let mut steps = Vec::new();
+    if let Some(canary) = &strategy.canary {
+        for (i, def) in canary.steps.iter().enumerate() {
+            if let StepDef::Verify(v) = &def.step {
+                let path = format!("{base}.canary.steps[{i}]");
+                steps.push((def.name.clone(), StepAction::Verify { analysis: verify_analysis(config, &path, v)? }));
+            }
+        }
+    }
+    if let Some(a) = strategy.blue_green.as_ref().and_then(|b| b.pre_promotion_analysis.as_ref()) {
+        let path = format!("{base}.blueGreen.prePromotionAnalysis.templates");
+        let analysis = resolve_analysis(config, &path, &a.templates, &a.args, false)?;
+        steps.push((None, StepAction::Verify { analysis }));
+    }
+    Ok(steps)
+}
+
+/// The plan action of a canary step as written at `path`.
+fn canary_step(
+    config: &DeliveryConfig,
+    env: &Environment,
+    service: &Service,
+    environment: &str,
+    path: &str,
+    step: &StepDef,
+) -> Result<StepAction, Problem> {
+    Ok(match step {
+        StepDef::SetWeight(w) => StepAction::SetWeight { weight: (*w).clamp(0, 100) as u32 },
+        StepDef::Pause(p) => StepAction::Pause { duration: p.duration },
+        StepDef::Analysis(a) => {
+            let path = format!("{path}.analysis.templates");
+            StepAction::Analysis { analysis: resolve_analysis(config, &path, &a.templates, &a.args, false)? }
+        }
+        StepDef::Approval(a) => StepAction::Approval { policy: approval_step(env, a) },
+        StepDef::Verify(v) => StepAction::Verify { analysis: verify_analysis(config, path, v)? },
+        StepDef::Migrate(m) => {
+            let migrations = service.migrations_in(environment).ok_or_else(|| Problem {
+                path: format!("{path}.migrate"),
+                message: "the service declares no migrations".into(),
+            })?;
+            StepAction::Migrate {
+                database: migrations.database,
+                locations: migrations.locations,
+                target_version: m.target_version.clone(),
+                on_abort: migrations.on_abort,
+            }
+        }
+        StepDef::SetCanaryScale(s) => StepAction::SetCanaryScale {
+            scale: match (s.replicas, s.weight) {
+                (Some(r), _) => CanaryScale::Replicas(r.clamp(0, 100) as u32),
+                (None, Some(w)) => CanaryScale::Weight(w.clamp(0, 100) as u32),
+                (None, None) => CanaryScale::MatchTrafficWeight,
+            },
+        },
+    })
+}
+
+/// Argo Rollouts' blue/green sequence: preview, its analysis, the (auto-)promotion pause, the
+/// switch, the post-promotion analysis, and the old version's scale-down after a delay.
+fn blue_green_steps(
+    config: &DeliveryConfig,
+    path: &str,
+    bg: &BlueGreen,
+    replicas: u32,
+) -> Result<Vec<Unnamed>, Problem> {
+    let mut steps = Vec::new();
+    let preview = bg.preview_replicas.map(|r| r.clamp(1, 100) as u32).unwrap_or(replicas);
+    steps.push((None, StepAction::DeployPreview { replicas: preview }));
+    if let Some(a) = &bg.pre_promotion_analysis {
+        let path = format!("{path}.prePromotionAnalysis.templates");
+        let analysis = resolve_analysis(config, &path, &a.templates, &a.args, false)?;
+        steps.push((None, StepAction::PrePromotionAnalysis { analysis }));
+    }
+    if !bg.auto_promotion_enabled {
+        steps.push((None, StepAction::Pause { duration: None }));
+    } else if let Some(secs) = bg.auto_promotion_seconds.filter(|s| *s > 0) {
+        steps.push((None, StepAction::Pause { duration: Some(Dur(std::time::Duration::from_secs(secs as u64))) }));
+    }
+    steps.push((None, StepAction::SwitchActive));
+    if let Some(a) = &bg.post_promotion_analysis {
+        let path = format!("{path}.postPromotionAnalysis.templates");
+        let analysis = resolve_analysis(config, &path, &a.templates, &a.args, false)?;
+        steps.push((None, StepAction::PostPromotionAnalysis { analysis }));
+    }
+    let delay = bg.scale_down_delay.unwrap_or(Dur(DEFAULT_SCALE_DOWN_DELAY));
+    steps.push((None, StepAction::ScaleDownOld { delay }));
+    Ok(steps)
+}
+
 /// Gives every step a unique name: its configured name, else its kind (`setWeight-25` for
 /// weights), with `-2`, `-3`, ... on repeats.
-fn name_steps(steps: Vec<(Option<String>, StepAction)>) -> Vec<PlanStep> {
+fn name_steps(steps: Vec<Unnamed>) -> Vec<PlanStep> {
     let mut used: std::collections::BTreeSet<String> = steps.iter().filter_map(|(n, _)| n.clone()).collect();
     steps
         .into_iter()

@@ -166,3 +166,55 @@ pub(super) fn promote_skips(action: &StepAction, paused: bool) -> bool {
         StepAction::Checkpoint { .. } => false,
     }
 }
+
+/// What `promote --full` does with a remaining step of this kind.
+pub(super) enum FullPromotion {
+    /// Skipped with every other remaining step.
+    Skipped,
+    /// Still runs: the full promotion skips up to it (preflight's checks are not optional).
+    Runs,
+    /// The full promotion is refused while such a step remains.
+    Refused(Unskippable),
+}
+
+/// Steps a full promotion cannot skip, in the order the refusal names them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Unskippable {
+    /// Approvals are never skipped.
+    Approval,
+    /// New code must not take traffic before its schema exists.
+    Migration,
+}
+
+impl Unskippable {
+    /// Why the full promotion is refused.
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Unskippable::Approval => "an approval step remains; approvals cannot be skipped",
+            Unskippable::Migration => "a migrate step remains; migrations cannot be skipped",
+        }
+    }
+}
+
+/// What `promote --full` does with a step of this kind.
+pub(super) fn on_full_promotion(action: &StepAction) -> FullPromotion {
+    match action {
+        StepAction::Approval { .. } => FullPromotion::Refused(Unskippable::Approval),
+        StepAction::Migrate { .. } => FullPromotion::Refused(Unskippable::Migration),
+        StepAction::Preflight { .. } => FullPromotion::Runs,
+        StepAction::SetWeight { .. }
+        | StepAction::Pause { .. }
+        | StepAction::Analysis { .. }
+        | StepAction::Verify { .. }
+        | StepAction::SetCanaryScale { .. }
+        | StepAction::DeployPreview { .. }
+        | StepAction::PrePromotionAnalysis { .. }
+        | StepAction::SwitchActive
+        | StepAction::PostPromotionAnalysis { .. }
+        | StepAction::ScaleDownOld { .. }
+        | StepAction::DeployStable
+        | StepAction::MaintenanceWindow { .. } => FullPromotion::Skipped,
+        #[cfg(test)]
+        StepAction::Checkpoint { .. } => FullPromotion::Skipped,
+    }
+}

@@ -35,13 +35,15 @@ pub fn promote(
     }
     r.reason = reason.to_string();
     if full {
-        let remaining = &r.plan.steps[r.step_index..];
-        if remaining.iter().any(|s| matches!(s.action, StepAction::Approval { .. })) {
-            return Err(ActionError::NotNow("an approval step remains; approvals cannot be skipped".into()));
-        }
-        if remaining.iter().any(|s| matches!(s.action, StepAction::Migrate { .. })) {
-            // New code must not take traffic before its schema exists.
-            return Err(ActionError::NotNow("a migrate step remains; migrations cannot be skipped".into()));
+        let unskippable = r.plan.steps[r.step_index..]
+            .iter()
+            .filter_map(|s| match steps::on_full_promotion(&s.action) {
+                steps::FullPromotion::Refused(kind) => Some(kind),
+                steps::FullPromotion::Skipped | steps::FullPromotion::Runs => None,
+            })
+            .min();
+        if let Some(kind) = unskippable {
+            return Err(ActionError::NotNow(kind.reason().into()));
         }
         if r.promote_full {
             return Err(ActionError::NotNow("a full promotion is already under way".into()));

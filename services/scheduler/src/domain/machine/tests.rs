@@ -10,7 +10,7 @@ use crate::domain::{
         DesiredState, EffectError, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
         PreflightCheck, PreflightRequest, RunObservation, RunPhase, TargetObservation, Track, TrackState,
     },
-    plan::{AnalysisSpec, CanaryScale, PlanMode, compile},
+    plan::{AnalysisSpec, CanaryScale, PlanMode, StepAction, compile},
     release::{NewRelease, Release},
 };
 
