@@ -33,13 +33,13 @@ ensure_prometheus() {
   fi
 }
 
-# A Python with grpcio (reflection, health) in target/python for the tests' foreign gRPC client;
-# exports HOPNGO_TEST_PYTHON.
-ensure_python_grpc() {
+# A Python with grpcio (reflection, health) and the Kubernetes client in target/python for the
+# tests' foreign clients; exports HOPNGO_TEST_PYTHON.
+ensure_python_clients() {
   local venv=target/python
-  if ! "$venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1 \
+  if ! "$venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health, kubernetes' >/dev/null 2>&1 \
     || ! cmp -s tools/python-requirements.txt "$venv/requirements.txt"; then
-    echo "installing the Python gRPC client for the tests (tools/python-requirements.txt)" >&2
+    echo "installing the Python clients for the tests (tools/python-requirements.txt)" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check -r tools/python-requirements.txt
     cp tools/python-requirements.txt "$venv/requirements.txt"

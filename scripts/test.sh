@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_postgres
 ensure_prometheus
 ensure_nextest
-ensure_python_grpc
+ensure_python_clients
 
 cargo build --workspace --all-targets
 start_throwaway_pg

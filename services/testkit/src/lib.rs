@@ -13,6 +13,7 @@
 pub mod config;
 pub mod db;
 pub mod fakes;
+pub mod kube;
 pub mod measure;
 pub mod prometheus;
 pub mod receiver;

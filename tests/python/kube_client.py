@@ -1,0 +1,153 @@
+"""The official Kubernetes Python client against the test suite's in-memory API server.
+
+Usage: kube_client.py KUBECONFIG NAMESPACE
+
+Drives what HopNGo's deployer relies on -- create, get, list by label, update with a stale
+resourceVersion, JSON merge patch, server-side apply with a conflict and with force, the status
+subresource, watch with bookmarks, and 410 Gone for an expired resourceVersion -- and prints one
+line per check; exits non-zero on the first that fails.
+"""
+
+import sys
+import threading
+
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+MERGE = "application/merge-patch+json"
+APPLY = "application/apply-patch+yaml"
+
+
+def expect_error(code, reason, call):
+    try:
+        call()
+    except ApiException as e:
+        assert e.status == code, (e.status, e.body)
+        assert f'"reason":"{reason}"' in e.body.replace(" ", ""), e.body
+        return e
+    raise AssertionError(f"expected {code} {reason}")
+
+
+def deployment(name, image, replicas=None, labels=None):
+    spec = {
+        "selector": {"matchLabels": {"app": name}},
+        "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": "app", "image": image}]},
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": spec,
+    }
+
+
+def main():
+    kubeconfig, ns = sys.argv[1], sys.argv[2]
+    config.load_kube_config(config_file=kubeconfig)
+    apps = client.AppsV1Api()
+
+    created = apps.create_namespaced_deployment(ns, deployment("booking-stable", "booking:1", 2, {"hopngo.io/track": "stable"}))
+    assert created.metadata.resource_version and created.metadata.generation == 1 and created.metadata.uid
+    print("create: resourceVersion", created.metadata.resource_version)
+    expect_error(409, "AlreadyExists", lambda: apps.create_namespaced_deployment(ns, deployment("booking-stable", "booking:1")))
+    print("create again: 409 AlreadyExists")
+    expect_error(404, "NotFound", lambda: apps.read_namespaced_deployment("nope", ns))
+    expect_error(404, "NotFound", lambda: apps.read_namespaced_deployment("booking-stable", "no-such-namespace"))
+    print("get missing: 404 NotFound")
+    expect_error(422, "Invalid", lambda: apps.create_namespaced_deployment(ns, deployment("Bad_Name", "x")))
+    print("bad name: 422 Invalid")
+
+    apps.create_namespaced_deployment(ns, deployment("booking-canary", "booking:2", 1, {"hopngo.io/track": "canary"}))
+    listed = apps.list_namespaced_deployment(ns, label_selector="hopngo.io/track=canary")
+    assert [d.metadata.name for d in listed.items] == ["booking-canary"], listed.items
+    print("list by label: booking-canary")
+
+    stale = apps.read_namespaced_deployment("booking-stable", ns)
+    apps.patch_namespaced_deployment("booking-stable", ns, {"metadata": {"annotations": {"owner": "team-a"}}},
+                                     field_manager="kubectl-annotate", _content_type=MERGE)
+    stale.spec.replicas = 5
+    expect_error(409, "Conflict", lambda: apps.replace_namespaced_deployment("booking-stable", ns, stale))
+    print("update with a stale resourceVersion: 409 Conflict")
+
+    # Server-side apply over fields another manager set (the creator) conflicts, as on a real
+    # cluster; with force the applier takes them, and a person's annotation survives.
+    body = deployment("booking-stable", "booking:3")
+    err = expect_error(409, "Conflict", lambda: apps.patch_namespaced_deployment(
+        "booking-stable", ns, body, field_manager="hopngo-deployer", _content_type=APPLY))
+    assert "image" in err.body, err.body
+    print("apply over the creator's image: 409 Conflict")
+    applied = apps.patch_namespaced_deployment("booking-stable", ns, body, field_manager="hopngo-deployer",
+                                               _content_type=APPLY, force=True)
+    assert applied.spec.template.spec.containers[0].image == "booking:3"
+    assert applied.metadata.annotations == {"owner": "team-a"}, applied.metadata.annotations
+    managers = {m.manager: m.operation for m in applied.metadata.managed_fields}
+    assert managers.get("hopngo-deployer") == "Apply" and managers.get("kubectl-annotate") == "Update", managers
+    assert applied.metadata.generation == 2, applied.metadata.generation
+    print("apply: image set, annotation kept, managers", sorted(managers))
+
+    # An autoscaler owns the replicas; applying them without force conflicts, with force wins.
+    apps.patch_namespaced_deployment("booking-stable", ns, {"spec": {"replicas": 7}}, field_manager="hpa", _content_type=MERGE)
+    err = expect_error(409, "Conflict", lambda: apps.patch_namespaced_deployment(
+        "booking-stable", ns, deployment("booking-stable", "booking:3", 3), field_manager="hopngo-deployer", _content_type=APPLY))
+    assert 'conflict with \\"hpa\\"' in err.body and ".spec.replicas" in err.body, err.body
+    print("apply over another manager's field: 409 Conflict naming it")
+    forced = apps.patch_namespaced_deployment("booking-stable", ns, deployment("booking-stable", "booking:3", 3),
+                                              field_manager="hopngo-deployer", _content_type=APPLY, force=True)
+    assert forced.spec.replicas == 3
+    print("apply with force: replicas 3")
+    # Fields the manager stops applying go (the replicas), others' stay.
+    dropped = apps.patch_namespaced_deployment("booking-stable", ns, deployment("booking-stable", "booking:3"),
+                                               field_manager="hopngo-deployer", _content_type=APPLY)
+    assert dropped.spec.replicas is None and dropped.metadata.annotations == {"owner": "team-a"}, dropped.spec
+    print("apply without a field it owned: the field is removed")
+
+    # The status subresource changes status only, and the main resource leaves status alone.
+    status = apps.patch_namespaced_deployment_status("booking-stable", ns, {"status": {"readyReplicas": 2, "replicas": 2}},
+                                                    field_manager="controller", _content_type=MERGE)
+    assert status.status.ready_replicas == 2
+    after = apps.patch_namespaced_deployment("booking-stable", ns, {"status": {"readyReplicas": 0}}, field_manager="x",
+                                             _content_type=MERGE)
+    assert after.status.ready_replicas == 2, after.status
+    print("status subresource: readyReplicas 2")
+
+    # Watch from a resourceVersion with bookmarks: a change arrives as MODIFIED.
+    rv = apps.read_namespaced_deployment("booking-canary", ns).metadata.resource_version
+    seen = []
+
+    def follow():
+        w = watch.Watch()
+        for event in w.stream(apps.list_namespaced_deployment, ns, resource_version=rv, allow_watch_bookmarks=True,
+                              timeout_seconds=3):
+            seen.append((event["type"], event["raw_object"]["metadata"].get("name")))
+            if any(t == "MODIFIED" for t, _ in seen) and any(t == "BOOKMARK" for t, _ in seen):
+                w.stop()
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    apps.patch_namespaced_deployment("booking-canary", ns, {"spec": {"replicas": 2}}, field_manager="x", _content_type=MERGE)
+    follower.join(10)
+    assert ("MODIFIED", "booking-canary") in seen, seen
+    assert any(t == "BOOKMARK" for t, _ in seen), seen
+    print("watch: MODIFIED and BOOKMARK")
+
+    # A resourceVersion older than the history kept: 410 Gone.
+    try:
+        for _ in watch.Watch().stream(apps.list_namespaced_deployment, ns, resource_version="1", timeout_seconds=2):
+            pass
+        raise AssertionError("an expired resourceVersion was accepted")
+    except ApiException as e:
+        assert e.status == 410, e
+    print("watch from an expired resourceVersion: 410 Gone")
+
+    apps.delete_namespaced_deployment("booking-canary", ns)
+    expect_error(404, "NotFound", lambda: apps.read_namespaced_deployment("booking-canary", ns))
+    print("delete: gone")
+
+
+if __name__ == "__main__":
+    main()
