@@ -1,11 +1,12 @@
 //! The test suite's in-memory Kubernetes API server speaks the real protocol: the official Python
 //! client drives it (create, conflicts, merge patch, server-side apply with conflicts and force,
-//! the status subresource, watch with bookmarks, 410 Gone), and the same facts are checked here
-//! on the fake's own view of the objects.
+//! the status subresource, watch with bookmarks, 410 Gone, the simulated controllers' pods and
+//! their failures, RBAC's 403), and the same facts are checked here on the fake's own view of the
+//! objects.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
-use hopngo_testkit::kube::{FakeKube, FakeKubeOptions};
+use hopngo_testkit::kube::{FakeKube, FakeKubeOptions, PodFailure};
 
 fn python() -> PathBuf {
     let path = std::env::var_os("HOPNGO_TEST_PYTHON")
@@ -23,6 +24,8 @@ async fn the_official_python_client_works_against_the_fake_api_server() {
         ..FakeKubeOptions::default()
     })
     .await;
+    fake.fail_image(":broken", PodFailure::ImagePull);
+    fake.forbid("delete", "services");
     let dir = std::env::temp_dir().join(format!("hopngo-kube-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
@@ -40,16 +43,28 @@ async fn the_official_python_client_works_against_the_fake_api_server() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("watch from an expired resourceVersion: 410 Gone"), "{stdout}");
+    assert!(stdout.contains("RBAC: 403 Forbidden"), "{stdout}");
 
     // What the client saw is what the fake holds.
     let stable = fake.object("deployments", "staging", "booking-stable").expect("kept");
     assert_eq!(stable["spec"]["template"]["spec"]["containers"][0]["image"], "booking:3");
     assert_eq!(stable["metadata"]["annotations"]["owner"], "team-a");
-    assert_eq!(stable["status"]["readyReplicas"], 2);
     let managers: Vec<&str> =
         stable["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
     assert!(managers.contains(&"hopngo-deployer") && managers.contains(&"kubectl-annotate"), "{managers:?}");
     assert!(!managers.contains(&"hpa"), "force took the replicas from the autoscaler: {managers:?}");
     assert!(fake.object("deployments", "staging", "booking-canary").is_none(), "deleted");
+    let web = fake.object("deployments", "staging", "web").expect("kept");
+    assert_eq!(
+        (web["status"]["readyReplicas"].as_u64(), web["status"]["observedGeneration"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let status_owner = web["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["subresource"] == "status")
+        .map(|m| m["manager"].clone());
+    assert_eq!(status_owner, Some("kube-controller-manager".into()), "the controller owns the status it writes");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@ line per check; exits non-zero on the first that fails.
 
 import sys
 import threading
+import time
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
@@ -107,13 +108,17 @@ def main():
     print("apply without a field it owned: the field is removed")
 
     # The status subresource changes status only, and the main resource leaves status alone.
-    status = apps.patch_namespaced_deployment_status("booking-stable", ns, {"status": {"readyReplicas": 2, "replicas": 2}},
-                                                    field_manager="controller", _content_type=MERGE)
-    assert status.status.ready_replicas == 2
-    after = apps.patch_namespaced_deployment("booking-stable", ns, {"status": {"readyReplicas": 0}}, field_manager="x",
-                                             _content_type=MERGE)
-    assert after.status.ready_replicas == 2, after.status
-    print("status subresource: readyReplicas 2")
+    core = client.CoreV1Api()
+    core.create_namespaced_service(ns, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                                        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}})
+    ingress = {"status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}}}
+    status = core.patch_namespaced_service_status("web", ns, ingress, field_manager="cloud-controller",
+                                                  _content_type=MERGE)
+    assert status.status.load_balancer.ingress[0].ip == "10.0.0.1"
+    after = core.patch_namespaced_service("web", ns, {"status": {"loadBalancer": {}}, "metadata": {"labels": {"a": "b"}}},
+                                          field_manager="x", _content_type=MERGE)
+    assert after.status.load_balancer.ingress[0].ip == "10.0.0.1" and after.metadata.labels == {"a": "b"}, after
+    print("status subresource: load balancer address kept by main-resource writes")
 
     # Watch from a resourceVersion with bookmarks: a change arrives as MODIFIED.
     rv = apps.read_namespaced_deployment("booking-canary", ns).metadata.resource_version
@@ -147,6 +152,43 @@ def main():
     apps.delete_namespaced_deployment("booking-canary", ns)
     expect_error(404, "NotFound", lambda: apps.read_namespaced_deployment("booking-canary", ns))
     print("delete: gone")
+
+    # The simulated controllers: pods come up and the Deployment reports them; an image that
+    # cannot be pulled leaves its pods waiting with the reason.
+    apps.patch_namespaced_deployment("web", ns, deployment("web", "web:1", 2), field_manager="hopngo-deployer",
+                                     _content_type=APPLY)
+    web = wait_for(lambda: apps.read_namespaced_deployment("web", ns),
+                   lambda d: d.status and d.status.observed_generation == d.metadata.generation
+                   and d.status.ready_replicas == 2)
+    pods = core.list_namespaced_pod(ns, label_selector="app=web").items
+    assert len(pods) == 2 and all(p.status.phase == "Running" for p in pods), pods
+    assert all(p.metadata.labels.get("pod-template-hash") for p in pods)
+    print("deployment ready: 2 of 2, observedGeneration", web.status.observed_generation)
+    apps.patch_namespaced_deployment("broken", ns, deployment("broken", "web:broken", 1), field_manager="hopngo-deployer",
+                                     _content_type=APPLY)
+    pod = wait_for(lambda: core.list_namespaced_pod(ns, label_selector="app=broken").items,
+                   lambda pods: pods and pods[0].status.container_statuses)[0]
+    waiting = pod.status.container_statuses[0].state.waiting
+    assert waiting and waiting.reason == "ImagePullBackOff", pod.status
+    broken = apps.read_namespaced_deployment("broken", ns)
+    assert not broken.status.ready_replicas and broken.status.unavailable_replicas == 1, broken.status
+    print("image that cannot be pulled: ImagePullBackOff, 0 ready")
+    apps.delete_namespaced_deployment("broken", ns)
+    wait_for(lambda: core.list_namespaced_pod(ns, label_selector="app=broken").items, lambda pods: not pods)
+    print("deleted deployment: its pods are gone")
+
+    expect_error(403, "Forbidden", lambda: core.delete_namespaced_service("web", ns))
+    print("RBAC: 403 Forbidden")
+
+
+def wait_for(read, done, seconds=10):
+    deadline = time.monotonic() + seconds
+    while True:
+        value = read()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"not reached in {seconds}s: {value}"
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@
 //!
 //! Checked against the official Python client (`tests/kube_fake.rs`).
 
+mod controllers;
 mod fields;
+
+pub use controllers::PodFailure;
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -103,6 +106,11 @@ struct Shared {
     store: Mutex<Store>,
     events: broadcast::Sender<Event>,
     bookmark_every: Duration,
+    ready_after: Duration,
+    /// Images (by substring) whose pods fail, and how.
+    failures: Mutex<Vec<(String, PodFailure)>>,
+    /// (verb, plural) pairs the caller may not do: 403 Forbidden.
+    forbidden: Mutex<BTreeSet<(String, String)>>,
 }
 
 /// The running fake.
@@ -111,6 +119,7 @@ pub struct FakeKube {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    controllers: tokio::task::JoinHandle<()>,
 }
 
 /// How the fake starts.
@@ -122,11 +131,18 @@ pub struct FakeKubeOptions {
     pub history: usize,
     /// How often a watch that asked for bookmarks gets one.
     pub bookmark_every: Duration,
+    /// How long after a Deployment changes its pods are ready.
+    pub ready_after: Duration,
 }
 
 impl Default for FakeKubeOptions {
     fn default() -> Self {
-        FakeKubeOptions { namespaces: vec!["default".into()], history: 1000, bookmark_every: Duration::from_secs(1) }
+        FakeKubeOptions {
+            namespaces: vec!["default".into()],
+            history: 1000,
+            bookmark_every: Duration::from_secs(1),
+            ready_after: Duration::from_millis(100),
+        }
     }
 }
 
@@ -477,9 +493,13 @@ impl FakeKube {
             }),
             events,
             bookmark_every: options.bookmark_every,
+            ready_after: options.ready_after,
+            failures: Mutex::new(Vec::new()),
+            forbidden: Mutex::new(BTreeSet::new()),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
-        FakeKube { addr, shared, task }
+        let controllers = tokio::spawn(controllers::run(Arc::clone(&shared)));
+        FakeKube { addr, shared, task, controllers }
     }
 
     /// `http://127.0.0.1:port`.
@@ -520,6 +540,17 @@ impl FakeKube {
         }
     }
 
+    /// Pods of images containing `image` fail from now on (changes after this one show it).
+    pub fn fail_image(&self, image: &str, failure: PodFailure) {
+        self.shared.failures.lock().unwrap_or_else(|e| e.into_inner()).push((image.to_string(), failure));
+    }
+
+    /// The caller may no longer `verb` (`get`, `list`, `watch`, `create`, `update`, `patch`,
+    /// `delete`) `plural`: 403 Forbidden, as RBAC answers.
+    pub fn forbid(&self, verb: &str, plural: &str) {
+        self.shared.forbidden.lock().unwrap_or_else(|e| e.into_inner()).insert((verb.to_string(), plural.to_string()));
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.store().rv
@@ -529,6 +560,7 @@ impl FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.task.abort();
+        self.controllers.abort();
     }
 }
 
@@ -552,7 +584,38 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
         return respond(f.code, &f.status());
     };
     let q = query(&req);
-    if req.method() == Method::GET && target.name.is_none() && q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    let watching =
+        req.method() == Method::GET && target.name.is_none() && q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let verb = match (req.method().clone(), &target.name) {
+        _ if watching => "watch",
+        (Method::GET, None) => "list",
+        (Method::GET, Some(_)) => "get",
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, _) => "delete",
+        _ => "unknown",
+    };
+    let plural = KINDS[target.kind].plural;
+    if shared.forbidden.lock().unwrap_or_else(|e| e.into_inner()).contains(&(verb.to_string(), plural.to_string())) {
+        let k = &KINDS[target.kind];
+        let resource = if k.group.is_empty() { plural.to_string() } else { format!("{plural}.{}", k.group) };
+        let f = ApiFailure {
+            details: json!({"name": target.name, "group": k.group, "kind": plural}),
+            ..failure(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!(
+                    "{resource}{} is forbidden: User \"system:serviceaccount:hopngo:hopngo-deployer\" cannot {verb} resource \"{plural}\" in API group \"{}\" in the namespace \"{}\"",
+                    target.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default(),
+                    k.group,
+                    target.namespace.as_deref().unwrap_or_default()
+                ),
+            )
+        };
+        return respond(f.code, &f.status());
+    }
+    if watching {
         return watch(shared, &target, &q);
     }
     match answer(shared, req, &target, &q).await {

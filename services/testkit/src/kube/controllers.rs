@@ -1,0 +1,201 @@
+//! Just enough of the controllers for a deployer to converge against: a Deployment's pods come up
+//! `ready_after` its change (one Pod per replica, labelled from the template plus
+//! `pod-template-hash`, owned by the Deployment), its status reports observedGeneration and
+//! updated/ready/available replicas; a container whose image the test marked as failing stays
+//! waiting (`ImagePullBackOff`, or `CrashLoopBackOff` with restarts) and the Deployment is not
+//! available. A deleted Deployment's pods go with it.
+
+use std::{
+    collections::BTreeSet,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    sync::Arc,
+};
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{KINDS, Manager, Shared, Store, fields, now};
+
+/// How a pod of a marked image fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodFailure {
+    /// The image cannot be pulled.
+    ImagePull,
+    /// The container starts and exits, again and again.
+    CrashLoop,
+}
+
+impl PodFailure {
+    fn reason(self) -> &'static str {
+        match self {
+            PodFailure::ImagePull => "ImagePullBackOff",
+            PodFailure::CrashLoop => "CrashLoopBackOff",
+        }
+    }
+}
+
+fn kind_index(plural: &str) -> usize {
+    KINDS.iter().position(|k| k.plural == plural).expect("a served kind")
+}
+
+/// Follows Deployment changes until the fake stops.
+pub(super) async fn run(shared: Arc<Shared>) {
+    let deployments = kind_index("deployments");
+    let mut events = shared.events.subscribe();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        if event.kind != deployments {
+            continue;
+        }
+        let name = event.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if event.verb == "DELETED" {
+            delete_pods(&shared, &event.namespace, &name);
+            continue;
+        }
+        let generation = event.object["metadata"]["generation"].as_u64();
+        if event.object["status"]["observedGeneration"].as_u64() == generation {
+            continue;
+        }
+        let shared = Arc::clone(&shared);
+        let namespace = event.namespace.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(shared.ready_after).await;
+            reconcile(&shared, &namespace, &name);
+        });
+    }
+}
+
+fn owned_by(pod: &Value, deployment: &str) -> bool {
+    pod["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| refs.iter().any(|r| r["kind"] == "Deployment" && r["name"] == deployment))
+}
+
+fn delete_pods(shared: &Shared, namespace: &str, deployment: &str) {
+    let pods = kind_index("pods");
+    let mut store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
+    let doomed: Vec<(usize, String, String)> = store
+        .objects
+        .iter()
+        .filter(|((k, ns, _), s)| *k == pods && ns == namespace && owned_by(&s.value, deployment))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in doomed {
+        if let Some(removed) = store.objects.remove(&key) {
+            store.rv += 1;
+            let mut served = Store::render(&removed, pods);
+            served["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+            store.record(&shared.events, pods, namespace, "DELETED", served);
+        }
+    }
+}
+
+/// Brings a Deployment's pods and status to its latest spec.
+fn reconcile(shared: &Shared, namespace: &str, name: &str) {
+    let deployments = kind_index("deployments");
+    let pods = kind_index("pods");
+    let failures = shared.failures.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (deployments, namespace.to_string(), name.to_string());
+    let Some(deployment) = store.objects.get(&key).cloned() else { return };
+    let spec = &deployment.value["spec"];
+    let replicas = spec["replicas"].as_u64().unwrap_or(1);
+    let template = &spec["template"];
+    let mut hasher = DefaultHasher::new();
+    template.to_string().hash(&mut hasher);
+    let hash = format!("{:010x}", hasher.finish() & 0xff_ffff_ffff);
+    let containers: Vec<Value> = template["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    let failing = containers.iter().find_map(|c| {
+        let image = c["image"].as_str().unwrap_or_default();
+        failures.iter().find(|(needle, _)| image.contains(needle.as_str())).map(|(_, f)| (c["name"].clone(), *f))
+    });
+
+    // Old pods (another template, or beyond the replica count) go.
+    let wanted: BTreeSet<String> = (0..replicas).map(|i| format!("{name}-{hash}-{i}")).collect();
+    let stale: Vec<(usize, String, String)> = store
+        .objects
+        .iter()
+        .filter(|((k, ns, pod), s)| *k == pods && ns == namespace && owned_by(&s.value, name) && !wanted.contains(pod))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in stale {
+        if let Some(removed) = store.objects.remove(&key) {
+            store.rv += 1;
+            let mut served = Store::render(&removed, pods);
+            served["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+            store.record(&shared.events, pods, namespace, "DELETED", served);
+        }
+    }
+
+    let mut labels = template["metadata"]["labels"].clone();
+    if !labels.is_object() {
+        labels = json!({});
+    }
+    labels["pod-template-hash"] = json!(hash);
+    for pod_name in &wanted {
+        let statuses: Vec<Value> = containers
+            .iter()
+            .map(|c| match &failing {
+                Some((failing_name, failure)) if *failing_name == c["name"] => json!({
+                    "name": c["name"], "image": c["image"], "imageID": "", "ready": false,
+                    "restartCount": if *failure == PodFailure::CrashLoop { 3 } else { 0 },
+                    "state": {"waiting": {"reason": failure.reason(), "message": format!("{} for {}", failure.reason(), c["image"].as_str().unwrap_or_default())}},
+                }),
+                _ => json!({"name": c["name"], "image": c["image"], "ready": true, "restartCount": 0,
+                            "imageID": format!("fake.registry/{}", c["image"].as_str().unwrap_or_default()),
+                            "state": {"running": {"startedAt": now()}}}),
+            })
+            .collect();
+        let ready = failing.is_none();
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": pod_name, "namespace": namespace, "labels": labels,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                                     "uid": deployment.value["metadata"]["uid"], "controller": true}],
+            },
+            "spec": template["spec"],
+            "status": {
+                "phase": if ready { "Running" } else { "Pending" },
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "containerStatuses": statuses,
+            },
+        });
+        let pod_key = (pods, namespace.to_string(), pod_name.clone());
+        let managers = store.objects.get(&pod_key).map(|s| s.managers.clone()).unwrap_or_else(|| controller(&pod));
+        store.commit(&shared.events, pod_key, pod, managers);
+    }
+
+    let ready = if failing.is_none() { replicas } else { 0 };
+    let available = ready == replicas;
+    let mut value = deployment.value.clone();
+    value["status"] = json!({
+        "observedGeneration": deployment.value["metadata"]["generation"],
+        "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready,
+        "availableReplicas": ready, "unavailableReplicas": replicas - ready,
+        "conditions": [
+            {"type": "Available", "status": if available { "True" } else { "False" },
+             "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" }},
+            {"type": "Progressing", "status": "True",
+             "reason": if available { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }},
+        ],
+    });
+    let mut managers = deployment.managers.clone();
+    let changed = fields::changed(&deployment.value, &value, Some("status"), None);
+    super::take_ownership(&mut managers, "kube-controller-manager", changed, true);
+    store.commit(&shared.events, key, value, managers);
+}
+
+fn controller(pod: &Value) -> Vec<Manager> {
+    vec![Manager {
+        name: "kube-controller-manager".into(),
+        operation: "Update",
+        subresource: false,
+        fields: fields::leaves(pod, None, Some("status")),
+        time: now(),
+    }]
+}
