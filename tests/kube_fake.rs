@@ -1,8 +1,8 @@
 //! The test suite's in-memory Kubernetes API server speaks the real protocol: the official Python
 //! client drives it (create, conflicts, merge patch, server-side apply with conflicts and force,
 //! the status subresource, watch with bookmarks, 410 Gone, the simulated controllers' pods and
-//! their failures, RBAC's 403), and the same facts are checked here on the fake's own view of the
-//! objects.
+//! their failures, RBAC's 403, a Rollout driven with Argo's own patches), and the same facts are
+//! checked here on the fake's own view of the objects.
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
@@ -66,5 +66,11 @@ async fn the_official_python_client_works_against_the_fake_api_server() {
         .find(|m| m["subresource"] == "status")
         .map(|m| m["manager"].clone());
     assert_eq!(status_owner, Some("kube-controller-manager".into()), "the controller owns the status it writes");
+    let rollout = fake.object("rollouts", "staging", "booking").expect("kept");
+    assert_eq!(rollout["metadata"]["annotations"]["rollout.argoproj.io/revision"], "4", "undo made revision 4");
+    assert_eq!(
+        (rollout["status"]["phase"].as_str(), rollout["status"]["currentStepIndex"].as_u64()),
+        (Some("Paused"), Some(1))
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

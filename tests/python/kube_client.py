@@ -180,6 +180,92 @@ def main():
     expect_error(403, "Forbidden", lambda: core.delete_namespaced_service("web", ns))
     print("RBAC: 403 Forbidden")
 
+    argo(ns)
+
+
+GROUP, VERSION, ROLLOUTS = "argoproj.io", "v1alpha1", "rollouts"
+
+
+def argo(ns):
+    """A Rollout driven with the patches Argo's kubectl plugin sends."""
+    custom = client.CustomObjectsApi()
+    apps = client.AppsV1Api()
+
+    def rollout():
+        return custom.get_namespaced_custom_object(GROUP, VERSION, ns, ROLLOUTS, "booking")
+
+    def status_patch(body):
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, ns, ROLLOUTS, "booking", body,
+                                                     _content_type=MERGE)
+
+    def set_image(image):
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, ROLLOUTS, "booking",
+            {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}},
+            _content_type=MERGE)
+
+    def settled(phase, step=None, weight=None):
+        def done(r):
+            st = r.get("status", {})
+            return (st.get("phase") == phase and st.get("observedGeneration") == str(r["metadata"]["generation"])
+                    and (step is None or st.get("currentStepIndex") == step)
+                    and (weight is None or st["canary"]["weights"]["canary"]["weight"] == weight))
+        return wait_for(rollout, done)
+
+    body = {
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": "booking"},
+        "spec": {
+            "replicas": 2, "selector": {"matchLabels": {"app": "booking"}},
+            "template": {"metadata": {"labels": {"app": "booking"}},
+                         "spec": {"containers": [{"name": "app", "image": "booking:1"}]}},
+            "strategy": {"canary": {"canaryService": "booking-canary", "stableService": "booking-stable",
+                                    "steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50},
+                                              {"pause": {"duration": "1s"}}]}},
+        },
+    }
+    custom.create_namespaced_custom_object(GROUP, VERSION, ns, ROLLOUTS, body)
+    first = settled("Healthy")
+    assert first["status"]["stableRS"] == first["status"]["currentPodHash"], first["status"]
+    print("rollout: first revision healthy without steps")
+
+    set_image("booking:2")
+    r = settled("Paused", step=1, weight=25)
+    assert r["status"]["pauseConditions"][0]["reason"] == "CanaryPauseStep"
+    print("set image: paused at step 1 with 25%")
+    status_patch({"status": {"pauseConditions": None}})
+    settled("Paused", step=3, weight=50)
+    r = settled("Healthy", step=4)
+    assert r["status"]["stableRS"] == r["status"]["currentPodHash"] != first["status"]["stableRS"], r["status"]
+    assert r["status"]["canary"]["weights"]["canary"]["weight"] == 0
+    print("promote: 50% then a timed pause, then the new revision is stable")
+
+    set_image("booking:3")
+    settled("Paused", step=1, weight=25)
+    status_patch({"status": {"abort": True}})
+    r = settled("Degraded", weight=0)
+    assert "RolloutAborted" in r["status"]["message"], r["status"]
+    print("abort: Degraded, weight back to 0")
+    status_patch({"status": {"abort": False}})
+    settled("Paused", step=1, weight=25)
+    print("retry: the steps start again")
+    status_patch({"status": {"promoteFull": True}})
+    r = settled("Healthy", step=4)
+    assert r["metadata"]["annotations"]["rollout.argoproj.io/revision"] == "3", r["metadata"]
+    print("promote --full: stable at revision 3")
+
+    # undo --to-revision 1: the template of the ReplicaSet of revision 1, without Argo's hash label.
+    sets = apps.list_namespaced_replica_set(ns).items
+    old = next(rs for rs in sets if rs.metadata.annotations.get("rollout.argoproj.io/revision") == "1")
+    template = client.ApiClient().sanitize_for_serialization(old.spec.template)
+    template["metadata"]["labels"].pop("rollouts-pod-template-hash", None)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, ns, ROLLOUTS, "booking", {"spec": {"template": template}},
+                                          _content_type=MERGE)
+    r = settled("Paused", step=1, weight=25)
+    assert r["metadata"]["annotations"]["rollout.argoproj.io/revision"] == "4", r["metadata"]
+    assert r["spec"]["template"]["spec"]["containers"][0]["image"] == "booking:1"
+    assert r["status"]["currentPodHash"] == first["status"]["currentPodHash"], r["status"]
+    print("undo --to-revision 1: revision 4 runs booking:1 through the steps")
+
 
 def wait_for(read, done, seconds=10):
     deadline = time.monotonic() + seconds

@@ -13,12 +13,16 @@
 //! - list with `labelSelector` (`k=v`, `k!=v`, `k`) and watch (`ADDED`/`MODIFIED`/`DELETED`,
 //!   `BOOKMARK` when asked, 410 Gone as an `ERROR` event for a resourceVersion older than the
 //!   retained history, `timeoutSeconds`);
-//! - unknown namespaces are 404, like the real server's `namespaces "x" not found`.
+//! - unknown namespaces are 404, like the real server's `namespaces "x" not found`; a verb the
+//!   test forbids is 403, as RBAC answers;
+//! - simulated controllers: Deployments' pods and status (`controllers`), Argo Rollouts' status
+//!   for the patches its CLI sends (`rollouts`).
 //!
 //! Checked against the official Python client (`tests/kube_fake.rs`).
 
 mod controllers;
 mod fields;
+mod rollouts;
 
 pub use controllers::PodFailure;
 
@@ -498,7 +502,12 @@ impl FakeKube {
             forbidden: Mutex::new(BTreeSet::new()),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
-        let controllers = tokio::spawn(controllers::run(Arc::clone(&shared)));
+        let controllers = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move {
+                tokio::join!(controllers::run(Arc::clone(&shared)), rollouts::run(shared));
+            }
+        });
         FakeKube { addr, shared, task, controllers }
     }
 
