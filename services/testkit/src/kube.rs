@@ -72,6 +72,19 @@ pub const KINDS: &[Kind] = &[
     Kind { group: "argoproj.io", version: "v1alpha1", plural: "rollouts", kind: "Rollout" },
 ];
 
+/// The index in [`KINDS`] of a served plural.
+fn kind_index(plural: &str) -> usize {
+    KINDS.iter().position(|k| k.plural == plural).expect("a served kind")
+}
+
+/// The hash a controller labels a pod template's pods with (`pod-template-hash`).
+fn template_hash(template: &Value) -> String {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    let mut hasher = DefaultHasher::new();
+    template.to_string().hash(&mut hasher);
+    format!("{:010x}", hasher.finish() & 0xff_ffff_ffff)
+}
+
 /// One watch event.
 #[derive(Clone, Debug)]
 struct Event {
@@ -343,6 +356,16 @@ impl Store {
         let _ = events.send(event);
     }
 
+    /// Deletes an object: a new resourceVersion and a DELETED event; returns it as served.
+    fn remove(&mut self, events: &broadcast::Sender<Event>, key: &(usize, String, String)) -> Option<Value> {
+        let removed = self.objects.remove(key)?;
+        self.rv += 1;
+        let mut served = Store::render(&removed, key.0);
+        served["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.record(events, key.0, &key.1, "DELETED", served.clone());
+        Some(served)
+    }
+
     /// Stores `value` as the new state of an object, bumping resourceVersion (and generation when
     /// more than status or metadata changed); returns the object as served.
     fn commit(
@@ -535,7 +558,7 @@ impl FakeKube {
 
     /// An object as served (with managedFields), by plural, namespace and name.
     pub fn object(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
-        let kind = KINDS.iter().position(|k| k.plural == plural)?;
+        let kind = kind_index(plural);
         let store = self.store();
         store.objects.get(&(kind, namespace.to_string(), name.to_string())).map(|s| Store::render(s, kind))
     }
@@ -775,11 +798,7 @@ async fn answer(
         }
         (Method::DELETE, Some(name)) => {
             let key = (kind, target.namespace.clone().unwrap_or_default(), name.clone());
-            let removed = store.objects.remove(&key).ok_or_else(|| Store::not_found(kind, name))?;
-            store.rv += 1;
-            let mut served = Store::render(&removed, kind);
-            served["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-            store.record(&shared.events, kind, &key.1, "DELETED", served.clone());
+            let served = store.remove(&shared.events, &key).ok_or_else(|| Store::not_found(kind, name))?;
             Ok((StatusCode::OK, served))
         }
         _ => Err(failure(

@@ -5,16 +5,12 @@
 //! waiting (`ImagePullBackOff`, or `CrashLoopBackOff` with restarts) and the Deployment is not
 //! available. A deleted Deployment's pods go with it.
 
-use std::{
-    collections::BTreeSet,
-    hash::{DefaultHasher, Hash as _, Hasher as _},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, sync::Arc};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{KINDS, Manager, Shared, Store, fields, now};
+use super::{Manager, Shared, fields, kind_index, now, template_hash};
 
 /// How a pod of a marked image fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,10 +28,6 @@ impl PodFailure {
             PodFailure::CrashLoop => "CrashLoopBackOff",
         }
     }
-}
-
-fn kind_index(plural: &str) -> usize {
-    KINDS.iter().position(|k| k.plural == plural).expect("a served kind")
 }
 
 /// Follows Deployment changes until the fake stops.
@@ -85,12 +77,7 @@ fn delete_pods(shared: &Shared, namespace: &str, deployment: &str) {
         .map(|(key, _)| key.clone())
         .collect();
     for key in doomed {
-        if let Some(removed) = store.objects.remove(&key) {
-            store.rv += 1;
-            let mut served = Store::render(&removed, pods);
-            served["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-            store.record(&shared.events, pods, namespace, "DELETED", served);
-        }
+        store.remove(&shared.events, &key);
     }
 }
 
@@ -105,9 +92,7 @@ fn reconcile(shared: &Shared, namespace: &str, name: &str) {
     let spec = &deployment.value["spec"];
     let replicas = spec["replicas"].as_u64().unwrap_or(1);
     let template = &spec["template"];
-    let mut hasher = DefaultHasher::new();
-    template.to_string().hash(&mut hasher);
-    let hash = format!("{:010x}", hasher.finish() & 0xff_ffff_ffff);
+    let hash = template_hash(template);
     let containers: Vec<Value> = template["spec"]["containers"].as_array().cloned().unwrap_or_default();
     let failing = containers.iter().find_map(|c| {
         let image = c["image"].as_str().unwrap_or_default();
@@ -123,12 +108,7 @@ fn reconcile(shared: &Shared, namespace: &str, name: &str) {
         .map(|(key, _)| key.clone())
         .collect();
     for key in stale {
-        if let Some(removed) = store.objects.remove(&key) {
-            store.rv += 1;
-            let mut served = Store::render(&removed, pods);
-            served["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-            store.record(&shared.events, pods, namespace, "DELETED", served);
-        }
+        store.remove(&shared.events, &key);
     }
 
     let mut labels = template["metadata"]["labels"].clone();

@@ -9,27 +9,12 @@
 //! retries from step 0, `promoteFull` skips to stable, `currentStepIndex` skips to a step. The
 //! phase follows Argo's `CalculateRolloutPhase`: Degraded, Paused, Progressing, Healthy.
 
-use std::{
-    hash::{DefaultHasher, Hash as _, Hasher as _},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{KINDS, Shared, Store, fields, now};
-
-fn kind_index(plural: &str) -> usize {
-    KINDS.iter().position(|k| k.plural == plural).expect("a served kind")
-}
-
-/// The pod template hash Argo labels a revision's pods with.
-pub(super) fn pod_hash(template: &Value) -> String {
-    let mut hasher = DefaultHasher::new();
-    template.to_string().hash(&mut hasher);
-    format!("{:010x}", hasher.finish() & 0xff_ffff_ffff)[..10].to_string()
-}
+use super::{Shared, Store, fields, kind_index, now, template_hash};
 
 /// Follows Rollout changes until the fake stops.
 pub(super) async fn run(shared: Arc<Shared>) {
@@ -89,7 +74,7 @@ fn reconcile(shared: &Shared, namespace: &str, name: &str) -> Option<Duration> {
     let current = store.objects.get(&key).cloned()?;
     let spec = &current.value["spec"];
     let steps: Vec<Value> = spec["strategy"]["canary"]["steps"].as_array().cloned().unwrap_or_default();
-    let hash = pod_hash(&spec["template"]);
+    let hash = template_hash(&spec["template"]);
     let mut status = current.value["status"].clone();
     if !status.is_object() {
         status = json!({});
