@@ -5,7 +5,10 @@ use crate::domain::{
     machine::{earliest, idempotency_key},
     plan::PlanStrategy,
     release::{Completion, Phase},
-    steps::{Next, StepCtx, traffic::final_state},
+    steps::{
+        Next, StepCtx,
+        traffic::{apply_once, final_state, observe},
+    },
 };
 use hopngo_proto::transitions::TransitionKind;
 
@@ -13,35 +16,14 @@ use hopngo_proto::transitions::TransitionKind;
 pub async fn finalize<E: Effects>(cx: &mut StepCtx<'_, E>) -> Next {
     // A direct plan has already deployed the final state in its last step.
     let done_by_plan = cx.r.plan.strategy == PlanStrategy::Direct && !cx.r.promote_full;
-    if !done_by_plan && !cx.r.cursor.applied {
+    if !done_by_plan {
         let key = idempotency_key(cx.r, "final");
         let state = final_state(cx.r);
-        match cx.fx.apply_target(&key, &state).await {
-            Ok(()) => {
-                let r = &mut *cx.r;
-                r.cursor.applied = true;
-                r.traffic_touched = true;
-                r.failures = 0;
-                if r.canary_weight != 100 {
-                    r.canary_weight = 100;
-                    let from = r.phase;
-                    let message = format!("traffic to {}: 100%", r.artifact);
-                    cx.record(TransitionKind::WeightChanged, from, message);
-                }
-            }
-            Err(err) if err.retryable => {
-                if err.uncertain {
-                    cx.r.traffic_touched = true;
-                }
-                return cx.retry_later(&err);
-            }
-            Err(err) => return cx.abort(&format!("deployer refused the final state: {err}"), false),
+        if let Err(next) = apply_once(cx, &key, &state, "the final state", false, |r| r.canary_weight = 100).await {
+            return next;
         }
-    }
-    if !done_by_plan {
-        match cx.fx.target_status(&cx.r.service, &cx.r.environment).await {
-            Err(err) if err.retryable => return cx.retry_later(&err),
-            Err(err) => return cx.abort(&format!("deployer status: {err}"), false),
+        match observe(cx, false).await {
+            Err(next) => return next,
             Ok(obs) if !(obs.converged && obs.canary_weight == 0) => {
                 cx.r.message = format!("promoting: {}", obs.message);
                 let poll = cx.later(cx.settings.poll_interval);

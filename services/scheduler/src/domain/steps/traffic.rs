@@ -4,7 +4,7 @@
 
 use super::{Next, StepCtx};
 use crate::domain::{
-    effects::{DesiredState, Effects, Track, TrackState},
+    effects::{DesiredState, Effects, TargetObservation, Track, TrackState},
     machine::idempotency_key,
     plan::{CanaryScale, TrafficModel},
     release::{Release, StepStatus},
@@ -70,6 +70,56 @@ pub fn blue_green_state(r: &Release, switched: bool, preview_replicas: u32) -> D
     desired(r, tracks, 0)
 }
 
+/// Applies `state` once per cursor under `key` (`on_applied` records what it changed; a weight
+/// change becomes a transition). `Err` is what the caller returns: a retry of a failure that may
+/// pass, or an abort saying the deployer `refused` it (`failed_step`: the current step is why).
+pub async fn apply_once<E: Effects>(
+    cx: &mut StepCtx<'_, E>,
+    key: &str,
+    state: &DesiredState,
+    refused: &str,
+    failed_step: bool,
+    on_applied: impl FnOnce(&mut Release),
+) -> Result<(), Next> {
+    if cx.r.cursor.applied {
+        return Ok(());
+    }
+    match cx.fx.apply_target(key, state).await {
+        Ok(()) => {
+            let r = &mut *cx.r;
+            r.failures = 0;
+            r.cursor.applied = true;
+            r.traffic_touched = true;
+            let before = r.canary_weight;
+            on_applied(r);
+            if r.canary_weight != before {
+                let from = r.phase;
+                let message = format!("traffic to {}: {}%", r.artifact, r.canary_weight);
+                cx.record(TransitionKind::WeightChanged, from, message);
+            }
+            Ok(())
+        }
+        Err(err) => {
+            if err.uncertain {
+                cx.r.traffic_touched = true;
+            }
+            if err.retryable {
+                return Err(cx.retry_later(&err));
+            }
+            Err(cx.abort(&format!("deployer refused {refused}: {err}"), failed_step))
+        }
+    }
+}
+
+/// What the deployer reports for the release's service; `Err` as for [`apply_once`].
+pub async fn observe<E: Effects>(cx: &mut StepCtx<'_, E>, failed_step: bool) -> Result<TargetObservation, Next> {
+    match cx.fx.target_status(&cx.r.service, &cx.r.environment).await {
+        Ok(obs) => Ok(obs),
+        Err(err) if err.retryable => Err(cx.retry_later(&err)),
+        Err(err) => Err(cx.abort(&format!("deployer status: {err}"), failed_step)),
+    }
+}
+
 /// Applies `state` once (with the step's key; `on_applied` records what it changed), then waits
 /// until the deployer reports it converged, and completes the step.
 pub async fn converge<E: Effects>(
@@ -77,36 +127,12 @@ pub async fn converge<E: Effects>(
     state: DesiredState,
     on_applied: impl FnOnce(&mut Release),
 ) -> Next {
-    if !cx.r.cursor.applied {
-        let key = idempotency_key(cx.r, &cx.r.step_index.to_string());
-        match cx.fx.apply_target(&key, &state).await {
-            Ok(()) => {
-                let r = &mut *cx.r;
-                r.failures = 0;
-                r.cursor.applied = true;
-                r.traffic_touched = true;
-                let before = r.canary_weight;
-                on_applied(r);
-                if r.canary_weight != before {
-                    let from = r.phase;
-                    let message = format!("traffic to {}: {}%", r.artifact, r.canary_weight);
-                    cx.record(TransitionKind::WeightChanged, from, message);
-                }
-            }
-            Err(err) => {
-                if err.uncertain {
-                    cx.r.traffic_touched = true;
-                }
-                if err.retryable {
-                    return cx.retry_later(&err);
-                }
-                return cx.abort(&format!("deployer refused the desired state: {err}"), true);
-            }
-        }
+    let key = idempotency_key(cx.r, &cx.r.step_index.to_string());
+    if let Err(next) = apply_once(cx, &key, &state, "the desired state", true, on_applied).await {
+        return next;
     }
-    match cx.fx.target_status(&cx.r.service, &cx.r.environment).await {
-        Err(err) if err.retryable => cx.retry_later(&err),
-        Err(err) => cx.abort(&format!("deployer status: {err}"), true),
+    match observe(cx, true).await {
+        Err(next) => next,
         Ok(obs) if obs.converged && obs.canary_weight == state.canary_weight => {
             if !obs.address.is_empty() {
                 cx.r.address = obs.address;
