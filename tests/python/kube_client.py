@@ -180,6 +180,16 @@ def main():
     expect_error(403, "Forbidden", lambda: core.delete_namespaced_service("web", ns))
     print("RBAC: 403 Forbidden")
 
+    # A list body goes out as a JSON patch (RFC 6902); a failing `test` changes nothing.
+    patched = apps.patch_namespaced_deployment("web", ns, [
+        {"op": "test", "path": "/spec/template/spec/containers/0/image", "value": "web:1"},
+        {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "web:2"},
+    ], field_manager="kubectl-set-image")
+    assert patched.spec.template.spec.containers[0].image == "web:2"
+    expect_error(422, "Invalid", lambda: apps.patch_namespaced_deployment("web", ns, [
+        {"op": "test", "path": "/spec/template/spec/containers/0/image", "value": "web:1"}]))
+    print("JSON patch: image web:2; a failing test is 422")
+
     argo(ns)
 
 

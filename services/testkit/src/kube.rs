@@ -7,7 +7,8 @@
 //!   status/metadata changes), `creationTimestamp`;
 //! - create (409 AlreadyExists), get/delete (404 with a `Status` body), update (409 Conflict on
 //!   a stale resourceVersion), 422 Invalid for a bad name or a body whose kind does not match;
-//! - JSON merge patch (strategic merge patch is read as a merge patch), server-side apply with
+//! - JSON patch (RFC 6902), JSON merge patch (strategic merge patch is read as a merge patch),
+//!   server-side apply with
 //!   `managedFields` per manager (409 with the conflicting fields unless `force=true`; fields a
 //!   manager stops applying are removed), the `status` subresource;
 //! - list with `labelSelector` (`k=v`, `k!=v`, `k`) and watch (`ADDED`/`MODIFIED`/`DELETED`,
@@ -763,18 +764,36 @@ async fn answer(
                 let current = store.objects.get(&key).cloned();
                 let (code, next, managers) = apply(current, &applied, field_manager, force, target.status, kind, name)?;
                 Ok((code, store.commit(&shared.events, key, next, managers)))
-            } else if content_type.starts_with("application/merge-patch+json")
-                || content_type.starts_with("application/strategic-merge-patch+json")
-            {
+            } else {
                 let current = store.objects.get(&key).cloned().ok_or_else(|| Store::not_found(kind, name))?;
                 let patch = parse_json(&bytes)?;
-                if let Some(rv) = patch["metadata"]["resourceVersion"].as_str()
+                let mut patched = current.value.clone();
+                if content_type.starts_with("application/json-patch+json") {
+                    fields::json_patch(&mut patched, &patch).map_err(|e| {
+                        failure(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "Invalid",
+                            format!("the JSON patch cannot be applied: {e}"),
+                        )
+                    })?;
+                } else if content_type.starts_with("application/merge-patch+json")
+                    || content_type.starts_with("application/strategic-merge-patch+json")
+                {
+                    fields::merge_patch(&mut patched, &patch);
+                } else {
+                    return Err(failure(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        format!(
+                            "the body of the request was in an unknown format ({content_type}); accepted: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
+                        ),
+                    ));
+                }
+                if let Some(rv) = patched["metadata"]["resourceVersion"].as_str()
                     && current.value["metadata"]["resourceVersion"].as_str() != Some(rv)
                 {
                     return Err(conflict(kind, name));
                 }
-                let mut patched = current.value.clone();
-                fields::merge_patch(&mut patched, &patch);
                 let next = replace_part(&current.value, &patched, target.status);
                 let next = checked_body(next, kind, &ns, Some(name))?;
                 let mut managers = current.managers.clone();
@@ -786,14 +805,6 @@ async fn answer(
                     target.status,
                 );
                 Ok((StatusCode::OK, store.commit(&shared.events, key, next, managers)))
-            } else {
-                Err(failure(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "UnsupportedMediaType",
-                    format!(
-                        "the body of the request was in an unknown format ({content_type}); accepted: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml"
-                    ),
-                ))
             }
         }
         (Method::DELETE, Some(name)) => {

@@ -239,6 +239,107 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// RFC 6902 JSON patch: `add`, `remove`, `replace`, `move`, `copy`, `test`, all or nothing.
+pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
+    let ops = patch.as_array().ok_or("a JSON patch is a list of operations")?;
+    let mut work = target.clone();
+    for (i, op) in ops.iter().enumerate() {
+        let at = |field: &str| -> Result<Vec<String>, String> {
+            let pointer = op[field].as_str().ok_or(format!("operation {i}: `{field}` is required"))?;
+            pointer_tokens(pointer).map_err(|e| format!("operation {i}: {e}"))
+        };
+        let value = || op.get("value").cloned().ok_or(format!("operation {i}: `value` is required"));
+        match op["op"].as_str() {
+            Some("add") => add(&mut work, &at("path")?, value()?),
+            Some("remove") => take(&mut work, &at("path")?).map(drop),
+            Some("replace") => {
+                let path = at("path")?;
+                take(&mut work, &path)?;
+                add(&mut work, &path, value()?)
+            }
+            Some("move") => {
+                let moved = take(&mut work, &at("from")?)?;
+                add(&mut work, &at("path")?, moved)
+            }
+            Some("copy") => {
+                let copied = pointer_get(&work, &at("from")?).cloned().ok_or("`from` does not exist".to_string())?;
+                add(&mut work, &at("path")?, copied)
+            }
+            Some("test") => match pointer_get(&work, &at("path")?) == Some(&value()?) {
+                true => Ok(()),
+                false => Err("the test failed".to_string()),
+            },
+            other => Err(format!("unknown operation {other:?}")),
+        }
+        .map_err(|e| format!("operation {i}: {e}"))?;
+    }
+    *target = work;
+    Ok(())
+}
+
+fn pointer_tokens(pointer: &str) -> Result<Vec<String>, String> {
+    if pointer.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rest = pointer.strip_prefix('/').ok_or(format!("{pointer:?} is not a JSON pointer"))?;
+    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
+}
+
+fn pointer_get<'a>(value: &'a Value, tokens: &[String]) -> Option<&'a Value> {
+    tokens.iter().try_fold(value, |here, t| match here {
+        Value::Object(m) => m.get(t),
+        Value::Array(a) => a.get(t.parse::<usize>().ok()?),
+        _ => None,
+    })
+}
+
+fn parent<'a>(value: &'a mut Value, tokens: &[String]) -> Result<&'a mut Value, String> {
+    tokens.iter().try_fold(value, |here, t| match here {
+        Value::Object(m) => m.get_mut(t).ok_or(format!("{t:?} does not exist")),
+        Value::Array(a) => {
+            t.parse::<usize>().ok().and_then(|i| a.get_mut(i)).ok_or(format!("index {t:?} does not exist"))
+        }
+        _ => Err(format!("{t:?} is inside a value that is not an object or a list")),
+    })
+}
+
+fn add(value: &mut Value, tokens: &[String], new: Value) -> Result<(), String> {
+    let Some((last, parents)) = tokens.split_last() else {
+        *value = new;
+        return Ok(());
+    };
+    match parent(value, parents)? {
+        Value::Object(m) => {
+            m.insert(last.clone(), new);
+            Ok(())
+        }
+        Value::Array(a) if last == "-" => {
+            a.push(new);
+            Ok(())
+        }
+        Value::Array(a) => match last.parse::<usize>() {
+            Ok(i) if i <= a.len() => {
+                a.insert(i, new);
+                Ok(())
+            }
+            _ => Err(format!("index {last:?} is out of range")),
+        },
+        _ => Err("the parent is not an object or a list".into()),
+    }
+}
+
+fn take(value: &mut Value, tokens: &[String]) -> Result<Value, String> {
+    let (last, parents) = tokens.split_last().ok_or("the whole document cannot be removed")?;
+    match parent(value, parents)? {
+        Value::Object(m) => m.remove(last).ok_or(format!("{last:?} does not exist")),
+        Value::Array(a) => match last.parse::<usize>() {
+            Ok(i) if i < a.len() => Ok(a.remove(i)),
+            _ => Err(format!("index {last:?} does not exist")),
+        },
+        _ => Err("the parent is not an object or a list".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +378,30 @@ mod tests {
         assert_eq!(into, json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "i:1"}]}}}}));
         remove(&mut into, &image);
         assert_eq!(into, json!({"spec": {"template": {"spec": {"containers": []}}}}));
+    }
+
+    #[test]
+    fn json_patch_follows_rfc_6902_all_or_nothing() {
+        let mut v = json!({"spec": {"containers": [{"name": "app", "image": "a:1"}], "x~y": 1}});
+        json_patch(
+            &mut v,
+            &json!([
+                {"op": "replace", "path": "/spec/containers/0/image", "value": "a:2"},
+                {"op": "add", "path": "/spec/containers/-", "value": {"name": "side"}},
+                {"op": "test", "path": "/spec/x~0y", "value": 1},
+                {"op": "move", "from": "/spec/x~0y", "path": "/spec/z"},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(v, json!({"spec": {"containers": [{"name": "app", "image": "a:2"}, {"name": "side"}], "z": 1}}));
+        let before = v.clone();
+        let err = json_patch(
+            &mut v,
+            &json!([{"op": "remove", "path": "/spec/z"}, {"op": "test", "path": "/spec/z", "value": 1}]),
+        )
+        .unwrap_err();
+        assert!(err.contains("operation 1"), "{err}");
+        assert_eq!(v, before, "a failed patch changes nothing");
     }
 
     #[test]
