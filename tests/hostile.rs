@@ -6,9 +6,9 @@
 //! still serves: checked with a client that is not tonic (Python grpcio, types learned from
 //! reflection), which also sees that each port lists exactly what it serves.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use hopngo_e2e::{Part, Stack, StackOptions, as_user};
+use hopngo_e2e::{Part, Stack, StackOptions, as_user, test_python};
 use hopngo_proto::{
     analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient, metric::Provider},
     deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
@@ -39,15 +39,6 @@ services:
     local:
       command: ["{demo}", --name, booking, --version, "{version}", --port, "{port}"]
 "#;
-
-/// The Python with grpcio that `scripts/test.sh` installs.
-fn python() -> PathBuf {
-    let path = std::env::var_os("HOPNGO_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/python/bin/python")));
-    assert!(path.exists(), "{} is missing: run scripts/test.sh, which installs the Python gRPC client", path.display());
-    path
-}
 
 fn refused<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
     let status = result.expect_err("a hostile request was accepted");
@@ -223,7 +214,7 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     });
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(python())
+        tokio::process::Command::new(test_python())
             .arg("tests/python/foreign_client.py")
             .arg(spec.to_string())
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))

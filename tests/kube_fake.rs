@@ -4,17 +4,11 @@
 //! their failures, RBAC's 403, a Rollout driven with Argo's own patches), and the same facts are
 //! checked here on the fake's own view of the objects.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
+
+use hopngo_e2e::test_python;
 
 use hopngo_testkit::kube::{FakeKube, FakeKubeOptions, PodFailure};
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("HOPNGO_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/python/bin/python")));
-    assert!(path.exists(), "{} is missing: run scripts/test.sh, which installs the Python clients", path.display());
-    path
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_client_works_against_the_fake_api_server() {
@@ -31,7 +25,7 @@ async fn the_official_python_client_works_against_the_fake_api_server() {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig("staging")).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/kube_client.py");
-    let python = python();
+    let python = test_python();
     let output = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::task::spawn_blocking(move || Command::new(python).arg(script).arg(&kubeconfig).arg("staging").output()),

@@ -86,6 +86,21 @@ fn template_hash(template: &Value) -> String {
     format!("{:010x}", hasher.finish() & 0xff_ffff_ffff)
 }
 
+/// Calls `on` with every change of `plural` until the fake stops: a controller's watch. A
+/// controller that falls behind skips what it missed (the next change of an object brings it up
+/// to date).
+async fn follow(shared: &Shared, plural: &str, mut on: impl FnMut(Event)) {
+    let kind = kind_index(plural);
+    let mut events = shared.events.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(event) if event.kind == kind => on(event),
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// One watch event.
 #[derive(Clone, Debug)]
 struct Event {
@@ -365,6 +380,23 @@ impl Store {
         served["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.record(events, key.0, &key.1, "DELETED", served.clone());
         Some(served)
+    }
+
+    /// Stores a write that is not an apply (update, patch): `manager` owns the fields it changed
+    /// (in `status` through the subresource, elsewhere otherwise).
+    fn update(
+        &mut self,
+        events: &broadcast::Sender<Event>,
+        key: (usize, String, String),
+        current: &Stored,
+        next: Value,
+        manager: &str,
+        status: bool,
+    ) -> Value {
+        let mut managers = current.managers.clone();
+        let (only, except) = part(status);
+        take_ownership(&mut managers, manager, fields::changed(&current.value, &next, only, except), status);
+        self.commit(events, key, next, managers)
     }
 
     /// Stores `value` as the new state of an object, bumping resourceVersion (and generation when
@@ -734,15 +766,7 @@ async fn answer(
             let body = checked_body(parse_json(&bytes)?, kind, &ns, Some(name))?;
             check_version(&body, &current, kind, name)?;
             let next = replace_part(&current.value, &body, target.status);
-            let mut managers = current.managers.clone();
-            let (only, except) = part(target.status);
-            take_ownership(
-                &mut managers,
-                &manager,
-                fields::changed(&current.value, &next, only, except),
-                target.status,
-            );
-            Ok((StatusCode::OK, store.commit(&shared.events, key, next, managers)))
+            Ok((StatusCode::OK, store.update(&shared.events, key, &current, next, &manager, target.status)))
         }
         (Method::PATCH, Some(name)) => {
             let ns = target.namespace.clone().unwrap_or_default();
@@ -789,22 +813,9 @@ async fn answer(
                         ),
                     ));
                 }
-                if let Some(rv) = patched["metadata"]["resourceVersion"].as_str()
-                    && current.value["metadata"]["resourceVersion"].as_str() != Some(rv)
-                {
-                    return Err(conflict(kind, name));
-                }
-                let next = replace_part(&current.value, &patched, target.status);
-                let next = checked_body(next, kind, &ns, Some(name))?;
-                let mut managers = current.managers.clone();
-                let (only, except) = part(target.status);
-                take_ownership(
-                    &mut managers,
-                    &manager,
-                    fields::changed(&current.value, &next, only, except),
-                    target.status,
-                );
-                Ok((StatusCode::OK, store.commit(&shared.events, key, next, managers)))
+                check_version(&patched, &current, kind, name)?;
+                let next = checked_body(replace_part(&current.value, &patched, target.status), kind, &ns, Some(name))?;
+                Ok((StatusCode::OK, store.update(&shared.events, key, &current, next, &manager, target.status)))
             }
         }
         (Method::DELETE, Some(name)) => {

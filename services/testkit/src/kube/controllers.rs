@@ -8,9 +8,8 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
-use super::{Manager, Shared, fields, kind_index, now, template_hash};
+use super::{Manager, Shared, fields, follow, kind_index, now, template_hash};
 
 /// How a pod of a marked image fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,33 +31,23 @@ impl PodFailure {
 
 /// Follows Deployment changes until the fake stops.
 pub(super) async fn run(shared: Arc<Shared>) {
-    let deployments = kind_index("deployments");
-    let mut events = shared.events.subscribe();
-    loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        };
-        if event.kind != deployments {
-            continue;
-        }
+    follow(&shared, "deployments", |event| {
         let name = event.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
         if event.verb == "DELETED" {
             delete_pods(&shared, &event.namespace, &name);
-            continue;
+            return;
         }
         let generation = event.object["metadata"]["generation"].as_u64();
         if event.object["status"]["observedGeneration"].as_u64() == generation {
-            continue;
+            return;
         }
         let shared = Arc::clone(&shared);
-        let namespace = event.namespace.clone();
         tokio::spawn(async move {
             tokio::time::sleep(shared.ready_after).await;
-            reconcile(&shared, &namespace, &name);
+            reconcile(&shared, &event.namespace, &name);
         });
-    }
+    })
+    .await;
 }
 
 fn owned_by(pod: &Value, deployment: &str) -> bool {
@@ -164,10 +153,7 @@ fn reconcile(shared: &Shared, namespace: &str, name: &str) {
              "reason": if available { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }},
         ],
     });
-    let mut managers = deployment.managers.clone();
-    let changed = fields::changed(&deployment.value, &value, Some("status"), None);
-    super::take_ownership(&mut managers, "kube-controller-manager", changed, true);
-    store.commit(&shared.events, key, value, managers);
+    store.update(&shared.events, key, &deployment, value, "kube-controller-manager", true);
 }
 
 fn controller(pod: &Value) -> Vec<Manager> {

@@ -12,34 +12,26 @@
 use std::{sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
-use super::{Shared, Store, fields, kind_index, now, template_hash};
+use super::{Shared, Store, follow, kind_index, now, template_hash};
 
 /// Follows Rollout changes until the fake stops.
 pub(super) async fn run(shared: Arc<Shared>) {
-    let rollouts = kind_index("rollouts");
-    let mut events = shared.events.subscribe();
-    loop {
-        let event = match events.recv().await {
-            Ok(event) => event,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        };
-        if event.kind != rollouts || event.verb == "DELETED" {
-            continue;
+    follow(&shared, "rollouts", |event| {
+        if event.verb == "DELETED" {
+            return;
         }
         let name = event.object["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let shared = Arc::clone(&shared);
-        let namespace = event.namespace.clone();
         tokio::spawn(async move {
             tokio::time::sleep(shared.ready_after).await;
-            if let Some(wake) = reconcile(&shared, &namespace, &name) {
+            if let Some(wake) = reconcile(&shared, &event.namespace, &name) {
                 tokio::time::sleep(wake).await;
-                reconcile(&shared, &namespace, &name);
+                reconcile(&shared, &event.namespace, &name);
             }
         });
-    }
+    })
+    .await;
 }
 
 fn duration(step: &Value) -> Option<Duration> {
@@ -205,10 +197,7 @@ fn reconcile(shared: &Shared, namespace: &str, name: &str) -> Option<Duration> {
     let latest = store.objects.get(&key).cloned()?;
     let mut value = latest.value.clone();
     value["status"] = status;
-    let mut managers = latest.managers.clone();
-    let changed = fields::changed(&latest.value, &value, Some("status"), None);
-    super::take_ownership(&mut managers, "argo-rollouts", changed, true);
-    store.commit(&shared.events, key, value, managers);
+    store.update(&shared.events, key, &latest, value, "argo-rollouts", true);
     wake
 }
 
