@@ -63,7 +63,7 @@ impl From<AnalyzerError> for tonic::Status {
             AnalyzerError::Invalid { field, reason } => ApiError::InvalidArgument { field, reason },
             AnalyzerError::NotFound(m) => ApiError::NotFound(m),
             AnalyzerError::Unavailable(m) => ApiError::Unavailable(m),
-            AnalyzerError::Database(e) => database_error(&e),
+            AnalyzerError::Database(e) => database_error("the analyzer's database", &e),
             AnalyzerError::Internal(m) => ApiError::Internal(m),
         }
         .labelled(label)

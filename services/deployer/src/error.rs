@@ -57,7 +57,7 @@ impl From<DeployerError> for tonic::Status {
             }
             DeployerError::NotFound(m) => ApiError::NotFound(m),
             DeployerError::Backend(BackendError::Unavailable(m)) => ApiError::Unavailable(m),
-            DeployerError::Database(e) => database_error(&e),
+            DeployerError::Database(e) => database_error("the deployer's database", &e),
         }
         .labelled(label)
     }

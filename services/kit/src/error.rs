@@ -55,13 +55,14 @@ impl ApiError {
     }
 }
 
-/// The classification every service gives a database error: the database cannot be reached
-/// (UNAVAILABLE, retry later) or something else went wrong (INTERNAL, logged).
-pub fn database_error(err: &sqlx::Error) -> ApiError {
+/// The classification every service gives an error of its own database (`whose`: "the
+/// notifier's database"): it cannot be reached (UNAVAILABLE, retry later), or something else went
+/// wrong (INTERNAL, logged).
+pub fn database_error(whose: &str, err: &sqlx::Error) -> ApiError {
     if crate::db::is_unavailable(err) {
-        ApiError::Unavailable(format!("database unavailable: {err}"))
+        ApiError::Unavailable(format!("{whose} is unavailable: {err}"))
     } else {
-        ApiError::Internal(format!("database: {err}"))
+        ApiError::Internal(format!("{whose}: {err}"))
     }
 }
 
@@ -121,11 +122,11 @@ mod tests {
     #[test]
     fn database_errors_are_unavailable_only_when_the_database_cannot_be_reached() {
         let down = sqlx::Error::PoolTimedOut;
-        let status = database_error(&down).labelled(database_label(&down));
+        let status = database_error("the database", &down).labelled(database_label(&down));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.metadata().get(ERROR_LABEL).unwrap(), "database-unavailable");
         let broken = sqlx::Error::RowNotFound;
-        let status = database_error(&broken).labelled(database_label(&broken));
+        let status = database_error("the database", &broken).labelled(database_label(&broken));
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.metadata().get(ERROR_LABEL).unwrap(), "database");
     }

@@ -81,12 +81,7 @@ impl From<MigratorError> for tonic::Status {
             MigratorError::NotFound(m) => ApiError::NotFound(m),
             MigratorError::Precondition(m) => ApiError::FailedPrecondition(m),
             MigratorError::Unavailable(m) => ApiError::Unavailable(m),
-            MigratorError::Database(e) => match database_error(&e) {
-                ApiError::Unavailable(_) => {
-                    ApiError::Unavailable(format!("the migrator's database is unavailable: {e}"))
-                }
-                other => other,
-            },
+            MigratorError::Database(e) => database_error("the migrator's database", &e),
             MigratorError::Internal(m) => ApiError::Internal(m),
         }
         .labelled(label)

@@ -73,12 +73,7 @@ impl From<NotifierError> for tonic::Status {
             NotifierError::Precondition(m) => ApiError::FailedPrecondition(m),
             NotifierError::Exhausted(m) => ApiError::ResourceExhausted(m),
             NotifierError::Unavailable(m) => ApiError::Unavailable(m),
-            NotifierError::Database(e) => match database_error(&e) {
-                ApiError::Unavailable(_) => {
-                    ApiError::Unavailable(format!("the notifier's database is unavailable: {e}"))
-                }
-                other => other,
-            },
+            NotifierError::Database(e) => database_error("the notifier's database", &e),
             NotifierError::Internal(m) => ApiError::Internal(m),
         }
         .labelled(label)

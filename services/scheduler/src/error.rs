@@ -92,7 +92,7 @@ impl From<SchedulerError> for ApiError {
             SchedulerError::FailedPrecondition(m) => ApiError::FailedPrecondition(m),
             SchedulerError::PermissionDenied(m) => ApiError::PermissionDenied(m),
             SchedulerError::Unavailable(m) => ApiError::Unavailable(m),
-            SchedulerError::Database(e) => database_error(&e),
+            SchedulerError::Database(e) => database_error("the scheduler's database", &e),
             SchedulerError::Internal(m) => ApiError::Internal(m),
         }
     }
