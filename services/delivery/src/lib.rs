@@ -1077,17 +1077,7 @@ fn parses_with_arguments(text: &str, parse: impl Fn(&str) -> Result<(), String>)
 
 /// `text` with every `{{args.NAME}}` replaced by `value`.
 fn with_every_argument(text: &str, value: &str) -> Result<String, String> {
-    let mut args = BTreeMap::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { break };
-        if let Some(name) = after[..end].trim().strip_prefix("args.") {
-            args.insert(name.to_string(), value.to_string());
-        }
-        rest = &after[end + 2..];
-    }
-    hopngo_metrics_lang::template::substitute(text, &args)
+    hopngo_metrics_lang::template::substitute_with(text, |_| Ok(value.to_string()))
 }
 
 #[derive(Default)]

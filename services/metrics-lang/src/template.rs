@@ -5,6 +5,19 @@ use std::collections::BTreeMap;
 /// Replaces every `{{args.NAME}}` (spaces inside the braces allowed); an unknown name is an
 /// error naming it and the arguments there are.
 pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> Result<String, String> {
+    substitute_with(text, |name| {
+        args.get(name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = args.keys().map(String::as_str).collect();
+            format!(
+                "unknown argument {name:?} (arguments: {})",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            )
+        })
+    })
+}
+
+/// Replaces every `{{args.NAME}}` with what `value` says for NAME (or fails with its error).
+pub fn substitute_with(text: &str, value: impl Fn(&str) -> Result<String, String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -17,16 +30,7 @@ pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> Result<String,
         let Some(name) = inner.strip_prefix("args.") else {
             return Err(format!("{{{{{inner}}}}} is not an argument reference (write {{{{args.NAME}}}})"));
         };
-        match args.get(name) {
-            Some(value) => out.push_str(value),
-            None => {
-                let known: Vec<&str> = args.keys().map(String::as_str).collect();
-                return Err(format!(
-                    "unknown argument {name:?} (arguments: {})",
-                    if known.is_empty() { "none".into() } else { known.join(", ") }
-                ));
-            }
-        }
+        out.push_str(&value(name)?);
         rest = &after[end + 2..];
     }
     out.push_str(rest);
