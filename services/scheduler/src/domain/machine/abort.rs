@@ -112,7 +112,7 @@ async fn schema_after_abort<E: Effects>(cx: &mut StepCtx<'_, E>) -> Next {
         return cleanup(cx).await;
     }
     let run = MigrationRun {
-        key: idempotency_key(cx.r, "abort-undo"),
+        label: "abort-undo".into(),
         request: MigrationRequest {
             database: change.database.clone(),
             locations: change.locations.clone(),

@@ -35,9 +35,9 @@ pub async fn watch<E: Effects>(cx: &mut StepCtx<'_, E>) -> Beside {
         return Beside::Stop(analysis::held(cx.r, "background", until));
     }
     let label = if cx.r.background_grace.rechecked { "background-recheck" } else { "background" };
-    let run = AnalysisRun::new(cx.r, &bg.analysis, "background", "canary", label);
+    let run = AnalysisRun::new(&bg.analysis, "background", "canary", label.to_string());
     let existing = cx.r.background_run.clone();
-    let watched = analysis::watch(cx, existing, &run, "background", |cx, id| {
+    let watched = analysis::watch(cx, existing, &run, |cx, id| {
         cx.r.background_run = Some(id.to_string());
     })
     .await;

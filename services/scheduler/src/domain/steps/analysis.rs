@@ -23,30 +23,28 @@ use hopngo_proto::transitions::TransitionKind;
 
 /// An analysis run on the analyzer.
 pub struct AnalysisRun<'a> {
-    key: String,
     spec: &'a AnalysisSpec,
-    args: BTreeMap<String, String>,
-    labels: BTreeMap<String, String>,
+    kind: &'a str,
+    track: &'static str,
+    label: String,
 }
 
 impl<'a> AnalysisRun<'a> {
     /// The run of `spec` for the release's current step (or background), as `kind` looking at
     /// `track`; `label` makes its idempotency key.
-    pub fn new(r: &Release, spec: &'a AnalysisSpec, kind: &str, track: &str, label: &str) -> AnalysisRun<'a> {
-        AnalysisRun {
-            key: idempotency_key(r, label),
-            spec,
-            args: builtin_args(r, spec, track),
-            labels: labels(r, kind),
-        }
+    pub fn new(spec: &'a AnalysisSpec, kind: &'a str, track: &'static str, label: String) -> AnalysisRun<'a> {
+        AnalysisRun { spec, kind, track, label }
     }
 }
 
 impl RemoteRun for AnalysisRun<'_> {
     type Observation = RunObservation;
 
-    fn start<E: Effects>(&self, fx: &E) -> impl Future<Output = Result<String, EffectError>> + Send {
-        fx.start_analysis(&self.key, self.spec, &self.args, &self.labels)
+    fn start<E: Effects>(&self, fx: &E, r: &Release) -> impl Future<Output = Result<String, EffectError>> + Send {
+        let key = idempotency_key(r, &self.label);
+        let args = builtin_args(r, self.spec, self.track);
+        let labels = labels(r, self.kind);
+        async move { fx.start_analysis(&key, self.spec, &args, &labels).await }
     }
 
     fn status<E: Effects>(
@@ -58,15 +56,15 @@ impl RemoteRun for AnalysisRun<'_> {
     }
 }
 
-/// Starts (once) and polls an analysis run of `kind`; a new run is listed on the release and
-/// announced, and `started` remembers its id where the caller keeps it.
+/// Starts (once) and polls an analysis run; a new run is listed on the release and announced,
+/// and `started` remembers its id where the caller keeps it.
 pub async fn watch<E: Effects>(
     cx: &mut StepCtx<'_, E>,
     existing: Option<String>,
     run: &AnalysisRun<'_>,
-    kind: &str,
     started: impl FnOnce(&mut StepCtx<'_, E>, &str),
 ) -> Watched<RunObservation> {
+    let kind = run.kind;
     remote::watch(cx, existing, run, |cx, id| {
         started(cx, id);
         cx.r.analysis_runs.push(AnalysisRecord {
@@ -97,9 +95,9 @@ pub async fn run<E: Effects>(cx: &mut StepCtx<'_, E>, spec: &AnalysisSpec, kind:
     }
     let label =
         if cx.r.cursor.grace.rechecked { format!("{}-recheck", cx.r.step_index) } else { cx.r.step_index.to_string() };
-    let run = AnalysisRun::new(cx.r, spec, kind, analysis_track(cx.r, kind), &label);
+    let run = AnalysisRun::new(spec, kind, analysis_track(cx.r, kind), label);
     let existing = cx.r.cursor.run_id.clone();
-    let watched = watch(cx, existing, &run, kind, |cx, id| cx.remember_step_run(id)).await;
+    let watched = watch(cx, existing, &run, |cx, id| cx.remember_step_run(id)).await;
     let (run_id, obs) = match watched.or_abort(cx, "analysis", true) {
         Ok(seen) => seen,
         Err(next) => return next,

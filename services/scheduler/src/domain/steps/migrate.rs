@@ -8,7 +8,6 @@ use super::{
 use crate::domain::{
     config::OnAbort,
     effects::{Effects, MigrationAction, MigrationPhase, MigrationRequest},
-    machine::idempotency_key,
     release::{SchemaChange, StepStatus},
 };
 
@@ -21,7 +20,7 @@ pub async fn run<E: Effects>(
     on_abort: OnAbort,
 ) -> Next {
     let run = MigrationRun {
-        key: idempotency_key(cx.r, &cx.r.step_index.to_string()),
+        label: cx.r.step_index.to_string(),
         request: MigrationRequest {
             database: database.to_string(),
             locations: locations.to_vec(),

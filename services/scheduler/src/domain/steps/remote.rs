@@ -6,16 +6,20 @@
 use std::future::Future;
 
 use super::{Next, StepCtx};
-use crate::domain::effects::{EffectError, Effects, MigrationObservation, MigrationRequest};
+use crate::domain::{
+    effects::{EffectError, Effects, MigrationObservation, MigrationRequest},
+    machine::idempotency_key,
+    release::Release,
+};
 
 /// A run on another service.
 pub trait RemoteRun: Sync {
     /// What a poll returns.
     type Observation: Send;
 
-    /// Starts it; the idempotency key in the request makes a repeat (after a crash) return the
-    /// same run.
-    fn start<E: Effects>(&self, fx: &E) -> impl Future<Output = Result<String, EffectError>> + Send;
+    /// Starts it for the release `r` (what it needs of the release is read only here, when it
+    /// starts); its idempotency key makes a repeat (after a crash) return the same run.
+    fn start<E: Effects>(&self, fx: &E, r: &Release) -> impl Future<Output = Result<String, EffectError>> + Send;
 
     /// Its state now.
     fn status<E: Effects>(
@@ -85,7 +89,7 @@ pub async fn watch<E: Effects, R: RemoteRun>(
 ) -> Watched<R::Observation> {
     let run_id = match existing {
         Some(id) => id,
-        None => match run.start(cx.fx).await {
+        None => match run.start(cx.fx, cx.r).await {
             Ok(id) => {
                 cx.r.failures = 0;
                 started(cx, &id);
@@ -106,8 +110,8 @@ pub async fn watch<E: Effects, R: RemoteRun>(
 
 /// A migration (or an undo) of a database.
 pub struct MigrationRun {
-    /// Idempotency key.
-    pub key: String,
+    /// What makes its idempotency key (the step index, `abort-undo`).
+    pub label: String,
     /// What to run.
     pub request: MigrationRequest,
 }
@@ -115,8 +119,9 @@ pub struct MigrationRun {
 impl RemoteRun for MigrationRun {
     type Observation = MigrationObservation;
 
-    fn start<E: Effects>(&self, fx: &E) -> impl Future<Output = Result<String, EffectError>> + Send {
-        fx.start_migration(&self.key, &self.request)
+    fn start<E: Effects>(&self, fx: &E, r: &Release) -> impl Future<Output = Result<String, EffectError>> + Send {
+        let key = idempotency_key(r, &self.label);
+        async move { fx.start_migration(&key, &self.request).await }
     }
 
     fn status<E: Effects>(
