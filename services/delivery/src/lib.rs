@@ -12,6 +12,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod kubernetes;
 pub mod providers;
 pub mod window;
 
@@ -85,6 +86,9 @@ pub struct Environment {
     /// release waits (paused) for the next window; an emergency rollback does not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maintenance_windows: Vec<MaintenanceWindow>,
+    /// Where the environment's services run on Kubernetes (the deployer's Kubernetes backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<kubernetes::EnvironmentKubernetes>,
 }
 
 /// What promotion from the upstream environment requires of the artifact there.
@@ -368,6 +372,9 @@ pub struct Service {
     /// How the local backend runs the service (used by the deployer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalRun>,
+    /// How the Kubernetes backend runs the service on Deployments it owns (native mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<kubernetes::ServiceKubernetes>,
     /// Overrides the environment's progress deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<Dur>,
@@ -893,6 +900,9 @@ impl DeliveryConfig {
             if let Some(Some(soak)) = env.promotion.as_ref().map(|p| p.soak) {
                 v.positive(&format!("{path}.promotion.soak"), soak);
             }
+            if let Some(k) = &env.kubernetes {
+                v.kubernetes_environment(&format!("{path}.kubernetes"), k);
+            }
             for (j, w) in env.maintenance_windows.iter().enumerate() {
                 let wpath = format!("{path}.maintenanceWindows[{j}]");
                 if let Err(e) = window::Schedule::parse(&w.schedule) {
@@ -986,6 +996,8 @@ impl DeliveryConfig {
                 v.name(&format!("{path}.migrations.database"), &m.database);
                 v.locations(&format!("{path}.migrations.locations"), &m.locations);
             }
+            let gateways = self.environments.iter().all(|e| e.kubernetes.as_ref().is_none_or(|k| k.gateway.is_some()));
+            v.kubernetes_service(&path, service, gateways);
             if let Some(local) = &service.local
                 && local.command.first().is_none_or(|c| c.trim().is_empty())
             {

@@ -296,3 +296,41 @@ fn template_typos_are_refused_when_the_config_is_applied() {
     let p = problems(&GOOD.replace("successCondition: result < 0.01", "successCondition: reslt < {{args.max}}"));
     assert!(p[0].contains("unknown name \"reslt\""), "{p:?}");
 }
+
+#[test]
+fn kubernetes_settings_are_checked_field_by_field() {
+    let yaml = "environments:
+  - name: staging
+    kubernetes: {namespace: Hop_Staging, serviceAccount: apps}
+  - name: production
+    kubernetes: {namespace: hopngo-production, gateway: {name: public}}
+services:
+  - name: booking
+    strategy: {canary: {steps: [{setWeight: 50}]}}
+    kubernetes:
+      image: registry.example/booking:1.0
+      containerPort: 0
+      readinessProbe: {path: healthz}
+      resources: {requests: {cpu: lots, gpu: '1'}}
+      env: {'1BAD': x}
+      route: {hostnames: [booking.example, 'bad host']}
+  - name: a-service-name-that-is-far-too-long-for-kubernetes-objects
+    strategy: {canary: {steps: [{setWeight: 50}]}}
+    kubernetes: {image: registry.example/chat}
+";
+    assert_eq!(
+        problems(yaml),
+        vec![
+            "environments[0].kubernetes.namespace: \"Hop_Staging\" is not a namespace name (DNS label)",
+            "services[0].kubernetes.image: \"registry.example/booking:1.0\" has a tag or digest; give the repository only (the artifact is the tag)",
+            "services[0].kubernetes.containerPort: must be in 1..=65535",
+            "services[0].kubernetes.readinessProbe.path: \"healthz\" is not a path (starts with '/')",
+            "services[0].kubernetes.resources.requests.cpu: \"lots\" is not a quantity (100m, 0.5, 256Mi)",
+            "services[0].kubernetes.resources.requests.gpu: known resources: cpu, memory, ephemeral-storage",
+            "services[0].kubernetes.env: \"1BAD\" is not a variable name",
+            "services[0].kubernetes.route: needs a gateway: every environment on Kubernetes needs kubernetes.gateway (the route's parent)",
+            "services[0].kubernetes.route.hostnames[1]: \"bad host\" is not a host name",
+            "services[1].name: at most 55 characters on Kubernetes (object names add \"-preview\")",
+        ]
+    );
+}

@@ -1,5 +1,5 @@
-//! What a deployer backend converges, in domain terms (no tonic, no sqlx). The local backend is
-//! the first implementation; a Kubernetes backend will implement the same trait.
+//! What a deployer backend converges, in domain terms (no tonic, no sqlx): the local backend
+//! (processes and a weighted proxy) and the Kubernetes backend implement it.
 
 use std::future::Future;
 
@@ -42,6 +42,12 @@ pub struct TrackObserved {
     pub ready: u32,
     /// Why not ready.
     pub message: String,
+    /// Restarts of the track's containers.
+    pub restarts: u32,
+    /// The last failure reason (`ImagePullBackOff`, `CrashLoopBackOff`, `Unready`), if failing.
+    pub reason: String,
+    /// Where the track alone is reachable (its Service), if anywhere.
+    pub address: String,
 }
 
 /// Observed state of one service in one environment.
@@ -79,8 +85,9 @@ pub trait Backend: Send + Sync {
     fn check_names(&self, service: &str, environment: &str) -> Result<(), BackendError>;
     /// Whether the backend can run `target` at all (checked before it is recorded).
     fn check(&self, target: &Target) -> Result<(), BackendError>;
-    /// Where the service's traffic enters (the proxy, a Kubernetes Service), once applied.
-    fn address(&self, service: &str, environment: &str) -> impl Future<Output = Option<std::net::SocketAddr>> + Send;
+    /// Where the service's traffic enters (the proxy's `ip:port`, a Kubernetes Service's
+    /// `name.namespace.svc:port`), once applied.
+    fn address(&self, service: &str, environment: &str) -> impl Future<Output = Option<String>> + Send;
     /// Starts converging `target` (level-based: the same target twice changes nothing).
     fn apply(&self, target: &Target) -> impl Future<Output = Result<(), BackendError>> + Send;
     /// Observed state, `None` for a target never applied.

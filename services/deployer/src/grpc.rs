@@ -1,7 +1,7 @@
 //! `hopngo.deployer.v1.DeployerService` over a [`Backend`]: validates desired states (errors name
 //! the field), records them with their idempotency key, and reports the observed state.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
 use hopngo_proto::deployer::{self as pb, deployer_service_server::DeployerService};
 use tonic::{Request, Response, Status};
@@ -111,7 +111,7 @@ fn status(
     environment: &str,
     observed: Option<Observed>,
     key: Option<String>,
-    address: Option<std::net::SocketAddr>,
+    address: Option<String>,
 ) -> pb::TargetStatus {
     let observed = observed.unwrap_or_default();
     pb::TargetStatus {
@@ -126,13 +126,16 @@ fn status(
                 desired_replicas: t.desired,
                 ready_replicas: t.ready,
                 message: t.message.clone(),
+                restarts: t.restarts,
+                failure_reason: t.reason.clone(),
+                address: t.address.clone(),
             })
             .collect(),
         canary_weight: observed.canary_weight,
         converged: observed.converged,
         idempotency_key: key.unwrap_or_default(),
         message: observed.message,
-        address: address.map(|a| a.to_string()).unwrap_or_default(),
+        address: address.unwrap_or_default(),
     }
 }
 
@@ -148,8 +151,11 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         self.backend.check(&target).map_err(DeployerError::from)?;
         let changed = self.store.put(&target, &r.idempotency_key).await.map_err(DeployerError::from)?;
         self.backend.apply(&target).await.map_err(DeployerError::from)?;
-        if let Some(addr) = self.backend.address(&target.service, &target.environment).await {
-            // The address survives restarts, so clients and metrics keep pointing at it.
+        if let Some(addr) =
+            self.backend.address(&target.service, &target.environment).await.and_then(|a| a.parse::<SocketAddr>().ok())
+        {
+            // A socket address (the local proxy's) survives restarts, so clients and metrics keep
+            // pointing at it; a Kubernetes Service's name is stable by itself.
             self.store
                 .set_proxy_port(&target.service, &target.environment, addr.port())
                 .await

@@ -1,4 +1,5 @@
-//! The HopNGo deployer's local backend, so far:
+//! The HopNGo deployer: [`grpc`] serves `DeployerService` over a [`backend::Backend`], either
+//! [`kubernetes`] (Deployments, Services and HTTPRoutes it owns) or the local backend:
 //! - [`demo`]: the demo HTTP service that stands in for HopNGo's services (version, error rate
 //!   and latency per version);
 //! - [`proxy`]: the weighted reverse proxy in front of a service's tracks, with per-track request
@@ -10,6 +11,7 @@ pub mod backend;
 pub mod demo;
 pub mod error;
 pub mod grpc;
+pub mod kubernetes;
 pub mod local;
 pub mod proxy;
 pub mod server;

@@ -219,8 +219,8 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    async fn address(&self, service: &str, environment: &str) -> Option<SocketAddr> {
-        self.proxy_addr(service, environment).await
+    async fn address(&self, service: &str, environment: &str) -> Option<String> {
+        self.proxy_addr(service, environment).await.map(|a| a.to_string())
     }
 
     async fn apply(&self, target: &Target) -> Result<(), BackendError> {
@@ -287,6 +287,8 @@ impl Backend for LocalBackend {
                 desired: t.replicas,
                 ready,
                 message,
+                restarts: replicas.iter().map(|x| x.restarts).sum(),
+                ..Default::default()
             });
         }
         // The weight in force is what the router does: none while the canary has no ready replica.

@@ -1,5 +1,6 @@
-//! Wiring of the deployer process with the local backend: database (or a throwaway cluster),
-//! delivery config, restore of the stored desired states, gRPC and admin servers, shutdown.
+//! Wiring of the deployer process: database (or a throwaway cluster), delivery config, the
+//! backend (local or Kubernetes), restore of the stored desired states, gRPC and admin servers,
+//! shutdown.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -15,14 +16,16 @@ use hopngo_proto::deployer::deployer_service_server::DeployerServiceServer;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::{backend::Backend as _, grpc::Deployer, local::LocalBackend, proxy::ProxyMetrics, store::Store};
+use crate::{
+    backend::Backend, grpc::Deployer, kubernetes::KubeBackend, local::LocalBackend, proxy::ProxyMetrics, store::Store,
+};
 
 /// Deployer settings; every flag also reads an environment variable.
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
     name = "hopngo-deployer",
     version,
-    about = "HopNGo deployer: converges desired state per service and environment (local backend: processes + weighted proxy)",
+    about = "HopNGo deployer: converges desired state per service and environment (local backend: processes + weighted proxy; kubernetes backend: Deployments, Services, HTTPRoutes)",
     mut_arg("listen", |a| a.default_value("127.0.0.1:50052").env("HOPNGO_DEPLOYER_LISTEN")),
     mut_arg("admin_listen", |a| a.default_value("127.0.0.1:9465").env("HOPNGO_DEPLOYER_ADMIN_LISTEN"))
 )]
@@ -34,9 +37,16 @@ pub struct Args {
     /// The database (desired states are kept in schema `deployer`).
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// The delivery config: how each service runs locally (`services[].local`).
+    /// The delivery config: how each service runs (`services[].local`, `services[].kubernetes`).
     #[arg(long, env = "HOPNGO_DELIVERY_CONFIG")]
     pub delivery_config: PathBuf,
+    /// Where services run: child processes behind a weighted proxy, or a Kubernetes cluster.
+    #[arg(long, env = "HOPNGO_DEPLOYER_BACKEND", value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
+    /// Kubeconfig of the cluster (kubernetes backend; default: `KUBECONFIG`, `~/.kube/config`,
+    /// then the in-cluster service account).
+    #[arg(long, env = "HOPNGO_DEPLOYER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Directory for replica logs.
     #[arg(long, env = "HOPNGO_DEPLOYER_LOG_DIR", default_value = ".hopngo/logs")]
     pub log_dir: PathBuf,
@@ -46,6 +56,15 @@ pub struct Args {
     pub proxy_port_base: Option<u16>,
 }
 
+/// Where services run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// Child processes and a weighted proxy per service and environment.
+    Local,
+    /// Deployments, Services and HTTPRoutes in a Kubernetes cluster.
+    Kubernetes,
+}
+
 /// Runs the deployer until `shutdown`; sends the bound gRPC address to `ready`. Prints
 /// `hopngo-deployer listening grpc=ADDR admin=ADDR` once serving.
 pub async fn run(
@@ -53,7 +72,7 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let Args { listen, telemetry: _, database, delivery_config, log_dir, proxy_port_base } = args;
+    let Args { listen, telemetry: _, database, delivery_config, backend, kubeconfig, log_dir, proxy_port_base } = args;
     let yaml =
         std::fs::read_to_string(&delivery_config).with_context(|| format!("reading {}", delivery_config.display()))?;
     let config = DeliveryConfig::load(&yaml).map_err(|problems| {
@@ -65,27 +84,62 @@ pub async fn run(
 
     let metrics = Metrics::new();
     let backend_stop = CancellationToken::new();
-    let backend = LocalBackend::new(
-        config,
-        proxy_port_base,
-        log_dir,
-        ProxyMetrics::new(&metrics.registry),
-        backend_stop.clone(),
-    )?;
-    // Converge what was desired before a restart, on the same proxy addresses.
-    for stored in store.targets().await? {
-        let t = &stored.target;
-        if let Some(port) = stored.proxy_port
-            && let Err(err) =
-                backend.bind_proxy(&t.service, &t.environment, SocketAddr::from(([127, 0, 0, 1], port))).await
-        {
-            tracing::warn!(%err, port, service = %t.service, "the previous proxy port is taken; using another");
+    let served = match backend {
+        BackendKind::Local => {
+            let backend = LocalBackend::new(
+                config,
+                proxy_port_base,
+                log_dir,
+                ProxyMetrics::new(&metrics.registry),
+                backend_stop.clone(),
+            )?;
+            // Converge what was desired before a restart, on the same proxy addresses.
+            for stored in store.targets().await? {
+                let t = &stored.target;
+                if let Some(port) = stored.proxy_port
+                    && let Err(err) =
+                        backend.bind_proxy(&t.service, &t.environment, SocketAddr::from(([127, 0, 0, 1], port))).await
+                {
+                    tracing::warn!(%err, port, service = %t.service, "the previous proxy port is taken; using another");
+                }
+                restore(backend.as_ref(), t).await;
+            }
+            let served =
+                serve(Arc::clone(&backend), store.clone(), listen, metrics, &backend_stop, shutdown, ready).await;
+            backend.shutdown().await;
+            served
         }
-        if let Err(err) = backend.apply(t).await {
-            tracing::warn!(%err, service = %t.service, environment = %t.environment, "stored desired state not applied");
+        BackendKind::Kubernetes => {
+            let backend = KubeBackend::connect(config, kubeconfig, &metrics.registry, backend_stop.clone()).await?;
+            // Re-read the cluster: what is already in force is not written again.
+            for stored in store.targets().await? {
+                restore(backend.as_ref(), &stored.target).await;
+            }
+            serve(backend, store.clone(), listen, metrics, &backend_stop, shutdown, ready).await
         }
-    }
+    };
+    backend_stop.cancel();
+    store.pool().close().await;
+    drop(cluster);
+    served
+}
 
+async fn restore(backend: &impl Backend, t: &crate::backend::Target) {
+    if let Err(err) = backend.apply(t).await {
+        tracing::warn!(%err, service = %t.service, environment = %t.environment, "stored desired state not applied");
+    }
+}
+
+/// Serves the gRPC API (and the admin endpoints) over `backend` until `shutdown`.
+async fn serve<B: Backend + 'static>(
+    backend: Arc<B>,
+    store: Store,
+    listen: ListenArgs,
+    metrics: Metrics,
+    backend_stop: &CancellationToken,
+    shutdown: CancellationToken,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
     let grpc_addr = listener.local_addr()?;
@@ -100,13 +154,8 @@ pub async fn run(
     if let Some(ready) = ready {
         let _ = ready.send(grpc_addr);
     }
-    let served = GrpcServer::new(listen.drain_timeout)
-        .add_service(DeployerServiceServer::new(Deployer::new(Arc::clone(&backend), store.clone())))
+    GrpcServer::new(listen.drain_timeout)
+        .add_service(DeployerServiceServer::new(Deployer::new(backend, store)))
         .serve(listener, metrics, shutdown)
-        .await;
-    backend.shutdown().await;
-    backend_stop.cancel();
-    store.pool().close().await;
-    drop(cluster);
-    served
+        .await
 }

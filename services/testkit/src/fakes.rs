@@ -250,7 +250,7 @@ impl dpb::deployer_service_server::DeployerService for FakeDeployer {
                 artifact: t.artifact.clone(),
                 desired_replicas: t.replicas,
                 ready_replicas: if converged { t.replicas } else { 0 },
-                message: String::new(),
+                ..Default::default()
             })
             .collect();
         Ok(Response::new(dpb::GetTargetStatusResponse {

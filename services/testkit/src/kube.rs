@@ -8,7 +8,7 @@
 //! - create (409 AlreadyExists), get/delete (404 with a `Status` body), update (409 Conflict on
 //!   a stale resourceVersion), 422 Invalid for a bad name or a body whose kind does not match;
 //! - JSON patch (RFC 6902), JSON merge patch (strategic merge patch is read as a merge patch),
-//!   server-side apply with
+//!   server-side apply (also as `dryRun=All`: checked, not stored) with
 //!   `managedFields` per manager (409 with the conflicting fields unless `force=true`; fields a
 //!   manager stops applying are removed), the `status` subresource;
 //! - list with `labelSelector` (`k=v`, `k!=v`, `k`) and watch (`ADDED`/`MODIFIED`/`DELETED`,
@@ -787,6 +787,10 @@ async fn answer(
                 let force = q.get("force").is_some_and(|f| f == "true");
                 let current = store.objects.get(&key).cloned();
                 let (code, next, managers) = apply(current, &applied, field_manager, force, target.status, kind, name)?;
+                if q.get("dryRun").is_some_and(|d| d == "All") {
+                    // Checked like a real apply (conflicts, validation), stored nowhere.
+                    return Ok((code, Store::render(&Stored { value: next, managers }, kind)));
+                }
                 Ok((code, store.commit(&shared.events, key, next, managers)))
             } else {
                 let current = store.objects.get(&key).cloned().ok_or_else(|| Store::not_found(kind, name))?;

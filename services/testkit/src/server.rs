@@ -47,8 +47,12 @@ impl InProcess {
         let handle = tokio::spawn(serve(shutdown.clone(), ready));
         let addr = tokio::time::timeout(Duration::from_secs(30), addr)
             .await
-            .expect("the server reports its address within 30 s")
-            .expect("the server starts");
+            .expect("the server reports its address within 30 s");
+        let addr = match addr {
+            Ok(addr) => addr,
+            // It ended before serving: show why.
+            Err(_) => panic!("the server did not start: {:?}", handle.await),
+        };
         InProcess { addr, shutdown, handle }
     }
 

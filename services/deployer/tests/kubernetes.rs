@@ -1,0 +1,353 @@
+//! DeployerService over the Kubernetes backend, against the in-memory API server (real HTTP,
+//! watches, server-side apply with managed fields, simulated Deployment controller), with desired
+//! states in real PostgreSQL and gRPC on loopback.
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use hopngo_deployer::server::{Args, run};
+use hopngo_proto::deployer::{self as pb, deployer_service_client::DeployerServiceClient};
+use hopngo_testkit::{
+    db::TestDb,
+    kube::{FakeKube, FakeKubeOptions, PodFailure},
+    server::{InProcess, server_args},
+};
+use serde_json::{Value, json};
+use tonic::{Code, transport::Channel};
+
+const NS: &str = "hopngo-staging";
+
+fn config() -> String {
+    format!(
+        "environments:
+  - name: staging
+    kubernetes: {{namespace: {NS}, gateway: {{name: public, namespace: gateways}}}}
+  - name: production
+services:
+  - name: booking
+    replicas: 2
+    strategy: {{canary: {{steps: [{{setWeight: 25}}, {{setWeight: 50}}]}}}}
+    kubernetes:
+      image: registry.example/hopngo/booking
+      route: {{hostnames: [booking.example]}}
+      scaleDownDelay: 1s
+      resources: {{requests: {{cpu: 100m, memory: 64Mi}}}}
+  - name: gateway
+    strategy: {{blueGreen: {{}}}}
+    kubernetes: {{image: registry.example/hopngo/gateway, scaleDownDelay: 1s}}
+  - name: chat
+    strategy: {{canary: {{steps: [{{setWeight: 50}}]}}}}
+    kubernetes: {{image: registry.example/hopngo/chat}}
+  - name: local-only
+    strategy: {{canary: {{steps: [{{setWeight: 50}}]}}}}
+    local: {{command: [demo]}}
+"
+    )
+}
+
+struct Setup {
+    fake: FakeKube,
+    db: TestDb,
+    dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn setup() -> Setup {
+    let fake = FakeKube::start_with(FakeKubeOptions {
+        namespaces: vec![NS.into()],
+        ready_after: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    let db = TestDb::create().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hopngo-kube-{}", uuid_like()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("delivery.yaml"), config()).unwrap();
+    std::fs::write(dir.join("kubeconfig"), fake.kubeconfig(NS)).unwrap();
+    Setup { fake, db, dir: tempdir::Dir(dir) }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
+}
+
+async fn start(s: &Setup) -> (DeployerServiceClient<Channel>, InProcess) {
+    let mut argv = server_args("hopngo-deployer", &s.db.url, "1s");
+    let dir = &s.dir.0;
+    argv.extend([
+        "--delivery-config".into(),
+        dir.join("delivery.yaml").to_str().unwrap().into(),
+        "--backend".into(),
+        "kubernetes".into(),
+        "--kubeconfig".into(),
+        dir.join("kubeconfig").to_str().unwrap().into(),
+    ]);
+    let args = Args::parse_from(argv);
+    let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
+    let client = DeployerServiceClient::connect(server.url()).await.unwrap();
+    (client, server)
+}
+
+fn track(track: pb::Track, artifact: &str, replicas: u32) -> pb::TrackSpec {
+    pb::TrackSpec { track: track as i32, artifact: artifact.into(), replicas }
+}
+
+fn target(service: &str, tracks: Vec<pb::TrackSpec>, weight: u32) -> pb::ApplyTargetRequest {
+    pb::ApplyTargetRequest {
+        target: Some(pb::TargetSpec {
+            service: service.into(),
+            environment: "staging".into(),
+            tracks,
+            canary_weight: weight,
+        }),
+        idempotency_key: format!("{service}-{weight}-{}", uuid_like()),
+    }
+}
+
+async fn status(client: &mut DeployerServiceClient<Channel>, service: &str) -> pb::TargetStatus {
+    let request = pb::GetTargetStatusRequest { service: service.into(), environment: "staging".into() };
+    client.get_target_status(request).await.unwrap().into_inner().status.unwrap()
+}
+
+async fn converged(client: &mut DeployerServiceClient<Channel>, service: &str) -> pb::TargetStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(client, service).await;
+        if s.converged {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{service} did not converge: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The weighted rule's (backend, weight) pairs and whether the canary header rule is there.
+fn route_weights(fake: &FakeKube, service: &str) -> (Vec<(String, i64)>, bool) {
+    let route = fake.object("httproutes", NS, service).expect("the route exists");
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    let header = rules.iter().any(|r| r["matches"][0]["headers"][0]["name"] == "x-hopngo-track");
+    let weighted = rules.iter().find(|r| r["matches"][0].get("headers").is_none()).unwrap();
+    let weights = weighted["backendRefs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_i64().unwrap()))
+        .collect();
+    (weights, header)
+}
+
+fn image(deployment: &Value) -> &str {
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap()
+}
+
+fn managers(object: &Value) -> Vec<String> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["manager"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn kube_client(s: &Setup) -> kube::Client {
+    let file = kube::config::Kubeconfig::read_from(s.dir.0.join("kubeconfig")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test]
+async fn canary_weights_are_written_to_the_route_step_by_step_and_a_restart_writes_nothing() {
+    let s = setup().await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::{Canary, Stable};
+
+    client.apply_target(target("booking", vec![track(Stable, "1.0", 2)], 0)).await.unwrap();
+    let first = converged(&mut client, "booking").await;
+    assert_eq!(first.address, format!("booking.{NS}.svc:80"));
+    let stable = s.fake.object("deployments", NS, "booking-stable").unwrap();
+    assert_eq!(image(&stable), "registry.example/hopngo/booking:1.0");
+    assert_eq!(stable["metadata"]["labels"]["hopngo.io/track"], "stable");
+    assert_eq!(stable["spec"]["template"]["metadata"]["labels"]["hopngo.io/revision"], "1.0");
+    assert_eq!(managers(&stable)[0], "hopngo-deployer");
+    for name in ["booking", "booking-stable", "booking-canary"] {
+        assert!(s.fake.object("services", NS, name).is_some(), "Service {name}");
+    }
+    let route = s.fake.object("httproutes", NS, "booking").unwrap();
+    assert_eq!(route["spec"]["parentRefs"][0]["name"], "public");
+    assert_eq!(route["spec"]["hostnames"][0], "booking.example");
+    assert_eq!(
+        route_weights(&s.fake, "booking"),
+        (vec![("booking-stable".into(), 100), ("booking-canary".into(), 0)], false)
+    );
+
+    // A person's annotation and an autoscaler's replica count, by other field managers.
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> = kube::Api::namespaced(kube_client(&s).await, NS);
+    let by = |manager: &str| kube::api::PatchParams { field_manager: Some(manager.into()), ..Default::default() };
+    let annotate = json!({"metadata": {"annotations": {"team": "bookings"}}});
+    api.patch("booking-stable", &by("kubectl-annotate"), &kube::api::Patch::Merge(&annotate)).await.unwrap();
+    let scale = json!({"spec": {"replicas": 3}});
+    api.patch("booking-stable", &by("hpa-controller"), &kube::api::Patch::Merge(&scale)).await.unwrap();
+
+    for weight in [25, 50] {
+        client
+            .apply_target(target("booking", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1)], weight))
+            .await
+            .unwrap();
+        let st = converged(&mut client, "booking").await;
+        assert_eq!(st.canary_weight, weight);
+        assert_eq!(
+            route_weights(&s.fake, "booking"),
+            (vec![("booking-stable".into(), 100 - weight as i64), ("booking-canary".into(), weight as i64)], true),
+            "weight {weight}"
+        );
+        let canary = st.tracks.iter().find(|t| t.track == Canary as i32).unwrap();
+        assert_eq!(canary.address, format!("booking-canary.{NS}.svc:80"));
+        assert_eq!((canary.ready_replicas, canary.failure_reason.as_str()), (1, ""));
+    }
+    let stable = s.fake.object("deployments", NS, "booking-stable").unwrap();
+    assert_eq!(stable["metadata"]["annotations"]["team"], "bookings", "the person's annotation survives");
+    assert_eq!(stable["spec"]["replicas"], 3, "the autoscaler's count survives");
+    let canary = s.fake.object("deployments", NS, "booking-canary").unwrap();
+    assert_eq!(image(&canary), "registry.example/hopngo/booking:1.1");
+
+    // Promotion: stable on 1.1, the canary loses its traffic at once and goes after its delay.
+    client.apply_target(target("booking", vec![track(Stable, "1.1", 2)], 0)).await.unwrap();
+    converged(&mut client, "booking").await;
+    assert_eq!(route_weights(&s.fake, "booking").0[1], ("booking-canary".into(), 0));
+    eventually("the old canary is deleted after its delay", || {
+        s.fake.object("deployments", NS, "booking-canary").is_none()
+    })
+    .await;
+
+    // A restart re-reads the cluster and writes nothing.
+    server.stop().await;
+    let before = s.fake.resource_version();
+    let (mut client, server) = start(&s).await;
+    let st = converged(&mut client, "booking").await;
+    assert_eq!(st.tracks[0].artifact, "1.1");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(s.fake.resource_version(), before, "a restarted deployer wrote to the cluster");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn blue_green_switches_and_switches_back_by_selector_without_moving_a_pod() {
+    let s = setup().await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::{Active, Preview};
+    let selector =
+        |name: &str| s.fake.object("services", NS, name).unwrap()["spec"]["selector"]["hopngo.io/revision"].clone();
+
+    client.apply_target(target("gateway", vec![track(Active, "1.0", 1)], 0)).await.unwrap();
+    converged(&mut client, "gateway").await;
+    client.apply_target(target("gateway", vec![track(Active, "1.0", 1), track(Preview, "2.0", 1)], 0)).await.unwrap();
+    converged(&mut client, "gateway").await;
+    assert_eq!((selector("gateway-active"), selector("gateway-preview")), (json!("1.0"), json!("2.0")));
+    let preview = s.fake.object("deployments", NS, "gateway-preview").unwrap();
+
+    // The switch changes selectors only: the Deployment running 2.0 is untouched.
+    client.apply_target(target("gateway", vec![track(Active, "2.0", 1), track(Preview, "1.0", 1)], 0)).await.unwrap();
+    converged(&mut client, "gateway").await;
+    assert_eq!(
+        (selector("gateway"), selector("gateway-active"), selector("gateway-preview")),
+        (json!("2.0"), json!("2.0"), json!("1.0"))
+    );
+    let after = s.fake.object("deployments", NS, "gateway-preview").unwrap();
+    assert_eq!(after["metadata"]["resourceVersion"], preview["metadata"]["resourceVersion"], "no pod moved");
+
+    // And back.
+    client.apply_target(target("gateway", vec![track(Active, "1.0", 1), track(Preview, "2.0", 1)], 0)).await.unwrap();
+    converged(&mut client, "gateway").await;
+    assert_eq!(selector("gateway-active"), json!("1.0"));
+    assert_eq!(
+        image(&s.fake.object("deployments", NS, "gateway-active").unwrap()),
+        "registry.example/hopngo/gateway:1.0"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_canary_that_cannot_pull_its_image_gets_no_traffic_and_says_why() {
+    let s = setup().await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::{Canary, Stable};
+    s.fake.fail_image("booking:6.6.6", PodFailure::ImagePull);
+    client.apply_target(target("booking", vec![track(Stable, "1.0", 2)], 0)).await.unwrap();
+    converged(&mut client, "booking").await;
+    client.apply_target(target("booking", vec![track(Stable, "1.0", 2), track(Canary, "6.6.6", 1)], 25)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let canary = loop {
+        let st = status(&mut client, "booking").await;
+        let canary = st.tracks.iter().find(|t| t.track == Canary as i32).cloned().unwrap();
+        if !canary.failure_reason.is_empty() {
+            assert!(!st.converged);
+            assert!(st.message.contains("ImagePullBackOff"), "{}", st.message);
+            break canary;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no failure reported: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(canary.failure_reason, "ImagePullBackOff");
+    assert!(canary.message.contains("registry.example/hopngo/booking:6.6.6"), "{}", canary.message);
+    let (weights, header) = route_weights(&s.fake, "booking");
+    assert_eq!((weights[1].1, header), (0, false), "an unready canary gets no traffic");
+
+    // Abort: back to stable only; the route stays on stable, the broken canary goes.
+    client.apply_target(target("booking", vec![track(Stable, "1.0", 2)], 0)).await.unwrap();
+    converged(&mut client, "booking").await;
+    eventually("the broken canary is deleted", || s.fake.object("deployments", NS, "booking-canary").is_none()).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_and_a_forbidden_cluster_are_named() {
+    let s = setup().await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::Stable;
+    let refused = |r: Result<tonic::Response<pb::ApplyTargetResponse>, tonic::Status>| r.unwrap_err();
+
+    let e = refused(client.apply_target(target("booking", vec![track(Stable, "1.0/evil", 1)], 0)).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("target.tracks[0].artifact:"), "{}", e.message());
+    let e = refused(client.apply_target(target("local-only", vec![track(Stable, "1.0", 1)], 0)).await);
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("services.local-only.kubernetes is missing"), "{}", e.message());
+    let mut production = target("booking", vec![track(Stable, "1.0", 1)], 0);
+    production.target.as_mut().unwrap().environment = "production".into();
+    let e = refused(client.apply_target(production).await);
+    assert!(e.message().contains("environments.production.kubernetes is missing"), "{}", e.message());
+
+    s.fake.forbid("patch", "deployments");
+    let e = refused(client.apply_target(target("chat", vec![track(Stable, "1.0", 1)], 0)).await);
+    assert_eq!(e.code(), Code::Unavailable, "RBAC can be fixed while the release waits");
+    assert!(e.message().contains("applying Deployment hopngo-staging/chat-stable: forbidden"), "{}", e.message());
+    assert!(s.fake.object("deployments", NS, "chat-stable").is_none());
+    let preflight = client
+        .preflight(pb::PreflightRequest { service: "chat".into(), environment: "staging".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(preflight.ok, "Services may still be written: {preflight:?}");
+    server.stop().await;
+}
