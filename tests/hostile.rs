@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use hopngo_e2e::{Part, Stack, StackOptions, as_user, test_python};
+use hopngo_e2e::{Part, Stack, StackOptions, as_user};
 use hopngo_proto::{
     analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient, metric::Provider},
     deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
@@ -17,6 +17,7 @@ use hopngo_proto::{
     release as pb,
 };
 use hopngo_testkit::db::TestDb;
+use hopngo_testkit::python::test_python;
 use tonic::Code;
 
 const CONFIG: &str = r#"

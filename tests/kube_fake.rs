@@ -6,9 +6,10 @@
 
 use std::{process::Command, time::Duration};
 
-use hopngo_e2e::test_python;
-
-use hopngo_testkit::kube::{FakeKube, FakeKubeOptions, PodFailure};
+use hopngo_testkit::{
+    kube::{FakeKube, FakeKubeOptions, PodFailure},
+    python::{script, test_python},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_python_client_works_against_the_fake_api_server() {
@@ -24,7 +25,7 @@ async fn the_official_python_client_works_against_the_fake_api_server() {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig("staging")).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/kube_client.py");
+    let script = script("kube_client.py");
     let python = test_python();
     let output = tokio::time::timeout(
         Duration::from_secs(120),

@@ -188,15 +188,6 @@ pub async fn until(client: &mut Releases, id: &str, secs: u64, done: impl Fn(&pb
 }
 
 /// A port that was free a moment ago (for processes that must come back on the same address).
-/// The Python with the tests' foreign clients (grpcio, kubernetes) that `scripts/test.sh` installs.
-pub fn test_python() -> PathBuf {
-    let path = std::env::var_os("HOPNGO_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/python/bin/python")));
-    assert!(path.exists(), "{} is missing: run scripts/test.sh, which installs the Python clients", path.display());
-    path
-}
-
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }

@@ -79,6 +79,22 @@ pub enum BackendError {
     Unavailable(String),
 }
 
+/// The service and environment of a target, when the delivery config declares both (the error
+/// names the field, as in `ApplyTarget`).
+pub fn declared<'c>(
+    config: &'c hopngo_delivery::DeliveryConfig,
+    service: &str,
+    environment: &str,
+) -> Result<(&'c hopngo_delivery::Service, &'c hopngo_delivery::Environment), BackendError> {
+    let unknown = |field: &str, what: &str, name: &str| BackendError::Invalid {
+        field: field.into(),
+        reason: format!("unknown {what} {} (not in the delivery config)", hopngo_proto::check::shown(name)),
+    };
+    let s = config.service(service).ok_or_else(|| unknown("target.service", "service", service))?;
+    let e = config.environment(environment).ok_or_else(|| unknown("target.environment", "environment", environment))?;
+    Ok((s, e))
+}
+
 /// A deployer backend.
 pub trait Backend: Send + Sync {
     /// Whether `service` and `environment` are ones the delivery config declares.

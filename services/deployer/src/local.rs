@@ -119,20 +119,7 @@ impl LocalBackend {
 
     /// The service, when it and the environment are declared by the delivery config.
     fn declared(&self, service: &str, environment: &str) -> Result<&hopngo_delivery::Service, BackendError> {
-        let declared = self.config.service(service).ok_or_else(|| BackendError::Invalid {
-            field: "target.service".into(),
-            reason: format!("unknown service {} (not in the delivery config)", hopngo_proto::check::shown(service)),
-        })?;
-        if self.config.environment(environment).is_none() {
-            return Err(BackendError::Invalid {
-                field: "target.environment".into(),
-                reason: format!(
-                    "unknown environment {} (not in the delivery config)",
-                    hopngo_proto::check::shown(environment)
-                ),
-            });
-        }
-        Ok(declared)
+        crate::backend::declared(&self.config, service, environment).map(|(s, _)| s)
     }
 
     fn replica_spec(&self, target: &Target, artifact: &str, replicas: u32) -> Result<ReplicaSetSpec, BackendError> {

@@ -10,6 +10,7 @@ use hopngo_proto::deployer::{self as pb, deployer_service_client::DeployerServic
 use hopngo_testkit::{
     db::TestDb,
     kube::{FakeKube, FakeKubeOptions, PodFailure},
+    python::{script, test_python},
     server::{InProcess, server_args},
 };
 use serde_json::{Value, json};
@@ -176,6 +177,45 @@ async fn kube_client(s: &Setup) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
+/// Runs the schema check (`tests/python/validate_objects.py`) over `objects`: Ok, or its report.
+fn validate(s: &Setup, file: &str, objects: &[Value]) -> Result<String, String> {
+    let path = s.dir.0.join(file);
+    std::fs::write(&path, serde_json::to_vec(objects).unwrap()).unwrap();
+    let output = std::process::Command::new(test_python())
+        .arg(script("validate_objects.py"))
+        .arg(&path)
+        .arg("1.33.0")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    if output.status.success() { Ok(report) } else { Err(report) }
+}
+
+/// Every object the deployer applied is valid for the real API server (built-in kinds with
+/// kubernetes-validate, the HTTPRoute with the Gateway API CRD's schema); a broken copy is not.
+fn assert_written_objects_are_valid(s: &Setup) {
+    let applied: Vec<Value> = s
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "PATCH" && c.content_type.starts_with("application/apply-patch"))
+        .map(|c| c.body)
+        .collect();
+    let kinds: std::collections::BTreeSet<&str> = applied.iter().filter_map(|o| o["kind"].as_str()).collect();
+    let report = validate(s, "applied.json", &applied).unwrap_or_else(|report| panic!("{report}"));
+    assert!(report.contains(&format!("{} objects, 0 invalid", applied.len())), "{report}");
+    let mut broken = applied.clone();
+    for object in &mut broken {
+        match object["kind"].as_str() {
+            Some("HTTPRoute") => object["spec"]["rules"][0]["backendRefs"][0]["weight"] = json!(-1),
+            Some("Deployment") => object["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!(7),
+            _ => object["spec"]["ports"][0]["port"] = json!("eighty"),
+        }
+    }
+    let report = validate(s, "broken.json", &broken).expect_err("the validator refuses broken objects");
+    assert!(report.contains(&format!("{} objects, {} invalid", broken.len(), broken.len())), "{kinds:?}: {report}");
+}
+
 #[tokio::test]
 async fn canary_weights_are_written_to_the_route_step_by_step_and_a_restart_writes_nothing() {
     let s = setup().await;
@@ -249,6 +289,7 @@ async fn canary_weights_are_written_to_the_route_step_by_step_and_a_restart_writ
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.fake.resource_version(), before, "a restarted deployer wrote to the cluster");
     server.stop().await;
+    assert_written_objects_are_valid(&s);
 }
 
 #[tokio::test]
@@ -285,6 +326,34 @@ async fn blue_green_switches_and_switches_back_by_selector_without_moving_a_pod(
         "registry.example/hopngo/gateway:1.0"
     );
     server.stop().await;
+    assert_written_objects_are_valid(&s);
+}
+
+#[tokio::test]
+async fn without_a_route_the_canary_share_is_its_share_of_replicas() {
+    let s = setup().await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::{Canary, Stable};
+    let replicas = |name: &str| s.fake.object("deployments", NS, name).map(|d| d["spec"]["replicas"].as_i64().unwrap());
+    client.apply_target(target("chat", vec![track(Stable, "1.0", 4)], 0)).await.unwrap();
+    converged(&mut client, "chat").await;
+    client.apply_target(target("chat", vec![track(Stable, "1.0", 4), track(Canary, "1.1", 1)], 25)).await.unwrap();
+    let st = converged(&mut client, "chat").await;
+    assert_eq!((replicas("chat-stable"), replicas("chat-canary")), (Some(3), Some(1)), "ceil(4 × 25%) = 1 of 4");
+    assert_eq!(st.canary_weight, 25);
+    let all = s.fake.object("services", NS, "chat").unwrap();
+    assert_eq!(all["spec"]["selector"], json!({"hopngo.io/service": "chat"}), "the Service selects both tracks");
+    assert!(s.fake.object("httproutes", NS, "chat").is_none());
+    client.apply_target(target("chat", vec![track(Stable, "1.0", 4), track(Canary, "1.1", 1)], 50)).await.unwrap();
+    converged(&mut client, "chat").await;
+    assert_eq!((replicas("chat-stable"), replicas("chat-canary")), (Some(2), Some(2)));
+    // Abort: stable back to all replicas first; the canary goes once stable is ready.
+    client.apply_target(target("chat", vec![track(Stable, "1.0", 4)], 0)).await.unwrap();
+    converged(&mut client, "chat").await;
+    eventually("the canary is deleted", || replicas("chat-canary").is_none()).await;
+    assert_eq!(replicas("chat-stable"), Some(4));
+    server.stop().await;
+    assert_written_objects_are_valid(&s);
 }
 
 #[tokio::test]

@@ -144,6 +144,27 @@ struct Shared {
     failures: Mutex<Vec<(String, PodFailure)>>,
     /// (verb, plural) pairs the caller may not do: 403 Forbidden.
     forbidden: Mutex<BTreeSet<(String, String)>>,
+    /// Every request but watches, in arrival order.
+    calls: Mutex<Vec<Call>>,
+}
+
+/// A request the fake answered (watches aside), for a test to count or inspect.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// HTTP method.
+    pub method: String,
+    /// Plural of the kind.
+    pub plural: &'static str,
+    /// Namespace, if namespaced.
+    pub namespace: Option<String>,
+    /// Object name, unless a list or create.
+    pub name: Option<String>,
+    /// On the `status` subresource.
+    pub status: bool,
+    /// Content type of the body.
+    pub content_type: String,
+    /// The body (JSON, or an apply's YAML read as JSON); `null` without one.
+    pub body: Value,
 }
 
 /// The running fake.
@@ -556,6 +577,7 @@ impl FakeKube {
             ready_after: options.ready_after,
             failures: Mutex::new(Vec::new()),
             forbidden: Mutex::new(BTreeSet::new()),
+            calls: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
         let controllers = tokio::spawn({
@@ -614,6 +636,11 @@ impl FakeKube {
     /// `delete`) `plural`: 403 Forbidden, as RBAC answers.
     pub fn forbid(&self, verb: &str, plural: &str) {
         self.shared.forbidden.lock().unwrap_or_else(|e| e.into_inner()).insert((verb.to_string(), plural.to_string()));
+    }
+
+    /// Every request answered so far (watches aside).
+    pub fn calls(&self) -> Vec<Call> {
+        self.shared.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The current resourceVersion.
@@ -699,6 +726,15 @@ async fn answer(
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let user_agent = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("unknown").to_string();
     let bytes = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    shared.calls.lock().unwrap_or_else(|e| e.into_inner()).push(Call {
+        method: method.to_string(),
+        plural: KINDS[target.kind].plural,
+        namespace: target.namespace.clone(),
+        name: target.name.clone(),
+        status: target.status,
+        content_type: content_type.clone(),
+        body: serde_saphyr::from_str(&String::from_utf8_lossy(&bytes)).unwrap_or(Value::Null),
+    });
     let manager = manager_name(q, &user_agent);
     let kind = target.kind;
     let mut store = shared.store.lock().unwrap_or_else(|e| e.into_inner());

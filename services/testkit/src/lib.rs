@@ -16,5 +16,6 @@ pub mod fakes;
 pub mod kube;
 pub mod measure;
 pub mod prometheus;
+pub mod python;
 pub mod receiver;
 pub mod server;

@@ -202,18 +202,7 @@ impl KubeBackend {
 
     /// The service's workload in the environment, when the config runs it on Kubernetes.
     fn workload(&self, service: &str, environment: &str) -> Result<Workload<'_>, BackendError> {
-        let declared = self.config.service(service).ok_or_else(|| {
-            invalid(
-                "target.service",
-                format!("unknown service {} (not in the delivery config)", hopngo_proto::check::shown(service)),
-            )
-        })?;
-        let env = self.config.environment(environment).ok_or_else(|| {
-            invalid(
-                "target.environment",
-                format!("unknown environment {} (not in the delivery config)", hopngo_proto::check::shown(environment)),
-            )
-        })?;
+        let (declared, env) = crate::backend::declared(&self.config, service, environment)?;
         let k_env = env.kubernetes.as_ref().ok_or_else(|| {
             invalid(
                 "target.environment",
