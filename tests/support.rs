@@ -250,6 +250,8 @@ pub struct StackOptions {
     pub scheduler_args: Vec<String>,
     /// Migrator arguments (`--target NAME=URL`, `--locations NAME=DIR`, ...).
     pub migrator_args: Vec<String>,
+    /// Deployer arguments (`--backend kubernetes --kubeconfig FILE`, ...).
+    pub deployer_args: Vec<String>,
 }
 
 impl Stack {
@@ -296,6 +298,7 @@ impl Stack {
             "--log-dir".into(),
             dir.join("logs").display().to_string(),
         ]);
+        deployer.extend(options.deployer_args.iter().cloned());
         procs.insert(Part::Deployer, (deployer, None));
         let mut analyzer = common(analyzer_port);
         analyzer.extend([

@@ -227,7 +227,10 @@ fn past_deadline<E: Effects>(cx: &mut StepCtx<'_, E>) -> Option<Next> {
         return None;
     }
     let step = r.plan.steps.get(r.step_index).map(|s| s.name.clone()).unwrap_or_else(|| "completion".into());
-    let detail = r.last_error.clone().map(|e| format!(": {e}")).unwrap_or_default();
+    // What it was waiting on (the last retried failure, else what the step last reported, such as
+    // the deployer's "canary 0/1 ready (ImagePullBackOff: ...)"), so a person can act on it.
+    let waiting_on = r.last_error.clone().or_else(|| (!r.message.is_empty()).then(|| r.message.clone()));
+    let detail = waiting_on.map(|e| format!(": {e}")).unwrap_or_default();
     let reason = format!(
         "progress deadline exceeded ({}) at step {} ({step}){detail}",
         hopngo_kit::args::format_duration(r.plan.progress_deadline.0),
