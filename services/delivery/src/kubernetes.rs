@@ -1,5 +1,6 @@
 //! How services run on Kubernetes: the namespace and gateway of each environment, and per
-//! service what its Deployments need (the deployer owns the workloads).
+//! service either what its Deployments need (native mode: the deployer owns the workloads) or
+//! the Argo Rollout it already has (Argo mode: the deployer drives the Rollout).
 
 use std::collections::BTreeMap;
 
@@ -126,6 +127,18 @@ pub struct RouteDef {
     pub path_prefix: Option<String>,
 }
 
+/// A service HopNGo releases through its existing Argo Rollout.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ArgoRolloutRef {
+    /// Rollout name (in the environment's namespace).
+    pub name: String,
+    /// Container whose image a release sets.
+    pub container: String,
+    /// Image repository without tag or digest; the artifact is the tag or digest.
+    pub image: String,
+}
+
 /// The image a release of `artifact` runs: `repository:tag`, or `repository@sha256:…` for a
 /// digest.
 pub fn image_reference(repository: &str, artifact: &str) -> String {
@@ -227,6 +240,24 @@ impl Validator {
     }
 
     pub(super) fn kubernetes_service(&mut self, path: &str, service: &Service, gateways: bool) {
+        if let Some(argo) = &service.argo_rollout {
+            let apath = format!("{path}.argoRollout");
+            if service.kubernetes.is_some() {
+                self.problem(
+                    apath.clone(),
+                    "a service runs either on Deployments the deployer owns (kubernetes) or on its Argo Rollout, not both",
+                );
+            }
+            if !is_dns_subdomain(&argo.name) {
+                self.problem(format!("{apath}.name"), format!("{:?} is not a Rollout name", argo.name));
+            }
+            if !is_dns_label(&argo.container) {
+                self.problem(format!("{apath}.container"), format!("{:?} is not a container name", argo.container));
+            }
+            if let Some(problem) = image_repository_problem(&argo.image) {
+                self.problem(format!("{apath}.image"), problem);
+            }
+        }
         let Some(k) = &service.kubernetes else { return };
         if service.name.len() > MAX_SERVICE_NAME {
             self.problem(

@@ -375,6 +375,9 @@ pub struct Service {
     /// How the Kubernetes backend runs the service on Deployments it owns (native mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<kubernetes::ServiceKubernetes>,
+    /// The service's existing Argo Rollout, which the Kubernetes backend drives (Argo mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argo_rollout: Option<kubernetes::ArgoRolloutRef>,
     /// Overrides the environment's progress deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<Dur>,

@@ -317,6 +317,10 @@ services:
   - name: a-service-name-that-is-far-too-long-for-kubernetes-objects
     strategy: {canary: {steps: [{setWeight: 50}]}}
     kubernetes: {image: registry.example/chat}
+  - name: chat
+    strategy: {canary: {steps: []}}
+    kubernetes: {image: registry.example/chat}
+    argoRollout: {name: chat, container: App, image: registry.example/chat}
 ";
     assert_eq!(
         problems(yaml),
@@ -331,6 +335,8 @@ services:
             "services[0].kubernetes.route: needs a gateway: every environment on Kubernetes needs kubernetes.gateway (the route's parent)",
             "services[0].kubernetes.route.hostnames[1]: \"bad host\" is not a host name",
             "services[1].name: at most 55 characters on Kubernetes (object names add \"-preview\")",
+            "services[2].argoRollout: a service runs either on Deployments the deployer owns (kubernetes) or on its Argo Rollout, not both",
+            "services[2].argoRollout.container: \"App\" is not a container name",
         ]
     );
 }

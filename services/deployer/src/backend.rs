@@ -61,6 +61,52 @@ pub struct Observed {
     pub converged: bool,
     /// What is not converged yet.
     pub message: String,
+    /// The Argo Rollout's own status (Argo mode).
+    pub rollout: Option<RolloutObserved>,
+}
+
+/// What Argo's controller reports about a Rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolloutObserved {
+    /// Rollout name.
+    pub name: String,
+    /// Healthy, Progressing, Paused, Degraded.
+    pub phase: String,
+    /// Argo's message.
+    pub message: String,
+    /// Current canary step.
+    pub current_step_index: u32,
+    /// Canary steps.
+    pub step_count: u32,
+    /// Canary traffic share.
+    pub canary_weight: u32,
+    /// Stable ReplicaSet's pod template hash.
+    pub stable_hash: String,
+    /// The spec's pod template hash.
+    pub current_hash: String,
+    /// Paused by a step or by hand.
+    pub paused: bool,
+    /// The update was aborted.
+    pub aborted: bool,
+    /// Image of the released container.
+    pub image: String,
+    /// `rollout.argoproj.io/revision`.
+    pub revision: u64,
+}
+
+/// What `ControlRollout` does, as Argo's CLI names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutAction {
+    /// `promote`.
+    Promote,
+    /// `promote --full`.
+    PromoteFull,
+    /// `abort`.
+    Abort,
+    /// `retry rollout`.
+    Retry,
+    /// `undo --to-revision N`.
+    Undo(u64),
 }
 
 /// A failed apply.
@@ -110,4 +156,11 @@ pub trait Backend: Send + Sync {
     fn status(&self, service: &str, environment: &str) -> impl Future<Output = Option<Observed>> + Send;
     /// Checks that the backend can run a service in an environment: (check, ok, detail).
     fn preflight(&self, service: &str, environment: &str) -> impl Future<Output = Vec<(String, bool, String)>> + Send;
+    /// Acts on the service's Argo Rollout (Argo mode only).
+    fn control(
+        &self,
+        service: &str,
+        environment: &str,
+        action: RolloutAction,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }

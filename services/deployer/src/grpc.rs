@@ -7,7 +7,7 @@ use hopngo_proto::deployer::{self as pb, deployer_service_server::DeployerServic
 use tonic::{Request, Response, Status};
 
 use crate::{
-    backend::{Backend, BackendError, Observed, Target, TrackSpec},
+    backend::{Backend, BackendError, Observed, RolloutAction, Target, TrackSpec},
     error::DeployerError,
     proxy::Track,
     store::Store,
@@ -136,7 +136,54 @@ fn status(
         idempotency_key: key.unwrap_or_default(),
         message: observed.message,
         address: address.unwrap_or_default(),
+        rollout: observed.rollout.map(|o| pb::RolloutStatus {
+            name: o.name,
+            phase: o.phase,
+            message: o.message,
+            current_step_index: o.current_step_index,
+            step_count: o.step_count,
+            canary_weight: o.canary_weight,
+            stable_hash: o.stable_hash,
+            current_hash: o.current_hash,
+            paused: o.paused,
+            aborted: o.aborted,
+            image: o.image,
+            revision: o.revision,
+        }),
     }
+}
+
+/// A refused service or environment name, with the field named as in the request (no `target.`).
+fn names_error(e: BackendError) -> Status {
+    match e {
+        BackendError::Invalid { field, reason } => invalid(field.trim_start_matches("target."), reason),
+        other => DeployerError::from(other).into(),
+    }
+}
+
+/// The action of a `ControlRollout` request.
+#[allow(clippy::result_large_err)]
+fn rollout_action(action: i32, to_revision: u64) -> Result<RolloutAction, Status> {
+    let action = match pb::RolloutAction::try_from(action) {
+        Ok(pb::RolloutAction::Promote) => RolloutAction::Promote,
+        Ok(pb::RolloutAction::PromoteFull) => RolloutAction::PromoteFull,
+        Ok(pb::RolloutAction::Abort) => RolloutAction::Abort,
+        Ok(pb::RolloutAction::Retry) => RolloutAction::Retry,
+        Ok(pb::RolloutAction::Undo) if to_revision == 0 => {
+            return Err(invalid("to_revision", "UNDO needs the revision to go back to"));
+        }
+        Ok(pb::RolloutAction::Undo) => RolloutAction::Undo(to_revision),
+        _ => {
+            return Err(invalid(
+                "action",
+                format!("{action} is not an action (PROMOTE, PROMOTE_FULL, ABORT, RETRY, UNDO)"),
+            ));
+        }
+    };
+    if to_revision != 0 && !matches!(action, RolloutAction::Undo(_)) {
+        return Err(invalid("to_revision", "only UNDO takes a revision"));
+    }
+    Ok(action)
 }
 
 #[tonic::async_trait]
@@ -194,13 +241,26 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         }))
     }
 
+    async fn control_rollout(
+        &self,
+        req: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::ControlRolloutResponse>, Status> {
+        let r = req.into_inner();
+        let action = rollout_action(r.action, r.to_revision)?;
+        self.backend.check_names(&r.service, &r.environment).map_err(names_error)?;
+        self.backend.control(&r.service, &r.environment, action).await.map_err(DeployerError::from)?;
+        let observed = self.backend.status(&r.service, &r.environment).await;
+        let key = self.store.key(&r.service, &r.environment).await.map_err(DeployerError::from)?;
+        let address = self.backend.address(&r.service, &r.environment).await;
+        Ok(Response::new(pb::ControlRolloutResponse {
+            status: Some(status(&r.service, &r.environment, observed, key, address)),
+        }))
+    }
+
     async fn preflight(&self, req: Request<pb::PreflightRequest>) -> Result<Response<pb::PreflightResponse>, Status> {
         let r = req.into_inner();
         // The same names as a target's (field names as in ApplyTarget, without `target.`).
-        self.backend.check_names(&r.service, &r.environment).map_err(|e| match e {
-            BackendError::Invalid { field, reason } => invalid(field.trim_start_matches("target."), reason),
-            other => DeployerError::from(other).into(),
-        })?;
+        self.backend.check_names(&r.service, &r.environment).map_err(names_error)?;
         let checks = self.backend.preflight(&r.service, &r.environment).await;
         Ok(Response::new(pb::PreflightResponse {
             ok: checks.iter().all(|(_, ok, _)| *ok),

@@ -195,6 +195,13 @@ fn route(target: &Target, tracks: BTreeMap<Track, Vec<SocketAddr>>) -> Routing {
 }
 
 impl Backend for LocalBackend {
+    async fn control(&self, service: &str, _: &str, _: crate::backend::RolloutAction) -> Result<(), BackendError> {
+        Err(BackendError::Invalid {
+            field: "service".into(),
+            reason: format!("{service:?} has no Argo Rollout: the local backend runs processes"),
+        })
+    }
+
     fn check_names(&self, service: &str, environment: &str) -> Result<(), BackendError> {
         self.declared(service, environment).map(|_| ())
     }

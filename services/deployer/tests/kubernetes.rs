@@ -42,6 +42,15 @@ services:
   - name: local-only
     strategy: {{canary: {{steps: [{{setWeight: 50}}]}}}}
     local: {{command: [demo]}}
+  - name: legacy
+    strategy: {{canary: {{steps: []}}}}
+    argoRollout: {{name: legacy-rollout, container: app, image: registry.example/hopngo/legacy}}
+  - name: ghost
+    strategy: {{canary: {{steps: []}}}}
+    argoRollout: {{name: ghost, container: app, image: registry.example/hopngo/ghost}}
+  - name: wrong
+    strategy: {{canary: {{steps: []}}}}
+    argoRollout: {{name: legacy-rollout, container: web, image: registry.example/hopngo/legacy}}
 "
     )
 }
@@ -419,4 +428,146 @@ async fn bad_input_and_a_forbidden_cluster_are_named() {
         .into_inner();
     assert!(preflight.ok, "Services may still be written: {preflight:?}");
     server.stop().await;
+}
+
+/// A Rollout as a GitOps tool would have created it.
+async fn create_rollout(s: &Setup) {
+    let rollout = json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "legacy-rollout", "namespace": NS, "annotations": {"owner": "team-legacy"}},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "legacy"}},
+            "template": {"metadata": {"labels": {"app": "legacy"}}, "spec": {"containers": [
+                {"name": "proxy", "image": "envoy:1.30"},
+                {"name": "app", "image": "registry.example/hopngo/legacy:1.0"}]}},
+            "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {}}]}},
+        },
+    });
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        kube_client(s).await,
+        NS,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
+            "rollouts",
+        ),
+    );
+    let params = kube::api::PatchParams::apply("argocd-controller");
+    api.patch("legacy-rollout", &params, &kube::api::Patch::Apply(&rollout)).await.unwrap();
+    eventually("Argo reports the first revision Healthy", || {
+        s.fake.object("rollouts", NS, "legacy-rollout").is_some_and(|r| r["status"]["phase"] == "Healthy")
+    })
+    .await;
+}
+
+async fn control(
+    client: &mut DeployerServiceClient<Channel>,
+    service: &str,
+    action: pb::RolloutAction,
+    to_revision: u64,
+) -> Result<pb::TargetStatus, tonic::Status> {
+    let request = pb::ControlRolloutRequest {
+        service: service.into(),
+        environment: "staging".into(),
+        action: action as i32,
+        to_revision,
+    };
+    client.control_rollout(request).await.map(|r| r.into_inner().status.unwrap())
+}
+
+/// Waits until the Rollout's status satisfies `done`.
+async fn rollout_until(
+    client: &mut DeployerServiceClient<Channel>,
+    what: &str,
+    done: impl Fn(&pb::RolloutStatus) -> bool,
+) -> pb::TargetStatus {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = status(client, "legacy").await;
+        if st.rollout.as_ref().is_some_and(&done) {
+            return st;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never {what}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn argo_mode_sets_the_image_and_drives_the_rollout_with_argo_s_own_patches() {
+    let s = setup().await;
+    create_rollout(&s).await;
+    let (mut client, server) = start(&s).await;
+    use pb::RolloutAction::{Abort, Promote, PromoteFull, Retry, Undo};
+    let app_image = |s: &Setup| {
+        let r = s.fake.object("rollouts", NS, "legacy-rollout").unwrap();
+        let containers = r["spec"]["template"]["spec"]["containers"].clone();
+        (containers[0]["image"].as_str().unwrap().to_string(), containers[1]["image"].as_str().unwrap().to_string())
+    };
+
+    client.apply_target(target("legacy", vec![track(pb::Track::Stable, "2.0", 3)], 0)).await.unwrap();
+    assert_eq!(
+        app_image(&s),
+        ("envoy:1.30".into(), "registry.example/hopngo/legacy:2.0".into()),
+        "only the app container"
+    );
+    let st =
+        rollout_until(&mut client, "paused at the first pause", |r| r.phase == "Paused" && r.current_step_index == 1)
+            .await;
+    let r = st.rollout.as_ref().unwrap();
+    assert_eq!((r.canary_weight, r.step_count, r.paused, r.revision), (20, 4, true, 2));
+    assert!(!st.converged);
+    assert!(
+        st.message.contains("Rollout legacy-rollout is Paused: CanaryPauseStep (step 1/4, canary 20%)"),
+        "{}",
+        st.message
+    );
+    let rollout = s.fake.object("rollouts", NS, "legacy-rollout").unwrap();
+    assert_eq!(rollout["metadata"]["annotations"]["owner"], "team-legacy", "the owner's fields are untouched");
+
+    control(&mut client, "legacy", Promote, 0).await.unwrap();
+    rollout_until(&mut client, "at 60%", |r| r.phase == "Paused" && r.current_step_index == 3 && r.canary_weight == 60)
+        .await;
+    control(&mut client, "legacy", Abort, 0).await.unwrap();
+    rollout_until(&mut client, "aborted", |r| r.phase == "Degraded" && r.aborted && r.canary_weight == 0).await;
+    control(&mut client, "legacy", Retry, 0).await.unwrap();
+    rollout_until(&mut client, "retried from the start", |r| r.phase == "Paused" && r.current_step_index == 1).await;
+    control(&mut client, "legacy", PromoteFull, 0).await.unwrap();
+    let st = rollout_until(&mut client, "fully promoted", |r| r.phase == "Healthy").await;
+    assert!(st.converged, "{st:?}");
+    assert_eq!(st.canary_weight, 0);
+
+    // Undo to revision 1: its ReplicaSet's template comes back as revision 3 (the ReplicaSet is
+    // the same one, renumbered, as Argo does).
+    control(&mut client, "legacy", Undo, 1).await.unwrap();
+    let st = rollout_until(&mut client, "undone", |r| r.revision == 3).await;
+    assert_eq!(st.rollout.unwrap().image, "registry.example/hopngo/legacy:1.0");
+    assert_eq!(app_image(&s).1, "registry.example/hopngo/legacy:1.0");
+
+    // Bad input names the field or the object.
+    let e = control(&mut client, "legacy", Undo, 9).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("to_revision: Rollout hopngo-staging/legacy-rollout has no revision 9 (kept: 2, 3)"),
+        "{}",
+        e.message()
+    );
+    let e = control(&mut client, "legacy", Undo, 0).await.unwrap_err();
+    assert_eq!(e.message(), "to_revision: UNDO needs the revision to go back to");
+    let e = control(&mut client, "booking", Promote, 0).await.unwrap_err();
+    assert!(e.message().contains("has no argoRollout"), "{}", e.message());
+    let canary = vec![track(pb::Track::Stable, "2.0", 3), track(pb::Track::Canary, "2.1", 1)];
+    let e = client.apply_target(target("legacy", canary, 10)).await.unwrap_err();
+    assert!(e.message().starts_with("target.tracks: an Argo Rollout runs its own canary steps"), "{}", e.message());
+    let e = client.apply_target(target("ghost", vec![track(pb::Track::Stable, "1.0", 1)], 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "a Rollout may still be created: the release waits");
+    assert!(e.message().contains("Rollout hopngo-staging/ghost: not found"), "{}", e.message());
+    let e = client.apply_target(target("wrong", vec![track(pb::Track::Stable, "1.0", 1)], 0)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("has no container \"web\" (containers: proxy, app)"), "{}", e.message());
+    server.stop().await;
+
+    // The Rollout as the deployer left it is still valid for its CRD.
+    let mut rollout = s.fake.object("rollouts", NS, "legacy-rollout").unwrap();
+    rollout.as_object_mut().unwrap().remove("status");
+    validate(&s, "rollout.json", &[rollout]).unwrap_or_else(|report| panic!("{report}"));
 }

@@ -39,6 +39,12 @@ impl DeployerService for Deployer {
         tracing::info!("preflight handled");
         Ok(Response::new(dpb::PreflightResponse { ok: true, checks: Vec::new() }))
     }
+    async fn control_rollout(
+        &self,
+        _: Request<dpb::ControlRolloutRequest>,
+    ) -> Result<Response<dpb::ControlRolloutResponse>, Status> {
+        Err(Status::invalid_argument("service: no argoRollout"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

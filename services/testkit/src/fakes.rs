@@ -263,6 +263,7 @@ impl dpb::deployer_service_server::DeployerService for FakeDeployer {
                 idempotency_key: key.clone(),
                 message: if converged { String::new() } else { "replicas starting".into() },
                 address: String::new(),
+                rollout: None,
             }),
         }))
     }
@@ -270,6 +271,16 @@ impl dpb::deployer_service_server::DeployerService for FakeDeployer {
     async fn preflight(&self, _: Request<dpb::PreflightRequest>) -> Result<Response<dpb::PreflightResponse>, Status> {
         self.gate.pass().await?;
         Ok(Response::new(dpb::PreflightResponse { ok: true, checks: Vec::new() }))
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<dpb::ControlRolloutRequest>,
+    ) -> Result<Response<dpb::ControlRolloutResponse>, Status> {
+        self.gate.pass().await?;
+        let r = req.into_inner();
+        // As the real deployer answers for a service it owns the workloads of.
+        Err(Status::invalid_argument(format!("service: {:?} has no argoRollout", r.service)))
     }
 }
 

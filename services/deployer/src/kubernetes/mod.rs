@@ -11,6 +11,8 @@
 //! the target loses its traffic first and its Deployment after `scaleDownDelay`, once what
 //! remains is ready.
 
+pub mod argo;
+mod driven;
 pub mod objects;
 pub mod route;
 pub mod status;
@@ -44,7 +46,7 @@ use self::{
     status::{artifact_of, covers, track_view},
 };
 use crate::{
-    backend::{Backend, BackendError, Observed, Target, TrackObserved},
+    backend::{Backend, BackendError, Observed, RolloutAction, Target, TrackObserved},
     proxy::Track,
 };
 
@@ -61,6 +63,16 @@ struct Caches {
     pods: Store<Pod>,
     services: Store<Service>,
     routes: Option<Store<HttpRoute>>,
+    /// Every Rollout of the namespace (they are not ours to label), when a service is in Argo mode.
+    rollouts: Option<Store<argo::Rollout>>,
+}
+
+/// How a service runs in an environment.
+enum Mode<'a> {
+    /// On Deployments the deployer owns.
+    Native(Workload<'a>),
+    /// Through its existing Argo Rollout.
+    Argo { rollout: &'a hopngo_delivery::kubernetes::ArgoRolloutRef, namespace: &'a str },
 }
 
 /// An object the deployer wrote: what it sent and the resourceVersion the server answered.
@@ -92,14 +104,17 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> BackendError 
 }
 
 /// A watch of one kind in one namespace, filling a cache until `stop`.
-fn watch<K>(api: Api<K>, labels: &str, stop: &CancellationToken) -> Store<K>
+fn watch<K>(api: Api<K>, labels: Option<&str>, stop: &CancellationToken) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, watcher::Config::default().labels(labels).any_semantic()))
-        .default_backoff()
-        .applied_objects();
+    let config = watcher::Config::default().any_semantic();
+    let config = match labels {
+        Some(labels) => config.labels(labels),
+        None => config,
+    };
+    let stream = reflector(writer, watcher(api, config)).default_backoff().applied_objects();
     let stop = stop.clone();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -136,16 +151,18 @@ impl KubeBackend {
         };
         let client = Client::try_from(client_config)?;
         let routed = config.services.iter().any(|s| s.kubernetes.as_ref().is_some_and(|k| k.route.is_some()));
+        let argo = config.services.iter().any(|s| s.argo_rollout.is_some());
         let labels = format!("{}={}", objects::MANAGED.0, objects::MANAGED.1);
         let mut caches = BTreeMap::new();
         for env in &config.environments {
             let Some(k) = &env.kubernetes else { continue };
             let ns = k.namespace.as_str();
             caches.entry(ns.to_string()).or_insert_with(|| Caches {
-                deployments: watch(Api::namespaced(client.clone(), ns), &labels, &stop),
-                pods: watch(Api::namespaced(client.clone(), ns), &labels, &stop),
-                services: watch(Api::namespaced(client.clone(), ns), &labels, &stop),
-                routes: routed.then(|| watch(Api::namespaced(client.clone(), ns), &labels, &stop)),
+                deployments: watch(Api::namespaced(client.clone(), ns), Some(&labels), &stop),
+                pods: watch(Api::namespaced(client.clone(), ns), Some(&labels), &stop),
+                services: watch(Api::namespaced(client.clone(), ns), Some(&labels), &stop),
+                routes: routed.then(|| watch(Api::namespaced(client.clone(), ns), Some(&labels), &stop)),
+                rollouts: argo.then(|| watch(Api::namespaced(client.clone(), ns), None, &stop)),
             });
         }
         for (ns, c) in &caches {
@@ -155,6 +172,9 @@ impl KubeBackend {
                 c.services.wait_until_ready().await?;
                 if let Some(routes) = &c.routes {
                     routes.wait_until_ready().await?;
+                }
+                if let Some(rollouts) = &c.rollouts {
+                    rollouts.wait_until_ready().await?;
                 }
                 Ok::<_, reflector::store::WriterDropped>(())
             };
@@ -186,7 +206,8 @@ impl KubeBackend {
                 }
                 let Some(backend) = weak.upgrade() else { return };
                 let targets: Vec<Target> = backend.lock_desired().values().cloned().collect();
-                for target in targets {
+                // Argo mode is driven, not owned: the image is set when asked, never re-asserted.
+                for target in targets.into_iter().filter(|t| backend.workload(&t.service, &t.environment).is_ok()) {
                     if let Err(err) = backend.reconcile(&target).await {
                         tracing::warn!(%err, service = %target.service, environment = %target.environment, "reconcile failed");
                     }
@@ -200,8 +221,8 @@ impl KubeBackend {
         self.desired.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The service's workload in the environment, when the config runs it on Kubernetes.
-    fn workload(&self, service: &str, environment: &str) -> Result<Workload<'_>, BackendError> {
+    /// How the service runs in the environment, when the config runs it on Kubernetes.
+    fn mode(&self, service: &str, environment: &str) -> Result<Mode<'_>, BackendError> {
         let (declared, env) = crate::backend::declared(&self.config, service, environment)?;
         let k_env = env.kubernetes.as_ref().ok_or_else(|| {
             invalid(
@@ -209,15 +230,29 @@ impl KubeBackend {
                 format!("environments.{environment}.kubernetes is missing: no namespace to run in"),
             )
         })?;
+        if let Some(rollout) = &declared.argo_rollout {
+            return Ok(Mode::Argo { rollout, namespace: &k_env.namespace });
+        }
         let spec = declared.kubernetes.as_ref().ok_or_else(|| {
             invalid(
                 "target.service",
                 format!(
-                    "services.{service}.kubernetes is missing: the Kubernetes backend has no image repository for it"
+                    "services.{service}.kubernetes is missing (nor has it an argoRollout): the Kubernetes backend has no image repository for it"
                 ),
             )
         })?;
-        Ok(Workload { service: &declared.name, namespace: &k_env.namespace, spec, environment: k_env })
+        Ok(Mode::Native(Workload { service: &declared.name, namespace: &k_env.namespace, spec, environment: k_env }))
+    }
+
+    /// The service's workload in the environment, when the deployer owns it.
+    fn workload(&self, service: &str, environment: &str) -> Result<Workload<'_>, BackendError> {
+        match self.mode(service, environment)? {
+            Mode::Native(w) => Ok(w),
+            Mode::Argo { rollout, .. } => Err(invalid(
+                "target.service",
+                format!("{service:?} is released through its Argo Rollout {:?}", rollout.name),
+            )),
+        }
     }
 
     fn caches(&self, namespace: &str) -> Result<&Caches, BackendError> {
@@ -466,11 +501,13 @@ fn api_error(context: &str, err: kube::Error) -> BackendError {
 
 impl Backend for KubeBackend {
     fn check_names(&self, service: &str, environment: &str) -> Result<(), BackendError> {
-        self.workload(service, environment).map(|_| ())
+        self.mode(service, environment).map(|_| ())
     }
 
     fn check(&self, target: &Target) -> Result<(), BackendError> {
-        self.workload(&target.service, &target.environment)?;
+        if let Mode::Argo { .. } = self.mode(&target.service, &target.environment)? {
+            driven::check(target)?;
+        }
         for (i, t) in target.tracks.iter().enumerate() {
             if let Some(reason) = hopngo_delivery::kubernetes::image_artifact_problem(&t.artifact) {
                 return Err(invalid(format!("target.tracks[{i}].artifact"), reason));
@@ -488,13 +525,21 @@ impl Backend for KubeBackend {
 
     async fn apply(&self, target: &Target) -> Result<(), BackendError> {
         self.check(target)?;
+        if let Mode::Argo { rollout, namespace } = self.mode(&target.service, &target.environment)? {
+            // Recorded first: a Rollout that is missing now is reported by status until it exists.
+            self.lock_desired().insert((target.service.clone(), target.environment.clone()), target.clone());
+            return self.set_rollout_image(rollout, namespace, target).await;
+        }
         self.lock_desired().insert((target.service.clone(), target.environment.clone()), target.clone());
         self.reconcile(target).await
     }
 
     async fn status(&self, service: &str, environment: &str) -> Option<Observed> {
         let target = self.lock_desired().get(&(service.to_string(), environment.to_string())).cloned()?;
-        let w = self.workload(service, environment).ok()?;
+        let w = match self.mode(service, environment).ok()? {
+            Mode::Native(w) => w,
+            Mode::Argo { rollout, namespace } => return self.rollout_status(rollout, namespace, &target),
+        };
         let placements = self.placements(&w, &target).ok()?;
         let running = self.deployments(&w).ok()?;
         let mut observed = Observed::default();
@@ -555,9 +600,22 @@ impl Backend for KubeBackend {
         Some(observed)
     }
 
+    async fn control(&self, service: &str, environment: &str, action: RolloutAction) -> Result<(), BackendError> {
+        match self.mode(service, environment)? {
+            Mode::Argo { rollout, namespace } => self.control_rollout(rollout, namespace, action).await,
+            Mode::Native(_) => Err(invalid(
+                "service",
+                format!(
+                    "{service:?} has no argoRollout: the deployer owns its Deployments (nothing to promote in Argo)"
+                ),
+            )),
+        }
+    }
+
     async fn preflight(&self, service: &str, environment: &str) -> Vec<(String, bool, String)> {
-        let w = match self.workload(service, environment) {
-            Ok(w) => w,
+        let w = match self.mode(service, environment) {
+            Ok(Mode::Native(w)) => w,
+            Ok(Mode::Argo { rollout, namespace }) => return self.rollout_preflight(rollout, namespace),
             Err(e) => return vec![("kubernetes".into(), false, e.to_string())],
         };
         let mut checks = Vec::new();

@@ -124,11 +124,27 @@ pub fn copy(into: &mut Value, from: &Value, path: &[Seg]) {
                     *here = Value::Array(Vec::new());
                 }
                 let list = here.as_array_mut().expect("made an array");
-                let at = match list.iter().position(|i| i.get("name").and_then(Value::as_str) == Some(name)) {
+                let name_of = |i: &Value| i.get("name").and_then(Value::as_str).map(str::to_string);
+                let at = match list.iter().position(|i| name_of(i).as_deref() == Some(name)) {
                     Some(at) => at,
                     None => {
-                        list.push(json!({"name": name}));
-                        list.len() - 1
+                        // A new item goes where the applied list has it, as the API server keeps
+                        // the applied order: before the first item that comes after it there.
+                        let order: Vec<String> = get(from, &path[..i])
+                            .and_then(Value::as_array)
+                            .map(|l| l.iter().filter_map(name_of).collect())
+                            .unwrap_or_default();
+                        let rank = |n: &str| order.iter().position(|o| o == n);
+                        let mine = rank(name);
+                        let at = list
+                            .iter()
+                            .position(|item| match (mine, name_of(item).as_deref().and_then(rank)) {
+                                (Some(m), Some(other)) => other > m,
+                                _ => false,
+                            })
+                            .unwrap_or(list.len());
+                        list.insert(at, json!({"name": name}));
+                        at
                     }
                 };
                 &mut list[at]
