@@ -2,7 +2,9 @@
 //! deployer on its Kubernetes backend against the in-memory API server: a canary's HTTPRoute
 //! weights at each step, the deployer SIGKILLed mid-release and restarted (it re-reads the
 //! cluster and writes nothing twice), and a canary whose image cannot be pulled aborting at its
-//! progress deadline with that reason, its traffic back on stable.
+//! progress deadline with that reason, its traffic back on stable; in Argo mode, a release of a
+//! service's existing Rollout paused by Argo, promoted through HopNGo, and an abort that takes
+//! the Rollout back to the stable image.
 
 use std::time::Duration;
 
@@ -122,5 +124,104 @@ async fn a_canary_on_kubernetes_through_the_scheduler_with_a_killed_deployer_and
     assert!(aborted.message.contains("ImagePullBackOff"), "{}", aborted.message);
     assert_eq!(canary_weight(&fake), (0, false), "traffic stayed on stable");
     assert_eq!(image(&fake, "booking-stable").as_deref(), Some("registry.example/hopngo/booking:1.1"));
+    drop(stack);
+}
+
+const ARGO_CONFIG: &str = "
+environments:
+  - name: staging
+    progressDeadline: 30s
+    kubernetes: {namespace: hopngo-staging}
+services:
+  - name: legacy
+    strategy: {canary: {steps: []}}
+    argoRollout: {name: legacy-rollout, container: app, image: registry.example/hopngo/legacy}
+";
+
+fn rollout(fake: &FakeKube) -> Value {
+    fake.object("rollouts", NS, "legacy-rollout").expect("the Rollout")
+}
+
+fn rollout_image(fake: &FakeKube) -> String {
+    let r = rollout(fake);
+    let containers = r["spec"]["template"]["spec"]["containers"].as_array().unwrap().clone();
+    let app = containers.iter().find(|c| c["name"] == "app").unwrap();
+    app["image"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_argo_rollout_released_promoted_and_aborted_through_the_scheduler() {
+    let fake = FakeKube::start_with(FakeKubeOptions {
+        namespaces: vec![NS.into()],
+        ready_after: Duration::from_millis(50),
+        ..Default::default()
+    })
+    .await;
+    fake.create(
+        "rollouts",
+        "argocd-controller",
+        serde_json::json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "legacy-rollout", "namespace": NS},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "legacy"}},
+                "template": {"metadata": {"labels": {"app": "legacy"}}, "spec": {"containers": [
+                    {"name": "app", "image": "registry.example/hopngo/legacy:1.0"}]}},
+                "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}, {"setWeight": 60}, {"pause": {"duration": "1s"}}]}},
+            },
+        }),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while rollout(&fake)["status"]["phase"] != "Healthy" {
+        assert!(tokio::time::Instant::now() < deadline, "the fake Argo never reported Healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let db = TestDb::create().await.unwrap();
+    let kubeconfig = std::env::temp_dir().join(format!("hopngo-kube-argo-{}.yaml", std::process::id()));
+    std::fs::write(&kubeconfig, fake.kubeconfig(NS)).unwrap();
+    let options = StackOptions {
+        deployer_args: vec![
+            "--backend".into(),
+            "kubernetes".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+        ],
+        ..Default::default()
+    };
+    let stack = Stack::start(&db.url, ARGO_CONFIG, options).await.unwrap();
+    let mut releases = stack.releases().await;
+
+    // The version already running: nothing for Argo to do.
+    let first = create_release(&mut releases, "legacy", "1.0").await;
+    let first = until(&mut releases, &first.id, 60, |r| r.settled).await;
+    assert_eq!(first.phase, pb::ReleasePhase::Succeeded as i32, "{first:#?}");
+
+    // A new version: Argo's first pause (20%) pauses the release; HopNGo's promote reaches Argo.
+    let next = create_release(&mut releases, "legacy", "2.0").await;
+    let paused = until(&mut releases, &next.id, 60, paused_at(20)).await;
+    assert!(paused.message.contains("Argo paused the Rollout at step 1/4"), "{}", paused.message);
+    assert_eq!(rollout_image(&fake), "registry.example/hopngo/legacy:2.0");
+    let promote = pb::PromoteReleaseRequest { id: next.id.clone(), ..Default::default() };
+    releases.promote_release(as_user(promote, "alice", &[])).await.unwrap();
+    let done = until(&mut releases, &next.id, 60, |r| r.settled).await;
+    assert_eq!(done.phase, pb::ReleasePhase::Succeeded as i32, "{done:#?}");
+    let status = &rollout(&fake)["status"];
+    assert_eq!((status["phase"].as_str(), status["stableRS"] == status["currentPodHash"]), (Some("Healthy"), true));
+
+    // An abort: Argo's abort, then the stable image back; the Rollout ends Healthy on 2.0.
+    let bad = create_release(&mut releases, "legacy", "3.0").await;
+    until(&mut releases, &bad.id, 60, paused_at(20)).await;
+    let abort = pb::AbortReleaseRequest { id: bad.id.clone(), reason: "error budget".into() };
+    releases.abort_release(as_user(abort, "alice", &[])).await.unwrap();
+    let aborted = until(&mut releases, &bad.id, 60, |r| r.settled).await;
+    assert_eq!(aborted.phase, pb::ReleasePhase::Aborted as i32, "{aborted:#?}");
+    assert!(aborted.message.starts_with("traffic back on 2.0"), "{}", aborted.message);
+    assert_eq!(rollout_image(&fake), "registry.example/hopngo/legacy:2.0");
+    assert_eq!(rollout(&fake)["status"]["phase"], "Healthy");
+    let patches: Vec<Value> =
+        fake.calls().into_iter().filter(|c| c.plural == "rollouts" && c.status).map(|c| c.body).collect();
+    assert!(patches.contains(&serde_json::json!({"status": {"pauseConditions": null}})), "promote sent: {patches:?}");
+    assert!(patches.contains(&serde_json::json!({"status": {"abort": true}})), "abort sent: {patches:?}");
     drop(stack);
 }

@@ -239,6 +239,24 @@ impl Validator {
         }
     }
 
+    /// The Rollout's own strategy shifts the traffic: HopNGo's steps around it are gates.
+    fn argo_strategy(&mut self, path: &str, strategy: &super::Strategy) {
+        if strategy.blue_green.is_some() {
+            self.problem(
+                format!("{path}.blueGreen"),
+                "an argoRollout service follows its Rollout's own strategy: write canary steps for what runs around it (approval, migrate, pause, verify)",
+            );
+        }
+        for (i, step) in strategy.canary.iter().flat_map(|c| c.steps.iter()).enumerate() {
+            if matches!(step.step, super::StepDef::SetWeight(_) | super::StepDef::SetCanaryScale(_)) {
+                self.problem(
+                    format!("{path}.canary.steps[{i}]"),
+                    "an argoRollout service's traffic follows its Rollout's own steps; set weights in the Rollout",
+                );
+            }
+        }
+    }
+
     pub(super) fn kubernetes_service(&mut self, path: &str, service: &Service, gateways: bool) {
         if let Some(argo) = &service.argo_rollout {
             let apath = format!("{path}.argoRollout");
@@ -256,6 +274,13 @@ impl Validator {
             }
             if let Some(problem) = image_repository_problem(&argo.image) {
                 self.problem(format!("{apath}.image"), problem);
+            }
+            let overrides = service
+                .environments
+                .iter()
+                .filter_map(|(env, o)| o.strategy.as_ref().map(|s| (format!("{path}.environments.{env}.strategy"), s)));
+            for (spath, strategy) in std::iter::once((format!("{path}.strategy"), &service.strategy)).chain(overrides) {
+                self.argo_strategy(&spath, strategy);
             }
         }
         let Some(k) = &service.kubernetes else { return };

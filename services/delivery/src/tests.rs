@@ -318,7 +318,7 @@ services:
     strategy: {canary: {steps: [{setWeight: 50}]}}
     kubernetes: {image: registry.example/chat}
   - name: chat
-    strategy: {canary: {steps: []}}
+    strategy: {canary: {steps: [{approval: {}}, {setWeight: 10}]}}
     kubernetes: {image: registry.example/chat}
     argoRollout: {name: chat, container: App, image: registry.example/chat}
 ";
@@ -337,6 +337,7 @@ services:
             "services[1].name: at most 55 characters on Kubernetes (object names add \"-preview\")",
             "services[2].argoRollout: a service runs either on Deployments the deployer owns (kubernetes) or on its Argo Rollout, not both",
             "services[2].argoRollout.container: \"App\" is not a container name",
+            "services[2].strategy.canary.steps[1]: an argoRollout service's traffic follows its Rollout's own steps; set weights in the Rollout",
         ]
     );
 }

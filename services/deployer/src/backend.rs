@@ -92,6 +92,8 @@ pub struct RolloutObserved {
     pub image: String,
     /// `rollout.argoproj.io/revision`.
     pub revision: u64,
+    /// Paused until someone promotes (a pause step without a duration, or by hand).
+    pub awaiting_promotion: bool,
 }
 
 /// What `ControlRollout` does, as Argo's CLI names it.

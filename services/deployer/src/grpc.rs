@@ -149,6 +149,7 @@ fn status(
             aborted: o.aborted,
             image: o.image,
             revision: o.revision,
+            awaiting_promotion: o.awaiting_promotion,
         }),
     }
 }

@@ -30,7 +30,7 @@ use hopngo_scheduler::{
     domain::{
         effects::{
             DesiredState, EffectError, Effects, MigrationObservation, MigrationPhase, MigrationRequest, PreflightCheck,
-            PreflightRequest, RunObservation, RunPhase, TargetObservation,
+            PreflightRequest, RolloutControl, RunObservation, RunPhase, TargetObservation,
         },
         machine::Settings,
         plan::AnalysisSpec,
@@ -62,7 +62,11 @@ impl Effects for Instant0 {
             idempotency_key: String::new(),
             message: String::new(),
             address: String::new(),
+            rollout: None,
         })
+    }
+    async fn control_rollout(&self, _: &str, _: &str, _: RolloutControl) -> Result<(), EffectError> {
+        Ok(())
     }
     async fn start_analysis(
         &self,

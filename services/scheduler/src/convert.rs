@@ -72,6 +72,7 @@ fn step_kind(a: &StepAction) -> pb::StepKind {
         StepAction::DeployStable => pb::StepKind::DeployStable,
         StepAction::MaintenanceWindow { .. } => pb::StepKind::MaintenanceWindow,
         StepAction::Preflight { .. } => pb::StepKind::Preflight,
+        StepAction::ArgoRollout { .. } => pb::StepKind::ArgoRollout,
         #[cfg(test)]
         StepAction::Checkpoint { .. } => pb::StepKind::Unspecified,
     }
@@ -277,6 +278,7 @@ mod tests {
             StepAction::DeployStable,
             StepAction::MaintenanceWindow { windows: Vec::new() },
             StepAction::Preflight { dependencies: Vec::new() },
+            StepAction::ArgoRollout { full: false },
         ]
     }
 

@@ -11,8 +11,8 @@ use hopngo_proto::{
         TerminateAnalysisRunRequest, analyzer_service_client::AnalyzerServiceClient,
     },
     deployer::{
-        self, ApplyTargetRequest, GetTargetStatusRequest, PreflightRequest as BackendPreflightRequest,
-        deployer_service_client::DeployerServiceClient,
+        self, ApplyTargetRequest, ControlRolloutRequest, GetTargetStatusRequest,
+        PreflightRequest as BackendPreflightRequest, RolloutAction, deployer_service_client::DeployerServiceClient,
     },
     migrator::{
         self, GetMigrationRunRequest, MigrationCommand, StartMigrationRequest, ValidateRequest,
@@ -24,7 +24,8 @@ use crate::domain::{
     config::{self, MetricDef},
     effects::{
         DesiredState, EffectError, Effects, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
-        PreflightCheck, PreflightRequest, RunObservation, RunPhase, TargetObservation, Track,
+        PreflightCheck, PreflightRequest, RolloutControl, RolloutProgress, RunObservation, RunPhase, TargetObservation,
+        Track,
     },
     plan::AnalysisSpec,
 };
@@ -204,7 +205,38 @@ impl Effects for GrpcEffects {
             idempotency_key: status.idempotency_key,
             message: status.message,
             address: status.address,
+            rollout: status.rollout.map(|r| RolloutProgress {
+                phase: r.phase,
+                message: r.message,
+                step: r.current_step_index,
+                steps: r.step_count,
+                weight: r.canary_weight,
+                paused: r.paused,
+                awaiting_promotion: r.awaiting_promotion,
+                aborted: r.aborted,
+            }),
         })
+    }
+
+    async fn control_rollout(
+        &self,
+        service: &str,
+        environment: &str,
+        action: RolloutControl,
+    ) -> Result<(), EffectError> {
+        let action = match action {
+            RolloutControl::Promote => RolloutAction::Promote,
+            RolloutControl::PromoteFull => RolloutAction::PromoteFull,
+            RolloutControl::Abort => RolloutAction::Abort,
+        };
+        let request = ControlRolloutRequest {
+            service: service.to_string(),
+            environment: environment.to_string(),
+            action: action as i32,
+            to_revision: 0,
+        };
+        self.deployer.clone().control_rollout(request).await.map_err(|s| effect_error("deployer", s))?;
+        Ok(())
     }
 
     async fn start_analysis(

@@ -586,6 +586,11 @@ impl FakeKube {
                 tokio::join!(controllers::run(Arc::clone(&shared)), rollouts::run(shared));
             }
         });
+        // The controllers follow changes from their subscription on: wait for both, so an
+        // object created right after start is seen.
+        while shared.events.receiver_count() < 2 {
+            tokio::task::yield_now().await;
+        }
         FakeKube { addr, shared, task, controllers }
     }
 
@@ -616,6 +621,19 @@ impl FakeKube {
         let kind = kind_index(plural);
         let store = self.store();
         store.objects.get(&(kind, namespace.to_string(), name.to_string())).map(|s| Store::render(s, kind))
+    }
+
+    /// Creates `object` (of kind `plural`, in its `metadata.namespace`) as `manager` would with a
+    /// create: what another tool (Argo CD, a chart) put in the cluster before the test.
+    pub fn create(&self, plural: &str, manager: &str, object: Value) {
+        let kind = kind_index(plural);
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+        let name = object["metadata"]["name"].as_str().expect("a name").to_string();
+        let body = checked_body(object, kind, &namespace, Some(&name)).unwrap_or_else(|f| panic!("{}", f.message));
+        let mut managers = Vec::new();
+        take_ownership(&mut managers, manager, fields::leaves(&body, None, None), false);
+        let mut store = self.store();
+        store.commit(&self.shared.events, (kind, namespace, name), body, managers);
     }
 
     /// Forgets watch history older than the newest `keep` events (a compaction), so resuming from

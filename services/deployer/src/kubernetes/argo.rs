@@ -114,17 +114,22 @@ pub fn observed(rollout: &Rollout, container: &str) -> RolloutObserved {
     let status = &rollout.status;
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let steps = rollout.spec["strategy"]["canary"]["steps"].as_array().map_or(0, Vec::len);
+    let index = status["currentStepIndex"].as_u64().unwrap_or(0) as usize;
+    let paused = status["pauseConditions"].as_array().is_some_and(|p| !p.is_empty()) || rollout.spec["paused"] == true;
+    let step = &rollout.spec["strategy"]["canary"]["steps"][index];
+    let untimed_pause = step.get("pause").is_some() && step["pause"].get("duration").is_none_or(Value::is_null);
     let image = containers(rollout).iter().find(|c| c["name"] == container).map(|c| text(&c["image"]));
     RolloutObserved {
         name: rollout.metadata.name.clone().unwrap_or_default(),
         phase: text(&status["phase"]),
         message: text(&status["message"]),
-        current_step_index: status["currentStepIndex"].as_u64().unwrap_or(0) as u32,
+        current_step_index: index as u32,
         step_count: steps as u32,
         canary_weight: status["canary"]["weights"]["canary"]["weight"].as_u64().unwrap_or(0).min(100) as u32,
         stable_hash: text(&status["stableRS"]),
         current_hash: text(&status["currentPodHash"]),
-        paused: status["pauseConditions"].as_array().is_some_and(|p| !p.is_empty()) || rollout.spec["paused"] == true,
+        paused,
+        awaiting_promotion: paused && (rollout.spec["paused"] == true || untimed_pause),
         aborted: status["abort"] == true,
         image: image.unwrap_or_default(),
         revision: rollout
@@ -178,7 +183,7 @@ mod tests {
             "canary": {"weights": {"canary": {"weight": 20}, "stable": {"weight": 80}}}}));
         let o = observed(&r, "app");
         assert_eq!((o.phase.as_str(), o.current_step_index, o.step_count, o.canary_weight), ("Paused", 1, 2, 20));
-        assert!(o.paused && !o.aborted);
+        assert!(o.paused && o.awaiting_promotion && !o.aborted, "a pause step without a duration waits for a person");
         assert_eq!((o.image.as_str(), o.revision), ("booking:1.0", 3));
         assert!(!settled_on(&r, &o, "booking:1.0"), "mid-update");
         let healthy =

@@ -56,6 +56,40 @@ pub struct TargetObservation {
     pub message: String,
     /// Where the service's traffic enters (`host:port`), as the backend reports it.
     pub address: String,
+    /// The Argo Rollout's own progress, for a service released through its Rollout.
+    pub rollout: Option<RolloutProgress>,
+}
+
+/// What Argo's controller reports about a service's Rollout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolloutProgress {
+    /// Healthy, Progressing, Paused, Degraded.
+    pub phase: String,
+    /// Argo's message.
+    pub message: String,
+    /// Current canary step.
+    pub step: u32,
+    /// Canary steps.
+    pub steps: u32,
+    /// Canary traffic share.
+    pub weight: u32,
+    /// Paused, by a pause step or by hand.
+    pub paused: bool,
+    /// Paused until someone promotes (a pause step without a duration, or by hand).
+    pub awaiting_promotion: bool,
+    /// The update was aborted (by Argo's own analysis, or by hand).
+    pub aborted: bool,
+}
+
+/// What the engine asks Argo to do to a Rollout (the deployer's ControlRollout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutControl {
+    /// End the current pause.
+    Promote,
+    /// Skip every remaining step.
+    PromoteFull,
+    /// Send all traffic back to stable now.
+    Abort,
 }
 
 /// What preflight checks for a release.
@@ -208,6 +242,13 @@ pub trait Effects: Sync {
         service: &str,
         environment: &str,
     ) -> impl Future<Output = Result<TargetObservation, EffectError>> + Send;
+    /// Deployer ControlRollout.
+    fn control_rollout(
+        &self,
+        service: &str,
+        environment: &str,
+        action: RolloutControl,
+    ) -> impl Future<Output = Result<(), EffectError>> + Send;
     /// Analyzer StartAnalysisRun; returns the run id.
     fn start_analysis(
         &self,

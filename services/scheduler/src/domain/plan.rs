@@ -174,6 +174,12 @@ pub enum StepAction {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dependencies: Vec<String>,
     },
+    /// Argo mode: the service's Argo Rollout runs the new artifact through its own steps; `full`
+    /// (an emergency rollback) skips them at once.
+    ArgoRollout {
+        #[serde(default)]
+        full: bool,
+    },
     /// Test only: the trivial step kind `machine::tests` adds the way a newcomer would
     /// (ARCHITECTURE.md, "Adding a step kind"), so the count of places it takes stays honest.
     #[cfg(test)]
@@ -216,6 +222,7 @@ impl StepAction {
             StepAction::DeployStable => "deployStable",
             StepAction::MaintenanceWindow { .. } => "maintenanceWindow",
             StepAction::Preflight { .. } => "preflight",
+            StepAction::ArgoRollout { .. } => "argoRollout",
             #[cfg(test)]
             StepAction::Checkpoint { .. } => "checkpoint",
         }
@@ -257,6 +264,8 @@ impl StepAction {
             },
             StepAction::DeployPreview { replicas } => format!("preview replicas {replicas}"),
             StepAction::SwitchActive => "new version takes all traffic".into(),
+            StepAction::ArgoRollout { full: false } => "Argo runs the Rollout's steps".into(),
+            StepAction::ArgoRollout { full: true } => "Argo skips the Rollout's steps".into(),
             StepAction::ScaleDownOld { delay } => format!("after {}", fmt(delay.0)),
             StepAction::DeployStable => "deploy to stable".into(),
             StepAction::MaintenanceWindow { windows } => {
@@ -467,13 +476,16 @@ pub fn compile(
 
     let mut steps = if mode == PlanMode::Emergency { Vec::new() } else { gate_steps(env, service, environment) };
     let mut background = None;
+    // Argo mode: the service's Rollout deploys, in place of the deployer's tracks.
+    let argo = service.argo_rollout.is_some();
+    let deploy_stable = |full: bool| if argo { StepAction::ArgoRollout { full } } else { StepAction::DeployStable };
     let plan_strategy = match mode {
         PlanMode::Emergency => {
-            steps.push((None, StepAction::DeployStable));
+            steps.push((None, deploy_stable(true)));
             PlanStrategy::Direct
         }
         PlanMode::Initial => {
-            steps.push((None, StepAction::DeployStable));
+            steps.push((None, deploy_stable(false)));
             steps.extend(first_release_checks(config, &base, strategy)?);
             PlanStrategy::Direct
         }
@@ -484,11 +496,20 @@ pub fn compile(
                     let path = format!("{base}.canary.steps[{i}]");
                     steps.push((def.name.clone(), canary_step(config, env, service, environment, &path, &def.step)?));
                 }
+                // The Rollout runs before the first verification (which checks what it deployed).
+                let rollout_at = argo.then(|| {
+                    let verify = canary.steps.iter().position(|d| matches!(d.step, StepDef::Verify(_)));
+                    verify.unwrap_or(canary.steps.len())
+                });
+                if let Some(at) = rollout_at {
+                    steps.insert(offset + at, (None, StepAction::ArgoRollout { full: false }));
+                }
                 if let Some(bg) = &canary.analysis {
                     let path = format!("{base}.canary.analysis.templates");
                     let analysis = resolve_analysis(config, &path, &bg.templates, &bg.args, true)?;
                     let starting = bg.starting_step.unwrap_or(0).clamp(0, canary.steps.len() as i64) as usize;
-                    background = Some(BackgroundSpec { analysis, starting_step: offset + starting });
+                    let shifted = usize::from(rollout_at.is_some_and(|at| starting > at));
+                    background = Some(BackgroundSpec { analysis, starting_step: offset + starting + shifted });
                 }
                 PlanStrategy::Canary
             }

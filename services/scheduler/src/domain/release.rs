@@ -158,6 +158,12 @@ pub struct StepCursor {
     /// The step's analysis after a high-severity failure.
     #[serde(default)]
     pub grace: Grace,
+    /// Argo mode: Argo paused the Rollout for a person; a promote of the release goes to Argo.
+    #[serde(default)]
+    pub argo_paused: bool,
+    /// Argo mode: `promote --full` was sent to the Rollout.
+    #[serde(default)]
+    pub argo_full_sent: bool,
 }
 
 /// Where an analysis stands after a high-severity failure: traffic is held until `until`, then

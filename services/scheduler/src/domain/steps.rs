@@ -6,6 +6,7 @@
 
 pub(super) mod analysis;
 mod approval;
+mod argo_rollout;
 #[cfg(test)]
 mod checkpoint;
 mod deploy_preview;
@@ -135,6 +136,7 @@ pub(super) async fn run<E: Effects>(cx: &mut StepCtx<'_, E>, action: &StepAction
         StepAction::Migrate { database, locations, target_version, on_abort } => {
             migrate::run(cx, database, locations, target_version, *on_abort).await
         }
+        StepAction::ArgoRollout { full } => argo_rollout::run(cx, *full).await,
         #[cfg(test)]
         StepAction::Checkpoint { label } => checkpoint::run(cx, label),
     }
@@ -162,6 +164,9 @@ pub(super) fn promote_skips(action: &StepAction, paused: bool) -> bool {
         | StepAction::Preflight { .. }
         | StepAction::Approval { .. }
         | StepAction::Migrate { .. } => false,
+        // Argo's own steps are not skipped one by one: a promote resumes the paused release and
+        // is forwarded to Argo, `--full` skips them all.
+        StepAction::ArgoRollout { .. } => false,
         #[cfg(test)]
         StepAction::Checkpoint { .. } => false,
     }
@@ -202,6 +207,8 @@ pub(super) fn on_full_promotion(action: &StepAction) -> FullPromotion {
         StepAction::Approval { .. } => FullPromotion::Refused(Unskippable::Approval),
         StepAction::Migrate { .. } => FullPromotion::Refused(Unskippable::Migration),
         StepAction::Preflight { .. } => FullPromotion::Runs,
+        // The Rollout must still get the artifact; the step forwards the full promotion to Argo.
+        StepAction::ArgoRollout { .. } => FullPromotion::Runs,
         StepAction::SetWeight { .. }
         | StepAction::Pause { .. }
         | StepAction::Analysis { .. }

@@ -4,8 +4,9 @@
 
 use crate::domain::{
     config::OnAbort,
-    effects::{EffectError, Effects, MigrationAction, MigrationPhase, MigrationRequest},
+    effects::{EffectError, Effects, MigrationAction, MigrationPhase, MigrationRequest, RolloutControl},
     machine::idempotency_key,
+    plan::StepAction,
     release::{Phase, Release},
     steps::{
         Next, StepCtx,
@@ -34,6 +35,19 @@ pub async fn roll_back<E: Effects>(cx: &mut StepCtx<'_, E>) -> Next {
         return schema_after_abort(cx).await;
     };
     if !cx.r.abort.as_ref().is_some_and(|a| a.rollback_applied) {
+        // Argo mode: Argo's own abort first (all traffic to stable at once, as `kubectl argo
+        // rollouts abort`), then the stable artifact back on the Rollout so it ends Healthy
+        // rather than Degraded. Sending it twice changes nothing.
+        if cx.r.plan.steps.iter().any(|s| matches!(s.action, StepAction::ArgoRollout { .. })) {
+            let (service, environment) = (cx.r.service.clone(), cx.r.environment.clone());
+            match cx.fx.control_rollout(&service, &environment, RolloutControl::Abort).await {
+                Err(err) if err.retryable => return cx.retry_later(&err),
+                // Refused (the Rollout is gone, say): setting the stable artifact still applies,
+                // and the release's message keeps why Argo's abort was not sent.
+                Err(err) => cx.r.message = format!("Argo's abort refused: {err}"),
+                Ok(()) => {}
+            }
+        }
         let key = idempotency_key(cx.r, "abort");
         if let Err(err) = cx.fx.apply_target(&key, &rollback).await {
             return if err.retryable { cx.retry_later(&err) } else { refused(cx, &err) };

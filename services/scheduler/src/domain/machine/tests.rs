@@ -8,7 +8,8 @@ use crate::domain::{
     config::{DeliveryConfig, TimeoutOutcome},
     effects::{
         DesiredState, EffectError, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
-        PreflightCheck, PreflightRequest, RunObservation, RunPhase, TargetObservation, Track, TrackState,
+        PreflightCheck, PreflightRequest, RolloutControl, RolloutProgress, RunObservation, RunPhase, TargetObservation,
+        Track, TrackState,
     },
     plan::{AnalysisSpec, CanaryScale, PlanMode, StepAction, compile},
     release::{NewRelease, Release},
@@ -43,6 +44,10 @@ services:
         prePromotionAnalysis: {templates: [slo]}
         postPromotionAnalysis: {templates: [slo]}
         scaleDownDelay: 30s
+  - name: legacy
+    replicas: 3
+    strategy: {canary: {steps: [{verify: {templates: [slo]}}]}}
+    argoRollout: {name: legacy, container: app, image: registry.example/legacy}
 "#;
 
 /// In-memory deployer/analyzer/migrator that records every call.
@@ -59,6 +64,9 @@ struct Fake {
     refuse_undo: Mutex<bool>,
     preflights: Mutex<Vec<PreflightRequest>>,
     preflight_checks: Mutex<Vec<PreflightCheck>>,
+    /// What Argo reports about the service's Rollout (Argo mode), and what it was asked.
+    rollout: Mutex<Option<RolloutProgress>>,
+    controls: Mutex<Vec<RolloutControl>>,
 }
 
 impl Fake {
@@ -80,6 +88,8 @@ impl Fake {
                 ok: true,
                 message: "found".into(),
             }]),
+            rollout: Mutex::new(None),
+            controls: Mutex::new(Vec::new()),
         }
     }
     fn set_run(&self, p: RunPhase) {
@@ -116,7 +126,12 @@ impl Effects for Fake {
             idempotency_key: String::new(),
             message: "1/4 ready".into(),
             address: "127.0.0.1:18000".into(),
+            rollout: self.rollout.lock().unwrap().clone(),
         })
+    }
+    async fn control_rollout(&self, _: &str, _: &str, action: RolloutControl) -> Result<(), EffectError> {
+        self.controls.lock().unwrap().push(action);
+        Ok(())
     }
     async fn start_analysis(
         &self,
@@ -924,4 +939,90 @@ async fn a_step_kind_added_as_the_architecture_says_runs_in_a_plan() {
     assert_eq!(r.steps[at_index].message, "checkpoint canary-up reached");
     assert_eq!(a.transitions[4].message, "step 2 (canary-up): checkpoint canary-up reached");
     assert!(!crate::domain::steps::promote_skips(&StepAction::Checkpoint { label: "x".into() }, true));
+}
+
+fn argo(phase: &str, step: u32, weight: u32, awaiting_promotion: bool) -> Option<RolloutProgress> {
+    Some(RolloutProgress {
+        phase: phase.into(),
+        message: if phase == "Degraded" { "RolloutAborted: analysis failed".into() } else { String::new() },
+        step,
+        steps: 4,
+        weight,
+        paused: awaiting_promotion,
+        awaiting_promotion,
+        aborted: phase == "Degraded",
+    })
+}
+
+#[tokio::test]
+async fn argo_mode_sets_the_image_follows_argo_and_forwards_a_promote() {
+    let fx = Fake::new();
+    let mut r = release("legacy", "staging");
+    let kinds_of_plan: Vec<&str> = r.plan.steps.iter().map(|s| s.action.kind_name()).collect();
+    assert_eq!(kinds_of_plan, vec!["preflight", "argoRollout", "verify"], "the Rollout runs before the verification");
+    *fx.converged.lock().unwrap() = false;
+    *fx.rollout.lock().unwrap() = argo("Progressing", 0, 20, false);
+    let a = tick(&mut r, &fx, 0).await;
+    use TransitionKind::*;
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged]);
+    assert_eq!(fx.last_apply().tracks, vec![TrackState { track: Track::Stable, artifact: "v2".into(), replicas: 3 }]);
+    assert_eq!((r.phase, r.canary_weight), (Phase::Progressing, 20));
+
+    // Argo waits for a person: so does the release, and its promote goes to Argo.
+    *fx.rollout.lock().unwrap() = argo("Paused", 1, 20, true);
+    let a = tick(&mut r, &fx, 10).await;
+    assert_eq!(kinds(&a), vec![Paused]);
+    assert!(r.message.contains("Argo paused the Rollout at step 1/4, canary 20%"), "{}", r.message);
+    assert!(a.wake_at.is_some(), "still looked at: Argo may be promoted outside HopNGo");
+    promote(&mut r, false, "bob", "looks good", at(20)).unwrap();
+    *fx.rollout.lock().unwrap() = argo("Progressing", 2, 60, false);
+    let a = tick(&mut r, &fx, 21).await;
+    assert_eq!(*fx.controls.lock().unwrap(), vec![RolloutControl::Promote]);
+    assert_eq!(kinds(&a), vec![WeightChanged]);
+    assert_eq!(fx.applies.lock().unwrap().len(), 1, "the image is set once");
+
+    // Healthy on the new artifact: the verification runs.
+    *fx.converged.lock().unwrap() = true;
+    *fx.rollout.lock().unwrap() = argo("Healthy", 4, 0, false);
+    let a = tick(&mut r, &fx, 30).await;
+    assert_eq!(kinds(&a), vec![StepCompleted, AnalysisStarted]);
+}
+
+#[tokio::test]
+async fn argo_mode_aborted_by_argo_aborts_the_release_and_takes_the_rollout_back() {
+    let fx = Fake::new();
+    let mut r = release("legacy", "staging");
+    *fx.converged.lock().unwrap() = false;
+    *fx.rollout.lock().unwrap() = argo("Progressing", 0, 20, false);
+    tick(&mut r, &fx, 0).await;
+    *fx.rollout.lock().unwrap() = argo("Degraded", 1, 0, false);
+    let a = tick(&mut r, &fx, 5).await;
+    use TransitionKind::*;
+    assert_eq!(kinds(&a), vec![Aborted]);
+    assert!(r.message.contains("returning traffic to stable"), "{}", r.message);
+    // Healthy on the stable artifact again: the release has rolled back.
+    *fx.converged.lock().unwrap() = true;
+    let a = tick(&mut r, &fx, 6).await;
+    assert_eq!(kinds(&a), vec![RolledBack]);
+    assert!(r.message.contains("Argo aborted the Rollout: RolloutAborted: analysis failed"), "{}", r.message);
+    assert_eq!(*fx.controls.lock().unwrap(), vec![RolloutControl::Abort], "Argo's abort first");
+    assert_eq!(fx.last_apply().tracks, vec![TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 3 }]);
+}
+
+#[tokio::test]
+async fn argo_mode_full_promotion_and_emergency_plans_skip_argo_s_steps() {
+    let fx = Fake::new();
+    let mut r = release("legacy", "staging");
+    *fx.converged.lock().unwrap() = false;
+    *fx.rollout.lock().unwrap() = argo("Paused", 1, 20, true);
+    tick(&mut r, &fx, 0).await;
+    promote(&mut r, true, "bob", "hotfix", at(1)).unwrap();
+    tick(&mut r, &fx, 2).await;
+    assert!(fx.controls.lock().unwrap().contains(&RolloutControl::PromoteFull));
+    let config = DeliveryConfig::load(CONFIG).unwrap();
+    let emergency = compile(&config, "legacy", "staging", PlanMode::Emergency).unwrap();
+    assert!(matches!(
+        emergency.steps[..],
+        [crate::domain::plan::PlanStep { action: StepAction::ArgoRollout { full: true }, .. }]
+    ));
 }
