@@ -158,6 +158,8 @@ pub trait Backend: Send + Sync {
     fn status(&self, service: &str, environment: &str) -> impl Future<Output = Option<Observed>> + Send;
     /// Checks that the backend can run a service in an environment: (check, ok, detail).
     fn preflight(&self, service: &str, environment: &str) -> impl Future<Output = Vec<(String, bool, String)>> + Send;
+    /// What applying `target` would write, as YAML, without writing.
+    fn render(&self, target: &Target) -> Result<String, BackendError>;
     /// Acts on the service's Argo Rollout (Argo mode only).
     fn control(
         &self,

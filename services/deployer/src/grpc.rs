@@ -242,6 +242,15 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         }))
     }
 
+    async fn render_target(
+        &self,
+        req: Request<pb::RenderTargetRequest>,
+    ) -> Result<Response<pb::RenderTargetResponse>, Status> {
+        let target = target(req.into_inner().target)?;
+        let yaml = self.backend.render(&target).map_err(DeployerError::from)?;
+        Ok(Response::new(pb::RenderTargetResponse { yaml }))
+    }
+
     async fn control_rollout(
         &self,
         req: Request<pb::ControlRolloutRequest>,

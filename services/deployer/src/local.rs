@@ -195,6 +195,13 @@ fn route(target: &Target, tracks: BTreeMap<Track, Vec<SocketAddr>>) -> Routing {
 }
 
 impl Backend for LocalBackend {
+    fn render(&self, target: &Target) -> Result<String, BackendError> {
+        Err(BackendError::Invalid {
+            field: "target".into(),
+            reason: format!("the local backend runs {:?} as processes: it writes no objects to render", target.service),
+        })
+    }
+
     async fn control(&self, service: &str, _: &str, _: crate::backend::RolloutAction) -> Result<(), BackendError> {
         Err(BackendError::Invalid {
             field: "service".into(),

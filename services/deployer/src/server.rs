@@ -26,6 +26,7 @@ use crate::{
     name = "hopngo-deployer",
     version,
     about = "HopNGo deployer: converges desired state per service and environment (local backend: processes + weighted proxy; kubernetes backend: Deployments, Services, HTTPRoutes)",
+    after_help = "`hopngo-deployer render --help`: print what a release would write to the cluster, without writing it.",
     mut_arg("listen", |a| a.default_value("127.0.0.1:50052").env("HOPNGO_DEPLOYER_LISTEN")),
     mut_arg("admin_listen", |a| a.default_value("127.0.0.1:9465").env("HOPNGO_DEPLOYER_ADMIN_LISTEN"))
 )]
@@ -56,6 +57,61 @@ pub struct Args {
     pub proxy_port_base: Option<u16>,
 }
 
+/// `hopngo-deployer render`: what a release would write to the cluster, without writing.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "hopngo-deployer render",
+    version,
+    about = "Print the objects a release would write to the cluster (YAML, server-side apply bodies or the Rollout's patch), without writing them; unchanged objects are listed as comments"
+)]
+pub struct RenderArgs {
+    /// The delivery config.
+    #[arg(long, env = "HOPNGO_DELIVERY_CONFIG")]
+    pub delivery_config: PathBuf,
+    /// Kubeconfig of the cluster (default: `KUBECONFIG`, `~/.kube/config`, in-cluster).
+    #[arg(long, env = "HOPNGO_DEPLOYER_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Service.
+    pub service: String,
+    /// Environment.
+    #[arg(long = "env", env = "HOPNGO_ENVIRONMENT")]
+    pub environment: String,
+    /// The artifact to release (image tag or sha256 digest).
+    #[arg(long, env = "HOPNGO_ARTIFACT")]
+    pub artifact: String,
+    /// Canary weight (0: the artifact straight to stable; blue/green: on preview).
+    #[arg(long, env = "HOPNGO_WEIGHT", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub weight: u32,
+    /// Replicas of each track.
+    #[arg(long, env = "HOPNGO_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub replicas: u32,
+}
+
+/// Prints what releasing `args.artifact` would write, next to what the cluster runs now.
+pub async fn render(args: RenderArgs) -> anyhow::Result<()> {
+    let RenderArgs { delivery_config, kubeconfig, service, environment, artifact, weight, replicas } = args;
+    let config = load_config(&delivery_config)?;
+    if let Some(reason) = hopngo_delivery::kubernetes::image_artifact_problem(&artifact) {
+        anyhow::bail!("--artifact: {reason}");
+    }
+    let stop = CancellationToken::new();
+    let backend = KubeBackend::connect(config, kubeconfig, &prometheus::Registry::new(), stop.clone()).await?;
+    let rendered = backend
+        .release_target(&service, &environment, &artifact, weight, replicas)
+        .and_then(|target| backend.render(&target));
+    stop.cancel();
+    print!("{}", rendered?);
+    Ok(())
+}
+
+fn load_config(path: &std::path::Path) -> anyhow::Result<DeliveryConfig> {
+    let yaml = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    DeliveryConfig::load(&yaml).map_err(|problems| {
+        let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
+        anyhow::anyhow!("{}: {first}", path.display())
+    })
+}
+
 /// Where services run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -73,12 +129,7 @@ pub async fn run(
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
     let Args { listen, telemetry: _, database, delivery_config, backend, kubeconfig, log_dir, proxy_port_base } = args;
-    let yaml =
-        std::fs::read_to_string(&delivery_config).with_context(|| format!("reading {}", delivery_config.display()))?;
-    let config = DeliveryConfig::load(&yaml).map_err(|problems| {
-        let first = problems.first().map(|p| p.to_string()).unwrap_or_default();
-        anyhow::anyhow!("{}: {first}", delivery_config.display())
-    })?;
+    let config = load_config(&delivery_config)?;
     let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, 8).await.context("connecting to the database")?;
 

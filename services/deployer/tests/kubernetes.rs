@@ -571,3 +571,57 @@ async fn argo_mode_sets_the_image_and_drives_the_rollout_with_argo_s_own_patches
     rollout.as_object_mut().unwrap().remove("status");
     validate(&s, "rollout.json", &[rollout]).unwrap_or_else(|report| panic!("{report}"));
 }
+
+#[tokio::test]
+async fn render_shows_what_an_apply_would_write_and_writes_nothing() {
+    let s = setup().await;
+    create_rollout(&s).await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::{Canary, Stable};
+    client.apply_target(target("booking", vec![track(Stable, "1.0", 2)], 0)).await.unwrap();
+    converged(&mut client, "booking").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = s.fake.resource_version();
+
+    let render = |spec: pb::ApplyTargetRequest| pb::RenderTargetRequest { target: spec.target };
+    let canary = target("booking", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1)], 25);
+    let yaml = client.render_target(render(canary)).await.unwrap().into_inner().yaml;
+    assert!(
+        yaml.contains("# server-side apply as hopngo-deployer: Deployment hopngo-staging/booking-canary"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("image: registry.example/hopngo/booking:1.1"), "{yaml}");
+    assert!(yaml.contains("# unchanged: Deployment hopngo-staging/booking-stable"), "{yaml}");
+    assert!(yaml.contains("# unchanged: HTTPRoute hopngo-staging/booking"), "the canary is not up yet: {yaml}");
+    let legacy = target("legacy", vec![track(Stable, "2.0", 3)], 0);
+    let yaml = client.render_target(render(legacy)).await.unwrap().into_inner().yaml;
+    assert!(yaml.contains("# JSON patch of Rollout hopngo-staging/legacy-rollout"), "{yaml}");
+    assert!(yaml.contains("/spec/template/spec/containers/1/image"), "{yaml}");
+    let e = client.render_target(render(target("booking", vec![track(Stable, "x y", 1)], 0))).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    server.stop().await;
+
+    // The command a person runs reads the cluster itself.
+    let dir = &s.dir.0;
+    // Asynchronously: the fake API server answers on this test's runtime.
+    let run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_hopngo-deployer"))
+            .arg("render")
+            .args(args)
+            .arg("--delivery-config")
+            .arg(dir.join("delivery.yaml"))
+            .arg("--kubeconfig")
+            .arg(dir.join("kubeconfig"))
+            .output()
+    };
+    let out =
+        run(&["booking", "--env", "staging", "--artifact", "1.1", "--weight", "50", "--replicas", "2"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Deployment hopngo-staging/booking-canary"), "{stdout}");
+    let out = run(&["booking", "--env", "staging", "--artifact", "1.1/evil"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("hopngo-deployer render: --artifact: ") && stderr.lines().count() == 1, "{stderr}");
+    assert_eq!(s.fake.resource_version(), before, "rendering wrote to the cluster");
+}

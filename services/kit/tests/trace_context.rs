@@ -45,6 +45,12 @@ impl DeployerService for Deployer {
     ) -> Result<Response<dpb::ControlRolloutResponse>, Status> {
         Err(Status::invalid_argument("service: no argoRollout"))
     }
+    async fn render_target(
+        &self,
+        _: Request<dpb::RenderTargetRequest>,
+    ) -> Result<Response<dpb::RenderTargetResponse>, Status> {
+        Err(Status::invalid_argument("target: nothing to render"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -282,6 +282,15 @@ impl dpb::deployer_service_server::DeployerService for FakeDeployer {
         // As the real deployer answers for a service it owns the workloads of.
         Err(Status::invalid_argument(format!("service: {:?} has no argoRollout", r.service)))
     }
+
+    async fn render_target(
+        &self,
+        _: Request<dpb::RenderTargetRequest>,
+    ) -> Result<Response<dpb::RenderTargetResponse>, Status> {
+        self.gate.pass().await?;
+        // As the local backend answers: it writes no objects.
+        Err(Status::invalid_argument("target: the fake deployer writes no objects to render"))
+    }
 }
 
 // === analyzer ===

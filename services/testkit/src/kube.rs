@@ -146,6 +146,7 @@ struct Shared {
     forbidden: Mutex<BTreeSet<(String, String)>>,
     /// Every request but watches, in arrival order.
     calls: Mutex<Vec<Call>>,
+    latency: Duration,
 }
 
 /// A request the fake answered (watches aside), for a test to count or inspect.
@@ -165,6 +166,8 @@ pub struct Call {
     pub content_type: String,
     /// The body (JSON, or an apply's YAML read as JSON); `null` without one.
     pub body: Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// The running fake.
@@ -187,6 +190,8 @@ pub struct FakeKubeOptions {
     pub bookmark_every: Duration,
     /// How long after a Deployment changes its pods are ready.
     pub ready_after: Duration,
+    /// Added to every answer but watches (a real API server's round trip, for benchmarks).
+    pub latency: Duration,
 }
 
 impl Default for FakeKubeOptions {
@@ -196,6 +201,7 @@ impl Default for FakeKubeOptions {
             history: 1000,
             bookmark_every: Duration::from_secs(1),
             ready_after: Duration::from_millis(100),
+            latency: Duration::ZERO,
         }
     }
 }
@@ -578,6 +584,7 @@ impl FakeKube {
             failures: Mutex::new(Vec::new()),
             forbidden: Mutex::new(BTreeSet::new()),
             calls: Mutex::new(Vec::new()),
+            latency: options.latency,
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
         let controllers = tokio::spawn({
@@ -728,6 +735,9 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     if watching {
         return watch(shared, &target, &q);
     }
+    if !shared.latency.is_zero() {
+        tokio::time::sleep(shared.latency).await;
+    }
     match answer(shared, req, &target, &q).await {
         Ok((code, body)) => respond(code, &body),
         Err(f) => respond(f.code, &f.status()),
@@ -752,6 +762,7 @@ async fn answer(
         status: target.status,
         content_type: content_type.clone(),
         body: serde_saphyr::from_str(&String::from_utf8_lossy(&bytes)).unwrap_or(Value::Null),
+        at: std::time::Instant::now(),
     });
     let manager = manager_name(q, &user_agent);
     let kind = target.kind;

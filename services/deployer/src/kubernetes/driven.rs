@@ -92,6 +92,25 @@ impl KubeBackend {
         Ok(())
     }
 
+    /// The patch setting the target's image on the Rollout would send, as YAML.
+    pub(super) fn render_rollout(
+        &self,
+        r: &ArgoRolloutRef,
+        namespace: &str,
+        target: &Target,
+    ) -> Result<String, BackendError> {
+        let rollout = self.rollout(namespace, &r.name)?;
+        let index = argo::container_index(&rollout, &r.container)
+            .map_err(|e| invalid("target.service", format!("Rollout {namespace}/{} {e}", r.name)))?;
+        let image = image_reference(&r.image, &target.tracks[0].artifact);
+        if argo::observed(&rollout, &r.container).image == image {
+            return Ok(format!("# unchanged: Rollout {namespace}/{} already runs {image}\n", r.name));
+        }
+        let patch = argo::set_image(index, &r.container, &image);
+        let yaml = serde_saphyr::to_string(&patch).map_err(|e| unavailable("rendering", e))?;
+        Ok(format!("---\n# JSON patch of Rollout {namespace}/{} (Argo then runs its own steps)\n{yaml}", r.name))
+    }
+
     /// What Argo reports, in the contract's terms: converged once the Rollout is Healthy on
     /// the target's image.
     pub(super) fn rollout_status(&self, r: &ArgoRolloutRef, namespace: &str, target: &Target) -> Option<Observed> {

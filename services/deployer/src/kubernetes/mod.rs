@@ -75,6 +75,9 @@ enum Mode<'a> {
     Argo { rollout: &'a hopngo_delivery::kubernetes::ArgoRolloutRef, namespace: &'a str },
 }
 
+/// A service and an environment.
+type TargetKey = (String, String);
+
 /// An object the deployer wrote: what it sent and the resourceVersion the server answered.
 #[derive(Clone)]
 struct Written {
@@ -87,11 +90,13 @@ pub struct KubeBackend {
     config: DeliveryConfig,
     client: Client,
     caches: BTreeMap<String, Caches>,
-    desired: Mutex<BTreeMap<(String, String), Target>>,
+    desired: Mutex<BTreeMap<TargetKey, Target>>,
     written: Mutex<HashMap<(String, String, String), Written>>,
     unwanted_since: Mutex<HashMap<(String, String), Instant>>,
-    /// One reconcile at a time: otherwise two could both see an object missing and write it.
-    changes: tokio::sync::Mutex<()>,
+    /// One reconcile at a time per service and environment: otherwise two could both see an
+    /// object missing and write it. Targets touch disjoint objects, so they do not wait on each
+    /// other (one abort is not queued behind 199 other services' reconciles).
+    changes: Mutex<HashMap<TargetKey, Arc<tokio::sync::Mutex<()>>>>,
     writes: prometheus::IntCounterVec,
 }
 
@@ -194,7 +199,7 @@ impl KubeBackend {
             desired: Mutex::default(),
             written: Mutex::default(),
             unwanted_since: Mutex::default(),
-            changes: tokio::sync::Mutex::new(()),
+            changes: Mutex::default(),
             writes,
         });
         let weak = Arc::downgrade(&backend);
@@ -217,7 +222,7 @@ impl KubeBackend {
         Ok(backend)
     }
 
-    fn lock_desired(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Target>> {
+    fn lock_desired(&self) -> std::sync::MutexGuard<'_, BTreeMap<TargetKey, Target>> {
         self.desired.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -294,7 +299,9 @@ impl KubeBackend {
 
     /// Everything the next reconcile of `target` would apply, in order (workloads, then
     /// Services, then the route), with the Deployments it would delete.
-    fn desired_objects(&self, target: &Target) -> Result<(Vec<Value>, Vec<String>), BackendError> {
+    /// `track_delays`: start the scale-down delay of dropped slots (a reconcile does, a render or
+    /// a status does not).
+    fn desired_objects(&self, target: &Target, track_delays: bool) -> Result<(Vec<Value>, Vec<String>), BackendError> {
         let w = self.workload(&target.service, &target.environment)?;
         let placements = self.placements(&w, target)?;
         let running = self.deployments(&w)?;
@@ -350,10 +357,16 @@ impl KubeBackend {
             let name = track_name(w.service, *slot);
             let key = (w.namespace.to_string(), name.clone());
             if placements.iter().any(|p| p.slot == *slot) {
-                since.remove(&key);
+                if track_delays {
+                    since.remove(&key);
+                }
                 continue;
             }
-            let first = *since.entry(key).or_insert(now);
+            let first = match since.get(&key) {
+                Some(first) => *first,
+                None if track_delays => *since.entry(key).or_insert(now),
+                None => now,
+            };
             if all_ready && now.duration_since(first) >= delay {
                 doomed.push(name);
             }
@@ -369,8 +382,15 @@ impl KubeBackend {
 
     /// Brings the cluster to `target`: applies what differs, deletes what is no longer wanted.
     async fn reconcile(&self, target: &Target) -> Result<(), BackendError> {
-        let _changes = self.changes.lock().await;
-        let (bodies, doomed) = self.desired_objects(target)?;
+        let lock = Arc::clone(
+            self.changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry((target.service.clone(), target.environment.clone()))
+                .or_default(),
+        );
+        let _changes = lock.lock().await;
+        let (bodies, doomed) = self.desired_objects(target, true)?;
         let w = self.workload(&target.service, &target.environment)?;
         for body in bodies {
             self.apply_if_changed(w.namespace, body).await?;
@@ -447,18 +467,55 @@ impl KubeBackend {
         Ok(applied.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 
-    /// What the next apply of `target` would write, as YAML documents.
-    pub fn render(&self, target: &Target) -> Result<String, BackendError> {
-        let (bodies, doomed) = self.desired_objects(target)?;
+    /// What applying `target` to the objects it owns would write: the bodies whose fields
+    /// differ from the cluster's, as YAML documents, and comments for the rest.
+    fn render_owned(&self, w: &Workload<'_>, target: &Target) -> Result<String, BackendError> {
+        let (bodies, doomed) = self.desired_objects(target, false)?;
         let mut out = String::new();
         for body in bodies {
-            out.push_str("---\n");
+            let kind = body["kind"].as_str().unwrap_or_default().to_string();
+            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if self.cached(w.namespace, &kind, &name).is_some_and(|c| covers(&body, &c)) {
+                out.push_str(&format!("# unchanged: {kind} {}/{name}\n", w.namespace));
+                continue;
+            }
+            out.push_str(&format!("---\n# server-side apply as {FIELD_MANAGER}: {kind} {}/{name}\n", w.namespace));
             out.push_str(&serde_saphyr::to_string(&body).map_err(|e| unavailable("rendering", e))?);
         }
         for name in doomed {
-            out.push_str(&format!("# would delete Deployment {name}\n"));
+            out.push_str(&format!("# delete: Deployment {}/{name} (no track uses it)\n", w.namespace));
         }
         Ok(out)
+    }
+
+    /// The target of a release of `artifact` at `weight` per cent (none: straight to stable),
+    /// beside what the service runs now in the cluster, for `hopngo-deployer render`.
+    pub fn release_target(
+        &self,
+        service: &str,
+        environment: &str,
+        artifact: &str,
+        weight: u32,
+        replicas: u32,
+    ) -> Result<Target, BackendError> {
+        let (declared, _) = crate::backend::declared(&self.config, service, environment)?;
+        let blue_green = declared.strategy.blue_green.is_some();
+        let (live, new) = if blue_green { (Track::Active, Track::Preview) } else { (Track::Stable, Track::Canary) };
+        let running = match self.mode(service, environment)? {
+            Mode::Native(w) => self.deployments(&w)?.get(&live).and_then(|d| artifact_of(d).map(str::to_string)),
+            Mode::Argo { .. } => None,
+        };
+        let track = |track: Track, artifact: &str| crate::backend::TrackSpec {
+            track,
+            artifact: artifact.to_string(),
+            replicas,
+        };
+        let tracks = match running.filter(|r| r != artifact) {
+            Some(stable) if blue_green || weight > 0 => vec![track(live, &stable), track(new, artifact)],
+            _ => vec![track(live, artifact)],
+        };
+        let canary_weight = if blue_green || tracks.len() == 1 { 0 } else { weight.min(100) };
+        Ok(Target { service: service.into(), environment: environment.into(), tracks, canary_weight })
     }
 }
 
@@ -562,7 +619,7 @@ impl Backend for KubeBackend {
                 address: format!("{}.{}.svc:{}", track_name(w.service, p.track), w.namespace, w.spec.service_port),
             });
         }
-        let (bodies, _) = self.desired_objects(&target).ok()?;
+        let (bodies, _) = self.desired_objects(&target, false).ok()?;
         let pending: Vec<String> = bodies
             .iter()
             .filter(|b| {
@@ -598,6 +655,14 @@ impl Backend for KubeBackend {
             format!("being applied: {}", pending.join(", "))
         };
         Some(observed)
+    }
+
+    fn render(&self, target: &Target) -> Result<String, BackendError> {
+        self.check(target)?;
+        match self.mode(&target.service, &target.environment)? {
+            Mode::Native(w) => self.render_owned(&w, target),
+            Mode::Argo { rollout, namespace } => self.render_rollout(rollout, namespace, target),
+        }
     }
 
     async fn control(&self, service: &str, environment: &str, action: RolloutAction) -> Result<(), BackendError> {
