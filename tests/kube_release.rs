@@ -88,6 +88,26 @@ async fn a_canary_on_kubernetes_through_the_scheduler_with_a_killed_deployer_and
     assert_eq!(image(&fake, "booking-stable").as_deref(), Some("registry.example/hopngo/booking:1.0"));
     assert_eq!(canary_weight(&fake), (0, false));
 
+    // A person previews the next release through the scheduler's API: nothing is written.
+    let before = fake.resource_version();
+    let hopctl = hopngo_e2e::binary("hopctl", "hopctl").unwrap();
+    let preview = tokio::process::Command::new(hopctl)
+        .args(["--server", &stack.url(Part::Scheduler), "--user", "alice"])
+        .args(["render", "booking", "--env", "staging", "--artifact", "1.1", "--weight", "25"])
+        .env_remove("HOPNGO_OUTPUT")
+        .output()
+        .await
+        .unwrap();
+    let yaml = String::from_utf8_lossy(&preview.stdout);
+    assert!(preview.status.success(), "{yaml}{}", String::from_utf8_lossy(&preview.stderr));
+    assert!(
+        yaml.contains("# server-side apply as hopngo-deployer: Deployment hopngo-staging/booking-canary"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("image: registry.example/hopngo/booking:1.1"), "{yaml}");
+    assert!(yaml.contains("# unchanged: Deployment hopngo-staging/booking-stable"), "{yaml}");
+    assert_eq!(fake.resource_version(), before, "a preview wrote to the cluster");
+
     let canary = create_release(&mut releases, "booking", "1.1").await;
     until(&mut releases, &canary.id, 60, paused_at(25)).await;
     assert_eq!(canary_weight(&fake), (25, true), "25% at the first pause");

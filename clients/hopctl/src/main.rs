@@ -196,6 +196,21 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// What a release of ARTIFACT would have the deployer write at --weight, beside the stable
+    /// artifact, without writing it (on Kubernetes: the objects, as YAML).
+    Render {
+        /// Service.
+        service: String,
+        /// Environment.
+        #[arg(long = "env")]
+        environment: String,
+        /// The artifact the release would run.
+        #[arg(long)]
+        artifact: String,
+        /// Canary weight (blue/green: 100 is after the switch).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100))]
+        weight: u32,
+    },
     /// Revision history of a service in an environment.
     History {
         /// Service.
@@ -980,6 +995,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .release
                 .context("no release")?;
             render::release(out, &ReleaseView::from(&r))?;
+        }
+        Command::Render { service, environment, artifact, weight } => {
+            let request = pb::RenderReleaseRequest { service, environment, artifact, weight };
+            let r = releases.render_release(request).await?.into_inner();
+            // The rendering is YAML already; JSON wraps it for scripts.
+            match out {
+                Output::Json => println!("{}", serde_json::json!({ "yaml": r.yaml })),
+                Output::Table | Output::Yaml => print!("{}", r.yaml),
+            }
         }
         Command::History { service, environment } => {
             let r = releases.list_revisions(pb::ListRevisionsRequest { service, environment }).await?.into_inner();

@@ -39,6 +39,8 @@ pub struct Caller {
 pub struct App {
     store: Store,
     signals: Signals,
+    /// The deployer, for previews (`RenderRelease`); the engine has its own clients.
+    deployer: Option<std::sync::Arc<crate::deps::GrpcEffects>>,
 }
 
 /// What a new release is for.
@@ -117,7 +119,52 @@ fn check_environment(config: &DeliveryConfig, environment: &str) -> Result<(), S
 impl App {
     /// Use cases over `store`, signalling through `signals`.
     pub fn new(store: Store, signals: Signals) -> App {
-        App { store, signals }
+        App { store, signals, deployer: None }
+    }
+
+    /// The app with the deployer it previews releases with.
+    pub fn with_deployer(self, deployer: std::sync::Arc<crate::deps::GrpcEffects>) -> App {
+        App { deployer: Some(deployer), ..self }
+    }
+
+    /// `RenderRelease`: what the deployer would write for a release of `artifact` at `weight`
+    /// beside the stable artifact, without writing.
+    pub async fn render_release(
+        &self,
+        service: &str,
+        environment: &str,
+        artifact: &str,
+        weight: u32,
+    ) -> Result<String, SchedulerError> {
+        if weight > 100 {
+            return Err(SchedulerError::invalid("weight", format!("{weight} is not in 0..=100")));
+        }
+        if let Some(reason) = hopngo_delivery::artifact_problem(artifact) {
+            return Err(SchedulerError::invalid("artifact", reason));
+        }
+        let current = self.config(None).await?;
+        self.check_target(&current.config, service, environment)?;
+        let plan = plan::compile(&current.config, service, environment, PlanMode::Normal).map_err(problem_to_error)?;
+        let se = self.store.service_environment(service, environment).await?;
+        let state = crate::domain::steps::preview_state(
+            &plan,
+            service,
+            environment,
+            se.stable_artifact.as_deref(),
+            artifact,
+            weight,
+        );
+        let deployer = self
+            .deployer
+            .as_ref()
+            .ok_or_else(|| SchedulerError::FailedPrecondition("no deployer to render with".into()))?;
+        deployer.render_target(&state).await.map_err(|e| {
+            if e.retryable {
+                SchedulerError::Unavailable(e.to_string())
+            } else {
+                SchedulerError::FailedPrecondition(e.to_string())
+            }
+        })
     }
 
     /// The store.

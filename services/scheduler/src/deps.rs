@@ -12,7 +12,8 @@ use hopngo_proto::{
     },
     deployer::{
         self, ApplyTargetRequest, ControlRolloutRequest, GetTargetStatusRequest,
-        PreflightRequest as BackendPreflightRequest, RolloutAction, deployer_service_client::DeployerServiceClient,
+        PreflightRequest as BackendPreflightRequest, RenderTargetRequest, RolloutAction,
+        deployer_service_client::DeployerServiceClient,
     },
     migrator::{
         self, GetMigrationRunRequest, MigrationCommand, StartMigrationRequest, ValidateRequest,
@@ -49,7 +50,33 @@ pub struct GrpcEffects {
     migrator: MigratorServiceClient<TracedChannel>,
 }
 
+/// A desired state in the deployer's terms.
+fn target_spec(desired: &DesiredState) -> deployer::TargetSpec {
+    deployer::TargetSpec {
+        service: desired.service.clone(),
+        environment: desired.environment.clone(),
+        tracks: desired
+            .tracks
+            .iter()
+            .map(|t| deployer::TrackSpec {
+                track: track(t.track) as i32,
+                artifact: t.artifact.clone(),
+                replicas: t.replicas,
+            })
+            .collect(),
+        canary_weight: desired.canary_weight,
+    }
+}
+
 impl GrpcEffects {
+    /// What the deployer would write for `desired` (its RenderTarget): a preview for people, not
+    /// an engine effect.
+    pub async fn render_target(&self, desired: &DesiredState) -> Result<String, EffectError> {
+        let request = RenderTargetRequest { target: Some(target_spec(desired)) };
+        let response = self.deployer.clone().render_target(request).await.map_err(|s| effect_error("deployer", s))?;
+        Ok(response.into_inner().yaml)
+    }
+
     /// Lazily connected clients with `call_timeout` per call.
     pub fn new(endpoints: &Endpoints, call_timeout: Duration) -> Result<GrpcEffects, tonic::transport::Error> {
         Ok(GrpcEffects {
@@ -173,23 +200,7 @@ fn observation(run: analyzer::AnalysisRun) -> RunObservation {
 
 impl Effects for GrpcEffects {
     async fn apply_target(&self, key: &str, desired: &DesiredState) -> Result<(), EffectError> {
-        let request = ApplyTargetRequest {
-            target: Some(deployer::TargetSpec {
-                service: desired.service.clone(),
-                environment: desired.environment.clone(),
-                tracks: desired
-                    .tracks
-                    .iter()
-                    .map(|t| deployer::TrackSpec {
-                        track: track(t.track) as i32,
-                        artifact: t.artifact.clone(),
-                        replicas: t.replicas,
-                    })
-                    .collect(),
-                canary_weight: desired.canary_weight,
-            }),
-            idempotency_key: key.to_string(),
-        };
+        let request = ApplyTargetRequest { target: Some(target_spec(desired)), idempotency_key: key.to_string() };
         self.deployer.clone().apply_target(request).await.map_err(|s| effect_error("deployer", s))?;
         Ok(())
     }

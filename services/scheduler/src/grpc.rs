@@ -286,6 +286,12 @@ impl ReleaseService for Api {
         Ok(Response::new(pb::RollbackEnvironmentResponse { group: Some(convert::group(&group)) }))
     }
 
+    async fn render_release(&self, req: Request<pb::RenderReleaseRequest>) -> Result<pb::RenderReleaseResponse> {
+        let r = req.into_inner();
+        let yaml = self.app.render_release(&r.service, &r.environment, &r.artifact, r.weight).await?;
+        Ok(Response::new(pb::RenderReleaseResponse { yaml }))
+    }
+
     async fn list_audit_entries(
         &self,
         req: Request<pb::ListAuditEntriesRequest>,

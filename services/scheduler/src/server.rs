@@ -122,8 +122,10 @@ pub async fn run_with(
     let engine_metrics = EngineMetrics::new(&metrics.registry);
     let signals =
         if listen_notify { Signals::shared(store.pool().clone(), shutdown.clone()) } else { Signals::local() };
-    let app = App::new(store.clone(), signals.clone());
 
+    let endpoints = Endpoints { deployer: deployer_url, analyzer: analyzer_url.clone(), migrator: migrator_url };
+    let effects = Arc::new(GrpcEffects::new(&endpoints, call_timeout)?);
+    let app = App::new(store.clone(), signals.clone()).with_deployer(Arc::clone(&effects));
     if let Some(path) = apply_config {
         let yaml = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let caller = Caller { user: "hopngo-scheduler".into(), roles: Vec::new(), anonymous: false };
@@ -133,8 +135,6 @@ pub async fn run_with(
     }
 
     let watcher = AnalysisWatcher::new(&analyzer_url, store.pool().clone(), signals.clone())?;
-    let endpoints = Endpoints { deployer: deployer_url, analyzer: analyzer_url, migrator: migrator_url };
-    let effects = Arc::new(GrpcEffects::new(&endpoints, call_timeout)?);
     let settings = Settings { poll_interval, high_severity_grace, preflight_patience, ..Settings::default() };
     let tracker = TaskTracker::new();
     let engine = Engine::new(store.clone(), effects, settings, signals.clone(), engine_metrics);

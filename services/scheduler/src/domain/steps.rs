@@ -27,6 +27,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 pub(super) use analysis::AnalysisRun;
+pub use traffic::preview_state;
 
 use super::{
     effects::{EffectError, Effects},

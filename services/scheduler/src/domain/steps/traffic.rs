@@ -6,14 +6,18 @@ use super::{Next, StepCtx};
 use crate::domain::{
     effects::{DesiredState, Effects, TargetObservation, Track, TrackState},
     machine::idempotency_key,
-    plan::{CanaryScale, TrafficModel},
+    plan::{CanaryScale, Plan, StepAction, TrafficModel},
     release::{Release, StepStatus},
 };
 use hopngo_proto::transitions::TransitionKind;
 
 fn canary_replicas(r: &Release, weight: u32) -> u32 {
-    let stable = r.plan.replicas;
-    match r.canary_scale {
+    replicas_for(r.plan.replicas, r.canary_scale, weight)
+}
+
+/// The canary's replicas at `weight` beside `stable` replicas, as `scale` says.
+fn replicas_for(stable: u32, scale: CanaryScale, weight: u32) -> u32 {
+    match scale {
         CanaryScale::Replicas(n) => n,
         CanaryScale::Weight(w) => (stable * w).div_ceil(100),
         CanaryScale::MatchTrafficWeight if weight == 0 => 0,
@@ -57,6 +61,37 @@ pub fn final_state(r: &Release) -> DesiredState {
 pub fn rollback_state(r: &Release) -> Option<DesiredState> {
     let stable = r.stable_artifact.as_deref()?;
     Some(desired(r, vec![track(live_track(r), stable, r.plan.replicas)], 0))
+}
+
+/// What a release of `artifact` would ask of the deployer at `weight` beside `stable` (what runs
+/// now, if anything), for a person to preview: the canary at that weight (its replicas following
+/// it), blue/green's preview (switched at 100), an Argo Rollout's image, or the artifact alone.
+pub fn preview_state(
+    plan: &Plan,
+    service: &str,
+    environment: &str,
+    stable: Option<&str>,
+    artifact: &str,
+    weight: u32,
+) -> DesiredState {
+    let n = plan.replicas;
+    let argo = plan.steps.iter().any(|s| matches!(s.action, StepAction::ArgoRollout { .. }));
+    let live = if plan.traffic == TrafficModel::BlueGreen { Track::Active } else { Track::Stable };
+    let (tracks, canary_weight) = match stable.filter(|s| *s != artifact && !argo) {
+        None => (vec![track(live, artifact, n)], 0),
+        Some(old) if plan.traffic == TrafficModel::BlueGreen && weight >= 100 => {
+            (vec![track(Track::Active, artifact, n), track(Track::Preview, old, n)], 0)
+        }
+        Some(old) if plan.traffic == TrafficModel::BlueGreen => {
+            (vec![track(Track::Active, old, n), track(Track::Preview, artifact, n)], 0)
+        }
+        Some(old) if weight == 0 => (vec![track(Track::Stable, old, n)], 0),
+        Some(old) => {
+            let canary = replicas_for(n, CanaryScale::MatchTrafficWeight, weight.min(100));
+            (vec![track(Track::Stable, old, n), track(Track::Canary, artifact, canary)], weight.min(100))
+        }
+    };
+    DesiredState { service: service.into(), environment: environment.into(), tracks, canary_weight }
 }
 
 /// Blue/green: the new version on preview, or (`switched`) on active with the old on preview.
