@@ -35,6 +35,18 @@ services:
       scaleDownDelay: 1s
 ";
 
+/// The five services on a throwaway database, the deployer on its Kubernetes backend against
+/// `fake` (`name` names its kubeconfig file); the database lives as long as the first value.
+async fn stack_on(fake: &FakeKube, config: &str, name: &str) -> (TestDb, Stack) {
+    let db = TestDb::create().await.unwrap();
+    let kubeconfig = std::env::temp_dir().join(format!("{name}-{}.yaml", std::process::id()));
+    std::fs::write(&kubeconfig, fake.kubeconfig(NS)).unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let deployer_args = ["--backend", "kubernetes", "--kubeconfig", &kubeconfig].map(String::from).to_vec();
+    let stack = Stack::start(&db.url, config, StackOptions { deployer_args, ..Default::default() }).await.unwrap();
+    (db, stack)
+}
+
 /// The canary's weight in the route's weighted rule, and whether the header rule is there.
 fn canary_weight(fake: &FakeKube) -> (i64, bool) {
     let route = fake.object("httproutes", NS, "booking").expect("the route");
@@ -67,19 +79,7 @@ async fn a_canary_on_kubernetes_through_the_scheduler_with_a_killed_deployer_and
     })
     .await;
     fake.fail_image("booking:6.6.6", PodFailure::ImagePull);
-    let db = TestDb::create().await.unwrap();
-    let kubeconfig = std::env::temp_dir().join(format!("hopngo-kube-release-{}.yaml", std::process::id()));
-    std::fs::write(&kubeconfig, fake.kubeconfig(NS)).unwrap();
-    let options = StackOptions {
-        deployer_args: vec![
-            "--backend".into(),
-            "kubernetes".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-        ],
-        ..Default::default()
-    };
-    let mut stack = Stack::start(&db.url, CONFIG, options).await.unwrap();
+    let (_db, mut stack) = stack_on(&fake, CONFIG, "hopngo-kube-release").await;
     let mut releases = stack.releases().await;
 
     let first = create_release(&mut releases, "booking", "1.0").await;
@@ -197,19 +197,7 @@ async fn an_existing_argo_rollout_released_promoted_and_aborted_through_the_sche
         assert!(tokio::time::Instant::now() < deadline, "the fake Argo never reported Healthy");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let db = TestDb::create().await.unwrap();
-    let kubeconfig = std::env::temp_dir().join(format!("hopngo-kube-argo-{}.yaml", std::process::id()));
-    std::fs::write(&kubeconfig, fake.kubeconfig(NS)).unwrap();
-    let options = StackOptions {
-        deployer_args: vec![
-            "--backend".into(),
-            "kubernetes".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-        ],
-        ..Default::default()
-    };
-    let stack = Stack::start(&db.url, ARGO_CONFIG, options).await.unwrap();
+    let (_db, stack) = stack_on(&fake, ARGO_CONFIG, "hopngo-kube-argo").await;
     let mut releases = stack.releases().await;
 
     // The version already running: nothing for Argo to do.
