@@ -259,12 +259,16 @@ async fn canary_weights_are_written_to_the_route_step_by_step_and_a_restart_writ
     api.patch("booking-stable", &by("hpa-controller"), &kube::api::Patch::Merge(&scale)).await.unwrap();
 
     for weight in [25, 50] {
+        let calls = s.fake.calls().len();
         client
             .apply_target(target("booking", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1)], weight))
             .await
             .unwrap();
         let st = converged(&mut client, "booking").await;
         assert_eq!(st.canary_weight, weight);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let route_writes = s.fake.calls()[calls..].iter().filter(|c| c.plural == "httproutes").count();
+        assert_eq!(route_writes, 1, "one route write per weight change");
         assert_eq!(
             route_weights(&s.fake, "booking"),
             (vec![("booking-stable".into(), 100 - weight as i64), ("booking-canary".into(), weight as i64)], true),

@@ -390,6 +390,11 @@ impl KubeBackend {
                 .or_default(),
         );
         let _changes = lock.lock().await;
+        // The target in force now: the loop's copy may be older than an apply that ran while it
+        // waited for the lock, and writing it would flap the route back for one cycle.
+        let key = (target.service.clone(), target.environment.clone());
+        let current = self.lock_desired().get(&key).cloned();
+        let target = current.as_ref().unwrap_or(target);
         let (bodies, doomed) = self.desired_objects(target, true)?;
         let w = self.workload(&target.service, &target.environment)?;
         for body in bodies {
