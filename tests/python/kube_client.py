@@ -230,7 +230,9 @@ def argo(ns):
                          "spec": {"containers": [{"name": "app", "image": "booking:1"}]}},
             "strategy": {"canary": {"canaryService": "booking-canary", "stableService": "booking-stable",
                                     "steps": [{"setWeight": 25}, {"pause": {}}, {"setWeight": 50},
-                                              {"pause": {"duration": "1s"}}]}},
+                                              # Long enough to be seen at 50 % on a busy machine
+                                              # (1 s was missed once under CI load).
+                                              {"pause": {"duration": "4s"}}]}},
         },
     }
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, ROLLOUTS, body)
