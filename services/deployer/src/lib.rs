@@ -1,5 +1,6 @@
 //! The HopNGo deployer: [`grpc`] serves `DeployerService` over a [`backend::Backend`], either
-//! [`kubernetes`] (Deployments, Services and HTTPRoutes it owns) or the local backend:
+//! [`kubernetes`] (Deployments, Services and HTTPRoutes it owns, or existing Argo Rollouts it
+//! drives) or the local backend:
 //! - [`demo`]: the demo HTTP service that stands in for HopNGo's services (version, error rate
 //!   and latency per version);
 //! - [`proxy`]: the weighted reverse proxy in front of a service's tracks, with per-track request

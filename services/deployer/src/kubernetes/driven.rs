@@ -13,11 +13,11 @@ use kube::{
 use serde_json::Value;
 
 use super::{
-    KubeBackend, Written, api_error,
+    KubeBackend, api_error,
     argo::{self, Rollout},
-    invalid,
+    invalid, meta_version,
     objects::FIELD_MANAGER,
-    resource_version, unavailable,
+    unavailable,
 };
 use crate::{
     backend::{BackendError, Observed, RolloutAction, Target, TrackObserved},
@@ -76,9 +76,7 @@ impl KubeBackend {
         }
         let patch = argo::set_image(index, &r.container, &image);
         let key = ("Rollout".to_string(), namespace.to_string(), r.name.clone());
-        let cached_rv = resource_version(&serde_json::to_value(rollout.as_ref()).unwrap_or_default());
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-        if written.is_some_and(|w| w.body == patch && cached_rv < w.resource_version) {
+        if self.sent_and_unseen(&key, &patch, meta_version(&rollout.metadata)) {
             return Ok(());
         }
         let api: Api<Rollout> = Api::namespaced(self.client.clone(), namespace);
@@ -87,8 +85,7 @@ impl KubeBackend {
             .await
             .map_err(|e| api_error(&format!("setting the image of Rollout {namespace}/{}", r.name), e))?;
         self.writes.with_label_values(&["Rollout", "patch"]).inc();
-        let resource_version = patched.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
-        self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Written { body: patch, resource_version });
+        self.remember(key, patch, meta_version(&patched.metadata));
         Ok(())
     }
 

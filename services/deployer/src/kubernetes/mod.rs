@@ -77,6 +77,8 @@ enum Mode<'a> {
 
 /// A service and an environment.
 type TargetKey = (String, String);
+/// An object: kind, namespace, name.
+type ObjectKey = (String, String, String);
 
 /// An object the deployer wrote: what it sent and the resourceVersion the server answered.
 #[derive(Clone)]
@@ -91,7 +93,7 @@ pub struct KubeBackend {
     client: Client,
     caches: BTreeMap<String, Caches>,
     desired: Mutex<BTreeMap<TargetKey, Target>>,
-    written: Mutex<HashMap<(String, String, String), Written>>,
+    written: Mutex<HashMap<ObjectKey, Written>>,
     unwanted_since: Mutex<HashMap<(String, String), Instant>>,
     /// One reconcile at a time per service and environment: otherwise two could both see an
     /// object missing and write it. Targets touch disjoint objects, so they do not wait on each
@@ -436,14 +438,10 @@ impl KubeBackend {
         let kind = body["kind"].as_str().unwrap_or_default().to_string();
         let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let key = (kind.clone(), namespace.to_string(), name.clone());
-        let cached = self.cached(namespace, &kind, &name);
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
-        if let Some(cached) = &cached {
-            let cached_rv = resource_version(cached);
-            let lagging = written.as_ref().is_some_and(|w| w.body == body && cached_rv < w.resource_version);
-            if lagging || covers(&body, cached) {
-                return Ok(());
-            }
+        if let Some(cached) = self.cached(namespace, &kind, &name)
+            && (self.sent_and_unseen(&key, &body, resource_version(&cached)) || covers(&body, &cached))
+        {
+            return Ok(());
         }
         let resource_version = match kind.as_str() {
             "Deployment" => self.apply::<Deployment>(namespace, &name, &body).await?,
@@ -452,8 +450,20 @@ impl KubeBackend {
             other => return Err(invalid("target", format!("cannot apply a {other}"))),
         };
         self.writes.with_label_values(&[&kind, "apply"]).inc();
-        self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Written { body, resource_version });
+        self.remember(key, body, resource_version);
         Ok(())
+    }
+
+    /// Whether `body` is what we last sent for `key` and the cache (at `cached_rv`) has not seen
+    /// that write yet: sending it again would write the same thing twice.
+    fn sent_and_unseen(&self, key: &ObjectKey, body: &Value, cached_rv: u64) -> bool {
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(key).is_some_and(|w| w.body == *body && cached_rv < w.resource_version)
+    }
+
+    /// Remembers a write and the resourceVersion the server answered it with.
+    fn remember(&self, key: ObjectKey, body: Value, resource_version: u64) {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Written { body, resource_version });
     }
 
     async fn apply<K>(&self, namespace: &str, name: &str, body: &Value) -> Result<u64, BackendError>
@@ -469,7 +479,7 @@ impl KubeBackend {
             .patch(name, &params, &Patch::Apply(body))
             .await
             .map_err(|e| api_error(&format!("applying {} {namespace}/{name}", K::kind(&())), e))?;
-        Ok(applied.meta().resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0))
+        Ok(meta_version(applied.meta()))
     }
 
     /// What applying `target` to the objects it owns would write: the bodies whose fields
@@ -524,12 +534,22 @@ impl KubeBackend {
     }
 }
 
+/// In-cluster address of the Service `name` of a workload.
+fn service_address(w: &Workload<'_>, name: &str) -> String {
+    format!("{name}.{}.svc:{}", w.namespace, w.spec.service_port)
+}
+
 fn to_value<T: Serialize>(object: &T) -> Result<Value, BackendError> {
     serde_json::to_value(object).map_err(|e| unavailable("serializing", e))
 }
 
 fn resource_version(object: &Value) -> u64 {
     object["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// An object's resourceVersion as a number (etcd's revision; 0 when absent).
+fn meta_version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> u64 {
+    meta.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 /// Whether a manager other than the deployer owns the Deployment's replica count (an HPA, a
@@ -582,7 +602,7 @@ impl Backend for KubeBackend {
         let w = self.workload(service, environment).ok()?;
         self.lock_desired()
             .contains_key(&(service.to_string(), environment.to_string()))
-            .then(|| format!("{}.{}.svc:{}", w.service, w.namespace, w.spec.service_port))
+            .then(|| service_address(&w, w.service))
     }
 
     async fn apply(&self, target: &Target) -> Result<(), BackendError> {
@@ -621,7 +641,7 @@ impl Backend for KubeBackend {
                 message: view.message,
                 restarts: view.restarts,
                 reason: view.reason,
-                address: format!("{}.{}.svc:{}", track_name(w.service, p.track), w.namespace, w.spec.service_port),
+                address: service_address(&w, &track_name(w.service, p.track)),
             });
         }
         let (bodies, _) = self.desired_objects(&target, false).ok()?;
