@@ -4,7 +4,9 @@
 //! cluster and writes nothing twice), and a canary whose image cannot be pulled aborting at its
 //! progress deadline with that reason, its traffic back on stable; in Argo mode, a release of a
 //! service's existing Rollout paused by Argo, promoted through HopNGo, and an abort that takes
-//! the Rollout back to the stable image.
+//! the Rollout back to the stable image; and HopNGo's SLO template in its Kubernetes form, read
+//! from a real Prometheus that scrapes the pods with HopNGo's scrape job, passing a good canary
+//! and aborting one that fails half its requests.
 
 use std::time::Duration;
 
@@ -231,5 +233,188 @@ async fn an_existing_argo_rollout_released_promoted_and_aborted_through_the_sche
         fake.calls().into_iter().filter(|c| c.plural == "rollouts" && c.status).map(|c| c.body).collect();
     assert!(patches.contains(&serde_json::json!({"status": {"pauseConditions": null}})), "promote sent: {patches:?}");
     assert!(patches.contains(&serde_json::json!({"status": {"abort": true}})), "abort sent: {patches:?}");
+    drop(stack);
+}
+
+/// The Kubernetes form of HopNGo's SLO template, as `deploy/hopngo/delivery.yaml` has it.
+fn hopngo_kubernetes_slo() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/hopngo/delivery.yaml")).unwrap();
+    let config: Value = serde_saphyr::from_str(&text).unwrap();
+    let templates = config["analysisTemplates"].as_array().unwrap();
+    templates.iter().find(|t| t["name"] == "slo" && t["backend"] == "kubernetes").cloned().expect("the kubernetes form")
+}
+
+/// HopNGo's scrape job (`deploy/hopngo/kubernetes/prometheus-scrape.yaml`) with its Kubernetes
+/// discovery replaced by `http_sd` from `discovery`: Debian's Prometheus is built without
+/// Kubernetes discovery, and the fake serves its pods with the labels that discovery gives them,
+/// so the job's own relabeling is what makes the series.
+fn hopngo_scrape_job(discovery: &str) -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/hopngo/kubernetes/prometheus-scrape.yaml"
+    ))
+    .unwrap();
+    let file: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut job = file["scrape_configs"][0].clone();
+    let job_fields = job.as_object_mut().unwrap();
+    assert!(job_fields.remove("kubernetes_sd_configs").is_some(), "the job discovers pods on Kubernetes");
+    job_fields.insert("http_sd_configs".into(), serde_json::json!([{"url": discovery, "refresh_interval": "1s"}]));
+    // YAML reads JSON: the job as one flow mapping.
+    format!("  - {job}\n")
+}
+
+/// Stands in for the kubelets: serves each pod in `targets` (the fake's pods, as discovery
+/// sees them) at its address, `podIP:containerPort`, with the demo service in the version its
+/// image tag names; tags ending `-bad` answer half their API requests with 500.
+async fn run_pods(
+    targets: &Value,
+    served: &mut std::collections::BTreeSet<String>,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    for group in targets.as_array().unwrap() {
+        let address = group["targets"][0].as_str().unwrap().to_string();
+        if served.contains(&address) {
+            continue;
+        }
+        let image = group["labels"]["__meta_kubernetes_pod_container_image"].as_str().unwrap();
+        let version = image.rsplit_once(':').unwrap().1;
+        let behaviour = hopngo_deployer::demo::Behaviour {
+            error_rate: if version.ends_with("-bad") { 0.5 } else { 0.0 },
+            ..Default::default()
+        };
+        hopngo_deployer::demo::spawn(address.parse().unwrap(), "booking", version, behaviour, stop.child_token())
+            .await
+            .unwrap();
+        served.insert(address);
+    }
+}
+
+/// One API request to every served pod (as the `booking` Service spreads them).
+async fn request_every_pod(served: &std::collections::BTreeSet<String>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    for address in served {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(address).await {
+            let _ = s.write_all(b"GET /api/v1/trips HTTP/1.1\r\nhost: booking\r\nconnection: close\r\n\r\n").await;
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer).await;
+        }
+    }
+}
+
+/// Prometheus' answer to an instant query, as (labels, value) pairs.
+async fn prometheus_query(address: &str, query: &str) -> Vec<(Value, f64)> {
+    let url = format!("{address}/api/v1/query");
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", &url, "--data-urlencode", &format!("query={query}")])
+        .output()
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    answer["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["metric"].clone(), r["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slo_on_kubernetes_reads_per_track_series_from_prometheus_and_aborts_a_bad_canary() {
+    // Pods get loopback addresses, so what serves them is reachable; all listen on one port.
+    let fake = std::sync::Arc::new(
+        FakeKube::start_with(FakeKubeOptions {
+            namespaces: vec![NS.into()],
+            pod_network: "127.0.86.0".parse().unwrap(),
+            ..Default::default()
+        })
+        .await,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let discovery = hopngo_testkit::prometheus::Endpoint::start_typed("[]", "application/json").await.unwrap();
+    let prometheus =
+        hopngo_testkit::prometheus::Prometheus::start_scraping(&hopngo_scrape_job(&discovery.url("/"))).await.unwrap();
+
+    let mut slo = hopngo_kubernetes_slo();
+    slo["args"] = serde_json::json!([
+        {"name": "prometheusAddress", "value": prometheus.address},
+        {"name": "rateWindow", "value": "5s"},
+    ]);
+    let config = format!(
+        "
+environments:
+  - name: staging
+    progressDeadline: 60s
+    kubernetes: {{namespace: {NS}}}
+providers:
+  allowedHosts: [127.0.0.1]
+analysisTemplates:
+  - {slo}
+services:
+  - name: booking
+    replicas: 2
+    strategy:
+      canary:
+        steps: [{{setWeight: 50}}, {{pause: {{duration: 16s}}}}]
+        analysis: {{templates: [slo]}}
+    kubernetes:
+      image: registry.example/hopngo/booking
+      containerPort: {port}
+      metrics: {{path: /metrics}}
+"
+    );
+    let (_db, stack) = stack_on(&fake, &config, "hopngo-kube-slo").await;
+    let mut releases = stack.releases().await;
+
+    // The kubelets and the callers, until the test ends: the discovery answers with the fake's
+    // pods, new pods are served as they appear, and every pod gets about 40 requests a second.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let pods = tokio::spawn({
+        let (stop, fake) = (stop.clone(), std::sync::Arc::clone(&fake));
+        async move {
+            let mut served = std::collections::BTreeSet::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(25));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let targets = fake.prometheus_pod_targets();
+                discovery.set(200, &targets.to_string());
+                run_pods(&targets, &mut served, &stop).await;
+                request_every_pod(&served).await;
+            }
+        }
+    });
+
+    let first = create_release(&mut releases, "booking", "1.0").await;
+    let first = until(&mut releases, &first.id, 60, |r| r.settled).await;
+    assert_eq!(first.phase, pb::ReleasePhase::Succeeded as i32, "{first:#?}");
+
+    // A good canary: the background analysis measures its track and the release goes on.
+    let good = create_release(&mut releases, "booking", "1.1").await;
+    let good = until(&mut releases, &good.id, 90, |r| r.settled).await;
+    assert_eq!(good.phase, pb::ReleasePhase::Succeeded as i32, "{good:#?}");
+    let background = good.analysis_runs.iter().find(|a| a.kind == "background").expect("the SLO ran");
+    assert_eq!(background.phase, "SUCCESSFUL", "{background:#?}");
+
+    // A canary that fails half its requests: the critical error rate, measured on the canary's
+    // series only, aborts it; the stable version's series stayed clean.
+    let bad = create_release(&mut releases, "booking", "1.2-bad").await;
+    let aborted = until(&mut releases, &bad.id, 90, |r| r.settled).await;
+    assert_eq!(aborted.phase, pb::ReleasePhase::Aborted as i32, "{aborted:#?}");
+    assert!(aborted.message.contains("background analysis failed (critical)"), "{}", aborted.message);
+    let background = aborted.analysis_runs.iter().find(|a| a.kind == "background").unwrap();
+    assert!(background.message.contains("error-rate-abort"), "{background:#?}");
+
+    let by_track = prometheus_query(
+        &prometheus.address,
+        r#"sum by (track, revision) (increase(http_server_request_duration_seconds_count{service="booking",environment="staging",http_response_status_code="500"}[5m]))"#,
+    )
+    .await;
+    let errors = |track: &str, revision: &str| {
+        by_track.iter().find(|(l, _)| l["track"] == track && l["revision"] == revision).map(|(_, v)| *v)
+    };
+    assert!(errors("canary", "1.2-bad").is_some_and(|e| e > 0.0), "{by_track:?}\n{}", prometheus.log());
+    assert!(errors("stable", "1.1").is_none_or(|e| e == 0.0), "{by_track:?}");
+    stop.cancel();
+    pods.await.unwrap();
     drop(stack);
 }

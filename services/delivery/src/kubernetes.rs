@@ -73,6 +73,26 @@ pub struct ServiceKubernetes {
     /// as Argo's `scaleDownDelaySeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_delay: Option<super::Dur>,
+    /// Where the pods serve their Prometheus metrics: written on the pods as the
+    /// `prometheus.io/scrape`, `/path` and `/port` annotations a scrape job keeps and follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsEndpoint>,
+}
+
+/// A pod's metrics endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsEndpoint {
+    /// Path (default `/metrics`).
+    #[serde(default = "default_metrics_path")]
+    pub path: String,
+    /// Port (default the container port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+fn default_metrics_path() -> String {
+    "/metrics".into()
 }
 
 fn default_container_port() -> u16 {
@@ -219,6 +239,13 @@ fn is_env_name(name: &str) -> bool {
 }
 
 impl Validator {
+    /// A URL path a pod serves: starts with `/`, printable ASCII.
+    fn http_path(&mut self, path: &str, value: &str) {
+        if !value.starts_with('/') || value.len() > 1024 || value.chars().any(|c| !c.is_ascii_graphic()) {
+            self.problem(path, format!("{value:?} is not a path (starts with '/')"));
+        }
+    }
+
     pub(super) fn kubernetes_environment(&mut self, path: &str, k: &EnvironmentKubernetes) {
         if !is_dns_label(&k.namespace) {
             self.problem(format!("{path}.namespace"), format!("{:?} is not a namespace name (DNS label)", k.namespace));
@@ -299,14 +326,15 @@ impl Validator {
                 self.problem(format!("{kpath}.{field}"), "must be in 1..=65535");
             }
         }
+        if let Some(m) = &k.metrics {
+            self.http_path(&format!("{kpath}.metrics.path"), &m.path);
+            if m.port == Some(0) {
+                self.problem(format!("{kpath}.metrics.port"), "must be in 1..=65535");
+            }
+        }
         for (field, probe) in [("readinessProbe", &k.readiness_probe), ("livenessProbe", &k.liveness_probe)] {
             let Some(probe) = probe else { continue };
-            if !probe.path.starts_with('/') || probe.path.chars().any(|c| !c.is_ascii_graphic()) {
-                self.problem(
-                    format!("{kpath}.{field}.path"),
-                    format!("{:?} is not a path (starts with '/')", probe.path),
-                );
-            }
+            self.http_path(&format!("{kpath}.{field}.path"), &probe.path);
             if let Some(p) = probe.period_seconds {
                 self.range(&format!("{kpath}.{field}.periodSeconds"), p.into(), 1, 3600);
             }

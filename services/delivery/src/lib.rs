@@ -174,11 +174,77 @@ pub enum TimeoutOutcome {
 pub struct AnalysisTemplate {
     /// Name referenced by steps.
     pub name: String,
+    /// The deployer backend this form of the template is for: a name may have one form per
+    /// backend (the metrics of the local proxies, Prometheus on Kubernetes); without it the
+    /// template serves every backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Backend>,
     /// Arguments the metrics use as `{{args.NAME}}`; a value is a default.
     #[serde(default)]
     pub args: Vec<TemplateArg>,
     /// Metrics.
     pub metrics: Vec<MetricDef>,
+}
+
+/// Where an environment's services run: the deployer backend it needs.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub enum Backend {
+    /// Processes on the deployer's machine, behind its weighted proxies.
+    Local,
+    /// Kubernetes: the environment has `kubernetes` settings.
+    Kubernetes,
+}
+
+impl Backend {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl Environment {
+    /// The backend the environment's services run on: Kubernetes when it has `kubernetes`
+    /// settings, local otherwise.
+    pub fn backend(&self) -> Backend {
+        if self.kubernetes.is_some() { Backend::Kubernetes } else { Backend::Local }
+    }
+}
+
+impl Service {
+    /// The strategy the service follows in `environment` (its override, else its own) and the
+    /// path it is written at, under the service.
+    pub fn strategy_for(&self, environment: &str) -> (&Strategy, String) {
+        match self.environments.get(environment).and_then(|o| o.strategy.as_ref()) {
+            Some(s) => (s, format!("environments.{environment}.strategy")),
+            None => (&self.strategy, "strategy".into()),
+        }
+    }
+}
+
+impl Strategy {
+    /// Every analysis template the strategy names (steps, background, blue/green analyses).
+    pub fn template_names(&self) -> BTreeSet<&str> {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        if let Some(c) = &self.canary {
+            for step in &c.steps {
+                match &step.step {
+                    StepDef::Analysis(a) => names.extend(a.templates.iter().map(String::as_str)),
+                    StepDef::Verify(v) => names.extend(v.templates.iter().flatten().map(String::as_str)),
+                    _ => {}
+                }
+            }
+            names.extend(c.analysis.iter().flat_map(|a| &a.templates).map(String::as_str));
+        }
+        if let Some(b) = &self.blue_green {
+            let analyses = [&b.pre_promotion_analysis, &b.post_promotion_analysis];
+            names.extend(analyses.into_iter().flatten().flat_map(|a| &a.templates).map(String::as_str));
+        }
+        names
+    }
 }
 
 /// A template argument.
@@ -840,9 +906,21 @@ impl DeliveryConfig {
         self.services.iter().find(|s| s.name == name)
     }
 
-    /// The analysis template named `name`.
+    /// The analysis template named `name` (its first form, when it has one per backend).
     pub fn template(&self, name: &str) -> Option<&AnalysisTemplate> {
         self.analysis_templates.iter().find(|t| t.name == name)
+    }
+
+    /// The config as `environment` sees it: every template in the form for its backend (a
+    /// template without `backend` serves all). Borrowed when no template has forms.
+    pub fn for_environment(&self, environment: &Environment) -> std::borrow::Cow<'_, DeliveryConfig> {
+        if self.analysis_templates.iter().all(|t| t.backend.is_none()) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let backend = environment.backend();
+        let mut config = self.clone();
+        config.analysis_templates.retain(|t| t.backend.is_none_or(|b| b == backend));
+        std::borrow::Cow::Owned(config)
     }
 
     /// Environment names with upstream environments first.
@@ -933,12 +1011,24 @@ impl DeliveryConfig {
             v.problem("environments", "promotion order has a cycle (follow the `from` fields)");
         }
 
-        let mut template_names = BTreeSet::new();
         for (i, template) in self.analysis_templates.iter().enumerate() {
             let path = format!("analysisTemplates[{i}]");
             v.name(&format!("{path}.name"), &template.name);
-            if !template_names.insert(template.name.as_str()) {
-                v.problem(format!("{path}.name"), format!("duplicate analysis template {:?}", template.name));
+            let same_form = |other: &AnalysisTemplate| {
+                other.name == template.name
+                    && (other.backend.is_none() || template.backend.is_none() || other.backend == template.backend)
+            };
+            if let Some(earlier) = self.analysis_templates[..i].iter().find(|t| same_form(t)) {
+                let message = match (template.backend, earlier.backend) {
+                    (Some(b), Some(_)) => {
+                        format!("duplicate analysis template {:?} for the {} backend", template.name, b.as_str())
+                    }
+                    _ => format!(
+                        "duplicate analysis template {:?} (a name may have one form per backend, each with `backend`)",
+                        template.name
+                    ),
+                };
+                v.problem(format!("{path}.name"), message);
             }
             if template.metrics.is_empty() {
                 v.problem(format!("{path}.metrics"), "at least one metric is required");
@@ -1020,7 +1110,34 @@ impl DeliveryConfig {
         if let Some(cycle) = self.dependency_cycle() {
             v.problem("services", format!("dependsOn has a cycle: {}", cycle.join(" → ")));
         }
+        self.validate_template_forms(&mut v);
         v.problems
+    }
+
+    /// Every template a service's strategy names in an environment has a form for the backend
+    /// that environment runs on (unknown names are reported where they are written).
+    fn validate_template_forms(&self, v: &mut Validator) {
+        for (i, service) in self.services.iter().enumerate() {
+            for env in &self.environments {
+                let (strategy, strategy_path) = service.strategy_for(&env.name);
+                let path = format!("services[{i}].{strategy_path}");
+                let backend = env.backend();
+                for name in strategy.template_names() {
+                    let forms: Vec<&AnalysisTemplate> =
+                        self.analysis_templates.iter().filter(|t| t.name == name).collect();
+                    if !forms.is_empty() && !forms.iter().any(|t| t.backend.is_none_or(|b| b == backend)) {
+                        v.problem(
+                            path.clone(),
+                            format!(
+                                "analysis template {name:?} has no form for the {} backend, which environment {:?} runs on",
+                                backend.as_str(),
+                                env.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// A cycle of `dependsOn` (no service of it could ever be released first), as service names.
@@ -1292,9 +1409,12 @@ impl Validator {
         }
         let mut required = BTreeSet::new();
         for (i, name) in names.iter().enumerate() {
-            match config.template(name) {
-                None => self.problem(format!("{path}[{i}]"), format!("unknown analysis template {name:?}")),
-                Some(t) => required.extend(t.args.iter().filter(|a| a.value.is_none()).map(|a| a.name.clone())),
+            let forms: Vec<&AnalysisTemplate> = config.analysis_templates.iter().filter(|t| &t.name == name).collect();
+            if forms.is_empty() {
+                self.problem(format!("{path}[{i}]"), format!("unknown analysis template {name:?}"));
+            }
+            for t in forms {
+                required.extend(t.args.iter().filter(|a| a.value.is_none()).map(|a| a.name.clone()));
             }
         }
         // Supplied by the scheduler when a run starts (`address`: where the service's traffic

@@ -341,3 +341,52 @@ services:
         ]
     );
 }
+
+#[test]
+fn a_template_has_one_form_per_backend_and_each_environment_gets_its_own() {
+    let yaml = "environments:
+  - name: dev
+  - name: staging
+    kubernetes: {namespace: hopngo-staging}
+analysisTemplates:
+  - name: slo
+    backend: local
+    metrics: [{name: errors, successCondition: result < 1, provider: {scrape: {url: 'http://127.0.0.1:9465/metrics', expression: 'rate(requests)'}}}]
+  - name: slo
+    backend: kubernetes
+    args: [{name: prometheus}]
+    metrics: [{name: errors, successCondition: result < 1, provider: {prometheus: {address: '{{args.prometheus}}', query: 'sum(up)'}}}]
+  - name: smoke
+    metrics: [{name: smoke, successCondition: result == 1, provider: {web: {url: 'http://127.0.0.1:1/'}}}]
+services:
+  - name: booking
+    strategy: {canary: {steps: [{setWeight: 50}], analysis: {templates: [slo], args: {prometheus: 'http://p:9090'}}}}
+";
+    assert_eq!(problems(yaml), Vec::<String>::new());
+    let config = DeliveryConfig::parse(yaml).unwrap();
+    let provider = |env: &str| {
+        let env = config.environment(env).unwrap();
+        let view = config.for_environment(env);
+        let slo = view.template("slo").unwrap();
+        (slo.backend, slo.metrics[0].provider.prometheus.is_some(), view.template("smoke").is_some())
+    };
+    assert_eq!(provider("dev"), (Some(Backend::Local), false, true));
+    assert_eq!(provider("staging"), (Some(Backend::Kubernetes), true, true));
+
+    // A missing form is named with the environment that needs it; a second form for the same
+    // backend (or a form beside one for every backend) is a duplicate.
+    let without_kubernetes_form = yaml.replace("    backend: kubernetes\n", "    backend: local\n");
+    assert_eq!(
+        problems(&without_kubernetes_form),
+        vec![
+            "analysisTemplates[1].name: duplicate analysis template \"slo\" for the local backend",
+            "services[0].strategy: analysis template \"slo\" has no form for the kubernetes backend, which environment \"staging\" runs on",
+        ]
+    );
+    assert_eq!(
+        problems(&yaml.replace("    backend: local\n", "")),
+        vec![
+            "analysisTemplates[1].name: duplicate analysis template \"slo\" (a name may have one form per backend, each with `backend`)"
+        ]
+    );
+}

@@ -4,13 +4,17 @@
 //! requests with 500, adds 250 ms to each, and reports not ready for its first 2 s;
 //! `errorsAfter=100` keeps the first 100 API requests of each replica good (a version that passes
 //! its smoke tests and breaks under production traffic).
+//!
+//! `/metrics` serves its API requests as an instrumented HopNGo service would on Kubernetes (the
+//! OpenTelemetry HTTP server histogram, `http_server_request_duration_seconds`, by method and
+//! status code), for the Prometheus form of the SLO template.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     extract::State,
-    http::{HeaderValue, StatusCode, Uri},
+    http::{HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -63,6 +67,8 @@ impl Behaviour {
 }
 
 struct Demo {
+    metrics: prometheus::Registry,
+    request_seconds: prometheus::HistogramVec,
     name: String,
     version: String,
     behaviour: Behaviour,
@@ -78,15 +84,30 @@ pub async fn serve(
     behaviour: Behaviour,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let metrics = prometheus::Registry::new();
+    let request_seconds = prometheus::HistogramVec::new(
+        prometheus::HistogramOpts::new("http_server_request_duration_seconds", "Duration of HTTP server requests")
+            // OpenTelemetry's advised boundaries for this instrument.
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]),
+        &["http_request_method", "http_response_status_code"],
+    )
+    .expect("static metric definition");
+    metrics.register(Box::new(request_seconds.clone())).expect("one registration in a new registry");
     let state = Arc::new(Demo {
+        metrics,
+        request_seconds,
         name: name.to_string(),
         version: version.to_string(),
         behaviour,
         ready_at: tokio::time::Instant::now() + behaviour.startup,
         api_requests: std::sync::atomic::AtomicU64::new(0),
     });
-    let app =
-        Router::new().route("/healthz", get(healthz)).route("/api/v1/info", get(info)).fallback(api).with_state(state);
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_page))
+        .route("/api/v1/info", get(info))
+        .fallback(api)
+        .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
@@ -121,18 +142,40 @@ async fn healthz(State(demo): State<Arc<Demo>>) -> Response {
     with_version(&demo, response)
 }
 
-async fn info(State(demo): State<Arc<Demo>>) -> Response {
-    api_response(&demo, "/api/v1/info").await
+async fn metrics_page(State(demo): State<Arc<Demo>>) -> Response {
+    let page = hopngo_kit::admin::render(&demo.metrics);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], page).into_response()
 }
 
-async fn api(State(demo): State<Arc<Demo>>, uri: Uri) -> Response {
+async fn info(State(demo): State<Arc<Demo>>, method: Method) -> Response {
+    api_response(&demo, &method, "/api/v1/info").await
+}
+
+async fn api(State(demo): State<Arc<Demo>>, method: Method, uri: Uri) -> Response {
     if !uri.path().starts_with("/api/v1/") {
         return with_version(&demo, (StatusCode::NOT_FOUND, "not found\n").into_response());
     }
-    api_response(&demo, uri.path()).await
+    api_response(&demo, &method, uri.path()).await
 }
 
-async fn api_response(demo: &Demo, path: &str) -> Response {
+async fn api_response(demo: &Demo, method: &Method, path: &str) -> Response {
+    let started = tokio::time::Instant::now();
+    let response = api_answer(demo, path).await;
+    // A method outside the standard ones is `_OTHER`, as the semantic conventions say, so a
+    // caller cannot grow the series without bound.
+    let method = match *method {
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::PATCH | Method::OPTIONS => {
+            method.as_str()
+        }
+        _ => "_OTHER",
+    };
+    demo.request_seconds
+        .with_label_values(&[method, response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn api_answer(demo: &Demo, path: &str) -> Response {
     if !demo.behaviour.latency.is_zero() {
         tokio::time::sleep(demo.behaviour.latency).await;
     }

@@ -328,6 +328,19 @@ impl Backend for LocalBackend {
             }
             Err(e) => checks.push(("command".into(), false, e.to_string())),
         }
+        // An environment on Kubernetes must not quietly run as local processes: its analyses
+        // use the templates' Kubernetes forms (Prometheus), which would find nothing here.
+        if let Some(env) = self.config.environment(environment)
+            && env.backend() != hopngo_delivery::Backend::Local
+        {
+            checks.push((
+                "backend".into(),
+                false,
+                format!(
+                    "environment {environment:?} runs on Kubernetes (it has kubernetes settings); this deployer runs the local backend"
+                ),
+            ));
+        }
         let setpriv = std::path::Path::new("/usr/bin/setpriv").is_file();
         checks.push((
             "setpriv".into(),

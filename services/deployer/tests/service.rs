@@ -15,7 +15,7 @@ use tonic::{Code, transport::Channel};
 fn config() -> String {
     let demo = env!("CARGO_BIN_EXE_hopngo-demo-service");
     format!(
-        "environments:\n  - name: staging\nservices:\n  - name: booking\n    strategy:\n      canary:\n        steps: [{{setWeight: 50}}]\n    local:\n      command: [\"{demo}\", --name, \"{{service}}\", --version, \"{{version}}\", --port, \"{{port}}\"]\n  - name: gateway\n    strategy:\n      blueGreen: {{}}\n    local:\n      command: [\"{demo}\", --name, gateway, --version, \"{{version}}\", --port, \"{{port}}\"]\n  - name: broken\n    strategy:\n      canary:\n        steps: [{{setWeight: 50}}]\n    local:\n      command: [/nonexistent/broken-service, --port, \"{{port}}\"]\n  - name: chat\n    strategy:\n      canary:\n        steps: [{{setWeight: 50}}]\n"
+        "environments:\n  - name: staging\n  - name: cluster\n    kubernetes: {{namespace: hopngo}}\nservices:\n  - name: booking\n    strategy:\n      canary:\n        steps: [{{setWeight: 50}}]\n    local:\n      command: [\"{demo}\", --name, \"{{service}}\", --version, \"{{version}}\", --port, \"{{port}}\"]\n  - name: gateway\n    strategy:\n      blueGreen: {{}}\n    local:\n      command: [\"{demo}\", --name, gateway, --version, \"{{version}}\", --port, \"{{port}}\"]\n  - name: broken\n    strategy:\n      canary:\n        steps: [{{setWeight: 50}}]\n    local:\n      command: [/nonexistent/broken-service, --port, \"{{port}}\"]\n  - name: chat\n    strategy:\n      canary:\n        steps: [{{setWeight: 50}}]\n"
     )
 }
 
@@ -324,6 +324,16 @@ async fn bad_input_names_the_field_and_a_failing_command_says_why() {
         .unwrap()
         .into_inner();
     assert!(!preflight.ok);
+    // An environment on Kubernetes is not run as local processes.
+    let on_kubernetes = d
+        .client
+        .preflight(pb::PreflightRequest { service: "booking".into(), environment: "cluster".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let backend = on_kubernetes.checks.iter().find(|c| c.name == "backend").expect("a backend check");
+    assert!(!on_kubernetes.ok && !backend.ok, "{on_kubernetes:?}");
+    assert!(backend.message.contains("runs on Kubernetes"), "{}", backend.message);
     // Names nobody declared are mistakes, not a failed check.
     for (service, environment, message) in [
         ("", "staging", "service: unknown service \"\" (not in the delivery config)"),

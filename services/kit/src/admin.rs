@@ -76,10 +76,15 @@ impl Metrics {
 
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding into a Vec");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
+        render(&self.registry)
     }
+}
+
+/// `registry` in Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut buf).expect("text encoding into a Vec");
+    String::from_utf8(buf).expect("prometheus text is UTF-8")
 }
 
 impl Default for Metrics {

@@ -375,7 +375,13 @@ fn summary(c: &DeliveryConfig) -> cpb::ConfigSummary {
     cpb::ConfigSummary {
         environments: c.promotion_order(),
         services: c.services.iter().map(|s| s.name.clone()).collect(),
-        analysis_templates: c.analysis_templates.iter().map(|t| t.name.clone()).collect(),
+        // A template with one form per backend is listed once.
+        analysis_templates: c.analysis_templates.iter().fold(Vec::new(), |mut names, t| {
+            if !names.contains(&t.name) {
+                names.push(t.name.clone());
+            }
+            names
+        }),
     }
 }
 

@@ -147,6 +147,17 @@ struct Shared {
     /// Every request but watches, in arrival order.
     calls: Mutex<Vec<Call>>,
     latency: Duration,
+    /// The pod network's first address and how many pods got one so far.
+    pod_network: std::net::Ipv4Addr,
+    pods_addressed: std::sync::atomic::AtomicU32,
+}
+
+impl Shared {
+    /// The pod network's next address (wrapping within its /16, far more than a test makes).
+    fn next_pod_address(&self) -> std::net::Ipv4Addr {
+        let n = self.pods_addressed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 65_534 + 1;
+        std::net::Ipv4Addr::from(u32::from(self.pod_network).wrapping_add(n))
+    }
 }
 
 /// A request the fake answered (watches aside), for a test to count or inspect.
@@ -192,6 +203,9 @@ pub struct FakeKubeOptions {
     pub ready_after: Duration,
     /// Added to every answer but watches (a real API server's round trip, for benchmarks).
     pub latency: Duration,
+    /// Pods get consecutive addresses after this one (`status.podIP`), kept while the pod lives.
+    /// A test that serves what the pods would (a metrics page) picks a loopback network.
+    pub pod_network: std::net::Ipv4Addr,
 }
 
 impl Default for FakeKubeOptions {
@@ -202,6 +216,7 @@ impl Default for FakeKubeOptions {
             bookmark_every: Duration::from_secs(1),
             ready_after: Duration::from_millis(100),
             latency: Duration::ZERO,
+            pod_network: std::net::Ipv4Addr::new(10, 244, 0, 0),
         }
     }
 }
@@ -585,6 +600,8 @@ impl FakeKube {
             forbidden: Mutex::new(BTreeSet::new()),
             calls: Mutex::new(Vec::new()),
             latency: options.latency,
+            pod_network: options.pod_network,
+            pods_addressed: std::sync::atomic::AtomicU32::new(0),
         });
         let task = tokio::spawn(serve(listener, Arc::clone(&shared)));
         let controllers = tokio::spawn({
@@ -672,6 +689,73 @@ impl FakeKube {
     pub fn resource_version(&self) -> u64 {
         self.store().rv
     }
+
+    /// The pods with an address, as Prometheus' Kubernetes service discovery (`role: pod`) turns
+    /// them into targets: one per declared container port, at `podIP:port`, with its
+    /// `__meta_kubernetes_*` labels; in the JSON of an `http_sd_configs` answer, so a real
+    /// Prometheus built without Kubernetes discovery (Debian's) applies the same relabeling.
+    pub fn prometheus_pod_targets(&self) -> Value {
+        let pods = kind_index("pods");
+        let store = self.store();
+        let mut groups = Vec::new();
+        for ((kind, namespace, name), stored) in &store.objects {
+            let pod = &stored.value;
+            let Some(ip) = pod["status"]["podIP"].as_str().filter(|_| *kind == pods) else { continue };
+            let mut pod_labels = serde_json::Map::new();
+            let mut put = |key: String, value: &Value| {
+                pod_labels.insert(key, json!(value.as_str().map_or_else(|| value.to_string(), str::to_string)));
+            };
+            put("__meta_kubernetes_namespace".into(), &json!(namespace));
+            put("__meta_kubernetes_pod_name".into(), &json!(name));
+            put("__meta_kubernetes_pod_ip".into(), &json!(ip));
+            put("__meta_kubernetes_pod_phase".into(), &pod["status"]["phase"]);
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map_or("unknown", |c| if c["status"] == "True" { "true" } else { "false" });
+            put("__meta_kubernetes_pod_ready".into(), &json!(ready));
+            for (field, meta) in [("labels", "label"), ("annotations", "annotation")] {
+                for (key, value) in pod["metadata"][field].as_object().into_iter().flatten() {
+                    let key = sanitize_label_name(key);
+                    put(format!("__meta_kubernetes_pod_{meta}_{key}"), value);
+                    put(format!("__meta_kubernetes_pod_{meta}present_{key}"), &json!("true"));
+                }
+            }
+            if let Some(owner) = pod["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) {
+                put("__meta_kubernetes_pod_controller_kind".into(), &owner["kind"]);
+                put("__meta_kubernetes_pod_controller_name".into(), &owner["name"]);
+            }
+            for container in pod["spec"]["containers"].as_array().into_iter().flatten() {
+                for port in container["ports"].as_array().into_iter().flatten() {
+                    let mut target_labels = pod_labels.clone();
+                    for (key, value) in [
+                        ("container_name", &container["name"]),
+                        ("container_image", &container["image"]),
+                        ("container_init", &json!("false")),
+                        ("container_port_name", &port["name"]),
+                        ("container_port_number", &port["containerPort"]),
+                        ("container_port_protocol", &port["protocol"]),
+                    ] {
+                        if !value.is_null() {
+                            let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+                            target_labels.insert(format!("__meta_kubernetes_pod_{key}"), json!(text));
+                        }
+                    }
+                    groups.push(json!({
+                        "targets": [format!("{ip}:{}", port["containerPort"])],
+                        "labels": target_labels,
+                    }));
+                }
+            }
+        }
+        Value::Array(groups)
+    }
+}
+
+/// A label name as Prometheus' discovery writes it: every character outside `[A-Za-z0-9_]`
+/// becomes `_`.
+fn sanitize_label_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect()
 }
 
 impl Drop for FakeKube {

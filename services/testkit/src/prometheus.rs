@@ -25,8 +25,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Serves `body` with status 200 on a free loopback port.
+    /// Serves `body` (as `text/plain`) with status 200 on a free loopback port.
     pub async fn start(body: &str) -> anyhow::Result<Endpoint> {
+        Endpoint::start_typed(body, "text/plain").await
+    }
+
+    /// Serves `body` as `content_type` with status 200 on a free loopback port.
+    pub async fn start_typed(body: &str, content_type: &'static str) -> anyhow::Result<Endpoint> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let answer = Arc::new(Mutex::new((200, body.to_string())));
@@ -45,7 +50,7 @@ impl Endpoint {
                     }
                     let (status, body) = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
                     let response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = socket.write_all(response.as_bytes()).await;
@@ -89,12 +94,18 @@ impl Prometheus {
     /// Starts Prometheus scraping `targets` (host:port, path `/metrics`) every second and waits
     /// until it is ready.
     pub async fn start(targets: &[SocketAddr]) -> anyhow::Result<Prometheus> {
+        let list = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
+        Prometheus::start_scraping(&format!("  - job_name: test\n    static_configs:\n      - targets: [{list}]\n"))
+            .await
+    }
+
+    /// Starts Prometheus with `scrape_configs` (the YAML list, items indented by two spaces),
+    /// scraping and evaluating every second, and waits until it is ready.
+    pub async fn start_scraping(scrape_configs: &str) -> anyhow::Result<Prometheus> {
         let dir = std::env::temp_dir().join(format!("hopngo-prometheus-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir)?;
-        let list = targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: test\n    static_configs:\n      - targets: [{list}]\n"
-        );
+        let config =
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{scrape_configs}");
         std::fs::write(dir.join("prometheus.yml"), config)?;
         let port = free_port()?;
         let child = Command::new("prometheus")
@@ -106,7 +117,7 @@ impl Prometheus {
             .stderr(Stdio::from(std::fs::File::create(dir.join("prometheus.log"))?))
             .spawn()
             .context("starting `prometheus` (install the Debian package `prometheus`; .ci/run does)")?;
-        let prometheus = Prometheus { address: format!("http://127.0.0.1:{port}"), child, dir };
+        let mut prometheus = Prometheus { address: format!("http://127.0.0.1:{port}"), child, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
@@ -117,13 +128,19 @@ impl Prometheus {
                     return Ok(prometheus);
                 }
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "prometheus not ready after 30 s; log: {}",
-                std::fs::read_to_string(prometheus.dir.join("prometheus.log")).unwrap_or_default()
-            );
+            if let Some(status) = prometheus.child.try_wait()? {
+                anyhow::bail!("prometheus exited ({status}); log: {}", prometheus.log());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "prometheus not ready after 30 s; log: {}", prometheus.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Prometheus {
+    /// What Prometheus logged so far (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 }
 

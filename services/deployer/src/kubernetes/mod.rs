@@ -248,7 +248,13 @@ impl KubeBackend {
                 ),
             )
         })?;
-        Ok(Mode::Native(Workload { service: &declared.name, namespace: &k_env.namespace, spec, environment: k_env }))
+        Ok(Mode::Native(Workload {
+            service: &declared.name,
+            environment_name: &env.name,
+            namespace: &k_env.namespace,
+            spec,
+            environment: k_env,
+        }))
     }
 
     /// The service's workload in the environment, when the deployer owns it.

@@ -36,6 +36,8 @@ pub const FIELD_MANAGER: &str = "hopngo-deployer";
 pub const TRACK_HEADER: &str = "x-hopngo-track";
 /// Label: the service.
 pub const LABEL_SERVICE: &str = "hopngo.io/service";
+/// Label: the environment (a scrape job copies it onto the pods' series).
+pub const LABEL_ENVIRONMENT: &str = "hopngo.io/environment";
 /// Label: the track slot of a Deployment's pods.
 pub const LABEL_TRACK: &str = "hopngo.io/track";
 /// Label: the revision (the artifact as a label value).
@@ -50,6 +52,8 @@ pub const MANAGED: (&str, &str) = ("app.kubernetes.io/managed-by", FIELD_MANAGER
 pub struct Workload<'a> {
     /// Service name.
     pub service: &'a str,
+    /// Environment name.
+    pub environment_name: &'a str,
     /// Namespace.
     pub namespace: &'a str,
     /// The service's Kubernetes settings.
@@ -147,7 +151,12 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 fn meta(w: &Workload<'_>, name: String, extra: &[(&str, &str)]) -> ObjectMeta {
-    let mut l = labels(&[("app.kubernetes.io/name", w.service), (LABEL_SERVICE, w.service), MANAGED]);
+    let mut l = labels(&[
+        ("app.kubernetes.io/name", w.service),
+        (LABEL_SERVICE, w.service),
+        (LABEL_ENVIRONMENT, w.environment_name),
+        MANAGED,
+    ]);
     l.extend(labels(extra));
     ObjectMeta { name: Some(name), namespace: Some(w.namespace.to_string()), labels: Some(l), ..Default::default() }
 }
@@ -169,6 +178,20 @@ fn quantities(q: &BTreeMap<String, String>) -> Option<BTreeMap<String, Quantity>
     (!q.is_empty()).then(|| q.iter().map(|(k, v)| (k.clone(), Quantity(v.clone()))).collect())
 }
 
+/// A pod's annotations: its artifact, and where Prometheus scrapes it when the service says.
+fn pod_annotations(k: &ServiceKubernetes, artifact: &str) -> BTreeMap<String, String> {
+    let mut annotations = labels(&[(ANNOTATION_ARTIFACT, artifact)]);
+    if let Some(m) = &k.metrics {
+        let port = m.port.unwrap_or(k.container_port).to_string();
+        annotations.extend(labels(&[
+            ("prometheus.io/scrape", "true"),
+            ("prometheus.io/path", &m.path),
+            ("prometheus.io/port", &port),
+        ]));
+    }
+    annotations
+}
+
 /// The Deployment of one placement. `replicas` is left out when another manager (an HPA) owns
 /// the count, so its value survives the apply.
 pub fn deployment(w: &Workload<'_>, p: &Placement, replicas_owned_elsewhere: bool) -> Deployment {
@@ -176,7 +199,12 @@ pub fn deployment(w: &Workload<'_>, p: &Placement, replicas_owned_elsewhere: boo
     let revision = revision_label(&p.artifact);
     let selector = labels(&[(LABEL_SERVICE, w.service), (LABEL_TRACK, slot)]);
     let mut pod_labels = selector.clone();
-    pod_labels.extend(labels(&[("app.kubernetes.io/name", w.service), (LABEL_REVISION, &revision), MANAGED]));
+    pod_labels.extend(labels(&[
+        ("app.kubernetes.io/name", w.service),
+        (LABEL_ENVIRONMENT, w.environment_name),
+        (LABEL_REVISION, &revision),
+        MANAGED,
+    ]));
     let k = w.spec;
     let readiness = k.readiness_probe.clone().unwrap_or(HttpProbe {
         path: "/healthz".into(),
@@ -225,7 +253,7 @@ pub fn deployment(w: &Workload<'_>, p: &Placement, replicas_owned_elsewhere: boo
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(labels(&[(ANNOTATION_ARTIFACT, &p.artifact)])),
+                    annotations: Some(pod_annotations(k, &p.artifact)),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -398,15 +426,35 @@ mod tests {
     #[test]
     fn objects_carry_labels_image_and_weights() {
         let (spec, env) = config();
-        let w = Workload { service: "booking", namespace: "hopngo-staging", spec: &spec, environment: &env };
+        let w = Workload {
+            service: "booking",
+            environment_name: "staging",
+            namespace: "hopngo-staging",
+            spec: &spec,
+            environment: &env,
+        };
         let p = Placement { slot: Track::Canary, track: Track::Canary, artifact: "1.1".into(), replicas: 2 };
         let d = deployment(&w, &p, false);
         assert_eq!(d.metadata.name.as_deref(), Some("booking-canary"));
         let spec_d = d.spec.as_ref().unwrap();
         assert_eq!(spec_d.replicas, Some(2));
-        let labels = spec_d.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        let pod = spec_d.template.metadata.as_ref().unwrap();
+        let labels = pod.labels.as_ref().unwrap();
         assert_eq!(labels[LABEL_TRACK], "canary");
         assert_eq!(labels[LABEL_REVISION], "1.1");
+        assert_eq!(labels[LABEL_ENVIRONMENT], "staging", "a scrape job copies it onto the pods' series");
+        assert!(!pod.annotations.as_ref().unwrap().contains_key("prometheus.io/scrape"), "no metrics declared");
+        let with_metrics = ServiceKubernetes {
+            metrics: Some(hopngo_delivery::kubernetes::MetricsEndpoint { path: "/stats".into(), port: None }),
+            ..spec.clone()
+        };
+        let d_metrics = deployment(&Workload { spec: &with_metrics, ..w }, &p, false);
+        let annotations = d_metrics.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+        let scrape: Vec<&str> = ["prometheus.io/scrape", "prometheus.io/path", "prometheus.io/port"]
+            .iter()
+            .map(|k| annotations[*k].as_str())
+            .collect();
+        assert_eq!(scrape, ["true", "/stats", &spec.container_port.to_string()]);
         let c = &spec_d.template.spec.as_ref().unwrap().containers[0];
         assert_eq!(c.image.as_deref(), Some("r.example/hopngo/booking:1.1"));
         assert_eq!(deployment(&w, &p, true).spec.unwrap().replicas, None, "an HPA's count is left alone");

@@ -441,13 +441,6 @@ fn approval_step(env: &Environment, a: &ApprovalStepDef) -> ApprovalSpec {
     spec
 }
 
-fn strategy_for<'a>(service: &'a Service, environment: &str) -> (&'a Strategy, String) {
-    match service.environments.get(environment).and_then(|o| o.strategy.as_ref()) {
-        Some(s) => (s, format!("environments.{environment}.strategy")),
-        None => (&service.strategy, "strategy".into()),
-    }
-}
-
 /// Compiles the plan for a release of `service` in `environment`.
 pub fn compile(
     config: &DeliveryConfig,
@@ -465,7 +458,9 @@ pub fn compile(
         path: "environment".into(),
         message: format!("unknown environment {environment:?}"),
     })?;
-    let (strategy, strategy_path) = strategy_for(service, environment);
+    // Templates resolve to their form for the environment's backend.
+    let config = &*config.for_environment(env);
+    let (strategy, strategy_path) = service.strategy_for(environment);
     let base = format!("services[{si}].{strategy_path}");
     let replicas =
         service.environments.get(environment).and_then(|o| o.replicas).or(service.replicas).unwrap_or(1).clamp(1, 100)
@@ -540,7 +535,7 @@ fn gate_steps(env: &Environment, service: &Service, environment: &str) -> Vec<Un
     }
     steps.push((None, StepAction::Preflight { dependencies: service.depends_on.clone() }));
     if let Some(m) = service.migrations_in(environment) {
-        let (strategy, _) = strategy_for(service, environment);
+        let (strategy, _) = service.strategy_for(environment);
         let explicit =
             strategy.canary.as_ref().is_some_and(|c| c.steps.iter().any(|s| matches!(s.step, StepDef::Migrate(_))));
         if !explicit {

@@ -1,6 +1,6 @@
 //! Just enough of the controllers for a deployer to converge against: a Deployment's pods come up
-//! `ready_after` its change (one Pod per replica, labelled from the template plus
-//! `pod-template-hash`, owned by the Deployment), its status reports observedGeneration and
+//! `ready_after` its change (one Pod per replica, labelled and annotated from the template plus
+//! `pod-template-hash`, owned by the Deployment, with an address from the pod network), its status reports observedGeneration and
 //! updated/ready/available replicas; a container whose image the test marked as failing stays
 //! waiting (`ImagePullBackOff`, or `CrashLoopBackOff` with restarts) and the Deployment is not
 //! available. A deleted Deployment's pods go with it.
@@ -120,21 +120,28 @@ fn reconcile(shared: &Shared, namespace: &str, name: &str) {
             })
             .collect();
         let ready = failing.is_none();
+        let pod_key = (pods, namespace.to_string(), pod_name.clone());
+        let existing = store.objects.get(&pod_key);
+        let address = match existing.and_then(|s| s.value["status"]["podIP"].as_str()) {
+            Some(known) => known.to_string(),
+            None => shared.next_pod_address().to_string(),
+        };
         let pod = json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": pod_name, "namespace": namespace, "labels": labels,
+                "annotations": template["metadata"]["annotations"].as_object().cloned().unwrap_or_default(),
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
                                      "uid": deployment.value["metadata"]["uid"], "controller": true}],
             },
             "spec": template["spec"],
             "status": {
                 "phase": if ready { "Running" } else { "Pending" },
+                "podIP": address, "podIPs": [{"ip": address}], "hostIP": "192.0.2.1",
                 "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
                 "containerStatuses": statuses,
             },
         });
-        let pod_key = (pods, namespace.to_string(), pod_name.clone());
         let managers = store.objects.get(&pod_key).map(|s| s.managers.clone()).unwrap_or_else(|| controller(&pod));
         store.commit(&shared.events, pod_key, pod, managers);
     }

@@ -254,7 +254,26 @@ fn hopngo_delivery_config_is_valid() {
                         ("latency-p95", Some("result < 0.5"), None),
                     ]
                 );
+                assert!(background.analysis.metrics.iter().all(|m| m.provider.scrape.is_some()), "the local form");
             }
         }
     }
+
+    // With its environments on Kubernetes, the same SLO comes from Prometheus: the template's
+    // kubernetes form, per track.
+    let mut on_kubernetes = config.clone();
+    for env in &mut on_kubernetes.environments {
+        let settings = serde_json::json!({"namespace": format!("hopngo-{}", env.name)});
+        env.kubernetes = Some(serde_json::from_value(settings).unwrap());
+    }
+    assert_eq!(on_kubernetes.validate(), Vec::new());
+    let plan = compile(&on_kubernetes, "booking-service", "production", PlanMode::Normal).unwrap();
+    let analysis = plan.background.unwrap().analysis;
+    let names: Vec<&str> = analysis.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["error-rate-abort", "error-rate", "success-rate-abort", "success-rate", "latency-p95"]);
+    for m in &analysis.metrics {
+        let query = &m.provider.prometheus.as_ref().expect("Prometheus on Kubernetes").query;
+        assert!(query.contains(r#"track="{{args.track}}""#), "{query}");
+    }
+    assert_eq!(analysis.args["rateWindow"], "1m");
 }
