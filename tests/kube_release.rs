@@ -81,6 +81,17 @@ async fn a_canary_on_kubernetes_through_the_scheduler_with_a_killed_deployer_and
     })
     .await;
     fake.fail_image("booking:6.6.6", PodFailure::ImagePull);
+    // The Gateway the route attaches to (preflight checks it exists).
+    fake.create_namespace("gateways");
+    fake.create(
+        "gateways",
+        "platform",
+        serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "public", "namespace": "gateways"},
+            "spec": {"gatewayClassName": "envoy", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+    );
     let (_db, mut stack) = stack_on(&fake, CONFIG, "hopngo-kube-release").await;
     let mut releases = stack.releases().await;
 

@@ -431,7 +431,34 @@ async fn bad_input_and_a_forbidden_cluster_are_named() {
         .unwrap()
         .into_inner();
     assert!(preflight.ok, "Services may still be written: {preflight:?}");
+
+    // A route whose Gateway does not exist would carry no traffic: preflight says which.
+    let booking = || pb::PreflightRequest { service: "booking".into(), environment: "staging".into() };
+    let preflight = client.preflight(booking()).await.unwrap().into_inner();
+    let gateway = preflight.checks.iter().find(|c| c.name == "gateway").expect("a gateway check");
+    assert!(!preflight.ok && !gateway.ok, "{preflight:?}");
+    assert_eq!(
+        gateway.message,
+        "Gateway gateways/public (environments.staging.kubernetes.gateway) does not exist: the route would carry no traffic"
+    );
+    create_gateway(&s.fake);
+    let preflight = client.preflight(booking()).await.unwrap().into_inner();
+    assert!(preflight.ok, "{preflight:?}");
     server.stop().await;
+}
+
+/// The Gateway `gateways/public` the config's routes attach to, as a platform team creates it.
+fn create_gateway(fake: &FakeKube) {
+    fake.create_namespace("gateways");
+    fake.create(
+        "gateways",
+        "platform",
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "public", "namespace": "gateways"},
+            "spec": {"gatewayClassName": "envoy", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+        }),
+    );
 }
 
 /// A Rollout as a GitOps tool would have created it.

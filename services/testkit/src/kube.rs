@@ -2,7 +2,8 @@
 //! cluster where no cluster can run. It behaves like the real one for what HopNGo uses:
 //! - typed paths (`/api/v1/namespaces/{ns}/services/{name}`,
 //!   `/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}[/status]`) for Services, Pods,
-//!   Deployments, ReplicaSets, Gateway API HTTPRoutes and Argo Rollouts; cluster-wide lists;
+//!   Deployments, ReplicaSets, Gateway API HTTPRoutes and Gateways, and Argo Rollouts;
+//!   cluster-wide lists;
 //! - `metadata.resourceVersion` (one counter), `uid`, `generation` (bumped when anything but
 //!   status/metadata changes), `creationTimestamp`;
 //! - create (409 AlreadyExists), get/delete (404 with a `Status` body), update (409 Conflict on
@@ -70,6 +71,7 @@ pub const KINDS: &[Kind] = &[
     Kind { group: "apps", version: "v1", plural: "deployments", kind: "Deployment" },
     Kind { group: "apps", version: "v1", plural: "replicasets", kind: "ReplicaSet" },
     Kind { group: "gateway.networking.k8s.io", version: "v1", plural: "httproutes", kind: "HTTPRoute" },
+    Kind { group: "gateway.networking.k8s.io", version: "v1", plural: "gateways", kind: "Gateway" },
     Kind { group: "argoproj.io", version: "v1alpha1", plural: "rollouts", kind: "Rollout" },
 ];
 

@@ -736,6 +736,41 @@ impl Backend for KubeBackend {
                 ("write".into(), false, api_error(&format!("Service {}/{}", w.namespace, w.service), e).to_string())
             }
         });
+        if w.spec.route.is_some()
+            && let Some(gateway) = &w.environment.gateway
+        {
+            checks.push(self.gateway_check(&w, gateway).await);
+        }
         checks
+    }
+}
+
+impl KubeBackend {
+    /// The Gateway a service's HTTPRoute attaches to exists (and has the listener it names): a
+    /// route without its parent carries no traffic, whatever its weights say.
+    async fn gateway_check(
+        &self,
+        w: &Workload<'_>,
+        gateway: &hopngo_delivery::kubernetes::GatewayRef,
+    ) -> (String, bool, String) {
+        let namespace = gateway.namespace.as_deref().unwrap_or(w.namespace);
+        let what =
+            format!("Gateway {namespace}/{} (environments.{}.kubernetes.gateway)", gateway.name, w.environment_name);
+        let kind = kube::core::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway");
+        let api: Api<kube::core::DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &kube::core::ApiResource::from_gvk(&kind));
+        match api.get_opt(&gateway.name).await {
+            Err(e) => ("gateway".into(), false, api_error(&what, e).to_string()),
+            Ok(None) => ("gateway".into(), false, format!("{what} does not exist: the route would carry no traffic")),
+            Ok(Some(found)) => {
+                let listeners = found.data["spec"]["listeners"].as_array().cloned().unwrap_or_default();
+                match &gateway.section_name {
+                    Some(section) if !listeners.iter().any(|l| l["name"] == section.as_str()) => {
+                        ("gateway".into(), false, format!("{what} has no listener {section:?} (sectionName)"))
+                    }
+                    _ => ("gateway".into(), true, format!("{what} exists")),
+                }
+            }
+        }
     }
 }
