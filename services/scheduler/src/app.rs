@@ -804,3 +804,29 @@ fn decode_token(token: &str) -> Result<Cursor, SchedulerError> {
     let (micros, id) = token.split_once('.').ok_or_else(bad)?;
     Ok(Cursor { created_micros: micros.parse().map_err(|_| bad())?, id: Uuid::parse_str(id).map_err(|_| bad())? })
 }
+
+#[cfg(test)]
+mod page_token_properties {
+    use hopngo_testkit::hostile::{config, text};
+    use proptest::prelude::*;
+
+    use super::decode_token;
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn any_page_token_is_read_or_refused_as_the_page_token(token in text("0-9a-f.-")) {
+            if let Err(e) = decode_token(&token) {
+                prop_assert!(e.to_string().starts_with("page_token: "), "{}", e);
+            }
+        }
+
+        #[test]
+        fn a_token_reads_back_its_position(micros in any::<i64>(), id in any::<u128>()) {
+            let id = uuid::Uuid::from_u128(id);
+            let cursor = decode_token(&format!("{micros}.{}", id.simple())).unwrap();
+            prop_assert_eq!((cursor.created_micros, cursor.id), (micros, id));
+        }
+    }
+}

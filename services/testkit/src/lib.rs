@@ -4,6 +4,8 @@
 //!   per test process;
 //! - [`fakes`]: in-test implementations of the deployer, analyzer, migrator and notifier contracts,
 //!   served over real gRPC on loopback, that record calls and can be told to fail, hang or be down.
+//! - [`hostile`]: property-test inputs for parsers of outside input (a corpus of nasty inputs and
+//!   generators around it) and the case count CI runs;
 //! - [`measure`]: histograms, peak RSS and CPU time of measured processes (benchmarks);
 //! - [`prometheus`]: a real Prometheus scraping endpoints the test serves, and such endpoints;
 //! - [`receiver`]: a webhook receiver that records requests, answers what the test says, and can go
@@ -13,6 +15,7 @@
 pub mod config;
 pub mod db;
 pub mod fakes;
+pub mod hostile;
 pub mod kube;
 pub mod measure;
 pub mod prometheus;
