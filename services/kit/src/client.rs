@@ -11,18 +11,56 @@ use tonic::{
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use crate::tls::Tls;
+
 /// A channel whose requests carry trace context.
 pub type TracedChannel = InterceptedService<Channel, TraceContext>;
 
-/// A lazily connecting channel to `url` with connect and per-call timeouts.
-pub fn channel(url: &str, call_timeout: Duration) -> Result<TracedChannel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(url.to_string())?
+fn endpoint(url: String, call_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(call_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    Ok(InterceptedService::new(endpoint.connect_lazy(), TraceContext))
+        .keep_alive_while_idle(true))
+}
+
+/// A lazily connecting channel to `url` with connect and per-call timeouts.
+pub fn channel(url: &str, call_timeout: Duration) -> Result<TracedChannel, tonic::transport::Error> {
+    Ok(InterceptedService::new(endpoint(url.to_string(), call_timeout)?.connect_lazy(), TraceContext))
+}
+
+/// Why a TLS channel cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The URL is not one tonic accepts.
+    #[error(transparent)]
+    Url(#[from] tonic::transport::Error),
+    /// Not an `https` URL.
+    #[error("{0}: another service is reached over https when this one has a certificate")]
+    NotHttps(String),
+}
+
+/// [`channel`] over TLS to an `https` URL, presenting this service's certificate (`tls`), which
+/// the callee reads as the caller's identity. TLS is done here rather than by tonic so that
+/// renewed certificates are used for new connections without a restart.
+pub fn tls_channel(url: &str, call_timeout: Duration, tls: &Tls) -> Result<TracedChannel, ChannelError> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| ChannelError::NotHttps(url.to_string()))?;
+    let tls = tls.clone();
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        let tls = tls.clone();
+        async move {
+            let host = uri.host().unwrap_or_default().to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let stream = tokio::time::timeout(Duration::from_secs(2), tls.connect(&host, port))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect timed out"))??;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    // The connector speaks TLS; tonic sees plain HTTP/2 on top of it.
+    let channel = endpoint(format!("http://{rest}"), call_timeout)?.connect_with_connector_lazy(connector);
+    Ok(InterceptedService::new(channel, TraceContext))
 }
 
 /// Interceptor injecting the current span's context as `traceparent`/`tracestate`.

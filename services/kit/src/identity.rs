@@ -52,6 +52,22 @@ pub fn same_name(a: &str, b: &str) -> bool {
     normalise(a) == normalise(b)
 }
 
+/// Whether `s` may name a user proven by a credential: 1-256 of `A-Z a-z 0-9 - _ . @ : +`
+/// (e-mail addresses included).
+pub fn valid_user(s: &str) -> bool {
+    let s = s.trim();
+    !s.is_empty()
+        && s.len() <= 256
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '+'))
+}
+
+/// Whether `s` may name a group: 1-256 printable ASCII characters without spaces or commas
+/// (issuers use paths such as `/platform/sre`).
+pub fn valid_group(s: &str) -> bool {
+    let s = s.trim();
+    !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -118,6 +134,13 @@ mod tests {
         assert_eq!(id.roles, vec!["release-manager".to_string()]);
         assert!(id.has_role("RELEASE-MANAGER"));
         assert!(same_name("Bob", " bob") && !same_name("bob", "bobby"));
+    }
+
+    #[test]
+    fn credential_names_are_bounded() {
+        assert!(valid_user("alice+ops@example.com") && !valid_user("al ice") && !valid_user(""));
+        assert!(!valid_user(&"a".repeat(257)));
+        assert!(valid_group("/platform/sre") && !valid_group("a,b") && !valid_group("a\u{0}"));
     }
 
     #[test]

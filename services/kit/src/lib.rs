@@ -5,16 +5,22 @@
 //! - [`admin`]: the Prometheus-text `/metrics`, `/healthz`, `/readyz` endpoint;
 //! - [`telemetry`]: tracing (env filter, plain/json) with an OTLP exporter when configured;
 //! - [`client`]: lazily connected channels that inject trace context, and call deadlines;
-//! - [`identity`]: the one interceptor that turns request metadata into the caller's identity;
+//! - [`auth`]: the one layer that authenticates callers (OIDC JWTs, static tokens);
+//! - [`authz`]: the RPC → permission table and the access policy (roles per environment and service);
+//! - [`identity`]: the proven caller, as handlers read it;
 //! - [`error`]: the one domain-error → `tonic::Status` mapping;
 //! - [`http`]: the outbound HTTP/1.1 client (deadline per request, capped response size);
 //! - [`follow`]: keyset page tokens and following a versioned record (list and watch RPCs);
 //! - [`shutdown`]: SIGTERM / ctrl-c → a cancellation token;
+//! - [`reload`]: files read again when they change (certificates, tokens, policy);
 //! - [`program`]: finding a program on `PATH` as `execvp` would;
+//! - [`tls`]: TLS for the gRPC links (reloaded certificates, the caller's service identity);
 //! - [`pg`]: a throwaway PostgreSQL cluster from the system binaries (tests and the embedded stack).
 
 pub mod admin;
 pub mod args;
+pub mod auth;
+pub mod authz;
 pub mod backoff;
 pub mod client;
 pub mod db;
@@ -24,9 +30,11 @@ pub mod http;
 pub mod identity;
 pub mod pg;
 pub mod program;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::ApiError;
 pub use identity::Identity;

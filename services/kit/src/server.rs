@@ -18,14 +18,17 @@ use tonic::{
     body::Body,
     server::NamedService,
     service::{Routes, RoutesBuilder},
-    transport::server::TcpIncoming,
 };
 use tonic_health::ServingStatus;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::admin::Metrics;
+use crate::{
+    admin::Metrics,
+    auth::{AuthLayer, Authenticator, Security},
+    tls::Tls,
+};
 
 /// The services every server adds to its own: health and reflection (both versions).
 const PLUMBING: [&str; 3] =
@@ -36,12 +39,23 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     drain_timeout: Duration,
+    authenticator: Option<Authenticator>,
+    tls: Option<Tls>,
 }
 
 impl GrpcServer {
     /// An empty server; `drain_timeout` bounds how long in-flight RPCs may run after shutdown.
     pub fn new(drain_timeout: Duration) -> Self {
-        GrpcServer { routes: Routes::builder(), names: Vec::new(), drain_timeout }
+        GrpcServer { routes: Routes::builder(), names: Vec::new(), drain_timeout, authenticator: None, tls: None }
+    }
+
+    /// Serves over TLS when `security` has a certificate (plain HTTP/2, loopback only, when not)
+    /// and requires every call but health and reflection to prove who it is and hold the RPC's
+    /// permission.
+    pub fn secure(mut self, security: &Security) -> Self {
+        self.authenticator = Some(security.authenticator.clone());
+        self.tls = security.tls.clone();
+        self
     }
 
     /// Adds a business service; it is reported SERVING by health once the server runs.
@@ -65,6 +79,7 @@ impl GrpcServer {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        crate::tls::check_plaintext_listen(listener.local_addr()?, self.tls.as_ref()).map_err(anyhow::Error::msg)?;
         // What this port serves, and nothing else: reflection lists exactly these, and health
         // answers for each of them.
         let mut names = self.names.clone();
@@ -107,13 +122,11 @@ impl GrpcServer {
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(RpcLayer { metrics: metrics.clone() })
+            .layer(AuthLayer::new(self.authenticator))
             .add_routes(routes.routes())
-            // The builder's TCP settings apply only to listeners it binds itself; without
-            // TCP_NODELAY on accepted sockets, small stream messages wait for delayed ACKs (~40 ms).
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60))),
-                signal,
-            );
+            // Accepted sockets get TCP_NODELAY there: without it, small stream messages wait for
+            // delayed ACKs (~40 ms).
+            .serve_with_incoming_shutdown(crate::tls::incoming(listener, self.tls), signal);
         metrics.set_ready(true);
         let drain_timeout = self.drain_timeout;
         tokio::select! {

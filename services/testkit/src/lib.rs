@@ -7,6 +7,8 @@
 //! - [`hostile`]: property-test inputs for parsers of outside input (a corpus of nasty inputs and
 //!   generators around it) and the case count CI runs;
 //! - [`measure`]: histograms, peak RSS and CPU time of measured processes (benchmarks);
+//! - [`oidc`]: an OIDC issuer (discovery, JWKS, key rotation) minting the tests' tokens;
+//! - [`pki`]: a throwaway CA issuing the services' certificates;
 //! - [`prometheus`]: a real Prometheus scraping endpoints the test serves, and such endpoints;
 //! - [`receiver`]: a webhook receiver that records requests, answers what the test says, and can go
 //!   down and come back on the same port;
@@ -18,6 +20,8 @@ pub mod fakes;
 pub mod hostile;
 pub mod kube;
 pub mod measure;
+pub mod oidc;
+pub mod pki;
 pub mod prometheus;
 pub mod python;
 pub mod receiver;
