@@ -73,3 +73,29 @@ impl<T> Reloading<T> {
         Arc::clone(&state.value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_file_is_read_again_and_a_broken_one_keeps_the_last_good_value() {
+        let dir = std::env::temp_dir().join(format!("hopngo-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("number");
+        std::fs::write(&file, "1").unwrap();
+        let path = file.clone();
+        let number = Reloading::new("number", &[&file], move || {
+            std::fs::read_to_string(&path).unwrap().trim().parse::<u32>().map_err(|e| e.to_string())
+        })
+        .unwrap();
+        assert_eq!(*number.current(), 1);
+        std::fs::write(&file, "22").unwrap();
+        std::thread::sleep(RECHECK + Duration::from_millis(100));
+        assert_eq!(*number.current(), 22);
+        std::fs::write(&file, "not a number").unwrap();
+        std::thread::sleep(RECHECK + Duration::from_millis(100));
+        assert_eq!(*number.current(), 22);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -2,7 +2,7 @@
 //! credential (certificate, static token, JWT, none), what the permission table lets them call,
 //! and certificates renewed in place.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use hopngo_kit::{
     admin::Metrics,
@@ -65,31 +65,7 @@ type Client = DeployerServiceClient<tonic::transport::Channel>;
 
 /// A person's TLS connection: trusts the CA, presents no certificate.
 fn person(addr: std::net::SocketAddr, ca: &std::path::Path) -> Client {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = Arc::new(config);
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let config = config.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector_lazy(connector);
-    DeployerServiceClient::new(channel)
+    DeployerServiceClient::new(hopngo_testkit::pki::channel_without_certificate(addr, ca).unwrap())
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {

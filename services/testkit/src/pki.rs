@@ -77,3 +77,31 @@ impl TestCa {
         Ok(files)
     }
 }
+
+/// A channel to `addr` over TLS the way a person's client connects: trusting `ca`, presenting
+/// no certificate, the server verified as `localhost`.
+pub fn channel_without_certificate(addr: std::net::SocketAddr, ca: &Path) -> anyhow::Result<tonic::transport::Channel> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_with_connector_lazy(connector))
+}
