@@ -239,6 +239,9 @@ impl Authenticator {
         if !headers.contains_key(http::header::AUTHORIZATION)
             && let Some(service) = peer.and_then(|p| p.service.as_deref())
         {
+            if !valid_user(service) {
+                return Err(refuse(format!("the client certificate's name {service:?} is not a service name")));
+            }
             return Ok(Principal {
                 user: normalise(service),
                 groups: Vec::new(),
@@ -251,9 +254,9 @@ impl Authenticator {
 
     /// The identity proven by the request's `authorization: Bearer` header.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
-        let value = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
-            refuse("no credentials: send `authorization: Bearer <token>` (hopctl login, or HOPNGO_TOKEN)")
-        })?;
+        let value = headers
+            .get(http::header::AUTHORIZATION)
+            .ok_or_else(|| refuse("no credentials: send `authorization: Bearer <token>`"))?;
         let value = value.to_str().map_err(|_| refuse("the authorization header is not ASCII"))?;
         let token = value
             .strip_prefix("Bearer ")
