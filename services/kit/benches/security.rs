@@ -162,20 +162,11 @@ async fn main() -> anyhow::Result<()> {
     let person_channel =
         || hopngo_testkit::pki::channel_without_certificate(secured, &ca.ca_file()).expect("TLS channel");
     let secured_url = format!("https://localhost:{}", secured.port());
+    // A bare Channel (the same client type for every variant) over the kit's TLS connector.
     let service_channel = || {
-        // The traced channel is a wrapper around a tonic Channel; the benchmark wants the same
-        // client type for every variant, so it measures the TLS connector on a bare Channel.
-        let scheduler = scheduler.clone();
-        let connector = tower::service_fn(move |uri: http::Uri| {
-            let scheduler = scheduler.clone();
-            async move {
-                let stream = scheduler.connect(uri.host().unwrap_or_default(), uri.port_u16().unwrap_or(443)).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-            }
-        });
         Channel::from_shared(secured_url.replace("https://", "http://"))
             .expect("url")
-            .connect_with_connector_lazy(connector)
+            .connect_with_connector_lazy(scheduler.connector())
     };
     // The kit's own TLS channel must reach the same server (what the services will use).
     let mut traced = DeployerServiceClient::new(client::tls_channel(&secured_url, Duration::from_secs(5), &scheduler)?);

@@ -46,20 +46,8 @@ pub enum ChannelError {
 /// renewed certificates are used for new connections without a restart.
 pub fn tls_channel(url: &str, call_timeout: Duration, tls: &Tls) -> Result<TracedChannel, ChannelError> {
     let rest = url.strip_prefix("https://").ok_or_else(|| ChannelError::NotHttps(url.to_string()))?;
-    let tls = tls.clone();
-    let connector = tower::service_fn(move |uri: http::Uri| {
-        let tls = tls.clone();
-        async move {
-            let host = uri.host().unwrap_or_default().to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let stream = tokio::time::timeout(Duration::from_secs(2), tls.connect(&host, port))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect timed out"))??;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
     // The connector speaks TLS; tonic sees plain HTTP/2 on top of it.
-    let channel = endpoint(format!("http://{rest}"), call_timeout)?.connect_with_connector_lazy(connector);
+    let channel = endpoint(format!("http://{rest}"), call_timeout)?.connect_with_connector_lazy(tls.connector());
     Ok(InterceptedService::new(channel, TraceContext))
 }
 
