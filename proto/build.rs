@@ -16,6 +16,7 @@ const FILES: &[&str] = &[
     "hopngo/analyzer/v1/analyzer_service.proto",
     "hopngo/migrator/v1/migrator_service.proto",
     "hopngo/notifier/v1/notifier_service.proto",
+    "hopngo/identity/v1/identity_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

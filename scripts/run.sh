@@ -3,7 +3,9 @@
 # demo processes behind weighted proxies), the analyzer (measuring canaries from the proxies'
 # metrics), the migrator (booking's databases, in the same cluster), the notifier (release event
 # log, subscriptions, webhooks, escalation) and the scheduler on 127.0.0.1:50051 with HopNGo's
-# delivery config, steady traffic into every service, and then the runbook as a demonstration:
+# delivery config, all over TLS with a throwaway CA and a certificate per service, callers
+# authenticated by static tokens (alice deploys, bob is a release manager, admin administers)
+# under an access policy, steady traffic into every service, and then the runbook as a demonstration:
 # a good booking release through staging and (approved by a second person) production, a gateway
 # blue/green release, a faulty version rolled back by its analysis, and a full environment
 # rollback, with events arriving at a subscriber. It finishes by itself and removes what it
@@ -34,20 +36,54 @@ if [ "$serve" = false ]; then
     "$config" >"$logs/delivery.yaml"
   config="$logs/delivery.yaml"
 fi
+# Throwaway credentials: a CA and a certificate per service (the scheduler proves itself to the
+# others with its own), a static token per person (the tokens file holds only their SHA-256), and
+# who may do what.
+creds="$logs/credentials"
+hopngo-dev-certificates --dir "$creds" scheduler deployer analyzer migrator notifier 2>/dev/null
+echo "tokens:" >"$creds/tokens.yaml"
+while read -r user groups; do
+  (umask 077 && hopctl token new --user "$user" --groups "$groups" >"$creds/$user.token" 2>>"$creds/tokens.yaml")
+done <<'EOF'
+alice developers
+bob release-managers
+admin hopngo:admins
+EOF
+cat >"$creds/policy.yaml" <<'EOF'
+bindings:
+  - subjects: [group:developers]
+    roles: [deployer]
+  - subjects: [group:release-managers]
+    roles: [approver, release-manager]
+  - subjects: ["user:*"]
+    roles: [viewer]
+EOF
+export HOPNGO_TLS_CA="$creds/ca.pem" HOPNGO_AUTH_TOKENS="$creds/tokens.yaml" HOPNGO_POLICY="$creds/policy.yaml"
+tls() { echo "--tls-cert $creds/$1.pem --tls-key $creds/$1-key.pem"; }
 proxy_base=18000
 start_throwaway_pg
-hopngo-deployer --delivery-config "$config" --proxy-port-base "$proxy_base" --log-dir "$logs" --log warn &
+# shellcheck disable=SC2046 # tls prints the flags to split
+hopngo-deployer $(tls deployer) --delivery-config "$config" --proxy-port-base "$proxy_base" --log-dir "$logs" --log warn &
 deployer=$!
-hopngo-analyzer --delivery-config "$config" --log warn &
+# shellcheck disable=SC2046
+hopngo-analyzer $(tls analyzer) --delivery-config "$config" --log warn &
 analyzer=$!
 # Booking's application databases (staging's and production's) live in the same throwaway cluster.
-hopngo-migrator --log warn --create-targets \
+# shellcheck disable=SC2046
+hopngo-migrator $(tls migrator) --log warn --create-targets \
   --target "booking=${DATABASE_URL%/*}/booking" --locations booking=deploy/hopngo/migrations/booking \
   --target "booking-production=${DATABASE_URL%/*}/booking-production" \
   --locations booking-production=deploy/hopngo/migrations/booking &
 migrator=$!
-hopngo-notifier --log warn &
+# shellcheck disable=SC2046
+hopngo-notifier $(tls notifier) --log warn &
 notifier=$!
+# hopctl and the scheduler reach every service over TLS; hopctl calls as alice unless told.
+export HOPNGO_SERVER=https://127.0.0.1:50051 HOPNGO_ANALYZER=https://127.0.0.1:50053 \
+  HOPNGO_MIGRATOR=https://127.0.0.1:50054 HOPNGO_NOTIFIER=https://127.0.0.1:50055 \
+  HOPNGO_DEPLOYER_URL=https://127.0.0.1:50052 HOPNGO_ANALYZER_URL=https://127.0.0.1:50053 \
+  HOPNGO_MIGRATOR_URL=https://127.0.0.1:50054 HOPNGO_NOTIFIER_URL=https://127.0.0.1:50055 \
+  HOPNGO_CA_FILE="$creds/ca.pem" HOPNGO_TOKEN_FILE="$creds/alice.token" HOPNGO_CONFIG_DIR="$creds/hopctl"
 # Proxy of the i-th service in the j-th environment: base + i × environments + j.
 environments=$(awk '/^environments:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
 services=$(awk '/^services:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
@@ -77,11 +113,12 @@ cleanup() {
 }
 trap cleanup EXIT
 {
-  echo "Scheduler: http://127.0.0.1:50051 (metrics http://127.0.0.1:9464/metrics)"
-  echo "Deployer:  http://127.0.0.1:50052 (proxy metrics http://127.0.0.1:9465/metrics)"
-  echo "Analyzer:  http://127.0.0.1:50053 (canaries are measured from the proxy metrics)"
-  echo "Migrator:  http://127.0.0.1:50054 (databases booking and booking-production: deploy/hopngo/migrations/booking)"
-  echo "Notifier:  http://127.0.0.1:50055 (release events: hopctl events --follow; webhooks: hopctl subscriptions)"
+  echo "Scheduler: https://127.0.0.1:50051 (metrics http://127.0.0.1:9464/metrics)"
+  echo "Deployer:  https://127.0.0.1:50052 (proxy metrics http://127.0.0.1:9465/metrics)"
+  echo "Analyzer:  https://127.0.0.1:50053 (canaries are measured from the proxy metrics)"
+  echo "Migrator:  https://127.0.0.1:50054 (databases booking and booking-production: deploy/hopngo/migrations/booking)"
+  echo "Notifier:  https://127.0.0.1:50055 (release events: hopctl events --follow; webhooks: hopctl subscriptions)"
+  echo "Credentials (CA, service certificates, tokens of alice, bob and admin, policy): $creds"
   echo "Service proxies (10 requests/s flow into each):"
   cat "$logs/proxies.txt"
 } >&2
@@ -89,14 +126,19 @@ if [ "$serve" = true ]; then
   {
     echo "In another terminal:"
     echo '  export PATH="$PWD/target/debug:$PATH"'
+    echo "  export HOPNGO_SERVER=$HOPNGO_SERVER HOPNGO_CA_FILE=$creds/ca.pem"
+    echo "  hopctl login --token-file $creds/alice.token    # or bob.token, admin.token"
+    echo '  hopctl whoami'
     echo '  hopctl release create chat-service --env staging --artifact 1.0.0 --watch'
     echo "Ctrl-C here stops everything and deletes the database and the replicas' logs."
   } >&2
-  hopngo-scheduler --apply-config "$config" "$@" || true
+  # shellcheck disable=SC2046
+  hopngo-scheduler $(tls scheduler) --apply-config "$config" "$@" || true
   exit 0
 fi
 
-hopngo-scheduler --apply-config "$config" --log warn "$@" &
+# shellcheck disable=SC2046
+hopngo-scheduler $(tls scheduler) --apply-config "$config" --log warn "$@" &
 scheduler=$!
 for _ in $(seq 1 100); do
   hopctl config get >/dev/null 2>&1 && break
@@ -119,7 +161,11 @@ released() { # the phase of the newest release of SERVICE in ENVIRONMENT
 }
 id_of() { sed -n 's/^Release: *//p' | head -1; }
 
-export HOPNGO_USER=alice
+as_bob=(--token-file "$creds/bob.token")
+as_admin=(--token-file "$creds/admin.token")
+say "Who is calling (alice, proven by her static token)"
+run hopctl whoami | head -8
+
 say "A platform service subscribes to release events (hopctl events --follow)"
 hopctl events --follow --from-now >"$logs/subscriber.txt" 2>/dev/null &
 subscriber=$!
@@ -129,7 +175,7 @@ for s in auth-service gateway booking-service; do
   hopctl release create "$s" --env staging --artifact 1.0.0 --watch >/dev/null 2>&1 || true
   echo "  $s 1.0.0 in staging: $(released "$s" staging) (preflight, deploy, smoke tests)" >&2
   id=$(hopctl promote-env "$s" --to production 2>/dev/null | id_of)
-  hopctl approve "$id" --user bob --roles release-manager --reason "first version" >/dev/null
+  hopctl approve "$id" "${as_bob[@]}" --reason "first version" >/dev/null
   hopctl get "$id" --watch >/dev/null 2>&1 || true
   echo "  $s 1.0.0 in production: $(released "$s" production) (promoted from staging, approved by bob)" >&2
 done
@@ -141,8 +187,8 @@ say "Promote it to production: it succeeded and was verified in staging; product
 out=$(run hopctl promote-env booking-service --from staging --to production)
 echo "$out"
 id=$(echo "$out" | id_of)
-run hopctl approve "$id" --roles release-manager || echo "(alice asked for it, so she cannot approve it: four eyes)" >&2
-run hopctl approve "$id" --user bob --roles release-manager --reason "checked the staging SLO"
+run hopctl approve "$id" || echo "(alice may not approve: she is no approver, and she asked for it)" >&2
+run hopctl approve "$id" "${as_bob[@]}" --reason "checked the staging SLO"
 run hopctl get "$id" --watch
 answers booking-service production
 
@@ -151,7 +197,7 @@ answers gateway staging
 run hopctl release create gateway --env staging --artifact 1.1.0 --watch
 answers gateway staging
 id=$(hopctl promote-env gateway --to production 2>/dev/null | id_of)
-hopctl approve "$id" --user bob --roles release-manager --reason "gateway 1.1.0" >/dev/null
+hopctl approve "$id" "${as_bob[@]}" --reason "gateway 1.1.0" >/dev/null
 hopctl get "$id" --watch >/dev/null 2>&1 || true
 echo "  gateway 1.1.0 in production: $(released gateway production)" >&2
 
@@ -167,8 +213,8 @@ sleep 1 # the event log is a moment behind the release
 run hopctl timeline "$id"
 answers booking-service staging
 
-say "Full environment rollback of production (emergency form: every service, straight back, one after another)"
-run hopctl rollback-env production --emergency --reason "demo: back to yesterday's versions" --watch || true
+say "Full environment rollback of production (emergency form, an admin's call: every service, straight back, one after another)"
+run hopctl "${as_admin[@]}" rollback-env production --emergency --reason "demo: back to yesterday's versions" --watch || true
 answers booking-service production
 answers gateway production
 

@@ -4,6 +4,7 @@
 //! traffic returns to stable. Also: the scrape provider against the proxy with a good and a bad
 //! version, through `Measure`.
 
+use hopngo_e2e::channel;
 use std::{collections::BTreeMap, time::Duration};
 
 use hopngo_deployer::traffic::{Load, run as traffic};
@@ -115,8 +116,8 @@ async fn a_faulty_canary_is_aborted_by_its_analysis() {
     )
     .await
     .unwrap();
-    let mut releases = ReleaseServiceClient::connect(scheduler.grpc.clone()).await.unwrap();
-    let mut deployer_client = DeployerServiceClient::connect(deployer.grpc.clone()).await.unwrap();
+    let mut releases = ReleaseServiceClient::new(channel(&scheduler.grpc));
+    let mut deployer_client = DeployerServiceClient::new(channel(&deployer.grpc));
 
     let first = create_booking_release(&mut releases, "1.0.0").await;
     until(&mut releases, &first.id, 60, |r| r.settled).await;
@@ -142,7 +143,7 @@ async fn a_faulty_canary_is_aborted_by_its_analysis() {
     });
 
     // The scrape provider, tried through Measure, on the good stable track.
-    let mut analyzer_client = AnalyzerServiceClient::connect(analyzer.grpc.clone()).await.unwrap();
+    let mut analyzer_client = AnalyzerServiceClient::new(channel(&analyzer.grpc));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let error_rate = |track: &str| apb::Metric {
         name: "error-rate".into(),
@@ -231,9 +232,16 @@ async fn a_faulty_canary_is_aborted_by_its_analysis() {
 
     // The same run through hopctl.
     let hopctl = binary("hopctl", "hopctl").unwrap();
+    // Measuring directly is for the scheduler and admins.
+    let admin = hopngo_e2e::hopctl_env(hopngo_testkit::access::ADMIN_USER, &[hopngo_testkit::access::ADMIN_GROUP]);
     let cli = |args: &[&str]| {
-        let out =
-            std::process::Command::new(&hopctl).arg("--analyzer").arg(&analyzer.grpc).args(args).output().unwrap();
+        let out = std::process::Command::new(&hopctl)
+            .arg("--analyzer")
+            .arg(&analyzer.grpc)
+            .args(args)
+            .envs(admin.clone())
+            .output()
+            .unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).to_string(),

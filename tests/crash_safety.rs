@@ -2,6 +2,7 @@
 //! releases and started again; two scheduler processes share one database. The other services are
 //! recording fakes on loopback, so every outward call can be checked afterwards.
 
+use hopngo_e2e::channel;
 use std::{
     collections::{BTreeMap, BTreeSet},
     time::Duration,
@@ -59,13 +60,12 @@ async fn wait_settled(ids: &[String], url: &str, secs: u64) -> Vec<pb::Release> 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let mut done = Vec::new();
-        if let Ok(mut client) = ReleaseServiceClient::connect(url.to_string()).await {
-            for id in ids {
-                if let Ok(r) = client.get_release(pb::GetReleaseRequest { id: id.clone() }).await {
-                    let r = r.into_inner().release.unwrap();
-                    if r.settled {
-                        done.push(r);
-                    }
+        let mut client = ReleaseServiceClient::new(channel(url));
+        for id in ids {
+            if let Ok(r) = client.get_release(pb::GetReleaseRequest { id: id.clone() }).await {
+                let r = r.into_inner().release.unwrap();
+                if r.settled {
+                    done.push(r);
                 }
             }
         }
@@ -139,7 +139,7 @@ async fn kill_9_mid_release_loses_nothing_and_repeats_no_effect() {
     let bin = binary("hopngo-scheduler", "hopngo-scheduler").unwrap();
     let argv = args(&db.url, &fakes, config_file.to_str().unwrap());
     let mut proc = Proc::start(&bin, &argv, &[]).await.unwrap();
-    let mut client = ReleaseServiceClient::connect(proc.grpc.clone()).await.unwrap();
+    let mut client = ReleaseServiceClient::new(channel(&proc.grpc));
     let mut seeds = Vec::new();
     for i in 0..SERVICES {
         seeds.push(create_release(&mut client, &format!("svc-{i}"), "app:1").await.id);
@@ -208,8 +208,8 @@ async fn two_schedulers_share_the_work_and_never_drive_one_release_at_once() {
     let argv = args(&db.url, &fakes, config_file.to_str().unwrap());
     let a = Proc::start(&bin, &argv, &[]).await.unwrap();
     let b = Proc::start(&bin, &argv, &[]).await.unwrap();
-    let mut client = ReleaseServiceClient::connect(a.grpc.clone()).await.unwrap();
-    let mut config_client = ConfigServiceClient::connect(b.grpc.clone()).await.unwrap();
+    let mut client = ReleaseServiceClient::new(channel(&a.grpc));
+    let mut config_client = ConfigServiceClient::new(channel(&b.grpc));
     let applied = config_client.apply_config(ApplyConfigRequest { yaml: config(SERVICES) }).await.unwrap().into_inner();
     assert!(!applied.changed, "both replicas applied the same document; it is stored once");
     let mut seeds = Vec::new();

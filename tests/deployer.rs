@@ -1,6 +1,8 @@
 //! The deployer binary as a real process: replicas die with it even on SIGKILL (no orphans), and
 //! a restarted deployer brings the desired state back without duplicates.
 
+use hopngo_e2e::AuthedChannel;
+use hopngo_e2e::channel;
 use std::time::Duration;
 
 use hopngo_e2e::{Proc, binary};
@@ -21,7 +23,7 @@ fn demo_pids(marker: &str) -> Vec<u32> {
     pids
 }
 
-async fn converged(client: &mut DeployerServiceClient<tonic::transport::Channel>) -> pb::TargetStatus {
+async fn converged(client: &mut DeployerServiceClient<AuthedChannel>) -> pb::TargetStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = client
@@ -72,7 +74,7 @@ async fn replicas_die_with_a_killed_deployer_and_come_back_once() {
     .map(|s| s.to_string())
     .collect();
     let proc = Proc::start(&bin, &args, &[]).await.unwrap();
-    let mut client = DeployerServiceClient::connect(proc.grpc.clone()).await.unwrap();
+    let mut client = DeployerServiceClient::new(channel(&proc.grpc));
     let target = pb::TargetSpec {
         service: "booking".into(),
         environment: "staging".into(),
@@ -98,7 +100,7 @@ async fn replicas_die_with_a_killed_deployer_and_come_back_once() {
     }
 
     let proc = Proc::start(&bin, &args, &[]).await.unwrap();
-    let mut client = DeployerServiceClient::connect(proc.grpc.clone()).await.unwrap();
+    let mut client = DeployerServiceClient::new(channel(&proc.grpc));
     let status = converged(&mut client).await;
     assert_eq!(status.idempotency_key, "k1");
     let again = client

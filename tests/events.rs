@@ -3,6 +3,7 @@
 //! event of every release in order, while the notifier is killed with SIGKILL and restarted, and
 //! the subscriber is killed and resumed from its last cursor.
 
+use hopngo_e2e::channel;
 use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
 use hopngo_e2e::{Proc, binary, create_release, until};
@@ -33,6 +34,7 @@ impl Follower {
         }
         let mut child = tokio::process::Command::new(binary("hopctl", "hopctl").unwrap())
             .args(&args)
+            .envs(hopngo_e2e::hopctl_env("alice", &[]))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -87,9 +89,7 @@ async fn every_event_reaches_subscribers_in_order_through_notifier_and_subscribe
     .collect();
     let mut notifier = Proc::start(&notifier_bin, &notifier_args, &[]).await.unwrap();
     let receiver = Receiver::start().await.unwrap();
-    NotifierServiceClient::connect(notifier.grpc.clone())
-        .await
-        .unwrap()
+    NotifierServiceClient::new(channel(&notifier.grpc))
         .create_webhook(npb::CreateWebhookRequest { url: receiver.url("/events"), ..Default::default() })
         .await
         .unwrap();
@@ -122,7 +122,7 @@ async fn every_event_reaches_subscribers_in_order_through_notifier_and_subscribe
     }
     scheduler_args.extend(["--notifier-url".to_string(), notifier.grpc.clone()]);
     let scheduler = Proc::start(&scheduler_bin, &scheduler_args, &[]).await.unwrap();
-    let mut client = ReleaseServiceClient::connect(scheduler.grpc.clone()).await.unwrap();
+    let mut client = ReleaseServiceClient::new(channel(&scheduler.grpc));
 
     let mut ids = Vec::new();
     for (service, artifact) in

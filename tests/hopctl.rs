@@ -3,16 +3,19 @@
 
 use std::{path::PathBuf, process::Output};
 
-use hopngo_e2e::{Proc, binary};
+use hopngo_e2e::{Proc, binary, hopctl_env};
 use hopngo_testkit::{db::TestDb, fakes::Fakes};
 
 const CONFIG: &str = "environments:\n  - name: staging\nservices:\n  - name: chat-service\n    strategy:\n      canary:\n        steps:\n          - setWeight: 50\n          - pause: {duration: 1s}\n";
 
+/// Alice deploys; `ops` (an admin) applies configs.
 fn hopctl(server: &str, args: &[&str]) -> Output {
+    let user = if args.first() == Some(&"config") { "ops" } else { "alice" };
     let bin = binary("hopctl", "hopctl").unwrap();
     std::process::Command::new(bin)
-        .args(["--server", server, "--user", "alice"])
+        .args(["--server", server])
         .args(args)
+        .envs(hopctl_env(user, &[]))
         .env_remove("HOPNGO_OUTPUT")
         .output()
         .unwrap()
@@ -51,6 +54,8 @@ async fn hopctl_drives_a_release_and_fails_with_one_line() {
     .iter()
     .map(|s| s.to_string())
     .chain(fakes.endpoint_args())
+    // Plain HTTP/2 on loopback, so that host:port (http) reaches it too.
+    .chain(hopngo_testkit::access::TestAccess::shared().plain_service_args())
     .collect();
     let proc = Proc::start(&binary("hopngo-scheduler", "hopngo-scheduler").unwrap(), &args, &[]).await.unwrap();
     let server = proc.grpc.clone();
@@ -132,6 +137,7 @@ async fn hopctl_drives_a_release_and_fails_with_one_line() {
     let piped = tokio::task::spawn_blocking(move || {
         let mut child = std::process::Command::new(binary("hopctl", "hopctl").unwrap())
             .args(["--server", &server_for_pipe, "list", "-o", "yaml"])
+            .envs(hopctl_env("alice", &[]))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

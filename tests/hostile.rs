@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use hopngo_e2e::{Part, Stack, StackOptions, as_user};
+use hopngo_e2e::{Part, Stack, StackOptions, TestAccess, as_user, channel};
 use hopngo_proto::{
     analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient, metric::Provider},
     deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
@@ -95,7 +95,7 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
 
     // Analyzer: parsers that recursed without bound, commands of the caller's choosing, providers
     // aimed at metadata services and hosts the config does not allow.
-    let mut analyzer = AnalyzerServiceClient::connect(stack.url(Part::Analyzer)).await.unwrap();
+    let mut analyzer = AnalyzerServiceClient::new(channel(&stack.url(Part::Analyzer)));
     let metrics = stack.metrics_url.clone();
     let measure = |m: apb::Metric| apb::MeasureRequest { metric: Some(m), ..Default::default() };
     let deep_condition = format!("{}result{} < 1", "(".repeat(1000), ")".repeat(1000));
@@ -121,7 +121,7 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     }
 
     // Migrator: scripts only from the configured locations.
-    let mut migrator = MigratorServiceClient::connect(stack.url(Part::Migrator)).await.unwrap();
+    let mut migrator = MigratorServiceClient::new(channel(&stack.url(Part::Migrator)));
     let escape = scripts.join("escape").display().to_string();
     let filesystem = format!("filesystem:{}", elsewhere.display());
     let outside = elsewhere.display().to_string();
@@ -148,7 +148,7 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     refused(migrator.start_migration(bad_version).await, "target_version");
 
     // Deployer: artifacts that read as options, megabytes, made-up environments.
-    let mut deployer = DeployerServiceClient::connect(stack.url(Part::Deployer)).await.unwrap();
+    let mut deployer = DeployerServiceClient::new(channel(&stack.url(Part::Deployer)));
     let apply = |environment: &str, artifact: &str| dpb::ApplyTargetRequest {
         target: Some(dpb::TargetSpec {
             service: "booking".into(),
@@ -189,7 +189,7 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     refused(releases.create_release(create("1.0.\u{202E}1", "", "")).await, "artifact");
     let list = pb::ListReleasesRequest { service: "booking\0".into(), ..Default::default() };
     refused(releases.list_releases(list).await, "service");
-    let mut notifier = NotifierServiceClient::connect(stack.url(Part::Notifier)).await.unwrap();
+    let mut notifier = NotifierServiceClient::new(channel(&stack.url(Part::Notifier)));
     let event = hopngo_proto::events::Event { id: "x\0".into(), ..Default::default() };
     refused(notifier.publish_events(npb::PublishEventsRequest { events: vec![event] }).await, "events[0].id");
     let webhook = npb::CreateWebhookRequest { url: format!("https://{}", "a".repeat(1 << 20)), ..Default::default() };
@@ -200,13 +200,18 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
 
     // Every process still serves; a foreign client sees exactly what each port serves, healthy,
     // and gets the same refusal for a NUL byte.
-    let address = |part: Part| stack.url(part).trim_start_matches("http://").to_string();
+    // Over TLS, with a bearer token; health and reflection answer without one, the API does not.
+    let address = |part: Part| stack.url(part).trim_start_matches("https://").to_string();
+    let create =
+        serde_json::json!({"service": "booking", "environment": "staging", "artifact": "1.0.0", "reason": "a\u{0}b"});
     let spec = serde_json::json!({
+        "ca_file": TestAccess::shared().ca_file(),
+        "token": hopngo_testkit::access::caller_token("alice", &[]),
         "targets": [
-            {"address": address(Part::Scheduler), "calls": [{
-                "method": "hopngo.release.v1.ReleaseService/CreateRelease",
-                "request": {"service": "booking", "environment": "staging", "artifact": "1.0.0", "reason": "a\u{0}b"}
-            }]},
+            {"address": address(Part::Scheduler), "calls": [
+                {"method": "hopngo.release.v1.ReleaseService/CreateRelease", "request": create},
+                {"method": "hopngo.release.v1.ReleaseService/CreateRelease", "request": create, "anonymous": true},
+            ]},
             {"address": address(Part::Deployer)},
             {"address": address(Part::Analyzer)},
             {"address": address(Part::Migrator)},
@@ -229,7 +234,7 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     let plumbing =
         ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
     let expected: [&[&str]; 5] = [
-        &["hopngo.config.v1.ConfigService", "hopngo.release.v1.ReleaseService"],
+        &["hopngo.config.v1.ConfigService", "hopngo.identity.v1.IdentityService", "hopngo.release.v1.ReleaseService"],
         &["hopngo.deployer.v1.DeployerService"],
         &["hopngo.analyzer.v1.AnalyzerService"],
         &["hopngo.migrator.v1.MigratorService"],
@@ -247,6 +252,8 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     let call = &probes[0]["calls"][0];
     assert_eq!(call["code"], "INVALID_ARGUMENT", "{call}");
     assert!(call["message"].as_str().unwrap().starts_with("reason: contains a NUL byte"), "{call}");
+    let anonymous = &probes[0]["calls"][1];
+    assert_eq!(anonymous["code"], "UNAUTHENTICATED", "{anonymous}");
 
     drop(stack);
     let _ = std::fs::remove_dir_all(&scripts);

@@ -105,7 +105,8 @@ async fn a_canary_on_kubernetes_through_the_scheduler_with_a_killed_deployer_and
     let before = fake.resource_version();
     let hopctl = hopngo_e2e::binary("hopctl", "hopctl").unwrap();
     let preview = tokio::process::Command::new(hopctl)
-        .args(["--server", &stack.url(Part::Scheduler), "--user", "alice"])
+        .args(["--server", &stack.url(Part::Scheduler)])
+        .envs(hopngo_e2e::hopctl_env("alice", &[]))
         .args(["render", "booking", "--env", "staging", "--artifact", "1.1", "--weight", "25"])
         .env_remove("HOPNGO_OUTPUT")
         .output()

@@ -3,6 +3,8 @@
 //! canary exists while the migration runs), and an abort undoes the release's migrations after
 //! traffic is back on the previous version. Also `hopctl migrate` against the migrator.
 
+use hopngo_e2e::AuthedChannel;
+use hopngo_e2e::channel;
 use std::time::Duration;
 
 use hopngo_e2e::{Proc, binary, create_booking_release, until};
@@ -36,7 +38,7 @@ services:
     )
 }
 
-async fn tracks(deployer: &mut DeployerServiceClient<tonic::transport::Channel>) -> Vec<(i32, String)> {
+async fn tracks(deployer: &mut DeployerServiceClient<AuthedChannel>) -> Vec<(i32, String)> {
     let status = deployer
         .get_target_status(dpb::GetTargetStatusRequest { service: "booking".into(), environment: "staging".into() })
         .await
@@ -99,9 +101,9 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     )
     .await
     .unwrap();
-    let mut releases = ReleaseServiceClient::connect(scheduler.grpc.clone()).await.unwrap();
-    let mut deployer_client = DeployerServiceClient::connect(deployer.grpc.clone()).await.unwrap();
-    let mut migrator_client = MigratorServiceClient::connect(migrator.grpc.clone()).await.unwrap();
+    let mut releases = ReleaseServiceClient::new(channel(&scheduler.grpc));
+    let mut deployer_client = DeployerServiceClient::new(channel(&deployer.grpc));
+    let mut migrator_client = MigratorServiceClient::new(channel(&migrator.grpc));
     let mut app_conn = sqlx::PgConnection::connect(&app.url).await.unwrap();
 
     // The first release migrates to V1, then deploys.
@@ -155,8 +157,7 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     assert!(has_reference);
 
     // Abort: traffic back on 1.0.0, then the schema back to version 1.
-    let mut abort = tonic::Request::new(pb::AbortReleaseRequest { id: second.id.clone(), reason: "e2e".into() });
-    abort.metadata_mut().insert("x-hopngo-user", "e2e".parse().unwrap());
+    let abort = pb::AbortReleaseRequest { id: second.id.clone(), reason: "e2e".into() };
     releases.abort_release(abort).await.unwrap();
     let aborted = until(&mut releases, &second.id, 60, |r| r.settled).await;
     assert_eq!(aborted.phase, pb::ReleasePhase::Aborted as i32);
@@ -194,8 +195,11 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
 
     // hopctl against the same migrator: info shows the undone version, validate passes.
     let hopctl = binary("hopctl", "hopctl").unwrap();
+    // Running migrations directly is for the scheduler and admins.
+    let admin = hopngo_e2e::hopctl_env(hopngo_testkit::access::ADMIN_USER, &[hopngo_testkit::access::ADMIN_GROUP]);
     let scripts_dir = scripts.display().to_string();
     let out = tokio::process::Command::new(&hopctl)
+        .envs(admin.clone())
         .args(["--migrator", &migrator.grpc, "migrate", "info", "booking", "--location", &scripts_dir, "-o", "json"])
         .output()
         .await
@@ -207,6 +211,7 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
         info["migrations"].as_array().unwrap().iter().map(|m| m["state"].as_str().unwrap()).collect();
     assert_eq!(states, vec!["SUCCESS", "UNDONE", "SUCCESS", "PENDING"]);
     let out = tokio::process::Command::new(&hopctl)
+        .envs(admin.clone())
         .args(["--migrator", &migrator.grpc, "migrate", "validate", "booking", "--location", &scripts_dir])
         .output()
         .await
@@ -215,6 +220,7 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     // A bad name: a one-line error, exit code 1, nothing run.
     std::fs::write(scripts.join("V3_typo.sql"), "SELECT 1;").unwrap();
     let out = tokio::process::Command::new(&hopctl)
+        .envs(admin.clone())
         .args(["--migrator", &migrator.grpc, "migrate", "migrate", "booking", "--location", &scripts_dir])
         .output()
         .await
@@ -230,6 +236,7 @@ async fn the_migrate_step_runs_before_the_canary_and_an_abort_undoes_it() {
     );
     std::fs::remove_file(scripts.join("V3_typo.sql")).unwrap();
     let out = tokio::process::Command::new(&hopctl)
+        .envs(admin.clone())
         .args(["--migrator", &migrator.grpc, "migrate", "migrate", "booking", "--location", &scripts_dir])
         .output()
         .await

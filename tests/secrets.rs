@@ -2,6 +2,7 @@
 //! secret appear in no answer of the real migrator and notifier processes, and in no line of
 //! their logs, even at debug level and when a script fails on the secret.
 
+use hopngo_e2e::channel;
 use std::time::Duration;
 
 use hopngo_e2e::{Proc, binary};
@@ -51,7 +52,7 @@ async fn placeholder_values_and_webhook_secrets_appear_in_no_answer_and_no_log()
             .unwrap();
 
     let mut answers = Vec::new();
-    let mut m = MigratorServiceClient::connect(migrator.grpc.clone()).await.unwrap();
+    let mut m = MigratorServiceClient::new(channel(&migrator.grpc));
     let target = Some(mpb::MigrationTarget {
         database: "app".into(),
         placeholders: [("password".to_string(), password.clone())].into(),
@@ -99,7 +100,7 @@ async fn placeholder_values_and_webhook_secrets_appear_in_no_answer_and_no_log()
     let stored: String = sqlx::query_scalar("SELECT v FROM creds").fetch_one(&mut conn).await.unwrap();
     assert_eq!(stored, password);
 
-    let mut n = NotifierServiceClient::connect(notifier.grpc.clone()).await.unwrap();
+    let mut n = NotifierServiceClient::new(channel(&notifier.grpc));
     let created = n
         .create_webhook(npb::CreateWebhookRequest {
             url: "http://127.0.0.1:9/hook".into(),

@@ -3,6 +3,7 @@
 //! opened from now hear at once that they are subscribed, and one caller cannot hold every
 //! stream.
 
+use hopngo_e2e::channel;
 use std::time::{Duration, Instant};
 
 use hopngo_e2e::{Proc, as_user, binary};
@@ -57,7 +58,7 @@ async fn two_hundred_catching_up_subscribers_stay_within_the_memory_bound() {
             .collect();
     let notifier = Proc::start(&binary("hopngo-notifier", "hopngo-notifier").unwrap(), &args, &[]).await.unwrap();
     let pid = notifier.child.id().unwrap();
-    let client = NotifierServiceClient::connect(notifier.grpc.clone()).await.unwrap();
+    let client = NotifierServiceClient::new(channel(&notifier.grpc));
     let release = uuid::Uuid::now_v7().to_string();
     for batch in (1..=EVENTS).collect::<Vec<_>>().chunks(100) {
         let events = batch.iter().map(|s| event(&release, *s)).collect();

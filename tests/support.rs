@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use hopngo_proto::release::{self as pb, release_service_client::ReleaseServiceClient};
+pub use hopngo_testkit::access::{AuthedChannel, TestAccess, as_user, channel};
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     process::{Child, Command},
@@ -37,6 +38,12 @@ pub fn binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The control plane's services: [`Proc`] starts them with the tests' credentials (TLS with their
+/// own certificate, the test issuer's tokens and the test policy) unless the arguments name
+/// credentials themselves.
+const SERVICES: [&str; 5] = ["scheduler", "deployer", "analyzer", "migrator", "notifier"];
+const CREDENTIAL_FLAGS: [&str; 3] = ["--tls-cert", "--oidc-issuer", "--auth-tokens"];
+
 /// A running service process; killed when dropped.
 pub struct Proc {
     /// The child.
@@ -65,8 +72,15 @@ impl Proc {
         envs: &[(&str, &str)],
         stderr: Stdio,
     ) -> anyhow::Result<Proc> {
+        let mut args = args.to_vec();
+        let service = bin.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("hopngo-"));
+        if let Some(service) = service.filter(|s| SERVICES.contains(s))
+            && !args.iter().any(|a| CREDENTIAL_FLAGS.contains(&a.as_str()))
+        {
+            args.extend(TestAccess::shared().service_args(service));
+        }
         let mut child = Command::new(bin)
-            .args(args)
+            .args(&args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -92,7 +106,8 @@ impl Proc {
         let field = |key: &str| {
             line.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_string).unwrap_or_default()
         };
-        Ok(Proc { grpc: format!("http://{}", field("grpc=")), admin: field("admin="), child })
+        let scheme = if args.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
+        Ok(Proc { grpc: format!("{scheme}://{}", field("grpc=")), admin: field("admin="), child })
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -139,7 +154,16 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
 }
 
 /// A release client of a scheduler on loopback.
-pub type Releases = ReleaseServiceClient<tonic::transport::Channel>;
+pub type Releases = ReleaseServiceClient<AuthedChannel>;
+
+/// The environment that makes `hopctl` call the tests' services as `user` in `groups` (and
+/// `deployers`): a token of the test issuer, and the test CA trusted.
+pub fn hopctl_env(user: &str, groups: &[&str]) -> [(&'static str, String); 2] {
+    [
+        ("HOPNGO_TOKEN", hopngo_testkit::access::caller_token(user, groups)),
+        ("HOPNGO_CA_FILE", TestAccess::shared().ca_file().display().to_string()),
+    ]
+}
 
 /// Creates a release of booking in staging as user `e2e`.
 pub async fn create_booking_release(client: &mut Releases, artifact: &str) -> pb::Release {
@@ -190,16 +214,6 @@ pub async fn until(client: &mut Releases, id: &str, secs: u64, done: impl Fn(&pb
 /// A port that was free a moment ago (for processes that must come back on the same address).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
-/// A request carrying an identity.
-pub fn as_user<T>(message: T, user: &str, roles: &[&str]) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert("x-hopngo-user", user.parse().expect("ascii user"));
-    if !roles.is_empty() {
-        req.metadata_mut().insert("x-hopngo-roles", roles.join(",").parse().expect("ascii roles"));
-    }
-    req
 }
 
 /// One of the stack's processes.
@@ -280,16 +294,20 @@ impl Stack {
         let config = resolve(config, &metrics_url)?;
         let config_file = dir.join("delivery.yaml");
         std::fs::write(&config_file, &config)?;
-        let common = |listen: u16| -> Vec<String> {
+        // Every part serves TLS with its own certificate and accepts the test issuer's tokens.
+        let common = |listen: u16, part: Part| -> Vec<String> {
             let listen = format!("127.0.0.1:{listen}");
-            ["--listen", &listen, "--database-url", database_url, "--drain-timeout", "1s", "--log", "warn"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
+            let mut args: Vec<String> =
+                ["--listen", &listen, "--database-url", database_url, "--drain-timeout", "1s", "--log", "warn"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            args.extend(TestAccess::shared().service_args(part.binary().0.trim_start_matches("hopngo-")));
+            args
         };
-        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let url = |port: u16| format!("https://127.0.0.1:{port}");
         let mut procs = std::collections::BTreeMap::new();
-        let mut deployer = common(deployer_port);
+        let mut deployer = common(deployer_port, Part::Deployer);
         deployer.extend([
             "--admin-listen".into(),
             format!("127.0.0.1:{metrics_port}"),
@@ -300,7 +318,7 @@ impl Stack {
         ]);
         deployer.extend(options.deployer_args.iter().cloned());
         procs.insert(Part::Deployer, (deployer, None));
-        let mut analyzer = common(analyzer_port);
+        let mut analyzer = common(analyzer_port, Part::Analyzer);
         analyzer.extend([
             "--admin-listen".into(),
             "off".into(),
@@ -308,15 +326,15 @@ impl Stack {
             config_file.display().to_string(),
         ]);
         procs.insert(Part::Analyzer, (analyzer, None));
-        let mut migrator = common(migrator_port);
+        let mut migrator = common(migrator_port, Part::Migrator);
         migrator.extend(["--admin-listen".into(), "off".into()]);
         migrator.extend(options.migrator_args.iter().cloned());
         procs.insert(Part::Migrator, (migrator, None));
-        let mut notifier = common(notifier_port);
+        let mut notifier = common(notifier_port, Part::Notifier);
         notifier.extend(["--admin-listen".into(), "off".into()]);
         procs.insert(Part::Notifier, (notifier, None));
         // Nothing calls the scheduler by a fixed address: it may take any port.
-        let mut scheduler = common(0);
+        let mut scheduler = common(0, Part::Scheduler);
         scheduler.extend([
             "--admin-listen".into(),
             "off".into(),
@@ -348,8 +366,8 @@ impl Stack {
         let yaml = resolve(config, &self.metrics_url)?;
         // As in production, the file the analyzer reads is the one applied.
         std::fs::write(&self.config_file, &yaml)?;
-        let mut client = ConfigServiceClient::connect(self.url(Part::Scheduler)).await?;
-        client.apply_config(as_user(ApplyConfigRequest { yaml }, "e2e", &[])).await?;
+        let mut client = ConfigServiceClient::new(channel(&self.url(Part::Scheduler)));
+        client.apply_config(ApplyConfigRequest { yaml }).await?;
         Ok(())
     }
 
@@ -375,14 +393,14 @@ impl Stack {
 
     /// A release client.
     pub async fn releases(&self) -> Releases {
-        ReleaseServiceClient::connect(self.url(Part::Scheduler)).await.expect("scheduler")
+        ReleaseServiceClient::new(channel(&self.url(Part::Scheduler)))
     }
 
     /// Where a service's traffic enters in an environment (its proxy); empty when the deployer
     /// has never been asked to run it there.
     pub async fn address(&self, service: &str, environment: &str) -> String {
         use hopngo_proto::deployer::{GetTargetStatusRequest, deployer_service_client::DeployerServiceClient};
-        let mut deployer = DeployerServiceClient::connect(self.url(Part::Deployer)).await.expect("deployer");
+        let mut deployer = DeployerServiceClient::new(channel(&self.url(Part::Deployer)));
         let request = GetTargetStatusRequest { service: service.into(), environment: environment.into() };
         match deployer.get_target_status(request).await {
             Ok(r) => r.into_inner().status.unwrap_or_default().address,
@@ -442,17 +460,17 @@ impl Subscriber {
             let mut ready = Some(ready_tx);
             let mut cursor: Option<String> = None;
             while !stopped.is_cancelled() {
-                let Ok(mut client) = NotifierServiceClient::connect(url.clone()).await else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
+                let mut client = NotifierServiceClient::new(channel(&url));
                 let start = match &cursor {
                     Some(c) => npb::subscribe_request::Start::AfterCursor(c.clone()),
                     None => npb::subscribe_request::Start::FromBeginning(true),
                 };
                 let request =
                     npb::SubscribeRequest { start: Some(start), subscriber: "e2e".into(), ..Default::default() };
-                let Ok(response) = client.subscribe(request).await else { continue };
+                let Ok(response) = client.subscribe(request).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
                 if let Some(tx) = ready.take() {
                     let _ = tx.send(());
                 }

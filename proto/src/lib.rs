@@ -41,11 +41,16 @@ pub mod hopngo {
             tonic::include_proto!("hopngo.notifier.v1");
         }
     }
+    pub mod identity {
+        pub mod v1 {
+            tonic::include_proto!("hopngo.identity.v1");
+        }
+    }
 }
 
 pub use hopngo::{
     analyzer::v1 as analyzer, config::v1 as config, deployer::v1 as deployer, events::v1 as events,
-    migrator::v1 as migrator, notifier::v1 as notifier, release::v1 as release,
+    identity::v1 as identity, migrator::v1 as migrator, notifier::v1 as notifier, release::v1 as release,
 };
 
 pub mod check;

@@ -15,6 +15,7 @@
 //! The target is 2 s. Baseline in the same run: the measurement interval (1 s), which bounds how
 //! long a failure can go unmeasured.
 
+use hopngo_e2e::channel;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hopngo_e2e::{Part, Stack, StackOptions, Traffic, as_user, until};
@@ -73,8 +74,8 @@ async fn main() {
     let db = TestDb::create().await.expect("database");
     let stack = Stack::start(&db.url, CONFIG, StackOptions::default()).await.expect("stack");
     let mut releases = stack.releases().await;
-    let mut analyzer = AnalyzerServiceClient::connect(stack.url(Part::Analyzer)).await.unwrap();
-    let mut notifier = NotifierServiceClient::connect(stack.url(Part::Notifier)).await.unwrap();
+    let mut analyzer = AnalyzerServiceClient::new(channel(&stack.url(Part::Analyzer)));
+    let mut notifier = NotifierServiceClient::new(channel(&stack.url(Part::Notifier)));
     let create = |artifact: String| pb::CreateReleaseRequest {
         service: "booking".into(),
         environment: "staging".into(),

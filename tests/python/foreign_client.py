@@ -1,12 +1,14 @@
 """A gRPC client that is not tonic (Python grpcio), knowing nothing but what server reflection
 tells it. For each address: the services reflection lists, health's answer for each, and, for
 each (method, JSON request) given, the status of calling it with a request built from the
-reflected descriptors. Prints one JSON document; the Rust test asserts on it.
+reflected descriptors, over TLS trusting `ca_file` and with `token` as the bearer token (a call
+with "anonymous": true goes without it). Prints one JSON document; the Rust test asserts on it.
 
 Usage: foreign_client.py SPEC_JSON
-  SPEC_JSON = {"targets": [{"address": "127.0.0.1:50051",
+  SPEC_JSON = {"ca_file": "ca.pem", "token": "eyJ...",
+               "targets": [{"address": "127.0.0.1:50051",
                             "calls": [{"method": "hopngo.release.v1.ReleaseService/CreateRelease",
-                                       "request": {...}}]}]}
+                                       "request": {...}, "anonymous": false}]}]}
 """
 
 import json
@@ -21,8 +23,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 
-def probe(target):
-    channel = grpc.insecure_channel(target["address"])
+def probe(target, credentials, token):
+    channel = grpc.secure_channel(target["address"], credentials)
     grpc.channel_ready_future(channel).result(timeout=10)
     database = ProtoReflectionDescriptorDatabase(channel)
     pool = descriptor_pool.DescriptorPool(database)
@@ -44,8 +46,9 @@ def probe(target):
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=response_class.FromString,
         )
+        metadata = () if call.get("anonymous") else (("authorization", "Bearer " + token),)
         try:
-            stub(request, timeout=10)
+            stub(request, timeout=10, metadata=metadata)
             calls.append({"method": call["method"], "code": "OK", "message": ""})
         except grpc.RpcError as error:
             calls.append(
@@ -57,7 +60,9 @@ def probe(target):
 
 def main():
     spec = json.loads(sys.argv[1])
-    print(json.dumps([probe(t) for t in spec["targets"]]))
+    with open(spec["ca_file"], "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    print(json.dumps([probe(t, credentials, spec["token"]) for t in spec["targets"]]))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ macro_rules! out {
     };
 }
 
+mod credentials;
 mod render;
 mod term;
 
@@ -26,15 +27,17 @@ use std::{io::IsTerminal as _, path::PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use hopngo_client::{
-    Clients,
+    Clients, Connection,
     views::{
         AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView,
         GroupView, MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView,
-        WebhookView,
+        WebhookView, WhoAmIView,
     },
 };
 use hopngo_kit::args::parse_duration;
-use hopngo_proto::{analyzer as apb, config as cpb, events as epb, migrator as mpb, notifier as npb, release as pb};
+use hopngo_proto::{
+    analyzer as apb, config as cpb, events as epb, identity as ipb, migrator as mpb, notifier as npb, release as pb,
+};
 use tokio_stream::StreamExt as _;
 
 /// Output format.
@@ -91,12 +94,23 @@ struct Cli {
         default_value = "http://127.0.0.1:50055"
     )]
     notifier: String,
-    /// Who you are (sent as x-hopngo-user; defaults to $USER).
-    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_USER")]
-    user: Option<String>,
-    /// Your roles, comma-separated (sent as x-hopngo-roles).
-    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_ROLES", value_delimiter = ',')]
-    roles: Vec<String>,
+    /// File holding your bearer token (an OIDC JWT or a static token); without it, the token
+    /// in HOPNGO_TOKEN, else the one `hopctl login` stored.
+    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Your bearer token (prefer the environment or --token-file: arguments are visible to other
+    /// users of the machine).
+    #[arg(long, global = true, hide = true, env = "HOPNGO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where `hopctl login` keeps the token (default: $XDG_CONFIG_HOME/hopngo or ~/.config/hopngo).
+    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// CA certificate (PEM) trusted for https addresses, besides the public roots.
+    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_CA_FILE")]
+    ca_file: Vec<PathBuf>,
+    /// Do not verify the servers' certificates: refused unless every address is loopback.
+    #[arg(long, global = true, help_heading = "Global options", env = "HOPNGO_INSECURE_SKIP_VERIFY")]
+    insecure_skip_verify: bool,
     /// Output format.
     #[arg(short, long, global = true, help_heading = "Global options", env = "HOPNGO_OUTPUT", value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -353,6 +367,30 @@ enum Command {
         /// Include acknowledged ones.
         #[arg(long)]
         all: bool,
+    },
+    /// Store your token for later commands (readable by you only): from HOPNGO_TOKEN,
+    /// --token-file, or else stdin. The scheduler checks it first.
+    Login,
+    /// Remove the stored token.
+    Logout,
+    /// Who the control plane takes you for: user, groups, and what you may do where.
+    Whoami,
+    /// Static tokens (for CI bots and the embedded stack).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Print a new random token (stdout) and its entry for a tokens file (stderr): the file holds
+    /// only the token's SHA-256.
+    New {
+        /// The user the token proves.
+        #[arg(long)]
+        user: String,
+        /// The user's groups.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
     },
 }
 
@@ -865,23 +903,66 @@ fn unreachable_cause(err: &anyhow::Error) -> Option<String> {
 fn one_line(err: &anyhow::Error) -> String {
     if let Some(status) = err.downcast_ref::<tonic::Status>() {
         let code = format!("{:?}", status.code());
-        return format!("{code}: {}", status.message().replace('\n', " "));
+        let hint = if status.code() == tonic::Code::Unauthenticated {
+            " (give a token: hopctl login, HOPNGO_TOKEN or --token-file)"
+        } else {
+            ""
+        };
+        return format!("{code}: {}{hint}", status.message().replace('\n', " "));
     }
     format!("{err:#}").replace('\n', " ")
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let user = cli.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty());
+    let config_dir = cli.config_dir.as_deref();
+    let token = match &cli.command {
+        // Login takes the token it is given, never the stored one.
+        Command::Login => Some(match (&cli.token, &cli.token_file) {
+            (Some(token), _) => credentials::parse_token(token, "HOPNGO_TOKEN")?,
+            (None, Some(file)) => credentials::read_token_file(file)?,
+            (None, None) => credentials::read_token_stdin()?,
+        }),
+        Command::Logout | Command::Token(_) => None,
+        _ => credentials::resolve(cli.token.as_deref(), cli.token_file.as_deref(), config_dir)?,
+    };
+    let connection =
+        Connection { token, ca_files: cli.ca_file.clone(), insecure_skip_verify: cli.insecure_skip_verify };
     let addresses = hopngo_client::Addresses {
         scheduler: &cli.server,
         analyzer: &cli.analyzer,
         migrator: &cli.migrator,
         notifier: &cli.notifier,
     };
-    let clients = Clients::connect(&addresses, user.as_deref(), &cli.roles)?;
+    let clients = Clients::connect(&addresses, &connection)?;
     let out = cli.output;
-    let Clients { mut releases, mut config, mut analyzer, mut migrator, mut notifier } = clients;
+    let Clients { mut releases, mut config, mut identity, mut analyzer, mut migrator, mut notifier } = clients;
     match cli.command {
+        Command::Login => {
+            let token = connection.token.as_deref().unwrap_or_default();
+            let me = identity.who_am_i(ipb::WhoAmIRequest {}).await?.into_inner();
+            let path = credentials::store(token, config_dir)?;
+            eprintln!("logged in as {} ({}); token stored in {}", me.user, me.issuer, path.display());
+        }
+        Command::Logout => match credentials::forget(config_dir)? {
+            Some(path) => eprintln!("removed {}", path.display()),
+            None => eprintln!("no stored token"),
+        },
+        Command::Whoami => {
+            let me = identity.who_am_i(ipb::WhoAmIRequest {}).await?.into_inner();
+            render::whoami(out, &WhoAmIView::from(&me))?;
+        }
+        Command::Token(TokenCommand::New { user, groups }) => {
+            if !hopngo_kit::identity::valid_user(&user) {
+                anyhow::bail!("--user {user:?} is not a user name (1-256 of A-Z a-z 0-9 - _ . @ : +)");
+            }
+            if let Some(bad) = groups.iter().find(|g| !hopngo_kit::identity::valid_group(g)) {
+                anyhow::bail!("--groups: {bad:?} is not a group name");
+            }
+            let token = credentials::new_token()?;
+            let groups = groups.iter().map(|g| format!("{g:?}")).collect::<Vec<_>>().join(", ");
+            eprintln!("  - {{sha256: {}, user: {user:?}, groups: [{groups}]}}", hopngo_kit::auth::token_hash(&token));
+            outln!("{token}");
+        }
         Command::Config(ConfigCommand::Apply { file }) => {
             let yaml = read_file(&file)?;
             let r = config.apply_config(cpb::ApplyConfigRequest { yaml }).await?.into_inner();

@@ -4,6 +4,7 @@ use comfy_table::{Table, presets::NOTHING};
 use hopngo_client::views::{
     AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
     MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView, WebhookView,
+    WhoAmIView,
 };
 use hopngo_proto::{config as cpb, event_types::short_name};
 use serde::Serialize;
@@ -759,6 +760,31 @@ pub fn escalations(out: Output, es: &[EscalationView]) -> anyhow::Result<()> {
             if e.levels_notified.is_empty() { "-".into() } else { e.levels_notified.join(", ") },
             next,
             ack,
+        ]);
+    }
+    outln!("{t}");
+    Ok(())
+}
+
+pub fn whoami(out: Output, me: &WhoAmIView) -> anyhow::Result<()> {
+    if structured(out, me)? {
+        return Ok(());
+    }
+    outln!("user:    {}", me.user);
+    outln!("issuer:  {}", me.issuer);
+    outln!("subject: {}", me.subject);
+    outln!("groups:  {}", if me.groups.is_empty() { "-".to_string() } else { me.groups.join(", ") });
+    if me.grants.is_empty() {
+        outln!("no roles for any service of the applied config");
+        return Ok(());
+    }
+    let mut t = table(&["service", "env", "roles", "may"]);
+    for g in &me.grants {
+        t.add_row(vec![
+            g.service.clone(),
+            g.environment.clone(),
+            if g.roles.is_empty() { "-".into() } else { g.roles.join(", ") },
+            g.permissions.join(", "),
         ]);
     }
     outln!("{t}");

@@ -1,40 +1,45 @@
-//! Rust client library for the HopNGo control plane: a connection that carries the caller's
-//! identity, and serialisable views of the API's messages (enums as names, times as RFC 3339).
+//! Rust client library for the HopNGo control plane: connections that prove who the caller is
+//! (a bearer token) over TLS when the address is `https`, and serialisable views of the API's
+//! messages (enums as names, times as RFC 3339).
 
 pub mod views;
 
-use std::time::Duration;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use hopngo_proto::{
     analyzer::analyzer_service_client::AnalyzerServiceClient, config::config_service_client::ConfigServiceClient,
-    migrator::migrator_service_client::MigratorServiceClient, notifier::notifier_service_client::NotifierServiceClient,
-    release::release_service_client::ReleaseServiceClient,
+    identity::identity_service_client::IdentityServiceClient, migrator::migrator_service_client::MigratorServiceClient,
+    notifier::notifier_service_client::NotifierServiceClient, release::release_service_client::ReleaseServiceClient,
+};
+use rustls::{
+    DigitallySignedStruct, SignatureScheme,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
 };
 use tonic::{
-    metadata::MetadataValue,
+    metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
     transport::{Channel, Endpoint},
 };
 
-/// Metadata key of the user name (what the servers' identity interceptor reads).
-pub const USER_HEADER: &str = "x-hopngo-user";
-/// Metadata key of the comma-separated roles.
-pub const ROLES_HEADER: &str = "x-hopngo-roles";
+/// Longest token sent (JWTs of common issuers are well under 4 KiB; the servers refuse more
+/// than 16 KiB).
+const MAX_TOKEN_LEN: usize = 16 * 1024;
 
-/// Adds the caller's identity to every request.
+/// Adds the caller's bearer token to every request.
 #[derive(Clone, Debug, Default)]
-pub struct IdentityInterceptor {
-    user: Option<MetadataValue<tonic::metadata::Ascii>>,
-    roles: Option<MetadataValue<tonic::metadata::Ascii>>,
-}
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
 
-impl Interceptor for IdentityInterceptor {
+impl Interceptor for BearerToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(user) = &self.user {
-            req.metadata_mut().insert(USER_HEADER, user.clone());
-        }
-        if let Some(roles) = &self.roles {
-            req.metadata_mut().insert(ROLES_HEADER, roles.clone());
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
         }
         Ok(req)
     }
@@ -46,13 +51,28 @@ pub enum ClientError {
     /// The server address is neither host:port nor a URL.
     #[error("server address {0:?} is not valid: {1}")]
     Address(String, String),
-    /// The identity cannot be sent as metadata.
-    #[error("{0} {1:?} cannot be sent (ASCII only)")]
-    Identity(&'static str, String),
+    /// The token cannot be sent.
+    #[error("the token {0}")]
+    Token(String),
+    /// The TLS settings cannot be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
-/// A channel with identity.
-pub type Authed = InterceptedService<Channel, IdentityInterceptor>;
+/// A channel whose calls carry the caller's token.
+pub type Authed = InterceptedService<Channel, BearerToken>;
+
+/// How to reach the control plane and prove who one is.
+#[derive(Clone, Debug, Default)]
+pub struct Connection {
+    /// Bearer token (an OIDC JWT or a static token).
+    pub token: Option<String>,
+    /// CA certificates (PEM) trusted for `https` addresses besides the public roots.
+    pub ca_files: Vec<PathBuf>,
+    /// Accept any server certificate: only for loopback addresses (a local stack with a
+    /// throwaway CA), refused otherwise.
+    pub insecure_skip_verify: bool,
+}
 
 /// Clients of the control plane's public services.
 #[derive(Clone)]
@@ -61,6 +81,8 @@ pub struct Clients {
     pub releases: ReleaseServiceClient<Authed>,
     /// `hopngo.config.v1.ConfigService` (scheduler).
     pub config: ConfigServiceClient<Authed>,
+    /// `hopngo.identity.v1.IdentityService` (scheduler).
+    pub identity: IdentityServiceClient<Authed>,
     /// `hopngo.analyzer.v1.AnalyzerService` (analyzer).
     pub analyzer: AnalyzerServiceClient<Authed>,
     /// `hopngo.migrator.v1.MigratorService` (migrator).
@@ -99,35 +121,167 @@ pub fn endpoint_url(address: &str) -> Result<String, ClientError> {
     }
 }
 
-fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(endpoint_url(address)?)
-        .map_err(|e| ClientError::Address(address.into(), e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+/// Whether `host` (as in a URL) names this machine.
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Connection {
+    /// A lazily connecting channel to `address`: TLS for `https` (the server verified against
+    /// the public roots and `ca_files`), plain HTTP/2 for `http`. A token is never sent in plain
+    /// text beyond loopback.
+    pub fn channel(&self, address: &str) -> Result<Channel, ClientError> {
+        let url = endpoint_url(address)?;
+        let uri: http::Uri = url.parse().map_err(|e| ClientError::Address(address.into(), format!("{e}")))?;
+        let host = uri.host().unwrap_or_default().to_string();
+        let bad = |e: tonic::transport::Error| ClientError::Address(address.into(), e.to_string());
+        if uri.scheme_str() == Some("http") {
+            if self.token.is_some() && !is_loopback(&host) {
+                return Err(ClientError::Tls(format!(
+                    "{address}: a token is sent only over https beyond loopback (use https://{})",
+                    uri.authority().map(|a| a.as_str()).unwrap_or_default()
+                )));
+            }
+            return Ok(Endpoint::from_shared(url)
+                .map_err(bad)?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .connect_lazy());
+        }
+        if self.insecure_skip_verify && !is_loopback(&host) {
+            return Err(ClientError::Tls(format!(
+                "--insecure-skip-verify is refused for {host}: only loopback addresses may skip verifying the server"
+            )));
+        }
+        let config = Arc::new(self.tls_config()?);
+        let port = uri.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+            .map_err(|e| ClientError::Address(address.into(), e.to_string()))?;
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let (config, server_name, host) = (config.clone(), server_name.clone(), host.clone());
+            async move {
+                let tcp =
+                    tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
+                tcp.set_nodelay(true)?;
+                let tls = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        });
+        // tonic speaks plain HTTP/2 over the connector's TLS stream.
+        let plain = format!("http://{}", uri.authority().map(|a| a.as_str()).unwrap_or_default());
+        Ok(Endpoint::from_shared(plain)
+            .map_err(bad)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_with_connector_lazy(connector))
+    }
+
+    fn tls_config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let mut config = if self.insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for file in &self.ca_files {
+                for cert in read_certificates(file)? {
+                    roots.add(cert).map_err(|e| ClientError::Tls(format!("{}: {e}", file.display())))?;
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    /// `channel` with this connection's token on every call.
+    pub fn authed(&self, address: &str) -> Result<Authed, ClientError> {
+        let token = match &self.token {
+            None => None,
+            Some(token) => {
+                let token = token.trim();
+                if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(ClientError::Token(format!(
+                        "must be 1-{MAX_TOKEN_LEN} printable ASCII characters without spaces"
+                    )));
+                }
+                Some(
+                    MetadataValue::try_from(format!("Bearer {token}"))
+                        .map_err(|_| ClientError::Token("cannot be sent as a header".into()))?,
+                )
+            }
+        };
+        Ok(InterceptedService::new(self.channel(address)?, BearerToken(token)))
+    }
+}
+
+fn read_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| ClientError::Tls(format!("{}: not a PEM certificate file: {e}", file.display())))?;
+    if certs.is_empty() {
+        return Err(ClientError::Tls(format!("{}: no certificate in it", file.display())));
+    }
+    Ok(certs)
+}
+
+/// Accepts any server certificate (loopback only, see [`Connection::insecure_skip_verify`]);
+/// handshake signatures are still checked.
+#[derive(Debug)]
+struct AnyServerCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 impl Clients {
-    /// Connects lazily to the services at `addresses` as `user` with `roles`.
-    pub fn connect(addresses: &Addresses<'_>, user: Option<&str>, roles: &[String]) -> Result<Clients, ClientError> {
-        let channel = lazy_channel(addresses.scheduler)?;
-        let analyzer_channel = lazy_channel(addresses.analyzer)?;
-        let migrator_channel = lazy_channel(addresses.migrator)?;
-        let notifier_channel = lazy_channel(addresses.notifier)?;
-        let user = user.map(|u| u.parse().map_err(|_| ClientError::Identity("user", u.to_string()))).transpose()?;
-        let roles = if roles.is_empty() {
-            None
-        } else {
-            let joined = roles.join(",");
-            Some(joined.parse().map_err(|_| ClientError::Identity("roles", joined.clone()))?)
-        };
-        let interceptor = IdentityInterceptor { user, roles };
+    /// Connects lazily to the services at `addresses` through `connection`.
+    pub fn connect(addresses: &Addresses<'_>, connection: &Connection) -> Result<Clients, ClientError> {
+        let scheduler = connection.authed(addresses.scheduler)?;
         Ok(Clients {
-            releases: ReleaseServiceClient::with_interceptor(channel.clone(), interceptor.clone()),
-            config: ConfigServiceClient::with_interceptor(channel, interceptor.clone()),
-            analyzer: AnalyzerServiceClient::with_interceptor(analyzer_channel, interceptor.clone()),
-            migrator: MigratorServiceClient::with_interceptor(migrator_channel, interceptor.clone()),
-            notifier: NotifierServiceClient::with_interceptor(notifier_channel, interceptor),
+            releases: ReleaseServiceClient::new(scheduler.clone()),
+            config: ConfigServiceClient::new(scheduler.clone()),
+            identity: IdentityServiceClient::new(scheduler),
+            analyzer: AnalyzerServiceClient::new(connection.authed(addresses.analyzer)?),
+            migrator: MigratorServiceClient::new(connection.authed(addresses.migrator)?),
+            notifier: NotifierServiceClient::new(connection.authed(addresses.notifier)?),
         })
     }
 }
@@ -144,5 +298,22 @@ mod tests {
         assert!(endpoint_url("garbage").unwrap_err().to_string().contains("no port; give host:port"));
         assert!(endpoint_url("ftp://x:1").unwrap_err().to_string().contains("not http or https"));
         assert!(endpoint_url("a b:1").is_err());
+    }
+
+    #[tokio::test]
+    async fn secrets_stay_off_plain_links_and_verification_is_skipped_only_on_loopback() {
+        let with_token = Connection { token: Some("t0ken".into()), ..Connection::default() };
+        assert!(with_token.channel("http://127.0.0.1:50051").is_ok());
+        assert!(with_token.channel("http://[::1]:50051").is_ok());
+        let err = with_token.channel("http://scheduler.example:50051").unwrap_err().to_string();
+        assert!(err.contains("only over https"), "{err}");
+        let insecure = Connection { insecure_skip_verify: true, ..Connection::default() };
+        assert!(insecure.channel("https://localhost:50051").is_ok());
+        let err = insecure.channel("https://scheduler.example:443").unwrap_err().to_string();
+        assert!(err.contains("only loopback"), "{err}");
+        let bad = Connection { token: Some("a b".into()), ..Connection::default() };
+        assert!(bad.authed("127.0.0.1:1").unwrap_err().to_string().contains("printable ASCII"));
+        let missing = Connection { ca_files: vec!["/nonexistent/ca.pem".into()], ..Connection::default() };
+        assert!(missing.channel("https://127.0.0.1:1").unwrap_err().to_string().contains("/nonexistent/ca.pem"));
     }
 }

@@ -1,7 +1,7 @@
 //! Serialisable views of API messages, for JSON/YAML output and for programs that log them.
 
 use hopngo_proto::{
-    analyzer as apb, config as cpb, events as epb, migrator as mpb, notifier as npb, release as pb,
+    analyzer as apb, config as cpb, events as epb, identity as ipb, migrator as mpb, notifier as npb, release as pb,
     transitions::TransitionKind,
 };
 use serde::Serialize;
@@ -77,6 +77,10 @@ pub struct AnalysisView {
 #[serde(rename_all = "camelCase")]
 pub struct ApprovalView {
     pub user: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subject: String,
     pub approved: bool,
     pub reason: String,
     pub decided_at: Option<String>,
@@ -234,6 +238,8 @@ impl From<&pb::Release> for ReleaseView {
                 .iter()
                 .map(|a| ApprovalView {
                     user: a.user.clone(),
+                    issuer: a.issuer.clone(),
+                    subject: a.subject.clone(),
                     approved: a.approved,
                     reason: a.reason.clone(),
                     decided_at: time(&a.decided_at),
@@ -1025,5 +1031,47 @@ mod tests {
         assert!((got - 0.45).abs() < 1e-9, "{got}");
         assert_eq!(failure_to_stable(&events[..1], &[run]), None, "not rolled back (yet)");
         assert_eq!(failure_to_stable(&events, &[]), None, "no analysis failed: aborted by a person");
+    }
+}
+
+/// Who the control plane takes the caller for, and what they may do where.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmIView {
+    pub user: String,
+    pub groups: Vec<String>,
+    pub issuer: String,
+    pub subject: String,
+    pub grants: Vec<GrantView>,
+}
+
+/// What the caller may do with one service in one environment.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantView {
+    pub environment: String,
+    pub service: String,
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+}
+
+impl From<&ipb::WhoAmIResponse> for WhoAmIView {
+    fn from(w: &ipb::WhoAmIResponse) -> Self {
+        WhoAmIView {
+            user: w.user.clone(),
+            groups: w.groups.clone(),
+            issuer: w.issuer.clone(),
+            subject: w.subject.clone(),
+            grants: w
+                .grants
+                .iter()
+                .map(|g| GrantView {
+                    environment: g.environment.clone(),
+                    service: g.service.clone(),
+                    roles: g.roles.clone(),
+                    permissions: g.permissions.clone(),
+                })
+                .collect(),
+        }
     }
 }

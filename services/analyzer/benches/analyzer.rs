@@ -8,6 +8,7 @@
 //!    and the analyzer for real (fake deployer and notifier), 20 canaries whose background
 //!    analysis fails at its first measurement.
 
+use hopngo_testkit::access::channel;
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use clap::Parser as _;
@@ -88,6 +89,7 @@ async fn lateness(url: &str) {
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", url, "--log", "warn"])
         .arg("--delivery-config")
         .arg(&config)
+        .args(hopngo_testkit::access::TestAccess::shared().plain_service_args())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -103,7 +105,7 @@ async fn lateness(url: &str) {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
     let (grpc, admin) = (format!("http://{}", field("grpc=")), field("admin="));
-    let client = AnalyzerServiceClient::connect(grpc).await.unwrap();
+    let client = AnalyzerServiceClient::new(channel(&grpc));
     let setup = std::time::Instant::now();
     let mut starts = Vec::new();
     for i in 0..RUNS {
@@ -193,59 +195,72 @@ async fn abort_latency(scheduler_url: &str, analyzer_url: &str) {
     let web = Endpoint::start(r#"{"errorRate": 0.5}"#).await.unwrap();
     let analyzer_shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let analyzer_args = hopngo_analyzer::server::Args::parse_from([
-        "hopngo-analyzer",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        analyzer_url,
-        "--delivery-config",
-        hopngo_testkit::config::loopback_config(&[]).to_str().unwrap(),
-    ]);
+    let analyzer_args = hopngo_analyzer::server::Args::parse_from(
+        [
+            "hopngo-analyzer",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--database-url",
+            analyzer_url,
+            "--delivery-config",
+            hopngo_testkit::config::loopback_config(&[]).to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(hopngo_testkit::access::TestAccess::shared().service_args("analyzer")),
+    );
     let analyzer = tokio::spawn(hopngo_analyzer::server::run(analyzer_args, analyzer_shutdown.clone(), Some(tx)));
     let analyzer_addr: SocketAddr = rx.await.unwrap();
     let dir = std::env::temp_dir().join(format!("hopngo-analyzer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("delivery.yaml");
     std::fs::write(&config, abort_config(SERVICES, &web.url("/errors"))).unwrap();
-    let scheduler_args = hopngo_scheduler::server::Args::parse_from([
-        "hopngo-scheduler",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        scheduler_url,
-        "--deployer-url",
-        &fakes.deployer_server.url(),
-        "--analyzer-url",
-        &format!("http://{analyzer_addr}"),
-        "--migrator-url",
-        &fakes.migrator_server.url(),
-        "--notifier-url",
-        &fakes.notifier_server.url(),
-        "--apply-config",
-        config.to_str().unwrap(),
-    ]);
+    let scheduler_args = hopngo_scheduler::server::Args::parse_from(
+        [
+            "hopngo-scheduler",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--database-url",
+            scheduler_url,
+            "--deployer-url",
+            &fakes.deployer_server.url(),
+            "--analyzer-url",
+            &format!("https://{analyzer_addr}"),
+            "--migrator-url",
+            &fakes.migrator_server.url(),
+            "--notifier-url",
+            &fakes.notifier_server.url(),
+            "--apply-config",
+            config.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(hopngo_testkit::access::TestAccess::shared().service_args("scheduler")),
+    );
     let scheduler_shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let scheduler =
         tokio::spawn(hopngo_scheduler::server::run_with(scheduler_args, scheduler_shutdown.clone(), Some(tx)));
     let scheduler_addr: SocketAddr = rx.await.unwrap();
-    let releases = ReleaseServiceClient::connect(format!("http://{scheduler_addr}")).await.unwrap();
-    let mut analyzer_client = AnalyzerServiceClient::connect(format!("http://{analyzer_addr}")).await.unwrap();
+    let releases = ReleaseServiceClient::new(channel(&format!("https://{scheduler_addr}")));
+    let mut analyzer_client = AnalyzerServiceClient::new(channel(&format!("https://{analyzer_addr}")));
     let create = |service: String, artifact: &'static str| {
         let mut client = releases.clone();
         async move {
-            let mut req = tonic::Request::new(pb::CreateReleaseRequest {
-                service,
-                environment: "staging".into(),
-                artifact: artifact.into(),
-                ..Default::default()
-            });
-            req.metadata_mut().insert("x-hopngo-user", "bench".parse().unwrap());
+            let req = hopngo_testkit::access::as_user(
+                pb::CreateReleaseRequest {
+                    service,
+                    environment: "staging".into(),
+                    artifact: artifact.into(),
+                    ..Default::default()
+                },
+                "bench",
+                &[],
+            );
             client.create_release(req).await.unwrap().into_inner().release.unwrap().id
         }
     };

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs},
+    auth::SecurityArgs,
     pg::DatabaseArgs,
     server::GrpcServer,
 };
@@ -36,6 +37,8 @@ pub struct Args {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// The database (runs are kept in schema `analyzer`).
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -56,7 +59,8 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let Args { listen, telemetry: _, database, db_connections, delivery_config } = args;
+    let Args { listen, telemetry: _, security, database, db_connections, delivery_config } = args;
+    let security = security.load().map_err(anyhow::Error::msg)?;
     let policy = PolicySource::open(delivery_config).map_err(|e| anyhow::anyhow!("--delivery-config: {e}"))?;
     let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, db_connections).await.context("connecting to the database")?;
@@ -80,6 +84,7 @@ pub async fn run(
         let _ = ready.send(grpc_addr);
     }
     let served = GrpcServer::new(listen.drain_timeout)
+        .secure(&security)
         .add_service(AnalyzerServiceServer::new(Analyzer::new(store.clone(), Arc::clone(&engine))))
         .serve(listener, metrics, shutdown)
         .await;

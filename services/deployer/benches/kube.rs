@@ -258,6 +258,7 @@ async fn memory(deployments: usize) {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hopngo-deployer"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "off", "--backend", "kubernetes", "--log", "warn"])
         .arg("--ephemeral-postgres")
+        .args(hopngo_testkit::access::TestAccess::shared().plain_service_args())
         .arg("--kubeconfig")
         .arg(dir.join("kubeconfig"))
         .arg("--delivery-config")

@@ -9,6 +9,7 @@
 //!    calling ApplyTarget(weight 0) on a 50 % canary to the last request that reached the canary
 //!    (target <= 100 ms), over 10 rounds under steady load.
 
+use hopngo_testkit::access::channel;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -142,26 +143,31 @@ async fn weight_zero_cutoff() {
         ),
     )
     .unwrap();
-    let args = hopngo_deployer::server::Args::parse_from([
-        "hopngo-deployer",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        &pg.url("postgres"),
-        "--delivery-config",
-        config.to_str().unwrap(),
-        "--log-dir",
-        dir.join("logs").to_str().unwrap(),
-        "--log",
-        "warn",
-    ]);
+    let args = hopngo_deployer::server::Args::parse_from(
+        [
+            "hopngo-deployer",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--database-url",
+            &pg.url("postgres"),
+            "--delivery-config",
+            config.to_str().unwrap(),
+            "--log-dir",
+            dir.join("logs").to_str().unwrap(),
+            "--log",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(hopngo_testkit::access::TestAccess::shared().plain_service_args()),
+    );
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(hopngo_deployer::server::run(args, stop.clone(), Some(tx)));
     let addr = rx.await.unwrap();
-    let mut deployer = DeployerServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut deployer = DeployerServiceClient::new(channel(&format!("http://{addr}")));
     let target = |weight: u32| pb::ApplyTargetRequest {
         target: Some(pb::TargetSpec {
             service: "booking".into(),

@@ -9,6 +9,7 @@ use hopngo_delivery::DeliveryConfig;
 use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs},
+    auth::{Security, SecurityArgs},
     pg::DatabaseArgs,
     server::GrpcServer,
 };
@@ -35,6 +36,8 @@ pub struct Args {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// The database (desired states are kept in schema `deployer`).
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -128,7 +131,18 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let Args { listen, telemetry: _, database, delivery_config, backend, kubeconfig, log_dir, proxy_port_base } = args;
+    let Args {
+        listen,
+        telemetry: _,
+        security,
+        database,
+        delivery_config,
+        backend,
+        kubeconfig,
+        log_dir,
+        proxy_port_base,
+    } = args;
+    let security = security.load().map_err(anyhow::Error::msg)?;
     let config = load_config(&delivery_config)?;
     let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, 8).await.context("connecting to the database")?;
@@ -155,8 +169,16 @@ pub async fn run(
                 }
                 restore(backend.as_ref(), t).await;
             }
-            let served =
-                serve(Arc::clone(&backend), store.clone(), listen, metrics, &backend_stop, shutdown, ready).await;
+            let served = serve(
+                Arc::clone(&backend),
+                store.clone(),
+                (listen, &security),
+                metrics,
+                &backend_stop,
+                shutdown,
+                ready,
+            )
+            .await;
             backend.shutdown().await;
             served
         }
@@ -166,7 +188,7 @@ pub async fn run(
             for stored in store.targets().await? {
                 restore(backend.as_ref(), &stored.target).await;
             }
-            serve(backend, store.clone(), listen, metrics, &backend_stop, shutdown, ready).await
+            serve(backend, store.clone(), (listen, &security), metrics, &backend_stop, shutdown, ready).await
         }
     };
     backend_stop.cancel();
@@ -185,7 +207,7 @@ async fn restore(backend: &impl Backend, t: &crate::backend::Target) {
 async fn serve<B: Backend + 'static>(
     backend: Arc<B>,
     store: Store,
-    listen: ListenArgs,
+    (listen, security): (ListenArgs, &Security),
     metrics: Metrics,
     backend_stop: &CancellationToken,
     shutdown: CancellationToken,
@@ -206,6 +228,7 @@ async fn serve<B: Backend + 'static>(
         let _ = ready.send(grpc_addr);
     }
     GrpcServer::new(listen.drain_timeout)
+        .secure(security)
         .add_service(DeployerServiceServer::new(Deployer::new(backend, store)))
         .serve(listener, metrics, shutdown)
         .await

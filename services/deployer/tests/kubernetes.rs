@@ -2,6 +2,8 @@
 //! watches, server-side apply with managed fields, simulated Deployment controller), with desired
 //! states in real PostgreSQL and gRPC on loopback.
 
+use hopngo_testkit::access::AuthedChannel;
+use hopngo_testkit::access::channel;
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -14,7 +16,7 @@ use hopngo_testkit::{
     server::{InProcess, server_args},
 };
 use serde_json::{Value, json};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 const NS: &str = "hopngo-staging";
 
@@ -94,7 +96,7 @@ fn uuid_like() -> String {
     )
 }
 
-async fn start(s: &Setup) -> (DeployerServiceClient<Channel>, InProcess) {
+async fn start(s: &Setup) -> (DeployerServiceClient<AuthedChannel>, InProcess) {
     let mut argv = server_args("hopngo-deployer", &s.db.url, "1s");
     let dir = &s.dir.0;
     argv.extend([
@@ -107,7 +109,7 @@ async fn start(s: &Setup) -> (DeployerServiceClient<Channel>, InProcess) {
     ]);
     let args = Args::parse_from(argv);
     let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
-    let client = DeployerServiceClient::connect(server.url()).await.unwrap();
+    let client = DeployerServiceClient::new(channel(&server.url()));
     (client, server)
 }
 
@@ -127,12 +129,12 @@ fn target(service: &str, tracks: Vec<pb::TrackSpec>, weight: u32) -> pb::ApplyTa
     }
 }
 
-async fn status(client: &mut DeployerServiceClient<Channel>, service: &str) -> pb::TargetStatus {
+async fn status(client: &mut DeployerServiceClient<AuthedChannel>, service: &str) -> pb::TargetStatus {
     let request = pb::GetTargetStatusRequest { service: service.into(), environment: "staging".into() };
     client.get_target_status(request).await.unwrap().into_inner().status.unwrap()
 }
 
-async fn converged(client: &mut DeployerServiceClient<Channel>, service: &str) -> pb::TargetStatus {
+async fn converged(client: &mut DeployerServiceClient<AuthedChannel>, service: &str) -> pb::TargetStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let s = status(client, service).await;
@@ -492,7 +494,7 @@ async fn create_rollout(s: &Setup) {
 }
 
 async fn control(
-    client: &mut DeployerServiceClient<Channel>,
+    client: &mut DeployerServiceClient<AuthedChannel>,
     service: &str,
     action: pb::RolloutAction,
     to_revision: u64,
@@ -508,7 +510,7 @@ async fn control(
 
 /// Waits until the Rollout's status satisfies `done`.
 async fn rollout_until(
-    client: &mut DeployerServiceClient<Channel>,
+    client: &mut DeployerServiceClient<AuthedChannel>,
     what: &str,
     done: impl Fn(&pb::RolloutStatus) -> bool,
 ) -> pb::TargetStatus {

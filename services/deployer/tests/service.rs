@@ -1,6 +1,8 @@
 //! DeployerService over the local backend: real processes (the demo service), real HTTP through
 //! the proxy, desired states in real PostgreSQL, gRPC on loopback.
 
+use hopngo_testkit::access::AuthedChannel;
+use hopngo_testkit::access::channel;
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser as _;
@@ -10,7 +12,7 @@ use hopngo_testkit::{
     db::TestDb,
     server::{InProcess, server_args},
 };
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 fn config() -> String {
     let demo = env!("CARGO_BIN_EXE_hopngo-demo-service");
@@ -20,7 +22,7 @@ fn config() -> String {
 }
 
 struct Running {
-    client: DeployerServiceClient<Channel>,
+    client: DeployerServiceClient<AuthedChannel>,
     server: InProcess,
 }
 
@@ -36,7 +38,7 @@ async fn start(db: &TestDb, dir: &std::path::Path) -> Running {
     ]);
     let args = Args::parse_from(argv);
     let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
-    let client = DeployerServiceClient::connect(server.url()).await.unwrap();
+    let client = DeployerServiceClient::new(channel(&server.url()));
     Running { client, server }
 }
 
@@ -62,7 +64,7 @@ fn apply(service: &str, tracks: Vec<pb::TrackSpec>, weight: u32, key: &str) -> p
     }
 }
 
-async fn converged(client: &mut DeployerServiceClient<Channel>, service: &str, secs: u64) -> pb::TargetStatus {
+async fn converged(client: &mut DeployerServiceClient<AuthedChannel>, service: &str, secs: u64) -> pb::TargetStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let status = client

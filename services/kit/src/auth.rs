@@ -190,6 +190,36 @@ pub struct Principal {
     pub subject: String,
 }
 
+/// A caller the authentication layer let through: who they are, and the policy that says what
+/// they may do (handlers check the environment and service a call touches with it).
+#[derive(Clone)]
+pub struct Caller {
+    /// Who.
+    pub principal: Principal,
+    /// The access policy in force.
+    pub authorizer: Authorizer,
+}
+
+impl Caller {
+    /// The caller of `req`. A request without one did not pass [`AuthLayer`] (a server built
+    /// without it) and is refused rather than served anonymously.
+    #[allow(clippy::result_large_err)]
+    pub fn of<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+        let extensions = req.extensions();
+        match (extensions.get::<Principal>(), extensions.get::<Authorizer>()) {
+            (Some(principal), Some(authorizer)) => {
+                Ok(Caller { principal: principal.clone(), authorizer: authorizer.clone() })
+            }
+            _ => Err(tonic::Status::unauthenticated("the call was not authenticated")),
+        }
+    }
+
+    /// Whether the caller may use `permission` in `scope`; the refusal names what is missing.
+    pub fn check(&self, permission: crate::authz::Permission, scope: Scope<'_>) -> Result<(), String> {
+        self.authorizer.check(&self.principal, permission, scope)
+    }
+}
+
 impl Principal {
     /// The principal the authentication layer attached to a request, if it passed one.
     pub fn of<T>(req: &tonic::Request<T>) -> Option<&Principal> {

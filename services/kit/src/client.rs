@@ -39,6 +39,9 @@ pub enum ChannelError {
     /// Not an `https` URL.
     #[error("{0}: another service is reached over https when this one has a certificate")]
     NotHttps(String),
+    /// An `https` URL without this service's certificate to present.
+    #[error("{0}: https links to other services need this service's certificate (--tls-cert, --tls-key, --tls-ca)")]
+    NoCertificate(String),
 }
 
 /// [`channel`] over TLS to an `https` URL, presenting this service's certificate (`tls`), which
@@ -49,6 +52,17 @@ pub fn tls_channel(url: &str, call_timeout: Duration, tls: &Tls) -> Result<Trace
     // The connector speaks TLS; tonic sees plain HTTP/2 on top of it.
     let channel = endpoint(format!("http://{rest}"), call_timeout)?.connect_with_connector_lazy(tls.connector());
     Ok(InterceptedService::new(channel, TraceContext))
+}
+
+/// The channel to another control-plane service: `https` URLs over TLS presenting this service's
+/// certificate ([`tls_channel`]), `http` URLs plain ([`channel`]: loopback development and test
+/// stand-ins; a service serving TLS refuses plain callers beyond loopback).
+pub fn service_channel(url: &str, call_timeout: Duration, tls: Option<&Tls>) -> Result<TracedChannel, ChannelError> {
+    match tls {
+        Some(tls) if url.starts_with("https://") => tls_channel(url, call_timeout, tls),
+        None if url.starts_with("https://") => Err(ChannelError::NoCertificate(url.to_string())),
+        _ => Ok(channel(url, call_timeout)?),
+    }
 }
 
 /// Interceptor injecting the current span's context as `traceparent`/`tracestate`.

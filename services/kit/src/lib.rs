@@ -7,7 +7,7 @@
 //! - [`client`]: lazily connected channels that inject trace context, and call deadlines;
 //! - [`auth`]: the one layer that authenticates callers (OIDC JWTs, static tokens);
 //! - [`authz`]: the RPC → permission table and the access policy (roles per environment and service);
-//! - [`identity`]: the proven caller, as handlers read it;
+//! - [`identity`]: user and group names as compared and stored;
 //! - [`error`]: the one domain-error → `tonic::Status` mapping;
 //! - [`http`]: the outbound HTTP/1.1 client (deadline per request, capped response size);
 //! - [`follow`]: keyset page tokens and following a versioned record (list and watch RPCs);
@@ -36,5 +36,5 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 
+pub use auth::{Caller, Principal};
 pub use error::ApiError;
-pub use identity::Identity;

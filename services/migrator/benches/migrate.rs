@@ -8,6 +8,7 @@
 //!    10,000 scripts: reading the scripts, checksumming them, reading the history, computing
 //!    states, answering; 20 calls.
 
+use hopngo_testkit::access::channel;
 use std::{net::SocketAddr, path::Path, time::Duration, time::Instant};
 
 use clap::Parser as _;
@@ -179,25 +180,29 @@ async fn main() {
     c.close().await.unwrap();
 
     let own = create_database(&admin, "migrator_own").await;
-    let args = hopngo_migrator::server::Args::parse_from([
-        "hopngo-migrator",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "off",
-        "--database-url",
-        &own,
-        "--target",
-        &format!("bench={url}"),
-        "--log",
-        "warn",
-    ]);
+    let args = hopngo_migrator::server::Args::parse_from(
+        [
+            "hopngo-migrator",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--database-url",
+            &own,
+            "--target",
+            &format!("bench={url}"),
+            "--log",
+            "warn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(hopngo_testkit::access::TestAccess::shared().plain_service_args()),
+    );
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(hopngo_migrator::server::run(args, shutdown.clone(), Some(tx)));
     let addr: SocketAddr = rx.await.unwrap();
-    let mut client =
-        MigratorServiceClient::connect(format!("http://{addr}")).await.unwrap().max_decoding_message_size(64 << 20);
+    let mut client = MigratorServiceClient::new(channel(&format!("http://{addr}"))).max_decoding_message_size(64 << 20);
     let request = || pb::InfoRequest {
         target: Some(pb::MigrationTarget {
             database: "bench".into(),

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs, parse_duration},
+    auth::SecurityArgs,
     pg::DatabaseArgs,
     server::GrpcServer,
 };
@@ -46,6 +47,8 @@ pub struct Args {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// The migrator's own database (runs are kept in schema `migrator`).
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -153,7 +156,8 @@ pub async fn run(
             create_if_missing(name, &settings.url).await?;
         }
     }
-    let Args { listen, database, db_connections, .. } = args;
+    let Args { listen, security, database, db_connections, .. } = args;
+    let security = security.load().map_err(anyhow::Error::msg)?;
     let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, db_connections).await.context("connecting to the database")?;
     let metrics = Metrics::new();
@@ -176,6 +180,7 @@ pub async fn run(
         let _ = ready.send(grpc_addr);
     }
     let served = GrpcServer::new(listen.drain_timeout)
+        .secure(&security)
         .add_service(MigratorServiceServer::new(Migrator::new(store.clone(), Arc::clone(&engine))))
         .serve(listener, metrics, shutdown)
         .await;

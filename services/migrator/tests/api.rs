@@ -4,6 +4,8 @@
 
 mod common;
 
+use hopngo_testkit::access::AuthedChannel;
+use hopngo_testkit::access::channel;
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -15,10 +17,10 @@ use hopngo_testkit::{
     server::{InProcess, server_args},
 };
 use tokio_stream::StreamExt as _;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 struct Running {
-    client: MigratorServiceClient<Channel>,
+    client: MigratorServiceClient<AuthedChannel>,
     server: InProcess,
 }
 
@@ -33,7 +35,7 @@ async fn start(own: &TestDb, targets: &[(&str, &str)]) -> Running {
     }
     let args = Args::parse_from(argv);
     let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
-    let client = MigratorServiceClient::connect(server.url()).await.unwrap();
+    let client = MigratorServiceClient::new(channel(&server.url()));
     Running { client, server }
 }
 

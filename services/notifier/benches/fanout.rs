@@ -8,6 +8,7 @@
 //! 0 gaps, 0 reorderings), then 50 subscribers plus one that stops reading (it is cut off; the
 //! others' p99 should barely move). Prints the notifier's peak RSS and CPU time.
 
+use hopngo_testkit::access::channel;
 use std::{
     collections::HashMap,
     process::Stdio,
@@ -61,7 +62,7 @@ async fn round(addr: &str, subscribers: usize, seconds: u64, with_stalled: bool)
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut readers = Vec::new();
     for _ in 0..subscribers {
-        let mut client = NotifierServiceClient::connect(addr.to_string()).await.unwrap();
+        let mut client = NotifierServiceClient::new(channel(addr));
         let mut stream = client
             .subscribe(pb::SubscribeRequest {
                 start: Some(Start::FromNow(true)),
@@ -102,7 +103,7 @@ async fn round(addr: &str, subscribers: usize, seconds: u64, with_stalled: bool)
     }
     // A subscriber that never reads after subscribing.
     let stalled = if with_stalled {
-        let mut client = NotifierServiceClient::connect(addr.to_string()).await.unwrap();
+        let mut client = NotifierServiceClient::new(channel(addr));
         Some(
             client
                 .subscribe(pb::SubscribeRequest {
@@ -118,7 +119,7 @@ async fn round(addr: &str, subscribers: usize, seconds: u64, with_stalled: bool)
         None
     };
 
-    let mut publisher = NotifierServiceClient::connect(addr.to_string()).await.unwrap();
+    let mut publisher = NotifierServiceClient::new(channel(addr));
     let mut sequences = [0u64; RELEASES];
     let mut publish_us = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 * PER_CALL / RATE));
@@ -217,6 +218,7 @@ fn main() {
                 "--listen", "127.0.0.1:0", "--admin-listen", "off", "--database-url", &pg.url("postgres"), "--log", "warn",
                 "--slow-subscriber-timeout", "2s", "--subscriber-buffer", "256",
             ])
+            .args(hopngo_testkit::access::TestAccess::shared().plain_service_args())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()

@@ -22,6 +22,9 @@ pub enum NotifierError {
     /// The request does not fit the current state.
     #[error("{0}")]
     Precondition(String),
+    /// The caller lacks the permission for what the request touches.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The caller holds as much as it may (open subscriptions).
     #[error("{0}")]
     Exhausted(String),
@@ -50,6 +53,7 @@ impl NotifierError {
             NotifierError::Invalid { .. } => "invalid",
             NotifierError::NotFound(_) => "not-found",
             NotifierError::Precondition(_) => "precondition",
+            NotifierError::PermissionDenied(_) => "permission-denied",
             NotifierError::Exhausted(_) => "exhausted",
             NotifierError::Unavailable(_) => "unavailable",
             NotifierError::Database(e) => database_label(e),
@@ -71,6 +75,7 @@ impl From<NotifierError> for tonic::Status {
             NotifierError::Invalid { field, reason } => ApiError::InvalidArgument { field, reason },
             NotifierError::NotFound(m) => ApiError::NotFound(m),
             NotifierError::Precondition(m) => ApiError::FailedPrecondition(m),
+            NotifierError::PermissionDenied(m) => ApiError::PermissionDenied(m),
             NotifierError::Exhausted(m) => ApiError::ResourceExhausted(m),
             NotifierError::Unavailable(m) => ApiError::Unavailable(m),
             NotifierError::Database(e) => database_error("the notifier's database", &e),

@@ -156,12 +156,20 @@ impl Escalator {
         Ok(())
     }
 
-    /// Acknowledges a release's open condition; repeating it changes nothing.
-    pub async fn acknowledge(&self, release_id: &str, by: &str, comment: &str) -> Result<ReleaseState, NotifierError> {
+    /// Acknowledges a release's open condition; repeating it changes nothing. `may` decides,
+    /// from the release's service and environment, whether the caller may.
+    pub async fn acknowledge(
+        &self,
+        release_id: &str,
+        by: &str,
+        may: impl FnOnce(&str, &str) -> Result<(), String>,
+        comment: &str,
+    ) -> Result<ReleaseState, NotifierError> {
         let now = self.clock.now();
         let changed = self
             .log
             .update_release(release_id, |TrackedRelease { mut state, last }| {
+                may(&state.service, &state.environment).map_err(NotifierError::PermissionDenied)?;
                 let Some((condition, _)) = state.condition else {
                     return Err(NotifierError::Precondition(format!(
                         "release {release_id} is {}: nothing to acknowledge",

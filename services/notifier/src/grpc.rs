@@ -4,7 +4,8 @@ use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
 use hopngo_kit::{
-    Identity,
+    Caller,
+    authz::{Permission, Scope},
     follow::{page_token, parse_page_token},
 };
 use hopngo_proto::{
@@ -135,13 +136,8 @@ impl NotifierService for Notifier {
     type SubscribeStream = SubscribeStream;
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
-        // One caller cannot hold every stream: who it is, or where it calls from when it did not say.
-        let identity = hopngo_kit::Identity::of(&request);
-        let caller = if identity.is_anonymous() {
-            request.remote_addr().map(|a| format!("anonymous@{}", a.ip())).unwrap_or_else(|| identity.user.clone())
-        } else {
-            identity.user
-        };
+        // One caller cannot hold every stream.
+        let caller = Caller::of(&request)?.principal.user;
         let slot = self.subscriptions.slot(&caller)?;
         let req = request.into_inner();
         let filter = convert::filter(req.filter, "filter", self.log.policy())?;
@@ -266,7 +262,7 @@ impl NotifierService for Notifier {
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
-        let who = Identity::of(&request);
+        let who = Caller::of(&request)?;
         let req = request.into_inner();
         if Uuid::parse_str(&req.release_id).is_err() {
             return Err(
@@ -276,7 +272,8 @@ impl NotifierService for Notifier {
         if req.comment.len() > 1000 {
             return Err(NotifierError::invalid("comment", "is longer than 1000 characters").into());
         }
-        let state = self.escalator.acknowledge(&req.release_id, &who.user, &req.comment).await?;
+        let may = |service: &str, environment: &str| who.check(Permission::Deploy, Scope::of(service, environment));
+        let state = self.escalator.acknowledge(&req.release_id, &who.principal.user, may, &req.comment).await?;
         Ok(Response::new(pb::AcknowledgeResponse { escalation: Some(convert::escalation(&state, self.log.policy())) }))
     }
 

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs, parse_duration},
+    auth::SecurityArgs,
     http::HttpClient,
-    identity,
     pg::DatabaseArgs,
     server::GrpcServer,
 };
@@ -55,6 +55,8 @@ pub struct Args {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     /// The notifier's database (tables in schema `notifier`).
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -70,7 +72,7 @@ pub struct Args {
     /// Events buffered per subscriber (with the catch-up batch, what one subscriber can hold).
     #[arg(long, env = "HOPNGO_NOTIFIER_SUBSCRIBER_BUFFER", default_value_t = 64)]
     pub subscriber_buffer: usize,
-    /// Subscriptions one caller (user, or address when anonymous) may hold open at once.
+    /// Subscriptions one caller may hold open at once.
     #[arg(long, env = "HOPNGO_NOTIFIER_MAX_SUBSCRIPTIONS_PER_CALLER", default_value_t = 100)]
     pub max_subscriptions_per_caller: usize,
     /// New events kept in memory for live subscribers (those further behind read the database).
@@ -186,6 +188,7 @@ pub async fn run_with_clock(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
+    let security = args.security.load().map_err(anyhow::Error::msg)?;
     let policy = Arc::new(args.policy()?);
     let http = HttpClient::with_roots(&args.webhook_ca_files).map_err(|e| anyhow::anyhow!("--webhook-ca-file: {e}"))?;
     let (url, cluster) = args.database.resolve().await?;
@@ -248,7 +251,8 @@ pub async fn run_with_clock(
     };
     let service = Notifier::new(escalator, subscriptions, args.allow_remote_webhooks, shutdown.clone());
     let served = GrpcServer::new(listen.drain_timeout)
-        .add_service(NotifierServiceServer::with_interceptor(service, identity::interceptor))
+        .secure(&security)
+        .add_service(NotifierServiceServer::new(service))
         .serve(listener, metrics, shutdown)
         .await;
     background.cancel();

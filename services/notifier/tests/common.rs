@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use hopngo_testkit::access::AuthedChannel;
+use hopngo_testkit::access::channel;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use clap::Parser as _;
@@ -19,10 +21,10 @@ use hopngo_testkit::{
 };
 use time::OffsetDateTime;
 use tokio_stream::StreamExt as _;
-use tonic::{Streaming, transport::Channel};
+use tonic::Streaming;
 
 pub struct Running {
-    pub client: NotifierServiceClient<Channel>,
+    pub client: NotifierServiceClient<AuthedChannel>,
     pub addr: SocketAddr,
     server: InProcess,
 }
@@ -41,7 +43,7 @@ pub async fn start_with_clock(db: &TestDb, extra: &[&str], clock: Arc<dyn Clock>
     );
     let args = Args::parse_from(argv);
     let server = InProcess::start(|shutdown, ready| run_with_clock(args, clock, shutdown, Some(ready))).await;
-    let client = NotifierServiceClient::connect(server.url()).await.unwrap();
+    let client = NotifierServiceClient::new(channel(&server.url()));
     Running { client, addr: server.addr, server }
 }
 

@@ -92,9 +92,11 @@ async fn levels_fire_at_their_times_reach_their_channels_and_stop_on_acknowledge
     assert_eq!(listed[0].next_at.unwrap().seconds, (t0 + 30 * MINUTE).unix_timestamp());
 
     let mut ack = n.client.clone();
-    let mut request =
-        tonic::Request::new(pb::AcknowledgeRequest { release_id: r.clone(), comment: "rolling forward a fix".into() });
-    request.metadata_mut().insert("x-hopngo-user", "bob".parse().unwrap());
+    let request = hopngo_testkit::access::as_user(
+        pb::AcknowledgeRequest { release_id: r.clone(), comment: "rolling forward a fix".into() },
+        "bob",
+        &[],
+    );
     let acked = ack.acknowledge(request).await.unwrap().into_inner().escalation.unwrap();
     assert_eq!(
         (acked.acknowledged_by.as_str(), acked.comment.as_str(), acked.next_level.as_str()),

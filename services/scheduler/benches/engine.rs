@@ -11,6 +11,8 @@
 //! PostgreSQL is a throwaway cluster with fsync and synchronous_commit on. Set
 //! `HOPNGO_BENCH_SKIP_WAKE=1` to run only the throughput part.
 
+use hopngo_testkit::access::AuthedChannel;
+use hopngo_testkit::access::channel;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -165,7 +167,7 @@ async fn engine_throughput(url: &str) -> EngineRun {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(store.pool()).await.unwrap();
     let signals = Signals::local();
     let app = App::new(store.clone(), signals.clone());
-    let caller = Caller { user: "bench".into(), roles: Vec::new(), anonymous: false };
+    let caller = Caller::system("bench");
     app.apply_config(&throughput_config(), &caller).await.unwrap();
     let registry = prometheus::Registry::new();
     let metrics = EngineMetrics::new(&registry);
@@ -299,6 +301,7 @@ async fn wake_lateness(url: &str) {
         .args(["--deployer-url", &fakes.deployer_server.url(), "--analyzer-url", &fakes.analyzer_server.url()])
         .args(["--migrator-url", &fakes.migrator_server.url(), "--notifier-url", &fakes.notifier_server.url()])
         .args(["--apply-config", config.to_str().unwrap(), "--log", "warn"])
+        .args(hopngo_testkit::access::TestAccess::shared().plain_service_args())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -316,21 +319,23 @@ async fn wake_lateness(url: &str) {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
     let (grpc, admin) = (format!("http://{}", field("grpc=")), field("admin="));
-    let mut client = ReleaseServiceClient::connect(grpc).await.unwrap();
-    let create =
-        |client: &mut ReleaseServiceClient<tonic::transport::Channel>, s: usize, e: usize, artifact: &'static str| {
-            let mut client = client.clone();
-            async move {
-                let mut req = tonic::Request::new(pb::CreateReleaseRequest {
+    let mut client = ReleaseServiceClient::new(channel(&grpc));
+    let create = |client: &mut ReleaseServiceClient<AuthedChannel>, s: usize, e: usize, artifact: &'static str| {
+        let mut client = client.clone();
+        async move {
+            let req = hopngo_testkit::access::as_user(
+                pb::CreateReleaseRequest {
                     service: format!("svc-{s}"),
                     environment: format!("env-{e}"),
                     artifact: artifact.into(),
                     ..Default::default()
-                });
-                req.metadata_mut().insert("x-hopngo-user", "bench".parse().unwrap());
-                client.create_release(req).await.unwrap().into_inner().release.unwrap().id
-            }
-        };
+                },
+                "bench",
+                &[],
+            );
+            client.create_release(req).await.unwrap().into_inner().release.unwrap().id
+        }
+    };
     let setup = Instant::now();
     for artifact in ["v1", "v2"] {
         let mut ids = Vec::new();

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use hopngo_kit::authz::{Permission, Scope};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -23,16 +24,59 @@ use crate::{
     },
 };
 
-/// Who is calling (from the identity interceptor).
-#[derive(Clone, Debug)]
+/// Who is calling, as authenticated, and what the access policy lets them do.
+#[derive(Clone)]
 pub struct Caller {
     /// User.
     pub user: String,
-    /// Roles.
-    pub roles: Vec<String>,
-    /// No identity sent.
-    pub anonymous: bool,
+    /// Who vouched for the user.
+    pub issuer: String,
+    /// The issuer's id of the user.
+    pub subject: String,
+    /// The authenticated caller; `None` for the control plane itself.
+    access: Option<hopngo_kit::Caller>,
 }
+
+impl Caller {
+    /// The control plane itself (configs applied at start): no policy applies.
+    pub fn system(name: &str) -> Caller {
+        Caller { user: name.into(), issuer: "hopngo".into(), subject: name.into(), access: None }
+    }
+
+    /// A caller the authentication layer proved.
+    pub fn authenticated(caller: hopngo_kit::Caller) -> Caller {
+        let principal = &caller.principal;
+        Caller {
+            user: principal.user.clone(),
+            issuer: principal.issuer.clone(),
+            subject: principal.subject.clone(),
+            access: Some(caller),
+        }
+    }
+
+    /// Refuses unless the caller holds `permission` for `scope`.
+    pub fn may(&self, permission: Permission, scope: Scope<'_>) -> Result<(), SchedulerError> {
+        match &self.access {
+            None => Ok(()),
+            Some(caller) => caller.check(permission, scope).map_err(SchedulerError::PermissionDenied),
+        }
+    }
+
+    /// The roles held for one service in one environment (approval steps name them).
+    fn roles(&self, service: &str, environment: &str) -> Vec<String> {
+        match &self.access {
+            None => Vec::new(),
+            Some(caller) => caller.authorizer.roles(&caller.principal, Scope::of(service, environment)),
+        }
+    }
+
+    fn decider<'a>(&'a self, roles: &'a [String]) -> Decider<'a> {
+        Decider { user: &self.user, roles, issuer: &self.issuer, subject: &self.subject }
+    }
+}
+
+/// The scope of changes to everything (the delivery config).
+const EVERYWHERE: Scope<'static> = Scope { environment: Some("*"), service: Some("*") };
 
 /// The use cases.
 #[derive(Clone)]
@@ -199,6 +243,7 @@ impl App {
                 format!("{}{more}", first.message),
             )
         })?;
+        caller.may(Permission::Admin, EVERYWHERE)?;
         let (version, changed) = self.store.apply_config(yaml, &config, &caller.user).await?;
         Ok((version, changed, config))
     }
@@ -383,6 +428,7 @@ impl App {
         start_now: bool,
         changed: &mut Vec<Uuid>,
     ) -> Result<Release, SchedulerError> {
+        caller.may(Permission::Deploy, Scope::of(intent.service, intent.environment))?;
         let se = Store::lock_service_environment(conn, intent.service, intent.environment).await?;
         // Under the service environment's lock, so two requests with one id cannot both create.
         if let Some(request_id) = intent.request_id
@@ -539,6 +585,7 @@ impl App {
     async fn act(
         &self,
         id: &str,
+        (caller, permission): (&Caller, Permission),
         check: impl FnOnce(&Release, &ServiceEnvironment) -> Result<(), SchedulerError>,
         action: impl FnOnce(&mut Release, OffsetDateTime) -> Result<Vec<Transition>, SchedulerError>,
     ) -> Result<Release, SchedulerError> {
@@ -548,6 +595,7 @@ impl App {
         let mut release = Store::lock_release(&mut tx, current.id)
             .await?
             .ok_or_else(|| SchedulerError::NotFound(format!("release {id} does not exist")))?;
+        caller.may(permission, Scope::of(&release.service, &release.environment))?;
         check(&release, &se)?;
         let now = Store::now(&mut tx).await?;
         let transitions = action(&mut release, now)?;
@@ -567,12 +615,16 @@ impl App {
         reason: &str,
         caller: &Caller,
     ) -> Result<Release, SchedulerError> {
-        self.act(id, no_check, |r, now| Ok(machine::promote(r, full, &caller.user, reason, now)?)).await
+        self.act(id, (caller, Permission::Deploy), no_check, |r, now| {
+            Ok(machine::promote(r, full, &caller.user, reason, now)?)
+        })
+        .await
     }
 
     /// `AbortRelease`.
     pub async fn abort(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
-        self.act(id, no_check, |r, now| Ok(machine::abort(r, &caller.user, reason, now)?)).await
+        self.act(id, (caller, Permission::Deploy), no_check, |r, now| Ok(machine::abort(r, &caller.user, reason, now)?))
+            .await
     }
 
     /// `RetryRelease`: only the newest release of its service and environment can be retried.
@@ -586,19 +638,26 @@ impl App {
                 se.last_revision, r.revision
             )))
         };
-        self.act(id, newest, |r, now| Ok(machine::retry(r, &caller.user, reason, now)?)).await
+        self.act(id, (caller, Permission::Deploy), newest, |r, now| Ok(machine::retry(r, &caller.user, reason, now)?))
+            .await
     }
 
     /// `ApproveRelease`.
     pub async fn approve(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
-        let who = Decider { user: &caller.user, roles: &caller.roles, anonymous: caller.anonymous };
-        self.act(id, no_check, |r, now| Ok(machine::approve(r, &who, reason, now)?)).await
+        self.act(id, (caller, Permission::Approve), no_check, |r, now| {
+            let roles = caller.roles(&r.service, &r.environment);
+            Ok(machine::approve(r, &caller.decider(&roles), reason, now)?)
+        })
+        .await
     }
 
     /// `RejectRelease`.
     pub async fn reject(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
-        let who = Decider { user: &caller.user, roles: &caller.roles, anonymous: caller.anonymous };
-        self.act(id, no_check, |r, now| Ok(machine::reject(r, &who, reason, now)?)).await
+        self.act(id, (caller, Permission::Approve), no_check, |r, now| {
+            let roles = caller.roles(&r.service, &r.environment);
+            Ok(machine::reject(r, &caller.decider(&roles), reason, now)?)
+        })
+        .await
     }
 
     /// The revision an undo returns to: `to_revision`, or the newest succeeded revision before the
@@ -704,6 +763,11 @@ impl App {
         let current = self.config(None).await?;
         let config = &current.config;
         check_environment(config, environment)?;
+        // The emergency form skips the environment's gates: an admin's call. Either form releases
+        // each service, which needs the deploy permission for it (checked as each is created).
+        if emergency {
+            caller.may(Permission::Admin, Scope { environment: Some(environment), service: Some("*") })?;
+        }
         let mut targets = Vec::new();
         if services.is_empty() {
             for s in &config.services {

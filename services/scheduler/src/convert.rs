@@ -164,6 +164,8 @@ pub fn release(r: &Release) -> pb::Release {
             .iter()
             .map(|a| pb::Approval {
                 user: a.user.clone(),
+                issuer: a.issuer.clone(),
+                subject: a.subject.clone(),
                 approved: a.approved,
                 reason: a.reason.clone(),
                 decided_at: Some(ts(a.at)),

@@ -4,7 +4,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use hopngo_kit::client::{TracedChannel, channel, is_retryable, may_have_taken_effect};
+use hopngo_kit::{
+    client::{ChannelError, TracedChannel, is_retryable, may_have_taken_effect, service_channel},
+    tls::Tls,
+};
 use hopngo_proto::{
     analyzer::{
         self, AnalysisPhase, CheckProvidersRequest, GetAnalysisRunRequest, StartAnalysisRunRequest,
@@ -78,11 +81,11 @@ impl GrpcEffects {
     }
 
     /// Lazily connected clients with `call_timeout` per call.
-    pub fn new(endpoints: &Endpoints, call_timeout: Duration) -> Result<GrpcEffects, tonic::transport::Error> {
+    pub fn new(endpoints: &Endpoints, call_timeout: Duration, tls: Option<&Tls>) -> Result<GrpcEffects, ChannelError> {
         Ok(GrpcEffects {
-            deployer: DeployerServiceClient::new(channel(&endpoints.deployer, call_timeout)?),
-            analyzer: AnalyzerServiceClient::new(channel(&endpoints.analyzer, call_timeout)?),
-            migrator: MigratorServiceClient::new(channel(&endpoints.migrator, call_timeout)?),
+            deployer: DeployerServiceClient::new(service_channel(&endpoints.deployer, call_timeout, tls)?),
+            analyzer: AnalyzerServiceClient::new(service_channel(&endpoints.analyzer, call_timeout, tls)?),
+            migrator: MigratorServiceClient::new(service_channel(&endpoints.migrator, call_timeout, tls)?),
         })
     }
 }

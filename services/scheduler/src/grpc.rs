@@ -5,9 +5,10 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use hopngo_kit::Identity;
+use hopngo_kit::authz::{Permission, Scope};
 use hopngo_proto::{
     config::{self as cpb, config_service_server::ConfigService},
+    identity::{self as ipb, identity_service_server::IdentityService},
     release::{self as pb, release_service_server::ReleaseService},
 };
 use tokio::sync::broadcast::error::RecvError;
@@ -95,9 +96,9 @@ impl Api {
     }
 }
 
-fn caller<T>(req: &Request<T>) -> Caller {
-    let id = Identity::of(req);
-    Caller { anonymous: id.is_anonymous(), user: id.user, roles: id.roles }
+#[allow(clippy::result_large_err)]
+fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
+    Ok(Caller::authenticated(hopngo_kit::Caller::of(req)?))
 }
 
 type Result<T> = std::result::Result<Response<T>, Status>;
@@ -105,7 +106,7 @@ type Result<T> = std::result::Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl ReleaseService for Api {
     async fn create_release(&self, req: Request<pb::CreateReleaseRequest>) -> Result<pb::CreateReleaseResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let created =
             self.app.create_release(&r.service, &r.environment, &r.artifact, &r.request_id, &r.reason, &who).await;
@@ -184,7 +185,7 @@ impl ReleaseService for Api {
     }
 
     async fn promote_release(&self, req: Request<pb::PromoteReleaseRequest>) -> Result<pb::PromoteReleaseResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = self.app.promote(&r.id, r.full, &r.reason, &who).await;
         let asked = Asked { action: "promote", release_id: &r.id, reason: &r.reason, ..Asked::default() };
@@ -193,7 +194,7 @@ impl ReleaseService for Api {
     }
 
     async fn abort_release(&self, req: Request<pb::AbortReleaseRequest>) -> Result<pb::AbortReleaseResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = self.app.abort(&r.id, &r.reason, &who).await;
         let asked = Asked { action: "abort", release_id: &r.id, reason: &r.reason, ..Asked::default() };
@@ -202,7 +203,7 @@ impl ReleaseService for Api {
     }
 
     async fn retry_release(&self, req: Request<pb::RetryReleaseRequest>) -> Result<pb::RetryReleaseResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = self.app.retry(&r.id, &r.reason, &who).await;
         let asked = Asked { action: "retry", release_id: &r.id, reason: &r.reason, ..Asked::default() };
@@ -211,7 +212,7 @@ impl ReleaseService for Api {
     }
 
     async fn undo_release(&self, req: Request<pb::UndoReleaseRequest>) -> Result<pb::UndoReleaseResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = self.app.undo(&r.service, &r.environment, r.to_revision, &r.reason, &who).await;
         let asked = Asked {
@@ -226,7 +227,7 @@ impl ReleaseService for Api {
     }
 
     async fn approve_release(&self, req: Request<pb::ApproveReleaseRequest>) -> Result<pb::ApproveReleaseResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = self.app.approve(&r.id, &r.reason, &who).await;
         let asked = Asked { action: "approve", release_id: &r.id, reason: &r.reason, ..Asked::default() };
@@ -235,7 +236,7 @@ impl ReleaseService for Api {
     }
 
     async fn reject_release(&self, req: Request<pb::RejectReleaseRequest>) -> Result<pb::RejectReleaseResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = self.app.reject(&r.id, &r.reason, &who).await;
         let asked = Asked { action: "reject", release_id: &r.id, reason: &r.reason, ..Asked::default() };
@@ -269,7 +270,7 @@ impl ReleaseService for Api {
         &self,
         req: Request<pb::RollbackEnvironmentRequest>,
     ) -> Result<pb::RollbackEnvironmentResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = if r.environment.is_empty() {
             Err(SchedulerError::invalid("environment", "must not be empty"))
@@ -338,7 +339,7 @@ impl ReleaseService for Api {
         &self,
         req: Request<pb::PromoteEnvironmentRequest>,
     ) -> Result<pb::PromoteEnvironmentResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let r = req.into_inner();
         let done = if r.to_environment.is_empty() {
             Err(SchedulerError::invalid("to_environment", "must not be empty"))
@@ -400,7 +401,7 @@ fn check_not_empty(yaml: &str) -> std::result::Result<(), SchedulerError> {
 #[tonic::async_trait]
 impl ConfigService for Api {
     async fn apply_config(&self, req: Request<cpb::ApplyConfigRequest>) -> Result<cpb::ApplyConfigResponse> {
-        let who = caller(&req);
+        let who = caller(&req)?;
         let yaml = req.into_inner().yaml;
         let done = match check_not_empty(&yaml) {
             Ok(()) => self.app.apply_config(&yaml, &who).await,
@@ -452,6 +453,47 @@ impl ConfigService for Api {
                     summary,
                 }
             }
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for Api {
+    async fn who_am_i(&self, req: Request<ipb::WhoAmIRequest>) -> Result<ipb::WhoAmIResponse> {
+        let hopngo_kit::Caller { principal: identity, authorizer } = hopngo_kit::Caller::of(&req)?;
+        // Before any config is applied there is nothing to hold roles for.
+        let config = match self.app.config(None).await {
+            Ok(current) => Some(current.config),
+            Err(SchedulerError::FailedPrecondition(_)) => None,
+            Err(other) => return Err(other.into()),
+        };
+        let mut grants = Vec::new();
+        for service in config.iter().flat_map(|c| &c.services) {
+            for environment in config.iter().flat_map(|c| &c.environments) {
+                let scope = Scope::of(&service.name, &environment.name);
+                let roles = authorizer.roles(&identity, scope);
+                let permissions: Vec<String> =
+                    [Permission::View, Permission::Deploy, Permission::Approve, Permission::Admin]
+                        .into_iter()
+                        .filter(|p| authorizer.check(&identity, *p, scope).is_ok())
+                        .map(|p| p.as_str().to_string())
+                        .collect();
+                if !roles.is_empty() || !permissions.is_empty() {
+                    grants.push(ipb::Grant {
+                        environment: environment.name.clone(),
+                        service: service.name.clone(),
+                        roles,
+                        permissions,
+                    });
+                }
+            }
+        }
+        Ok(Response::new(ipb::WhoAmIResponse {
+            user: identity.user,
+            groups: identity.groups,
+            issuer: identity.issuer,
+            subject: identity.subject,
+            grants,
         }))
     }
 }

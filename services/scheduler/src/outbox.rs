@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hopngo_kit::client::{TracedChannel, channel};
+use hopngo_kit::client::{TracedChannel, service_channel};
 use hopngo_proto::{
     check::{TextRule, conform},
     events::{Event, ReleaseEventData, Severity},
@@ -83,11 +83,12 @@ impl Publisher {
         store: Store,
         url: &str,
         call_timeout: Duration,
+        tls: Option<&hopngo_kit::tls::Tls>,
         signals: Signals,
-    ) -> Result<Publisher, tonic::transport::Error> {
+    ) -> Result<Publisher, hopngo_kit::client::ChannelError> {
         Ok(Publisher {
             store,
-            client: NotifierServiceClient::new(channel(url, call_timeout)?),
+            client: NotifierServiceClient::new(service_channel(url, call_timeout, tls)?),
             signals,
             source: "/hopngo/scheduler".into(),
         })

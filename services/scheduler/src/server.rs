@@ -8,12 +8,13 @@ use anyhow::Context as _;
 use hopngo_kit::{
     admin::{self, Metrics},
     args::{ListenArgs, TelemetryArgs, parse_duration},
-    identity,
+    auth::SecurityArgs,
     pg::DatabaseArgs,
     server::GrpcServer,
 };
 use hopngo_proto::{
-    config::config_service_server::ConfigServiceServer, release::release_service_server::ReleaseServiceServer,
+    config::config_service_server::ConfigServiceServer, identity::identity_service_server::IdentityServiceServer,
+    release::release_service_server::ReleaseServiceServer,
 };
 use tokio::sync::oneshot;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -42,6 +43,8 @@ pub struct Args {
     pub listen: ListenArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Connections in the database pool.
@@ -99,6 +102,7 @@ pub async fn run_with(
     let Args {
         listen,
         telemetry: _,
+        security,
         database,
         db_max_connections,
         deployer_url,
@@ -114,6 +118,7 @@ pub async fn run_with(
         apply_config,
     } = args;
 
+    let security = security.load().map_err(anyhow::Error::msg)?;
     let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, db_max_connections).await.context("connecting to the database")?;
     store.migrate().await.context("applying the scheduler schema")?;
@@ -124,17 +129,17 @@ pub async fn run_with(
         if listen_notify { Signals::shared(store.pool().clone(), shutdown.clone()) } else { Signals::local() };
 
     let endpoints = Endpoints { deployer: deployer_url, analyzer: analyzer_url.clone(), migrator: migrator_url };
-    let effects = Arc::new(GrpcEffects::new(&endpoints, call_timeout)?);
+    let effects = Arc::new(GrpcEffects::new(&endpoints, call_timeout, security.tls.as_ref())?);
     let app = App::new(store.clone(), signals.clone()).with_deployer(Arc::clone(&effects));
     if let Some(path) = apply_config {
         let yaml = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let caller = Caller { user: "hopngo-scheduler".into(), roles: Vec::new(), anonymous: false };
+        let caller = Caller::system("hopngo-scheduler");
         let (version, changed, _) =
             app.apply_config(&yaml, &caller).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         tracing::info!(version, changed, file = %path.display(), "delivery config applied");
     }
 
-    let watcher = AnalysisWatcher::new(&analyzer_url, store.pool().clone(), signals.clone())?;
+    let watcher = AnalysisWatcher::new(&analyzer_url, security.tls.as_ref(), store.pool().clone(), signals.clone())?;
     let settings = Settings { poll_interval, high_severity_grace, preflight_patience, ..Settings::default() };
     let tracker = TaskTracker::new();
     let engine = Engine::new(store.clone(), effects, settings, signals.clone(), engine_metrics);
@@ -142,7 +147,7 @@ pub async fn run_with(
     // Workers stop on their own token, after the gRPC server has drained.
     let workers_stop = CancellationToken::new();
     engine.spawn(workers, &tracker, workers_stop.clone());
-    let publisher = Publisher::new(store.clone(), &notifier_url, call_timeout, signals.clone())?;
+    let publisher = Publisher::new(store.clone(), &notifier_url, call_timeout, security.tls.as_ref(), signals.clone())?;
     tracker.spawn(publisher.run(workers_stop.clone()));
 
     let listener =
@@ -163,8 +168,10 @@ pub async fn run_with(
 
     let api = Api::new(app, shutdown.clone());
     let served = GrpcServer::new(listen.drain_timeout)
-        .add_service(ReleaseServiceServer::with_interceptor(api.clone(), identity::interceptor))
-        .add_service(ConfigServiceServer::with_interceptor(api, identity::interceptor))
+        .secure(&security)
+        .add_service(ReleaseServiceServer::new(api.clone()))
+        .add_service(ConfigServiceServer::new(api.clone()))
+        .add_service(IdentityServiceServer::new(api))
         .serve(listener, metrics, shutdown.clone())
         .await;
 

@@ -25,8 +25,13 @@ pub struct AnalysisWatcher {
 
 impl AnalysisWatcher {
     /// A watcher calling the analyzer at `url` (no per-call deadline: the streams are long).
-    pub fn new(url: &str, pool: PgPool, signals: Signals) -> Result<AnalysisWatcher, tonic::transport::Error> {
-        let channel = hopngo_kit::client::channel(url, std::time::Duration::from_secs(24 * 3600))?;
+    pub fn new(
+        url: &str,
+        tls: Option<&hopngo_kit::tls::Tls>,
+        pool: PgPool,
+        signals: Signals,
+    ) -> Result<AnalysisWatcher, hopngo_kit::client::ChannelError> {
+        let channel = hopngo_kit::client::service_channel(url, std::time::Duration::from_secs(24 * 3600), tls)?;
         Ok(AnalysisWatcher { client: AnalyzerServiceClient::new(channel), pool, signals, watched: Arc::default() })
     }
 

@@ -7,6 +7,7 @@ use hopngo_proto::{
     config::{ApplyConfigRequest, ValidateConfigRequest, config_service_client::ConfigServiceClient},
     release as pb,
 };
+use hopngo_testkit::access::channel;
 use tonic::Code;
 
 async fn count_releases(h: &Harness) -> i64 {
@@ -46,7 +47,7 @@ async fn create_release_refuses_bad_requests_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_errors_name_the_path() {
     let h = Harness::start().await;
-    let mut config = ConfigServiceClient::connect(format!("http://{}", h.addr)).await.unwrap();
+    let mut config = ConfigServiceClient::new(channel(&format!("http://{}", h.addr)));
     let current = config.get_config(hopngo_proto::config::GetConfigRequest { version: 0 }).await.unwrap().into_inner();
     let cases = [
         (
@@ -116,20 +117,28 @@ async fn actions_in_the_wrong_state_are_refused() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     let err = h
         .client()
-        .approve_release(as_user(pb::ApproveReleaseRequest { id: id.clone(), reason: String::new() }, "bob", &[]))
+        .approve_release(as_user(
+            pb::ApproveReleaseRequest { id: id.clone(), reason: String::new() },
+            "bob",
+            &["release-manager"],
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     let err = h
         .client()
-        .reject_release(as_user(pb::RejectReleaseRequest { id: id.clone(), reason: String::new() }, "bob", &[]))
+        .reject_release(as_user(
+            pb::RejectReleaseRequest { id: id.clone(), reason: String::new() },
+            "bob",
+            &["release-manager"],
+        ))
         .await
         .unwrap_err();
     assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "reason: a rejection needs a reason"));
     let err = h.create("chat-service", "staging", "chat:2", "alice").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "already stable: {err:?}");
     let mut bad_user = tonic::Request::new(pb::AbortReleaseRequest { id: id.clone(), reason: String::new() });
-    bad_user.metadata_mut().insert("x-hopngo-user", "not a name".parse().unwrap());
+    bad_user.metadata_mut().insert("authorization", "Bearer not a token".parse().unwrap());
     assert_eq!(h.client().abort_release(bad_user).await.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(h.get(&id).await.version, before, "nothing changed");
     h.stop().await;

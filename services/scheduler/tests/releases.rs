@@ -459,7 +459,7 @@ async fn environment_rollback_runs_services_one_after_another() {
                 reason: "incident".into(),
                 emergency: true,
             },
-            "bob",
+            "ops",
             &[],
         ))
         .await

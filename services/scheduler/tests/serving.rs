@@ -43,6 +43,7 @@ async fn health_and_reflection_list_every_service() {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
             "hopngo.config.v1.ConfigService",
+            "hopngo.identity.v1.IdentityService",
             "hopngo.release.v1.ReleaseService",
         ]
     );

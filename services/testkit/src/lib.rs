@@ -1,4 +1,6 @@
 //! Test support shared by every service's tests and the end-to-end tests:
+//! - [`access`]: the tests' credentials (tokens, the test policy, service certificates) and
+//!   clients that call with them;
 //! - [`config`]: delivery config files for services that read one;
 //! - [`db`]: a fresh database per test, on `DATABASE_URL` or on a throwaway cluster started once
 //!   per test process;
@@ -14,6 +16,7 @@
 //!   down and come back on the same port;
 //! - [`server`]: a service served in the test's process on loopback, stopped through its drain.
 
+pub mod access;
 pub mod config;
 pub mod db;
 pub mod fakes;

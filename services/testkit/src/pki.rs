@@ -71,37 +71,23 @@ impl TestCa {
             key: self.dir.join(format!("{file_stem}-key.pem")),
             ca: self.ca_file(),
         };
-        // The key first: a reader seeing the new certificate then finds its key.
-        std::fs::write(&files.key, key.serialize_pem())?;
+        // The key first (readable by its owner only): a reader seeing the new certificate then
+        // finds its key.
+        write_private(&files.key, key.serialize_pem().as_bytes())?;
         std::fs::write(&files.cert, cert.pem())?;
         Ok(files)
     }
 }
 
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
+}
+
 /// A channel to `addr` over TLS the way a person's client connects: trusting `ca`, presenting
-/// no certificate, the server verified as `localhost`.
+/// no certificate.
 pub fn channel_without_certificate(addr: std::net::SocketAddr, ca: &Path) -> anyhow::Result<tonic::transport::Channel> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)? {
-        roots.add(cert?)?;
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let config = std::sync::Arc::new(config);
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let config = config.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
-            let name = rustls::pki_types::ServerName::try_from("localhost").expect("a DNS name");
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_with_connector_lazy(connector))
+    let connection = hopngo_client::Connection { ca_files: vec![ca.to_owned()], ..Default::default() };
+    Ok(connection.channel(&format!("https://{addr}"))?)
 }

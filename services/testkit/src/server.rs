@@ -17,9 +17,10 @@ pub struct InProcess {
 }
 
 /// The flags every in-process server gets: a free loopback port, no admin port, its database,
-/// a short drain. `program` is argv[0]; the service's own flags follow.
+/// a short drain, the tests' credentials ([`crate::access`]: the test issuer's tokens under the
+/// test policy, plain HTTP/2 on loopback). `program` is argv[0]; the service's own flags follow.
 pub fn server_args(program: &str, database_url: &str, drain: &str) -> Vec<String> {
-    [
+    let mut args: Vec<String> = [
         program,
         "--listen",
         "127.0.0.1:0",
@@ -32,7 +33,9 @@ pub fn server_args(program: &str, database_url: &str, drain: &str) -> Vec<String
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    args.extend(crate::access::TestAccess::shared().plain_service_args());
+    args
 }
 
 impl InProcess {

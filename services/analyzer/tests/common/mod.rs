@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+use hopngo_testkit::access::AuthedChannel;
+use hopngo_testkit::access::channel;
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -11,10 +13,9 @@ use hopngo_testkit::{
     db::TestDb,
     server::{InProcess, server_args},
 };
-use tonic::transport::Channel;
 
 pub struct Running {
-    pub client: AnalyzerServiceClient<Channel>,
+    pub client: AnalyzerServiceClient<AuthedChannel>,
     server: InProcess,
 }
 
@@ -38,7 +39,7 @@ pub async fn start_with(db: &TestDb, config: &std::path::Path) -> Running {
     argv.extend(["--delivery-config".into(), config.to_str().unwrap().into()]);
     let args = Args::parse_from(argv);
     let server = InProcess::start(|shutdown, ready| run(args, shutdown, Some(ready))).await;
-    let client = AnalyzerServiceClient::connect(server.url()).await.unwrap();
+    let client = AnalyzerServiceClient::new(channel(&server.url()));
     Running { client, server }
 }
 

@@ -223,6 +223,13 @@ pub struct AnalysisRecord {
 pub struct ApprovalRecord {
     /// Who.
     pub user: String,
+    /// Who vouched for the user (the token's issuer); empty for decisions made before
+    /// authentication.
+    #[serde(default)]
+    pub issuer: String,
+    /// The issuer's id of the user.
+    #[serde(default)]
+    pub subject: String,
     /// Approve or reject.
     pub approved: bool,
     /// Why.

@@ -11,13 +11,14 @@ use hopngo_proto::{
     release::{self as pb, release_service_client::ReleaseServiceClient},
 };
 use hopngo_scheduler::server::{Args, run_with};
+pub use hopngo_testkit::access::as_user;
 use hopngo_testkit::{
+    access::{AuthedChannel, channel},
     db::TestDb,
     fakes::Fakes,
     server::{InProcess, server_args},
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, transport::Channel};
 
 pub const CONFIG: &str = r#"
 environments:
@@ -66,7 +67,7 @@ pub struct Harness {
     pub db: TestDb,
     pub fakes: Fakes,
     pub addr: SocketAddr,
-    pub releases: ReleaseServiceClient<Channel>,
+    pub releases: ReleaseServiceClient<AuthedChannel>,
     pub shutdown: CancellationToken,
     server: InProcess,
 }
@@ -93,21 +94,21 @@ impl Harness {
         let fakes = Fakes::start().await.expect("fakes");
         let args = args(&db.url, &fakes, extra);
         let server = InProcess::start(|shutdown, ready| run_with(args, shutdown, Some(ready))).await;
-        let releases = ReleaseServiceClient::connect(server.url()).await.expect("connect");
+        let releases = ReleaseServiceClient::new(channel(&server.url()));
         let h = Harness { db, fakes, addr: server.addr, releases, shutdown: server.shutdown.clone(), server };
         h.apply(CONFIG).await;
         h
     }
 
     pub async fn apply(&self, yaml: &str) {
-        let mut config = ConfigServiceClient::connect(format!("http://{}", self.addr)).await.unwrap();
+        let mut config = ConfigServiceClient::new(channel(&format!("http://{}", self.addr)));
         config
             .apply_config(as_user(ApplyConfigRequest { yaml: yaml.into() }, "ops", &[]))
             .await
             .expect("config applies");
     }
 
-    pub fn client(&self) -> ReleaseServiceClient<Channel> {
+    pub fn client(&self) -> ReleaseServiceClient<AuthedChannel> {
         self.releases.clone()
     }
 
@@ -164,15 +165,6 @@ impl Harness {
     pub async fn stop(self) {
         self.server.stop().await;
     }
-}
-
-pub fn as_user<T>(msg: T, user: &str, roles: &[&str]) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert("x-hopngo-user", user.parse().unwrap());
-    if !roles.is_empty() {
-        req.metadata_mut().insert("x-hopngo-roles", roles.join(",").parse().unwrap());
-    }
-    req
 }
 
 pub fn phase_name(r: &pb::Release) -> &'static str {

@@ -151,8 +151,10 @@ pub struct Decider<'a> {
     pub user: &'a str,
     /// Roles.
     pub roles: &'a [String],
-    /// No identity was sent.
-    pub anonymous: bool,
+    /// Who vouched for the user (the token's issuer).
+    pub issuer: &'a str,
+    /// The issuer's id of the user (the token's subject).
+    pub subject: &'a str,
 }
 
 fn current_approval(r: &Release) -> Result<ApprovalSpec, ActionError> {
@@ -166,9 +168,6 @@ fn current_approval(r: &Release) -> Result<ApprovalSpec, ActionError> {
 }
 
 fn check_decider(r: &Release, policy: &ApprovalSpec, who: &Decider<'_>, verb: &str) -> Result<(), ActionError> {
-    if who.anonymous {
-        return Err(ActionError::Forbidden(format!("to {verb} a release, send your identity (x-hopngo-user)")));
-    }
     if !policy.roles.is_empty() && !policy.roles.iter().any(|role| who.roles.iter().any(|r| same_name(r, role))) {
         return Err(ActionError::Forbidden(format!(
             "{} may not {verb}: one of the roles {} is required",
@@ -202,6 +201,8 @@ pub fn approve(
     }
     r.approvals.push(ApprovalRecord {
         user: who.user.to_string(),
+        issuer: who.issuer.to_string(),
+        subject: who.subject.to_string(),
         approved: true,
         reason: reason.to_string(),
         at: now,
@@ -249,6 +250,8 @@ pub fn reject(
     check_decider(r, &policy, who, "reject")?;
     r.approvals.push(ApprovalRecord {
         user: who.user.to_string(),
+        issuer: who.issuer.to_string(),
+        subject: who.subject.to_string(),
         approved: false,
         reason: reason.to_string(),
         at: now,

@@ -445,18 +445,18 @@ async fn approvals_need_distinct_non_creator_approvers_with_a_role() {
     assert_eq!(kinds(&a), vec![TransitionKind::Started, TransitionKind::AwaitingApproval]);
     assert!(fx.applies.lock().unwrap().is_empty(), "nothing changes before approval");
     let rm = vec!["release-manager".to_string()];
-    let creator = Decider { user: "alice", roles: &rm, anonymous: false };
+    let creator = Decider { user: "alice", roles: &rm, issuer: "https://issuer.test", subject: "s-1" };
     assert!(matches!(approve(&mut r, &creator, "", at(1)), Err(ActionError::Forbidden(m)) if m.contains("four-eyes")));
-    let no_role = Decider { user: "carol", roles: &[], anonymous: false };
+    let no_role = Decider { user: "carol", roles: &[], issuer: "https://issuer.test", subject: "s-1" };
     assert!(matches!(approve(&mut r, &no_role, "", at(1)), Err(ActionError::Forbidden(_))));
-    let anon = Decider { user: "anonymous", roles: &rm, anonymous: true };
-    assert!(matches!(approve(&mut r, &anon, "", at(1)), Err(ActionError::Forbidden(_))));
-    let bob = Decider { user: "bob", roles: &rm, anonymous: false };
+    let bob = Decider { user: "bob", roles: &rm, issuer: "https://issuer.test", subject: "s-1" };
     let t = approve(&mut r, &bob, "ok", at(2)).unwrap();
     assert_eq!(t[0].kind, TransitionKind::ApprovalRecorded);
     assert_eq!(r.phase, Phase::AwaitingApproval);
+    let recorded = r.approvals.last().unwrap();
+    assert_eq!((recorded.issuer.as_str(), recorded.subject.as_str()), ("https://issuer.test", "s-1"));
     assert!(matches!(approve(&mut r, &bob, "again", at(3)), Err(ActionError::NotNow(_))));
-    let dave = Decider { user: "dave", roles: &rm, anonymous: false };
+    let dave = Decider { user: "dave", roles: &rm, issuer: "https://issuer.test", subject: "s-1" };
     let t = approve(&mut r, &dave, "ok", at(4)).unwrap();
     assert_eq!(
         t.iter().map(|t| t.kind).collect::<Vec<_>>(),
@@ -473,7 +473,7 @@ async fn rejection_aborts_and_needs_a_reason() {
     let mut r = release("booking", "production");
     tick(&mut r, &fx, 0).await;
     let rm = vec!["release-manager".to_string()];
-    let bob = Decider { user: "bob", roles: &rm, anonymous: false };
+    let bob = Decider { user: "bob", roles: &rm, issuer: "https://issuer.test", subject: "s-1" };
     assert!(matches!(reject(&mut r, &bob, " ", at(1)), Err(ActionError::Invalid { field: "reason", .. })));
     reject(&mut r, &bob, "not during the sale", at(1)).unwrap();
     assert_eq!(r.phase, Phase::Aborted);
