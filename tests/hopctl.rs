@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, process::Output};
 
-use hopngo_e2e::{Proc, binary, hopctl_env};
+use hopngo_e2e::{Proc, TestAccess, binary, hopctl_env};
 use hopngo_testkit::{db::TestDb, fakes::Fakes};
 
 const CONFIG: &str = "environments:\n  - name: staging\nservices:\n  - name: chat-service\n    strategy:\n      canary:\n        steps:\n          - setWeight: 50\n          - pause: {duration: 1s}\n";
@@ -149,5 +149,125 @@ async fn hopctl_drives_a_release_and_fails_with_one_line() {
     .unwrap();
     assert_eq!(piped.status.code(), Some(0), "{}", stderr(&piped));
     assert!(stderr(&piped).is_empty(), "no panic, no message: {}", stderr(&piped));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `hopctl` with nothing from the test's environment but `envs`.
+fn hopctl_with(envs: &[(&str, &str)], args: &[&str]) -> Output {
+    std::process::Command::new(binary("hopctl", "hopctl").unwrap())
+        .env_clear()
+        .envs(envs.iter().copied())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_token_is_made_stored_by_login_and_shown_by_whoami() {
+    let db = TestDb::create().await.unwrap();
+    let fakes = Fakes::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hopngo-cli-login-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An admin makes a token for a CI bot: the token on stdout, its tokens-file entry on stderr.
+    let made = tokio::task::spawn_blocking(|| {
+        hopctl_with(&[], &["token", "new", "--user", "ci-bot", "--groups", "deployers"])
+    })
+    .await
+    .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let token = stdout(&made).trim().to_string();
+    assert_eq!(token.len(), 43);
+    assert!(!stderr(&made).contains(&token), "the entry holds the hash, not the token");
+    std::fs::write(dir.join("tokens.yaml"), format!("tokens:\n{}", stderr(&made))).unwrap();
+    std::fs::write(dir.join("ci.token"), &token).unwrap();
+
+    let access = TestAccess::shared();
+    let args: Vec<String> =
+        ["--listen", "127.0.0.1:0", "--admin-listen", "off", "--database-url", &db.url, "--log", "warn"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(fakes.endpoint_args())
+            .chain(["--auth-tokens".to_string(), dir.join("tokens.yaml").display().to_string()])
+            .chain(access.service_args("scheduler"))
+            .collect();
+    let proc = Proc::start(&binary("hopngo-scheduler", "hopngo-scheduler").unwrap(), &args, &[]).await.unwrap();
+    assert!(proc.grpc.starts_with("https://"), "{}", proc.grpc);
+    let ca = access.ca_file().display().to_string();
+    let config_dir = dir.join("config").display().to_string();
+    let env = |extra: &[(&'static str, String)]| {
+        let mut env = vec![
+            ("HOPNGO_SERVER", proc.grpc.clone()),
+            ("HOPNGO_CA_FILE", ca.clone()),
+            ("HOPNGO_CONFIG_DIR", config_dir.clone()),
+        ];
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let run = |env: Vec<(&'static str, String)>, args: &'static [&'static str]| async move {
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            hopctl_with(&env, args)
+        })
+        .await
+        .unwrap()
+    };
+    // WhoAmI reports grants for the applied config's services.
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, CONFIG).unwrap();
+    let admin = hopngo_testkit::access::token("root", &[hopngo_testkit::access::ADMIN_GROUP]);
+    let apply = std::process::Command::new(binary("hopctl", "hopctl").unwrap())
+        .env_clear()
+        .envs(env(&[("HOPNGO_TOKEN", admin)]))
+        .args(["config", "apply", "-f", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(apply.status.success(), "{}", stderr(&apply));
+
+    // Without a token: refused, and told how to give one.
+    let out = run(env(&[]), &["list"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("Unauthenticated: no credentials"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hopctl login"), "{}", stderr(&out));
+    // A wrong token is not stored.
+    std::fs::write(dir.join("wrong.token"), "not-the-token").unwrap();
+    let wrong = dir.join("wrong.token").display().to_string();
+    let out = run(env(&[("HOPNGO_TOKEN_FILE", wrong)]), &["login"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown token"), "{}", stderr(&out));
+    assert!(!dir.join("config/token").exists());
+    // The right one is, readable by its owner only, and used from then on.
+    let file = dir.join("ci.token").display().to_string();
+    let out = run(env(&[("HOPNGO_TOKEN_FILE", file)]), &["login"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).starts_with("logged in as ci-bot (hopngo:static-tokens)"), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.join("config/token")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let out = run(env(&[]), &["whoami", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let me: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((me["user"].as_str(), me["issuer"].as_str()), (Some("ci-bot"), Some("hopngo:static-tokens")));
+    assert_eq!(me["groups"], serde_json::json!(["deployers"]));
+    assert_eq!(
+        me["grants"],
+        serde_json::json!([{"environment": "staging", "service": "chat-service", "roles": ["deployer"], "permissions": ["view", "deploy"]}])
+    );
+    let out = run(env(&[]), &["whoami"]).await;
+    assert!(stdout(&out).starts_with("user:    ci-bot\n"), "{}", stdout(&out));
+
+    // TLS: the server's certificate is checked; skipping that is allowed on loopback only.
+    let untrusted = vec![("HOPNGO_SERVER", proc.grpc.clone()), ("HOPNGO_CONFIG_DIR", config_dir.clone())];
+    let out = run(untrusted.clone(), &["whoami"]).await;
+    assert_eq!(out.status.code(), Some(1), "an unknown CA: {}", stdout(&out));
+    let out = run(untrusted, &["--insecure-skip-verify", "whoami", "-o", "json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let remote = vec![("HOPNGO_SERVER", "https://scheduler.example:50051".to_string())];
+    let out = run(remote, &["--insecure-skip-verify", "whoami"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("only loopback addresses may skip verifying"), "{}", stderr(&out));
+
+    let out = run(env(&[]), &["logout"]).await;
+    assert!(out.status.success());
+    assert!(!dir.join("config/token").exists());
     let _ = std::fs::remove_dir_all(dir);
 }

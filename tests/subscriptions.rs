@@ -150,7 +150,7 @@ async fn two_hundred_catching_up_subscribers_stay_within_the_memory_bound() {
     }
     let refused = subscribe("service-0".into(), Start::FromNow(true), false).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("service-0 holds 100 open subscriptions"), "{}", refused.message());
+    assert!(refused.message().contains("service-0 already holds 100 open streams"), "{}", refused.message());
     assert!(subscribe("service-1".into(), Start::FromNow(true), false).await.is_ok(), "other callers are not affected");
     // Closing streams gives the slots back.
     open.truncate(0);

@@ -332,6 +332,14 @@ pub struct AuditEntryView {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub request_id: String,
     pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub rpc: String,
 }
 
 impl From<&pb::AuditEntry> for AuditEntryView {
@@ -350,6 +358,10 @@ impl From<&pb::AuditEntry> for AuditEntryView {
             reason: e.reason.clone(),
             request_id: e.request_id.clone(),
             message: e.message.clone(),
+            issuer: e.issuer.clone(),
+            subject: e.subject.clone(),
+            groups: e.groups.clone(),
+            rpc: e.rpc.clone(),
         }
     }
 }

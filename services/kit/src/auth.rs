@@ -26,6 +26,7 @@ use crate::{
     authz::{Authorizer, MTLS_ISSUER, Scope},
     http::HttpClient,
     identity::{normalise, valid_group, valid_user},
+    limits::{LimitArgs, Limits, hold_while_streaming},
     reload::Reloading,
     tls::{PeerInfo, Tls, TlsArgs},
 };
@@ -144,13 +145,15 @@ impl AuthArgs {
     }
 }
 
-/// How a service proves itself and checks its callers: tokens, policy and TLS.
+/// How a service proves itself and checks its callers: tokens, policy, TLS and per-caller limits.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct SecurityArgs {
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// What [`SecurityArgs`] loaded.
@@ -160,6 +163,8 @@ pub struct Security {
     pub authenticator: Authenticator,
     /// This service's certificate, for serving and for calling other services.
     pub tls: Option<Tls>,
+    /// How much one caller may do.
+    pub limits: Limits,
 }
 
 impl SecurityArgs {
@@ -172,7 +177,7 @@ impl SecurityArgs {
                 "no way to authenticate callers: give --auth-tokens FILE, --oidc-issuer URL or --tls-cert (for the scheduler's calls)".into(),
             );
         }
-        Ok(Security { authenticator: self.auth.authenticator()?, tls })
+        Ok(Security { authenticator: self.auth.authenticator()?, tls, limits: self.limits.limits()? })
     }
 }
 
@@ -190,14 +195,42 @@ pub struct Principal {
     pub subject: String,
 }
 
-/// A caller the authentication layer let through: who they are, and the policy that says what
-/// they may do (handlers check the environment and service a call touches with it).
+/// A caller the authentication layer let through: who they are, what they called, and the policy
+/// that says what they may do (handlers check the environment and service a call touches with it).
 #[derive(Clone)]
 pub struct Caller {
     /// Who.
     pub principal: Principal,
     /// The access policy in force.
     pub authorizer: Authorizer,
+    /// The RPC called (`/hopngo.release.v1.ReleaseService/CreateRelease`).
+    pub rpc: String,
+}
+
+/// The RPC a passed call is for, as the layer saw it.
+#[derive(Clone, Debug)]
+struct CalledRpc(String);
+
+/// A call the layer refused, as an audit log records it.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// The RPC called.
+    pub rpc: String,
+    /// `Unauthenticated` or `PermissionDenied`.
+    pub code: tonic::Code,
+    /// Why, as the caller was told.
+    pub reason: String,
+    /// Who the credential proved, when it proved someone.
+    pub principal: Option<Principal>,
+    /// Where the call came from.
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+/// Where the layer reports the calls it refuses. It is called on the request path and must not
+/// wait (queue the entry, drop it when the queue is full).
+pub trait RefusalLog: Send + Sync {
+    /// Records one refusal.
+    fn refused(&self, refusal: Refusal);
 }
 
 impl Caller {
@@ -206,9 +239,9 @@ impl Caller {
     #[allow(clippy::result_large_err)]
     pub fn of<T>(req: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
         let extensions = req.extensions();
-        match (extensions.get::<Principal>(), extensions.get::<Authorizer>()) {
-            (Some(principal), Some(authorizer)) => {
-                Ok(Caller { principal: principal.clone(), authorizer: authorizer.clone() })
+        match (extensions.get::<Principal>(), extensions.get::<Authorizer>(), extensions.get::<CalledRpc>()) {
+            (Some(principal), Some(authorizer), Some(CalledRpc(rpc))) => {
+                Ok(Caller { principal: principal.clone(), authorizer: authorizer.clone(), rpc: rpc.clone() })
             }
             _ => Err(tonic::Status::unauthenticated("the call was not authenticated")),
         }
@@ -639,19 +672,38 @@ pub fn is_open_path(path: &str) -> bool {
 #[derive(Clone)]
 pub struct AuthLayer {
     authenticator: Option<Authenticator>,
+    refusals: Option<Arc<dyn RefusalLog>>,
+    limits: Limits,
 }
 
 impl AuthLayer {
     /// Authenticates with `authenticator`; `None` lets every call through unauthenticated.
     pub fn new(authenticator: Option<Authenticator>) -> AuthLayer {
-        AuthLayer { authenticator }
+        AuthLayer { authenticator, refusals: None, limits: Limits::default() }
+    }
+
+    /// Limits each caller's changes and open streams with `limits`.
+    pub fn with_limits(mut self, limits: Limits) -> AuthLayer {
+        self.limits = limits;
+        self
+    }
+
+    /// Reports every refused call to `log`.
+    pub fn with_refusal_log(mut self, log: Option<Arc<dyn RefusalLog>>) -> AuthLayer {
+        self.refusals = log;
+        self
     }
 }
 
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService { inner, authenticator: self.authenticator.clone() }
+        AuthService {
+            inner,
+            authenticator: self.authenticator.clone(),
+            refusals: self.refusals.clone(),
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -660,6 +712,8 @@ impl<S> Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     authenticator: Option<Authenticator>,
+    refusals: Option<Arc<dyn RefusalLog>>,
+    limits: Limits,
 }
 
 impl<S> Service<Request<Body>> for AuthService<S>
@@ -682,30 +736,72 @@ where
         let Some(authenticator) = self.authenticator.clone() else {
             return Box::pin(inner.call(req));
         };
+        let log = self.refusals.clone();
+        let limits = self.limits.clone();
         Box::pin(async move {
             if is_open_path(req.uri().path()) {
                 return inner.call(req).await;
             }
             let path = req.uri().path().to_owned();
-            let identity = match authenticator.authenticate_request(req.headers(), req.extensions().get()).await {
+            let peer: Option<&PeerInfo> = req.extensions().get();
+            let remote = peer.and_then(|p| p.remote_addr);
+            let report = |code, reason: &str, principal: Option<&Principal>| {
+                if let Some(log) = &log {
+                    let principal = principal.cloned();
+                    log.refused(Refusal { rpc: path.clone(), code, reason: reason.to_string(), principal, remote });
+                }
+            };
+            let identity = match authenticator.authenticate_request(req.headers(), peer).await {
                 Ok(identity) => identity,
                 Err(AuthError(message)) => {
                     tracing::info!(%path, reason = %message, "unauthenticated call refused");
+                    report(tonic::Code::Unauthenticated, &message, None);
                     return Ok(refusal(tonic::Status::unauthenticated(message), "unauthenticated"));
                 }
             };
             let authorizer = authenticator.authorizer();
-            let allowed = match crate::authz::required(&path) {
+            let required = crate::authz::required(&path);
+            let allowed = match required {
                 None => Err(format!("{path} is not in the permission table")),
                 Some(permission) => authorizer.check(&identity, permission, Scope::default()),
             };
             if let Err(message) = allowed {
                 tracing::info!(%path, user = %identity.user, issuer = %identity.issuer, reason = %message, "call refused");
+                report(tonic::Code::PermissionDenied, &message, Some(&identity));
                 return Ok(refusal(tonic::Status::permission_denied(message), "permission_denied"));
             }
+            // The control plane's own calls are not limited: throttling them would stall releases.
+            let limited = !authorizer.is_scheduler(&identity);
+            if limited
+                && required.is_some_and(crate::authz::is_change)
+                && let Err(message) = limits.take_change(&identity.user)
+            {
+                tracing::info!(%path, user = %identity.user, "call refused: rate limited");
+                report(tonic::Code::ResourceExhausted, &message, Some(&identity));
+                return Ok(refusal(tonic::Status::resource_exhausted(message), "rate_limited"));
+            }
+            let stream = if limited && crate::authz::STREAMING_RPCS.contains(&path.as_str()) {
+                match limits.open_stream(&identity.user) {
+                    Ok(guard) => Some(guard),
+                    Err(message) => {
+                        report(tonic::Code::ResourceExhausted, &message, Some(&identity));
+                        return Ok(refusal(tonic::Status::resource_exhausted(message), "too_many_streams"));
+                    }
+                }
+            } else {
+                None
+            };
             req.extensions_mut().insert(authorizer.clone());
             req.extensions_mut().insert(identity);
-            inner.call(req).await
+            req.extensions_mut().insert(CalledRpc(path));
+            let response = inner.call(req).await?;
+            Ok(match stream {
+                None => response,
+                Some(guard) => {
+                    let (parts, body) = response.into_parts();
+                    Response::from_parts(parts, hold_while_streaming(body, guard))
+                }
+            })
         })
     }
 }

@@ -118,6 +118,20 @@ pub const RPC_PERMISSIONS: &[(&str, Permission)] = {
     ]
 };
 
+/// The RPCs that answer with a stream (counted against a caller's open streams); a test checks
+/// the list against the descriptors.
+pub const STREAMING_RPCS: &[&str] = &[
+    "/hopngo.release.v1.ReleaseService/WatchRelease",
+    "/hopngo.analyzer.v1.AnalyzerService/WatchAnalysisRun",
+    "/hopngo.migrator.v1.MigratorService/WatchMigrationRun",
+    "/hopngo.notifier.v1.NotifierService/Subscribe",
+];
+
+/// Whether `permission` changes something (limited per caller), rather than reading.
+pub fn is_change(permission: Permission) -> bool {
+    !matches!(permission, Permission::View | Permission::Authenticated)
+}
+
 /// The permission `path` (`/package.Service/Method`) needs; `None` for an RPC nobody may call.
 pub fn required(path: &str) -> Option<Permission> {
     RPC_PERMISSIONS.iter().find(|(p, _)| *p == path).map(|(_, permission)| *permission)

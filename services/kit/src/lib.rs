@@ -8,6 +8,7 @@
 //! - [`auth`]: the one layer that authenticates callers (OIDC JWTs, static tokens);
 //! - [`authz`]: the RPC → permission table and the access policy (roles per environment and service);
 //! - [`identity`]: user and group names as compared and stored;
+//! - [`limits`]: per-caller abuse limits (changes per second, open streams);
 //! - [`error`]: the one domain-error → `tonic::Status` mapping;
 //! - [`http`]: the outbound HTTP/1.1 client (deadline per request, capped response size);
 //! - [`follow`]: keyset page tokens and following a versioned record (list and watch RPCs);
@@ -28,6 +29,7 @@ pub mod error;
 pub mod follow;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod pg;
 pub mod program;
 pub mod reload;

@@ -6,6 +6,7 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -26,9 +27,15 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     admin::Metrics,
-    auth::{AuthLayer, Authenticator, Security},
+    auth::{AuthLayer, Authenticator, RefusalLog, Security},
+    limits::Limits,
     tls::Tls,
 };
+
+/// Largest header block a call may send.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// Most calls in flight on one connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// The services every server adds to its own: health and reflection (both versions).
 const PLUMBING: [&str; 3] =
@@ -41,12 +48,22 @@ pub struct GrpcServer {
     drain_timeout: Duration,
     authenticator: Option<Authenticator>,
     tls: Option<Tls>,
+    refusals: Option<Arc<dyn RefusalLog>>,
+    limits: Limits,
 }
 
 impl GrpcServer {
     /// An empty server; `drain_timeout` bounds how long in-flight RPCs may run after shutdown.
     pub fn new(drain_timeout: Duration) -> Self {
-        GrpcServer { routes: Routes::builder(), names: Vec::new(), drain_timeout, authenticator: None, tls: None }
+        GrpcServer {
+            routes: Routes::builder(),
+            names: Vec::new(),
+            drain_timeout,
+            authenticator: None,
+            tls: None,
+            refusals: None,
+            limits: Limits::default(),
+        }
     }
 
     /// Serves over TLS when `security` has a certificate (plain HTTP/2, loopback only, when not)
@@ -55,6 +72,13 @@ impl GrpcServer {
     pub fn secure(mut self, security: &Security) -> Self {
         self.authenticator = Some(security.authenticator.clone());
         self.tls = security.tls.clone();
+        self.limits = security.limits.clone();
+        self
+    }
+
+    /// Reports every call the authentication layer refuses to `log` (the scheduler's audit log).
+    pub fn audit_refusals(mut self, log: Arc<dyn RefusalLog>) -> Self {
+        self.refusals = Some(log);
         self
     }
 
@@ -121,8 +145,12 @@ impl GrpcServer {
         };
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // Bounds per connection: headers (a bearer token is at most 16 KiB) and concurrent
+            // calls; messages are bounded by tonic's 4 MiB decoding limit and the edge checks.
+            .http2_max_header_list_size(MAX_HEADER_LIST)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .layer(RpcLayer { metrics: metrics.clone() })
-            .layer(AuthLayer::new(self.authenticator))
+            .layer(AuthLayer::new(self.authenticator).with_refusal_log(self.refusals).with_limits(self.limits))
             .add_routes(routes.routes())
             // Accepted sockets get TCP_NODELAY there: without it, small stream messages wait for
             // delayed ACKs (~40 ms).

@@ -112,6 +112,7 @@ async fn certificates_tokens_and_the_permission_table_decide_who_gets_in() {
             tls_key: Some(deployer_cert.key.clone()),
             tls_ca: Some(deployer_cert.ca.clone()),
         },
+        limits: Default::default(),
     }
     .load()
     .unwrap();
@@ -208,6 +209,18 @@ fn every_rpc_of_every_service_is_in_the_permission_table() {
     let mut table: Vec<String> = RPC_PERMISSIONS.iter().map(|(path, _)| path.to_string()).collect();
     table.sort();
     assert_eq!(rpcs, table);
+    let mut streaming = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in service.method.iter().filter(|m| m.server_streaming()) {
+                streaming.push(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+            }
+        }
+    }
+    streaming.sort();
+    let mut listed: Vec<String> = hopngo_kit::authz::STREAMING_RPCS.iter().map(|p| p.to_string()).collect();
+    listed.sort();
+    assert_eq!(streaming, listed);
 }
 
 #[test]

@@ -72,9 +72,6 @@ pub struct Args {
     /// Events buffered per subscriber (with the catch-up batch, what one subscriber can hold).
     #[arg(long, env = "HOPNGO_NOTIFIER_SUBSCRIBER_BUFFER", default_value_t = 64)]
     pub subscriber_buffer: usize,
-    /// Subscriptions one caller may hold open at once.
-    #[arg(long, env = "HOPNGO_NOTIFIER_MAX_SUBSCRIPTIONS_PER_CALLER", default_value_t = 100)]
-    pub max_subscriptions_per_caller: usize,
     /// New events kept in memory for live subscribers (those further behind read the database).
     #[arg(long, env = "HOPNGO_NOTIFIER_LIVE_BUFFER", default_value_t = 4096)]
     pub live_buffer: usize,
@@ -241,13 +238,11 @@ pub async fn run_with_clock(
             slow_timeout: args.slow_subscriber_timeout,
             buffer: args.subscriber_buffer,
             poll: args.poll,
-            max_per_caller: args.max_subscriptions_per_caller,
         },
         clock,
         metrics: notifier_metrics,
         // Half the pool at most: publishing and webhooks always find a connection.
         readers: Arc::new(tokio::sync::Semaphore::new((args.db_connections as usize / 2).max(1))),
-        open: Default::default(),
     };
     let service = Notifier::new(escalator, subscriptions, args.allow_remote_webhooks, shutdown.clone());
     let served = GrpcServer::new(listen.drain_timeout)

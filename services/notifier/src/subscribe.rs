@@ -42,8 +42,6 @@ pub struct SubscriptionSettings {
     pub buffer: usize,
     /// How often the database is checked for events appended by other replicas.
     pub poll: Duration,
-    /// Subscriptions one caller may hold open at once.
-    pub max_per_caller: usize,
 }
 
 /// Why the producer stopped.
@@ -201,46 +199,9 @@ pub struct Subscriptions {
     pub metrics: NotifierMetrics,
     /// Turns at the database for catching-up subscribers.
     pub readers: Arc<Semaphore>,
-    /// Open subscriptions per caller.
-    pub open: OpenPerCaller,
-}
-
-/// Open subscriptions per caller.
-pub type OpenPerCaller = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
-
-/// One caller's hold on a subscription slot; given back when the stream ends.
-pub struct Slot {
-    open: OpenPerCaller,
-    caller: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.caller) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.caller);
-            }
-        }
-    }
 }
 
 impl Subscriptions {
-    /// Takes one of `caller`'s subscription slots, or says how many it holds.
-    pub fn slot(&self, caller: &str) -> Result<Slot, NotifierError> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let held = open.entry(caller.to_string()).or_default();
-        if *held >= self.settings.max_per_caller {
-            return Err(NotifierError::Exhausted(format!(
-                "{caller} holds {held} open subscriptions, the most one caller may (--max-subscriptions-per-caller); \
-                 close one first"
-            )));
-        }
-        *held += 1;
-        Ok(Slot { open: Arc::clone(&self.open), caller: caller.to_string() })
-    }
-
     /// Opens a subscription after position `after` (read with `live` already subscribed); with
     /// `stop_at`, it ends once that position was looked at.
     pub fn open(
@@ -248,10 +209,9 @@ impl Subscriptions {
         live: broadcast::Receiver<Arc<LoggedEvent>>,
         filter: Filter,
         range: (u64, Option<u64>),
-        slot: Slot,
         shutdown: CancellationToken,
     ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> + use<> {
-        open(self.clone(), live, filter, range, slot, shutdown)
+        open(self.clone(), live, filter, range, shutdown)
     }
 }
 
@@ -260,10 +220,9 @@ fn open(
     live: broadcast::Receiver<Arc<LoggedEvent>>,
     filter: Filter,
     (after, stop_at): (u64, Option<u64>),
-    slot: Slot,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> {
-    let Subscriptions { log, settings, clock, metrics, readers, open: _ } = subscriptions;
+    let Subscriptions { log, settings, clock, metrics, readers } = subscriptions;
     let (out, mut items) = mpsc::channel(settings.buffer.max(1));
     let cut_off = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(None::<tonic::Status>));
@@ -292,7 +251,6 @@ fn open(
     let gauge = SubscriberGauge(metrics);
     async_stream::stream! {
         let _gauge = gauge;
-        let _slot = slot;
         loop {
             tokio::select! {
                 biased;

@@ -33,6 +33,10 @@ pub struct Caller {
     pub issuer: String,
     /// The issuer's id of the user.
     pub subject: String,
+    /// The groups the credential listed.
+    pub groups: Vec<String>,
+    /// The RPC called (empty for the control plane itself).
+    pub rpc: String,
     /// The authenticated caller; `None` for the control plane itself.
     access: Option<hopngo_kit::Caller>,
 }
@@ -40,7 +44,14 @@ pub struct Caller {
 impl Caller {
     /// The control plane itself (configs applied at start): no policy applies.
     pub fn system(name: &str) -> Caller {
-        Caller { user: name.into(), issuer: "hopngo".into(), subject: name.into(), access: None }
+        Caller {
+            user: name.into(),
+            issuer: "hopngo".into(),
+            subject: name.into(),
+            groups: Vec::new(),
+            rpc: String::new(),
+            access: None,
+        }
     }
 
     /// A caller the authentication layer proved.
@@ -50,6 +61,8 @@ impl Caller {
             user: principal.user.clone(),
             issuer: principal.issuer.clone(),
             subject: principal.subject.clone(),
+            groups: principal.groups.clone(),
+            rpc: caller.rpc.clone(),
             access: Some(caller),
         }
     }

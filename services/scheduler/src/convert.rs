@@ -238,6 +238,10 @@ pub fn audit_entry(e: &crate::store::AuditEntry) -> pb::AuditEntry {
         message: e.message.clone(),
         from_phase: e.from_phase.clone().unwrap_or_default(),
         to_phase: e.to_phase.clone().unwrap_or_default(),
+        issuer: e.issuer.clone(),
+        subject: e.subject.clone(),
+        groups: e.groups.clone(),
+        rpc: e.rpc.clone(),
     }
 }
 

@@ -58,16 +58,35 @@ impl Api {
         Api { app, shutdown }
     }
 
-    /// `result` as the caller gets it; a refusal is written to the audit log first, with the
-    /// status the caller sees.
+    /// `result` as the caller gets it, written to the audit log first with who asked (as their
+    /// credential proved it): allowed, or refused with the status the caller sees.
     async fn audited<T>(
         &self,
         who: &Caller,
         asked: Asked<'_>,
         result: std::result::Result<T, SchedulerError>,
     ) -> std::result::Result<T, Status> {
+        let entry = |outcome, message| AuditedRequest {
+            actor: who.user.clone(),
+            action: asked.action.to_string(),
+            outcome,
+            release_id: None,
+            service: asked.service.to_string(),
+            environment: asked.environment.to_string(),
+            reason: asked.reason.to_string(),
+            request_id: asked.request_id.to_string(),
+            message,
+            issuer: who.issuer.clone(),
+            subject: who.subject.clone(),
+            groups: who.groups.clone(),
+            rpc: who.rpc.clone(),
+        };
         let e = match result {
-            Ok(value) => return Ok(value),
+            Ok(value) => {
+                let release_id = uuid::Uuid::parse_str(asked.release_id).ok();
+                self.app.audit_request(AuditedRequest { release_id, ..entry("allowed", String::new()) }).await;
+                return Ok(value);
+            }
             Err(e) => e,
         };
         let refused = is_refusal(&e);
@@ -80,15 +99,10 @@ impl Api {
             };
             self.app
                 .audit_request(AuditedRequest {
-                    actor: who.user.clone(),
-                    action: asked.action.to_string(),
-                    outcome: "refused",
                     release_id: named.as_ref().map(|r| r.id),
                     service: named.as_ref().map_or(asked.service, |r| &r.service).to_string(),
                     environment: named.as_ref().map_or(asked.environment, |r| &r.environment).to_string(),
-                    reason: asked.reason.to_string(),
-                    request_id: asked.request_id.to_string(),
-                    message: format!("{:?}: {}", status.code(), status.message()),
+                    ..entry("refused", format!("{:?}: {}", status.code(), status.message()))
                 })
                 .await;
         }
@@ -416,6 +430,10 @@ impl ConfigService for Api {
                     action: "config-applied".into(),
                     outcome: "allowed",
                     message: format!("delivery config version {version}"),
+                    issuer: who.issuer.clone(),
+                    subject: who.subject.clone(),
+                    groups: who.groups.clone(),
+                    rpc: who.rpc.clone(),
                     ..AuditedRequest::default()
                 })
                 .await;
@@ -460,7 +478,7 @@ impl ConfigService for Api {
 #[tonic::async_trait]
 impl IdentityService for Api {
     async fn who_am_i(&self, req: Request<ipb::WhoAmIRequest>) -> Result<ipb::WhoAmIResponse> {
-        let hopngo_kit::Caller { principal: identity, authorizer } = hopngo_kit::Caller::of(&req)?;
+        let hopngo_kit::Caller { principal: identity, authorizer, .. } = hopngo_kit::Caller::of(&req)?;
         // Before any config is applied there is nothing to hold roles for.
         let config = match self.app.config(None).await {
             Ok(current) => Some(current.config),

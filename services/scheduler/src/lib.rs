@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod outbox;
+pub mod refusals;
 pub mod server;
 pub mod signals;
 pub mod store;

@@ -26,6 +26,7 @@ use crate::{
     engine::{Engine, EngineMetrics},
     grpc::Api,
     outbox::Publisher,
+    refusals::RefusalWriter,
     signals::Signals,
     store::Store,
     watcher::AnalysisWatcher,
@@ -166,9 +167,11 @@ pub async fn run_with(
         let _ = ready.send(grpc_addr);
     }
 
+    let refusals = RefusalWriter::spawn(store.clone(), &metrics.registry, &tracker, workers_stop.clone());
     let api = Api::new(app, shutdown.clone());
     let served = GrpcServer::new(listen.drain_timeout)
         .secure(&security)
+        .audit_refusals(Arc::new(refusals))
         .add_service(ReleaseServiceServer::new(api.clone()))
         .add_service(ConfigServiceServer::new(api.clone()))
         .add_service(IdentityServiceServer::new(api))

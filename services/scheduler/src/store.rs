@@ -172,6 +172,15 @@ pub struct AuditEntry {
     pub from_phase: Option<String>,
     /// Phase after (transitions).
     pub to_phase: Option<String>,
+    /// Who vouched for the actor (requests): the token's issuer, `hopngo:static-tokens` or
+    /// `hopngo:mtls`.
+    pub issuer: String,
+    /// The issuer's id of the actor.
+    pub subject: String,
+    /// The groups the actor's credential listed.
+    pub groups: Vec<String>,
+    /// The RPC called (requests).
+    pub rpc: String,
 }
 
 /// A request audited by itself rather than as a release's transition: a refused one (nothing
@@ -196,6 +205,14 @@ pub struct AuditedRequest {
     pub request_id: String,
     /// What it did, or why it was refused (`PermissionDenied: …`).
     pub message: String,
+    /// Who vouched for the actor.
+    pub issuer: String,
+    /// The issuer's id of the actor.
+    pub subject: String,
+    /// The groups the actor's credential listed.
+    pub groups: Vec<String>,
+    /// The RPC called.
+    pub rpc: String,
 }
 
 /// Filters of `ListAuditEntries`.
@@ -707,8 +724,9 @@ impl Store {
     /// Records a request (a refused one in a transaction of its own: it wrote nothing).
     pub async fn audit_request(&self, r: &AuditedRequest) -> Result<(), SchedulerError> {
         sqlx::query(
-            "INSERT INTO audit_log (release_id, actor, action, outcome, message, at, service, environment, reason, request_id) \
-             VALUES ($1, $2, $3, $9, $4, clock_timestamp(), $5, $6, $7, $8)",
+            "INSERT INTO audit_log (release_id, actor, action, outcome, message, at, service, environment, reason, request_id, \
+               issuer, subject, groups, rpc) \
+             VALUES ($1, $2, $3, $9, $4, clock_timestamp(), $5, $6, $7, $8, $10, $11, $12, $13)",
         )
         .bind(r.release_id)
         .bind(&r.actor)
@@ -719,6 +737,10 @@ impl Store {
         .bind(&r.reason)
         .bind(&r.request_id)
         .bind(r.outcome)
+        .bind(&r.issuer)
+        .bind(&r.subject)
+        .bind(&r.groups)
+        .bind(&r.rpc)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -733,7 +755,7 @@ impl Store {
     ) -> Result<Vec<AuditEntry>, SchedulerError> {
         Ok(sqlx::query_as(
             "SELECT id, at, actor, action, outcome, release_id, service, environment, reason, request_id, message, \
-                    from_phase, to_phase \
+                    from_phase, to_phase, issuer, subject, groups, rpc \
              FROM audit_log \
              WHERE ($1::uuid IS NULL OR release_id = $1) AND ($2::text IS NULL OR service = $2) \
                AND ($3::text IS NULL OR environment = $3) AND ($4::text IS NULL OR lower(actor) = $4) \

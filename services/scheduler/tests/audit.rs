@@ -4,7 +4,14 @@
 mod common;
 
 use common::{Harness, as_user};
-use hopngo_proto::release as pb;
+use hopngo_proto::{
+    config::{ApplyConfigRequest, config_service_client::ConfigServiceClient},
+    release::{self as pb, release_service_client::ReleaseServiceClient},
+};
+use hopngo_testkit::{
+    access::{self, with_credential},
+    oidc::TestIssuer,
+};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,5 +125,54 @@ async fn every_action_and_every_refusal_is_audited_and_the_log_is_append_only() 
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM scheduler.audit_log").fetch_one(&pool).await.unwrap();
     assert_eq!(count as usize, all.len());
     pool.close().await;
+
+    // Requests carry who their credential proved: the request itself, with issuer, subject,
+    // groups and RPC.
+    let asked = all.iter().find(|e| e.action == "create" && e.actor == "alice").expect("the request is audited");
+    assert_eq!(asked.outcome, pb::AuditOutcome::Allowed as i32);
+    assert_eq!(
+        (asked.issuer.as_str(), asked.subject.as_str(), asked.rpc.as_str()),
+        (TestIssuer::shared().url(), "sub-alice", "/hopngo.release.v1.ReleaseService/CreateRelease")
+    );
+    assert_eq!(asked.groups, vec!["deployers".to_string()]);
+    assert_eq!(refused[2].subject, "sub-bob", "refusals too");
+
+    // Calls the authentication layer refuses before any handler are audited as well: one without
+    // a token, and a viewer applying a config.
+    let url = format!("http://{}", h.addr);
+    let mut anonymous = ReleaseServiceClient::new(with_credential(&url, None));
+    let err = anonymous.list_releases(pb::ListReleasesRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let viewer = with_credential(&url, Some(&access::token("vera", &["viewers"])));
+    let apply = ApplyConfigRequest { yaml: common::CONFIG.into() };
+    let err = ConfigServiceClient::new(viewer).apply_config(apply).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let refused = |actor: &str| {
+        let mut c = h.client();
+        let actor = actor.to_string();
+        async move {
+            let request =
+                pb::ListAuditEntriesRequest { outcome: pb::AuditOutcome::Refused as i32, actor, ..Default::default() };
+            c.list_audit_entries(request).await.unwrap().into_inner().entries
+        }
+    };
+    common::eventually(10, || async { !refused("unauthenticated@127.0.0.1").await.is_empty() }).await;
+    let entry = &refused("unauthenticated@127.0.0.1").await[0];
+    assert_eq!(
+        (entry.action.as_str(), entry.rpc.as_str(), entry.message.as_str()),
+        (
+            "ListReleases",
+            "/hopngo.release.v1.ReleaseService/ListReleases",
+            "Unauthenticated: no credentials: send `authorization: Bearer <token>`"
+        )
+    );
+    common::eventually(10, || async { !refused("vera").await.is_empty() }).await;
+    let entry = &refused("vera").await[0];
+    assert_eq!(
+        (entry.action.as_str(), entry.issuer.as_str(), entry.subject.as_str()),
+        ("ApplyConfig", TestIssuer::shared().url(), "sub-vera")
+    );
+    assert_eq!(entry.groups, vec!["viewers".to_string()]);
+    assert!(entry.message.starts_with("PermissionDenied: vera lacks the admin permission"), "{}", entry.message);
     h.stop().await;
 }

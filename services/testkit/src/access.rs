@@ -80,10 +80,12 @@ impl TestAccess {
     }
 
     /// Flags for a service accepting the test issuer's tokens under the test policy, serving
-    /// plain HTTP/2 on loopback.
+    /// plain HTTP/2 on loopback. Tests make changes far faster than people do, so each caller
+    /// may make 1,000 a second (`tests` of the limits set their own).
     pub fn plain_service_args(&self) -> Vec<String> {
         let mut args = TestIssuer::shared().service_args();
         args.extend(["--policy".to_string(), self.policy.display().to_string()]);
+        args.extend(["--mutation-rate", "1000", "--mutation-burst", "1000"].map(String::from));
         args
     }
 

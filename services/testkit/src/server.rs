@@ -38,6 +38,23 @@ pub fn server_args(program: &str, database_url: &str, drain: &str) -> Vec<String
     args
 }
 
+/// `argv` with `extra` appended; a `--flag value` pair of `extra` replaces the same flag in `argv`
+/// (a test's own setting over the defaults of [`server_args`]).
+pub fn with_args(mut argv: Vec<String>, extra: &[String]) -> Vec<String> {
+    let mut i = 0;
+    while i < extra.len() {
+        if extra[i].starts_with("--")
+            && let Some(at) = argv.iter().position(|a| *a == extra[i])
+        {
+            let value_follows = argv.get(at + 1).is_some_and(|v| !v.starts_with("--"));
+            argv.drain(at..at + if value_follows { 2 } else { 1 });
+        }
+        i += 1;
+    }
+    argv.extend(extra.iter().cloned());
+    argv
+}
+
 impl InProcess {
     /// Spawns `serve(shutdown, ready)` (a service's `run` with its arguments bound) and waits, at
     /// most 30 s, for it to report its address.
@@ -68,5 +85,17 @@ impl InProcess {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.handle.await.expect("the server task joins").expect("the server exits cleanly");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tests_own_flags_replace_the_defaults() {
+        let argv: Vec<String> = ["prog", "--rate", "1000", "--quiet", "--listen", "x"].map(String::from).to_vec();
+        let extra: Vec<String> = ["--rate", "2", "--quiet", "--new", "v"].map(String::from).to_vec();
+        assert_eq!(with_args(argv, &extra), ["prog", "--listen", "x", "--rate", "2", "--quiet", "--new", "v"]);
     }
 }

@@ -16,7 +16,7 @@ use hopngo_testkit::{
     access::{AuthedChannel, channel},
     db::TestDb,
     fakes::Fakes,
-    server::{InProcess, server_args},
+    server::{InProcess, server_args, with_args},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -80,8 +80,7 @@ pub fn args(db: &str, fakes: &Fakes, extra: &[&str]) -> Args {
             .map(|s| s.to_string()),
     );
     argv.extend(fakes.endpoint_args());
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    Args::parse_from(argv)
+    Args::parse_from(with_args(argv, &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>()))
 }
 
 impl Harness {

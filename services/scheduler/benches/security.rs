@@ -1,8 +1,10 @@
-//! What the security layer costs (`cargo bench -p hopngo-kit --bench security`): one unary RPC on a
-//! warm connection through a plain server and through a secured one (TLS + JWT verified per call,
-//! and TLS + client certificate), p50/p99 over the same number of calls in the same process; then
-//! the cost of a new connection (plain TCP vs TLS handshake with and without a client
-//! certificate). Target: p99 overhead of JWT + TLS ≤ 1 ms.
+//! What authentication costs on the scheduler's API (`cargo bench -p hopngo-scheduler --bench
+//! security`): `GetRelease` of a stored release (real PostgreSQL) on a warm connection through a
+//! plain server and through the secured one (TLS + a JWT verified on every call, and TLS with the
+//! scheduler's client certificate), p50/p99 over the same number of calls in the same process;
+//! then the cost of a new connection (plain TCP vs a TLS handshake with and without a client
+//! certificate). Both servers serve the same `Api` over the same database. Target: p99 overhead
+//! of JWT + TLS ≤ 1 ms.
 //!
 //! `HOPNGO_BENCH_CALLS` changes the call count (default 5,000; connections are a tenth of it).
 
@@ -15,51 +17,25 @@ use hopngo_kit::{
     admin::Metrics,
     auth::{AuthArgs, SecurityArgs},
     client,
+    limits::LimitArgs,
+    pg::{EphemeralPostgres, PgOptions},
     server::GrpcServer,
     tls::{Tls, TlsArgs},
 };
-use hopngo_proto::deployer::{
-    self as dpb,
-    deployer_service_client::DeployerServiceClient,
-    deployer_service_server::{DeployerService, DeployerServiceServer},
+use hopngo_proto::release::{
+    self as pb, release_service_client::ReleaseServiceClient, release_service_server::ReleaseServiceServer,
+};
+use hopngo_scheduler::{
+    app::{App, Caller},
+    grpc::Api,
+    signals::Signals,
+    store::Store,
 };
 use hopngo_testkit::{oidc::TestIssuer, pki::TestCa};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, transport::Channel};
 
-/// Answers GetTargetStatus at once, so what is measured is the path to the handler.
-struct Fast;
-
-#[tonic::async_trait]
-impl DeployerService for Fast {
-    async fn apply_target(
-        &self,
-        _: Request<dpb::ApplyTargetRequest>,
-    ) -> Result<Response<dpb::ApplyTargetResponse>, Status> {
-        Err(Status::unimplemented("not measured"))
-    }
-    async fn get_target_status(
-        &self,
-        _: Request<dpb::GetTargetStatusRequest>,
-    ) -> Result<Response<dpb::GetTargetStatusResponse>, Status> {
-        Ok(Response::new(dpb::GetTargetStatusResponse::default()))
-    }
-    async fn preflight(&self, _: Request<dpb::PreflightRequest>) -> Result<Response<dpb::PreflightResponse>, Status> {
-        Err(Status::unimplemented("not measured"))
-    }
-    async fn control_rollout(
-        &self,
-        _: Request<dpb::ControlRolloutRequest>,
-    ) -> Result<Response<dpb::ControlRolloutResponse>, Status> {
-        Err(Status::unimplemented("not measured"))
-    }
-    async fn render_target(
-        &self,
-        _: Request<dpb::RenderTargetRequest>,
-    ) -> Result<Response<dpb::RenderTargetResponse>, Status> {
-        Err(Status::unimplemented("not measured"))
-    }
-}
+const CONFIG: &str = "environments:\n  - name: bench\nservices:\n  - name: svc\n    strategy: {canary: {steps: [{setWeight: 50}, {pause: {}}]}}\n";
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
@@ -69,19 +45,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn serve(server: GrpcServer, shutdown: &CancellationToken) -> SocketAddr {
+async fn serve(server: GrpcServer, api: Api, shutdown: &CancellationToken) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
-    tokio::spawn(server.add_service(DeployerServiceServer::new(Fast)).serve(
-        listener,
-        Metrics::new(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(server.add_service(ReleaseServiceServer::new(api)).serve(listener, Metrics::new(), shutdown.clone()));
     addr
 }
 
-fn request(token: Option<&str>) -> Request<dpb::GetTargetStatusRequest> {
-    let mut req = Request::new(dpb::GetTargetStatusRequest::default());
+fn request(id: &str, token: Option<&str>) -> Request<pb::GetReleaseRequest> {
+    let mut req = Request::new(pb::GetReleaseRequest { id: id.to_string() });
     if let Some(token) = token {
         req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
     }
@@ -89,15 +61,15 @@ fn request(token: Option<&str>) -> Request<dpb::GetTargetStatusRequest> {
 }
 
 /// Latencies of `calls` sequential calls on one warm connection, sorted.
-async fn warm(channel: Channel, token: Option<&str>, calls: usize) -> Vec<Duration> {
-    let mut client = DeployerServiceClient::new(channel);
+async fn warm(channel: Channel, id: &str, token: Option<&str>, calls: usize) -> Vec<Duration> {
+    let mut client = ReleaseServiceClient::new(channel);
     for _ in 0..100 {
-        client.get_target_status(request(token)).await.expect("warm-up call");
+        client.get_release(request(id, token)).await.expect("warm-up call");
     }
     let mut samples = Vec::with_capacity(calls);
     for _ in 0..calls {
         let started = Instant::now();
-        client.get_target_status(request(token)).await.expect("call");
+        client.get_release(request(id, token)).await.expect("call");
         samples.push(started.elapsed());
     }
     samples.sort();
@@ -105,12 +77,12 @@ async fn warm(channel: Channel, token: Option<&str>, calls: usize) -> Vec<Durati
 }
 
 /// Time of connecting and making one call, `n` times on a new connection each, sorted.
-async fn fresh(connect: impl Fn() -> Channel, token: Option<&str>, n: usize) -> Vec<Duration> {
+async fn fresh(connect: impl Fn() -> Channel, id: &str, token: Option<&str>, n: usize) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        let mut client = DeployerServiceClient::new(connect());
-        client.get_target_status(request(token)).await.expect("call on a new connection");
+        let mut client = ReleaseServiceClient::new(connect());
+        client.get_release(request(id, token)).await.expect("call on a new connection");
         samples.push(started.elapsed());
     }
     samples.sort();
@@ -129,11 +101,23 @@ fn report(name: &str, samples: &[Duration], baseline: &[Duration]) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo test --benches` lists benches; this binary has no libtest harness.
+        return Ok(());
+    }
+    let mut pg = tokio::task::spawn_blocking(|| EphemeralPostgres::start(&PgOptions::default())).await??;
+    let store = Store::connect(&pg.url("postgres"), 8).await?;
+    store.migrate().await?;
+    let app = App::new(store, Signals::local());
+    let system = Caller::system("bench");
+    app.apply_config(CONFIG, &system).await?;
+    let release = app.create_release("svc", "bench", "1.0.0", "", "", &system).await?;
+    let id = release.id.to_string();
     let calls: usize = std::env::var("HOPNGO_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
     let connections = (calls / 10).max(10);
     let dir = std::env::temp_dir().join(format!("hopngo-bench-security-{}", std::process::id()));
     let ca = TestCa::new(&dir, "bench CA")?;
-    let server_cert = ca.issue("deployer", "deployer")?;
+    let server_cert = ca.issue("scheduler-server", "server")?;
     let scheduler_cert = ca.issue("scheduler", "scheduler")?;
     std::fs::write(dir.join("policy.yaml"), "bindings:\n  - {subjects: [group:viewers], roles: [viewer]}\n")?;
     let issuer = TestIssuer::shared();
@@ -149,13 +133,16 @@ async fn main() -> anyhow::Result<()> {
             tls_key: Some(server_cert.key.clone()),
             tls_ca: Some(server_cert.ca.clone()),
         },
+        // What is measured is authentication; reads are not rate limited anyway.
+        limits: LimitArgs::default(),
     }
     .load()
     .map_err(anyhow::Error::msg)?;
 
     let shutdown = CancellationToken::new();
-    let plain = serve(GrpcServer::new(Duration::from_secs(1)), &shutdown).await;
-    let secured = serve(GrpcServer::new(Duration::from_secs(1)).secure(&security), &shutdown).await;
+    let api = Api::new(app, shutdown.clone());
+    let plain = serve(GrpcServer::new(Duration::from_secs(1)), api.clone(), &shutdown).await;
+    let secured = serve(GrpcServer::new(Duration::from_secs(1)).secure(&security), api, &shutdown).await;
     let scheduler =
         Tls::load(&scheduler_cert.cert, &scheduler_cert.key, &scheduler_cert.ca).map_err(anyhow::Error::msg)?;
     let plain_channel = || Channel::from_shared(format!("http://{plain}")).expect("url").connect_lazy();
@@ -169,17 +156,17 @@ async fn main() -> anyhow::Result<()> {
             .connect_with_connector_lazy(scheduler.connector())
     };
     // The kit's own TLS channel must reach the same server (what the services will use).
-    let mut traced = DeployerServiceClient::new(client::tls_channel(&secured_url, Duration::from_secs(5), &scheduler)?);
-    traced.get_target_status(dpb::GetTargetStatusRequest::default()).await?;
+    let mut traced = ReleaseServiceClient::new(client::tls_channel(&secured_url, Duration::from_secs(5), &scheduler)?);
+    traced.get_release(request(&id, None)).await?;
 
-    println!("== one unary call on a warm connection, {calls} calls each (GetTargetStatus, empty answer)");
+    println!("== GetRelease of a stored release on a warm connection, {calls} calls each");
     // Alternate the variants twice so a busy moment of the machine does not land on one of them.
-    let mut plain_samples = warm(plain_channel(), None, calls / 2).await;
-    let mut jwt_samples = warm(person_channel(), Some(&token), calls / 2).await;
-    let mut mtls_samples = warm(service_channel(), None, calls / 2).await;
-    plain_samples.extend(warm(plain_channel(), None, calls / 2).await);
-    jwt_samples.extend(warm(person_channel(), Some(&token), calls / 2).await);
-    mtls_samples.extend(warm(service_channel(), None, calls / 2).await);
+    let mut plain_samples = warm(plain_channel(), &id, None, calls / 2).await;
+    let mut jwt_samples = warm(person_channel(), &id, Some(&token), calls / 2).await;
+    let mut mtls_samples = warm(service_channel(), &id, None, calls / 2).await;
+    plain_samples.extend(warm(plain_channel(), &id, None, calls / 2).await);
+    jwt_samples.extend(warm(person_channel(), &id, Some(&token), calls / 2).await);
+    mtls_samples.extend(warm(service_channel(), &id, None, calls / 2).await);
     for samples in [&mut plain_samples, &mut jwt_samples, &mut mtls_samples] {
         samples.sort();
     }
@@ -188,9 +175,9 @@ async fn main() -> anyhow::Result<()> {
     report("TLS + client certificate (the scheduler)", &mtls_samples, &plain_samples);
 
     println!("== a new connection and one call, {connections} times each");
-    let plain_new = fresh(plain_channel, None, connections).await;
-    let jwt_new = fresh(person_channel, Some(&token), connections).await;
-    let mtls_new = fresh(service_channel, None, connections).await;
+    let plain_new = fresh(plain_channel, &id, None, connections).await;
+    let jwt_new = fresh(person_channel, &id, Some(&token), connections).await;
+    let mtls_new = fresh(service_channel, &id, None, connections).await;
     report("plain TCP connect + call", &plain_new, &plain_new);
     report("TLS handshake (no client cert) + JWT call", &jwt_new, &plain_new);
     report("TLS handshake with client cert + call", &mtls_new, &plain_new);
@@ -208,5 +195,6 @@ async fn main() -> anyhow::Result<()> {
 
     shutdown.cancel();
     let _ = std::fs::remove_dir_all(&dir);
+    tokio::task::spawn_blocking(move || pg.stop()).await?;
     Ok(())
 }
