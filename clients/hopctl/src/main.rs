@@ -64,7 +64,7 @@ struct Cli {
         global = true,
         help_heading = "Global options",
         env = "HOPNGO_SERVER",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     server: String,
     /// Analyzer address (for `hopctl analysis`).
@@ -73,7 +73,7 @@ struct Cli {
         global = true,
         help_heading = "Global options",
         env = "HOPNGO_ANALYZER",
-        default_value = "http://127.0.0.1:50053"
+        default_value = "https://127.0.0.1:50053"
     )]
     analyzer: String,
     /// Migrator address (for `hopctl migrate`).
@@ -82,7 +82,7 @@ struct Cli {
         global = true,
         help_heading = "Global options",
         env = "HOPNGO_MIGRATOR",
-        default_value = "http://127.0.0.1:50054"
+        default_value = "https://127.0.0.1:50054"
     )]
     migrator: String,
     /// Notifier address (for `hopctl events`, `subscriptions`, `ack`, `escalations`).
@@ -91,7 +91,7 @@ struct Cli {
         global = true,
         help_heading = "Global options",
         env = "HOPNGO_NOTIFIER",
-        default_value = "http://127.0.0.1:50055"
+        default_value = "https://127.0.0.1:50055"
     )]
     notifier: String,
     /// File holding your bearer token (an OIDC JWT or a static token); without it, the token

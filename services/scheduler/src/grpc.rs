@@ -110,6 +110,12 @@ impl Api {
     }
 }
 
+/// Refuses unless `who` may view `service` in `environment`.
+#[allow(clippy::result_large_err)]
+fn may_view(who: &Caller, service: &str, environment: &str) -> std::result::Result<(), Status> {
+    Ok(who.may(Permission::View, Scope::of(service, environment))?)
+}
+
 #[allow(clippy::result_large_err)]
 fn caller<T>(req: &Request<T>) -> std::result::Result<Caller, Status> {
     Ok(Caller::authenticated(hopngo_kit::Caller::of(req)?))
@@ -137,11 +143,14 @@ impl ReleaseService for Api {
     }
 
     async fn get_release(&self, req: Request<pb::GetReleaseRequest>) -> Result<pb::GetReleaseResponse> {
+        let who = caller(&req)?;
         let release = self.app.release(&req.get_ref().id).await?;
+        may_view(&who, &release.service, &release.environment)?;
         Ok(Response::new(pb::GetReleaseResponse { release: Some(convert::release(&release)) }))
     }
 
     async fn list_releases(&self, req: Request<pb::ListReleasesRequest>) -> Result<pb::ListReleasesResponse> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let mut phases = Vec::new();
         for (i, p) in r.phases.iter().enumerate() {
@@ -156,8 +165,15 @@ impl ReleaseService for Api {
             phases,
         };
         let page = self.app.list(filter, r.page_size, &r.page_token).await?;
+        // Only what the caller may see; a page can come back shorter than asked, its token still
+        // continues after it.
         Ok(Response::new(pb::ListReleasesResponse {
-            releases: page.releases.iter().map(convert::release).collect(),
+            releases: page
+                .releases
+                .iter()
+                .filter(|r| may_view(&who, &r.service, &r.environment).is_ok())
+                .map(convert::release)
+                .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
@@ -165,10 +181,12 @@ impl ReleaseService for Api {
     type WatchReleaseStream = Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchReleaseResponse, Status>> + Send>>;
 
     async fn watch_release(&self, req: Request<pb::WatchReleaseRequest>) -> Result<Self::WatchReleaseStream> {
+        let who = caller(&req)?;
         let id = req.into_inner().id;
         // Subscribe before the first read so no change between the two is missed.
         let mut changes = self.app.signals().subscribe();
         let first = self.app.release(&id).await?;
+        may_view(&who, &first.service, &first.environment)?;
         let app = self.app.clone();
         let shutdown = self.shutdown.clone();
         let stream = async_stream::try_stream! {
@@ -259,7 +277,9 @@ impl ReleaseService for Api {
     }
 
     async fn list_revisions(&self, req: Request<pb::ListRevisionsRequest>) -> Result<pb::ListRevisionsResponse> {
+        let who = caller(&req)?;
         let r = req.into_inner();
+        may_view(&who, &r.service, &r.environment)?;
         let (releases, stable) = self.app.revisions(&r.service, &r.environment).await?;
         let revisions = releases
             .iter()
@@ -302,7 +322,9 @@ impl ReleaseService for Api {
     }
 
     async fn render_release(&self, req: Request<pb::RenderReleaseRequest>) -> Result<pb::RenderReleaseResponse> {
+        let who = caller(&req)?;
         let r = req.into_inner();
+        may_view(&who, &r.service, &r.environment)?;
         let yaml = self.app.render_release(&r.service, &r.environment, &r.artifact, r.weight).await?;
         Ok(Response::new(pb::RenderReleaseResponse { yaml }))
     }
@@ -311,6 +333,7 @@ impl ReleaseService for Api {
         &self,
         req: Request<pb::ListAuditEntriesRequest>,
     ) -> Result<pb::ListAuditEntriesResponse> {
+        let who = caller(&req)?;
         let r = req.into_inner();
         let some = |s: String| (!s.is_empty()).then_some(s);
         let release_id = match r.release_id.as_str() {
@@ -338,14 +361,23 @@ impl ReleaseService for Api {
             until: r.end_time.map(|t| convert::time_from("end_time", t)).transpose()?,
         };
         let (entries, next) = self.app.audit(filter, r.page_size, &r.page_token).await?;
+        // Entries about a service in an environment only for who may see it there; the others
+        // (configs applied, calls refused before naming anything) for who may view anywhere.
+        let visible = |e: &&crate::store::AuditEntry| {
+            e.service.is_empty() || e.environment.is_empty() || may_view(&who, &e.service, &e.environment).is_ok()
+        };
         Ok(Response::new(pb::ListAuditEntriesResponse {
-            entries: entries.iter().map(convert::audit_entry).collect(),
+            entries: entries.iter().filter(visible).map(convert::audit_entry).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
     }
 
     async fn get_release_group(&self, req: Request<pb::GetReleaseGroupRequest>) -> Result<pb::GetReleaseGroupResponse> {
+        let who = caller(&req)?;
         let group = self.app.group(&req.get_ref().id).await?;
+        for member in &group.members {
+            may_view(&who, &member.service, &member.environment)?;
+        }
         Ok(Response::new(pb::GetReleaseGroupResponse { group: Some(convert::group(&group)) }))
     }
 
