@@ -30,6 +30,8 @@ pub const TEXT: &[(&str, usize, bool)] = &[
     ("hopngo.release.v1.ApproveReleaseRequest.reason", REASON, false),
     ("hopngo.release.v1.RejectReleaseRequest.reason", REASON, false),
     ("hopngo.release.v1.RollbackEnvironmentRequest.reason", REASON, false),
+    ("hopngo.release.v1.CreateFreezeRequest.reason", REASON, false),
+    ("hopngo.release.v1.EndFreezeRequest.reason", REASON, false),
     ("hopngo.release.v1.PromoteEnvironmentRequest.reason", REASON, false),
     ("hopngo.analyzer.v1.TerminateAnalysisRunRequest.reason", REASON, false),
     ("hopngo.notifier.v1.AcknowledgeRequest.comment", REASON, false),

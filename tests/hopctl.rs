@@ -271,3 +271,72 @@ async fn a_static_token_is_made_stored_by_login_and_shown_by_whoami() {
     assert!(!dir.join("config/token").exists());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_freezes_an_environment_and_overrides_the_freeze_for_one_release() {
+    let db = TestDb::create().await.unwrap();
+    let fakes = Fakes::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("hopngo-cli-freeze-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let args: Vec<String> =
+        ["--listen", "127.0.0.1:0", "--admin-listen", "off", "--database-url", &db.url, "--log", "warn"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "--poll-interval".to_string(),
+                "50ms".to_string(),
+                "--apply-config".to_string(),
+                config.display().to_string(),
+            ])
+            .chain(fakes.endpoint_args())
+            .collect();
+    let proc = Proc::start(&binary("hopngo-scheduler", "hopngo-scheduler").unwrap(), &args, &[]).await.unwrap();
+    let run = |user: &'static str, args: Vec<&str>| {
+        let server = proc.grpc.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(binary("hopctl", "hopctl").unwrap())
+                    .env_clear()
+                    .envs(hopctl_env(user, &[]))
+                    .args(["--server", &server])
+                    .args(args)
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = run(
+        "ops",
+        vec!["freeze", "create", "--env", "staging", "--for", "2h", "--reason", "sales weekend", "-o", "json"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let freeze: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = freeze["freezes"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(freeze["freezes"][0]["reason"], "sales weekend");
+
+    let create = vec!["release", "create", "chat-service", "--env", "staging", "--artifact", "chat:1"];
+    let out = run("alice", create.clone()).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("hopctl: FailedPrecondition: staging is frozen until "), "{}", stderr(&out));
+    assert!(stderr(&out).contains("by ops: sales weekend"), "{}", stderr(&out));
+    let mut through = create.clone();
+    through.extend(["--override-freeze", "--reason", "security fix", "-o", "json"]);
+    let out = run("ops", through).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run("alice", vec!["freeze", "list"]).await;
+    assert!(stdout(&out).contains("sales weekend"), "{}", stdout(&out));
+    let out = run("ops", vec!["audit", "--action", "freeze-overridden", "-o", "json"]).await;
+    let audit: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((audit[0]["actor"].as_str(), audit[0]["reason"].as_str()), (Some("ops"), Some("security fix")));
+    let out = run("ops", vec!["freeze", "end", &id, "--reason", "sale over"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run("alice", vec!["freeze", "list"]).await;
+    assert_eq!(stdout(&out).trim(), "no freeze in force or coming");
+    let _ = std::fs::remove_dir_all(dir);
+}

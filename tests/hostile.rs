@@ -177,6 +177,7 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
                 artifact: artifact.into(),
                 request_id: request_id.into(),
                 reason: reason.into(),
+                ..Default::default()
             },
             "mallory",
             &[],

@@ -30,8 +30,8 @@ use hopngo_client::{
     Clients, Connection,
     views::{
         AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView,
-        GroupView, MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView,
-        WebhookView, WhoAmIView,
+        FreezeView, FreezesView, GroupView, MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView,
+        RevisionView, TimelineView, WebhookView, WhoAmIView,
     },
 };
 use hopngo_kit::args::parse_duration;
@@ -378,6 +378,9 @@ enum Command {
     /// Static tokens (for CI bots and the embedded stack).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Freezes: times no new release may start in an environment.
+    #[command(subcommand)]
+    Freeze(FreezeCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -797,10 +800,62 @@ enum ReleaseCommand {
         /// Idempotency key: repeating the command with the same key returns the same release.
         #[arg(long, default_value = "")]
         request_id: String,
+        /// Release even though the environment is frozen (admins only; --reason required; audited).
+        #[arg(long)]
+        override_freeze: bool,
         /// Follow the release until it settles.
         #[arg(short, long)]
         watch: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum FreezeCommand {
+    /// Freeze an environment: no new release starts there until the freeze ends (emergency
+    /// rollbacks and releases an admin overrides it for excepted).
+    Create {
+        /// Environment.
+        #[arg(long = "env")]
+        environment: String,
+        /// How long (`2h`, `3d`), from its start.
+        #[arg(long = "for", value_parser = parse_duration, conflicts_with = "until", required_unless_present = "until")]
+        duration: Option<std::time::Duration>,
+        /// When it ends (RFC 3339: 2026-12-24T18:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<time::OffsetDateTime>,
+        /// When it starts (RFC 3339; default now).
+        #[arg(long, value_parser = parse_time)]
+        from: Option<time::OffsetDateTime>,
+        /// Why (refused releases are told).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Freezes in force or coming, and the config's freeze windows open now.
+    List {
+        /// Only this environment.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Include ended and past freezes.
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a freeze now.
+    End {
+        /// Freeze id.
+        id: String,
+        /// Why it ends early.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+fn parse_time(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time (2026-12-24T18:00:00Z): {e}"))
+}
+
+fn timestamp(t: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -951,6 +1006,33 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let me = identity.who_am_i(ipb::WhoAmIRequest {}).await?.into_inner();
             render::whoami(out, &WhoAmIView::from(&me))?;
         }
+        Command::Freeze(FreezeCommand::Create { environment, duration, until, from, reason }) => {
+            let starts = from.unwrap_or_else(time::OffsetDateTime::now_utc);
+            let ends = match (until, duration) {
+                (Some(until), _) => until,
+                (None, Some(d)) => starts + d,
+                (None, None) => anyhow::bail!("give --for DURATION or --until TIME"),
+            };
+            let request = pb::CreateFreezeRequest {
+                environment,
+                start_time: from.map(timestamp),
+                end_time: Some(timestamp(ends)),
+                reason,
+            };
+            let r = releases.create_freeze(request).await?.into_inner();
+            let freeze = r.freeze.context("no freeze in the response")?;
+            render::freezes(out, &FreezesView { freezes: vec![FreezeView::from(&freeze)], windows: Vec::new() })?;
+        }
+        Command::Freeze(FreezeCommand::List { environment, all }) => {
+            let request = pb::ListFreezesRequest { environment: environment.unwrap_or_default(), include_ended: all };
+            let r = releases.list_freezes(request).await?.into_inner();
+            render::freezes(out, &FreezesView::from(&r))?;
+        }
+        Command::Freeze(FreezeCommand::End { id, reason }) => {
+            let r = releases.end_freeze(pb::EndFreezeRequest { id, reason }).await?.into_inner();
+            let freeze = r.freeze.context("no freeze in the response")?;
+            render::freezes(out, &FreezesView { freezes: vec![FreezeView::from(&freeze)], windows: Vec::new() })?;
+        }
         Command::Token(TokenCommand::New { user, groups }) => {
             if !hopngo_kit::identity::valid_user(&user) {
                 anyhow::bail!("--user {user:?} is not a user name (1-256 of A-Z a-z 0-9 - _ . @ : +)");
@@ -981,13 +1063,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(1);
             }
         }
-        Command::Release(ReleaseCommand::Create { service, environment, artifact, reason, request_id, watch }) => {
-            let r = releases
-                .create_release(pb::CreateReleaseRequest { service, environment, artifact, request_id, reason })
-                .await?
-                .into_inner()
-                .release
-                .context("no release in the response")?;
+        Command::Release(ReleaseCommand::Create {
+            service,
+            environment,
+            artifact,
+            reason,
+            request_id,
+            override_freeze,
+            watch,
+        }) => {
+            let request =
+                pb::CreateReleaseRequest { service, environment, artifact, request_id, reason, override_freeze };
+            let r =
+                releases.create_release(request).await?.into_inner().release.context("no release in the response")?;
             if watch {
                 return watch_release(&mut releases, &r.id, out).await;
             }

@@ -2,9 +2,9 @@
 
 use comfy_table::{Table, presets::NOTHING};
 use hopngo_client::views::{
-    AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView, GroupView,
-    MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView, TimelineView, WebhookView,
-    WhoAmIView,
+    AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView,
+    FreezesView, GroupView, MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView,
+    TimelineView, WebhookView, WhoAmIView,
 };
 use hopngo_proto::{config as cpb, event_types::short_name};
 use serde::Serialize;
@@ -788,5 +788,47 @@ pub fn whoami(out: Output, me: &WhoAmIView) -> anyhow::Result<()> {
         ]);
     }
     outln!("{t}");
+    Ok(())
+}
+
+pub fn freezes(out: Output, f: &FreezesView) -> anyhow::Result<()> {
+    if structured(out, f)? {
+        return Ok(());
+    }
+    if !f.freezes.is_empty() {
+        let mut t = table(&["id", "env", "from", "until", "by", "reason", "ended"]);
+        for z in &f.freezes {
+            let ended = match &z.ended_at {
+                None => "-".to_string(),
+                Some(at) if z.end_reason.is_empty() => format!("{at} by {}", z.ended_by),
+                Some(at) => format!("{at} by {}: {}", z.ended_by, z.end_reason),
+            };
+            t.add_row(vec![
+                z.id.clone(),
+                z.environment.clone(),
+                z.from.clone().unwrap_or_default(),
+                z.until.clone().unwrap_or_default(),
+                z.created_by.clone(),
+                z.reason.clone(),
+                ended,
+            ]);
+        }
+        outln!("{t}");
+    }
+    if !f.windows.is_empty() {
+        let mut t = table(&["env", "freeze window open now", "until", "reason"]);
+        for w in &f.windows {
+            t.add_row(vec![
+                w.environment.clone(),
+                w.window.clone(),
+                w.until.clone().unwrap_or_default(),
+                w.reason.clone(),
+            ]);
+        }
+        outln!("{t}");
+    }
+    if f.freezes.is_empty() && f.windows.is_empty() {
+        outln!("no freeze in force or coming");
+    }
     Ok(())
 }

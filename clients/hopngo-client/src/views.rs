@@ -1087,3 +1087,73 @@ impl From<&ipb::WhoAmIResponse> for WhoAmIView {
         }
     }
 }
+
+/// An ad-hoc freeze.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FreezeView {
+    pub id: String,
+    pub environment: String,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    pub reason: String,
+    pub created_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub ended_by: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub end_reason: String,
+}
+
+impl From<&pb::Freeze> for FreezeView {
+    fn from(f: &pb::Freeze) -> Self {
+        FreezeView {
+            id: f.id.clone(),
+            environment: f.environment.clone(),
+            from: time(&f.start_time),
+            until: time(&f.end_time),
+            reason: f.reason.clone(),
+            created_by: f.created_by.clone(),
+            ended_at: time(&f.ended_time),
+            ended_by: f.ended_by.clone(),
+            end_reason: f.end_reason.clone(),
+        }
+    }
+}
+
+/// A freeze window of the delivery config that is open now.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrozenWindowView {
+    pub environment: String,
+    pub window: String,
+    pub reason: String,
+    pub until: Option<String>,
+}
+
+/// Freezes and open freeze windows.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FreezesView {
+    pub freezes: Vec<FreezeView>,
+    pub windows: Vec<FrozenWindowView>,
+}
+
+impl From<&pb::ListFreezesResponse> for FreezesView {
+    fn from(r: &pb::ListFreezesResponse) -> Self {
+        FreezesView {
+            freezes: r.freezes.iter().map(FreezeView::from).collect(),
+            windows: r
+                .windows
+                .iter()
+                .map(|w| FrozenWindowView {
+                    environment: w.environment.clone(),
+                    window: w.window.clone(),
+                    reason: w.reason.clone(),
+                    until: time(&w.end_time),
+                })
+                .collect(),
+        }
+    }
+}

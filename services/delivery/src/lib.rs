@@ -86,6 +86,10 @@ pub struct Environment {
     /// release waits (paused) for the next window; an emergency rollback does not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maintenance_windows: Vec<MaintenanceWindow>,
+    /// When no new release may start here (deny windows: the weekend, a sales event); an
+    /// emergency rollback and a release an admin overrides the freeze for still may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze_windows: Vec<FreezeWindow>,
     /// Where the environment's services run on Kubernetes (the deployer's Kubernetes backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<kubernetes::EnvironmentKubernetes>,
@@ -126,6 +130,30 @@ pub struct MaintenanceWindow {
 }
 
 impl MaintenanceWindow {
+    /// The parsed window.
+    pub fn parse(&self) -> Result<window::Window, String> {
+        window::Window::new(&self.schedule, self.duration.0, self.time_zone.as_deref().unwrap_or("UTC"))
+    }
+}
+
+/// A recurring freeze: opens at every time `schedule` names (read in `timeZone`) and lasts
+/// `duration` (`0 16 * * 5` for 64h: Friday 16:00 to Monday 08:00).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FreezeWindow {
+    /// When the freeze starts.
+    pub schedule: String,
+    /// How long it lasts.
+    pub duration: Dur,
+    /// IANA time zone of the schedule (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// Why, as a refused release is told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl FreezeWindow {
     /// The parsed window.
     pub fn parse(&self) -> Result<window::Window, String> {
         window::Window::new(&self.schedule, self.duration.0, self.time_zone.as_deref().unwrap_or("UTC"))
@@ -985,16 +1013,15 @@ impl DeliveryConfig {
                 v.kubernetes_environment(&format!("{path}.kubernetes"), k);
             }
             for (j, w) in env.maintenance_windows.iter().enumerate() {
-                let wpath = format!("{path}.maintenanceWindows[{j}]");
-                if let Err(e) = window::Schedule::parse(&w.schedule) {
-                    v.problem(format!("{wpath}.schedule"), e);
-                }
-                v.positive(&format!("{wpath}.duration"), w.duration);
-                if w.duration.0 > Duration::from_secs(7 * 86400) {
-                    v.problem(format!("{wpath}.duration"), "at most 7d");
-                }
-                if let Err(e) = window::time_zone(w.time_zone.as_deref().unwrap_or_default()) {
-                    v.problem(format!("{wpath}.timeZone"), e);
+                v.window(&format!("{path}.maintenanceWindows[{j}]"), &w.schedule, w.duration, w.time_zone.as_deref());
+            }
+            for (j, w) in env.freeze_windows.iter().enumerate() {
+                let wpath = format!("{path}.freezeWindows[{j}]");
+                v.window(&wpath, &w.schedule, w.duration, w.time_zone.as_deref());
+                if let Some(reason) = &w.reason
+                    && (reason.trim().is_empty() || reason.len() > 1024)
+                {
+                    v.problem(format!("{wpath}.reason"), "must be 1-1024 characters when given");
                 }
             }
         }
@@ -1278,6 +1305,20 @@ impl Validator {
     fn positive(&mut self, path: &str, d: Dur) {
         if d.0.is_zero() {
             self.problem(path, "must be greater than 0");
+        }
+    }
+
+    /// A cron window (maintenance or freeze): schedule, duration at most 7d, time zone.
+    fn window(&mut self, path: &str, schedule: &str, duration: Dur, time_zone: Option<&str>) {
+        if let Err(e) = window::Schedule::parse(schedule) {
+            self.problem(format!("{path}.schedule"), e);
+        }
+        self.positive(&format!("{path}.duration"), duration);
+        if duration.0 > Duration::from_secs(7 * 86400) {
+            self.problem(format!("{path}.duration"), "at most 7d");
+        }
+        if let Err(e) = window::time_zone(time_zone.unwrap_or_default()) {
+            self.problem(format!("{path}.timeZone"), e);
         }
     }
 

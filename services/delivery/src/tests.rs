@@ -219,6 +219,22 @@ fn promotion_windows_and_dependencies() {
     );
     let p = problems(&promoted.replace("duration: 4h", "duration: 8d"));
     assert_eq!(p, vec!["environments[1].maintenanceWindows[0].duration: at most 7d"]);
+    let frozen = GOOD.replace(
+        "    progressDeadline: 15m\n",
+        "    progressDeadline: 15m\n    freezeWindows:\n      - {schedule: \"0 16 * * 5\", duration: 64h, timeZone: Europe/Berlin, reason: weekend}\n",
+    );
+    let config = DeliveryConfig::load(&frozen).expect("valid");
+    let window = &config.environment("production").unwrap().freeze_windows[0];
+    assert_eq!(window.parse().unwrap().to_string(), "0 16 * * 5 for 2d16h (Europe/Berlin)");
+    assert_eq!(window.reason.as_deref(), Some("weekend"));
+    let p = problems(&frozen.replace("duration: 64h", "duration: 8d").replace("reason: weekend", "reason: \" \""));
+    assert_eq!(
+        p,
+        vec![
+            "environments[1].freezeWindows[0].duration: at most 7d",
+            "environments[1].freezeWindows[0].reason: must be 1-1024 characters when given"
+        ]
+    );
     let p = problems(&GOOD.replace("  - name: staging\n", "  - name: staging\n    promotion: {soak: 1m}\n"));
     assert_eq!(p, vec!["environments[0].promotion: needs `from`: there is no environment to promote from"]);
 

@@ -179,7 +179,7 @@ async fn engine_throughput(url: &str) -> EngineRun {
     // Seed stable versions, then keep 32 releases in flight for the whole window.
     let services: Vec<String> = (0..CONCURRENCY).map(|i| format!("svc-{i}")).collect();
     for s in &services {
-        app.create_release(s, "bench", "v0", "", "", &caller).await.unwrap();
+        app.create_release(s, "bench", "v0", "", ("", false), &caller).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     // One driver per service: as soon as its release settles, the next one is created.
@@ -193,7 +193,8 @@ async fn engine_throughput(url: &str) -> EngineRun {
             let mut version = 1u64;
             let mut changes = app.signals().subscribe();
             while !stop.is_cancelled() {
-                let r = app.create_release(&s, "bench", &format!("v{version}"), "", "", &caller).await.unwrap();
+                let r =
+                    app.create_release(&s, "bench", &format!("v{version}"), "", ("", false), &caller).await.unwrap();
                 version += 1;
                 // Re-read only when the engine reports a change of this release (or every 100 ms).
                 loop {

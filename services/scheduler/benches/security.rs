@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     let app = App::new(store, Signals::local());
     let system = Caller::system("bench");
     app.apply_config(CONFIG, &system).await?;
-    let release = app.create_release("svc", "bench", "1.0.0", "", "", &system).await?;
+    let release = app.create_release("svc", "bench", "1.0.0", "", ("", false), &system).await?;
     let id = release.id.to_string();
     let calls: usize = std::env::var("HOPNGO_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
     let connections = (calls / 10).max(10);

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::{
     domain::{
         config::{DeliveryConfig, Problem},
+        freeze::{self, OpenWindow},
         machine::{self, Decider, Transition, TransitionKind},
         plan::{self, PlanMode},
         release::{NewRelease, Phase, Release},
@@ -19,8 +20,8 @@ use crate::{
     error::SchedulerError,
     signals::Signals,
     store::{
-        AuditEntry, AuditFilter, AuditedRequest, ConfigVersion, Cursor, GroupRow, ReleaseFilter, ServiceEnvironment,
-        Store,
+        AuditEntry, AuditFilter, AuditedRequest, ConfigVersion, Cursor, FreezeRow, GroupRow, ReleaseFilter,
+        ServiceEnvironment, Store,
     },
 };
 
@@ -88,6 +89,9 @@ impl Caller {
     }
 }
 
+/// How far ahead a freeze may end.
+const MAX_FREEZE_DAYS: i64 = 90;
+
 /// The scope of changes to everything (the delivery config).
 const EVERYWHERE: Scope<'static> = Scope { environment: Some("*"), service: Some("*") };
 
@@ -110,6 +114,8 @@ struct Intent<'a> {
     undo_of_revision: Option<u64>,
     group: Option<(Uuid, i32)>,
     emergency: bool,
+    /// An admin releases through a freeze (with a reason; audited).
+    override_freeze: bool,
 }
 
 /// A page of releases.
@@ -271,20 +277,128 @@ impl App {
         })
     }
 
+    // === freezes ===
+
+    /// Why `environment` is frozen now, if it is: an ad-hoc freeze, or a freeze window of the
+    /// config (inside the caller's transaction, on the database's clock).
+    async fn frozen(
+        &self,
+        conn: &mut PgConnection,
+        config: &DeliveryConfig,
+        environment: &str,
+    ) -> Result<Option<String>, SchedulerError> {
+        if let Some(f) = Store::freezes_in_force(conn, environment).await?.first() {
+            return Ok(Some(format!(
+                "{environment} is frozen until {} by {}: {}",
+                freeze::rfc3339(f.ends_at),
+                f.created_by,
+                f.reason
+            )));
+        }
+        let now = Store::now(conn).await?;
+        Ok(freeze::open_windows(config, Some(environment), now).first().map(OpenWindow::refusal))
+    }
+
+    /// `CreateFreeze`.
+    pub async fn create_freeze(
+        &self,
+        environment: &str,
+        (starts_at, ends_at): (Option<OffsetDateTime>, Option<OffsetDateTime>),
+        reason: &str,
+        caller: &Caller,
+    ) -> Result<FreezeRow, SchedulerError> {
+        let current = self.config(None).await?;
+        if environment.is_empty() {
+            return Err(SchedulerError::invalid("environment", "must not be empty"));
+        }
+        check_environment(&current.config, environment)?;
+        caller.may(Permission::Admin, Scope { environment: Some(environment), service: Some("*") })?;
+        if reason.trim().is_empty() {
+            return Err(SchedulerError::invalid("reason", "a freeze needs a reason (refused releases are told it)"));
+        }
+        let now = OffsetDateTime::now_utc();
+        let starts_at = starts_at.unwrap_or(now);
+        let ends_at = ends_at.ok_or_else(|| SchedulerError::invalid("end_time", "must be set"))?;
+        if ends_at <= starts_at {
+            return Err(SchedulerError::invalid(
+                "end_time",
+                format!("{} is not after start_time {}", freeze::rfc3339(ends_at), freeze::rfc3339(starts_at)),
+            ));
+        }
+        if ends_at <= now {
+            return Err(SchedulerError::invalid("end_time", format!("{} is in the past", freeze::rfc3339(ends_at))));
+        }
+        if ends_at - now > time::Duration::days(MAX_FREEZE_DAYS) {
+            return Err(SchedulerError::invalid("end_time", format!("at most {MAX_FREEZE_DAYS} days ahead")));
+        }
+        let row = FreezeRow {
+            id: Uuid::now_v7(),
+            environment: environment.to_string(),
+            starts_at,
+            ends_at,
+            reason: reason.trim().to_string(),
+            created_by: caller.user.clone(),
+            created_at: now,
+            ended_at: None,
+            ended_by: String::new(),
+            end_reason: String::new(),
+        };
+        self.store.insert_freeze(&row).await?;
+        Ok(row)
+    }
+
+    /// `ListFreezes`: stored freezes and the config's freeze windows open now.
+    pub async fn freezes(
+        &self,
+        environment: Option<&str>,
+        include_ended: bool,
+    ) -> Result<(Vec<FreezeRow>, Vec<OpenWindow>), SchedulerError> {
+        let current = self.config(None).await?;
+        if let Some(environment) = environment {
+            check_environment(&current.config, environment)?;
+        }
+        let rows = self.store.freezes(environment, include_ended).await?;
+        Ok((rows, freeze::open_windows(&current.config, environment, OffsetDateTime::now_utc())))
+    }
+
+    /// `EndFreeze`.
+    pub async fn end_freeze(&self, id: &str, reason: &str, caller: &Caller) -> Result<FreezeRow, SchedulerError> {
+        let uuid = Uuid::parse_str(id).map_err(|_| {
+            SchedulerError::invalid("id", format!("{} is not a freeze id (UUID)", hopngo_proto::check::shown(id)))
+        })?;
+        let found = self.store.freezes(None, true).await?.into_iter().find(|f| f.id == uuid);
+        let Some(found) = found else {
+            return Err(SchedulerError::NotFound(format!("freeze {id} does not exist")));
+        };
+        caller.may(Permission::Admin, Scope { environment: Some(&found.environment), service: Some("*") })?;
+        if let Some(at) = found.ended_at {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "freeze {id} was already ended at {} by {}",
+                freeze::rfc3339(at),
+                found.ended_by
+            )));
+        }
+        self.store
+            .end_freeze(uuid, &caller.user, reason.trim())
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(format!("freeze {id} does not exist")))
+    }
+
     // === releases ===
 
-    /// `CreateRelease`.
+    /// `CreateRelease`; with `override_freeze`, an admin releases through a freeze (audited).
     pub async fn create_release(
         &self,
         service: &str,
         environment: &str,
         artifact: &str,
         request_id: &str,
-        reason: &str,
+        (reason, override_freeze): (&str, bool),
         caller: &Caller,
     ) -> Result<Release, SchedulerError> {
         let current = self.config(None).await?;
-        Ok(self.create_promoted(&current, service, environment, artifact, request_id, reason, caller).await?.0)
+        let why = (reason, override_freeze);
+        Ok(self.create_promoted(&current, service, environment, artifact, request_id, why, caller).await?.0)
     }
 
     /// `PromoteEnvironment`: a release in `to` of what is stable (or `artifact`) in `from`.
@@ -319,7 +433,7 @@ impl App {
             artifact.to_string()
         };
         let (release, source) =
-            self.create_promoted(&current, service, to, &artifact, request_id, reason, caller).await?;
+            self.create_promoted(&current, service, to, &artifact, request_id, (reason, false), caller).await?;
         let source = source.expect("an environment with `from` always has a promotion source");
         Ok((release, source))
     }
@@ -384,7 +498,7 @@ impl App {
         environment: &str,
         artifact: &str,
         request_id: &str,
-        reason: &str,
+        (reason, override_freeze): (&str, bool),
         caller: &Caller,
     ) -> Result<(Release, Option<Release>), SchedulerError> {
         if let Some(reason) = hopngo_delivery::artifact_problem(artifact) {
@@ -401,6 +515,7 @@ impl App {
             undo_of_revision: None,
             group: None,
             emergency: false,
+            override_freeze,
         };
         let mut tx = self.store.begin().await?;
         let mut changed = Vec::new();
@@ -443,6 +558,38 @@ impl App {
     ) -> Result<Release, SchedulerError> {
         caller.may(Permission::Deploy, Scope::of(intent.service, intent.environment))?;
         let se = Store::lock_service_environment(conn, intent.service, intent.environment).await?;
+        // An emergency rollback passes a freeze; anything else needs an admin's override.
+        if !intent.emergency
+            && let Some(frozen) = self.frozen(conn, &current.config, intent.environment).await?
+        {
+            if !intent.override_freeze {
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "{frozen}; an admin may release through it with a reason (override_freeze)"
+                )));
+            }
+            caller.may(Permission::Admin, Scope::of(intent.service, intent.environment))?;
+            if intent.reason.trim().is_empty() {
+                return Err(SchedulerError::invalid("reason", "overriding a freeze needs a reason"));
+            }
+            Store::audit_request_in(
+                conn,
+                &AuditedRequest {
+                    actor: caller.user.clone(),
+                    action: "freeze-overridden".into(),
+                    outcome: "allowed",
+                    service: intent.service.to_string(),
+                    environment: intent.environment.to_string(),
+                    reason: intent.reason.to_string(),
+                    message: format!("released {} through: {frozen}", intent.artifact),
+                    issuer: caller.issuer.clone(),
+                    subject: caller.subject.clone(),
+                    groups: caller.groups.clone(),
+                    rpc: caller.rpc.clone(),
+                    ..AuditedRequest::default()
+                },
+            )
+            .await?;
+        }
         // Under the service environment's lock, so two requests with one id cannot both create.
         if let Some(request_id) = intent.request_id
             && let Some(existing) = Store::release_by_request(conn, request_id).await?
@@ -732,6 +879,7 @@ impl App {
             undo_of_revision: Some(revision),
             group: None,
             emergency: false,
+            override_freeze: false,
         };
         let mut tx = self.store.begin().await?;
         let mut changed = Vec::new();
@@ -837,6 +985,7 @@ impl App {
                 undo_of_revision: Some(*revision),
                 group: Some((row.id, position as i32)),
                 emergency,
+                override_freeze: false,
             };
             members.push(self.create_in(&mut tx, &current, intent, caller, position == 0, &mut changed).await?);
         }

@@ -245,6 +245,32 @@ pub fn audit_entry(e: &crate::store::AuditEntry) -> pb::AuditEntry {
     }
 }
 
+/// A stored freeze → contract.
+pub fn freeze(f: &crate::store::FreezeRow) -> pb::Freeze {
+    pb::Freeze {
+        id: f.id.to_string(),
+        environment: f.environment.clone(),
+        start_time: Some(ts(f.starts_at)),
+        end_time: Some(ts(f.ends_at)),
+        reason: f.reason.clone(),
+        created_by: f.created_by.clone(),
+        create_time: Some(ts(f.created_at)),
+        ended_time: f.ended_at.map(ts),
+        ended_by: f.ended_by.clone(),
+        end_reason: f.end_reason.clone(),
+    }
+}
+
+/// A freeze window open now → contract.
+pub fn open_window(w: &crate::domain::freeze::OpenWindow) -> pb::FrozenWindow {
+    pb::FrozenWindow {
+        environment: w.environment.clone(),
+        window: w.window.clone(),
+        reason: w.reason.clone(),
+        end_time: Some(ts(w.closes_at)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

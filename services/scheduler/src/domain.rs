@@ -5,6 +5,7 @@ pub use hopngo_delivery as config;
 pub mod decision;
 pub mod effects;
 pub mod events;
+pub mod freeze;
 pub mod machine;
 pub mod plan;
 pub mod release;

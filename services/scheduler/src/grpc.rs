@@ -128,8 +128,17 @@ impl ReleaseService for Api {
     async fn create_release(&self, req: Request<pb::CreateReleaseRequest>) -> Result<pb::CreateReleaseResponse> {
         let who = caller(&req)?;
         let r = req.into_inner();
-        let created =
-            self.app.create_release(&r.service, &r.environment, &r.artifact, &r.request_id, &r.reason, &who).await;
+        let created = self
+            .app
+            .create_release(
+                &r.service,
+                &r.environment,
+                &r.artifact,
+                &r.request_id,
+                (&r.reason, r.override_freeze),
+                &who,
+            )
+            .await;
         let asked = Asked {
             action: "create",
             service: &r.service,
@@ -370,6 +379,44 @@ impl ReleaseService for Api {
             entries: entries.iter().filter(visible).map(convert::audit_entry).collect(),
             next_page_token: next.unwrap_or_default(),
         }))
+    }
+
+    async fn create_freeze(&self, req: Request<pb::CreateFreezeRequest>) -> Result<pb::CreateFreezeResponse> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let done = match (
+            r.start_time.map(|t| convert::time_from("start_time", t)).transpose(),
+            r.end_time.map(|t| convert::time_from("end_time", t)).transpose(),
+        ) {
+            (Ok(start), Ok(end)) => self.app.create_freeze(&r.environment, (start, end), &r.reason, &who).await,
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        let asked = Asked { action: "freeze", environment: &r.environment, reason: &r.reason, ..Asked::default() };
+        let freeze = self.audited(&who, asked, done).await?;
+        Ok(Response::new(pb::CreateFreezeResponse { freeze: Some(convert::freeze(&freeze)) }))
+    }
+
+    async fn list_freezes(&self, req: Request<pb::ListFreezesRequest>) -> Result<pb::ListFreezesResponse> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let environment = (!r.environment.is_empty()).then_some(r.environment.as_str());
+        let (freezes, windows) = self.app.freezes(environment, r.include_ended).await?;
+        let visible = |environment: &str| {
+            who.may(Permission::View, Scope { environment: Some(environment), service: None }).is_ok()
+        };
+        Ok(Response::new(pb::ListFreezesResponse {
+            freezes: freezes.iter().filter(|f| visible(&f.environment)).map(convert::freeze).collect(),
+            windows: windows.iter().filter(|w| visible(&w.environment)).map(convert::open_window).collect(),
+        }))
+    }
+
+    async fn end_freeze(&self, req: Request<pb::EndFreezeRequest>) -> Result<pb::EndFreezeResponse> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let done = self.app.end_freeze(&r.id, &r.reason, &who).await;
+        let asked = Asked { action: "end-freeze", reason: &r.reason, ..Asked::default() };
+        let freeze = self.audited(&who, asked, done).await?;
+        Ok(Response::new(pb::EndFreezeResponse { freeze: Some(convert::freeze(&freeze)) }))
     }
 
     async fn get_release_group(&self, req: Request<pb::GetReleaseGroupRequest>) -> Result<pb::GetReleaseGroupResponse> {

@@ -143,6 +143,31 @@ pub struct GroupRow {
     pub created_at: OffsetDateTime,
 }
 
+/// An ad-hoc freeze of an environment.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct FreezeRow {
+    /// Id.
+    pub id: Uuid,
+    /// Environment.
+    pub environment: String,
+    /// From.
+    pub starts_at: OffsetDateTime,
+    /// Until.
+    pub ends_at: OffsetDateTime,
+    /// Why.
+    pub reason: String,
+    /// Who froze it.
+    pub created_by: String,
+    /// When.
+    pub created_at: OffsetDateTime,
+    /// When it was ended early.
+    pub ended_at: Option<OffsetDateTime>,
+    /// Who ended it.
+    pub ended_by: String,
+    /// Why it was ended.
+    pub end_reason: String,
+}
+
 /// One row of the audit log.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct AuditEntry {
@@ -723,6 +748,12 @@ impl Store {
 
     /// Records a request (a refused one in a transaction of its own: it wrote nothing).
     pub async fn audit_request(&self, r: &AuditedRequest) -> Result<(), SchedulerError> {
+        let mut conn = self.pool.acquire().await?;
+        Self::audit_request_in(&mut conn, r).await
+    }
+
+    /// Records a request inside the transaction of what it did.
+    pub async fn audit_request_in(conn: &mut PgConnection, r: &AuditedRequest) -> Result<(), SchedulerError> {
         sqlx::query(
             "INSERT INTO audit_log (release_id, actor, action, outcome, message, at, service, environment, reason, request_id, \
                issuer, subject, groups, rpc) \
@@ -741,9 +772,82 @@ impl Store {
         .bind(&r.subject)
         .bind(&r.groups)
         .bind(&r.rpc)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    // === freezes ===
+
+    /// Stores a freeze.
+    pub async fn insert_freeze(&self, f: &FreezeRow) -> Result<(), SchedulerError> {
+        sqlx::query(
+            "INSERT INTO freezes (id, environment, starts_at, ends_at, reason, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(f.id)
+        .bind(&f.environment)
+        .bind(f.starts_at)
+        .bind(f.ends_at)
+        .bind(&f.reason)
+        .bind(&f.created_by)
+        .bind(f.created_at)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Freezes, soonest end first: of one environment or all; ended and past ones only with
+    /// `include_ended`.
+    pub async fn freezes(
+        &self,
+        environment: Option<&str>,
+        include_ended: bool,
+    ) -> Result<Vec<FreezeRow>, SchedulerError> {
+        Ok(sqlx::query_as(
+            "SELECT id, environment, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by, end_reason \
+             FROM freezes WHERE ($1::text IS NULL OR environment = $1) \
+               AND ($2 OR (ended_at IS NULL AND ends_at > now())) \
+             ORDER BY ends_at, id LIMIT 1000",
+        )
+        .bind(environment)
+        .bind(include_ended)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The freezes of `environment` in force now (in the caller's transaction).
+    pub async fn freezes_in_force(
+        conn: &mut PgConnection,
+        environment: &str,
+    ) -> Result<Vec<FreezeRow>, SchedulerError> {
+        Ok(sqlx::query_as(
+            "SELECT id, environment, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by, end_reason \
+             FROM freezes WHERE environment = $1 AND ended_at IS NULL AND starts_at <= now() AND ends_at > now() \
+             ORDER BY ends_at DESC",
+        )
+        .bind(environment)
+        .fetch_all(conn)
+        .await?)
+    }
+
+    /// Ends a freeze now; the freeze as it is after (none: no such freeze).
+    pub async fn end_freeze(&self, id: Uuid, by: &str, reason: &str) -> Result<Option<FreezeRow>, SchedulerError> {
+        sqlx::query(
+            "UPDATE freezes SET ended_at = now(), ended_by = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL",
+        )
+        .bind(id)
+        .bind(by)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(sqlx::query_as(
+            "SELECT id, environment, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by, end_reason \
+             FROM freezes WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Audit rows matching `filter`, newest first, before position `before`.

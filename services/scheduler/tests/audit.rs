@@ -24,6 +24,7 @@ async fn every_action_and_every_refusal_is_audited_and_the_log_is_append_only() 
         artifact: "chat:1".into(),
         request_id: "req-42".into(),
         reason: "first chat".into(),
+        ..Default::default()
     };
     let r = c.create_release(as_user(create, "alice", &[])).await.unwrap().into_inner().release.unwrap();
     // Refused: an approval nobody asked for, a release that does not exist, an unknown service.

@@ -155,7 +155,7 @@ async fn a_repeated_request_id_returns_the_first_release_even_when_concurrent() 
                 environment: "staging".into(),
                 artifact: artifact.into(),
                 request_id: "deploy-42".into(),
-                reason: String::new(),
+                ..Default::default()
             },
             "ci",
             &[],

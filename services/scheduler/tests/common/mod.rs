@@ -99,8 +99,12 @@ impl Harness {
         h
     }
 
+    pub fn client_config(&self) -> ConfigServiceClient<AuthedChannel> {
+        ConfigServiceClient::new(channel(&format!("http://{}", self.addr)))
+    }
+
     pub async fn apply(&self, yaml: &str) {
-        let mut config = ConfigServiceClient::new(channel(&format!("http://{}", self.addr)));
+        let mut config = self.client_config();
         config
             .apply_config(as_user(ApplyConfigRequest { yaml: yaml.into() }, "ops", &[]))
             .await
