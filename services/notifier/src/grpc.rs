@@ -137,7 +137,8 @@ impl NotifierService for Notifier {
 
     async fn subscribe(&self, request: Request<pb::SubscribeRequest>) -> Result<Response<SubscribeStream>, Status> {
         // How many streams one caller holds is bounded by the authentication layer
-        // (--max-streams-per-caller).
+        // (--max-streams-per-caller); which events it sees, by what it may view.
+        let visible = visibility(&request);
         let req = request.into_inner();
         let filter = convert::filter(req.filter, "filter", self.log.policy())?;
         // Subscribed before the head is read: nothing appended in between is missed.
@@ -151,7 +152,7 @@ impl NotifierService for Notifier {
         };
         tracing::debug!(subscriber = %req.subscriber, after, "subscription opened");
         let stop_at = req.stop_at_head.then_some(head);
-        let stream = self.subscriptions.open(live, filter, (after, stop_at), self.shutdown.child_token());
+        let stream = self.subscriptions.open(live, (filter, visible), (after, stop_at), self.shutdown.child_token());
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -280,10 +281,26 @@ impl NotifierService for Notifier {
         &self,
         request: Request<pb::ListEscalationsRequest>,
     ) -> Result<Response<pb::ListEscalationsResponse>, Status> {
+        let visible = visibility(&request);
         let req = request.into_inner();
         let states = self.log.store().escalations(req.include_acknowledged).await?;
         Ok(Response::new(pb::ListEscalationsResponse {
-            escalations: states.iter().map(|s| convert::escalation(s, self.log.policy())).collect(),
+            escalations: states
+                .iter()
+                .filter(|s| visible(&s.service, &s.environment))
+                .map(|s| convert::escalation(s, self.log.policy()))
+                .collect(),
         }))
+    }
+}
+
+/// What the caller of `request` may see: releases of the services and environments it may view
+/// (everything on a server without the authentication layer).
+fn visibility<T>(request: &Request<T>) -> crate::subscribe::Visibility {
+    match Caller::of(request) {
+        Ok(caller) => Arc::new(move |service: &str, environment: &str| {
+            caller.check(Permission::View, Scope::of(service, environment)).is_ok()
+        }),
+        Err(_) => Arc::new(|_: &str, _: &str| true),
     }
 }

@@ -52,9 +52,13 @@ enum Stop {
     Slow,
 }
 
+/// Whether the subscriber may see events of a service in an environment.
+pub type Visibility = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 struct Producer {
     log: Arc<Log>,
     filter: Filter,
+    visible: Visibility,
     settings: SubscriptionSettings,
     clock: Arc<dyn Clock>,
     out: mpsc::Sender<SubscribeResponse>,
@@ -67,6 +71,14 @@ struct Producer {
 
 impl Producer {
     async fn send(&mut self, item: Option<&LoggedEvent>) -> Result<(), Stop> {
+        // What the caller may not see is skipped like a filtered-out event: the cursor still
+        // moves past it.
+        if let Some(l) = item {
+            let m = meta(&l.event);
+            if !(self.visible)(&m.service, &m.environment) {
+                return Ok(());
+            }
+        }
         let response = match item {
             Some(l) => {
                 SubscribeResponse { item: Some(Item::Event(l.event.clone())), cursor: cursor::format(l.position) }
@@ -207,18 +219,18 @@ impl Subscriptions {
     pub fn open(
         &self,
         live: broadcast::Receiver<Arc<LoggedEvent>>,
-        filter: Filter,
+        (filter, visible): (Filter, Visibility),
         range: (u64, Option<u64>),
         shutdown: CancellationToken,
     ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> + use<> {
-        open(self.clone(), live, filter, range, shutdown)
+        open(self.clone(), live, (filter, visible), range, shutdown)
     }
 }
 
 fn open(
     subscriptions: Subscriptions,
     live: broadcast::Receiver<Arc<LoggedEvent>>,
-    filter: Filter,
+    (filter, visible): (Filter, Visibility),
     (after, stop_at): (u64, Option<u64>),
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<SubscribeResponse, tonic::Status>> {
@@ -226,7 +238,7 @@ fn open(
     let (out, mut items) = mpsc::channel(settings.buffer.max(1));
     let cut_off = CancellationToken::new();
     let failure = Arc::new(std::sync::Mutex::new(None::<tonic::Status>));
-    let producer = Producer { log, filter, settings, clock, out, last: after, stop_at, readers, sent: false };
+    let producer = Producer { log, filter, visible, settings, clock, out, last: after, stop_at, readers, sent: false };
     {
         let cut_off = cut_off.clone();
         let failure = Arc::clone(&failure);

@@ -384,3 +384,48 @@ async fn retention_removes_old_events_but_never_the_newest_nor_what_a_webhook_st
     assert_eq!(take_events(&mut again, 1, Duration::from_secs(5)).await[0].0, 6);
     n.stop().await;
 }
+
+#[tokio::test]
+async fn a_subscriber_sees_only_the_environments_it_may_view() {
+    let db = TestDb::create().await.unwrap();
+    let n = start(&db, &[]).await;
+    let (staging, production) = (release(), release());
+    let mut events = Vec::new();
+    for s in 1..=3 {
+        events.push(event(&staging, "booking-service", s, "step-completed", "PROGRESSING", now()));
+        let mut other = event(&production, "booking-service", s, "step-completed", "PROGRESSING", now());
+        other.environment = "production".into();
+        events.push(other);
+    }
+    assert_eq!(n.publish(events).await.accepted, 6);
+    // Sam deploys to staging only (the test policy's `staging-deployers`).
+    let url = format!("http://{}", n.addr);
+    let sam = hopngo_testkit::access::with_credential(
+        &url,
+        Some(&hopngo_testkit::access::token("sam", &["staging-deployers"])),
+    );
+    let request =
+        pb::SubscribeRequest { start: Some(Start::FromBeginning(true)), stop_at_head: true, ..Default::default() };
+    let mut stream =
+        pb::notifier_service_client::NotifierServiceClient::new(sam).subscribe(request).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    let mut last_cursor = String::new();
+    while let Some(item) = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap() {
+        let item = item.unwrap();
+        last_cursor = item.cursor.clone();
+        if let Some(pb::subscribe_response::Item::Event(e)) = item.item {
+            seen.push((e.environment, e.sequence));
+        }
+    }
+    assert_eq!(seen, vec![("staging".to_string(), 1), ("staging".to_string(), 2), ("staging".to_string(), 3)]);
+    assert_eq!(last_cursor, "6", "the cursor moves past what sam may not see");
+    // An admin sees both.
+    let everything = take_events(
+        &mut n.subscribe(pb::EventFilter::default(), Start::FromBeginning(true)).await,
+        6,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(everything.iter().any(|(_, e)| e.environment == "production"));
+    n.stop().await;
+}
