@@ -322,6 +322,9 @@ enum Command {
         /// Client-chosen key: repeating the command with it returns the first release.
         #[arg(long, default_value = "")]
         request_id: String,
+        /// Release even though the target environment is frozen (admins only; --reason required; audited).
+        #[arg(long)]
+        override_freeze: bool,
         /// Follow the new release until it settles (exit code 0 only if it succeeded).
         #[arg(short, long)]
         watch: bool,
@@ -1257,7 +1260,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             render::timeline(out, &TimelineView::new(&release, &events, &runs))?;
         }
-        Command::PromoteEnv { service, from, to, artifact, reason, request_id, watch } => {
+        Command::PromoteEnv { service, from, to, artifact, reason, request_id, override_freeze, watch } => {
             let r = releases
                 .promote_environment(pb::PromoteEnvironmentRequest {
                     service,
@@ -1266,6 +1269,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     artifact: artifact.unwrap_or_default(),
                     request_id,
                     reason,
+                    override_freeze,
                 })
                 .await?
                 .into_inner();

@@ -410,7 +410,7 @@ impl App {
         to: &str,
         artifact: &str,
         request_id: &str,
-        reason: &str,
+        (reason, override_freeze): (&str, bool),
         caller: &Caller,
     ) -> Result<(Release, Release), SchedulerError> {
         let current = self.config(None).await?;
@@ -432,8 +432,9 @@ impl App {
         } else {
             artifact.to_string()
         };
-        let (release, source) =
-            self.create_promoted(&current, service, to, &artifact, request_id, (reason, false), caller).await?;
+        let (release, source) = self
+            .create_promoted(&current, service, to, &artifact, request_id, (reason, override_freeze), caller)
+            .await?;
         let source = source.expect("an environment with `from` always has a promotion source");
         Ok((release, source))
     }

@@ -444,7 +444,7 @@ impl ReleaseService for Api {
                     &r.to_environment,
                     &r.artifact,
                     &r.request_id,
-                    &r.reason,
+                    (&r.reason, r.override_freeze),
                     &who,
                 )
                 .await

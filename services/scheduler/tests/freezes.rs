@@ -208,3 +208,39 @@ async fn freeze_windows_of_the_config_freeze_on_their_schedule_and_bad_freezes_a
     assert!(err.message().starts_with("environments[0].freezeWindows[0].schedule: hour: 25"), "{}", err.message());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_into_a_frozen_environment_needs_an_admins_override_too() {
+    let h = Harness::start().await;
+    let mut c = h.client();
+    h.apply(
+        "environments:\n  - name: staging\n  - name: production\n    from: staging\n    promotion: {requireVerification: false}\n\
+         services:\n  - name: chat-service\n    strategy: {canary: {steps: [{setWeight: 50}]}}\n",
+    )
+    .await;
+    h.seed_stable("chat-service", "staging", "chat:1").await;
+    let freeze = pb::CreateFreezeRequest {
+        environment: "production".into(),
+        end_time: Some(in_an_hour()),
+        reason: "quarter close".into(),
+        ..Default::default()
+    };
+    c.create_freeze(as_user(freeze, "ops", &[])).await.unwrap();
+    let promote = |override_freeze: bool| pb::PromoteEnvironmentRequest {
+        service: "chat-service".into(),
+        to_environment: "production".into(),
+        reason: "customer fix".into(),
+        override_freeze,
+        ..Default::default()
+    };
+    let refused = c.promote_environment(as_user(promote(false), "ops", &[])).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("by ops: quarter close"), "{refused:?}");
+    assert_eq!(
+        c.promote_environment(as_user(promote(true), "alice", &[])).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let promoted = c.promote_environment(as_user(promote(true), "ops", &[])).await.unwrap().into_inner();
+    assert_eq!(promoted.release.unwrap().environment, "production");
+    h.stop().await;
+}
