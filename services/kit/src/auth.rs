@@ -216,7 +216,7 @@ struct CalledRpc(String);
 pub struct Refusal {
     /// The RPC called.
     pub rpc: String,
-    /// `Unauthenticated` or `PermissionDenied`.
+    /// `Unauthenticated`, `PermissionDenied`, or `ResourceExhausted` (a limit).
     pub code: tonic::Code,
     /// Why, as the caller was told.
     pub reason: String,

@@ -1,4 +1,4 @@
-//! The authentication layer's refusals (no credential, a bad one, a permission missing) written
+//! The authentication layer's refusals (no credential, a bad one, a permission missing, a limit) written
 //! to the audit log like every other request. They are queued and written by one task, off the
 //! request path; a flood of bad credentials fills the bounded queue, and then refusals are counted
 //! (`hopngo_audit_refusals_dropped_total`) and dropped rather than slowing every call or growing
