@@ -294,20 +294,18 @@ impl Stack {
         let config = resolve(config, &metrics_url)?;
         let config_file = dir.join("delivery.yaml");
         std::fs::write(&config_file, &config)?;
-        // Every part serves TLS with its own certificate and accepts the test issuer's tokens.
-        let common = |listen: u16, part: Part| -> Vec<String> {
+        // Every part serves TLS with its own certificate and accepts the test issuer's tokens
+        // ([`Proc`] adds the credentials), so the others are reached over https.
+        let common = |listen: u16| -> Vec<String> {
             let listen = format!("127.0.0.1:{listen}");
-            let mut args: Vec<String> =
-                ["--listen", &listen, "--database-url", database_url, "--drain-timeout", "1s", "--log", "warn"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect();
-            args.extend(TestAccess::shared().service_args(part.binary().0.trim_start_matches("hopngo-")));
-            args
+            ["--listen", &listen, "--database-url", database_url, "--drain-timeout", "1s", "--log", "warn"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
         };
         let url = |port: u16| format!("https://127.0.0.1:{port}");
         let mut procs = std::collections::BTreeMap::new();
-        let mut deployer = common(deployer_port, Part::Deployer);
+        let mut deployer = common(deployer_port);
         deployer.extend([
             "--admin-listen".into(),
             format!("127.0.0.1:{metrics_port}"),
@@ -318,7 +316,7 @@ impl Stack {
         ]);
         deployer.extend(options.deployer_args.iter().cloned());
         procs.insert(Part::Deployer, (deployer, None));
-        let mut analyzer = common(analyzer_port, Part::Analyzer);
+        let mut analyzer = common(analyzer_port);
         analyzer.extend([
             "--admin-listen".into(),
             "off".into(),
@@ -326,15 +324,15 @@ impl Stack {
             config_file.display().to_string(),
         ]);
         procs.insert(Part::Analyzer, (analyzer, None));
-        let mut migrator = common(migrator_port, Part::Migrator);
+        let mut migrator = common(migrator_port);
         migrator.extend(["--admin-listen".into(), "off".into()]);
         migrator.extend(options.migrator_args.iter().cloned());
         procs.insert(Part::Migrator, (migrator, None));
-        let mut notifier = common(notifier_port, Part::Notifier);
+        let mut notifier = common(notifier_port);
         notifier.extend(["--admin-listen".into(), "off".into()]);
         procs.insert(Part::Notifier, (notifier, None));
         // Nothing calls the scheduler by a fixed address: it may take any port.
-        let mut scheduler = common(0, Part::Scheduler);
+        let mut scheduler = common(0);
         scheduler.extend([
             "--admin-listen".into(),
             "off".into(),

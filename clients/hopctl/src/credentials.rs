@@ -8,9 +8,6 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Longest token read from a file or stdin.
-const MAX_TOKEN_LEN: usize = 16 * 1024;
-
 /// Where `hopctl login` keeps the token: `$HOPNGO_CONFIG_DIR/token`, else
 /// `$XDG_CONFIG_HOME/hopngo/token`, else `~/.config/hopngo/token`.
 pub fn stored_token_path(config_dir: Option<&Path>) -> Option<PathBuf> {
@@ -26,21 +23,20 @@ pub fn stored_token_path(config_dir: Option<&Path>) -> Option<PathBuf> {
 
 /// A token read from `text`: one line of printable ASCII.
 pub fn parse_token(text: &str, from: &str) -> anyhow::Result<String> {
-    let token = text.trim();
-    if token.is_empty() {
+    if text.trim().is_empty() {
         bail!("{from} holds no token");
     }
-    if token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        bail!("{from} does not hold one token (1-{MAX_TOKEN_LEN} printable ASCII characters without spaces)");
+    match hopngo_client::check_token(text) {
+        Ok(token) => Ok(token.to_string()),
+        Err(what) => bail!("{from} does not hold one token: a token {what}"),
     }
-    Ok(token.to_string())
 }
 
 /// The token in `path`.
 pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
     let mut text = String::new();
     std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_TOKEN_LEN as u64 + 2).read_to_string(&mut text))
+        .and_then(|f| f.take(hopngo_client::MAX_TOKEN_LEN as u64 + 2).read_to_string(&mut text))
         .with_context(|| format!("reading the token file {}", path.display()))?;
     parse_token(&text, &path.display().to_string())
 }
@@ -49,7 +45,7 @@ pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
 pub fn read_token_stdin() -> anyhow::Result<String> {
     let mut text = String::new();
     std::io::stdin()
-        .take(MAX_TOKEN_LEN as u64 + 2)
+        .take(hopngo_client::MAX_TOKEN_LEN as u64 + 2)
         .read_to_string(&mut text)
         .context("reading the token from stdin")?;
     parse_token(&text, "stdin")

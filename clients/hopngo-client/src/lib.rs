@@ -30,7 +30,17 @@ use tonic::{
 
 /// Longest token sent (JWTs of common issuers are well under 4 KiB; the servers refuse more
 /// than 16 KiB).
-const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Whether `token` (trimmed) can be sent: 1-[`MAX_TOKEN_LEN`] printable ASCII characters without
+/// spaces; the refusal says what a token must be.
+pub fn check_token(token: &str) -> Result<&str, String> {
+    let token = token.trim();
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("must be 1-{MAX_TOKEN_LEN} printable ASCII characters without spaces"));
+    }
+    Ok(token)
+}
 
 /// Adds the caller's bearer token to every request.
 #[derive(Clone, Debug, Default)]
@@ -205,12 +215,7 @@ impl Connection {
         let token = match &self.token {
             None => None,
             Some(token) => {
-                let token = token.trim();
-                if token.is_empty() || token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(ClientError::Token(format!(
-                        "must be 1-{MAX_TOKEN_LEN} printable ASCII characters without spaces"
-                    )));
-                }
+                let token = check_token(token).map_err(ClientError::Token)?;
                 Some(
                     MetadataValue::try_from(format!("Bearer {token}"))
                         .map_err(|_| ClientError::Token("cannot be sent as a header".into()))?,

@@ -143,26 +143,13 @@ async fn weight_zero_cutoff() {
         ),
     )
     .unwrap();
-    let args = hopngo_deployer::server::Args::parse_from(
-        [
-            "hopngo-deployer",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--database-url",
-            &pg.url("postgres"),
-            "--delivery-config",
-            config.to_str().unwrap(),
-            "--log-dir",
-            dir.join("logs").to_str().unwrap(),
-            "--log",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(hopngo_testkit::access::TestAccess::shared().plain_service_args()),
+    let mut argv = hopngo_testkit::server::server_args("hopngo-deployer", &pg.url("postgres"), "1s");
+    argv.extend(
+        ["--delivery-config", config.to_str().unwrap(), "--log-dir", dir.join("logs").to_str().unwrap()]
+            .map(String::from),
     );
+    argv.extend(["--log", "warn"].map(String::from));
+    let args = hopngo_deployer::server::Args::parse_from(argv);
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(hopngo_deployer::server::run(args, stop.clone(), Some(tx)));

@@ -5,7 +5,8 @@
 //! - [`admin`]: the Prometheus-text `/metrics`, `/healthz`, `/readyz` endpoint;
 //! - [`telemetry`]: tracing (env filter, plain/json) with an OTLP exporter when configured;
 //! - [`client`]: lazily connected channels that inject trace context, and call deadlines;
-//! - [`auth`]: the one layer that authenticates callers (OIDC JWTs, static tokens);
+//! - [`auth`]: the one layer that authenticates callers (OIDC JWTs, static tokens, control-plane
+//!   certificates), checks the RPC's permission and applies the per-caller limits;
 //! - [`authz`]: the RPC → permission table and the access policy (roles per environment and service);
 //! - [`identity`]: user and group names as compared and stored;
 //! - [`limits`]: per-caller abuse limits (changes per second, open streams);

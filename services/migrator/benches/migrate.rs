@@ -180,24 +180,9 @@ async fn main() {
     c.close().await.unwrap();
 
     let own = create_database(&admin, "migrator_own").await;
-    let args = hopngo_migrator::server::Args::parse_from(
-        [
-            "hopngo-migrator",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "off",
-            "--database-url",
-            &own,
-            "--target",
-            &format!("bench={url}"),
-            "--log",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(hopngo_testkit::access::TestAccess::shared().plain_service_args()),
-    );
+    let mut argv = hopngo_testkit::server::server_args("hopngo-migrator", &own, "1s");
+    argv.extend(["--target".to_string(), format!("bench={url}"), "--log".into(), "warn".into()]);
+    let args = hopngo_migrator::server::Args::parse_from(argv);
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(hopngo_migrator::server::run(args, shutdown.clone(), Some(tx)));

@@ -295,6 +295,10 @@ impl App {
                 f.reason
             )));
         }
+        // The clock is read only for an environment that has freeze windows.
+        if config.environment(environment).is_none_or(|e| e.freeze_windows.is_empty()) {
+            return Ok(None);
+        }
         let now = Store::now(conn).await?;
         Ok(freeze::open_windows(config, Some(environment), now).first().map(OpenWindow::refusal))
     }
@@ -366,22 +370,26 @@ impl App {
         let uuid = Uuid::parse_str(id).map_err(|_| {
             SchedulerError::invalid("id", format!("{} is not a freeze id (UUID)", hopngo_proto::check::shown(id)))
         })?;
-        let found = self.store.freezes(None, true).await?.into_iter().find(|f| f.id == uuid);
+        let found = self.store.freeze(uuid).await?;
         let Some(found) = found else {
             return Err(SchedulerError::NotFound(format!("freeze {id} does not exist")));
         };
         caller.may(Permission::Admin, Scope { environment: Some(&found.environment), service: Some("*") })?;
-        if let Some(at) = found.ended_at {
-            return Err(SchedulerError::FailedPrecondition(format!(
+        let already = |f: &FreezeRow| {
+            SchedulerError::FailedPrecondition(format!(
                 "freeze {id} was already ended at {} by {}",
-                freeze::rfc3339(at),
-                found.ended_by
-            )));
+                f.ended_at.map(freeze::rfc3339).unwrap_or_default(),
+                f.ended_by
+            ))
+        };
+        if found.ended_at.is_some() {
+            return Err(already(&found));
         }
-        self.store
-            .end_freeze(uuid, &caller.user, reason.trim())
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(format!("freeze {id} does not exist")))
+        match self.store.end_freeze(uuid, &caller.user, reason.trim()).await? {
+            Some(ended) => Ok(ended),
+            // Someone else ended it in the meantime.
+            None => Err(already(&self.store.freeze(uuid).await?.unwrap_or(found))),
+        }
     }
 
     // === releases ===

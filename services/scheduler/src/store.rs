@@ -319,6 +319,13 @@ macro_rules! release_doc {
     };
 }
 
+/// A freeze row's columns, as [`FreezeRow`] reads them.
+macro_rules! freeze_columns {
+    () => {
+        "id, environment, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by, end_reason"
+    };
+}
+
 /// The two tables a release lives in.
 macro_rules! release_tables {
     () => {
@@ -804,12 +811,13 @@ impl Store {
         environment: Option<&str>,
         include_ended: bool,
     ) -> Result<Vec<FreezeRow>, SchedulerError> {
-        Ok(sqlx::query_as(
-            "SELECT id, environment, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by, end_reason \
-             FROM freezes WHERE ($1::text IS NULL OR environment = $1) \
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            freeze_columns!(),
+            " FROM freezes WHERE ($1::text IS NULL OR environment = $1) \
                AND ($2 OR (ended_at IS NULL AND ends_at > now())) \
-             ORDER BY ends_at, id LIMIT 1000",
-        )
+             ORDER BY ends_at, id LIMIT 1000"
+        ))
         .bind(environment)
         .bind(include_ended)
         .fetch_all(&self.pool)
@@ -821,31 +829,35 @@ impl Store {
         conn: &mut PgConnection,
         environment: &str,
     ) -> Result<Vec<FreezeRow>, SchedulerError> {
-        Ok(sqlx::query_as(
-            "SELECT id, environment, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by, end_reason \
-             FROM freezes WHERE environment = $1 AND ended_at IS NULL AND starts_at <= now() AND ends_at > now() \
-             ORDER BY ends_at DESC",
-        )
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            freeze_columns!(),
+            " FROM freezes WHERE environment = $1 AND ended_at IS NULL AND starts_at <= now() AND ends_at > now() \
+             ORDER BY ends_at DESC"
+        ))
         .bind(environment)
         .fetch_all(conn)
         .await?)
     }
 
-    /// Ends a freeze now; the freeze as it is after (none: no such freeze).
+    /// One freeze.
+    pub async fn freeze(&self, id: Uuid) -> Result<Option<FreezeRow>, SchedulerError> {
+        Ok(sqlx::query_as(concat!("SELECT ", freeze_columns!(), " FROM freezes WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Ends a freeze now; the freeze as ended (none: no such freeze, or it was ended already).
     pub async fn end_freeze(&self, id: Uuid, by: &str, reason: &str) -> Result<Option<FreezeRow>, SchedulerError> {
-        sqlx::query(
-            "UPDATE freezes SET ended_at = now(), ended_by = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL",
-        )
+        Ok(sqlx::query_as(concat!(
+            "UPDATE freezes SET ended_at = now(), ended_by = $2, end_reason = $3 WHERE id = $1 AND ended_at IS NULL \
+             RETURNING ",
+            freeze_columns!()
+        ))
         .bind(id)
         .bind(by)
         .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(sqlx::query_as(
-            "SELECT id, environment, starts_at, ends_at, reason, created_by, created_at, ended_at, ended_by, end_reason \
-             FROM freezes WHERE id = $1",
-        )
-        .bind(id)
         .fetch_optional(&self.pool)
         .await?)
     }

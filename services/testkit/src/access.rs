@@ -8,10 +8,7 @@
 //! carries. The tests' callers ([`as_user`], [`caller_token`]) are in `deployers`; [`token`]
 //! gives exactly the groups asked for.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::OnceLock,
-};
+use std::{path::PathBuf, sync::OnceLock};
 
 use tonic::{
     metadata::{AsciiMetadataValue, MetadataValue},
@@ -49,7 +46,6 @@ pub const POLICY: &str = "bindings:
 /// Credentials of this test process: the CA and the policy file (the issuer is
 /// [`TestIssuer::shared`]).
 pub struct TestAccess {
-    dir: PathBuf,
     ca: TestCa,
     policy: PathBuf,
 }
@@ -63,18 +59,13 @@ impl TestAccess {
             let ca = TestCa::new(&dir, "hopngo-test-ca").expect("the test CA");
             let policy = dir.join("policy.yaml");
             std::fs::write(&policy, POLICY).expect("write the test policy");
-            TestAccess { dir, ca, policy }
+            TestAccess { ca, policy }
         })
     }
 
     /// The CA that issued the services' certificates.
     pub fn ca_file(&self) -> PathBuf {
         self.ca.ca_file()
-    }
-
-    /// Where the credentials are written.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// A certificate for `service` (its Common Name).
