@@ -42,6 +42,10 @@ pub const TEXT: &[(&str, usize, bool)] = &[
     ("hopngo.release.v1.PromoteEnvironmentRequest.artifact", ARTIFACT, false),
     ("hopngo.release.v1.CreateReleaseRequest.artifact", ARTIFACT, false),
     ("hopngo.deployer.v1.TrackSpec.artifact", ARTIFACT, false),
+    // Route matches (the deployer checks them further: regex size, header name syntax).
+    ("hopngo.deployer.v1.StringMatch.exact", 4096, false),
+    ("hopngo.deployer.v1.StringMatch.prefix", 4096, false),
+    ("hopngo.deployer.v1.StringMatch.regex", 1024, false),
     ("hopngo.events.v1.ReleaseEventData.artifact", ARTIFACT, false),
     ("hopngo.events.v1.ReleaseEventData.stable_artifact", ARTIFACT, false),
     // Documents.
@@ -79,4 +83,9 @@ pub const ITEMS: &[(&str, usize)] = &[
     ("hopngo.analyzer.v1.WebProvider.headers", 100),
     ("hopngo.analyzer.v1.StartAnalysisRunRequest.labels", 50),
     ("hopngo.migrator.v1.MigrationTarget.locations", 100),
+    ("hopngo.deployer.v1.TargetSpec.header_routes", 8),
+    ("hopngo.deployer.v1.TargetSpec.mirror_routes", 8),
+    ("hopngo.deployer.v1.HeaderRoute.matches", 16),
+    ("hopngo.deployer.v1.RequestMatch.headers", 16),
+    ("hopngo.deployer.v1.MirrorRoute.matches", 8),
 ];

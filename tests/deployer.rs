@@ -80,6 +80,7 @@ async fn replicas_die_with_a_killed_deployer_and_come_back_once() {
         environment: "staging".into(),
         tracks: vec![pb::TrackSpec { track: pb::Track::Stable as i32, artifact: "3.0.0-e2e".into(), replicas: 2 }],
         canary_weight: 0,
+        ..Default::default()
     };
     client
         .apply_target(pb::ApplyTargetRequest { target: Some(target.clone()), idempotency_key: "k1".into() })

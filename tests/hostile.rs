@@ -155,9 +155,36 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
             environment: environment.into(),
             tracks: vec![dpb::TrackSpec { track: dpb::Track::Stable as i32, artifact: artifact.into(), replicas: 1 }],
             canary_weight: 0,
+            ..Default::default()
         }),
         idempotency_key: "hostile".into(),
     };
+    // Header routes: a broken expression, one that compiles to an automaton too big to run per
+    // request, one longer than the contract allows, and a route with no canary to go to.
+    let routed = |regex: &str, canary: bool| {
+        let mut request = apply("staging", "1.0.0");
+        let target = request.target.as_mut().unwrap();
+        if canary {
+            target.tracks.push(dpb::TrackSpec {
+                track: dpb::Track::Canary as i32,
+                artifact: "1.1.0".into(),
+                replicas: 1,
+            });
+        }
+        target.header_routes = vec![dpb::HeaderRoute {
+            name: "beta".into(),
+            matches: vec![dpb::HeaderMatch {
+                name: "x-beta".into(),
+                value: Some(dpb::StringMatch { kind: Some(dpb::string_match::Kind::Regex(regex.into())) }),
+            }],
+        }];
+        request
+    };
+    let regex_field = "target.header_routes[0].matches[0].value.regex";
+    refused(deployer.apply_target(routed("(beta", true)).await, regex_field);
+    refused(deployer.apply_target(routed("[a-z]{1000}{1000}", true)).await, regex_field);
+    refused(deployer.apply_target(routed(&"a".repeat(5000), true)).await, regex_field);
+    refused(deployer.apply_target(routed("^beta$", false)).await, "target.header_routes");
     refused(deployer.apply_target(apply("staging", "--help")).await, "target.tracks[0].artifact");
     refused(deployer.apply_target(apply("staging", &"1".repeat(1 << 20))).await, "target.tracks[0].artifact");
     refused(deployer.apply_target(apply("staging", "1.0\u{202E}")).await, "target.tracks[0].artifact");

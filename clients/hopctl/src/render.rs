@@ -60,6 +60,9 @@ pub fn release_text(r: &ReleaseView) -> String {
     s.push_str(&format!("Artifact:    {}  (stable: {stable})\n", r.artifact));
     s.push_str(&format!("Phase:       {phase}\n"));
     s.push_str(&format!("Traffic:     {}\n", weight_bar(r.canary_weight)));
+    for route in &r.traffic_routes {
+        s.push_str(&format!("Route:       {route}\n"));
+    }
     s.push_str(&format!("Step:        {}/{}\n", r.current_step_index.min(r.steps.len() as u32), r.steps.len()));
     s.push_str(&format!("Message:     {}\n", r.message));
     if r.phase == "SUCCEEDED" {

@@ -117,6 +117,9 @@ pub struct ReleaseView {
     pub message: String,
     pub current_step_index: u32,
     pub canary_weight: u32,
+    /// Header and mirror routes to the canary in force, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub traffic_routes: Vec<String>,
     pub steps: Vec<StepView>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub analysis_runs: Vec<AnalysisView>,
@@ -202,6 +205,7 @@ impl From<&pb::Release> for ReleaseView {
             message: r.message.clone(),
             current_step_index: r.current_step_index,
             canary_weight: r.canary_weight,
+            traffic_routes: r.traffic_routes.clone(),
             steps: r
                 .steps
                 .iter()

@@ -275,7 +275,13 @@ impl Validator {
             );
         }
         for (i, step) in strategy.canary.iter().flat_map(|c| c.steps.iter()).enumerate() {
-            if matches!(step.step, super::StepDef::SetWeight(_) | super::StepDef::SetCanaryScale(_)) {
+            if matches!(
+                step.step,
+                super::StepDef::SetWeight(_)
+                    | super::StepDef::SetCanaryScale(_)
+                    | super::StepDef::SetHeaderRoute(_)
+                    | super::StepDef::SetMirrorRoute(_)
+            ) {
                 self.problem(
                     format!("{path}.canary.steps[{i}]"),
                     "an argoRollout service's traffic follows its Rollout's own steps; set weights in the Rollout",
@@ -318,6 +324,22 @@ impl Validator {
             );
         }
         let kpath = format!("{path}.kubernetes");
+        if k.route.is_none() {
+            let overrides = service
+                .environments
+                .iter()
+                .filter_map(|(env, o)| o.strategy.as_ref().map(|s| (format!("{path}.environments.{env}.strategy"), s)));
+            for (spath, strategy) in std::iter::once((format!("{path}.strategy"), &service.strategy)).chain(overrides) {
+                for (i, step) in strategy.canary.iter().flat_map(|c| c.steps.iter()).enumerate() {
+                    if matches!(step.step, super::StepDef::SetHeaderRoute(_) | super::StepDef::SetMirrorRoute(_)) {
+                        self.problem(
+                            format!("{spath}.canary.steps[{i}]"),
+                            "header and mirror routes need kubernetes.route: the service's HTTPRoute carries them",
+                        );
+                    }
+                }
+            }
+        }
         if let Some(problem) = image_repository_problem(&k.image) {
             self.problem(format!("{kpath}.image"), problem);
         }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod kubernetes;
 pub mod providers;
+pub mod routes;
 pub mod window;
 
 /// A duration written as `30s`, `5m`, `1h30m` or a number of seconds.
@@ -637,6 +638,10 @@ pub enum StepDef {
     Migrate(MigrateDef),
     /// Canary scale.
     SetCanaryScale(CanaryScaleDef),
+    /// Requests whose headers match go to the canary (no `match`: the route is removed).
+    SetHeaderRoute(routes::HeaderRoute),
+    /// A share of the matching requests is copied to the canary (no `match`: removed).
+    SetMirrorRoute(routes::MirrorRoute),
 }
 
 impl StepDef {
@@ -1239,6 +1244,18 @@ fn with_every_argument(text: &str, value: &str) -> Result<String, String> {
     hopngo_metrics_lang::template::substitute_with(text, |_| Ok(value.to_string()))
 }
 
+/// What is wrong with a name (of a service, environment, step or route), if anything.
+fn name_problem(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-');
+    (!ok).then(|| {
+        format!("{name:?} is not a valid name (lower-case letters, digits and '-', starting with a letter, at most 63)")
+    })
+}
+
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
@@ -1278,13 +1295,8 @@ impl Validator {
     }
 
     fn name(&mut self, path: &str, name: &str) {
-        let ok = !name.is_empty()
-            && name.len() <= 63
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && !name.ends_with('-');
-        if !ok {
-            self.problem(path, format!("{name:?} is not a valid name (lower-case letters, digits and '-', starting with a letter, at most 63)"));
+        if let Some(problem) = name_problem(name) {
+            self.problem(path, problem);
         }
     }
 
@@ -1484,6 +1496,9 @@ impl Validator {
     fn canary(&mut self, path: &str, c: &Canary, config: &DeliveryConfig, service: &Service) {
         let mut names = BTreeSet::new();
         let mut last_weight = 0;
+        // The routes in force after each step, to refuse a name used for both kinds or more
+        // routes at once than a backend can hold.
+        let mut in_force = routes::Routes::default();
         for (i, step) in c.steps.iter().enumerate() {
             let spath = format!("{path}.steps[{i}]");
             if let Some(name) = &step.name {
@@ -1550,6 +1565,24 @@ impl Validator {
                         self.range(&format!("{spath}.setCanaryScale.weight"), w, 0, 100);
                     }
                 }
+                StepDef::SetHeaderRoute(route) => {
+                    let rpath = format!("{spath}.setHeaderRoute");
+                    self.route_problems(&rpath, route.problems());
+                    if in_force.mirrors.iter().any(|m| m.name == route.name) {
+                        self.problem(format!("{rpath}.name"), format!("{:?} is a mirror route", route.name));
+                    }
+                    in_force.set_header(route);
+                    self.routes_in_force(&rpath, &in_force);
+                }
+                StepDef::SetMirrorRoute(route) => {
+                    let rpath = format!("{spath}.setMirrorRoute");
+                    self.route_problems(&rpath, route.problems());
+                    if in_force.headers.iter().any(|h| h.name == route.name) {
+                        self.problem(format!("{rpath}.name"), format!("{:?} is a header route", route.name));
+                    }
+                    in_force.set_mirror(route);
+                    self.routes_in_force(&rpath, &in_force);
+                }
             }
         }
         if let Some(bg) = &c.analysis {
@@ -1557,6 +1590,18 @@ impl Validator {
             if let Some(start) = bg.starting_step {
                 self.range(&format!("{path}.analysis.startingStep"), start, 0, c.steps.len() as i64);
             }
+        }
+    }
+
+    fn route_problems(&mut self, path: &str, problems: Vec<routes::RouteProblem>) {
+        for (at, reason) in problems {
+            self.problem(format!("{path}{at}"), reason);
+        }
+    }
+
+    fn routes_in_force(&mut self, path: &str, routes: &routes::Routes) {
+        if routes.headers.len() + routes.mirrors.len() > routes::MAX_ROUTES {
+            self.problem(path, format!("at most {} header and mirror routes are in force at once", routes::MAX_ROUTES));
         }
     }
 

@@ -65,6 +65,40 @@ fn weight_out_of_range_names_the_path() {
 }
 
 #[test]
+fn header_and_mirror_routes_are_checked_where_they_are_written() {
+    let routed = |steps: &str| GOOD.replace("- pause: {}", steps);
+    let ok = routed(
+        "- setHeaderRoute: {name: beta, match: [{headerName: x-beta, headerValue: {regex: '^(yes|1)$'}}]}\n          - setMirrorRoute: {name: shadow, percentage: 20, match: [{method: {exact: GET}}]}\n          - setHeaderRoute: {name: beta}",
+    );
+    assert_eq!(problems(&ok), Vec::<String>::new());
+    let p = problems(&routed(
+        "- setHeaderRoute: {name: beta, match: [{headerName: x-beta, headerValue: {regex: '(yes'}}]}",
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(
+            "services[0].strategy.canary.steps[4].setHeaderRoute.match[0].headerValue.regex: not a valid regular expression"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&routed(
+        "- setHeaderRoute: {name: same, match: [{headerName: x-a, headerValue: {exact: a}}]}\n          - setMirrorRoute: {name: same, percentage: 101, match: [{path: {prefix: /}}]}",
+    ));
+    assert_eq!(
+        p,
+        [
+            "services[0].strategy.canary.steps[5].setMirrorRoute.percentage: 101 is not in 1..=100",
+            "services[0].strategy.canary.steps[5].setMirrorRoute.name: \"same\" is a header route"
+        ]
+    );
+    let p = problems(&routed(
+        "- setHeaderRoute: {name: h, match: [{headerName: x-a, headerValue: {exact: a, prefix: b}}]}",
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("services[0].strategy.canary.steps[4].setHeaderRoute.match[0].headerValue"), "{p:?}");
+}
+
+#[test]
 fn decreasing_weights_are_refused() {
     let yaml = GOOD.replace("setWeight: 50", "setWeight: 10");
     let p = problems(&yaml);
@@ -119,7 +153,7 @@ fn structural_rules() {
     assert_eq!(
         p,
         vec![
-            "services[0].strategy.canary.steps[4]: exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required"
+            "services[0].strategy.canary.steps[4]: exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale, setHeaderRoute, setMirrorRoute is required"
         ]
     );
     let p = problems(&GOOD.replace("minApprovals: 1", "minApprovals: 0"));
@@ -263,8 +297,8 @@ fn hostile_nesting_and_size_are_problems_not_crashes() {
 
 #[test]
 fn a_step_is_one_kind_with_an_optional_name_beside_it() {
-    let one_kind = "exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale is required";
-    assert_eq!(StepDef::kinds().len(), 7);
+    let one_kind = "exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale, setHeaderRoute, setMirrorRoute is required";
+    assert_eq!(StepDef::kinds().len(), 9);
     let p = problems(&GOOD.replace("- pause: {}", "- name: hold"));
     assert_eq!(p, vec![format!("services[0].strategy.canary.steps[4]: {one_kind}")]);
     let p = problems(&GOOD.replace("- pause: {}", "- {}"));

@@ -53,6 +53,7 @@ fn target(service: &str, environment: &str, tracks: &[(Track, &str)], weight: u3
         environment: environment.into(),
         tracks: tracks.iter().map(|(t, a)| TrackSpec { track: *t, artifact: a.to_string(), replicas: 1 }).collect(),
         canary_weight: weight,
+        routes: Default::default(),
     }
 }
 

@@ -98,6 +98,7 @@ async fn main() {
         tracks: BTreeMap::from([(Track::Stable, vec![service])]),
         primary: Some(Track::Stable),
         weighted: None,
+        routes: Default::default(),
     });
     // Warm up connections and code paths.
     paced(service).await;
@@ -164,6 +165,7 @@ async fn weight_zero_cutoff() {
                 pb::TrackSpec { track: pb::Track::Canary as i32, artifact: "1.1.0".into(), replicas: 1 },
             ],
             canary_weight: weight,
+            ..Default::default()
         }),
         idempotency_key: format!("bench/{weight}"),
     };

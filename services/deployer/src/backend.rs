@@ -3,6 +3,8 @@
 
 use std::future::Future;
 
+use hopngo_delivery::routes::Routes;
+
 use crate::proxy::Track;
 
 /// Desired state of one track.
@@ -27,6 +29,22 @@ pub struct Target {
     pub tracks: Vec<TrackSpec>,
     /// Percentage of traffic for the canary track.
     pub canary_weight: u32,
+    /// Header and mirror routes to the canary track.
+    #[serde(default, skip_serializing_if = "Routes::is_empty")]
+    pub routes: Routes,
+}
+
+impl Target {
+    /// A target with nothing running (a proxy bound before its first apply, a preflight).
+    pub fn empty(service: &str, environment: &str) -> Target {
+        Target {
+            service: service.into(),
+            environment: environment.into(),
+            tracks: Vec::new(),
+            canary_weight: 0,
+            routes: Routes::default(),
+        }
+    }
 }
 
 /// Observed state of one track.

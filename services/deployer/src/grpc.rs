@@ -103,7 +103,19 @@ pub fn target(spec: Option<pb::TargetSpec>) -> Result<Target, Status> {
     if spec.canary_weight > 0 && !has(Track::Canary) {
         return Err(invalid("target.canary_weight", format!("{} needs a CANARY track", spec.canary_weight)));
     }
-    Ok(Target { service: spec.service, environment: spec.environment, tracks, canary_weight: spec.canary_weight })
+    let routes = hopngo_delivery::routes::from_proto(&spec.header_routes, &spec.mirror_routes)
+        .map_err(|(field, reason)| invalid(field, reason))?;
+    if !routes.is_empty() && !has(Track::Canary) {
+        let field = if routes.headers.is_empty() { "target.mirror_routes" } else { "target.header_routes" };
+        return Err(invalid(field, "routes send requests to the CANARY track: the target has none"));
+    }
+    Ok(Target {
+        service: spec.service,
+        environment: spec.environment,
+        tracks,
+        canary_weight: spec.canary_weight,
+        routes,
+    })
 }
 
 fn status(

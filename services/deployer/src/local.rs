@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backend::{Backend, BackendError, Observed, Target, TrackObserved},
-    proxy::{Proxy, ProxyMetrics, Routing, Track},
+    proxy::{Proxy, ProxyMetrics, RouteRules, Routing, Track},
     supervisor::{ReplicaSetSpec, ReplicaStatus, Supervisor, set_key},
 };
 
@@ -25,6 +25,8 @@ const RECONCILE_INTERVAL: Duration = Duration::from_millis(50);
 
 struct Running {
     target: Target,
+    /// The target's routes, compiled when it was applied.
+    rules: Arc<RouteRules>,
     proxy: Proxy,
 }
 
@@ -92,13 +94,8 @@ impl LocalBackend {
         }
         let proxy = Proxy::start(addr, service, environment, self.metrics.clone(), self.shutdown.clone()).await?;
         let bound = proxy.addr();
-        let target = Target {
-            service: service.to_string(),
-            environment: environment.to_string(),
-            tracks: Vec::new(),
-            canary_weight: 0,
-        };
-        running.insert(key, Running { target, proxy });
+        let target = Target::empty(service, environment);
+        running.insert(key, Running { target, rules: Arc::default(), proxy });
         Ok(bound)
     }
 
@@ -156,7 +153,7 @@ impl LocalBackend {
         let running = self.running.lock().await;
         let mut wanted = std::collections::BTreeSet::new();
         for r in running.values() {
-            let routing = self.routing(&r.target).await;
+            let routing = self.routing(&r.target, &r.rules).await;
             if *r.proxy.routing() != routing {
                 r.proxy.set_routing(routing);
             }
@@ -172,13 +169,13 @@ impl LocalBackend {
         }
     }
 
-    async fn routing(&self, target: &Target) -> Routing {
+    async fn routing(&self, target: &Target, rules: &Arc<RouteRules>) -> Routing {
         let mut tracks = BTreeMap::new();
         for t in &target.tracks {
             let replicas = self.supervisor.status(&set_key(&target.service, &target.environment, &t.artifact)).await;
             tracks.insert(t.track, ready_addrs(&replicas));
         }
-        route(target, tracks)
+        route(target, rules, tracks)
     }
 }
 
@@ -187,11 +184,11 @@ fn ready_addrs(replicas: &[ReplicaStatus]) -> Vec<SocketAddr> {
 }
 
 /// The routing of a target given each track's ready replicas.
-fn route(target: &Target, tracks: BTreeMap<Track, Vec<SocketAddr>>) -> Routing {
+fn route(target: &Target, rules: &Arc<RouteRules>, tracks: BTreeMap<Track, Vec<SocketAddr>>) -> Routing {
     let has = |t: Track| target.tracks.iter().any(|s| s.track == t);
     let primary = [Track::Stable, Track::Active].into_iter().find(|t| has(*t));
     let weighted = has(Track::Canary).then_some((Track::Canary, target.canary_weight));
-    Routing { tracks, primary, weighted }
+    Routing { tracks, primary, weighted, routes: rules.clone() }
 }
 
 impl Backend for LocalBackend {
@@ -225,6 +222,8 @@ impl Backend for LocalBackend {
     }
 
     async fn apply(&self, target: &Target) -> Result<(), BackendError> {
+        let rules = RouteRules::compile(&target.routes)
+            .map_err(|reason| BackendError::Invalid { field: "target.header_routes".into(), reason })?;
         let _changes = self.changes.lock().await;
         let mut specs = Vec::new();
         for t in &target.tracks {
@@ -254,6 +253,9 @@ impl Backend for LocalBackend {
         .map_err(|e| BackendError::Unavailable(format!("starting the proxy: {e}")))?;
         let mut running = self.running.lock().await;
         if let Some(r) = running.get_mut(&(target.service.clone(), target.environment.clone())) {
+            if r.target.routes != target.routes {
+                r.rules = Arc::new(rules);
+            }
             r.target = target.clone();
         }
         drop(running);
@@ -297,7 +299,7 @@ impl Backend for LocalBackend {
             Some((track, weight)) if routing.tracks.get(&track).is_some_and(|a| !a.is_empty()) => weight,
             _ => 0,
         };
-        let routing_current = *routing == route(&r.target, ready_tracks);
+        let routing_current = *routing == route(&r.target, &r.rules, ready_tracks);
         observed.converged = waiting.is_empty() && routing_current && observed.canary_weight == r.target.canary_weight;
         observed.message = if observed.converged {
             String::new()
@@ -310,8 +312,7 @@ impl Backend for LocalBackend {
     }
 
     async fn preflight(&self, service: &str, environment: &str) -> Vec<(String, bool, String)> {
-        let target =
-            Target { service: service.into(), environment: environment.into(), tracks: Vec::new(), canary_weight: 0 };
+        let target = Target::empty(service, environment);
         let mut checks = Vec::new();
         match self.replica_spec(&target, "preflight", 1) {
             Ok(spec) => {

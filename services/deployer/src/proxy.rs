@@ -2,8 +2,10 @@
 //! between tracks by the weight in force (changed atomically: the next request sees it; spread
 //! evenly, so any 100 consecutive requests carry the weight ±1 rather than only on average),
 //! honours `x-hopngo-track` to pin a request to a track (for testing a canary or a blue/green
-//! preview), spreads a track's requests over its replicas, and records per-track request counts
-//! by status class and latency histograms.
+//! preview), sends requests matching a header route to the canary and copies a share of those
+//! matching a mirror route to it (its answers discarded), spreads a track's requests over its
+//! replicas, and records per-track request counts by status class and latency histograms
+//! (mirrored requests count under the canary: they are what it served).
 
 use std::{
     collections::BTreeMap,
@@ -17,8 +19,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use hopngo_delivery::routes::{Routes, StringMatch};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -29,6 +33,15 @@ use tokio_util::sync::CancellationToken;
 
 /// Request header that pins a request to a track.
 pub const TRACK_HEADER: &str = "x-hopngo-track";
+/// Header a mirrored copy carries, so the canary can tell it from a request someone waits for.
+pub const MIRROR_HEADER: &str = "x-hopngo-mirror";
+/// Largest request body copied to the canary; a larger (or unsized, chunked) one is not mirrored.
+pub const MAX_MIRRORED_BODY: u64 = 1 << 20;
+/// Mirrored copies in flight at once per proxy: a slow canary sheds copies instead of piling
+/// them up.
+const MAX_MIRRORS_IN_FLIGHT: usize = 64;
+/// How long a mirrored copy may take.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A role a set of replicas plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -64,6 +77,134 @@ impl Track {
     }
 }
 
+/// A compiled string match. A path prefix matches whole segments, as Gateway API's
+/// `PathPrefix` does (`/api` matches `/api` and `/api/x`, not `/apix`), so a route means the same
+/// on both backends.
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    PathPrefix(String),
+    Regex(regex::Regex),
+}
+
+impl Matcher {
+    fn new(m: &StringMatch, path: bool) -> Result<Matcher, String> {
+        Ok(match m {
+            StringMatch::Exact(v) => Matcher::Exact(v.clone()),
+            StringMatch::Prefix(v) if path => Matcher::PathPrefix(v.trim_end_matches('/').to_string()),
+            StringMatch::Prefix(v) => Matcher::Prefix(v.clone()),
+            StringMatch::Regex(v) => Matcher::Regex(hopngo_delivery::routes::regex(v)?),
+        })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Exact(v) => value == v,
+            Matcher::Prefix(v) => value.starts_with(v.as_str()),
+            Matcher::PathPrefix(v) => {
+                value.strip_prefix(v.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            Matcher::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Header matches that must all hold; a header sent several times matches if one value does.
+#[derive(Debug, Default)]
+struct HeaderMatchers(Vec<(HeaderName, Matcher)>);
+
+impl HeaderMatchers {
+    fn new<'a>(matches: impl Iterator<Item = (&'a String, &'a StringMatch)>) -> Result<HeaderMatchers, String> {
+        let mut out = Vec::new();
+        for (name, m) in matches {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{name:?} is not a header name"))?;
+            out.push((name, Matcher::new(m, false)?));
+        }
+        Ok(HeaderMatchers(out))
+    }
+
+    fn hold(&self, headers: &HeaderMap) -> bool {
+        self.0.iter().all(|(name, m)| headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| m.matches(v))))
+    }
+}
+
+#[derive(Debug)]
+struct RequestMatcher {
+    method: Option<Method>,
+    path: Option<Matcher>,
+    headers: HeaderMatchers,
+}
+
+#[derive(Debug)]
+struct MirrorMatcher {
+    percentage: u32,
+    any_of: Vec<RequestMatcher>,
+}
+
+/// A target's header and mirror routes, compiled once when the target is applied. Two compare
+/// equal when their routes do.
+#[derive(Debug, Default)]
+pub struct RouteRules {
+    source: Routes,
+    headers: Vec<HeaderMatchers>,
+    mirrors: Vec<MirrorMatcher>,
+}
+
+impl PartialEq for RouteRules {
+    fn eq(&self, other: &RouteRules) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for RouteRules {}
+
+impl RouteRules {
+    /// Compiles `routes` (checked already: an error here names what the check missed).
+    pub fn compile(routes: &Routes) -> Result<RouteRules, String> {
+        let headers = routes
+            .headers
+            .iter()
+            .map(|r| HeaderMatchers::new(r.matches.iter().map(|m| (&m.header_name, &m.header_value))))
+            .collect::<Result<_, _>>()?;
+        let mut mirrors = Vec::new();
+        for r in &routes.mirrors {
+            let mut any_of = Vec::new();
+            for m in &r.matches {
+                let method = match &m.method {
+                    Some(method) => {
+                        Some(Method::from_bytes(method.value().as_bytes()).map_err(|_| "not a method".to_string())?)
+                    }
+                    None => None,
+                };
+                let path = m.path.as_ref().map(|p| Matcher::new(p, true)).transpose()?;
+                any_of.push(RequestMatcher { method, path, headers: HeaderMatchers::new(m.headers.iter())? });
+            }
+            mirrors.push(MirrorMatcher { percentage: r.percentage, any_of });
+        }
+        Ok(RouteRules { source: routes.clone(), headers, mirrors })
+    }
+
+    /// Whether a header route sends the request to the canary.
+    fn header_routed(&self, headers: &HeaderMap) -> bool {
+        self.headers.iter().any(|h| h.hold(headers))
+    }
+
+    /// The share of requests like this one to copy (the first mirror route matching), if any.
+    fn mirrored_share<B>(&self, req: &Request<B>) -> Option<u32> {
+        self.mirrors
+            .iter()
+            .find(|m| {
+                m.any_of.iter().any(|rm| {
+                    rm.method.as_ref().is_none_or(|method| req.method() == method)
+                        && rm.path.as_ref().is_none_or(|p| p.matches(req.uri().path()))
+                        && rm.headers.hold(req.headers())
+                })
+            })
+            .map(|m| m.percentage)
+    }
+}
+
 /// Where requests go.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Routing {
@@ -73,13 +214,26 @@ pub struct Routing {
     pub primary: Option<Track>,
     /// Weighted track and its share of traffic in percent, 0..=100.
     pub weighted: Option<(Track, u32)>,
+    /// Header and mirror routes to the weighted track.
+    pub routes: Arc<RouteRules>,
 }
 
 impl Routing {
-    /// Which track a request goes to: the pinned one if it has replicas, else by weight.
-    fn choose(&self, pinned: Option<Track>, roll: u32) -> Option<Track> {
+    fn has_replicas(&self, track: Track) -> bool {
+        self.tracks.get(&track).is_some_and(|a| !a.is_empty())
+    }
+
+    /// Which track a request goes to: the pinned one if it has replicas, then the canary if a
+    /// header route matches, else by weight.
+    fn choose(&self, pinned: Option<Track>, headers: &HeaderMap, roll: u32) -> Option<Track> {
         if let Some(track) = pinned
-            && self.tracks.get(&track).is_some_and(|a| !a.is_empty())
+            && self.has_replicas(track)
+        {
+            return Some(track);
+        }
+        if let Some((track, _)) = self.weighted
+            && self.has_replicas(track)
+            && self.routes.header_routed(headers)
         {
             return Some(track);
         }
@@ -154,7 +308,10 @@ struct Shared {
     routing: RwLock<Arc<Routing>>,
     /// Request counter: drives the weighted split and the replica round-robin.
     next: AtomicUsize,
-    client: Client<HttpConnector, Incoming>,
+    /// Counter of requests a mirror route matched: drives its share.
+    mirror_next: AtomicUsize,
+    mirror_slots: Arc<tokio::sync::Semaphore>,
+    client: Client<HttpConnector, Body>,
     /// Indexed like [`Track::ALL`].
     metrics: Vec<TrackMetrics>,
 }
@@ -191,6 +348,8 @@ impl Proxy {
         let shared = Arc::new(Shared {
             routing: RwLock::new(Arc::new(Routing::default())),
             next: AtomicUsize::new(0),
+            mirror_next: AtomicUsize::new(0),
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(MAX_MIRRORS_IN_FLIGHT)),
             client,
             metrics: Track::ALL.iter().map(|t| TrackMetrics::new(&metrics, service, environment, *t)).collect(),
         });
@@ -254,36 +413,98 @@ fn roll(n: usize) -> u32 {
     ((n as f64 * GOLDEN).fract() * 100.0) as u32
 }
 
-async fn forward(shared: &Shared, mut req: Request<Incoming>) -> Response<Body> {
-    let routing = shared.routing.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let pinned = req.headers().get(TRACK_HEADER).and_then(|v| v.to_str().ok()).and_then(Track::parse);
-    let n = shared.next.fetch_add(1, Ordering::Relaxed);
-    let Some(track) = routing.choose(pinned, roll(n)) else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "no ready replicas\n");
-    };
-    let replicas = &routing.tracks[&track];
-    let upstream = replicas[n % replicas.len()];
+/// Points `req` at `upstream` (its URI and Host).
+fn aim<B>(req: &mut Request<B>, upstream: SocketAddr) -> Result<(), ()> {
     let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri = match format!("http://{upstream}{path}").parse() {
-        Ok(uri) => uri,
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "bad request target\n"),
-    };
-    *req.uri_mut() = uri;
+    *req.uri_mut() = format!("http://{upstream}{path}").parse().map_err(|_| ())?;
     if let Ok(host) = HeaderValue::from_str(&upstream.to_string()) {
         req.headers_mut().insert(http::header::HOST, host);
     }
-    let started = Instant::now();
-    let response = match shared.client.request(req).await {
-        Ok(response) => response.map(Either::Left),
-        Err(err) => {
-            tracing::debug!(%err, %upstream, "upstream request failed");
-            plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
-        }
+    Ok(())
+}
+
+impl Shared {
+    fn track_metrics(&self, track: Track) -> &TrackMetrics {
+        &self.metrics[Track::ALL.iter().position(|t| *t == track).unwrap_or(0)]
+    }
+
+    /// Sends `req` upstream and records the answer under `track`.
+    async fn send(&self, req: Request<Body>, track: Track) -> Response<Body> {
+        let started = Instant::now();
+        let response = match self.client.request(req).await {
+            Ok(response) => response.map(Either::Left),
+            Err(err) => {
+                tracing::debug!(%err, "upstream request failed");
+                plain(StatusCode::BAD_GATEWAY, "upstream failed\n")
+            }
+        };
+        let metrics = self.track_metrics(track);
+        metrics.seconds.observe(started.elapsed().as_secs_f64());
+        metrics.requests[class(response.status())].inc();
+        response
+    }
+}
+
+/// A copy of `req` for the mirror and the request itself, with its body read (it is at most
+/// [`MAX_MIRRORED_BODY`]); `Err` gives the request back untouched when it cannot be copied.
+async fn copy(req: Request<Incoming>) -> Result<(Request<Body>, Request<Body>), Request<Incoming>> {
+    if req.body().size_hint().exact().is_none_or(|n| n > MAX_MIRRORED_BODY) {
+        return Err(req);
+    }
+    let (parts, body) = req.into_parts();
+    // The size is known and small: reading it whole is bounded.
+    let bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
     };
-    let metrics = &shared.metrics[Track::ALL.iter().position(|t| *t == track).unwrap_or(0)];
-    metrics.seconds.observe(started.elapsed().as_secs_f64());
-    metrics.requests[class(response.status())].inc();
-    let mut response = response;
+    let mut mirror = Request::new(Either::Right(Full::new(bytes.clone())));
+    *mirror.method_mut() = parts.method.clone();
+    *mirror.uri_mut() = parts.uri.clone();
+    *mirror.version_mut() = parts.version;
+    *mirror.headers_mut() = parts.headers.clone();
+    mirror.headers_mut().insert(MIRROR_HEADER, HeaderValue::from_static("1"));
+    Ok((mirror, Request::from_parts(parts, Either::Right(Full::new(bytes)))))
+}
+
+async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let routing = shared.routing.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let pinned = req.headers().get(TRACK_HEADER).and_then(|v| v.to_str().ok()).and_then(Track::parse);
+    let n = shared.next.fetch_add(1, Ordering::Relaxed);
+    let Some(track) = routing.choose(pinned, req.headers(), roll(n)) else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "no ready replicas\n");
+    };
+    // A copy goes to the canary only when the canary is not answering the request itself.
+    let mirror_to = routing.weighted.map(|(t, _)| t).filter(|t| *t != track && routing.has_replicas(*t)).filter(|_| {
+        routing
+            .routes
+            .mirrored_share(&req)
+            .is_some_and(|share| roll(shared.mirror_next.fetch_add(1, Ordering::Relaxed)) < share)
+    });
+    let mut req = match mirror_to {
+        None => req.map(Either::Left),
+        Some(canary) => match copy(req).await {
+            Ok((mut mirror, req)) => {
+                let replicas = &routing.tracks[&canary];
+                if let Ok(slot) = shared.mirror_slots.clone().try_acquire_owned()
+                    && aim(&mut mirror, replicas[n % replicas.len()]).is_ok()
+                {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        // The answer is discarded: only the canary's metrics see it.
+                        let _ = tokio::time::timeout(MIRROR_TIMEOUT, shared.send(mirror, canary)).await;
+                    });
+                }
+                req
+            }
+            Err(req) => req.map(Either::Left),
+        },
+    };
+    let replicas = &routing.tracks[&track];
+    if aim(&mut req, replicas[n % replicas.len()]).is_err() {
+        return plain(StatusCode::BAD_REQUEST, "bad request target\n");
+    }
+    let mut response = shared.send(req, track).await;
     if let Ok(v) = HeaderValue::from_str(track.as_str()) {
         response.headers_mut().insert(TRACK_HEADER, v);
     }
@@ -302,19 +523,83 @@ mod tests {
             ]),
             primary: Some(Track::Stable),
             weighted: Some((Track::Canary, weight)),
+            routes: Arc::default(),
         }
+    }
+
+    fn none() -> HeaderMap {
+        HeaderMap::new()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn rules(yaml: &str) -> Arc<RouteRules> {
+        let routes: Routes = serde_saphyr::from_str(yaml).unwrap();
+        assert!(routes.problems().is_empty(), "{:?}", routes.problems());
+        Arc::new(RouteRules::compile(&routes).unwrap())
+    }
+
+    #[test]
+    fn header_routes_send_matching_requests_to_the_canary_whatever_the_weight() {
+        let mut r = routing(0);
+        r.routes = rules(
+            "headers:\n  - name: beta\n    match:\n      - {headerName: X-Beta, headerValue: {exact: 'yes'}}\n      - {headerName: x-region, headerValue: {regex: '^eu-'}}\n  - name: staff\n    match: [{headerName: cookie, headerValue: {prefix: staff=}}]\n",
+        );
+        let both = headers(&[("x-beta", "yes"), ("x-region", "eu-west")]);
+        assert_eq!(r.choose(None, &both, 99), Some(Track::Canary));
+        assert_eq!(r.choose(None, &headers(&[("x-beta", "yes")]), 0), Some(Track::Stable), "every match must hold");
+        assert_eq!(r.choose(None, &headers(&[("x-beta", "YES"), ("x-region", "eu-1")]), 0), Some(Track::Stable));
+        let repeated = headers(&[("cookie", "a=1"), ("cookie", "staff=1")]);
+        assert_eq!(r.choose(None, &repeated, 0), Some(Track::Canary), "any value of a repeated header");
+        assert_eq!(r.choose(Some(Track::Stable), &both, 0), Some(Track::Stable), "a pinned track wins");
+        r.tracks.insert(Track::Canary, Vec::new());
+        assert_eq!(r.choose(None, &both, 0), Some(Track::Stable), "no canary replica: the route waits");
+    }
+
+    #[test]
+    fn mirror_routes_pick_requests_by_method_path_and_headers() {
+        let rules = rules(
+            "mirrors:\n  - name: reads\n    percentage: 30\n    match:\n      - {method: {exact: GET}, path: {prefix: /api/}}\n      - headers: {x-shadow: {exact: '1'}}\n",
+        );
+        let req = |method: &str, path: &str, h: &[(&'static str, &'static str)]| {
+            let mut req = Request::builder().method(method).uri(path).body(()).unwrap();
+            *req.headers_mut() = headers(h);
+            req
+        };
+        assert_eq!(rules.mirrored_share(&req("GET", "/api/v1/info", &[])), Some(30));
+        assert_eq!(rules.mirrored_share(&req("GET", "/api", &[])), Some(30), "the prefix itself");
+        assert_eq!(rules.mirrored_share(&req("GET", "/apix", &[])), None, "whole segments only");
+        assert_eq!(rules.mirrored_share(&req("POST", "/api/v1", &[])), None);
+        assert_eq!(rules.mirrored_share(&req("POST", "/other", &[("x-shadow", "1")])), Some(30), "any match block");
+        assert_eq!(
+            *rules,
+            *super::tests::rules(
+                "mirrors:\n  - name: reads\n    percentage: 30\n    match:\n      - {method: {exact: GET}, path: {prefix: /api/}}\n      - headers: {x-shadow: {exact: '1'}}\n"
+            )
+        );
+        assert_ne!(*rules, RouteRules::default());
     }
 
     #[test]
     fn weight_decides_unless_pinned() {
         let r = routing(25);
-        assert_eq!(r.choose(None, 24), Some(Track::Canary));
-        assert_eq!(r.choose(None, 25), Some(Track::Stable));
-        assert_eq!(routing(0).choose(None, 0), Some(Track::Stable), "weight 0 sends none");
-        assert_eq!(routing(100).choose(None, 99), Some(Track::Canary));
-        assert_eq!(r.choose(Some(Track::Stable), 0), Some(Track::Stable));
-        assert_eq!(routing(0).choose(Some(Track::Canary), 99), Some(Track::Canary));
-        assert_eq!(r.choose(Some(Track::Preview), 99), Some(Track::Stable), "an absent pinned track falls back");
+        assert_eq!(r.choose(None, &none(), 24), Some(Track::Canary));
+        assert_eq!(r.choose(None, &none(), 25), Some(Track::Stable));
+        assert_eq!(routing(0).choose(None, &none(), 0), Some(Track::Stable), "weight 0 sends none");
+        assert_eq!(routing(100).choose(None, &none(), 99), Some(Track::Canary));
+        assert_eq!(r.choose(Some(Track::Stable), &none(), 0), Some(Track::Stable));
+        assert_eq!(routing(0).choose(Some(Track::Canary), &none(), 99), Some(Track::Canary));
+        assert_eq!(
+            r.choose(Some(Track::Preview), &none(), 99),
+            Some(Track::Stable),
+            "an absent pinned track falls back"
+        );
     }
 
     #[test]
@@ -331,8 +616,8 @@ mod tests {
     fn empty_tracks_fall_back_to_primary_or_nothing() {
         let mut r = routing(50);
         r.tracks.insert(Track::Canary, Vec::new());
-        assert_eq!(r.choose(None, 0), Some(Track::Stable));
+        assert_eq!(r.choose(None, &none(), 0), Some(Track::Stable));
         r.tracks.insert(Track::Stable, Vec::new());
-        assert_eq!(r.choose(None, 99), None);
+        assert_eq!(r.choose(None, &none(), 99), None);
     }
 }

@@ -124,6 +124,7 @@ fn target(service: &str, tracks: Vec<pb::TrackSpec>, weight: u32) -> pb::ApplyTa
             environment: "staging".into(),
             tracks,
             canary_weight: weight,
+            ..Default::default()
         }),
         idempotency_key: format!("{service}-{weight}-{}", uuid_like()),
     }
@@ -303,6 +304,69 @@ async fn canary_weights_are_written_to_the_route_step_by_step_and_a_restart_writ
     assert_eq!(st.tracks[0].artifact, "1.1");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(s.fake.resource_version(), before, "a restarted deployer wrote to the cluster");
+    server.stop().await;
+    assert_written_objects_are_valid(&s);
+}
+
+#[tokio::test]
+async fn header_and_mirror_routes_are_rules_of_the_route_while_the_canary_runs() {
+    let s = setup().await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::{Canary, Stable};
+    let string = |kind: pb::string_match::Kind| Some(pb::StringMatch { kind: Some(kind) });
+    let mut routed = target("booking", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1)], 0);
+    let spec = routed.target.as_mut().unwrap();
+    spec.header_routes = vec![pb::HeaderRoute {
+        name: "beta".into(),
+        matches: vec![pb::HeaderMatch {
+            name: "x-beta".into(),
+            value: string(pb::string_match::Kind::Prefix("y.".into())),
+        }],
+    }];
+    spec.mirror_routes = vec![pb::MirrorRoute {
+        name: "shadow".into(),
+        percentage: 20,
+        matches: vec![pb::RequestMatch {
+            method: "GET".into(),
+            path: string(pb::string_match::Kind::Prefix("/api".into())),
+            headers: Vec::new(),
+        }],
+    }];
+    client.apply_target(routed.clone()).await.unwrap();
+    converged(&mut client, "booking").await;
+    let route = s.fake.object("httproutes", NS, "booking").unwrap();
+    let rules = route["spec"]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 4, "track header, header route, mirror, weighted: {rules:#?}");
+    assert_eq!(
+        rules[1]["matches"][0]["headers"][0],
+        json!({"type": "RegularExpression", "name": "x-beta", "value": "^y\\..*"}),
+        "Gateway API has no header prefix: an anchored expression"
+    );
+    assert_eq!(rules[1]["backendRefs"][0]["name"], "booking-canary");
+    assert_eq!(rules[2]["matches"][0]["method"], "GET");
+    assert_eq!(
+        rules[2]["filters"][0],
+        json!({"type": "RequestMirror", "requestMirror": {
+            "backendRef": {"group": "", "kind": "Service", "name": "booking-canary", "port": 80}, "percent": 20}})
+    );
+    assert_eq!(
+        rules[2]["backendRefs"].as_array().unwrap().iter().map(|b| b["weight"].as_i64().unwrap()).collect::<Vec<_>>(),
+        [100, 0],
+        "a mirrored request is answered as any other"
+    );
+
+    // The release ends: no routes, the rules go with them.
+    client.apply_target(target("booking", vec![track(Stable, "1.1", 2)], 0)).await.unwrap();
+    converged(&mut client, "booking").await;
+    let route = s.fake.object("httproutes", NS, "booking").unwrap();
+    assert_eq!(route["spec"]["rules"].as_array().unwrap().len(), 1);
+
+    // A service without a route has nowhere to put them.
+    let mut unrouted = target("chat", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1)], 0);
+    unrouted.target.as_mut().unwrap().header_routes = routed.target.as_ref().unwrap().header_routes.clone();
+    let err = client.apply_target(unrouted).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("target.header_routes: \"chat\" has no kubernetes.route"), "{}", err.message());
     server.stop().await;
     assert_written_objects_are_valid(&s);
 }

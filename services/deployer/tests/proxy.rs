@@ -11,9 +11,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use hopngo_delivery::routes::Routes;
 use hopngo_deployer::{
     demo::{self, Behaviour, VERSION_HEADER},
-    proxy::{Proxy, ProxyMetrics, Routing, TRACK_HEADER, Track},
+    proxy::{Proxy, ProxyMetrics, RouteRules, Routing, TRACK_HEADER, Track},
 };
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::{
@@ -48,7 +49,37 @@ fn canary(s: &Setup, weight: u32) -> Routing {
         tracks: BTreeMap::from([(Track::Stable, vec![s.v1]), (Track::Canary, vec![s.v2])]),
         primary: Some(Track::Stable),
         weighted: Some((Track::Canary, weight)),
+        routes: Arc::default(),
     }
+}
+
+fn with_routes(mut routing: Routing, yaml: &str) -> Routing {
+    let routes: Routes = serde_saphyr::from_str(yaml).unwrap();
+    routing.routes = Arc::new(RouteRules::compile(&routes).unwrap());
+    routing
+}
+
+/// One GET of `url` with `headers`: (version that answered, status).
+async fn get(client: &HttpClient, url: &str, headers: &[(&str, &str)]) -> (String, u16) {
+    let mut req = http::Request::get(url);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let response = client.request(req.body(Empty::new()).unwrap()).await.unwrap();
+    let version = response.headers().get(VERSION_HEADER).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let status = response.status().as_u16();
+    response.into_body().collect().await.unwrap();
+    (version, status)
+}
+
+/// Sends `n` GETs to `path` with `headers`, one at a time; counts (version, status) pairs.
+async fn send_with(proxy: SocketAddr, n: usize, path: &str, headers: &[(&str, &str)]) -> HashMap<(String, u16), u64> {
+    let client = client();
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        *seen.entry(get(&client, &format!("http://{proxy}{path}"), headers).await).or_insert(0) += 1;
+    }
+    seen
 }
 
 fn client() -> HttpClient {
@@ -64,17 +95,10 @@ async fn send(proxy: SocketAddr, n: usize, concurrency: usize, pin: Option<&str>
         let count = n / concurrency + usize::from(worker < n % concurrency);
         tasks.push(tokio::spawn(async move {
             let mut seen = HashMap::new();
+            let headers: Vec<(&str, &str)> = pin.iter().map(|track| (TRACK_HEADER, track.as_str())).collect();
             for i in 0..count {
-                let mut req = http::Request::get(format!("http://{proxy}/api/v1/bookings/{i}"));
-                if let Some(track) = &pin {
-                    req = req.header(TRACK_HEADER, track);
-                }
-                let response = client.request(req.body(Empty::new()).unwrap()).await.unwrap();
-                let version =
-                    response.headers().get(VERSION_HEADER).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-                let status = response.status().as_u16();
-                response.into_body().collect().await.unwrap();
-                *seen.entry((version, status)).or_insert(0) += 1;
+                let answer = get(&client, &format!("http://{proxy}/api/v1/bookings/{i}"), &headers).await;
+                *seen.entry(answer).or_insert(0) += 1;
             }
             seen
         }));
@@ -141,6 +165,49 @@ async fn weight_zero_sends_none_and_the_header_pins_a_track() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_route_sends_matching_requests_to_the_canary_at_weight_zero() {
+    let s = setup("1.1.0").await;
+    let header_route =
+        "headers:\n  - name: beta\n    match: [{headerName: x-beta-user, headerValue: {regex: '^(yes|true)$'}}]\n";
+    s.proxy.set_routing(with_routes(canary(&s, 0), header_route));
+    let stable = || HashMap::from([(("1.0.0".to_string(), 200), 50)]);
+    let canary_only = HashMap::from([(("1.1.0".to_string(), 200), 50)]);
+    assert_eq!(send_with(s.proxy.addr(), 50, "/api/v1/info", &[("X-Beta-User", "true")]).await, canary_only);
+    assert_eq!(send_with(s.proxy.addr(), 50, "/api/v1/info", &[("x-beta-user", "maybe")]).await, stable());
+    assert_eq!(send_with(s.proxy.addr(), 50, "/api/v1/info", &[]).await, stable());
+    // Removing the route (the release ends or aborts) sends everyone back.
+    s.proxy.set_routing(canary(&s, 0));
+    assert_eq!(send_with(s.proxy.addr(), 50, "/api/v1/info", &[("x-beta-user", "true")]).await, stable());
+    s.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_route_copies_its_share_to_the_canary_and_only_stable_answers() {
+    let s = setup("1.1.0").await;
+    let mirror =
+        "mirrors:\n  - name: reads\n    percentage: 40\n    match: [{method: {exact: GET}, path: {prefix: /api/v1}}]\n";
+    s.proxy.set_routing(with_routes(canary(&s, 0), mirror));
+    let seen = send_with(s.proxy.addr(), 200, "/api/v1/info", &[]).await;
+    assert_eq!(seen, HashMap::from([(("1.0.0".to_string(), 200), 200)]), "the canary's answers are discarded");
+    // Copies finish after the answers: wait for them. The golden-ratio roll copies 40 of every
+    // 100 matching requests (±1).
+    let mut mirrored = 0;
+    for _ in 0..100 {
+        mirrored = metric(&s.registry, "canary", "2xx");
+        if mirrored >= 79 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!((79..=81).contains(&mirrored), "{mirrored} of 200 copied at 40%");
+    assert_eq!(metric(&s.registry, "stable", "2xx"), 200);
+    send_with(s.proxy.addr(), 100, "/healthz", &[]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(metric(&s.registry, "canary", "2xx"), mirrored, "a path outside the match is not copied");
+    s.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulty_canary_shows_up_as_5xx_on_its_track_only() {
     let s = setup("2.0.0+errors=1.0").await;
     s.proxy.set_routing(canary(&s, 50));
@@ -163,6 +230,7 @@ async fn nothing_ready_is_503_and_a_dead_replica_is_502() {
         tracks: BTreeMap::from([(Track::Stable, vec![dead])]),
         primary: Some(Track::Stable),
         weighted: None,
+        routes: Arc::default(),
     });
     let seen = send(s.proxy.addr(), 10, 1, None).await;
     assert_eq!(seen, HashMap::from([((String::new(), 502), 10)]));
@@ -176,6 +244,7 @@ async fn blue_green_switch_and_switch_back_drop_no_requests_under_steady_load() 
         tracks: BTreeMap::from([(Track::Active, vec![active]), (Track::Preview, vec![preview])]),
         primary: Some(Track::Active),
         weighted: None,
+        routes: Arc::default(),
     };
     s.proxy.set_routing(blue_green(s.v1, s.v2));
     let stop = Arc::new(AtomicBool::new(false));

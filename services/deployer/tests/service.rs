@@ -59,6 +59,7 @@ fn apply(service: &str, tracks: Vec<pb::TrackSpec>, weight: u32, key: &str) -> p
             environment: "staging".into(),
             tracks,
             canary_weight: weight,
+            ..Default::default()
         }),
         idempotency_key: key.into(),
     }

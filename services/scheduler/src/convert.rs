@@ -64,6 +64,8 @@ fn step_kind(a: &StepAction) -> pb::StepKind {
         StepAction::Verify { .. } => pb::StepKind::Verify,
         StepAction::Migrate { .. } => pb::StepKind::Migrate,
         StepAction::SetCanaryScale { .. } => pb::StepKind::SetCanaryScale,
+        StepAction::SetHeaderRoute { .. } => pb::StepKind::SetHeaderRoute,
+        StepAction::SetMirrorRoute { .. } => pb::StepKind::SetMirrorRoute,
         StepAction::DeployPreview { .. } => pb::StepKind::DeployPreview,
         StepAction::PrePromotionAnalysis { .. } => pb::StepKind::PrePromotionAnalysis,
         StepAction::SwitchActive => pb::StepKind::SwitchActive,
@@ -147,6 +149,7 @@ pub fn release(r: &Release) -> pb::Release {
         current_step_index: r.step_index as u32,
         steps,
         canary_weight: r.canary_weight,
+        traffic_routes: r.routes.describe(),
         stable_artifact: r.stable_artifact.clone().unwrap_or_default(),
         analysis_runs: r
             .analysis_runs
@@ -311,6 +314,8 @@ mod tests {
             StepAction::MaintenanceWindow { windows: Vec::new() },
             StepAction::Preflight { dependencies: Vec::new() },
             StepAction::ArgoRollout { full: false },
+            StepAction::SetHeaderRoute { route: serde_json::from_str(r#"{"name": "h"}"#).unwrap() },
+            StepAction::SetMirrorRoute { route: serde_json::from_str(r#"{"name": "m"}"#).unwrap() },
         ]
     }
 
@@ -324,6 +329,8 @@ mod tests {
             "verify" => "verify: {job: {command: [\"true\"]}}",
             "migrate" => "migrate: {}",
             "setCanaryScale" => "setCanaryScale: {replicas: 1}",
+            "setHeaderRoute" => "setHeaderRoute: {name: h, match: [{headerName: x-h, headerValue: {exact: '1'}}]}",
+            "setMirrorRoute" => "setMirrorRoute: {name: m, match: [{method: {exact: GET}}]}",
             other => panic!("no example of the config step kind {other:?}: add one here"),
         }
     }

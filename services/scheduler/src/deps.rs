@@ -55,6 +55,7 @@ pub struct GrpcEffects {
 
 /// A desired state in the deployer's terms.
 fn target_spec(desired: &DesiredState) -> deployer::TargetSpec {
+    let (header_routes, mirror_routes) = hopngo_delivery::routes::to_proto(&desired.routes);
     deployer::TargetSpec {
         service: desired.service.clone(),
         environment: desired.environment.clone(),
@@ -68,6 +69,8 @@ fn target_spec(desired: &DesiredState) -> deployer::TargetSpec {
             })
             .collect(),
         canary_weight: desired.canary_weight,
+        header_routes,
+        mirror_routes,
     }
 }
 

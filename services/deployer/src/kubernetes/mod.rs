@@ -347,7 +347,7 @@ impl KubeBackend {
                 bodies.push(to_value(&s)?);
             }
             let canary_up = track(Track::Canary).is_some_and(&ready);
-            if let Some(route) = objects::route(&w, target.canary_weight, canary_up) {
+            if let Some(route) = objects::route(&w, target.canary_weight, canary_up, &target.routes) {
                 bodies.push(to_value(&route)?);
             }
         }
@@ -536,7 +536,13 @@ impl KubeBackend {
             _ => vec![track(live, artifact)],
         };
         let canary_weight = if blue_green || tracks.len() == 1 { 0 } else { weight.min(100) };
-        Ok(Target { service: service.into(), environment: environment.into(), tracks, canary_weight })
+        Ok(Target {
+            service: service.into(),
+            environment: environment.into(),
+            tracks,
+            canary_weight,
+            routes: Default::default(),
+        })
     }
 }
 
@@ -593,8 +599,18 @@ impl Backend for KubeBackend {
     }
 
     fn check(&self, target: &Target) -> Result<(), BackendError> {
-        if let Mode::Argo { .. } = self.mode(&target.service, &target.environment)? {
-            driven::check(target)?;
+        match self.mode(&target.service, &target.environment)? {
+            Mode::Argo { .. } => driven::check(target)?,
+            Mode::Native(w) if w.spec.route.is_none() && !target.routes.is_empty() => {
+                return Err(invalid(
+                    "target.header_routes",
+                    format!(
+                        "{:?} has no kubernetes.route: header and mirror routes are rules of its HTTPRoute",
+                        target.service
+                    ),
+                ));
+            }
+            Mode::Native(_) => {}
         }
         for (i, t) in target.tracks.iter().enumerate() {
             if let Some(reason) = hopngo_delivery::kubernetes::image_artifact_problem(&t.artifact) {

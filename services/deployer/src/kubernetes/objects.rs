@@ -11,7 +11,10 @@
 
 use std::collections::BTreeMap;
 
-use hopngo_delivery::kubernetes::{EnvironmentKubernetes, HttpProbe, ServiceKubernetes, image_reference};
+use hopngo_delivery::{
+    kubernetes::{EnvironmentKubernetes, HttpProbe, ServiceKubernetes, image_reference},
+    routes::{Routes, StringMatch},
+};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
@@ -27,7 +30,10 @@ use k8s_openapi::{
     },
 };
 
-use super::route::{BackendRef, HeaderMatch, HttpRoute, HttpRouteSpec, Match, ParentRef, PathMatch, Rule};
+use super::route::{
+    BackendRef, Filter, HeaderMatch, HttpRoute, HttpRouteSpec, Match, MirrorBackend, ParentRef, PathMatch,
+    RequestMirror, Rule,
+};
 use crate::{backend::Target, proxy::Track};
 
 /// The one field manager of every apply.
@@ -311,9 +317,31 @@ pub fn blue_green_services(w: &Workload<'_>, active: &str, preview: Option<&str>
     ]
 }
 
-/// The HTTPRoute of a canary-model service with a route, sending `canary_weight`% to the canary
-/// (and every request with `x-hopngo-track: canary` when `canary_up`); `None` without a route.
-pub fn route(w: &Workload<'_>, canary_weight: u32, canary_up: bool) -> Option<HttpRoute> {
+/// A header match in Gateway API's terms: its matches are exact or regular expressions, so a
+/// prefix becomes an anchored expression.
+fn gateway_header(name: &str, value: &StringMatch) -> HeaderMatch {
+    let (kind, value) = match value {
+        StringMatch::Exact(v) => ("Exact", v.clone()),
+        StringMatch::Prefix(v) => ("RegularExpression", format!("^{}.*", regex::escape(v))),
+        StringMatch::Regex(v) => ("RegularExpression", v.clone()),
+    };
+    HeaderMatch { kind: kind.into(), name: name.into(), value }
+}
+
+fn gateway_path(value: &StringMatch) -> PathMatch {
+    let (kind, value) = match value {
+        StringMatch::Exact(v) => ("Exact", v),
+        StringMatch::Prefix(v) => ("PathPrefix", v),
+        StringMatch::Regex(v) => ("RegularExpression", v),
+    };
+    PathMatch { kind: kind.into(), value: value.clone() }
+}
+
+/// The HTTPRoute of a canary-model service with a route, sending `canary_weight`% to the canary;
+/// while `canary_up`, also every request with `x-hopngo-track: canary` and those `routes`'
+/// header routes match, and mirror rules copying their share to the canary. `None` without a
+/// route.
+pub fn route(w: &Workload<'_>, canary_weight: u32, canary_up: bool, routes: &Routes) -> Option<HttpRoute> {
     let route = w.spec.route.as_ref()?;
     let gateway = w.environment.gateway.as_ref()?;
     let backend = |track: Track, weight: u32| BackendRef {
@@ -324,20 +352,53 @@ pub fn route(w: &Workload<'_>, canary_weight: u32, canary_up: bool) -> Option<Ht
         weight: weight as i32,
     };
     let path = PathMatch { kind: "PathPrefix".into(), value: route.path_prefix.clone().unwrap_or_else(|| "/".into()) };
+    let weight = if canary_up { canary_weight.min(100) } else { 0 };
+    let weighted = vec![backend(Track::Stable, 100 - weight), backend(Track::Canary, weight)];
     let mut rules = Vec::new();
     if canary_up {
-        rules.push(Rule {
-            matches: vec![Match {
-                path: Some(path.clone()),
-                headers: vec![HeaderMatch { kind: "Exact".into(), name: TRACK_HEADER.into(), value: "canary".into() }],
-            }],
+        let to_canary = |headers: Vec<HeaderMatch>| Rule {
+            matches: vec![Match { path: Some(path.clone()), headers, method: None }],
             backend_refs: vec![backend(Track::Canary, 1)],
-        });
+            filters: Vec::new(),
+        };
+        rules.push(to_canary(vec![HeaderMatch {
+            kind: "Exact".into(),
+            name: TRACK_HEADER.into(),
+            value: "canary".into(),
+        }]));
+        for r in &routes.headers {
+            rules.push(to_canary(r.matches.iter().map(|m| gateway_header(&m.header_name, &m.header_value)).collect()));
+        }
+        for r in &routes.mirrors {
+            let matches = r
+                .matches
+                .iter()
+                .map(|m| Match {
+                    path: Some(m.path.as_ref().map(gateway_path).unwrap_or_else(|| path.clone())),
+                    headers: m.headers.iter().map(|(name, value)| gateway_header(name, value)).collect(),
+                    method: m.method.as_ref().map(|m| m.value().to_string()),
+                })
+                .collect();
+            let mirror = RequestMirror {
+                backend_ref: MirrorBackend {
+                    group: String::new(),
+                    kind: "Service".into(),
+                    name: track_name(w.service, Track::Canary),
+                    port: w.spec.service_port.into(),
+                },
+                percent: Some(r.percentage as i32),
+            };
+            rules.push(Rule {
+                matches,
+                backend_refs: weighted.clone(),
+                filters: vec![Filter { kind: "RequestMirror".into(), request_mirror: Some(mirror) }],
+            });
+        }
     }
-    let weight = if canary_up { canary_weight.min(100) } else { 0 };
     rules.push(Rule {
-        matches: vec![Match { path: Some(path), headers: Vec::new() }],
-        backend_refs: vec![backend(Track::Stable, 100 - weight), backend(Track::Canary, weight)],
+        matches: vec![Match { path: Some(path), headers: Vec::new(), method: None }],
+        backend_refs: weighted,
+        filters: Vec::new(),
     });
     let metadata = meta(w, w.service.to_string(), &[]);
     Some(HttpRoute {
@@ -361,7 +422,11 @@ pub fn route(w: &Workload<'_>, canary_weight: u32, canary_up: bool) -> Option<Ht
 /// The canary weight a route sends (its weighted rule's canary backend), if it has one.
 pub fn routed_weight(route: &HttpRoute, service: &str) -> Option<u32> {
     let canary = track_name(service, Track::Canary);
-    let rule = route.spec.rules.iter().find(|r| r.matches.iter().all(|m| m.headers.is_empty()))?;
+    let rule = route
+        .spec
+        .rules
+        .iter()
+        .find(|r| r.filters.is_empty() && r.matches.iter().all(|m| m.headers.is_empty() && m.method.is_none()))?;
     let total: i32 = rule.backend_refs.iter().map(|b| b.weight.max(0)).sum();
     let to_canary: i32 = rule.backend_refs.iter().filter(|b| b.name == canary).map(|b| b.weight.max(0)).sum();
     (total > 0).then(|| (to_canary * 100 / total) as u32).or(Some(0))
@@ -381,6 +446,7 @@ mod tests {
                 .map(|(t, a, r)| TrackSpec { track: *t, artifact: a.to_string(), replicas: *r })
                 .collect(),
             canary_weight: weight,
+            routes: Routes::default(),
         }
     }
 
@@ -459,13 +525,36 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("r.example/hopngo/booking:1.1"));
         assert_eq!(deployment(&w, &p, true).spec.unwrap().replicas, None, "an HPA's count is left alone");
 
-        let r = route(&w, 25, true).unwrap();
+        let r = route(&w, 25, true, &Routes::default()).unwrap();
         assert_eq!(r.spec.rules.len(), 2);
         assert_eq!(r.spec.rules[0].matches[0].headers[0].name, TRACK_HEADER);
         let weights: Vec<i32> = r.spec.rules[1].backend_refs.iter().map(|b| b.weight).collect();
         assert_eq!(weights, vec![75, 25]);
         assert_eq!(routed_weight(&r, "booking"), Some(25));
-        let down = route(&w, 25, false).unwrap();
+
+        let routes: Routes = serde_saphyr::from_str(
+            "headers:\n  - name: beta\n    match:\n      - {headerName: x-beta, headerValue: {prefix: 'a.b'}}\n      - {headerName: x-region, headerValue: {regex: '^eu-'}}\nmirrors:\n  - name: reads\n    percentage: 30\n    match:\n      - {method: {exact: GET}, path: {prefix: /api}}\n      - headers: {x-shadow: {exact: '1'}}\n",
+        )
+        .unwrap();
+        let r = route(&w, 10, true, &routes).unwrap();
+        assert_eq!(r.spec.rules.len(), 4, "track header, header route, mirror, weighted");
+        let header_rule = &r.spec.rules[1];
+        let kinds: Vec<(&str, &str)> =
+            header_rule.matches[0].headers.iter().map(|h| (h.kind.as_str(), h.value.as_str())).collect();
+        assert_eq!(kinds, [("RegularExpression", "^a\\.b.*"), ("RegularExpression", "^eu-")]);
+        assert_eq!(header_rule.backend_refs.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["booking-canary"]);
+        let mirror = &r.spec.rules[2];
+        assert_eq!(mirror.matches.len(), 2, "one match per block: any of them");
+        assert_eq!(mirror.matches[0].method.as_deref(), Some("GET"));
+        assert_eq!(mirror.matches[0].path.as_ref().unwrap().value, "/api");
+        assert_eq!(mirror.matches[1].path.as_ref().unwrap().value, "/", "no path: the route's prefix");
+        let copy = mirror.filters[0].request_mirror.as_ref().unwrap();
+        assert_eq!((copy.backend_ref.name.as_str(), copy.percent), ("booking-canary", Some(30)));
+        assert_eq!(mirror.backend_refs.iter().map(|b| b.weight).collect::<Vec<_>>(), [90, 10], "answered as weighted");
+        assert_eq!(routed_weight(&r, "booking"), Some(10), "the weight is read from the plain rule");
+        assert_eq!(route(&w, 10, false, &routes).unwrap().spec.rules.len(), 1, "no canary up: no routes to it");
+
+        let down = route(&w, 25, false, &Routes::default()).unwrap();
         assert_eq!(down.spec.rules.len(), 1, "no header rule to a canary that is not up");
         assert_eq!(routed_weight(&down, "booking"), Some(0));
         assert_eq!(revision_label(&format!("sha256:{}", "ab".repeat(32))).len(), 63);

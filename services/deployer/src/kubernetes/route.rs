@@ -65,6 +65,46 @@ pub struct Rule {
     /// Backends.
     #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
+    /// Filters (a mirror).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<Filter>,
+}
+
+/// A rule's filter: the deployer writes only `RequestMirror`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter {
+    /// `RequestMirror`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Where copies go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_mirror: Option<RequestMirror>,
+}
+
+/// A `RequestMirror` filter: copies of the rule's requests go to a Service, answers discarded.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMirror {
+    /// The Service copies go to.
+    pub backend_ref: MirrorBackend,
+    /// Share of the rule's requests copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<i32>,
+}
+
+/// The Service a mirror sends copies to.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorBackend {
+    /// `""` (core).
+    pub group: String,
+    /// `Service`.
+    pub kind: String,
+    /// Service name.
+    pub name: String,
+    /// Service port.
+    pub port: i32,
 }
 
 /// A request match.
@@ -77,13 +117,16 @@ pub struct Match {
     /// Headers, all of which must match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// Method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// A path match.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PathMatch {
-    /// `PathPrefix`.
+    /// `PathPrefix`, `Exact` or `RegularExpression`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Path.
@@ -94,7 +137,7 @@ pub struct PathMatch {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
-    /// `Exact`.
+    /// `Exact` or `RegularExpression`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Header name.

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, future::Future};
 
-use super::plan::AnalysisSpec;
+use super::{config::routes::Routes, plan::AnalysisSpec};
 
 /// A track of the desired state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,8 @@ pub struct DesiredState {
     pub tracks: Vec<TrackState>,
     /// Canary weight.
     pub canary_weight: u32,
+    /// Header and mirror routes to the canary.
+    pub routes: Routes,
 }
 
 /// Observed state, reduced to what the engine needs.

@@ -10,6 +10,7 @@ use super::config::{
     ApprovalPolicy, ApprovalStepDef, BlueGreen, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig,
     Dur, Environment, JobProvider, MaintenanceWindow, MetricDef, Problem, Provider, Service, StepDef, Strategy,
     TimeoutOutcome, VerifyDef,
+    routes::{HeaderRoute, MirrorRoute, Routes},
 };
 
 /// How traffic is modelled for the service: which tracks exist.
@@ -154,6 +155,10 @@ pub enum StepAction {
     },
     /// Canary replica count.
     SetCanaryScale { scale: CanaryScale },
+    /// Requests whose headers match go to the canary (no matches: the route is removed).
+    SetHeaderRoute { route: HeaderRoute },
+    /// A share of the matching requests is copied to the canary (no matches: removed).
+    SetMirrorRoute { route: MirrorRoute },
     /// Blue/green: start the new version on preview.
     DeployPreview { replicas: u32 },
     /// Blue/green: analysis before the switch.
@@ -214,6 +219,8 @@ impl StepAction {
             StepAction::Verify { .. } => "verify",
             StepAction::Migrate { .. } => "migrate",
             StepAction::SetCanaryScale { .. } => "setCanaryScale",
+            StepAction::SetHeaderRoute { .. } => "setHeaderRoute",
+            StepAction::SetMirrorRoute { .. } => "setMirrorRoute",
             StepAction::DeployPreview { .. } => "deployPreview",
             StepAction::PrePromotionAnalysis { .. } => "prePromotionAnalysis",
             StepAction::SwitchActive => "switchActive",
@@ -262,6 +269,18 @@ impl StepAction {
                 CanaryScale::Replicas(n) => format!("canary replicas {n}"),
                 CanaryScale::Weight(w) => format!("canary replicas {w}% of stable"),
             },
+            StepAction::SetHeaderRoute { route } if route.matches.is_empty() => {
+                format!("remove header route {}", route.name)
+            }
+            StepAction::SetMirrorRoute { route } if route.matches.is_empty() => {
+                format!("remove mirror route {}", route.name)
+            }
+            StepAction::SetHeaderRoute { route } => {
+                Routes { headers: vec![route.clone()], ..Default::default() }.describe().join("")
+            }
+            StepAction::SetMirrorRoute { route } => {
+                Routes { mirrors: vec![route.clone()], ..Default::default() }.describe().join("")
+            }
             StepAction::DeployPreview { replicas } => format!("preview replicas {replicas}"),
             StepAction::SwitchActive => "new version takes all traffic".into(),
             StepAction::ArgoRollout { full: false } => "Argo runs the Rollout's steps".into(),
@@ -609,6 +628,8 @@ fn canary_step(
                 (None, None) => CanaryScale::MatchTrafficWeight,
             },
         },
+        StepDef::SetHeaderRoute(route) => StepAction::SetHeaderRoute { route: route.clone() },
+        StepDef::SetMirrorRoute(route) => StepAction::SetMirrorRoute { route: route.clone() },
     })
 }
 

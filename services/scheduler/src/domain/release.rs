@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::plan::{CanaryScale, Plan};
+use super::{
+    config::routes::Routes,
+    plan::{CanaryScale, Plan},
+};
 
 /// Where a release is in its life (DESIGN §3).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -334,6 +337,9 @@ pub struct Release {
     /// Canary replica policy.
     #[serde(default)]
     pub canary_scale: CanaryScale,
+    /// Header and mirror routes to the canary in force (removed at the end and on abort).
+    #[serde(default, skip_serializing_if = "Routes::is_empty")]
+    pub routes: Routes,
     /// Blue/green: the new artifact is active.
     #[serde(default)]
     pub switched: bool,
@@ -461,6 +467,7 @@ impl Release {
             cursor: StepCursor::default(),
             canary_weight: 0,
             canary_scale: CanaryScale::default(),
+            routes: Routes::default(),
             switched: false,
             traffic_touched: false,
             background_run: None,

@@ -18,6 +18,8 @@ mod preflight;
 pub(super) mod remote;
 mod scale_down_old;
 mod set_canary_scale;
+mod set_header_route;
+mod set_mirror_route;
 mod set_weight;
 mod switch_active;
 pub(super) mod traffic;
@@ -120,6 +122,8 @@ pub(super) async fn run<E: Effects>(cx: &mut StepCtx<'_, E>, action: &StepAction
     match action {
         StepAction::SetWeight { weight } => set_weight::run(cx, *weight).await,
         StepAction::SetCanaryScale { scale } => set_canary_scale::run(cx, *scale).await,
+        StepAction::SetHeaderRoute { route } => set_header_route::run(cx, route).await,
+        StepAction::SetMirrorRoute { route } => set_mirror_route::run(cx, route).await,
         StepAction::DeployPreview { replicas } => deploy_preview::run(cx, *replicas).await,
         StepAction::SwitchActive => switch_active::run(cx).await,
         StepAction::DeployStable => deploy_stable::run(cx).await,
@@ -158,6 +162,8 @@ pub(super) fn promote_skips(action: &StepAction, paused: bool) -> bool {
         StepAction::MaintenanceWindow { .. } => true,
         StepAction::SetWeight { .. }
         | StepAction::SetCanaryScale { .. }
+        | StepAction::SetHeaderRoute { .. }
+        | StepAction::SetMirrorRoute { .. }
         | StepAction::DeployPreview { .. }
         | StepAction::SwitchActive
         | StepAction::DeployStable
@@ -215,6 +221,9 @@ pub(super) fn on_full_promotion(action: &StepAction) -> FullPromotion {
         | StepAction::Analysis { .. }
         | StepAction::Verify { .. }
         | StepAction::SetCanaryScale { .. }
+        // The full promotion's final state has no routes: skipping them loses nothing.
+        | StepAction::SetHeaderRoute { .. }
+        | StepAction::SetMirrorRoute { .. }
         | StepAction::DeployPreview { .. }
         | StepAction::PrePromotionAnalysis { .. }
         | StepAction::SwitchActive

@@ -64,6 +64,7 @@ pub async fn roll_back<E: Effects>(cx: &mut StepCtx<'_, E>) -> Next {
             let r = &mut *cx.r;
             r.failures = 0;
             r.canary_weight = 0;
+            r.routes = Default::default();
             r.switched = false;
             let from = r.phase;
             r.message = abort_summary(r);

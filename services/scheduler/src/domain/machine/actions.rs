@@ -119,6 +119,7 @@ pub fn retry(r: &mut Release, actor: &str, reason: &str, now: OffsetDateTime) ->
     r.cursor = StepCursor::default();
     r.canary_weight = 0;
     r.canary_scale = CanaryScale::default();
+    r.routes = Default::default();
     r.switched = false;
     r.background_run = None;
     r.background_done = false;

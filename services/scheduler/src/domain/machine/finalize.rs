@@ -38,6 +38,7 @@ pub async fn finalize<E: Effects>(cx: &mut StepCtx<'_, E>) -> Next {
     r.completion = Some(if r.promote_full { Completion::FastPromoted } else { Completion::Promoted });
     r.finished_at = Some(cx.now);
     r.canary_weight = 100;
+    r.routes = Default::default();
     r.progress_deadline_at = None;
     r.message = format!("{} is stable", r.artifact);
     let message = r.message.clone();

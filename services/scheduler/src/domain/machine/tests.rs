@@ -631,6 +631,66 @@ async fn set_canary_scale_decouples_replicas_from_weight() {
     assert_eq!(applies[1].1.canary_weight, 25);
 }
 
+#[tokio::test]
+async fn header_and_mirror_routes_reach_the_deployer_with_each_weight_and_go_on_abort() {
+    use crate::domain::config::routes::{HeaderRoute, MirrorRoute};
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    let header: HeaderRoute = serde_json::from_str(
+        r#"{"name": "beta", "match": [{"headerName": "x-beta", "headerValue": {"exact": "yes"}}]}"#,
+    )
+    .unwrap();
+    let mirror: MirrorRoute =
+        serde_json::from_str(r#"{"name": "shadow", "percentage": 20, "match": [{"method": {"exact": "GET"}}]}"#)
+            .unwrap();
+    for (i, action) in [StepAction::SetHeaderRoute { route: header }, StepAction::SetMirrorRoute { route: mirror }]
+        .into_iter()
+        .enumerate()
+    {
+        let name = action.kind_name().to_string();
+        r.plan.steps.insert(1 + i, crate::domain::plan::PlanStep { name, action });
+        r.steps.insert(1 + i, r.steps[1].clone());
+    }
+    tick(&mut r, &fx, 0).await;
+    let applies = fx.applies.lock().unwrap().clone();
+    let routes = |i: usize| applies[i].1.routes.describe();
+    assert_eq!(routes(0), ["header beta: x-beta exact \"yes\""]);
+    assert_eq!(applies[0].1.canary_weight, 0, "the route comes before any weight");
+    assert_eq!(applies[0].1.tracks[1].replicas, 1, "a canary with a route runs");
+    assert_eq!(routes(1).len(), 2);
+    assert_eq!((applies[2].1.canary_weight, routes(2).len()), (25, 2), "a later weight keeps the routes");
+    assert_eq!(r.routes.describe(), routes(2), "the release shows what is in force");
+
+    abort(&mut r, "bob", "bad canary", at(5)).unwrap();
+    tick(&mut r, &fx, 6).await;
+    assert!(fx.last_apply().routes.is_empty(), "the abort's state has no routes");
+    assert!(r.routes.is_empty() && r.settled);
+}
+
+#[tokio::test]
+async fn a_header_route_step_without_matches_removes_its_route() {
+    use crate::domain::config::routes::HeaderRoute;
+    let fx = Fake::new();
+    let mut r = release("booking", "staging");
+    let set: HeaderRoute = serde_json::from_str(
+        r#"{"name": "beta", "match": [{"headerName": "x-beta", "headerValue": {"prefix": "y"}}]}"#,
+    )
+    .unwrap();
+    let remove = HeaderRoute { name: "beta".into(), matches: Vec::new() };
+    for (i, route) in [set, remove].into_iter().enumerate() {
+        r.plan.steps.insert(
+            1 + i,
+            crate::domain::plan::PlanStep { name: format!("route-{i}"), action: StepAction::SetHeaderRoute { route } },
+        );
+        r.steps.insert(1 + i, r.steps[1].clone());
+    }
+    tick(&mut r, &fx, 0).await;
+    let applies = fx.applies.lock().unwrap().clone();
+    assert_eq!(applies[0].1.routes.headers.len(), 1);
+    assert!(applies[1].1.routes.is_empty(), "removed by name");
+    assert_eq!(applies[1].1.tracks.len(), 1, "no route and no weight: no canary yet");
+}
+
 fn with_migrate_step(on_abort: crate::domain::config::OnAbort) -> Release {
     let mut r = release("booking", "staging");
     // After preflight, where the compiler puts it.

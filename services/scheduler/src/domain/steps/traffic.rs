@@ -4,6 +4,7 @@
 
 use super::{Next, StepCtx};
 use crate::domain::{
+    config::routes::Routes,
     effects::{DesiredState, Effects, TargetObservation, Track, TrackState},
     machine::idempotency_key,
     plan::{CanaryScale, Plan, StepAction, TrafficModel},
@@ -30,7 +31,13 @@ fn track(track: Track, artifact: &str, replicas: u32) -> TrackState {
 }
 
 fn desired(r: &Release, tracks: Vec<TrackState>, canary_weight: u32) -> DesiredState {
-    DesiredState { service: r.service.clone(), environment: r.environment.clone(), tracks, canary_weight }
+    DesiredState {
+        service: r.service.clone(),
+        environment: r.environment.clone(),
+        tracks,
+        canary_weight,
+        routes: Routes::default(),
+    }
 }
 
 /// The track that takes all traffic once a release is done.
@@ -41,15 +48,21 @@ fn live_track(r: &Release) -> Track {
     }
 }
 
-/// Desired state with the canary at `weight`.
+/// Desired state with the canary at `weight`, with the release's header and mirror routes (a
+/// canary with routes runs at least one replica: a route to nothing would be no test at all).
 pub fn canary_state(r: &Release, weight: u32) -> DesiredState {
+    routed_state(r, weight, &r.routes)
+}
+
+/// [`canary_state`] with `routes` instead of the release's.
+pub fn routed_state(r: &Release, weight: u32, routes: &Routes) -> DesiredState {
     let stable = r.stable_artifact.as_deref().unwrap_or(&r.artifact);
     let mut tracks = vec![track(Track::Stable, stable, r.plan.replicas)];
     let canary = canary_replicas(r, weight);
-    if canary > 0 || weight > 0 {
+    if canary > 0 || weight > 0 || !routes.is_empty() {
         tracks.push(track(Track::Canary, &r.artifact, canary.max(1)));
     }
-    desired(r, tracks, weight)
+    DesiredState { routes: routes.clone(), ..desired(r, tracks, weight) }
 }
 
 /// Desired state with only the new artifact (promotion complete).
@@ -91,7 +104,13 @@ pub fn preview_state(
             (vec![track(Track::Stable, old, n), track(Track::Canary, artifact, canary)], weight.min(100))
         }
     };
-    DesiredState { service: service.into(), environment: environment.into(), tracks, canary_weight }
+    DesiredState {
+        service: service.into(),
+        environment: environment.into(),
+        tracks,
+        canary_weight,
+        routes: Routes::default(),
+    }
 }
 
 /// Blue/green: the new version on preview, or (`switched`) on active with the old on preview.

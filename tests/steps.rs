@@ -1,0 +1,141 @@
+//! The steps users ask for, end to end with real processes: header routes and mirroring through
+//! the deployer's proxy in front of real demo replicas.
+
+use std::time::Duration;
+
+use hopngo_e2e::{Part, Releases, Stack, StackOptions, binary, create_as, hopctl_env, scrape_sum, until};
+use hopngo_proto::release::{self as pb, ReleasePhase as P};
+use hopngo_testkit::db::TestDb;
+
+const CONFIG: &str = r#"
+environments:
+  - name: staging
+    progressDeadline: 60s
+services:
+  - name: booking
+    replicas: 2
+    strategy:
+      canary:
+        steps:
+          - setHeaderRoute:
+              name: beta-testers
+              match:
+                - headerName: X-Beta
+                  headerValue: {regex: '^(yes|true)$'}
+          - setMirrorRoute:
+              name: shadow-reads
+              percentage: 50
+              match:
+                - method: {exact: GET}
+                  path: {prefix: /api/v1}
+          - pause: {}
+          - setWeight: 50
+          - pause: {}
+    local: {command: ["{demo}", --name, booking, --version, "{version}", --port, "{port}"]}
+"#;
+
+/// One GET through the proxy at `address` with `headers`: the version that answered.
+async fn answered_by(address: &str, headers: &[(&str, &str)]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let request = format!("GET /api/v1/info HTTP/1.1\r\nHost: {address}\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-hopngo-version: ").map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Versions that answered `n` requests with `headers`, in order of first answer.
+async fn versions(address: &str, n: usize, headers: &[(&str, &str)]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..n {
+        let version = answered_by(address, headers).await;
+        if !seen.contains(&version) {
+            seen.push(version);
+        }
+    }
+    seen
+}
+
+async fn canary_requests(stack: &Stack) -> f64 {
+    let admin = stack.metrics_url.trim_start_matches("http://").trim_end_matches("/metrics");
+    let all = scrape_sum(admin, "hopngo_proxy_requests_total").await.unwrap();
+    let body = hopngo_e2e::http_get(admin, "/metrics").await.unwrap();
+    let canary: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("hopngo_proxy_requests_total{") && l.contains("track=\"canary\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(canary <= all);
+    canary
+}
+
+async fn step_index(releases: &mut Releases, id: &str, index: u32) -> pb::Release {
+    until(releases, id, 60, |r| r.phase == P::Paused as i32 && r.current_step_index == index).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_routes_and_mirroring_reach_the_canary_until_the_release_ends() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db.url, CONFIG, StackOptions::default()).await.unwrap();
+    let mut releases = stack.releases().await;
+    let first = create_as(&mut releases, "alice", "booking", "staging", "1.0.0").await;
+    until(&mut releases, &first.id, 60, |r| r.settled).await;
+    let address = stack.address("booking", "staging").await;
+
+    // After preflight (step 0) and the two routes, the pause. The canary runs beside stable; only beta testers reach it, and it sees a copy of half the
+    // reads nobody waits for.
+    let r = create_as(&mut releases, "alice", "booking", "staging", "1.1.0").await;
+    let paused = step_index(&mut releases, &r.id, 3).await;
+    assert_eq!(paused.canary_weight, 0);
+    assert_eq!(
+        paused.traffic_routes,
+        [
+            "header beta-testers: X-Beta regex \"^(yes|true)$\"",
+            "mirror shadow-reads: 50% of method exact \"GET\" and path prefix \"/api/v1\""
+        ]
+    );
+    let shown = std::process::Command::new(binary("hopctl", "hopctl").unwrap())
+        .args(["--server", &stack.url(Part::Scheduler), "get", &r.id])
+        .envs(hopctl_env("alice", &[]))
+        .env_remove("HOPNGO_OUTPUT")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("Route:       header beta-testers: X-Beta regex"), "{shown}");
+    assert!(shown.contains("Route:       mirror shadow-reads: 50% of"), "{shown}");
+    assert_eq!(versions(&address, 20, &[("X-Beta", "yes")]).await, ["1.1.0"]);
+    assert_eq!(versions(&address, 20, &[("X-Beta", "no")]).await, ["1.0.0"]);
+    let before = canary_requests(&stack).await;
+    assert_eq!(versions(&address, 40, &[]).await, ["1.0.0"], "mirrored answers are discarded");
+    let mut copied = 0.0;
+    for _ in 0..50 {
+        copied = canary_requests(&stack).await - before;
+        if copied >= 19.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!((19.0..=21.0).contains(&copied), "{copied} of 40 reads copied at 50%");
+
+    // The routes stay with the weight, then go with the abort.
+    let promote = pb::PromoteReleaseRequest { id: r.id.clone(), ..Default::default() };
+    releases.promote_release(hopngo_e2e::as_user(promote, "alice", &[])).await.unwrap();
+    let weighted = step_index(&mut releases, &r.id, 5).await;
+    assert_eq!((weighted.canary_weight, weighted.traffic_routes.len()), (50, 2));
+    assert_eq!(versions(&address, 20, &[("X-Beta", "true")]).await, ["1.1.0"]);
+    let abort = pb::AbortReleaseRequest { id: r.id.clone(), reason: "enough".into() };
+    releases.abort_release(hopngo_e2e::as_user(abort, "alice", &[])).await.unwrap();
+    let aborted = until(&mut releases, &r.id, 60, |r| r.settled).await;
+    assert!(aborted.traffic_routes.is_empty(), "{:?}", aborted.traffic_routes);
+    assert_eq!(versions(&address, 20, &[("X-Beta", "yes")]).await, ["1.0.0"], "the route went with the abort");
+    let after = canary_requests(&stack).await;
+    versions(&address, 20, &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(canary_requests(&stack).await, after, "no copies once the canary is gone");
+}
