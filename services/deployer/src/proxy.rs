@@ -445,25 +445,32 @@ impl Shared {
     }
 }
 
-/// A copy of `req` for the mirror and the request itself, with its body read (it is at most
-/// [`MAX_MIRRORED_BODY`]); `Err` gives the request back untouched when it cannot be copied.
-async fn copy(req: Request<Incoming>) -> Result<(Request<Body>, Request<Body>), Request<Incoming>> {
+/// What became of a request the proxy was to copy.
+enum Copied {
+    /// The copy for the mirror (boxed: it leaves for its own task), and the request itself.
+    Both(Box<Request<Body>>, Request<Body>),
+    /// Its body is too large or of unknown size: it goes on uncopied, untouched.
+    Uncopied(Request<Incoming>),
+    /// The client stopped sending its body.
+    BodyLost,
+}
+
+/// Copies `req` for the mirror, reading its body (at most [`MAX_MIRRORED_BODY`]).
+async fn copy(req: Request<Incoming>) -> Copied {
     if req.body().size_hint().exact().is_none_or(|n| n > MAX_MIRRORED_BODY) {
-        return Err(req);
+        return Copied::Uncopied(req);
     }
     let (parts, body) = req.into_parts();
     // The size is known and small: reading it whole is bounded.
-    let bytes = match body.collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
-    };
+    let Ok(collected) = body.collect().await else { return Copied::BodyLost };
+    let bytes = collected.to_bytes();
     let mut mirror = Request::new(Either::Right(Full::new(bytes.clone())));
     *mirror.method_mut() = parts.method.clone();
     *mirror.uri_mut() = parts.uri.clone();
     *mirror.version_mut() = parts.version;
     *mirror.headers_mut() = parts.headers.clone();
     mirror.headers_mut().insert(MIRROR_HEADER, HeaderValue::from_static("1"));
-    Ok((mirror, Request::from_parts(parts, Either::Right(Full::new(bytes)))))
+    Copied::Both(Box::new(mirror), Request::from_parts(parts, Either::Right(Full::new(bytes))))
 }
 
 async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -483,7 +490,7 @@ async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body>
     let mut req = match mirror_to {
         None => req.map(Either::Left),
         Some(canary) => match copy(req).await {
-            Ok((mut mirror, req)) => {
+            Copied::Both(mut mirror, req) => {
                 let replicas = &routing.tracks[&canary];
                 if let Ok(slot) = shared.mirror_slots.clone().try_acquire_owned()
                     && aim(&mut mirror, replicas[n % replicas.len()]).is_ok()
@@ -492,12 +499,13 @@ async fn forward(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body>
                     tokio::spawn(async move {
                         let _slot = slot;
                         // The answer is discarded: only the canary's metrics see it.
-                        let _ = tokio::time::timeout(MIRROR_TIMEOUT, shared.send(mirror, canary)).await;
+                        let _ = tokio::time::timeout(MIRROR_TIMEOUT, shared.send(*mirror, canary)).await;
                     });
                 }
                 req
             }
-            Err(req) => req.map(Either::Left),
+            Copied::Uncopied(req) => req.map(Either::Left),
+            Copied::BodyLost => return plain(StatusCode::BAD_REQUEST, "request body could not be read\n"),
         },
     };
     let replicas = &routing.tracks[&track];
