@@ -1572,7 +1572,9 @@ impl Validator {
                         self.problem(format!("{rpath}.name"), format!("{:?} is a mirror route", route.name));
                     }
                     in_force.set_header(route);
-                    self.routes_in_force(&rpath, &in_force);
+                    if let Some(problem) = in_force.count_problem() {
+                        self.problem(rpath, problem);
+                    }
                 }
                 StepDef::SetMirrorRoute(route) => {
                     let rpath = format!("{spath}.setMirrorRoute");
@@ -1581,7 +1583,9 @@ impl Validator {
                         self.problem(format!("{rpath}.name"), format!("{:?} is a header route", route.name));
                     }
                     in_force.set_mirror(route);
-                    self.routes_in_force(&rpath, &in_force);
+                    if let Some(problem) = in_force.count_problem() {
+                        self.problem(rpath, problem);
+                    }
                 }
             }
         }
@@ -1596,12 +1600,6 @@ impl Validator {
     fn route_problems(&mut self, path: &str, problems: Vec<routes::RouteProblem>) {
         for (at, reason) in problems {
             self.problem(format!("{path}{at}"), reason);
-        }
-    }
-
-    fn routes_in_force(&mut self, path: &str, routes: &routes::Routes) {
-        if routes.headers.len() + routes.mirrors.len() > routes::MAX_ROUTES {
-            self.problem(path, format!("at most {} header and mirror routes are in force at once", routes::MAX_ROUTES));
         }
     }
 

@@ -131,12 +131,16 @@ impl Routes {
         set(&mut self.mirrors, route, |r| &r.name, |r| r.matches.is_empty());
     }
 
+    /// Whether more routes are in force than a backend holds.
+    pub fn count_problem(&self) -> Option<String> {
+        (self.headers.len() + self.mirrors.len() > MAX_ROUTES)
+            .then(|| format!("at most {MAX_ROUTES} header and mirror routes are in force at once"))
+    }
+
     /// Every problem, with paths below `headers[i]` / `mirrors[i]`.
     pub fn problems(&self) -> Vec<RouteProblem> {
         let mut out = Vec::new();
-        if self.headers.len() + self.mirrors.len() > MAX_ROUTES {
-            out.push((String::new(), format!("at most {MAX_ROUTES} header and mirror routes are in force at once")));
-        }
+        out.extend(self.count_problem().map(|p| (String::new(), p)));
         for (i, r) in self.headers.iter().enumerate() {
             if r.matches.is_empty() {
                 out.push((format!("headers[{i}].match"), "a route in force needs at least one match".into()));
@@ -336,6 +340,12 @@ impl MirrorRoute {
             if m.headers.len() > MAX_HEADER_MATCHES {
                 out.push((format!("{at}.headers"), format!("at most {MAX_HEADER_MATCHES} header matches")));
             }
+            // Header names are case-insensitive: two spellings of one are one header matched twice.
+            let mut names: Vec<String> = m.headers.keys().map(|n| n.to_ascii_lowercase()).collect();
+            names.sort_unstable();
+            if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+                out.push((format!("{at}.headers"), format!("{:?} is matched twice", twice[0])));
+            }
             for (name, value) in &m.headers {
                 if let Some(p) = header_name_problem(name) {
                     out.push((format!("{at}.headers"), p));
@@ -390,7 +400,8 @@ impl From<&StringMatch> for pb::StringMatch {
 }
 
 /// Reads and checks the routes of a deployer `TargetSpec`; the problem's path is the request's
-/// field (`target.header_routes[0].matches[1].value.regex`).
+/// field (`target.header_routes[0].matches[1].value.regex`; a mirror's header match is named by
+/// its header: `target.mirror_routes[0].matches[0].headers.x-client.exact`).
 pub fn from_proto(headers: &[pb::HeaderRoute], mirrors: &[pb::MirrorRoute]) -> Result<Routes, RouteProblem> {
     fn string(m: Option<&pb::StringMatch>, path: &str) -> Result<StringMatch, RouteProblem> {
         match m.and_then(|m| m.kind.as_ref()) {
@@ -416,7 +427,7 @@ pub fn from_proto(headers: &[pb::HeaderRoute], mirrors: &[pb::MirrorRoute]) -> R
             let mut headers = BTreeMap::new();
             for (k, h) in m.headers.iter().enumerate() {
                 let value = string(h.value.as_ref(), &format!("{at}.headers[{k}].value"))?;
-                if headers.insert(h.name.to_ascii_lowercase(), value).is_some() {
+                if headers.insert(h.name.clone(), value).is_some() {
                     return Err((format!("{at}.headers[{k}].name"), format!("{:?} is matched twice", h.name)));
                 }
             }
@@ -495,6 +506,18 @@ mod tests {
         let paths: Vec<String> = mirror.problems().into_iter().map(|(p, _)| p).collect();
         assert_eq!(paths, [".percentage", ".match[0].method", ".match[0].path", ".match[0].headers.x-a.exact"]);
         assert!(header("ok", StringMatch::Regex("^(beta|canary)$".into())).problems().is_empty());
+        let twice = MirrorRoute {
+            name: "m".into(),
+            percentage: 10,
+            matches: vec![RequestMatch {
+                headers: BTreeMap::from([
+                    ("X-A".into(), StringMatch::Exact("1".into())),
+                    ("x-a".into(), StringMatch::Exact("2".into())),
+                ]),
+                ..Default::default()
+            }],
+        };
+        assert_eq!(twice.problems(), [(".match[0].headers".to_string(), "\"x-a\" is matched twice".to_string())]);
     }
 
     #[test]

@@ -253,9 +253,7 @@ impl Backend for LocalBackend {
         .map_err(|e| BackendError::Unavailable(format!("starting the proxy: {e}")))?;
         let mut running = self.running.lock().await;
         if let Some(r) = running.get_mut(&(target.service.clone(), target.environment.clone())) {
-            if r.target.routes != target.routes {
-                r.rules = Arc::new(rules);
-            }
+            r.rules = Arc::new(rules);
             r.target = target.clone();
         }
         drop(running);
@@ -296,7 +294,7 @@ impl Backend for LocalBackend {
         }
         // The weight in force is what the router does: none while the canary has no ready replica.
         observed.canary_weight = match routing.weighted {
-            Some((track, weight)) if routing.tracks.get(&track).is_some_and(|a| !a.is_empty()) => weight,
+            Some((track, weight)) if routing.has_replicas(track) => weight,
             _ => 0,
         };
         let routing_current = *routing == route(&r.target, &r.rules, ready_tracks);

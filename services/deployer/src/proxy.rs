@@ -219,7 +219,8 @@ pub struct Routing {
 }
 
 impl Routing {
-    fn has_replicas(&self, track: Track) -> bool {
+    /// Whether `track` has a ready replica to send requests to.
+    pub fn has_replicas(&self, track: Track) -> bool {
         self.tracks.get(&track).is_some_and(|a| !a.is_empty())
     }
 
@@ -239,11 +240,11 @@ impl Routing {
         }
         if let Some((track, weight)) = self.weighted
             && roll < weight
-            && self.tracks.get(&track).is_some_and(|a| !a.is_empty())
+            && self.has_replicas(track)
         {
             return Some(track);
         }
-        self.primary.filter(|t| self.tracks.get(t).is_some_and(|a| !a.is_empty()))
+        self.primary.filter(|t| self.has_replicas(*t))
     }
 }
 

@@ -8,6 +8,5 @@ use crate::domain::{config::routes::MirrorRoute, effects::Effects};
 pub async fn run<E: Effects>(cx: &mut StepCtx<'_, E>, route: &MirrorRoute) -> Next {
     let mut routes = cx.r.routes.clone();
     routes.set_mirror(route);
-    let state = traffic::routed_state(cx.r, cx.r.canary_weight, &routes);
-    traffic::converge(cx, state, |r| r.routes = routes).await
+    traffic::converge_routes(cx, routes).await
 }

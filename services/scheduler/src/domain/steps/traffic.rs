@@ -55,7 +55,7 @@ pub fn canary_state(r: &Release, weight: u32) -> DesiredState {
 }
 
 /// [`canary_state`] with `routes` instead of the release's.
-pub fn routed_state(r: &Release, weight: u32, routes: &Routes) -> DesiredState {
+fn routed_state(r: &Release, weight: u32, routes: &Routes) -> DesiredState {
     let stable = r.stable_artifact.as_deref().unwrap_or(&r.artifact);
     let mut tracks = vec![track(Track::Stable, stable, r.plan.replicas)];
     let canary = canary_replicas(r, weight);
@@ -111,6 +111,13 @@ pub fn preview_state(
         canary_weight,
         routes: Routes::default(),
     }
+}
+
+/// Applies the canary at its weight with `routes` (a header or mirror route step's result) and
+/// records them on the release once applied.
+pub async fn converge_routes<E: Effects>(cx: &mut StepCtx<'_, E>, routes: Routes) -> Next {
+    let state = routed_state(cx.r, cx.r.canary_weight, &routes);
+    converge(cx, state, |r| r.routes = routes).await
 }
 
 /// Blue/green: the new version on preview, or (`switched`) on active with the old on preview.
