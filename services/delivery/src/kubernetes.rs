@@ -281,6 +281,7 @@ impl Validator {
                     | super::StepDef::SetCanaryScale(_)
                     | super::StepDef::SetHeaderRoute(_)
                     | super::StepDef::SetMirrorRoute(_)
+                    | super::StepDef::Experiment(_)
             ) {
                 self.problem(
                     format!("{path}.canary.steps[{i}]"),
@@ -335,6 +336,13 @@ impl Validator {
                         self.problem(
                             format!("{spath}.canary.steps[{i}]"),
                             "header and mirror routes need kubernetes.route: the service's HTTPRoute carries them",
+                        );
+                    }
+                    if matches!(step.step, super::StepDef::Experiment(_)) {
+                        self.problem(
+                            format!("{spath}.canary.steps[{i}]"),
+                            "an experiment needs kubernetes.route: the baseline's and the canary's weights are the \
+                             HTTPRoute's",
                         );
                     }
                 }

@@ -12,6 +12,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod experiment;
 pub mod kubernetes;
 pub mod providers;
 pub mod routes;
@@ -263,6 +264,7 @@ impl Strategy {
                 match &step.step {
                     StepDef::Analysis(a) => names.extend(a.templates.iter().map(String::as_str)),
                     StepDef::Verify(v) => names.extend(v.templates.iter().flatten().map(String::as_str)),
+                    StepDef::Experiment(e) => names.extend(e.templates.iter().map(String::as_str)),
                     _ => {}
                 }
             }
@@ -273,6 +275,18 @@ impl Strategy {
             names.extend(analyses.into_iter().flatten().flat_map(|a| &a.templates).map(String::as_str));
         }
         names
+    }
+
+    /// The templates its experiment steps judge.
+    pub fn judged_template_names(&self) -> BTreeSet<&str> {
+        let steps = self.canary.iter().flat_map(|c| &c.steps);
+        steps
+            .filter_map(|s| match &s.step {
+                StepDef::Experiment(e) => Some(e.templates.iter().map(String::as_str)),
+                _ => None,
+            })
+            .flatten()
+            .collect()
     }
 }
 
@@ -334,6 +348,13 @@ pub struct MetricDef {
     pub no_data: NoData,
     /// Where the value comes from.
     pub provider: Provider,
+}
+
+impl MetricDef {
+    /// Neither condition is set, and it is no job (whose exit code is its verdict).
+    pub fn has_no_condition(&self) -> bool {
+        self.provider.job.is_none() && self.success_condition.is_none() && self.failure_condition.is_none()
+    }
 }
 
 /// Severity of a metric failure (the runbook's decision matrix).
@@ -642,6 +663,8 @@ pub enum StepDef {
     SetHeaderRoute(routes::HeaderRoute),
     /// A share of the matching requests is copied to the canary (no `match`: removed).
     SetMirrorRoute(routes::MirrorRoute),
+    /// The canary judged against a baseline of the stable artifact (Kayenta).
+    Experiment(experiment::ExperimentDef),
 }
 
 impl StepDef {
@@ -981,6 +1004,12 @@ impl DeliveryConfig {
     /// Every problem in the document, in document order.
     pub fn validate(&self) -> Vec<Problem> {
         let mut v = Validator::default();
+        for service in &self.services {
+            let overrides = service.environments.values().filter_map(|o| o.strategy.as_ref());
+            for strategy in std::iter::once(&service.strategy).chain(overrides) {
+                v.judged.extend(strategy.judged_template_names().into_iter().map(String::from));
+            }
+        }
         if let Some(api) = &self.api_version
             && api != "hopngo.io/v1"
         {
@@ -1071,7 +1100,7 @@ impl DeliveryConfig {
                 if !metric_names.insert(metric.name.as_str()) {
                     v.problem(format!("{mpath}.name"), format!("duplicate metric {:?}", metric.name));
                 }
-                v.metric(&mpath, metric);
+                v.metric(&mpath, metric, v.judged.contains(&template.name));
                 v.metric_expressions(&mpath, metric);
             }
         }
@@ -1259,6 +1288,9 @@ fn name_problem(name: &str) -> Option<String> {
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    /// Templates an experiment judges: their metrics need no conditions (the judge compares the
+    /// tracks), but an analysis using them still does.
+    judged: BTreeSet<String>,
 }
 
 impl Validator {
@@ -1346,7 +1378,8 @@ impl Validator {
         }
     }
 
-    fn metric(&mut self, path: &str, m: &MetricDef) {
+    /// A metric of a template (`judged`: an experiment judges it, so it needs no conditions).
+    fn metric(&mut self, path: &str, m: &MetricDef, judged: bool) {
         if m.name.trim().is_empty() {
             self.problem(format!("{path}.name"), "must not be empty");
         }
@@ -1389,7 +1422,7 @@ impl Validator {
         if set != 1 {
             self.problem(format!("{path}.provider"), "exactly one of prometheus, scrape, web, job is required");
         }
-        if m.provider.job.is_none() && m.success_condition.is_none() && m.failure_condition.is_none() {
+        if !judged && m.has_no_condition() {
             self.problem(format!("{path}.successCondition"), "a successCondition or failureCondition is required");
         }
         if let Some(job) = &m.provider.job {
@@ -1456,7 +1489,16 @@ impl Validator {
         }
     }
 
-    fn templates(&mut self, path: &str, names: &[String], args: &BTreeMap<String, String>, config: &DeliveryConfig) {
+    /// Templates named at `path` with `args` (`analysed`: by an analysis, whose metrics need
+    /// conditions, rather than an experiment).
+    fn templates(
+        &mut self,
+        path: &str,
+        names: &[String],
+        args: &BTreeMap<String, String>,
+        config: &DeliveryConfig,
+        analysed: bool,
+    ) {
         if names.is_empty() {
             self.problem(path, "at least one template is required");
         }
@@ -1468,6 +1510,18 @@ impl Validator {
             }
             for t in forms {
                 required.extend(t.args.iter().filter(|a| a.value.is_none()).map(|a| a.name.clone()));
+                if analysed {
+                    for m in t.metrics.iter().filter(|m| m.has_no_condition()) {
+                        self.problem(
+                            format!("{path}[{i}]"),
+                            format!(
+                                "metric {:?} of template {name:?} has no successCondition or failureCondition: an \
+                                 analysis would pass whatever it measures (only an experiment judges without them)",
+                                m.name
+                            ),
+                        );
+                    }
+                }
             }
         }
         // Supplied by the scheduler when a run starts (`address`: where the service's traffic
@@ -1530,7 +1584,7 @@ impl Validator {
                     }
                 }
                 StepDef::Analysis(a) => {
-                    self.templates(&format!("{spath}.analysis.templates"), &a.templates, &a.args, config)
+                    self.templates(&format!("{spath}.analysis.templates"), &a.templates, &a.args, config, true)
                 }
                 StepDef::Approval(a) => {
                     if let Some(min) = a.min_approvals {
@@ -1576,6 +1630,15 @@ impl Validator {
                         self.problem(rpath, problem);
                     }
                 }
+                StepDef::Experiment(e) => {
+                    let epath = format!("{spath}.experiment");
+                    self.templates(&format!("{epath}.templates"), &e.templates, &e.args, config, false);
+                    let forms: Vec<&AnalysisTemplate> =
+                        config.analysis_templates.iter().filter(|t| e.templates.contains(&t.name)).collect();
+                    for (at, why) in e.problems(&forms) {
+                        self.problem(format!("{epath}{at}"), why);
+                    }
+                }
                 StepDef::SetMirrorRoute(route) => {
                     let rpath = format!("{spath}.setMirrorRoute");
                     self.route_problems(&rpath, route.problems());
@@ -1590,7 +1653,7 @@ impl Validator {
             }
         }
         if let Some(bg) = &c.analysis {
-            self.templates(&format!("{path}.analysis.templates"), &bg.templates, &bg.args, config);
+            self.templates(&format!("{path}.analysis.templates"), &bg.templates, &bg.args, config, true);
             if let Some(start) = bg.starting_step {
                 self.range(&format!("{path}.analysis.startingStep"), start, 0, c.steps.len() as i64);
             }
@@ -1606,17 +1669,17 @@ impl Validator {
     fn verify(&mut self, path: &str, verify: &VerifyDef, config: &DeliveryConfig) {
         match (&verify.job, &verify.templates) {
             (Some(job), None) => self.job(&format!("{path}.job"), job),
-            (None, Some(t)) => self.templates(&format!("{path}.templates"), t, &verify.args, config),
+            (None, Some(t)) => self.templates(&format!("{path}.templates"), t, &verify.args, config, true),
             _ => self.problem(path, "exactly one of job and templates is required"),
         }
     }
 
     fn blue_green(&mut self, path: &str, b: &BlueGreen, config: &DeliveryConfig) {
         if let Some(a) = &b.pre_promotion_analysis {
-            self.templates(&format!("{path}.prePromotionAnalysis.templates"), &a.templates, &a.args, config);
+            self.templates(&format!("{path}.prePromotionAnalysis.templates"), &a.templates, &a.args, config, true);
         }
         if let Some(a) = &b.post_promotion_analysis {
-            self.templates(&format!("{path}.postPromotionAnalysis.templates"), &a.templates, &a.args, config);
+            self.templates(&format!("{path}.postPromotionAnalysis.templates"), &a.templates, &a.args, config, true);
         }
         if let Some(s) = b.auto_promotion_seconds {
             self.range(&format!("{path}.autoPromotionSeconds"), s, 0, 86400);

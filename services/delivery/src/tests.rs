@@ -99,6 +99,82 @@ fn header_and_mirror_routes_are_checked_where_they_are_written() {
 }
 
 #[test]
+fn experiments_need_metrics_that_tell_the_baseline_from_the_canary() {
+    let judged = r#"
+  - name: judge
+    metrics:
+      - name: latency
+        interval: 5s
+        provider:
+          scrape:
+            url: http://127.0.0.1:9000/metrics
+            expression: quantile(0.95, seconds{track="{{ args.track }}"})
+      - name: errors
+        interval: 5s
+        provider:
+          scrape:
+            url: http://127.0.0.1:9000/metrics
+            expression: rate(errors{track="{{args.track}}"})
+services:"#;
+    let with = |step: &str| GOOD.replacen("\nservices:", judged, 1).replace("- pause: {}", step);
+    let ok = with(
+        "- experiment: {templates: [judge], weight: 10, interval: 1m, intervals: 3, thresholds: {pass: 90, marginal: 70}, groupWeights: {latency: 60}, metrics: {latency: {direction: increase, group: latency, allowedIncrease: 1.5}, errors: {direction: increase, critical: true}}}",
+    );
+    assert_eq!(problems(&ok), Vec::<String>::new());
+    let config = DeliveryConfig::load(&ok).unwrap();
+    let StepDef::Experiment(e) = &config.services[0].strategy.canary.as_ref().unwrap().steps[4].step else {
+        panic!("an experiment step")
+    };
+    assert_eq!((e.interval_count(), e.samples(Duration::from_secs(5))), (3, 36));
+
+    // No metrics for the baseline: no template, or a template whose queries ignore the track.
+    let p = problems(&with("- experiment: {templates: [], weight: 10, interval: 1m}"));
+    assert_eq!(
+        p.last().map(String::as_str),
+        Some("services[0].strategy.canary.steps[4].experiment.templates: at least one template is required")
+    );
+    // Unjudged, the template's metrics need conditions again.
+    assert!(p[0].starts_with("analysisTemplates[1].metrics[0].successCondition"), "{p:?}");
+    // An analysis of a judged template still needs them.
+    let p = problems(&with(
+        "- experiment: {templates: [judge], weight: 10, interval: 1m}\n          - analysis: {templates: [judge]}",
+    ));
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p[0].starts_with("services[0].strategy.canary.steps[5].analysis.templates[0]: metric \"latency\" of template \"judge\" has no successCondition"), "{p:?}");
+    let p = problems(&with("- experiment: {templates: [slo, judge], weight: 10, interval: 1m}"));
+    assert_eq!(
+        p,
+        [
+            "services[0].strategy.canary.steps[4].experiment.templates[0]: metric \"error-rate\" of template \"slo\" does not use {{args.track}}: it would measure the same for the baseline and the canary"
+        ]
+    );
+    let p = problems(&with(
+        "- experiment: {templates: [judge], weight: 60, replicas: 0, interval: 1m, intervals: 99, thresholds: {pass: 50, marginal: 80}, groupWeights: {a: 70, b: 40}, metrics: {latency: {allowedIncrease: -1}, nope: {}}}",
+    ));
+    assert_eq!(
+        p,
+        [
+            "services[0].strategy.canary.steps[4].experiment.weight: 60 is not in 1..=50 (the baseline takes as much again)",
+            "services[0].strategy.canary.steps[4].experiment.replicas: 0 is not in 1..=100",
+            "services[0].strategy.canary.steps[4].experiment.intervals: 99 is not in 1..=24",
+            "services[0].strategy.canary.steps[4].experiment.thresholds: need 0 ≤ marginal (80) ≤ pass (50) ≤ 100",
+            "services[0].strategy.canary.steps[4].experiment.groupWeights: weights add up to more than 100",
+            "services[0].strategy.canary.steps[4].experiment.metrics.latency.allowedIncrease: -1 is not a positive number",
+            "services[0].strategy.canary.steps[4].experiment.metrics.nope: no template of the experiment has a metric \"nope\"",
+        ]
+    );
+    let p = problems(&with("- experiment: {templates: [judge], weight: 10, interval: 2s, intervals: 24}"));
+    assert!(
+        p[0].ends_with(
+            "measures every 5s, less often than the experiment's interval 2s: an interval would judge no new sample"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&with("- experiment: {templates: [judge], weight: 10, interval: 2h, intervals: 2}"));
+    assert!(p[0].contains("would take 2880 measurements per track"), "{p:?}");
+}
+
+#[test]
 fn decreasing_weights_are_refused() {
     let yaml = GOOD.replace("setWeight: 50", "setWeight: 10");
     let p = problems(&yaml);
@@ -153,7 +229,7 @@ fn structural_rules() {
     assert_eq!(
         p,
         vec![
-            "services[0].strategy.canary.steps[4]: exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale, setHeaderRoute, setMirrorRoute is required"
+            "services[0].strategy.canary.steps[4]: exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale, setHeaderRoute, setMirrorRoute, experiment is required"
         ]
     );
     let p = problems(&GOOD.replace("minApprovals: 1", "minApprovals: 0"));
@@ -297,8 +373,8 @@ fn hostile_nesting_and_size_are_problems_not_crashes() {
 
 #[test]
 fn a_step_is_one_kind_with_an_optional_name_beside_it() {
-    let one_kind = "exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale, setHeaderRoute, setMirrorRoute is required";
-    assert_eq!(StepDef::kinds().len(), 9);
+    let one_kind = "exactly one of setWeight, pause, analysis, approval, verify, migrate, setCanaryScale, setHeaderRoute, setMirrorRoute, experiment is required";
+    assert_eq!(StepDef::kinds().len(), 10);
     let p = problems(&GOOD.replace("- pause: {}", "- name: hold"));
     assert_eq!(p, vec![format!("services[0].strategy.canary.steps[4]: {one_kind}")]);
     let p = problems(&GOOD.replace("- pause: {}", "- {}"));

@@ -99,6 +99,7 @@ async fn main() {
         tracks: BTreeMap::from([(Track::Stable, vec![service])]),
         primary: Some(Track::Stable),
         weighted: None,
+        baseline: false,
         routes: Default::default(),
     });
     // Warm up connections and code paths.
@@ -139,6 +140,7 @@ async fn main() {
         tracks: BTreeMap::from([(Track::Stable, vec![service]), (Track::Canary, vec![service])]),
         primary: Some(Track::Stable),
         weighted: Some((Track::Canary, 0)),
+        baseline: false,
         routes: std::sync::Arc::new(RouteRules::compile(&routes).unwrap()),
     });
     let r = paced(proxy.addr()).await;

@@ -39,9 +39,10 @@ fn track(value: i32, index: usize) -> Result<Track, Status> {
         Ok(pb::Track::Canary) => Ok(Track::Canary),
         Ok(pb::Track::Active) => Ok(Track::Active),
         Ok(pb::Track::Preview) => Ok(Track::Preview),
+        Ok(pb::Track::Baseline) => Ok(Track::Baseline),
         _ => Err(invalid(
             format!("target.tracks[{index}].track"),
-            format!("{value} is not a track (STABLE, CANARY, ACTIVE, PREVIEW)"),
+            format!("{value} is not a track (STABLE, CANARY, ACTIVE, PREVIEW, BASELINE)"),
         )),
     }
 }
@@ -52,6 +53,7 @@ fn proto_track(t: Track) -> pb::Track {
         Track::Canary => pb::Track::Canary,
         Track::Active => pb::Track::Active,
         Track::Preview => pb::Track::Preview,
+        Track::Baseline => pb::Track::Baseline,
     }
 }
 
@@ -89,13 +91,22 @@ pub fn target(spec: Option<pb::TargetSpec>) -> Result<Target, Status> {
         tracks.push(TrackSpec { track, artifact: t.artifact.clone(), replicas: t.replicas });
     }
     let has = |t: Track| tracks.iter().any(|x| x.track == t);
-    let canary_model = has(Track::Stable) || has(Track::Canary);
+    let canary_model = has(Track::Stable) || has(Track::Canary) || has(Track::Baseline);
     let blue_green = has(Track::Active) || has(Track::Preview);
     if canary_model && blue_green {
-        return Err(invalid("target.tracks", "STABLE/CANARY and ACTIVE/PREVIEW cannot be mixed"));
+        return Err(invalid("target.tracks", "STABLE/CANARY/BASELINE and ACTIVE/PREVIEW cannot be mixed"));
     }
     if has(Track::Canary) && !has(Track::Stable) {
         return Err(invalid("target.tracks", "a CANARY track needs a STABLE track"));
+    }
+    if has(Track::Baseline) && !has(Track::Canary) {
+        return Err(invalid("target.tracks", "a BASELINE track needs a CANARY track to be compared with"));
+    }
+    if has(Track::Baseline) && spec.canary_weight > 50 {
+        return Err(invalid(
+            "target.canary_weight",
+            format!("{} is more than 50: the BASELINE track takes as much again", spec.canary_weight),
+        ));
     }
     if has(Track::Preview) && !has(Track::Active) {
         return Err(invalid("target.tracks", "a PREVIEW track needs an ACTIVE track"));

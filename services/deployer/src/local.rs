@@ -136,6 +136,7 @@ impl LocalBackend {
             env: local.env.clone(),
             readiness_path: local.readiness_path.clone().unwrap_or_else(|| "/healthz".into()),
             replicas,
+            pool: String::new(),
         };
         spec.validate()
             .map_err(|reason| BackendError::Invalid { field: format!("services.{}.local", target.service), reason })?;
@@ -158,7 +159,7 @@ impl LocalBackend {
                 r.proxy.set_routing(routing);
             }
             for t in &r.target.tracks {
-                wanted.insert(set_key(&r.target.service, &r.target.environment, &t.artifact));
+                wanted.insert(track_set(&r.target.service, &r.target.environment, t));
             }
         }
         drop(running);
@@ -172,11 +173,25 @@ impl LocalBackend {
     async fn routing(&self, target: &Target, rules: &Arc<RouteRules>) -> Routing {
         let mut tracks = BTreeMap::new();
         for t in &target.tracks {
-            let replicas = self.supervisor.status(&set_key(&target.service, &target.environment, &t.artifact)).await;
+            let replicas = self.supervisor.status(&track_set(&target.service, &target.environment, t)).await;
             tracks.insert(t.track, ready_addrs(&replicas));
         }
         route(target, rules, tracks)
     }
+}
+
+/// The replica pool of a track: an experiment's baseline runs fresh replicas of its own, every
+/// other track shares the set of its version.
+fn pool(track: Track) -> &'static str {
+    match track {
+        Track::Baseline => "baseline",
+        Track::Stable | Track::Canary | Track::Active | Track::Preview => "",
+    }
+}
+
+/// Key of the replica set a track runs on.
+fn track_set(service: &str, environment: &str, t: &crate::backend::TrackSpec) -> String {
+    set_key(service, environment, &t.artifact, pool(t.track))
 }
 
 fn ready_addrs(replicas: &[ReplicaStatus]) -> Vec<SocketAddr> {
@@ -188,7 +203,7 @@ fn route(target: &Target, rules: &Arc<RouteRules>, tracks: BTreeMap<Track, Vec<S
     let has = |t: Track| target.tracks.iter().any(|s| s.track == t);
     let primary = [Track::Stable, Track::Active].into_iter().find(|t| has(*t));
     let weighted = has(Track::Canary).then_some((Track::Canary, target.canary_weight));
-    Routing { tracks, primary, weighted, routes: rules.clone() }
+    Routing { tracks, primary, weighted, baseline: has(Track::Baseline), routes: rules.clone() }
 }
 
 impl Backend for LocalBackend {
@@ -227,14 +242,15 @@ impl Backend for LocalBackend {
         let _changes = self.changes.lock().await;
         let mut specs = Vec::new();
         for t in &target.tracks {
-            specs.push(self.replica_spec(target, &t.artifact, t.replicas)?);
+            let spec = self.replica_spec(target, &t.artifact, t.replicas)?;
+            specs.push(ReplicaSetSpec { pool: pool(t.track).into(), ..spec });
         }
         // Two tracks on one artifact (a blue/green switch in progress) share one replica set
-        // with the larger count.
-        let mut by_artifact: BTreeMap<String, ReplicaSetSpec> = BTreeMap::new();
+        // with the larger count, unless one keeps a pool of its own.
+        let mut by_artifact: BTreeMap<(String, String), ReplicaSetSpec> = BTreeMap::new();
         for spec in specs {
             by_artifact
-                .entry(spec.version.clone())
+                .entry((spec.version.clone(), spec.pool.clone()))
                 .and_modify(|s| s.replicas = s.replicas.max(spec.replicas))
                 .or_insert(spec);
         }
@@ -269,7 +285,7 @@ impl Backend for LocalBackend {
         let mut waiting = Vec::new();
         let mut ready_tracks = BTreeMap::new();
         for t in &r.target.tracks {
-            let replicas = self.supervisor.status(&set_key(service, environment, &t.artifact)).await;
+            let replicas = self.supervisor.status(&track_set(service, environment, t)).await;
             ready_tracks.insert(t.track, ready_addrs(&replicas));
             let ready = replicas.iter().take(t.replicas as usize).filter(|x| x.ready).count() as u32;
             let message = replicas.iter().find(|x| !x.ready).map(|x| x.message.clone()).unwrap_or_default();

@@ -55,11 +55,14 @@ pub enum Track {
     Active,
     /// Blue/green: reachable through the header only.
     Preview,
+    /// Canary model, during an experiment: the stable version on fresh replicas, weighted like
+    /// the canary.
+    Baseline,
 }
 
 impl Track {
     /// Every track.
-    pub const ALL: [Track; 4] = [Track::Stable, Track::Canary, Track::Active, Track::Preview];
+    pub const ALL: [Track; 5] = [Track::Stable, Track::Canary, Track::Active, Track::Preview, Track::Baseline];
 
     /// Lower-case name (metrics label, header value).
     pub fn as_str(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Track {
             Track::Canary => "canary",
             Track::Active => "active",
             Track::Preview => "preview",
+            Track::Baseline => "baseline",
         }
     }
 
@@ -214,6 +218,8 @@ pub struct Routing {
     pub primary: Option<Track>,
     /// Weighted track and its share of traffic in percent, 0..=100.
     pub weighted: Option<(Track, u32)>,
+    /// An experiment's baseline takes as much as the weighted track, beside it.
+    pub baseline: bool,
     /// Header and mirror routes to the weighted track.
     pub routes: Arc<RouteRules>,
 }
@@ -243,6 +249,13 @@ impl Routing {
             && self.has_replicas(track)
         {
             return Some(track);
+        }
+        if let Some((_, weight)) = self.weighted
+            && self.baseline
+            && (weight..2 * weight).contains(&roll)
+            && self.has_replicas(Track::Baseline)
+        {
+            return Some(Track::Baseline);
         }
         self.primary.filter(|t| self.has_replicas(*t))
     }
@@ -532,6 +545,7 @@ mod tests {
             ]),
             primary: Some(Track::Stable),
             weighted: Some((Track::Canary, weight)),
+            baseline: false,
             routes: Arc::default(),
         }
     }
@@ -609,6 +623,20 @@ mod tests {
             Some(Track::Stable),
             "an absent pinned track falls back"
         );
+    }
+
+    #[test]
+    fn an_experiments_baseline_takes_as_much_as_the_canary() {
+        let mut r = routing(20);
+        r.baseline = true;
+        r.tracks.insert(Track::Baseline, vec![SocketAddr::from(([127, 0, 0, 1], 3))]);
+        let tracks: Vec<Option<Track>> =
+            [0, 19, 20, 39, 40, 99].iter().map(|roll| r.choose(None, &none(), *roll)).collect();
+        let (s, c, b) = (Some(Track::Stable), Some(Track::Canary), Some(Track::Baseline));
+        assert_eq!(tracks, [c, c, b, b, s, s]);
+        assert_eq!(r.choose(Some(Track::Baseline), &none(), 99), b, "pinned");
+        r.tracks.insert(Track::Baseline, Vec::new());
+        assert_eq!(r.choose(None, &none(), 20), s, "no baseline replica: its share stays on stable");
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct ReplicaSetSpec {
     pub readiness_path: String,
     /// Replicas.
     pub replicas: u32,
+    /// Replicas of one version are shared by the tracks running it (a blue/green switch moves no
+    /// process); a set in a pool of its own is kept apart (an experiment's baseline runs the
+    /// stable version on fresh replicas). Empty: the shared set.
+    pub pool: String,
 }
 
 impl ReplicaSetSpec {
@@ -129,9 +133,12 @@ pub struct Supervisor {
     probe: Client<HttpConnector, Empty<Bytes>>,
 }
 
-/// Key of a replica set: service, environment and version.
-pub fn set_key(service: &str, environment: &str, version: &str) -> String {
-    format!("{service}/{environment}/{version}")
+/// Key of a replica set: service, environment, version and pool (see [`ReplicaSetSpec::pool`]).
+pub fn set_key(service: &str, environment: &str, version: &str, pool: &str) -> String {
+    match pool {
+        "" => format!("{service}/{environment}/{version}"),
+        pool => format!("{service}/{environment}/{version}#{pool}"),
+    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -153,7 +160,7 @@ impl Supervisor {
     /// newest first). Replicas already running are kept (level-based).
     pub async fn ensure(&self, spec: ReplicaSetSpec) -> Result<(), String> {
         spec.validate()?;
-        let key = set_key(&spec.service, &spec.environment, &spec.version);
+        let key = set_key(&spec.service, &spec.environment, &spec.version, &spec.pool);
         let mut sets = self.sets.lock().await;
         let (current, replicas) = sets.entry(key).or_insert_with(|| (spec.clone(), Vec::new()));
         *current = spec.clone();
@@ -208,8 +215,9 @@ impl Supervisor {
         let port = free_port()?;
         let status = Arc::new(Mutex::new(ReplicaStatus { port, message: "starting".into(), ..Default::default() }));
         let stop = CancellationToken::new();
+        let pool = if spec.pool.is_empty() { String::new() } else { format!("-{}", file_name(&spec.pool)) };
         let log = self.log_dir.join(format!(
-            "{}-{}-{}-{index}.log",
+            "{}-{}-{}{pool}-{index}.log",
             file_name(&spec.service),
             file_name(&spec.environment),
             file_name(&spec.version)
@@ -354,6 +362,7 @@ mod tests {
             env: BTreeMap::new(),
             readiness_path: "/healthz".into(),
             replicas: 1,
+            pool: String::new(),
         }
     }
 

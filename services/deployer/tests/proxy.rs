@@ -49,6 +49,7 @@ fn canary(s: &Setup, weight: u32) -> Routing {
         tracks: BTreeMap::from([(Track::Stable, vec![s.v1]), (Track::Canary, vec![s.v2])]),
         primary: Some(Track::Stable),
         weighted: Some((Track::Canary, weight)),
+        baseline: false,
         routes: Arc::default(),
     }
 }
@@ -230,6 +231,7 @@ async fn nothing_ready_is_503_and_a_dead_replica_is_502() {
         tracks: BTreeMap::from([(Track::Stable, vec![dead])]),
         primary: Some(Track::Stable),
         weighted: None,
+        baseline: false,
         routes: Arc::default(),
     });
     let seen = send(s.proxy.addr(), 10, 1, None).await;
@@ -244,6 +246,7 @@ async fn blue_green_switch_and_switch_back_drop_no_requests_under_steady_load() 
         tracks: BTreeMap::from([(Track::Active, vec![active]), (Track::Preview, vec![preview])]),
         primary: Some(Track::Active),
         weighted: None,
+        baseline: false,
         routes: Arc::default(),
     };
     s.proxy.set_routing(blue_green(s.v1, s.v2));

@@ -24,6 +24,7 @@ fn spec(version: &str, replicas: u32) -> ReplicaSetSpec {
         env: BTreeMap::new(),
         readiness_path: "/healthz".into(),
         replicas,
+        pool: String::new(),
     }
 }
 
@@ -67,7 +68,7 @@ async fn runs_replicas_restarts_a_killed_one_and_stops_them_all() {
     let dir = log_dir("run");
     let sup = Supervisor::new(dir.clone()).unwrap();
     sup.ensure(spec("1.4.2", 2)).await.unwrap();
-    let key = set_key("booking", "staging", "1.4.2");
+    let key = set_key("booking", "staging", "1.4.2", "");
     let ready = wait_for(&sup, &key, 20, |s| s.len() == 2 && s.iter().all(|r| r.ready)).await;
     for r in &ready {
         assert_eq!(version_at(r.port).await, "1.4.2");
@@ -113,7 +114,8 @@ async fn a_command_that_cannot_start_says_why_and_slow_starters_become_ready_lat
     broken.command[0] = "/nonexistent/hopngo-service".into();
     sup.ensure(broken).await.unwrap();
     let status =
-        wait_for(&sup, &set_key("booking", "staging", "1.0.0"), 10, |s| s[0].message.contains("failed to start")).await;
+        wait_for(&sup, &set_key("booking", "staging", "1.0.0", ""), 10, |s| s[0].message.contains("failed to start"))
+            .await;
     assert!(!status[0].ready);
     assert!(status[0].message.contains("/nonexistent/hopngo-service"), "{}", status[0].message);
 
@@ -122,7 +124,7 @@ async fn a_command_that_cannot_start_says_why_and_slow_starters_become_ready_lat
     assert!(sup.ensure(bad_template).await.unwrap_err().contains("unknown placeholder {colour}"));
 
     sup.ensure(spec("2.0.0+startup=1s", 1)).await.unwrap();
-    let key = set_key("booking", "staging", "2.0.0+startup=1s");
+    let key = set_key("booking", "staging", "2.0.0+startup=1s", "");
     let early = wait_for(&sup, &key, 10, |s| s[0].pid.is_some()).await;
     assert!(!early[0].ready, "not ready during its start-up time");
     wait_for(&sup, &key, 10, |s| s[0].ready).await;

@@ -11,6 +11,54 @@ use crate::{
     },
 };
 
+fn experiment(e: &crate::domain::release::ExperimentRecord) -> pb::Experiment {
+    let nan = |x: Option<f64>| x.unwrap_or(f64::NAN);
+    pb::Experiment {
+        step_index: e.step_index as u32,
+        baseline_artifact: e.baseline_artifact.clone(),
+        canary_artifact: e.canary_artifact.clone(),
+        weight: e.weight,
+        intervals: e.intervals,
+        judged: e
+            .judged
+            .iter()
+            .map(|j| pb::ExperimentInterval {
+                index: j.index,
+                score: j.score,
+                verdict: j.verdict.clone(),
+                reason: j.reason.clone(),
+                judged_at: Some(ts(j.at)),
+                metrics: j
+                    .metrics
+                    .iter()
+                    .map(|m| pb::ExperimentMetric {
+                        name: m.name.clone(),
+                        group: m.group.clone(),
+                        classification: m.classification.clone(),
+                        baseline_count: m.baseline_count,
+                        baseline_mean: nan(m.baseline_mean),
+                        canary_count: m.canary_count,
+                        canary_mean: nan(m.canary_mean),
+                        p_value: nan(m.p_value),
+                        mean_ratio: nan(m.mean_ratio),
+                        cles: nan(m.cles),
+                        ci_lower: nan(m.ci_lower),
+                        ci_upper: nan(m.ci_upper),
+                        critical: m.critical,
+                        reason: m.reason.clone(),
+                    })
+                    .collect(),
+                group_scores: j.group_scores.clone().into_iter().collect(),
+            })
+            .collect(),
+        baseline_run_id: e.baseline_run.clone().unwrap_or_default(),
+        canary_run_id: e.canary_run.clone().unwrap_or_default(),
+        verdict: e.verdict.clone().unwrap_or_default(),
+        pass_threshold: e.pass,
+        marginal_threshold: e.marginal,
+    }
+}
+
 fn ts(t: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 }
 }
@@ -66,6 +114,7 @@ fn step_kind(a: &StepAction) -> pb::StepKind {
         StepAction::SetCanaryScale { .. } => pb::StepKind::SetCanaryScale,
         StepAction::SetHeaderRoute { .. } => pb::StepKind::SetHeaderRoute,
         StepAction::SetMirrorRoute { .. } => pb::StepKind::SetMirrorRoute,
+        StepAction::Experiment { .. } => pb::StepKind::Experiment,
         StepAction::DeployPreview { .. } => pb::StepKind::DeployPreview,
         StepAction::PrePromotionAnalysis { .. } => pb::StepKind::PrePromotionAnalysis,
         StepAction::SwitchActive => pb::StepKind::SwitchActive,
@@ -150,6 +199,7 @@ pub fn release(r: &Release) -> pb::Release {
         steps,
         canary_weight: r.canary_weight,
         traffic_routes: r.routes.describe(),
+        experiments: r.experiments.iter().map(experiment).collect(),
         stable_artifact: r.stable_artifact.clone().unwrap_or_default(),
         analysis_runs: r
             .analysis_runs
@@ -316,6 +366,18 @@ mod tests {
             StepAction::ArgoRollout { full: false },
             StepAction::SetHeaderRoute { route: serde_json::from_str(r#"{"name": "h"}"#).unwrap() },
             StepAction::SetMirrorRoute { route: serde_json::from_str(r#"{"name": "m"}"#).unwrap() },
+            StepAction::Experiment {
+                experiment: crate::domain::plan::ExperimentSpec {
+                    analysis: AnalysisSpec::default(),
+                    weight: 10,
+                    replicas: 1,
+                    interval: Dur(std::time::Duration::from_secs(60)),
+                    intervals: 1,
+                    thresholds: Default::default(),
+                    group_weights: Default::default(),
+                    judges: Default::default(),
+                },
+            },
         ]
     }
 
@@ -331,6 +393,7 @@ mod tests {
             "setCanaryScale" => "setCanaryScale: {replicas: 1}",
             "setHeaderRoute" => "setHeaderRoute: {name: h, match: [{headerName: x-h, headerValue: {exact: '1'}}]}",
             "setMirrorRoute" => "setMirrorRoute: {name: m, match: [{method: {exact: GET}}]}",
+            "experiment" => "experiment: {templates: [slo], weight: 10, interval: 10s}",
             other => panic!("no example of the config step kind {other:?}: add one here"),
         }
     }
@@ -356,7 +419,7 @@ mod tests {
         for kind in StepDef::kinds() {
             let yaml = format!(
                 "environments: [{{name: staging}}]\n\
-                 analysisTemplates:\n  - name: slo\n    metrics:\n      - name: m\n        successCondition: result < 1\n        provider: {{prometheus: {{address: \"http://127.0.0.1:9090\", query: x}}}}\n\
+                 analysisTemplates:\n  - name: slo\n    metrics:\n      - name: m\n        interval: 5s\n        count: 2\n        successCondition: result < 1\n        provider: {{prometheus: {{address: \"http://127.0.0.1:9090\", query: \"x{{track='{{{{args.track}}}}'}}\"}}}}\n\
                  services:\n  - name: svc\n    migrations: {{database: db, locations: [m]}}\n    strategy:\n      canary:\n        steps:\n          - {}\n",
                 written(kind)
             );

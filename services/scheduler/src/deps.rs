@@ -27,9 +27,9 @@ use hopngo_proto::{
 use crate::domain::{
     config::{self, MetricDef},
     effects::{
-        DesiredState, EffectError, Effects, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
-        PreflightCheck, PreflightRequest, RolloutControl, RolloutProgress, RunObservation, RunPhase, TargetObservation,
-        Track,
+        DesiredState, EffectError, Effects, JudgeRequest, Judgement, MetricJudgement, MigrationAction,
+        MigrationObservation, MigrationPhase, MigrationRequest, PreflightCheck, PreflightRequest, RolloutControl,
+        RolloutProgress, RunObservation, RunPhase, RunSamples, TargetObservation, Track,
     },
     plan::AnalysisSpec,
 };
@@ -109,6 +109,7 @@ fn track(t: Track) -> deployer::Track {
         Track::Canary => deployer::Track::Canary,
         Track::Active => deployer::Track::Active,
         Track::Preview => deployer::Track::Preview,
+        Track::Baseline => deployer::Track::Baseline,
     }
 }
 
@@ -204,6 +205,103 @@ fn observation(run: analyzer::AnalysisRun) -> RunObservation {
     RunObservation { phase, message: run.message, severity }
 }
 
+/// A measurement as a point of a sample: its number (a one-element vector counts as its element),
+/// NaN for no data or a value that is no number (the judge's NaN strategy decides about those).
+/// Errored measurements are no points at all.
+fn sample_point(m: &analyzer::Measurement) -> Option<f64> {
+    if AnalysisPhase::try_from(m.phase) == Ok(AnalysisPhase::Error) {
+        return None;
+    }
+    let text = m.value.trim();
+    if m.no_data || text.is_empty() {
+        return Some(f64::NAN);
+    }
+    let number = text.parse::<f64>().ok().or_else(|| match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Array(items)) if items.len() == 1 => items[0].as_f64(),
+        _ => None,
+    });
+    Some(number.filter(|x| x.is_finite()).unwrap_or(f64::NAN))
+}
+
+fn judge_request(request: &JudgeRequest) -> analyzer::JudgeRequest {
+    use config::experiment::{Direction, EffectMeasure, NanStrategy};
+    analyzer::JudgeRequest {
+        metrics: request
+            .metrics
+            .iter()
+            .map(|m| {
+                let j = &m.judge;
+                analyzer::JudgeMetric {
+                    name: m.name.clone(),
+                    control: m.baseline.clone(),
+                    experiment: m.canary.clone(),
+                    direction: match j.direction {
+                        Direction::Increase => analyzer::JudgeDirection::Increase,
+                        Direction::Decrease => analyzer::JudgeDirection::Decrease,
+                        Direction::Either => analyzer::JudgeDirection::Either,
+                    } as i32,
+                    group: j.group.clone().unwrap_or_default(),
+                    critical: j.critical,
+                    allowed_increase: j.allowed_increase.unwrap_or(0.0),
+                    allowed_decrease: j.allowed_decrease.unwrap_or(0.0),
+                    nan_strategy: match j.nan_strategy {
+                        NanStrategy::Remove => analyzer::JudgeNanStrategy::Remove,
+                        NanStrategy::Replace => analyzer::JudgeNanStrategy::Replace,
+                    } as i32,
+                    outlier_factor: j.outlier_factor,
+                    effect_measure: match j.effect_measure {
+                        EffectMeasure::MeanRatio => analyzer::JudgeEffectMeasure::MeanRatio,
+                        EffectMeasure::Cles => analyzer::JudgeEffectMeasure::Cles,
+                    } as i32,
+                    critical_increase: j.critical_increase.unwrap_or(0.0),
+                    critical_decrease: j.critical_decrease.unwrap_or(0.0),
+                    must_have_data: j.must_have_data,
+                    muted: j.muted,
+                }
+            })
+            .collect(),
+        group_weights: request.group_weights.clone().into_iter().collect(),
+        pass_threshold: request.thresholds.pass,
+        marginal_threshold: request.thresholds.marginal,
+        confidence_level: 0.0,
+    }
+}
+
+fn judgement(response: analyzer::JudgeResponse) -> Judgement {
+    let finite = |x: f64| x.is_finite().then_some(x);
+    Judgement {
+        score: response.score,
+        verdict: response.verdict,
+        reason: response.reason,
+        metrics: response
+            .metrics
+            .into_iter()
+            .map(|m| {
+                let (control, experiment) = (m.control.unwrap_or_default(), m.experiment.unwrap_or_default());
+                MetricJudgement {
+                    classification: analyzer::JudgeClassification::try_from(m.classification)
+                        .map(|c| c.as_str_name().trim_start_matches("JUDGE_CLASSIFICATION_").to_string())
+                        .unwrap_or_default(),
+                    name: m.name,
+                    group: m.group,
+                    baseline_count: control.count,
+                    baseline_mean: finite(control.mean).filter(|_| control.count > 0),
+                    canary_count: experiment.count,
+                    canary_mean: finite(experiment.mean).filter(|_| experiment.count > 0),
+                    p_value: finite(m.p_value),
+                    mean_ratio: finite(m.mean_ratio),
+                    cles: finite(m.cles),
+                    ci_lower: finite(m.ci_lower),
+                    ci_upper: finite(m.ci_upper),
+                    critical: m.critical,
+                    reason: m.reason,
+                }
+            })
+            .collect(),
+        group_scores: response.group_scores.into_iter().collect(),
+    }
+}
+
 impl Effects for GrpcEffects {
     async fn apply_target(&self, key: &str, desired: &DesiredState) -> Result<(), EffectError> {
         let request = ApplyTargetRequest { target: Some(target_spec(desired)), idempotency_key: key.to_string() };
@@ -288,6 +386,28 @@ impl Effects for GrpcEffects {
             .await
             .map_err(|s| effect_error("analyzer", s))?;
         Ok(observation(response.into_inner().run.unwrap_or_default()))
+    }
+
+    async fn analysis_samples(&self, run_id: &str) -> Result<RunSamples, EffectError> {
+        let response = self
+            .analyzer
+            .clone()
+            .get_analysis_run(GetAnalysisRunRequest { id: run_id.to_string() })
+            .await
+            .map_err(|s| effect_error("analyzer", s))?;
+        let run = response.into_inner().run.unwrap_or_default();
+        let samples = run
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), m.measurements.iter().filter_map(sample_point).collect()))
+            .collect();
+        Ok(RunSamples { observation: observation(run), samples })
+    }
+
+    async fn judge(&self, request: &JudgeRequest) -> Result<Judgement, EffectError> {
+        let response =
+            self.analyzer.clone().judge(judge_request(request)).await.map_err(|s| effect_error("analyzer", s))?;
+        Ok(judgement(response.into_inner()))
     }
 
     async fn terminate_analysis(&self, run_id: &str, reason: &str) -> Result<RunObservation, EffectError> {

@@ -347,7 +347,9 @@ impl KubeBackend {
                 bodies.push(to_value(&s)?);
             }
             let canary_up = track(Track::Canary).is_some_and(&ready);
-            if let Some(route) = objects::route(&w, target.canary_weight, canary_up, &target.routes) {
+            let baseline_up = track(Track::Baseline).is_some_and(&ready);
+            let weights = objects::Weights { canary: target.canary_weight, canary_up, baseline_up };
+            if let Some(route) = objects::route(&w, weights, &target.routes) {
                 bodies.push(to_value(&route)?);
             }
         }
@@ -606,6 +608,15 @@ impl Backend for KubeBackend {
                     "target.header_routes",
                     format!(
                         "{:?} has no kubernetes.route: header and mirror routes are rules of its HTTPRoute",
+                        target.service
+                    ),
+                ));
+            }
+            Mode::Native(w) if w.spec.route.is_none() && target.tracks.iter().any(|t| t.track == Track::Baseline) => {
+                return Err(invalid(
+                    "target.tracks",
+                    format!(
+                        "{:?} has no kubernetes.route: a BASELINE track's weight is its HTTPRoute's",
                         target.service
                     ),
                 ));

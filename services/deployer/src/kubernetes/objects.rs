@@ -299,7 +299,7 @@ pub fn service(w: &Workload<'_>, name: String, selector: &[(&str, &str)]) -> Ser
 /// replica-ratio split for callers that bypass the route), one per track.
 pub fn canary_services(w: &Workload<'_>) -> Vec<Service> {
     let mut services = vec![service(w, w.service.to_string(), &[])];
-    for track in [Track::Stable, Track::Canary] {
+    for track in [Track::Stable, Track::Canary, Track::Baseline] {
         services.push(service(w, track_name(w.service, track), &[(LABEL_TRACK, track.as_str())]));
     }
     services
@@ -337,11 +337,24 @@ fn gateway_path(value: &StringMatch) -> PathMatch {
     PathMatch { kind: kind.into(), value: value.clone() }
 }
 
-/// The HTTPRoute of a canary-model service with a route, sending `canary_weight`% to the canary;
-/// while `canary_up`, also every request with `x-hopngo-track: canary` and those `routes`'
-/// header routes match, and mirror rules copying their share to the canary. `None` without a
-/// route.
-pub fn route(w: &Workload<'_>, canary_weight: u32, canary_up: bool, routes: &Routes) -> Option<HttpRoute> {
+/// The weights of a canary-model route: the canary's share while it is up, and as much again
+/// for an experiment's baseline while it is up.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights {
+    /// The canary's share, 0..=100.
+    pub canary: u32,
+    /// The canary has ready replicas.
+    pub canary_up: bool,
+    /// An experiment's baseline has ready replicas.
+    pub baseline_up: bool,
+}
+
+/// The HTTPRoute of a canary-model service with a route, sending the canary its weight (and an
+/// experiment's baseline as much); while the canary is up, also every request with
+/// `x-hopngo-track: canary` and those `routes`' header routes match, and mirror rules copying
+/// their share to the canary. `None` without a route.
+pub fn route(w: &Workload<'_>, weights: Weights, routes: &Routes) -> Option<HttpRoute> {
+    let canary_up = weights.canary_up;
     let route = w.spec.route.as_ref()?;
     let gateway = w.environment.gateway.as_ref()?;
     let backend = |track: Track, weight: u32| BackendRef {
@@ -352,8 +365,13 @@ pub fn route(w: &Workload<'_>, canary_weight: u32, canary_up: bool, routes: &Rou
         weight: weight as i32,
     };
     let path = PathMatch { kind: "PathPrefix".into(), value: route.path_prefix.clone().unwrap_or_else(|| "/".into()) };
-    let weight = if canary_up { canary_weight.min(100) } else { 0 };
-    let weighted = vec![backend(Track::Stable, 100 - weight), backend(Track::Canary, weight)];
+    let weight = if canary_up { weights.canary.min(100) } else { 0 };
+    let mut weighted = vec![backend(Track::Stable, 100 - weight), backend(Track::Canary, weight)];
+    if weights.baseline_up && canary_up {
+        let baseline = weight.min(100 - weight);
+        weighted[0].weight -= baseline as i32;
+        weighted.push(backend(Track::Baseline, baseline));
+    }
     let mut rules = Vec::new();
     if canary_up {
         let to_canary = |headers: Vec<HeaderMatch>| Rule {
@@ -525,7 +543,8 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("r.example/hopngo/booking:1.1"));
         assert_eq!(deployment(&w, &p, true).spec.unwrap().replicas, None, "an HPA's count is left alone");
 
-        let r = route(&w, 25, true, &Routes::default()).unwrap();
+        let up = |canary| Weights { canary, canary_up: true, baseline_up: false };
+        let r = route(&w, up(25), &Routes::default()).unwrap();
         assert_eq!(r.spec.rules.len(), 2);
         assert_eq!(r.spec.rules[0].matches[0].headers[0].name, TRACK_HEADER);
         let weights: Vec<i32> = r.spec.rules[1].backend_refs.iter().map(|b| b.weight).collect();
@@ -536,7 +555,7 @@ mod tests {
             "headers:\n  - name: beta\n    match:\n      - {headerName: x-beta, headerValue: {prefix: 'a.b'}}\n      - {headerName: x-region, headerValue: {regex: '^eu-'}}\nmirrors:\n  - name: reads\n    percentage: 30\n    match:\n      - {method: {exact: GET}, path: {prefix: /api}}\n      - headers: {x-shadow: {exact: '1'}}\n",
         )
         .unwrap();
-        let r = route(&w, 10, true, &routes).unwrap();
+        let r = route(&w, up(10), &routes).unwrap();
         assert_eq!(r.spec.rules.len(), 4, "track header, header route, mirror, weighted");
         let header_rule = &r.spec.rules[1];
         let kinds: Vec<(&str, &str)> =
@@ -552,11 +571,25 @@ mod tests {
         assert_eq!((copy.backend_ref.name.as_str(), copy.percent), ("booking-canary", Some(30)));
         assert_eq!(mirror.backend_refs.iter().map(|b| b.weight).collect::<Vec<_>>(), [90, 10], "answered as weighted");
         assert_eq!(routed_weight(&r, "booking"), Some(10), "the weight is read from the plain rule");
-        assert_eq!(route(&w, 10, false, &routes).unwrap().spec.rules.len(), 1, "no canary up: no routes to it");
+        assert_eq!(
+            route(&w, Weights { canary_up: false, ..up(10) }, &routes).unwrap().spec.rules.len(),
+            1,
+            "no canary up: no routes to it"
+        );
 
-        let down = route(&w, 25, false, &Routes::default()).unwrap();
+        let down = route(&w, Weights { canary_up: false, ..up(25) }, &Routes::default()).unwrap();
         assert_eq!(down.spec.rules.len(), 1, "no header rule to a canary that is not up");
         assert_eq!(routed_weight(&down, "booking"), Some(0));
+
+        // An experiment: the baseline takes as much as the canary, from the stable share, once
+        // both are up.
+        let experiment = route(&w, Weights { baseline_up: true, ..up(20) }, &Routes::default()).unwrap();
+        let split: Vec<(&str, i32)> =
+            experiment.spec.rules[1].backend_refs.iter().map(|b| (b.name.as_str(), b.weight)).collect();
+        assert_eq!(split, [("booking-stable", 60), ("booking-canary", 20), ("booking-baseline", 20)]);
+        assert_eq!(routed_weight(&experiment, "booking"), Some(20));
+        let waiting = route(&w, Weights { baseline_up: true, canary_up: false, canary: 20 }, &Routes::default());
+        assert_eq!(waiting.unwrap().spec.rules[0].backend_refs.len(), 2, "no baseline traffic before the canary's");
         assert_eq!(revision_label(&format!("sha256:{}", "ab".repeat(32))).len(), 63);
         assert_eq!(revision_label("_1.0_"), "1.0");
     }

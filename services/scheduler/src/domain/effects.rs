@@ -4,7 +4,15 @@
 
 use std::{collections::BTreeMap, future::Future};
 
-use super::{config::routes::Routes, plan::AnalysisSpec};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    config::{
+        experiment::{JudgeDef, Thresholds},
+        routes::Routes,
+    },
+    plan::AnalysisSpec,
+};
 
 /// A track of the desired state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +25,9 @@ pub enum Track {
     Active,
     /// Blue/green: tests only.
     Preview,
+    /// Canary model, during an experiment: the stable artifact on fresh replicas, weighted like
+    /// the canary.
+    Baseline,
 }
 
 /// Desired state of one track.
@@ -162,6 +173,90 @@ pub struct RunObservation {
     pub severity: super::config::Severity,
 }
 
+/// An analysis run with the values it measured: per metric, oldest first (no data and values
+/// that are not numbers are NaN).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSamples {
+    /// The run.
+    pub observation: RunObservation,
+    /// Values by metric name.
+    pub samples: BTreeMap<String, Vec<f64>>,
+}
+
+/// One metric's two samples and how to judge them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JudgedMetric {
+    /// Metric name.
+    pub name: String,
+    /// Baseline sample.
+    pub baseline: Vec<f64>,
+    /// Canary sample.
+    pub canary: Vec<f64>,
+    /// How it is judged.
+    pub judge: JudgeDef,
+}
+
+/// What the analyzer's judge is asked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JudgeRequest {
+    /// Metrics.
+    pub metrics: Vec<JudgedMetric>,
+    /// Weight per group.
+    pub group_weights: BTreeMap<String, f64>,
+    /// Pass and marginal scores.
+    pub thresholds: Thresholds,
+}
+
+/// What the judge said of one metric (statistics that are undefined, such as the mean ratio
+/// of a zero baseline, are `None`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricJudgement {
+    /// Metric name.
+    pub name: String,
+    /// Group.
+    pub group: String,
+    /// `PASS`, `HIGH`, `LOW`, `NODATA`, `NODATA_FAIL_METRIC`, `ERROR`.
+    pub classification: String,
+    /// Baseline points used.
+    pub baseline_count: u32,
+    /// Baseline mean.
+    pub baseline_mean: Option<f64>,
+    /// Canary points used.
+    pub canary_count: u32,
+    /// Canary mean.
+    pub canary_mean: Option<f64>,
+    /// Mann-Whitney p-value.
+    pub p_value: Option<f64>,
+    /// mean(canary) / mean(baseline).
+    pub mean_ratio: Option<f64>,
+    /// P(canary > baseline) + P(equal) / 2.
+    pub cles: Option<f64>,
+    /// Shift interval, lower bound.
+    pub ci_lower: Option<f64>,
+    /// Shift interval, upper bound.
+    pub ci_upper: Option<f64>,
+    /// Its failure fails everything.
+    pub critical: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// The judge's verdict.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Judgement {
+    /// 0..=100.
+    pub score: f64,
+    /// `pass`, `marginal`, `fail`.
+    pub verdict: String,
+    /// Why.
+    pub reason: String,
+    /// Per metric.
+    pub metrics: Vec<MetricJudgement>,
+    /// Per group.
+    pub group_scores: BTreeMap<String, f64>,
+}
+
 /// Phase of a migration run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MigrationPhase {
@@ -261,6 +356,10 @@ pub trait Effects: Sync {
     ) -> impl Future<Output = Result<String, EffectError>> + Send;
     /// Analyzer GetAnalysisRun.
     fn analysis_status(&self, run_id: &str) -> impl Future<Output = Result<RunObservation, EffectError>> + Send;
+    /// Analyzer GetAnalysisRun with the values measured.
+    fn analysis_samples(&self, run_id: &str) -> impl Future<Output = Result<RunSamples, EffectError>> + Send;
+    /// Analyzer Judge.
+    fn judge(&self, request: &JudgeRequest) -> impl Future<Output = Result<Judgement, EffectError>> + Send;
     /// Analyzer TerminateAnalysisRun; returns the run as it ended.
     fn terminate_analysis(
         &self,

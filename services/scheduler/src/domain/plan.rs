@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{
     ApprovalPolicy, ApprovalStepDef, BlueGreen, DEFAULT_PROGRESS_DEADLINE, DEFAULT_SCALE_DOWN_DELAY, DeliveryConfig,
-    Dur, Environment, JobProvider, MaintenanceWindow, MetricDef, Problem, Provider, Service, StepDef, Strategy,
+    Dur, Environment, JobProvider, MaintenanceWindow, MetricDef, NoData, Problem, Provider, Service, StepDef, Strategy,
     TimeoutOutcome, VerifyDef,
+    experiment::{self, ExperimentDef, JudgeDef, Thresholds},
     routes::{HeaderRoute, MirrorRoute, Routes},
 };
 
@@ -159,6 +160,8 @@ pub enum StepAction {
     SetHeaderRoute { route: HeaderRoute },
     /// A share of the matching requests is copied to the canary (no matches: removed).
     SetMirrorRoute { route: MirrorRoute },
+    /// The canary judged against a baseline of the stable artifact, interval by interval.
+    Experiment { experiment: ExperimentSpec },
     /// Blue/green: start the new version on preview.
     DeployPreview { replicas: u32 },
     /// Blue/green: analysis before the switch.
@@ -205,6 +208,7 @@ impl StepAction {
             StepAction::Verify { analysis } => Some((analysis, "verify")),
             StepAction::PrePromotionAnalysis { analysis } => Some((analysis, "prePromotion")),
             StepAction::PostPromotionAnalysis { analysis } => Some((analysis, "postPromotion")),
+            StepAction::Experiment { experiment } => Some((&experiment.analysis, "experiment")),
             _ => None,
         }
     }
@@ -221,6 +225,7 @@ impl StepAction {
             StepAction::SetCanaryScale { .. } => "setCanaryScale",
             StepAction::SetHeaderRoute { .. } => "setHeaderRoute",
             StepAction::SetMirrorRoute { .. } => "setMirrorRoute",
+            StepAction::Experiment { .. } => "experiment",
             StepAction::DeployPreview { .. } => "deployPreview",
             StepAction::PrePromotionAnalysis { .. } => "prePromotionAnalysis",
             StepAction::SwitchActive => "switchActive",
@@ -281,6 +286,13 @@ impl StepAction {
             StepAction::SetMirrorRoute { route } => {
                 Routes { mirrors: vec![route.clone()], ..Default::default() }.describe().join("")
             }
+            StepAction::Experiment { experiment: e } => format!(
+                "baseline and canary at {}% each, {} interval(s) of {}, templates {}",
+                e.weight,
+                e.intervals,
+                fmt(e.interval.0),
+                e.analysis.templates.join(",")
+            ),
             StepAction::DeployPreview { replicas } => format!("preview replicas {replicas}"),
             StepAction::SwitchActive => "new version takes all traffic".into(),
             StepAction::ArgoRollout { full: false } => "Argo runs the Rollout's steps".into(),
@@ -328,6 +340,75 @@ pub struct AnalysisSpec {
     /// metrics may measure indefinitely.
     #[serde(default)]
     pub open_ended: bool,
+}
+
+/// An experiment to run: the metrics measured for both tracks (each every its `interval`, as
+/// many times as the whole experiment takes, conditions left out: the judge compares the
+/// samples) and how they are judged.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentSpec {
+    /// Metrics, run once for the baseline and once for the canary.
+    pub analysis: AnalysisSpec,
+    /// Traffic percentage of each track.
+    pub weight: u32,
+    /// Replicas of each track.
+    pub replicas: u32,
+    /// Time one judged interval covers.
+    pub interval: Dur,
+    /// Intervals judged.
+    pub intervals: u32,
+    /// Pass and marginal scores.
+    pub thresholds: Thresholds,
+    /// Weight per metric group.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub group_weights: BTreeMap<String, f64>,
+    /// How each metric is judged (absent: the defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub judges: BTreeMap<String, JudgeDef>,
+}
+
+impl ExperimentSpec {
+    /// The total time the experiment measures.
+    pub fn duration(&self) -> std::time::Duration {
+        self.interval.0 * self.intervals
+    }
+}
+
+/// The experiment step written at `path`.
+fn experiment(config: &DeliveryConfig, path: &str, e: &ExperimentDef) -> Result<ExperimentSpec, Problem> {
+    let path = format!("{path}.experiment.templates");
+    // Measured for as long as the experiment lasts, whatever count the template has.
+    let mut analysis = resolve_analysis(config, &path, &e.templates, &e.args, true)?;
+    analysis.open_ended = false;
+    for m in &mut analysis.metrics {
+        let every = m.interval.ok_or_else(|| Problem {
+            path: path.clone(),
+            message: format!("metric {:?} has no interval: an experiment samples each metric every interval", m.name),
+        })?;
+        let samples = e.samples(every.0).min(experiment::MAX_SAMPLES) as i64;
+        m.count = Some(samples);
+        m.measurement_retention = Some(samples);
+        m.initial_delay = None;
+        m.success_condition = None;
+        m.failure_condition = None;
+        m.failure_limit = None;
+        m.inconclusive_limit = None;
+        m.consecutive_success_limit = None;
+        m.dry_run = false;
+        // A missing point is the judge's to weigh (NaN), not a failed measurement.
+        m.no_data = NoData::Successful;
+    }
+    Ok(ExperimentSpec {
+        analysis,
+        weight: e.weight.clamp(1, experiment::MAX_WEIGHT) as u32,
+        replicas: e.replicas.unwrap_or(1).clamp(1, 100) as u32,
+        interval: e.interval,
+        intervals: e.interval_count(),
+        thresholds: e.thresholds.unwrap_or_default(),
+        group_weights: e.group_weights.clone(),
+        judges: e.metrics.clone(),
+    })
 }
 
 /// Resolved approval requirement.
@@ -630,6 +711,7 @@ fn canary_step(
         },
         StepDef::SetHeaderRoute(route) => StepAction::SetHeaderRoute { route: route.clone() },
         StepDef::SetMirrorRoute(route) => StepAction::SetMirrorRoute { route: route.clone() },
+        StepDef::Experiment(e) => StepAction::Experiment { experiment: experiment(config, path, e)? },
     })
 }
 

@@ -221,6 +221,68 @@ pub struct AnalysisRecord {
     pub severity: Option<super::config::Severity>,
 }
 
+/// An experiment step of one attempt: the canary against a baseline of the stable artifact.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentRecord {
+    /// Step.
+    pub step_index: usize,
+    /// Attempt it belongs to.
+    pub attempt: u32,
+    /// The stable artifact on the baseline.
+    pub baseline_artifact: String,
+    /// The released artifact.
+    pub canary_artifact: String,
+    /// Traffic percentage of each track.
+    pub weight: u32,
+    /// Intervals to judge.
+    pub intervals: u32,
+    /// Pass and marginal scores.
+    pub pass: f64,
+    /// Below: fail.
+    pub marginal: f64,
+    /// Run measuring the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_run: Option<String>,
+    /// Run measuring the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_run: Option<String>,
+    /// When both runs had started: intervals end at multiples of the interval after it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    /// Judgements so far.
+    #[serde(default)]
+    pub judged: Vec<IntervalJudgement>,
+    /// `pass`, `marginal` or `fail` once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// The baseline has been removed and the canary's weight restored.
+    #[serde(default)]
+    pub ended: bool,
+}
+
+/// The judgement of every sample up to the end of one interval.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IntervalJudgement {
+    /// 1-based.
+    pub index: u32,
+    /// 0..=100.
+    pub score: f64,
+    /// `pass`, `marginal`, `fail`.
+    pub verdict: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Per metric.
+    pub metrics: Vec<super::effects::MetricJudgement>,
+    /// Per group.
+    #[serde(default)]
+    pub group_scores: std::collections::BTreeMap<String, f64>,
+}
+
 /// A decision.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct ApprovalRecord {
@@ -340,6 +402,9 @@ pub struct Release {
     /// Header and mirror routes to the canary in force (removed at the end and on abort).
     #[serde(default, skip_serializing_if = "Routes::is_empty")]
     pub routes: Routes,
+    /// The experiments run, with each interval's judgement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<ExperimentRecord>,
     /// Blue/green: the new artifact is active.
     #[serde(default)]
     pub switched: bool,
@@ -468,6 +533,7 @@ impl Release {
             canary_weight: 0,
             canary_scale: CanaryScale::default(),
             routes: Routes::default(),
+            experiments: Vec::new(),
             switched: false,
             traffic_touched: false,
             background_run: None,

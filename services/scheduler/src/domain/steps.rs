@@ -11,6 +11,7 @@ mod argo_rollout;
 mod checkpoint;
 mod deploy_preview;
 mod deploy_stable;
+mod experiment;
 mod maintenance_window;
 mod migrate;
 mod pause;
@@ -124,6 +125,7 @@ pub(super) async fn run<E: Effects>(cx: &mut StepCtx<'_, E>, action: &StepAction
         StepAction::SetCanaryScale { scale } => set_canary_scale::run(cx, *scale).await,
         StepAction::SetHeaderRoute { route } => set_header_route::run(cx, route).await,
         StepAction::SetMirrorRoute { route } => set_mirror_route::run(cx, route).await,
+        StepAction::Experiment { experiment } => experiment::run(cx, experiment).await,
         StepAction::DeployPreview { replicas } => deploy_preview::run(cx, *replicas).await,
         StepAction::SwitchActive => switch_active::run(cx).await,
         StepAction::DeployStable => deploy_stable::run(cx).await,
@@ -164,6 +166,8 @@ pub(super) fn promote_skips(action: &StepAction, paused: bool) -> bool {
         | StepAction::SetCanaryScale { .. }
         | StepAction::SetHeaderRoute { .. }
         | StepAction::SetMirrorRoute { .. }
+        // A person's promote accepts a marginal experiment; it still ends (baseline removed).
+        | StepAction::Experiment { .. }
         | StepAction::DeployPreview { .. }
         | StepAction::SwitchActive
         | StepAction::DeployStable
@@ -224,6 +228,7 @@ pub(super) fn on_full_promotion(action: &StepAction) -> FullPromotion {
         // The full promotion's final state has no routes: skipping them loses nothing.
         | StepAction::SetHeaderRoute { .. }
         | StepAction::SetMirrorRoute { .. }
+        | StepAction::Experiment { .. }
         | StepAction::DeployPreview { .. }
         | StepAction::PrePromotionAnalysis { .. }
         | StepAction::SwitchActive

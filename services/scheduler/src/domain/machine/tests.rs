@@ -7,9 +7,9 @@ use super::*;
 use crate::domain::{
     config::{DeliveryConfig, TimeoutOutcome},
     effects::{
-        DesiredState, EffectError, MigrationAction, MigrationObservation, MigrationPhase, MigrationRequest,
-        PreflightCheck, PreflightRequest, RolloutControl, RolloutProgress, RunObservation, RunPhase, TargetObservation,
-        Track, TrackState,
+        DesiredState, EffectError, JudgeRequest, Judgement, MetricJudgement, MigrationAction, MigrationObservation,
+        MigrationPhase, MigrationRequest, PreflightCheck, PreflightRequest, RolloutControl, RolloutProgress,
+        RunObservation, RunPhase, RunSamples, TargetObservation, Track, TrackState,
     },
     plan::{AnalysisSpec, CanaryScale, PlanMode, StepAction, compile},
     release::{NewRelease, Release},
@@ -26,7 +26,29 @@ analysisTemplates:
       - name: errors
         successCondition: result < 0.01
         provider: {prometheus: {address: "http://127.0.0.1:9090", query: "x"}}
+  - name: judge
+    metrics:
+      - name: latency
+        interval: 10s
+        provider: {prometheus: {address: "http://127.0.0.1:9090", query: "latency{track='{{args.track}}'}"}}
+      - name: errors
+        interval: 10s
+        provider: {prometheus: {address: "http://127.0.0.1:9090", query: "errors{track='{{args.track}}'}"}}
 services:
+  - name: search
+    replicas: 4
+    strategy:
+      canary:
+        steps:
+          - setWeight: 10
+          - experiment:
+              templates: [judge]
+              weight: 20
+              replicas: 2
+              interval: 1m
+              intervals: 3
+              metrics: {latency: {direction: increase, group: latency}, errors: {direction: increase, critical: true}}
+          - setWeight: 50
   - name: booking
     replicas: 4
     strategy:
@@ -67,6 +89,11 @@ struct Fake {
     /// What Argo reports about the service's Rollout (Argo mode), and what it was asked.
     rollout: Mutex<Option<RolloutProgress>>,
     controls: Mutex<Vec<RolloutControl>>,
+    /// What the baseline's and the canary's runs measured, the judge's scripted scores (with
+    /// their verdicts), and what it was asked.
+    samples: Mutex<[BTreeMap<String, Vec<f64>>; 2]>,
+    scores: Mutex<std::collections::VecDeque<(f64, &'static str)>>,
+    judged: Mutex<Vec<JudgeRequest>>,
 }
 
 impl Fake {
@@ -90,6 +117,9 @@ impl Fake {
             }]),
             rollout: Mutex::new(None),
             controls: Mutex::new(Vec::new()),
+            samples: Mutex::new(Default::default()),
+            scores: Mutex::new(Default::default()),
+            judged: Mutex::new(Vec::new()),
         }
     }
     fn set_run(&self, p: RunPhase) {
@@ -151,6 +181,34 @@ impl Effects for Fake {
             phase: *self.run_phase.lock().unwrap(),
             message: "errors=0.2".into(),
             severity: *self.run_severity.lock().unwrap(),
+        })
+    }
+    async fn analysis_samples(&self, run_id: &str) -> Result<RunSamples, EffectError> {
+        let track = usize::from(!run_id.contains("baseline"));
+        Ok(RunSamples {
+            observation: self.analysis_status(run_id).await?,
+            samples: self.samples.lock().unwrap()[track].clone(),
+        })
+    }
+    async fn judge(&self, request: &JudgeRequest) -> Result<Judgement, EffectError> {
+        self.judged.lock().unwrap().push(request.clone());
+        let (score, verdict) = self.scores.lock().unwrap().pop_front().expect("a scripted score");
+        Ok(Judgement {
+            score,
+            verdict: verdict.into(),
+            reason: format!("scored {score}"),
+            metrics: request
+                .metrics
+                .iter()
+                .map(|m| MetricJudgement {
+                    name: m.name.clone(),
+                    classification: if verdict == "fail" { "HIGH".into() } else { "PASS".into() },
+                    baseline_count: m.baseline.len() as u32,
+                    canary_count: m.canary.len() as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            group_scores: BTreeMap::new(),
         })
     }
     async fn terminate_analysis(&self, run_id: &str, _: &str) -> Result<RunObservation, EffectError> {
@@ -689,6 +747,120 @@ async fn a_header_route_step_without_matches_removes_its_route() {
     assert_eq!(applies[0].1.routes.headers.len(), 1);
     assert!(applies[1].1.routes.is_empty(), "removed by name");
     assert_eq!(applies[1].1.tracks.len(), 1, "no route and no weight: no canary yet");
+}
+
+/// The search service's experiment: samples for both tracks, scores scripted.
+fn experiment(fx: &Fake, canary_latency: f64, scores: &[(f64, &'static str)]) -> Release {
+    let sample = |v: f64| BTreeMap::from([("latency".to_string(), vec![v, v + 1.0, v + 2.0])]);
+    *fx.samples.lock().unwrap() = [sample(10.0), sample(canary_latency)];
+    fx.scores.lock().unwrap().extend(scores.iter().copied());
+    release("search", "staging")
+}
+
+#[tokio::test]
+async fn an_experiment_starts_a_baseline_beside_the_canary_and_measures_both() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    let mut r = experiment(&fx, 10.0, &[]);
+    let StepAction::Experiment { experiment: spec } = &r.plan.steps[2].action else { panic!("an experiment") };
+    let latency = &spec.analysis.metrics[0];
+    assert_eq!((latency.count, latency.measurement_retention), (Some(18), Some(18)), "3 × 1m every 10s");
+    assert!(latency.success_condition.is_none() && latency.failure_condition.is_none(), "the judge decides");
+    assert_eq!(r.plan.step_summary(2), "baseline and canary at 20% each, 3 interval(s) of 1m, templates judge");
+    let a = tick(&mut r, &fx, 0).await;
+    assert_eq!(kinds(&a), vec![Started, StepCompleted, WeightChanged, StepCompleted, AnalysisStarted, AnalysisStarted]);
+    let state = fx.last_apply();
+    assert_eq!(state.canary_weight, 20);
+    assert_eq!(
+        state.tracks,
+        vec![
+            TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 },
+            TrackState { track: Track::Canary, artifact: "v2".into(), replicas: 2 },
+            TrackState { track: Track::Baseline, artifact: "v1".into(), replicas: 2 },
+        ],
+        "equal small tracks; the baseline runs the stable artifact"
+    );
+    assert_eq!(r.canary_weight, 10, "the release's own weight comes back after the experiment");
+    let runs = fx.analyses.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2);
+    assert!(runs[0].contains("/2-baseline/") && runs[1].contains("/2-canary/"), "{runs:?}");
+    assert_eq!(a.wake_at, Some(at(60)), "the first interval ends a minute after both runs started");
+    assert_eq!(r.experiments[0].baseline_artifact, "v1");
+    // A crash and a second look start nothing again.
+    tick(&mut r, &fx, 30).await;
+    assert_eq!(fx.analyses.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_worse_canary_is_aborted_by_the_judgement() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    let mut r = experiment(&fx, 50.0, &[(100.0, "pass"), (40.0, "fail")]);
+    tick(&mut r, &fx, 0).await;
+    let a = tick(&mut r, &fx, 60).await;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted], "interval 1 passes; the experiment goes on");
+    assert_eq!(a.wake_at, Some(at(120)));
+    let asked = fx.judged.lock().unwrap()[0].clone();
+    assert_eq!(asked.metrics[0].baseline, [10.0, 11.0, 12.0]);
+    assert_eq!(asked.metrics[0].canary, [50.0, 51.0, 52.0]);
+    assert_eq!(asked.metrics[0].judge.group.as_deref(), Some("latency"));
+    assert!(asked.metrics[1].judge.critical, "errors is critical");
+    let a = tick(&mut r, &fx, 120).await;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted, Aborted, RolledBack]);
+    assert!(r.message.contains("experiment interval 2/3: score 40 (fail)"), "{}", r.message);
+    let e = &r.experiments[0];
+    assert_eq!(e.judged.iter().map(|j| j.score).collect::<Vec<_>>(), [100.0, 40.0]);
+    assert_eq!(e.judged[1].metrics[0].classification, "HIGH");
+    assert_eq!(e.verdict.as_deref(), Some("fail"));
+    assert_eq!(fx.last_apply().tracks, vec![TrackState { track: Track::Stable, artifact: "v1".into(), replicas: 4 }]);
+    assert_eq!(fx.terminated.lock().unwrap().len(), 2, "both runs end with the release");
+}
+
+#[tokio::test]
+async fn an_equal_canary_passes_and_the_baseline_goes_before_the_next_step() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    let mut r = experiment(&fx, 10.0, &[(100.0, "pass"), (100.0, "pass"), (96.0, "pass")]);
+    tick(&mut r, &fx, 0).await;
+    tick(&mut r, &fx, 60).await;
+    tick(&mut r, &fx, 120).await;
+    let a = tick(&mut r, &fx, 180).await;
+    assert!(kinds(&a).is_empty(), "the last interval waits for the last measurements");
+    assert!(r.message.contains("waiting for the last measurements"), "{}", r.message);
+    fx.set_run(RunPhase::Successful);
+    let a = tick(&mut r, &fx, 185).await;
+    assert_eq!(
+        kinds(&a),
+        vec![AnalysisCompleted, StepCompleted, WeightChanged, StepCompleted, WeightChanged, Succeeded]
+    );
+    let applies = fx.applies.lock().unwrap().clone();
+    let end = &applies[applies.len() - 3].1;
+    assert_eq!((end.canary_weight, end.tracks.len()), (10, 2), "back to the release's weight, no baseline");
+    assert!(applies[applies.len() - 3].0.contains("/2-end/"));
+    assert_eq!(r.experiments[0].verdict.as_deref(), Some("pass"));
+    assert_eq!(r.steps[2].message, "experiment pass: score 96");
+    assert!(r.analysis_runs.iter().all(|a| a.done && a.kind == "experiment"));
+    assert_eq!(r.verification(), Ok(()), "a passed experiment is a check that ran");
+}
+
+#[tokio::test]
+async fn a_marginal_experiment_waits_for_a_person() {
+    use TransitionKind::*;
+    let fx = Fake::new();
+    let mut r = experiment(&fx, 12.0, &[(100.0, "pass"), (90.0, "pass"), (80.0, "marginal")]);
+    fx.set_run(RunPhase::Successful);
+    for t in [0, 60, 120] {
+        tick(&mut r, &fx, t).await;
+    }
+    let a = tick(&mut r, &fx, 180).await;
+    assert_eq!(kinds(&a), vec![AnalysisCompleted, Paused]);
+    assert!(r.message.contains("score 80 (marginal)") && r.message.contains("promote to accept it"), "{}", r.message);
+    assert_eq!(a.wake_at, None);
+    assert_eq!(fx.last_apply().tracks.len(), 3, "the baseline stays while a person looks");
+    promote(&mut r, false, "bob", "latency within budget", at(200)).unwrap();
+    let a = tick(&mut r, &fx, 201).await;
+    assert_eq!(kinds(&a), vec![StepCompleted, WeightChanged, StepCompleted, WeightChanged, Succeeded]);
+    assert_eq!(r.steps[2].message, "experiment marginal: score 80");
 }
 
 fn with_migrate_step(on_abort: crate::domain::config::OnAbort) -> Release {

@@ -7,7 +7,7 @@ use crate::domain::{
     config::routes::Routes,
     effects::{DesiredState, Effects, TargetObservation, Track, TrackState},
     machine::idempotency_key,
-    plan::{CanaryScale, Plan, StepAction, TrafficModel},
+    plan::{CanaryScale, ExperimentSpec, Plan, StepAction, TrafficModel},
     release::{Release, StepStatus},
 };
 use hopngo_proto::transitions::TransitionKind;
@@ -63,6 +63,19 @@ fn routed_state(r: &Release, weight: u32, routes: &Routes) -> DesiredState {
         tracks.push(track(Track::Canary, &r.artifact, canary.max(1)));
     }
     DesiredState { routes: routes.clone(), ..desired(r, tracks, weight) }
+}
+
+/// Desired state during an experiment: the canary and a baseline of the stable artifact on
+/// fresh replicas, `spec.replicas` each (equal size, equally warm), at `spec.weight` percent
+/// each, with the release's routes.
+pub fn experiment_state(r: &Release, spec: &ExperimentSpec) -> DesiredState {
+    let stable = r.stable_artifact.as_deref().unwrap_or(&r.artifact);
+    let tracks = vec![
+        track(Track::Stable, stable, r.plan.replicas),
+        track(Track::Canary, &r.artifact, spec.replicas),
+        track(Track::Baseline, stable, spec.replicas),
+    ];
+    DesiredState { routes: r.routes.clone(), ..desired(r, tracks, spec.weight) }
 }
 
 /// Desired state with only the new artifact (promotion complete).
