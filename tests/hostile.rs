@@ -185,6 +185,24 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     refused(deployer.apply_target(routed("[a-z]{1000}{1000}", true)).await, regex_field);
     refused(deployer.apply_target(routed(&"a".repeat(5000), true)).await, regex_field);
     refused(deployer.apply_target(routed("^beta$", false)).await, "target.header_routes");
+    // An experiment's baseline with no canary to compare with, or taking more than half.
+    let with_baseline = |canary: bool, weight: u32| {
+        let mut request = apply("staging", "1.0.0");
+        let target = request.target.as_mut().unwrap();
+        let track = |track: dpb::Track, artifact: &str| dpb::TrackSpec {
+            track: track as i32,
+            artifact: artifact.into(),
+            replicas: 1,
+        };
+        if canary {
+            target.tracks.push(track(dpb::Track::Canary, "1.1.0"));
+        }
+        target.tracks.push(track(dpb::Track::Baseline, "1.0.0"));
+        target.canary_weight = weight;
+        request
+    };
+    refused(deployer.apply_target(with_baseline(false, 0)).await, "target.tracks");
+    refused(deployer.apply_target(with_baseline(true, 60)).await, "target.canary_weight");
     refused(deployer.apply_target(apply("staging", "--help")).await, "target.tracks[0].artifact");
     refused(deployer.apply_target(apply("staging", &"1".repeat(1 << 20))).await, "target.tracks[0].artifact");
     refused(deployer.apply_target(apply("staging", "1.0\u{202E}")).await, "target.tracks[0].artifact");

@@ -75,6 +75,17 @@ async fn canary_requests(stack: &Stack) -> f64 {
     canary
 }
 
+/// What `hopctl get ID` prints, as alice.
+fn hopctl_get(stack: &Stack, id: &str) -> String {
+    let shown = std::process::Command::new(binary("hopctl", "hopctl").unwrap())
+        .args(["--server", &stack.url(Part::Scheduler), "get", id])
+        .envs(hopctl_env("alice", &[]))
+        .env_remove("HOPNGO_OUTPUT")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&shown.stdout).into_owned()
+}
+
 async fn step_index(releases: &mut Releases, id: &str, index: u32) -> pb::Release {
     until(releases, id, 60, |r| r.phase == P::Paused as i32 && r.current_step_index == index).await
 }
@@ -100,13 +111,7 @@ async fn header_routes_and_mirroring_reach_the_canary_until_the_release_ends() {
             "mirror shadow-reads: 50% of method exact \"GET\" and path prefix \"/api/v1\""
         ]
     );
-    let shown = std::process::Command::new(binary("hopctl", "hopctl").unwrap())
-        .args(["--server", &stack.url(Part::Scheduler), "get", &r.id])
-        .envs(hopctl_env("alice", &[]))
-        .env_remove("HOPNGO_OUTPUT")
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&shown.stdout);
+    let shown = hopctl_get(&stack, &r.id);
     assert!(shown.contains("Route:       header beta-testers: X-Beta regex"), "{shown}");
     assert!(shown.contains("Route:       mirror shadow-reads: 50% of"), "{shown}");
     assert_eq!(versions(&address, 20, &[("X-Beta", "yes")]).await, ["1.1.0"]);
@@ -138,4 +143,122 @@ async fn header_routes_and_mirroring_reach_the_canary_until_the_release_ends() {
     versions(&address, 20, &[]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(canary_requests(&stack).await, after, "no copies once the canary is gone");
+}
+
+const EXPERIMENT: &str = r#"
+environments:
+  - name: staging
+    progressDeadline: 60s
+analysisTemplates:
+  - name: judge
+    metrics:
+      - name: error-ratio
+        interval: 1s
+        provider: {scrape: {url: "{metrics}", window: 2s, expression: {error-ratio}}}
+      - name: latency-p90
+        interval: 1s
+        provider:
+          scrape:
+            url: "{metrics}"
+            window: 2s
+            expression: 'quantile(0.9, hopngo_proxy_request_duration_seconds{service="{{args.service}}",environment="{{args.environment}}",track="{{args.track}}"})'
+services:
+  - name: search
+    strategy:
+      canary:
+        steps:
+          - experiment:
+              templates: [judge]
+              weight: 25
+              interval: 5s
+              intervals: 2
+              groupWeights: {errors: 50, latency: 50}
+              metrics:
+                error-ratio: {direction: increase, group: errors, critical: true, nanStrategy: replace}
+                latency-p90: {direction: increase, group: latency, allowedIncrease: 2}
+          - setWeight: 50
+          - pause: {}
+    local: {command: ["{demo}", --name, search, --version, "{version}", --port, "{port}"]}
+"#;
+
+async fn track_requests(stack: &Stack, track: &str) -> f64 {
+    let admin = stack.metrics_url.trim_start_matches("http://").trim_end_matches("/metrics");
+    let body = hopngo_e2e::http_get(admin, "/metrics").await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("hopngo_proxy_requests_total{") && l.contains(&format!("track=\"{track}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_passes_an_equal_canary_and_aborts_a_worse_one() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db.url, EXPERIMENT, StackOptions::default()).await.unwrap();
+    let mut releases = stack.releases().await;
+    let first = create_as(&mut releases, "alice", "search", "staging", "1.0.0").await;
+    until(&mut releases, &first.id, 60, |r| r.settled).await;
+    let address = stack.address("search", "staging").await;
+    let _traffic = hopngo_e2e::Traffic::start(&address, 100);
+
+    // An experiment whose metrics do not tell the baseline from the canary is refused, and the
+    // config in force stays.
+    {
+        use hopngo_proto::config::{ApplyConfigRequest, GetConfigRequest, config_service_client::ConfigServiceClient};
+        let mut config = ConfigServiceClient::new(hopngo_e2e::channel(&stack.url(Part::Scheduler)));
+        let before = config.get_config(GetConfigRequest::default()).await.unwrap().into_inner().version;
+        let applied = std::fs::read_to_string(&stack.config_file).unwrap();
+        let yaml = applied.replace("track=\"{{args.track}}\"", "track=\"canary\"");
+        assert_ne!(yaml, applied, "the test changed the config");
+        let refused = config.apply_config(ApplyConfigRequest { yaml }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with(
+                "services[0].strategy.canary.steps[0].experiment.templates[0]: metric \"error-ratio\" of template \"judge\" does not use {{args.track}}"
+            ),
+            "{}",
+            refused.message()
+        );
+        let after = config.get_config(GetConfigRequest::default()).await.unwrap().into_inner().version;
+        assert_eq!(after, before, "nothing stored");
+    }
+
+    // Equal: 1.1.0 behaves as 1.0.0 does, on fresh replicas of each.
+    let good = create_as(&mut releases, "alice", "search", "staging", "1.1.0").await;
+    let paused = step_index(&mut releases, &good.id, 3).await;
+    let e = &paused.experiments[0];
+    assert_eq!((e.verdict.as_str(), e.judged.len(), e.weight), ("pass", 2, 25), "{e:?}");
+    assert_eq!((e.baseline_artifact.as_str(), e.canary_artifact.as_str()), ("1.0.0", "1.1.0"));
+    let last = &e.judged[1];
+    assert!(last.score >= 95.0, "{last:?}");
+    for m in &last.metrics {
+        assert_eq!(m.classification, "PASS", "{m:?}");
+        assert!(m.baseline_count >= 5 && m.canary_count >= 5, "samples of both tracks: {m:?}");
+    }
+    assert!(track_requests(&stack, "baseline").await > 50.0, "the baseline took its share");
+    assert_eq!(paused.canary_weight, 50, "the experiment's baseline went before setWeight 50");
+    let shown = hopctl_get(&stack, &good.id);
+    assert!(shown.contains("Experiment (step 1): canary 1.1.0 against baseline 1.0.0 at 25% each: pass"), "{shown}");
+    assert!(shown.contains("interval 2/2: score 100 (pass)"), "{shown}");
+    assert!(shown.contains("latency-p90") && shown.contains("error-ratio"), "{shown}");
+    let baseline_before = track_requests(&stack, "baseline").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(track_requests(&stack, "baseline").await, baseline_before, "no baseline after the experiment");
+    let promote = pb::PromoteReleaseRequest { id: good.id.clone(), ..Default::default() };
+    releases.promote_release(hopngo_e2e::as_user(promote, "alice", &[])).await.unwrap();
+    until(&mut releases, &good.id, 60, |r| r.settled && r.phase == P::Succeeded as i32).await;
+
+    // Worse: half its answers are errors and each takes 60 ms longer.
+    let bad = create_as(&mut releases, "alice", "search", "staging", "1.2.0+errors=0.5,latency=60ms").await;
+    let aborted = until(&mut releases, &bad.id, 60, |r| r.settled).await;
+    assert_eq!(aborted.phase, P::Aborted as i32, "{}", aborted.message);
+    assert!(aborted.message.contains("(fail)") && aborted.message.contains("below marginal 75"), "{}", aborted.message);
+    let e = &aborted.experiments[0];
+    assert_eq!(e.verdict, "fail");
+    let judged = e.judged.last().unwrap();
+    let errors = judged.metrics.iter().find(|m| m.name == "error-ratio").unwrap();
+    assert_eq!((errors.classification.as_str(), errors.critical), ("HIGH", true), "{errors:?}");
+    assert!(errors.canary_mean > 0.2 && errors.baseline_mean < 0.05, "{errors:?}");
+    let latency = judged.metrics.iter().find(|m| m.name == "latency-p90").unwrap();
+    assert!(latency.canary_mean > latency.baseline_mean, "{latency:?}");
+    assert_eq!(versions(&address, 20, &[]).await, ["1.1.0"], "traffic is back on the stable version");
 }

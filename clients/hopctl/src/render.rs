@@ -3,8 +3,8 @@
 use comfy_table::{Table, presets::NOTHING};
 use hopngo_client::views::{
     AnalysisRunView, AuditEntryView, ConfigSummaryView, ConfigView, DeliveryView, EscalationView, EventView,
-    FreezesView, GroupView, MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView, RevisionView,
-    TimelineView, WebhookView, WhoAmIView,
+    ExperimentView, FreezesView, GroupView, MeasurementView, MigrationInfoView, MigrationRunView, ReleaseView,
+    RevisionView, TimelineView, WebhookView, WhoAmIView,
 };
 use hopngo_proto::{config as cpb, event_types::short_name};
 use serde::Serialize;
@@ -43,6 +43,38 @@ pub fn release(out: Output, r: &ReleaseView) -> anyhow::Result<()> {
 fn weight_bar(weight: u32) -> String {
     let filled = (weight as usize).div_ceil(5);
     format!("[{}{}] {weight}%", "#".repeat(filled), ".".repeat(20 - filled.min(20)))
+}
+
+/// An experiment: a line per judged interval, and the statistics of the latest judgement.
+fn experiment_text(e: &ExperimentView) -> String {
+    let verdict = if e.verdict.is_empty() { "running".to_string() } else { e.verdict.clone() };
+    let mut s = format!(
+        "Experiment (step {}): canary {} against baseline {} at {}% each: {verdict} (pass ≥ {}, marginal ≥ {})\n",
+        e.step_index, e.canary_artifact, e.baseline_artifact, e.weight, e.pass_threshold, e.marginal_threshold
+    );
+    for j in &e.judged {
+        s.push_str(&format!(
+            "  interval {}/{}: score {:.0} ({}) {}\n",
+            j.index, e.intervals, j.score, j.verdict, j.reason
+        ));
+    }
+    let Some(last) = e.judged.last() else { return s };
+    let number = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    let mut t = table(&["metric", "group", "class", "baseline mean (n)", "canary mean (n)", "ratio", "p-value"]);
+    for m in &last.metrics {
+        t.add_row(vec![
+            if m.critical { format!("{} (fails all)", m.name) } else { m.name.clone() },
+            m.group.clone(),
+            m.classification.clone(),
+            format!("{} ({})", number(m.baseline_mean), m.baseline_count),
+            format!("{} ({})", number(m.canary_mean), m.canary_count),
+            number(m.mean_ratio),
+            number(m.p_value),
+        ]);
+    }
+    s.push_str(&t.to_string());
+    s.push('\n');
+    s
 }
 
 /// The detailed text view (also the live `--watch` view).
@@ -122,6 +154,10 @@ pub fn release_text(r: &ReleaseView) -> String {
         }
         s.push_str(&t.to_string());
         s.push('\n');
+    }
+    for e in &r.experiments {
+        s.push('\n');
+        s.push_str(&experiment_text(e));
     }
     if !r.approvals.is_empty() {
         s.push('\n');

@@ -123,6 +123,9 @@ pub struct ReleaseView {
     pub steps: Vec<StepView>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub analysis_runs: Vec<AnalysisView>,
+    /// Experiments with each interval's judgement.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub experiments: Vec<ExperimentView>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<ApprovalView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,6 +156,114 @@ pub struct ReleaseView {
     pub not_verified_because: String,
     pub settled: bool,
     pub version: u64,
+}
+
+/// An experiment: the canary against a baseline of the stable artifact.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentView {
+    pub step_index: u32,
+    pub baseline_artifact: String,
+    pub canary_artifact: String,
+    pub weight: u32,
+    pub intervals: u32,
+    pub pass_threshold: f64,
+    pub marginal_threshold: f64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub verdict: String,
+    pub baseline_run_id: String,
+    pub canary_run_id: String,
+    pub judged: Vec<ExperimentIntervalView>,
+}
+
+/// The judgement of one interval.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentIntervalView {
+    pub index: u32,
+    pub score: f64,
+    pub verdict: String,
+    pub reason: String,
+    pub judged_at: Option<String>,
+    pub metrics: Vec<ExperimentMetricView>,
+    pub group_scores: std::collections::BTreeMap<String, f64>,
+}
+
+/// One metric's statistics (undefined ones, such as the ratio to a zero mean, left out).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentMetricView {
+    pub name: String,
+    pub group: String,
+    pub classification: String,
+    pub baseline_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_mean: Option<f64>,
+    pub canary_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cles: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ci_lower: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ci_upper: Option<f64>,
+    pub critical: bool,
+    pub reason: String,
+}
+
+impl From<&pb::Experiment> for ExperimentView {
+    fn from(e: &pb::Experiment) -> Self {
+        let finite = |x: f64| x.is_finite().then_some(x);
+        ExperimentView {
+            step_index: e.step_index,
+            baseline_artifact: e.baseline_artifact.clone(),
+            canary_artifact: e.canary_artifact.clone(),
+            weight: e.weight,
+            intervals: e.intervals,
+            pass_threshold: e.pass_threshold,
+            marginal_threshold: e.marginal_threshold,
+            verdict: e.verdict.clone(),
+            baseline_run_id: e.baseline_run_id.clone(),
+            canary_run_id: e.canary_run_id.clone(),
+            judged: e
+                .judged
+                .iter()
+                .map(|j| ExperimentIntervalView {
+                    index: j.index,
+                    score: j.score,
+                    verdict: j.verdict.clone(),
+                    reason: j.reason.clone(),
+                    judged_at: time(&j.judged_at),
+                    metrics: j
+                        .metrics
+                        .iter()
+                        .map(|m| ExperimentMetricView {
+                            name: m.name.clone(),
+                            group: m.group.clone(),
+                            classification: m.classification.clone(),
+                            baseline_count: m.baseline_count,
+                            baseline_mean: finite(m.baseline_mean),
+                            canary_count: m.canary_count,
+                            canary_mean: finite(m.canary_mean),
+                            p_value: finite(m.p_value),
+                            mean_ratio: finite(m.mean_ratio),
+                            cles: finite(m.cles),
+                            ci_lower: finite(m.ci_lower),
+                            ci_upper: finite(m.ci_upper),
+                            critical: m.critical,
+                            reason: m.reason.clone(),
+                        })
+                        .collect(),
+                    group_scores: j.group_scores.clone().into_iter().collect(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One preflight check.
@@ -237,6 +348,7 @@ impl From<&pb::Release> for ReleaseView {
                     message: a.message.clone(),
                 })
                 .collect(),
+            experiments: r.experiments.iter().map(ExperimentView::from).collect(),
             approvals: r
                 .approvals
                 .iter()

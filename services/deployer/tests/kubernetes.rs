@@ -309,6 +309,52 @@ async fn canary_weights_are_written_to_the_route_step_by_step_and_a_restart_writ
 }
 
 #[tokio::test]
+async fn an_experiments_baseline_is_a_deployment_service_and_backend_of_its_own() {
+    let s = setup().await;
+    let (mut client, server) = start(&s).await;
+    use pb::Track::{Baseline, Canary, Stable};
+    let experiment =
+        target("booking", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1), track(Baseline, "1.0", 1)], 20);
+    client.apply_target(experiment).await.unwrap();
+    converged(&mut client, "booking").await;
+    let baseline = s.fake.object("deployments", NS, "booking-baseline").unwrap();
+    assert_eq!(baseline["spec"]["replicas"], 1, "fresh replicas of their own");
+    assert!(baseline["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap().ends_with(":1.0"));
+    assert_eq!(
+        s.fake.object("services", NS, "booking-baseline").unwrap()["spec"]["selector"]["hopngo.io/track"],
+        "baseline"
+    );
+    let route = s.fake.object("httproutes", NS, "booking").unwrap();
+    let weighted = route["spec"]["rules"].as_array().unwrap().last().unwrap()["backendRefs"].clone();
+    let split: Vec<(String, i64)> = weighted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(
+        split,
+        [("booking-stable".to_string(), 60), ("booking-canary".into(), 20), ("booking-baseline".into(), 20)]
+    );
+
+    // The experiment ends: the baseline's weight goes at once, its Deployment after the delay.
+    client.apply_target(target("booking", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1)], 20)).await.unwrap();
+    converged(&mut client, "booking").await;
+    let route = s.fake.object("httproutes", NS, "booking").unwrap();
+    let weighted = route["spec"]["rules"].as_array().unwrap().last().unwrap()["backendRefs"].clone();
+    assert_eq!(weighted.as_array().unwrap().len(), 2);
+
+    // Weights without a route would be replica counts: a baseline needs the route.
+    let unrouted =
+        target("chat", vec![track(Stable, "1.0", 2), track(Canary, "1.1", 1), track(Baseline, "1.0", 1)], 10);
+    let err = client.apply_target(unrouted).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("target.tracks: \"chat\" has no kubernetes.route"), "{}", err.message());
+    server.stop().await;
+    assert_written_objects_are_valid(&s);
+}
+
+#[tokio::test]
 async fn header_and_mirror_routes_are_rules_of_the_route_while_the_canary_runs() {
     let s = setup().await;
     let (mut client, server) = start(&s).await;

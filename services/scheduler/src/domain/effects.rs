@@ -236,7 +236,7 @@ pub struct MetricJudgement {
     pub ci_lower: Option<f64>,
     /// Shift interval, upper bound.
     pub ci_upper: Option<f64>,
-    /// Its failure fails everything.
+    /// This result failed the whole judgement.
     pub critical: bool,
     /// Why.
     pub reason: String,

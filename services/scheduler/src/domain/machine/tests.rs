@@ -839,7 +839,7 @@ async fn an_equal_canary_passes_and_the_baseline_goes_before_the_next_step() {
     assert!(applies[applies.len() - 3].0.contains("/2-end/"));
     assert_eq!(r.experiments[0].verdict.as_deref(), Some("pass"));
     assert_eq!(r.steps[2].message, "experiment pass: score 96");
-    assert!(r.analysis_runs.iter().all(|a| a.done && a.kind == "experiment"));
+    assert!(r.analysis_runs.iter().all(|a| a.done && a.kind.starts_with("experiment-")));
     assert_eq!(r.verification(), Ok(()), "a passed experiment is a check that ran");
 }
 

@@ -95,7 +95,7 @@ async fn start<E: Effects>(cx: &mut StepCtx<'_, E>, at: usize, spec: &Experiment
         }
         cx.r.analysis_runs.push(AnalysisRecord {
             run_id: id.clone(),
-            kind: "experiment".into(),
+            kind: format!("experiment-{track}"),
             step_index: cx.r.step_index,
             phase: RunPhase::Pending.as_str().into(),
             message: String::new(),
