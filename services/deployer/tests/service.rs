@@ -238,7 +238,7 @@ async fn bad_input_names_the_field_and_a_failing_command_says_why() {
         ),
         (
             apply("booking", vec![pb::TrackSpec { track: 9, artifact: "1".into(), replicas: 1 }], 0, "k"),
-            "target.tracks[0].track: 9 is not a Track (STABLE, CANARY, ACTIVE, PREVIEW)",
+            "target.tracks[0].track: 9 is not a Track (STABLE, CANARY, ACTIVE, PREVIEW, BASELINE)",
         ),
         (
             apply("booking", vec![track(pb::Track::Stable, "", 1)], 0, "k"),
