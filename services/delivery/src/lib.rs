@@ -1510,7 +1510,8 @@ impl Validator {
             }
             for t in forms {
                 required.extend(t.args.iter().filter(|a| a.value.is_none()).map(|a| a.name.clone()));
-                if analysed {
+                // A template nothing judges had its metrics' conditions checked where it is written.
+                if analysed && self.judged.contains(name) {
                     for m in t.metrics.iter().filter(|m| m.has_no_condition()) {
                         self.problem(
                             format!("{path}[{i}]"),

@@ -135,6 +135,12 @@ services:"#;
     );
     // Unjudged, the template's metrics need conditions again.
     assert!(p[0].starts_with("analysisTemplates[1].metrics[0].successCondition"), "{p:?}");
+    // A template nothing judges is told so once, where it is written, not again at each analysis.
+    let p = problems(&GOOD.replace("        successCondition: result < 0.01\n", ""));
+    assert_eq!(
+        p,
+        ["analysisTemplates[0].metrics[0].successCondition: a successCondition or failureCondition is required"]
+    );
     // An analysis of a judged template still needs them.
     let p = problems(&with(
         "- experiment: {templates: [judge], weight: 10, interval: 1m}\n          - analysis: {templates: [judge]}",

@@ -91,6 +91,14 @@ impl GrpcEffects {
             migrator: MigratorServiceClient::new(service_channel(&endpoints.migrator, call_timeout, tls)?),
         })
     }
+
+    /// Analyzer GetAnalysisRun.
+    async fn analysis_run(&self, run_id: &str) -> Result<analyzer::AnalysisRun, EffectError> {
+        let request = GetAnalysisRunRequest { id: run_id.to_string() };
+        let response =
+            self.analyzer.clone().get_analysis_run(request).await.map_err(|s| effect_error("analyzer", s))?;
+        Ok(response.into_inner().run.unwrap_or_default())
+    }
 }
 
 fn effect_error(dependency: &'static str, status: tonic::Status) -> EffectError {
@@ -379,23 +387,11 @@ impl Effects for GrpcEffects {
     }
 
     async fn analysis_status(&self, run_id: &str) -> Result<RunObservation, EffectError> {
-        let response = self
-            .analyzer
-            .clone()
-            .get_analysis_run(GetAnalysisRunRequest { id: run_id.to_string() })
-            .await
-            .map_err(|s| effect_error("analyzer", s))?;
-        Ok(observation(response.into_inner().run.unwrap_or_default()))
+        Ok(observation(self.analysis_run(run_id).await?))
     }
 
     async fn analysis_samples(&self, run_id: &str) -> Result<RunSamples, EffectError> {
-        let response = self
-            .analyzer
-            .clone()
-            .get_analysis_run(GetAnalysisRunRequest { id: run_id.to_string() })
-            .await
-            .map_err(|s| effect_error("analyzer", s))?;
-        let run = response.into_inner().run.unwrap_or_default();
+        let run = self.analysis_run(run_id).await?;
         let samples = run
             .metrics
             .iter()
