@@ -30,6 +30,10 @@ pub const TEXT: &[(&str, usize, bool)] = &[
     ("hopngo.release.v1.ApproveReleaseRequest.reason", REASON, false),
     ("hopngo.release.v1.RejectReleaseRequest.reason", REASON, false),
     ("hopngo.release.v1.RollbackEnvironmentRequest.reason", REASON, false),
+    ("hopngo.release.v1.CreateTrainRequest.reason", REASON, false),
+    ("hopngo.release.v1.ApproveReleaseGroupRequest.reason", REASON, false),
+    ("hopngo.release.v1.RejectReleaseGroupRequest.reason", REASON, false),
+    ("hopngo.release.v1.AbortReleaseGroupRequest.reason", REASON, false),
     ("hopngo.release.v1.CreateFreezeRequest.reason", REASON, false),
     ("hopngo.release.v1.EndFreezeRequest.reason", REASON, false),
     ("hopngo.release.v1.PromoteEnvironmentRequest.reason", REASON, false),
@@ -38,9 +42,11 @@ pub const TEXT: &[(&str, usize, bool)] = &[
     // Release request ids (stored in a unique index).
     ("hopngo.release.v1.CreateReleaseRequest.request_id", 128, false),
     ("hopngo.release.v1.PromoteEnvironmentRequest.request_id", 128, false),
+    ("hopngo.release.v1.CreateTrainRequest.request_id", 128, false),
     // Artifacts.
     ("hopngo.release.v1.PromoteEnvironmentRequest.artifact", ARTIFACT, false),
     ("hopngo.release.v1.CreateReleaseRequest.artifact", ARTIFACT, false),
+    ("hopngo.release.v1.TrainMember.artifact", ARTIFACT, false),
     ("hopngo.deployer.v1.TrackSpec.artifact", ARTIFACT, false),
     // Route matches (the deployer checks them further: regex size, header name syntax).
     ("hopngo.deployer.v1.StringMatch.exact", 4096, false),
@@ -77,6 +83,8 @@ pub const TEXT: &[(&str, usize, bool)] = &[
 
 /// Repeated fields and maps with their own bound.
 pub const ITEMS: &[(&str, usize)] = &[
+    ("hopngo.release.v1.CreateTrainRequest.members", 50),
+    ("hopngo.release.v1.TrainMember.depends_on", 50),
     ("hopngo.analyzer.v1.StartAnalysisRunRequest.metrics", 100),
     ("hopngo.analyzer.v1.JobProvider.command", 256),
     ("hopngo.analyzer.v1.JobProvider.env", 100),

@@ -292,7 +292,11 @@ enum Command {
         /// Release id.
         id: String,
     },
-    /// Show a release group (an environment rollback).
+    /// Release trains: several services released to one environment together, in dependency
+    /// order, with one approval; a member that fails returns the ones released before it.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Show a release group (an environment rollback or a train).
     Group {
         /// Group id.
         id: String,
@@ -813,6 +817,92 @@ enum ReleaseCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum TrainCommand {
+    /// Release several services to one environment: each member after the members it depends on
+    /// (the config's `dependsOn` and --depends-on), one at a time, each with its own strategy and
+    /// analysis. If one does not succeed, the rest do not start and the members already released
+    /// go back to their previous versions, newest first.
+    Create {
+        /// Environment.
+        #[arg(long = "env")]
+        environment: String,
+        /// The members: SERVICE=ARTIFACT, as many as the train has.
+        #[arg(required = true, value_name = "SERVICE=ARTIFACT")]
+        members: Vec<String>,
+        /// SERVICE=OTHER[,OTHER...]: release SERVICE after these other members (besides its
+        /// config's `dependsOn`). Repeatable.
+        #[arg(long = "depends-on", value_name = "SERVICE=OTHER,...")]
+        depends_on: Vec<String>,
+        /// Why (recorded on every member).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Idempotency key: repeating the command with the same key returns the same train.
+        #[arg(long, default_value = "")]
+        request_id: String,
+        /// Release even though the environment is frozen (admins only; --reason required; audited).
+        #[arg(long)]
+        override_freeze: bool,
+        /// Follow the train until every member (and return) has settled.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Show a train with all its members (`--watch` follows it; exit code 0 only if all succeeded).
+    Get {
+        /// Train (group) id.
+        id: String,
+        /// Follow the train until every member (and return) has settled.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Approve every approval ahead in the train at once (each approval's roles and four-eyes
+    /// rule apply to every member).
+    Approve {
+        /// Train (group) id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reject the approval the train waits for: the train ends and returns what it released.
+    Reject {
+        /// Train (group) id.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Abort the member the train is running: the train ends and returns what it released.
+    Abort {
+        /// Train (group) id.
+        id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// The members of `hopctl train create`: SERVICE=ARTIFACT each, with the --depends-on lists.
+fn train_members(members: &[String], depends_on: &[String]) -> anyhow::Result<Vec<pb::TrainMember>> {
+    let mut out = Vec::new();
+    for m in members {
+        let Some((service, artifact)) = m.split_once('=') else {
+            anyhow::bail!("{m:?}: a member is SERVICE=ARTIFACT");
+        };
+        out.push(pb::TrainMember { service: service.into(), artifact: artifact.into(), depends_on: Vec::new() });
+    }
+    for d in depends_on {
+        let Some((service, others)) = d.split_once('=') else {
+            anyhow::bail!("--depends-on {d:?}: expected SERVICE=OTHER[,OTHER...]");
+        };
+        let Some(member) = out.iter_mut().find(|m| m.service == service) else {
+            anyhow::bail!("--depends-on {d:?}: {service} is not a member of this train");
+        };
+        member.depends_on.extend(others.split(',').filter(|o| !o.is_empty()).map(str::to_string));
+    }
+    Ok(out)
+}
+
+#[derive(Subcommand, Debug)]
 enum FreezeCommand {
     /// Freeze an environment: no new release starts there until the freeze ends (emergency
     /// rollbacks and releases an admin overrides it for excepted).
@@ -1225,7 +1315,39 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             render::group(out, &GroupView::from(&r))?;
         }
-        Command::Group { id, watch } => {
+        Command::Train(TrainCommand::Create {
+            environment,
+            members,
+            depends_on,
+            reason,
+            request_id,
+            override_freeze,
+            watch,
+        }) => {
+            let members = train_members(&members, &depends_on)?;
+            let request = pb::CreateTrainRequest { environment, members, reason, request_id, override_freeze };
+            let g = releases.create_train(request).await?.into_inner().group.context("no train")?;
+            if watch {
+                return watch_group(&mut releases, &g.id, out).await;
+            }
+            render::group(out, &GroupView::from(&g))?;
+        }
+        Command::Train(TrainCommand::Approve { id, reason }) => {
+            let request = pb::ApproveReleaseGroupRequest { id, reason };
+            let g = releases.approve_release_group(request).await?.into_inner().group.context("no train")?;
+            render::group(out, &GroupView::from(&g))?;
+        }
+        Command::Train(TrainCommand::Reject { id, reason }) => {
+            let request = pb::RejectReleaseGroupRequest { id, reason };
+            let g = releases.reject_release_group(request).await?.into_inner().group.context("no train")?;
+            render::group(out, &GroupView::from(&g))?;
+        }
+        Command::Train(TrainCommand::Abort { id, reason }) => {
+            let request = pb::AbortReleaseGroupRequest { id, reason };
+            let g = releases.abort_release_group(request).await?.into_inner().group.context("no train")?;
+            render::group(out, &GroupView::from(&g))?;
+        }
+        Command::Group { id, watch } | Command::Train(TrainCommand::Get { id, watch }) => {
             if watch {
                 return watch_group(&mut releases, &id, out).await;
             }
@@ -1580,7 +1702,7 @@ async fn watch_migration(migrator: &mut Migrator, id: &str, out: Output) -> anyh
 /// Follows a release: a live view on stderr when it is a terminal, one line per change
 /// otherwise; the final state goes to stdout in the chosen format.
 /// Follows a release group by reading it every second (members change one after another, and
-/// each has its own watch stream) until every member has settled.
+/// each has its own watch stream) until every release of it has settled (a train's returns too).
 async fn watch_group(
     releases: &mut hopngo_proto::release::release_service_client::ReleaseServiceClient<hopngo_client::Authed>,
     id: &str,
@@ -1596,7 +1718,7 @@ async fn watch_group(
             .group
             .context("no group")?;
         let view = GroupView::from(&g);
-        let lines: Vec<String> = view.releases.iter().map(render::progress_line).collect();
+        let lines: Vec<String> = view.releases.iter().map(render::group_line).collect();
         let states: Vec<String> = view.releases.iter().map(render::progress_state).collect();
         if live {
             term::screen(&format!("{}\n{}\n", render::group_header(&view), lines.join("\n")));
@@ -1608,7 +1730,7 @@ async fn watch_group(
             }
         }
         last_states = states;
-        if view.phase != "PROGRESSING" {
+        if view.settled {
             if live {
                 term::clear_screen();
             }

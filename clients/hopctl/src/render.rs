@@ -283,7 +283,42 @@ pub fn group(out: Output, g: &GroupView) -> anyhow::Result<()> {
         return Ok(());
     }
     outln!("{}", group_header(g));
-    releases(Output::Table, &g.releases)
+    let mut t = table(&["id", "service", "rev", "artifact", "phase", "step", "weight", "after"]);
+    for r in g.members() {
+        let after = g.dependencies.iter().find(|d| d.service == r.service).map(|d| d.depends_on.join(", "));
+        t.add_row(vec![
+            r.id.clone(),
+            r.service.clone(),
+            r.revision.to_string(),
+            r.artifact.clone(),
+            r.phase.clone(),
+            format!("{}/{}", r.current_step_index.min(r.steps.len() as u32), r.steps.len()),
+            format!("{}%", r.canary_weight),
+            after.unwrap_or_default(),
+        ]);
+    }
+    outln!("{t}");
+    let returns: Vec<&ReleaseView> = g.returns().collect();
+    if !returns.is_empty() {
+        let mut t = table(&["id", "service", "rev", "back to", "phase"]);
+        for r in returns {
+            t.add_row(vec![
+                r.id.clone(),
+                r.service.clone(),
+                r.revision.to_string(),
+                r.artifact.clone(),
+                r.phase.clone(),
+            ]);
+        }
+        outln!("returned to their previous versions, newest member first:\n{t}");
+    }
+    Ok(())
+}
+
+/// A group's member as a progress line (a train's return says so).
+pub fn group_line(r: &ReleaseView) -> String {
+    let line = progress_line(r);
+    if r.returns_release_id.is_empty() { line } else { format!("return: {line}") }
 }
 
 /// A release's timeline.
@@ -310,9 +345,10 @@ pub fn timeline(out: Output, t: &TimelineView) -> anyhow::Result<()> {
 
 /// The lines above a group's members.
 pub fn group_header(g: &GroupView) -> String {
+    let settling = if g.settled { "" } else { " (still running)" };
     format!(
-        "Group:       {} ({})\nEnvironment: {}\nPhase:       {}\nReason:      {}\n",
-        g.id, g.kind, g.environment, g.phase, g.reason
+        "Group:       {} ({})\nEnvironment: {}\nPhase:       {}{settling}\nMessage:     {}\nReason:      {}\n",
+        g.id, g.kind, g.environment, g.phase, g.message, g.reason
     )
 }
 

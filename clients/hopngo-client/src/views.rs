@@ -147,6 +147,9 @@ pub struct ReleaseView {
     pub undo_of_revision: Option<u64>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub release_group_id: String,
+    /// For a train's return: the member it returns to its previous version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub returns_release_id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reason: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -379,6 +382,7 @@ impl From<&pb::Release> for ReleaseView {
             superseded_by: r.superseded_by.clone(),
             undo_of_revision: (r.undo_of_revision > 0).then_some(r.undo_of_revision),
             release_group_id: r.release_group_id.clone(),
+            returns_release_id: r.returns_release_id.clone(),
             reason: r.reason.clone(),
             preflight_checks: r
                 .preflight_checks
@@ -490,10 +494,35 @@ pub struct GroupView {
     pub environment: String,
     pub kind: String,
     pub phase: String,
+    pub settled: bool,
+    pub message: String,
     pub created_by: String,
     pub created_at: Option<String>,
     pub reason: String,
+    /// What each member waited for (trains), in execution order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<GroupDependencyView>,
     pub releases: Vec<ReleaseView>,
+}
+
+/// The members one member of a group waited for.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupDependencyView {
+    pub service: String,
+    pub depends_on: Vec<String>,
+}
+
+impl GroupView {
+    /// The members (a train's returns excluded), in execution order.
+    pub fn members(&self) -> impl Iterator<Item = &ReleaseView> {
+        self.releases.iter().filter(|r| r.returns_release_id.is_empty())
+    }
+
+    /// A train's returns, in execution order.
+    pub fn returns(&self) -> impl Iterator<Item = &ReleaseView> {
+        self.releases.iter().filter(|r| !r.returns_release_id.is_empty())
+    }
 }
 
 impl From<&pb::ReleaseGroup> for GroupView {
@@ -503,9 +532,16 @@ impl From<&pb::ReleaseGroup> for GroupView {
             environment: g.environment.clone(),
             kind: g.kind.clone(),
             phase: phase_name(g.phase),
+            settled: g.settled,
+            message: g.message.clone(),
             created_by: g.created_by.clone(),
             created_at: time(&g.created_at),
             reason: g.reason.clone(),
+            dependencies: g
+                .dependencies
+                .iter()
+                .map(|d| GroupDependencyView { service: d.service.clone(), depends_on: d.depends_on.clone() })
+                .collect(),
             releases: g.releases.iter().map(ReleaseView::from).collect(),
         }
     }

@@ -1203,33 +1203,10 @@ impl DeliveryConfig {
 
     /// A cycle of `dependsOn` (no service of it could ever be released first), as service names.
     fn dependency_cycle(&self) -> Option<Vec<String>> {
-        fn visit<'a>(
-            config: &'a DeliveryConfig,
-            name: &'a str,
-            path: &mut Vec<&'a str>,
-            done: &mut BTreeSet<&'a str>,
-        ) -> Option<Vec<String>> {
-            if let Some(at) = path.iter().position(|n| *n == name) {
-                let mut cycle: Vec<String> = path[at..].iter().map(|n| n.to_string()).collect();
-                cycle.push(name.to_string());
-                return Some(cycle);
-            }
-            if !done.insert(name) {
-                return None;
-            }
-            path.push(name);
-            let deps = config.service(name).map(|s| s.depends_on.as_slice()).unwrap_or_default();
-            // Self-dependence is reported on its own.
-            for dep in deps.iter().filter(|d| d.as_str() != name) {
-                if let Some(cycle) = visit(config, dep, path, done) {
-                    return Some(cycle);
-                }
-            }
-            path.pop();
-            None
-        }
-        let mut done = BTreeSet::new();
-        self.services.iter().find_map(|s| visit(self, &s.name, &mut Vec::new(), &mut done))
+        let names: Vec<&str> = self.services.iter().map(|s| s.name.as_str()).collect();
+        dependency_cycle(&names, |name| {
+            self.service(name).map(|s| s.depends_on.iter().map(String::as_str).collect()).unwrap_or_default()
+        })
     }
 
     fn has_promotion_cycle(&self) -> bool {
@@ -1245,6 +1222,37 @@ impl DeliveryConfig {
         }
         false
     }
+}
+
+/// A cycle in a dependency graph over `names` (`deps` of a name: the names it depends on), as
+/// the names along it with the first repeated at the end. Self-dependence is not a cycle here:
+/// callers report it on its own, where it is written.
+pub fn dependency_cycle<'a>(names: &[&'a str], deps: impl Fn(&str) -> Vec<&'a str>) -> Option<Vec<String>> {
+    fn visit<'a>(
+        name: &'a str,
+        deps: &impl Fn(&str) -> Vec<&'a str>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| *n == name) {
+            let mut cycle: Vec<String> = path[at..].iter().map(|n| n.to_string()).collect();
+            cycle.push(name.to_string());
+            return Some(cycle);
+        }
+        if !done.insert(name) {
+            return None;
+        }
+        path.push(name);
+        for dep in deps(name).into_iter().filter(|d| *d != name) {
+            if let Some(cycle) = visit(dep, deps, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    names.iter().find_map(|name| visit(name, &deps, &mut Vec::new(), &mut done))
 }
 
 /// Parses `text` as it will be once a run fills in its `{{args.NAME}}` references. The values

@@ -80,6 +80,10 @@ pub const RPC_PERMISSIONS: &[(&str, Permission)] = {
         // Deploy for each service; the emergency form needs admin (checked by the scheduler).
         ("/hopngo.release.v1.ReleaseService/RollbackEnvironment", Deploy),
         ("/hopngo.release.v1.ReleaseService/GetReleaseGroup", View),
+        ("/hopngo.release.v1.ReleaseService/CreateTrain", Deploy),
+        ("/hopngo.release.v1.ReleaseService/ApproveReleaseGroup", Approve),
+        ("/hopngo.release.v1.ReleaseService/RejectReleaseGroup", Approve),
+        ("/hopngo.release.v1.ReleaseService/AbortReleaseGroup", Deploy),
         ("/hopngo.release.v1.ReleaseService/PromoteEnvironment", Deploy),
         ("/hopngo.release.v1.ReleaseService/ListAuditEntries", View),
         ("/hopngo.release.v1.ReleaseService/RenderRelease", View),

@@ -10,12 +10,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
+    creation::{self, NewReleaseIn, problem_to_error},
     domain::{
         config::{DeliveryConfig, Problem},
         freeze::{self, OpenWindow},
-        machine::{self, Decider, Transition, TransitionKind},
+        machine::{self, Decider, Transition},
         plan::{self, PlanMode},
-        release::{NewRelease, Phase, Release},
+        release::{Phase, Release},
+        train::{self, MemberRequest},
     },
     error::SchedulerError,
     signals::Signals,
@@ -135,20 +137,30 @@ pub struct Group {
 }
 
 impl Group {
-    /// Overall phase.
-    pub fn phase(&self) -> Phase {
-        if self.members.iter().any(|m| !m.phase.is_terminal() || !m.settled) {
-            Phase::Progressing
-        } else if self.members.iter().all(|m| m.phase == Phase::Succeeded) {
-            Phase::Succeeded
-        } else {
-            Phase::Aborted
-        }
+    /// What the group is doing, as a whole.
+    pub fn status(&self) -> train::GroupStatus {
+        train::status(&self.members)
     }
 }
 
-fn problem_to_error(p: Problem) -> SchedulerError {
-    SchedulerError::invalid(if p.path.is_empty() { "yaml".to_string() } else { p.path }, p.message)
+/// The kind of group a release train is.
+pub const TRAIN: &str = "train";
+
+/// An error about a train's member as the caller sees it: a field of the member at `index` in
+/// the request, or a sentence naming it.
+fn member_error(e: SchedulerError, index: usize, service: &str) -> SchedulerError {
+    match e {
+        SchedulerError::Invalid { field, reason } if matches!(field.as_str(), "service" | "artifact") => {
+            SchedulerError::Invalid { field: format!("members[{index}].{field}"), reason }
+        }
+        SchedulerError::FailedPrecondition(m) => {
+            SchedulerError::FailedPrecondition(format!("members[{index}] ({service}): {m}"))
+        }
+        SchedulerError::PermissionDenied(m) => {
+            SchedulerError::PermissionDenied(format!("members[{index}] ({service}): {m}"))
+        }
+        other => other,
+    }
 }
 
 fn known<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -165,6 +177,10 @@ fn page_size(asked: u32) -> Result<u32, SchedulerError> {
 }
 
 /// Refuses an environment the config does not have, naming the ones it has.
+fn group_not_found(id: &str) -> SchedulerError {
+    SchedulerError::NotFound(format!("release group {} does not exist", hopngo_proto::check::shown(id)))
+}
+
 fn check_environment(config: &DeliveryConfig, environment: &str) -> Result<(), SchedulerError> {
     if config.environment(environment).is_none() {
         return Err(SchedulerError::invalid(
@@ -625,63 +641,20 @@ impl App {
         } else {
             PlanMode::Normal
         };
-        let plan =
-            plan::compile(&current.config, intent.service, intent.environment, mode).map_err(problem_to_error)?;
-        let now = Store::now(conn).await?;
-        let id = Uuid::now_v7();
-        for mut old in Store::lock_unsettled(conn, intent.service, intent.environment).await? {
-            let transitions = machine::supersede(&mut old, id, &caller.user, now);
-            old.updated_at = now;
-            let wake = (!old.settled).then_some(now);
-            Store::save(conn, &mut old, &transitions, wake).await?;
-            changed.push(old.id);
-        }
-        let revision = se.last_revision + 1;
-        Store::bump_revision(conn, intent.service, intent.environment, revision).await?;
-        let mut release = Release::new(NewRelease {
-            id,
-            service: intent.service.to_string(),
-            environment: intent.environment.to_string(),
-            revision,
-            artifact: intent.artifact.to_string(),
-            created_by: caller.user.clone(),
-            now,
-            config_version: current.version,
-            plan,
-            stable_artifact: se.stable_artifact.clone(),
+        let new = NewReleaseIn {
+            service: intent.service,
+            environment: intent.environment,
+            artifact: intent.artifact,
+            reason: intent.reason,
+            request_id: intent.request_id,
             undo_of_revision: intent.undo_of_revision,
-            group_id: intent.group.map(|(g, _)| g),
-            reason: intent.reason.to_string(),
-        });
-        let message = match intent.undo_of_revision {
-            Some(rev) => format!("undo to revision {rev} ({}): {}", intent.artifact, intent.reason),
-            None => format!(
-                "{} → {}: {}",
-                se.stable_artifact.as_deref().unwrap_or("(nothing)"),
-                intent.artifact,
-                intent.reason
-            ),
+            group: intent.group,
+            returns_release: None,
+            mode,
+            actor: &caller.user,
+            start_now,
         };
-        let created = Transition {
-            kind: TransitionKind::Created,
-            actor: caller.user.clone(),
-            from: Phase::Pending,
-            to: Phase::Pending,
-            step_index: 0,
-            canary_weight: 0,
-            message,
-        };
-        Store::insert_release(
-            conn,
-            &mut release,
-            intent.request_id,
-            intent.group.map(|(_, p)| p),
-            &[created],
-            start_now.then_some(now),
-        )
-        .await?;
-        changed.push(release.id);
-        Ok(release)
+        creation::insert(conn, current, &se, new, changed).await
     }
 
     fn after_commit(&self, changed: &[Uuid], wake: bool) {
@@ -799,6 +772,12 @@ impl App {
     /// `RetryRelease`: only the newest release of its service and environment can be retried.
     pub async fn retry(&self, id: &str, reason: &str, caller: &Caller) -> Result<Release, SchedulerError> {
         let newest = |r: &Release, se: &ServiceEnvironment| {
+            if let Some(group) = r.group_id {
+                return Err(SchedulerError::FailedPrecondition(format!(
+                    "release {} ran in group {group}, which has ended with it; create a new release (or train) instead",
+                    r.id
+                )));
+            }
             if se.last_revision == r.revision {
                 return Ok(());
             }
@@ -980,6 +959,8 @@ impl App {
             created_by: caller.user.clone(),
             reason: reason.to_string(),
             created_at: now,
+            dependencies: Vec::new(),
+            request_id: None,
         };
         Store::insert_group(&mut tx, &row).await?;
         let mut changed = Vec::new();
@@ -1003,14 +984,177 @@ impl App {
         Ok(Group { row, members })
     }
 
+    /// `CreateTrain`: the members in dependency order, each created as a release of the group
+    /// (the first due now, each next one when the one before succeeds). All or nothing: a member
+    /// refused refuses the train.
+    pub async fn create_train(
+        &self,
+        environment: &str,
+        members: &[MemberRequest<'_>],
+        request_id: &str,
+        (reason, override_freeze): (&str, bool),
+        caller: &Caller,
+    ) -> Result<Group, SchedulerError> {
+        let current = self.config(None).await?;
+        if environment.is_empty() {
+            return Err(SchedulerError::invalid("environment", "must not be empty"));
+        }
+        check_environment(&current.config, environment)?;
+        let order = train::order(&current.config, members).map_err(problem_to_error)?;
+        let request_id = (!request_id.is_empty()).then_some(request_id);
+        let same_train = |group: &Group| {
+            group.row.environment == environment
+                && group.members.iter().filter(|m| m.returns_release.is_none()).count() == members.len()
+                && members.iter().all(|asked| {
+                    group.members.iter().any(|m| m.service == asked.service && m.artifact == asked.artifact)
+                })
+        };
+        let earlier = |group: Group| {
+            if same_train(&group) {
+                Ok(group)
+            } else {
+                Err(SchedulerError::invalid("request_id", "already used for a different train"))
+            }
+        };
+        if let Some(id) = request_id {
+            let mut conn = self.store.pool().acquire().await?;
+            if let Some(group) = Store::group_by_request(&mut conn, id).await? {
+                return earlier(self.group(&group.to_string()).await?);
+            }
+        }
+        // Each member passes the promotion policy of its environment, as a release of it would.
+        for &index in &order.order {
+            let m = &members[index];
+            self.promotion_source(&current.config, m.service, environment, m.artifact)
+                .await
+                .map_err(|e| member_error(e, index, m.service))?;
+        }
+        let mut tx = self.store.begin().await?;
+        let now = Store::now(&mut tx).await?;
+        let row = GroupRow {
+            id: Uuid::now_v7(),
+            environment: environment.to_string(),
+            kind: TRAIN.into(),
+            created_by: caller.user.clone(),
+            reason: reason.to_string(),
+            created_at: now,
+            dependencies: order.dependencies,
+            request_id: request_id.map(str::to_string),
+        };
+        Store::insert_group(&mut tx, &row).await?;
+        let mut changed = Vec::new();
+        let mut created = Vec::new();
+        for (position, &index) in order.order.iter().enumerate() {
+            let m = &members[index];
+            let intent = Intent {
+                service: m.service,
+                environment,
+                artifact: m.artifact,
+                reason,
+                request_id: None,
+                undo_of_revision: None,
+                group: Some((row.id, position as i32)),
+                emergency: false,
+                override_freeze,
+            };
+            let release = self
+                .create_in(&mut tx, &current, intent, caller, position == 0, &mut changed)
+                .await
+                .map_err(|e| member_error(e, index, m.service))?;
+            created.push(release);
+        }
+        tx.commit().await?;
+        self.after_commit(&changed, true);
+        Ok(Group { row, members: created })
+    }
+
+    /// `ApproveReleaseGroup`: every approval still ahead in the group, decided at once by the
+    /// caller (checked for every member before anything is recorded).
+    pub async fn approve_group(&self, id: &str, reason: &str, caller: &Caller) -> Result<Group, SchedulerError> {
+        let uuid = parse_id(id)?;
+        let mut tx = self.store.begin().await?;
+        let (_, members) = Store::group_in(&mut tx, uuid).await?.ok_or_else(|| group_not_found(id))?;
+        let now = Store::now(&mut tx).await?;
+        let mut decided = 0;
+        let mut changed = Vec::new();
+        // Members run one after another: the first that has not ended is the one running (or due);
+        // the others wait for their turn and must not be woken.
+        for (nth, member) in members.iter().filter(|m| !m.phase.is_terminal()).enumerate() {
+            let mut r = Store::lock_release(&mut tx, member.id).await?.ok_or_else(|| group_not_found(id))?;
+            caller.may(Permission::Approve, Scope::of(&r.service, &r.environment))?;
+            let roles = caller.roles(&r.service, &r.environment);
+            let service = r.service.clone();
+            let named = |e: machine::ActionError| match SchedulerError::from(e) {
+                SchedulerError::PermissionDenied(m) => SchedulerError::PermissionDenied(format!("{service}: {m}")),
+                SchedulerError::FailedPrecondition(m) => SchedulerError::FailedPrecondition(format!("{service}: {m}")),
+                other => other,
+            };
+            let (transitions, n) =
+                machine::approve_ahead(&mut r, &caller.decider(&roles), reason, now).map_err(named)?;
+            if n == 0 {
+                continue;
+            }
+            decided += n;
+            r.updated_at = now;
+            Store::save(&mut tx, &mut r, &transitions, (nth == 0).then_some(now)).await?;
+            changed.push(r.id);
+        }
+        if decided == 0 {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "no approval is ahead in group {id} that {} has not decided already",
+                caller.user
+            )));
+        }
+        tx.commit().await?;
+        self.after_commit(&changed, true);
+        self.group(id).await
+    }
+
+    /// The member a group is running (or about to run); refused once the group has ended or is
+    /// returning its members.
+    async fn running_member(&self, id: &str) -> Result<Release, SchedulerError> {
+        let group = self.group(id).await?;
+        let status = group.status();
+        if status.phase.is_terminal() {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "group {id} has ended ({}): {}",
+                status.phase.as_str(),
+                status.message
+            )));
+        }
+        group
+            .members
+            .into_iter()
+            .find(|m| !m.phase.is_terminal())
+            .ok_or_else(|| SchedulerError::FailedPrecondition(format!("group {id} has no member running")))
+    }
+
+    /// `RejectReleaseGroup`: rejects the approval the running member waits for.
+    pub async fn reject_group(&self, id: &str, reason: &str, caller: &Caller) -> Result<Group, SchedulerError> {
+        let member = self.running_member(id).await?;
+        if member.phase != Phase::AwaitingApproval {
+            return Err(SchedulerError::FailedPrecondition(format!(
+                "no member of group {id} waits for an approval ({} {} is {})",
+                member.service,
+                member.artifact,
+                member.phase.as_str()
+            )));
+        }
+        self.reject(&member.id.to_string(), reason, caller).await?;
+        self.group(id).await
+    }
+
+    /// `AbortReleaseGroup`: aborts the running member; the engine ends the group from there.
+    pub async fn abort_group(&self, id: &str, reason: &str, caller: &Caller) -> Result<Group, SchedulerError> {
+        let member = self.running_member(id).await?;
+        self.abort(&member.id.to_string(), reason, caller).await?;
+        self.group(id).await
+    }
+
     /// `GetReleaseGroup`.
     pub async fn group(&self, id: &str) -> Result<Group, SchedulerError> {
         let uuid = parse_id(id)?;
-        let (row, members) = self
-            .store
-            .group(uuid)
-            .await?
-            .ok_or_else(|| SchedulerError::NotFound(format!("release group {id} does not exist")))?;
+        let (row, members) = self.store.group(uuid).await?.ok_or_else(|| group_not_found(id))?;
         Ok(Group { row, members })
     }
 

@@ -236,6 +236,7 @@ pub fn release(r: &Release) -> pb::Release {
         superseded_by: r.superseded_by.map(|u| u.to_string()).unwrap_or_default(),
         undo_of_revision: r.undo_of_revision.unwrap_or(0),
         release_group_id: r.group_id.map(|u| u.to_string()).unwrap_or_default(),
+        returns_release_id: r.returns_release.map(|u| u.to_string()).unwrap_or_default(),
         settled: r.settled,
         version: r.version,
         reason: r.reason.clone(),
@@ -253,15 +254,24 @@ pub fn release(r: &Release) -> pb::Release {
 
 /// Group → message.
 pub fn group(g: &Group) -> pb::ReleaseGroup {
+    let status = g.status();
     pb::ReleaseGroup {
         id: g.row.id.to_string(),
         environment: g.row.environment.clone(),
         kind: g.row.kind.clone(),
         releases: g.members.iter().map(release).collect(),
-        phase: phase(g.phase()) as i32,
+        phase: phase(status.phase) as i32,
         created_by: g.row.created_by.clone(),
         created_at: Some(ts(g.row.created_at)),
         reason: g.row.reason.clone(),
+        dependencies: g
+            .row
+            .dependencies
+            .iter()
+            .map(|d| pb::GroupDependency { service: d.service.clone(), depends_on: d.depends_on.clone() })
+            .collect(),
+        settled: status.settled,
+        message: status.message,
     }
 }
 

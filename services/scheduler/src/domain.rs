@@ -10,3 +10,4 @@ pub mod machine;
 pub mod plan;
 pub mod release;
 pub mod steps;
+pub mod train;

@@ -18,10 +18,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
+    app::TRAIN,
+    creation::{self, NewReleaseIn},
     domain::{
         effects::Effects,
         machine::{self, Settings},
-        release::Phase,
+        plan::PlanMode,
+        release::{Phase, Release},
+        train,
     },
     error::SchedulerError,
     signals::Signals,
@@ -250,23 +254,27 @@ impl<E: Effects + Send + 'static> Engine<E> {
         Ok(true)
     }
 
-    /// A group member settled: start the next one if it succeeded, else end the rest unstarted.
+    /// A group member settled: start the next one if it succeeded (a train's return: whatever its
+    /// end), else end the rest unstarted, and a train returns the members it released.
     async fn continue_group(
         &self,
         conn: &mut sqlx::PgConnection,
-        settled: &crate::domain::release::Release,
+        settled: &Release,
         now: time::OffsetDateTime,
         changed: &mut Vec<uuid::Uuid>,
     ) -> Result<(), SchedulerError> {
-        if settled.phase == Phase::Succeeded {
+        if settled.phase == Phase::Succeeded || settled.returns_release.is_some() {
             if let Some(mut next) = Store::lock_next_member(conn, settled).await? {
                 Store::save(conn, &mut next, &[], Some(now)).await?;
                 changed.push(next.id);
             }
             return Ok(());
         }
+        let Some(group_id) = settled.group_id else { return Ok(()) };
+        let Some((group, releases)) = Store::group_in(conn, group_id).await? else { return Ok(()) };
+        let what = if group.kind == TRAIN { "train" } else { "rollback" };
         let reason = format!(
-            "not started: {} {} ended {} in the same rollback",
+            "not started: {} {} ended {} in the same {what}",
             settled.service,
             settled.revision,
             settled.phase.as_str()
@@ -276,6 +284,71 @@ impl<E: Effects + Send + 'static> Engine<E> {
             next.updated_at = now;
             Store::save(conn, &mut next, &transitions, None).await?;
             changed.push(next.id);
+        }
+        if group.kind == TRAIN {
+            self.return_members(conn, (group_id, &releases), settled, changed).await?;
+        }
+        Ok(())
+    }
+
+    /// An ended train's members that were released go back to their previous versions, newest
+    /// first, one after another: emergency releases (straight back, watched to health) appended
+    /// to the group, the first due now. A member that had no previous version, or that a newer
+    /// release has replaced since, stays as it is (the group's message says so).
+    async fn return_members(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        (group_id, releases): (uuid::Uuid, &[Release]),
+        ended: &Release,
+        changed: &mut Vec<uuid::Uuid>,
+    ) -> Result<(), SchedulerError> {
+        let released: Vec<&Release> =
+            releases.iter().filter(|r| r.returns_release.is_none() && r.phase == Phase::Succeeded).rev().collect();
+        if released.is_empty() {
+            return Ok(());
+        }
+        let Some(current) = self.store.config(None).await? else { return Ok(()) };
+        let reason = format!("train ended: {} {} ended {}", ended.service, ended.artifact, ended.phase.as_str());
+        let mut position = releases.len() as i32;
+        for member in released {
+            let se = Store::lock_service_environment(conn, &member.service, &member.environment).await?;
+            if let Some(why) = train::not_returnable(member, se.last_revision) {
+                tracing::info!(group = %group_id, service = %member.service, "not returned: {why}");
+                continue;
+            }
+            let Some(previous) = member.stable_artifact.as_deref() else { continue };
+            let undo_of_revision = self
+                .store
+                .revisions(&member.service, &member.environment)
+                .await?
+                .iter()
+                .find(|r| {
+                    r.revision < member.revision
+                        && r.release.phase == Phase::Succeeded
+                        && r.release.artifact == previous
+                })
+                .map(|r| r.revision);
+            let new = NewReleaseIn {
+                service: &member.service,
+                environment: &member.environment,
+                artifact: previous,
+                reason: &reason,
+                request_id: None,
+                undo_of_revision,
+                group: Some((group_id, position)),
+                returns_release: Some(member.id),
+                mode: PlanMode::Emergency,
+                actor: machine::ENGINE,
+                start_now: position == releases.len() as i32,
+            };
+            match creation::insert(conn, &current, &se, new, changed).await {
+                Ok(_) => position += 1,
+                // The service has left the config since: there is no plan to return it with.
+                Err(SchedulerError::Invalid { reason, .. }) => {
+                    tracing::warn!(group = %group_id, service = %member.service, "not returned: {reason}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

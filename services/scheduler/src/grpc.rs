@@ -18,7 +18,10 @@ use tonic::{Request, Response, Status};
 use crate::{
     app::{App, Caller},
     convert,
-    domain::config::{DeliveryConfig, Problem},
+    domain::{
+        config::{DeliveryConfig, Problem},
+        train::MemberRequest,
+    },
     error::SchedulerError,
     store::{AuditFilter, AuditedRequest, ReleaseFilter},
 };
@@ -108,6 +111,11 @@ impl Api {
         }
         Err(status)
     }
+}
+
+/// The environment a group action acted in, for its audit row (empty when it was refused).
+fn group_environment(done: &std::result::Result<crate::app::Group, SchedulerError>) -> String {
+    done.as_ref().map(|g| g.row.environment.clone()).unwrap_or_default()
 }
 
 /// Refuses unless `who` may view `service` in `environment`.
@@ -426,6 +434,66 @@ impl ReleaseService for Api {
             may_view(&who, &member.service, &member.environment)?;
         }
         Ok(Response::new(pb::GetReleaseGroupResponse { group: Some(convert::group(&group)) }))
+    }
+
+    async fn create_train(&self, req: Request<pb::CreateTrainRequest>) -> Result<pb::CreateTrainResponse> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let members: Vec<MemberRequest<'_>> = r
+            .members
+            .iter()
+            .map(|m| MemberRequest { service: &m.service, artifact: &m.artifact, depends_on: &m.depends_on })
+            .collect();
+        let why = (r.reason.as_str(), r.override_freeze);
+        let done = self.app.create_train(&r.environment, &members, &r.request_id, why, &who).await;
+        let asked = Asked {
+            action: "create-train",
+            environment: &r.environment,
+            reason: &r.reason,
+            request_id: &r.request_id,
+            ..Asked::default()
+        };
+        let group = self.audited(&who, asked, done).await?;
+        Ok(Response::new(pb::CreateTrainResponse { group: Some(convert::group(&group)) }))
+    }
+
+    async fn approve_release_group(
+        &self,
+        req: Request<pb::ApproveReleaseGroupRequest>,
+    ) -> Result<pb::ApproveReleaseGroupResponse> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let done = self.app.approve_group(&r.id, &r.reason, &who).await;
+        let environment = group_environment(&done);
+        let asked = Asked { action: "approve-group", environment: &environment, reason: &r.reason, ..Asked::default() };
+        let group = self.audited(&who, asked, done).await?;
+        Ok(Response::new(pb::ApproveReleaseGroupResponse { group: Some(convert::group(&group)) }))
+    }
+
+    async fn reject_release_group(
+        &self,
+        req: Request<pb::RejectReleaseGroupRequest>,
+    ) -> Result<pb::RejectReleaseGroupResponse> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let done = self.app.reject_group(&r.id, &r.reason, &who).await;
+        let environment = group_environment(&done);
+        let asked = Asked { action: "reject-group", environment: &environment, reason: &r.reason, ..Asked::default() };
+        let group = self.audited(&who, asked, done).await?;
+        Ok(Response::new(pb::RejectReleaseGroupResponse { group: Some(convert::group(&group)) }))
+    }
+
+    async fn abort_release_group(
+        &self,
+        req: Request<pb::AbortReleaseGroupRequest>,
+    ) -> Result<pb::AbortReleaseGroupResponse> {
+        let who = caller(&req)?;
+        let r = req.into_inner();
+        let done = self.app.abort_group(&r.id, &r.reason, &who).await;
+        let environment = group_environment(&done);
+        let asked = Asked { action: "abort-group", environment: &environment, reason: &r.reason, ..Asked::default() };
+        let group = self.audited(&who, asked, done).await?;
+        Ok(Response::new(pb::AbortReleaseGroupResponse { group: Some(convert::group(&group)) }))
     }
 
     async fn promote_environment(

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod convert;
+pub mod creation;
 pub mod deps;
 pub mod domain;
 pub mod engine;

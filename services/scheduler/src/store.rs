@@ -141,6 +141,10 @@ pub struct GroupRow {
     pub reason: String,
     /// Created.
     pub created_at: OffsetDateTime,
+    /// What each member waited for (trains).
+    pub dependencies: Vec<crate::domain::train::Dependency>,
+    /// The client's key.
+    pub request_id: Option<String>,
 }
 
 /// An ad-hoc freeze of an environment.
@@ -915,27 +919,43 @@ impl Store {
 
     /// Inserts a group.
     pub async fn insert_group(conn: &mut PgConnection, g: &GroupRow) -> Result<(), SchedulerError> {
-        sqlx::query("INSERT INTO release_groups (id, environment, kind, created_by, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(g.id)
-            .bind(&g.environment)
-            .bind(&g.kind)
-            .bind(&g.created_by)
-            .bind(&g.reason)
-            .bind(g.created_at)
-            .execute(conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO release_groups (id, environment, kind, created_by, reason, created_at, dependencies, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(g.id)
+        .bind(&g.environment)
+        .bind(&g.kind)
+        .bind(&g.created_by)
+        .bind(&g.reason)
+        .bind(g.created_at)
+        .bind(sqlx::types::Json(&g.dependencies))
+        .bind(&g.request_id)
+        .execute(conn)
+        .await?;
         Ok(())
     }
 
     /// A group and its members in order.
     pub async fn group(&self, id: Uuid) -> Result<Option<(GroupRow, Vec<Release>)>, SchedulerError> {
-        let row: Option<(Uuid, String, String, String, String, OffsetDateTime)> = sqlx::query_as(
-            "SELECT id, environment, kind, created_by, reason, created_at FROM release_groups WHERE id = $1",
+        let mut conn = self.pool.acquire().await?;
+        Self::group_in(&mut conn, id).await
+    }
+
+    /// A group and its members in order, inside the caller's transaction.
+    pub async fn group_in(
+        conn: &mut PgConnection,
+        id: Uuid,
+    ) -> Result<Option<(GroupRow, Vec<Release>)>, SchedulerError> {
+        let row = sqlx::query(
+            "SELECT id, environment, kind, created_by, reason, created_at, dependencies, request_id \
+             FROM release_groups WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await?;
-        let Some((id, environment, kind, created_by, reason, created_at)) = row else { return Ok(None) };
+        let Some(row) = row else { return Ok(None) };
+        let group = group_row(&row)?;
         let members: Vec<Doc> = sqlx::query_as(concat!(
             "SELECT ",
             release_doc!(),
@@ -943,10 +963,19 @@ impl Store {
             "WHERE r.group_id = $1 ORDER BY r.group_position"
         ))
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await?;
         let members = members.into_iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((GroupRow { id, environment, kind, created_by, reason, created_at }, members)))
+        Ok(Some((group, members)))
+    }
+
+    /// The group created with `request_id`, if any.
+    pub async fn group_by_request(conn: &mut PgConnection, request_id: &str) -> Result<Option<Uuid>, SchedulerError> {
+        let id: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM release_groups WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(conn)
+            .await?;
+        Ok(id.map(|(id,)| id))
     }
 
     /// The group member after `release` that has not started, locked.
@@ -1006,4 +1035,18 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+fn group_row(row: &sqlx::postgres::PgRow) -> Result<GroupRow, SchedulerError> {
+    let sqlx::types::Json(dependencies) = row.try_get("dependencies")?;
+    Ok(GroupRow {
+        id: row.try_get("id")?,
+        environment: row.try_get("environment")?,
+        kind: row.try_get("kind")?,
+        created_by: row.try_get("created_by")?,
+        reason: row.try_get("reason")?,
+        created_at: row.try_get("created_at")?,
+        dependencies,
+        request_id: row.try_get("request_id")?,
+    })
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-pub use actions::{Decider, abort, approve, cancel_unstarted, promote, reject, retry, supersede};
+pub use actions::{Decider, abort, approve, approve_ahead, cancel_unstarted, promote, reject, retry, supersede};
 pub use hopngo_proto::transitions::TransitionKind;
 
 use super::{

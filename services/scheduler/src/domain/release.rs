@@ -463,6 +463,9 @@ pub struct Release {
     /// Release group.
     #[serde(default)]
     pub group_id: Option<Uuid>,
+    /// The member of an ended train this release returns to its previous version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returns_release: Option<Uuid>,
     /// What the migrate step did to the schema.
     #[serde(default)]
     pub schema: Option<SchemaChange>,
@@ -502,6 +505,8 @@ pub struct NewRelease {
     pub undo_of_revision: Option<u64>,
     /// Group.
     pub group_id: Option<Uuid>,
+    /// The train member it returns to its previous version.
+    pub returns_release: Option<Uuid>,
     /// Reason.
     pub reason: String,
 }
@@ -553,6 +558,7 @@ impl Release {
             superseded_by: None,
             undo_of_revision: n.undo_of_revision,
             group_id: n.group_id,
+            returns_release: n.returns_release,
             schema: None,
             preflight: Vec::new(),
             address: String::new(),

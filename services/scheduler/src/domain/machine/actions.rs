@@ -168,7 +168,7 @@ fn current_approval(r: &Release) -> Result<ApprovalSpec, ActionError> {
     }
 }
 
-fn check_decider(r: &Release, policy: &ApprovalSpec, who: &Decider<'_>, verb: &str) -> Result<(), ActionError> {
+fn check_roles(policy: &ApprovalSpec, who: &Decider<'_>, verb: &str) -> Result<(), ActionError> {
     if !policy.roles.is_empty() && !policy.roles.iter().any(|role| who.roles.iter().any(|r| same_name(r, role))) {
         return Err(ActionError::Forbidden(format!(
             "{} may not {verb}: one of the roles {} is required",
@@ -176,6 +176,21 @@ fn check_decider(r: &Release, policy: &ApprovalSpec, who: &Decider<'_>, verb: &s
             policy.roles.join(", ")
         )));
     }
+    Ok(())
+}
+
+fn check_four_eyes(r: &Release, policy: &ApprovalSpec, who: &Decider<'_>) -> Result<(), ActionError> {
+    if !policy.allow_self_approval && same_name(who.user, &r.created_by) {
+        return Err(ActionError::Forbidden(format!(
+            "{} created this release and cannot approve it (four-eyes rule)",
+            who.user
+        )));
+    }
+    Ok(())
+}
+
+fn check_decider(r: &Release, policy: &ApprovalSpec, who: &Decider<'_>, verb: &str) -> Result<(), ActionError> {
+    check_roles(policy, who, verb)?;
     if r.approvals
         .iter()
         .any(|a| same_name(&a.user, who.user) && a.step_index == r.step_index && a.attempt == r.attempt)
@@ -194,12 +209,7 @@ pub fn approve(
 ) -> Result<Vec<Transition>, ActionError> {
     let policy = current_approval(r)?;
     check_decider(r, &policy, who, "approve")?;
-    if !policy.allow_self_approval && same_name(who.user, &r.created_by) {
-        return Err(ActionError::Forbidden(format!(
-            "{} created this release and cannot approve it (four-eyes rule)",
-            who.user
-        )));
-    }
+    check_four_eyes(r, &policy, who)?;
     r.approvals.push(ApprovalRecord {
         user: who.user.to_string(),
         issuer: who.issuer.to_string(),
@@ -235,6 +245,66 @@ pub fn approve(
         );
     }
     Ok(out)
+}
+
+/// A group's approval (`ApproveReleaseGroup`): the approval this release waits for now, if any,
+/// and every approval step still ahead of it, decided by one person at once. Each step's roles
+/// and four-eyes rule apply; all are checked before any is recorded. Returns the transitions and
+/// how many approval steps were decided (0: none ahead, or all decided by this person already).
+pub fn approve_ahead(
+    r: &mut Release,
+    who: &Decider<'_>,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<(Vec<Transition>, usize), ActionError> {
+    if r.phase.is_terminal() {
+        return Ok((Vec::new(), 0));
+    }
+    let waiting = r.phase == Phase::AwaitingApproval;
+    // Steps not started yet: the current one too unless its gate is open already.
+    let first_ahead = if waiting || r.cursor.applied { r.step_index + 1 } else { r.step_index };
+    let mut ahead = Vec::new();
+    for (index, step) in r.plan.steps.iter().enumerate().skip(first_ahead) {
+        let StepAction::Approval { policy } = &step.action else { continue };
+        let decided =
+            r.approvals.iter().any(|a| same_name(&a.user, who.user) && a.step_index == index && a.attempt == r.attempt);
+        if decided {
+            continue;
+        }
+        check_roles(policy, who, "approve")?;
+        check_four_eyes(r, policy, who)?;
+        ahead.push(index);
+    }
+    let mut out = Vec::new();
+    let mut decided = 0;
+    if waiting {
+        out = approve(r, who, reason, now)?;
+        decided += 1;
+    }
+    for index in ahead {
+        r.approvals.push(ApprovalRecord {
+            user: who.user.to_string(),
+            issuer: who.issuer.to_string(),
+            subject: who.subject.to_string(),
+            approved: true,
+            reason: reason.to_string(),
+            at: now,
+            step_index: index,
+            attempt: r.attempt,
+        });
+        let from = r.phase;
+        let step = r.plan.steps[index].name.clone();
+        record(
+            r,
+            TransitionKind::ApprovalRecorded,
+            who.user,
+            from,
+            format!("{step} approved ahead by {}: {reason}", who.user),
+            &mut out,
+        );
+        decided += 1;
+    }
+    Ok((out, decided))
 }
 
 /// `RejectRelease`: one rejection aborts.

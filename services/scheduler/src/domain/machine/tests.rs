@@ -274,6 +274,7 @@ fn release(service: &str, environment: &str) -> Release {
         stable_artifact: Some("v1".into()),
         undo_of_revision: None,
         group_id: None,
+        returns_release: None,
         reason: String::new(),
     })
 }
@@ -523,6 +524,47 @@ async fn approvals_need_distinct_non_creator_approvers_with_a_role() {
     assert_eq!(r.phase, Phase::Progressing);
     tick(&mut r, &fx, 5).await;
     assert_eq!(r.canary_weight, 25);
+}
+
+#[tokio::test]
+async fn a_group_approval_decides_the_gate_waiting_now_and_the_ones_ahead() {
+    let fx = Fake::new();
+    let rm = vec!["release-manager".to_string()];
+    let bob = Decider { user: "bob", roles: &rm, issuer: "https://issuer.test", subject: "s-2" };
+    let dave = Decider { user: "dave", roles: &rm, issuer: "https://issuer.test", subject: "s-4" };
+    // A member that has not started: its gate is decided ahead, nothing else happens yet.
+    let mut later = release("booking", "production");
+    let (t, n) = approve_ahead(&mut later, &bob, "train ok", at(1)).unwrap();
+    assert_eq!((n, t[0].kind, later.phase), (1, TransitionKind::ApprovalRecorded, Phase::Pending));
+    assert!(t[0].message.contains("approved ahead by bob: train ok"), "{}", t[0].message);
+    let (t, n) = approve_ahead(&mut later, &bob, "again", at(2)).unwrap();
+    assert_eq!((t.len(), n), (0, 0), "bob has decided every gate ahead already");
+    // Checked before anything is recorded: the creator, and someone without the role.
+    let creator = Decider { user: "alice", roles: &rm, issuer: "https://issuer.test", subject: "s-1" };
+    let no_role = Decider { user: "carol", roles: &[], issuer: "https://issuer.test", subject: "s-3" };
+    let before = later.approvals.len();
+    assert!(
+        matches!(approve_ahead(&mut later, &creator, "", at(2)), Err(ActionError::Forbidden(m)) if m.contains("four-eyes"))
+    );
+    assert!(matches!(approve_ahead(&mut later, &no_role, "", at(2)), Err(ActionError::Forbidden(_))));
+    assert_eq!(later.approvals.len(), before);
+    approve_ahead(&mut later, &dave, "ok", at(3)).unwrap();
+    // When its turn comes, two approvals are there already: it passes its gate at once.
+    let a = tick(&mut later, &fx, 4).await;
+    assert!(kinds(&a).contains(&TransitionKind::StepCompleted), "{:?}", kinds(&a));
+    assert_ne!(later.phase, Phase::AwaitingApproval);
+    // The member waiting now: the same call approves its open gate like ApproveRelease.
+    let mut now = release("booking", "production");
+    tick(&mut now, &fx, 0).await;
+    assert_eq!(now.phase, Phase::AwaitingApproval);
+    let (t, n) = approve_ahead(&mut now, &bob, "ok", at(1)).unwrap();
+    assert_eq!((n, t[0].kind), (1, TransitionKind::ApprovalRecorded));
+    let (t, _) = approve_ahead(&mut now, &dave, "ok", at(2)).unwrap();
+    assert_eq!(
+        t.iter().map(|t| t.kind).collect::<Vec<_>>(),
+        vec![TransitionKind::Approved, TransitionKind::StepCompleted]
+    );
+    assert_eq!(now.phase, Phase::Progressing);
 }
 
 #[tokio::test]
