@@ -240,6 +240,29 @@ async fn hostile_requests_are_refused_and_every_process_still_serves() {
     refused(notifier.publish_events(npb::PublishEventsRequest { events: vec![event] }).await, "events[0].id");
     let webhook = npb::CreateWebhookRequest { url: format!("https://{}", "a".repeat(1 << 20)), ..Default::default() };
     refused(notifier.create_webhook(webhook).await, "url");
+    // Trains: too many members or dependencies, NUL and bidi in names, a dependency on itself.
+    let train = |members: Vec<pb::TrainMember>| {
+        as_user(pb::CreateTrainRequest { environment: "staging".into(), members, ..Default::default() }, "alice", &[])
+    };
+    let member = |service: &str, artifact: &str, depends_on: Vec<String>| pb::TrainMember {
+        service: service.into(),
+        artifact: artifact.into(),
+        depends_on,
+    };
+    let crowd: Vec<pb::TrainMember> = (0..51).map(|i| member(&format!("s{i}"), "1.0.0", vec![])).collect();
+    refused(releases.create_train(train(crowd)).await, "members");
+    refused(
+        releases.create_train(train(vec![member("booking", "1.0.0", vec!["x".into(); 51])])).await,
+        "members[0].depends_on",
+    );
+    refused(releases.create_train(train(vec![member("booking\0", "1.0.0", vec![])])).await, "members[0].service");
+    refused(releases.create_train(train(vec![member("booking", "1.0\u{202E}", vec![])])).await, "members[0].artifact");
+    refused(
+        releases.create_train(train(vec![member("booking", "1.0.0", vec!["booking".into()])])).await,
+        "members[0].depends_on[0]",
+    );
+    let approve = pb::ApproveReleaseGroupRequest { id: "../../etc".into(), reason: "\u{1b}[2J".into() };
+    refused(releases.approve_release_group(as_user(approve, "bob", &["approvers"])).await, "reason");
     let listed = releases.list_releases(pb::ListReleasesRequest::default()).await.unwrap().into_inner();
     assert!(listed.releases.is_empty(), "nothing was stored: {:?}", listed.releases);
     assert!(!pwned.exists(), "a command of the caller's choosing ran");

@@ -447,7 +447,7 @@ async fn wait_group(stack: &Stack, id: &str) -> pb::ReleaseGroup {
             .into_inner()
             .group
             .unwrap();
-        if g.phase != P::Progressing as i32 {
+        if g.settled {
             return g;
         }
         assert!(tokio::time::Instant::now() < deadline, "group not done: {g:#?}");

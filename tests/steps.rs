@@ -262,3 +262,134 @@ async fn an_experiment_passes_an_equal_canary_and_aborts_a_worse_one() {
     assert!(latency.canary_mean > latency.baseline_mean, "{latency:?}");
     assert_eq!(versions(&address, 20, &[]).await, ["1.1.0"], "traffic is back on the stable version");
 }
+
+const TRAIN: &str = r#"
+environments:
+  - name: staging
+    progressDeadline: 60s
+analysisTemplates:
+  - name: slo
+    metrics:
+      - name: error-rate
+        severity: critical
+        interval: 1s
+        initialDelay: 1s
+        failureCondition: result > 0.05
+        provider: {scrape: {url: "{metrics}", window: 3s, expression: {error-ratio}}}
+services:
+  - name: auth
+    strategy:
+      canary:
+        steps:
+          - setWeight: 50
+          - pause: {duration: 4s}
+        analysis: {templates: [slo]}
+    local: {command: ["{demo}", --name, auth, --version, "{version}", --port, "{port}"]}
+  - name: booking
+    dependsOn: [auth]
+    strategy:
+      canary:
+        steps:
+          - setWeight: 50
+          - pause: {duration: 30s}
+        analysis: {templates: [slo]}
+    local: {command: ["{demo}", --name, booking, --version, "{version}", --port, "{port}"]}
+"#;
+
+/// `hopctl ARGS` as alice, waited for without holding up the test's runtime: (exit code, stdout,
+/// stderr).
+async fn hopctl(stack: &Stack, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(binary("hopctl", "hopctl").unwrap())
+        .args(["--server", &stack.url(Part::Scheduler)])
+        .args(args)
+        .envs(hopctl_env("alice", &[]))
+        .env_remove("HOPNGO_OUTPUT")
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_train_whose_second_member_fails_returns_the_first_to_its_previous_version() {
+    let db = TestDb::create().await.unwrap();
+    let stack = Stack::start(&db.url, TRAIN, StackOptions::default()).await.unwrap();
+    let mut releases = stack.releases().await;
+    for service in ["auth", "booking"] {
+        let first = create_as(&mut releases, "alice", service, "staging", "1.0.0").await;
+        until(&mut releases, &first.id, 60, |r| r.settled && r.phase == P::Succeeded as i32).await;
+    }
+    let auth = stack.address("auth", "staging").await;
+    let booking = stack.address("booking", "staging").await;
+    let _auth_traffic = hopngo_e2e::Traffic::start(&auth, 50);
+    let _booking_traffic = hopngo_e2e::Traffic::start(&booking, 50);
+
+    // Bad input is refused with the member's field, and nothing is stored.
+    let (code, _, err) =
+        hopctl(&stack, &["train", "create", "--env", "staging", "booking=2.0.0", "payments=1.0.0"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("members[1].service: unknown service \"payments\""), "{err}");
+    let (code, _, err) = hopctl(
+        &stack,
+        &["train", "create", "--env", "staging", "booking=2.0.0", "auth=2.0.0", "--depends-on", "auth=booking"],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(err.contains("members[1].depends_on[0]: dependency cycle: booking → auth → booking"), "{err}");
+    let listed = releases.list_releases(pb::ListReleasesRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.releases.len(), 2, "only the two first releases");
+
+    // booking is asked first but depends on auth: auth 1.1.0 goes first and succeeds, then
+    // booking's canary answers half its requests with errors and its analysis aborts it.
+    let (code, out, err) = hopctl(
+        &stack,
+        &[
+            "train",
+            "create",
+            "--env",
+            "staging",
+            "booking=1.1.0+errors=0.5",
+            "auth=1.1.0",
+            "--reason",
+            "weekly",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let order: Vec<&str> =
+        created["releases"].as_array().unwrap().iter().map(|r| r["service"].as_str().unwrap()).collect();
+    assert_eq!(order, ["auth", "booking"]);
+    assert_eq!(created["dependencies"][1]["dependsOn"][0], "auth");
+
+    // `train get --watch` follows every member until the train has settled; not a success.
+    let (code, out, err) = hopctl(&stack, &["train", "get", &id, "--watch"]).await;
+    assert_ne!(code, 0, "an aborted train is not a success: {out}");
+    assert!(err.contains("auth staging rev 2") && err.contains("booking staging rev 2"), "progress of both: {err}");
+    assert!(err.contains("return: auth staging rev 3"), "and of the return: {err}");
+    assert!(out.contains("Phase:       ABORTED\n"), "{out}");
+    assert!(out.contains("returned to their previous versions, newest member first"), "{out}");
+
+    let g = releases.get_release_group(pb::GetReleaseGroupRequest { id: id.clone() }).await.unwrap().into_inner();
+    let g = g.group.unwrap();
+    let shape: Vec<(&str, &str, i32)> =
+        g.releases.iter().map(|r| (r.service.as_str(), r.artifact.as_str(), r.phase)).collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("auth", "1.1.0", P::Succeeded as i32),
+            ("booking", "1.1.0+errors=0.5", P::Aborted as i32),
+            ("auth", "1.0.0", P::Succeeded as i32),
+        ]
+    );
+    assert!(g.releases[1].message.contains("error-rate"), "aborted by its analysis: {}", g.releases[1].message);
+    assert_eq!(g.releases[2].returns_release_id, g.releases[0].id);
+    assert!(g.message.ends_with("returned auth to 1.0.0 (SUCCEEDED)"), "{}", g.message);
+    // Both services answer from their previous versions again.
+    assert_eq!(versions(&auth, 20, &[]).await, ["1.0.0"]);
+    assert_eq!(versions(&booking, 20, &[]).await, ["1.0.0"]);
+}

@@ -1071,7 +1071,7 @@ impl App {
     /// `ApproveReleaseGroup`: every approval still ahead in the group, decided at once by the
     /// caller (checked for every member before anything is recorded).
     pub async fn approve_group(&self, id: &str, reason: &str, caller: &Caller) -> Result<Group, SchedulerError> {
-        let uuid = parse_id(id)?;
+        let uuid = parse_group_id(id)?;
         let mut tx = self.store.begin().await?;
         let (_, members) = Store::group_in(&mut tx, uuid).await?.ok_or_else(|| group_not_found(id))?;
         let now = Store::now(&mut tx).await?;
@@ -1153,7 +1153,7 @@ impl App {
 
     /// `GetReleaseGroup`.
     pub async fn group(&self, id: &str) -> Result<Group, SchedulerError> {
-        let uuid = parse_id(id)?;
+        let uuid = parse_group_id(id)?;
         let (row, members) = self.store.group(uuid).await?.ok_or_else(|| group_not_found(id))?;
         Ok(Group { row, members })
     }
@@ -1167,10 +1167,18 @@ fn no_check(_: &Release, _: &ServiceEnvironment) -> Result<(), SchedulerError> {
 }
 
 fn parse_id(id: &str) -> Result<Uuid, SchedulerError> {
+    parse_uuid(id, "release")
+}
+
+fn parse_group_id(id: &str) -> Result<Uuid, SchedulerError> {
+    parse_uuid(id, "release group")
+}
+
+fn parse_uuid(id: &str, what: &str) -> Result<Uuid, SchedulerError> {
     if id.is_empty() {
         return Err(SchedulerError::invalid("id", "must not be empty"));
     }
-    Uuid::parse_str(id).map_err(|_| SchedulerError::invalid("id", format!("{id:?} is not a release id (UUID)")))
+    Uuid::parse_str(id).map_err(|_| SchedulerError::invalid("id", format!("{id:?} is not a {what} id (UUID)")))
 }
 
 fn encode_token(r: &Release) -> String {

@@ -309,9 +309,18 @@ impl<E: Effects + Send + 'static> Engine<E> {
         }
         let Some(current) = self.store.config(None).await? else { return Ok(()) };
         let reason = format!("train ended: {} {} ended {}", ended.service, ended.artifact, ended.phase.as_str());
+        // The services' rows in name order, so two trains ending at once cannot wait on each
+        // other (the ended member's own service is not among them: user actions lock a service's
+        // row before its releases, and this transaction holds the ended member's).
+        let mut names: Vec<&str> = released.iter().map(|m| m.service.as_str()).collect();
+        names.sort_unstable();
+        let mut locked = std::collections::HashMap::new();
+        for name in names {
+            locked.insert(name, Store::lock_service_environment(conn, name, &ended.environment).await?);
+        }
         let mut position = releases.len() as i32;
         for member in released {
-            let se = Store::lock_service_environment(conn, &member.service, &member.environment).await?;
+            let se = &locked[member.service.as_str()];
             if let Some(why) = train::not_returnable(member, se.last_revision) {
                 tracing::info!(group = %group_id, service = %member.service, "not returned: {why}");
                 continue;
@@ -341,7 +350,7 @@ impl<E: Effects + Send + 'static> Engine<E> {
                 actor: machine::ENGINE,
                 start_now: position == releases.len() as i32,
             };
-            match creation::insert(conn, &current, &se, new, changed).await {
+            match creation::insert(conn, &current, se, new, changed).await {
                 Ok(_) => position += 1,
                 // The service has left the config since: there is no plan to return it with.
                 Err(SchedulerError::Invalid { reason, .. }) => {
