@@ -143,9 +143,6 @@ impl Group {
     }
 }
 
-/// The kind of group a release train is.
-pub const TRAIN: &str = "train";
-
 /// An error about a train's member as the caller sees it: a field of the member at `index` in
 /// the request, or a sentence naming it.
 fn member_error(e: SchedulerError, index: usize, service: &str) -> SchedulerError {
@@ -176,11 +173,11 @@ fn page_size(asked: u32) -> Result<u32, SchedulerError> {
     }
 }
 
-/// Refuses an environment the config does not have, naming the ones it has.
 fn group_not_found(id: &str) -> SchedulerError {
     SchedulerError::NotFound(format!("release group {} does not exist", hopngo_proto::check::shown(id)))
 }
 
+/// Refuses an environment the config does not have, naming the ones it has.
 fn check_environment(config: &DeliveryConfig, environment: &str) -> Result<(), SchedulerError> {
     if config.environment(environment).is_none() {
         return Err(SchedulerError::invalid(
@@ -1019,7 +1016,7 @@ impl App {
         if let Some(id) = request_id {
             let mut conn = self.store.pool().acquire().await?;
             if let Some(group) = Store::group_by_request(&mut conn, id).await? {
-                return earlier(self.group(&group.to_string()).await?);
+                return earlier(self.group(&group.to_string(), caller).await?);
             }
         }
         // Each member passes the promotion policy of its environment, as a release of it would.
@@ -1034,7 +1031,7 @@ impl App {
         let row = GroupRow {
             id: Uuid::now_v7(),
             environment: environment.to_string(),
-            kind: TRAIN.into(),
+            kind: train::TRAIN.into(),
             created_by: caller.user.clone(),
             reason: reason.to_string(),
             created_at: now,
@@ -1107,13 +1104,13 @@ impl App {
         }
         tx.commit().await?;
         self.after_commit(&changed, true);
-        self.group(id).await
+        self.group(id, caller).await
     }
 
     /// The member a group is running (or about to run); refused once the group has ended or is
     /// returning its members.
-    async fn running_member(&self, id: &str) -> Result<Release, SchedulerError> {
-        let group = self.group(id).await?;
+    async fn running_member(&self, id: &str, caller: &Caller) -> Result<Release, SchedulerError> {
+        let group = self.group(id, caller).await?;
         let status = group.status();
         if status.phase.is_terminal() {
             return Err(SchedulerError::FailedPrecondition(format!(
@@ -1131,7 +1128,7 @@ impl App {
 
     /// `RejectReleaseGroup`: rejects the approval the running member waits for.
     pub async fn reject_group(&self, id: &str, reason: &str, caller: &Caller) -> Result<Group, SchedulerError> {
-        let member = self.running_member(id).await?;
+        let member = self.running_member(id, caller).await?;
         if member.phase != Phase::AwaitingApproval {
             return Err(SchedulerError::FailedPrecondition(format!(
                 "no member of group {id} waits for an approval ({} {} is {})",
@@ -1141,20 +1138,23 @@ impl App {
             )));
         }
         self.reject(&member.id.to_string(), reason, caller).await?;
-        self.group(id).await
+        self.group(id, caller).await
     }
 
     /// `AbortReleaseGroup`: aborts the running member; the engine ends the group from there.
     pub async fn abort_group(&self, id: &str, reason: &str, caller: &Caller) -> Result<Group, SchedulerError> {
-        let member = self.running_member(id).await?;
+        let member = self.running_member(id, caller).await?;
         self.abort(&member.id.to_string(), reason, caller).await?;
-        self.group(id).await
+        self.group(id, caller).await
     }
 
-    /// `GetReleaseGroup`.
-    pub async fn group(&self, id: &str) -> Result<Group, SchedulerError> {
+    /// `GetReleaseGroup`: only for who may view every release of it.
+    pub async fn group(&self, id: &str, caller: &Caller) -> Result<Group, SchedulerError> {
         let uuid = parse_group_id(id)?;
         let (row, members) = self.store.group(uuid).await?.ok_or_else(|| group_not_found(id))?;
+        for member in &members {
+            caller.may(Permission::View, Scope::of(&member.service, &member.environment))?;
+        }
         Ok(Group { row, members })
     }
 

@@ -18,7 +18,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
 
 use crate::{
-    app::TRAIN,
     creation::{self, NewReleaseIn},
     domain::{
         effects::Effects,
@@ -272,7 +271,7 @@ impl<E: Effects + Send + 'static> Engine<E> {
         }
         let Some(group_id) = settled.group_id else { return Ok(()) };
         let Some((group, releases)) = Store::group_in(conn, group_id).await? else { return Ok(()) };
-        let what = if group.kind == TRAIN { "train" } else { "rollback" };
+        let what = if group.kind == train::TRAIN { "train" } else { "rollback" };
         let reason = format!(
             "not started: {} {} ended {} in the same {what}",
             settled.service,
@@ -285,7 +284,7 @@ impl<E: Effects + Send + 'static> Engine<E> {
             Store::save(conn, &mut next, &transitions, None).await?;
             changed.push(next.id);
         }
-        if group.kind == TRAIN {
+        if group.kind == train::TRAIN {
             self.return_members(conn, (group_id, &releases), settled, changed).await?;
         }
         Ok(())

@@ -429,10 +429,7 @@ impl ReleaseService for Api {
 
     async fn get_release_group(&self, req: Request<pb::GetReleaseGroupRequest>) -> Result<pb::GetReleaseGroupResponse> {
         let who = caller(&req)?;
-        let group = self.app.group(&req.get_ref().id).await?;
-        for member in &group.members {
-            may_view(&who, &member.service, &member.environment)?;
-        }
+        let group = self.app.group(&req.get_ref().id, &who).await?;
         Ok(Response::new(pb::GetReleaseGroupResponse { group: Some(convert::group(&group)) }))
     }
 

@@ -8,6 +8,9 @@ use super::{
     release::{Phase, Release},
 };
 
+/// The kind of group a release train is.
+pub const TRAIN: &str = "train";
+
 /// The most members one train may have.
 pub const MAX_MEMBERS: usize = 50;
 
