@@ -153,6 +153,7 @@ impl Escalator {
                 }
             }
         }
+        self.metrics.escalations_open.set(self.log.store().open_escalations().await?);
         Ok(())
     }
 

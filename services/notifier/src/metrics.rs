@@ -17,6 +17,8 @@ pub struct NotifierMetrics {
     pub delivery_seconds: HistogramVec,
     /// Escalation events by level.
     pub escalations: IntCounterVec,
+    /// Escalated conditions nobody has acknowledged.
+    pub escalations_open: IntGauge,
 }
 
 impl NotifierMetrics {
@@ -50,6 +52,11 @@ impl NotifierMetrics {
                 &["level"],
             )
             .expect("static"),
+            escalations_open: IntGauge::new(
+                "hopngo_notifier_escalations_open",
+                "Releases whose condition was escalated and nobody has acknowledged",
+            )
+            .expect("static"),
         };
         registry.register(Box::new(m.appended.clone())).expect("first registration");
         registry.register(Box::new(m.subscribers.clone())).expect("first registration");
@@ -57,6 +64,7 @@ impl NotifierMetrics {
         registry.register(Box::new(m.deliveries.clone())).expect("first registration");
         registry.register(Box::new(m.delivery_seconds.clone())).expect("first registration");
         registry.register(Box::new(m.escalations.clone())).expect("first registration");
+        registry.register(Box::new(m.escalations_open.clone())).expect("first registration");
         m
     }
 }

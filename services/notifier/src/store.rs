@@ -422,6 +422,16 @@ impl Store {
         row.as_ref().map(release_state).transpose()
     }
 
+    /// Releases whose condition has been escalated at least once and nobody has acknowledged.
+    pub async fn open_escalations(&self) -> Result<i64, NotifierError> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM releases WHERE condition IS NOT NULL AND acknowledged_at IS NULL AND levels_notified > 0",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     /// Releases with an open condition, oldest first.
     pub async fn escalations(&self, include_acknowledged: bool) -> Result<Vec<ReleaseState>, NotifierError> {
         let rows = sqlx::query(

@@ -38,10 +38,10 @@ pub async fn start_with_clock(db: &TestDb, extra: &[&str], clock: Arc<dyn Clock>
     argv.extend(
         ["--poll", "200ms", "--webhook-backoff", "50ms", "--webhook-backoff-max", "200ms"]
             .iter()
-            .chain(extra)
             .map(|s| s.to_string()),
     );
-    let args = Args::parse_from(argv);
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let args = Args::parse_from(hopngo_testkit::server::with_args(argv, &extra));
     let server = InProcess::start(|shutdown, ready| run_with_clock(args, clock, shutdown, Some(ready))).await;
     let client = NotifierServiceClient::new(channel(&server.url()));
     Running { client, addr: server.addr, server }

@@ -32,7 +32,12 @@ fn level_of(e: &hopngo_proto::events::Event) -> &str {
 async fn levels_fire_at_their_times_reach_their_channels_and_stop_on_acknowledge() {
     let db = TestDb::create().await.unwrap();
     let clock = manual_clock();
-    let n = start_with_clock(&db, &["--escalation-tick", "50ms"], clock.clone()).await;
+    let admin = hopngo_testkit::measure::free_loopback_addr();
+    let n = start_with_clock(&db, &["--escalation-tick", "50ms", "--admin-listen", &admin], clock.clone()).await;
+    let open = || async {
+        let scraped = hopngo_testkit::measure::scrape(&admin).await;
+        hopngo_testkit::measure::sample(&scraped, "hopngo_notifier_escalations_open")
+    };
     let receiver = Receiver::start().await.unwrap();
     let team_lead_only = pb::EventFilter { escalation_levels: vec!["team-lead".into()], ..Default::default() };
     n.client
@@ -75,6 +80,7 @@ async fn levels_fire_at_their_times_reach_their_channels_and_stop_on_acknowledge
     );
     let slack = receiver.until(Duration::from_secs(5), |g| !g.is_empty()).await;
     assert!(slack[0].json()["text"].as_str().unwrap().contains("escalated to *team-lead*"));
+    assert_eq!(open().await, Some(1.0), "one escalation open (the alerting rules read this)");
 
     let listed = n
         .client
@@ -114,6 +120,7 @@ async fn levels_fire_at_their_times_reach_their_channels_and_stop_on_acknowledge
     assert_eq!(again.escalation.unwrap().acknowledged_by, "bob");
     clock.advance(120 * MINUTE);
     no_events(&mut sub, Duration::from_millis(400)).await;
+    assert_eq!(open().await, Some(0.0), "acknowledged: no longer open");
     assert!(
         n.client
             .clone()

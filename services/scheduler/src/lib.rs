@@ -8,6 +8,7 @@ pub mod deps;
 pub mod domain;
 pub mod engine;
 pub mod error;
+pub mod gauges;
 pub mod grpc;
 pub mod outbox;
 pub mod refusals;

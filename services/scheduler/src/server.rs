@@ -24,6 +24,7 @@ use crate::{
     deps::{Endpoints, GrpcEffects},
     domain::machine::Settings,
     engine::{Engine, EngineMetrics},
+    gauges::ReleaseGauges,
     grpc::Api,
     outbox::Publisher,
     refusals::RefusalWriter,
@@ -83,6 +84,10 @@ pub struct Args {
     /// Use PostgreSQL LISTEN/NOTIFY to wake sooner (everything still completes without it).
     #[arg(long, env = "HOPNGO_LISTEN_NOTIFY", default_value_t = true, action = clap::ArgAction::Set)]
     pub listen_notify: bool,
+    /// How often the release gauges (releases by phase, overdue, outbox backlog) are counted
+    /// from the database.
+    #[arg(long, env = "HOPNGO_GAUGE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub gauge_interval: Duration,
     /// Delivery config to apply at start (like `hopctl config apply -f`).
     #[arg(long, env = "HOPNGO_APPLY_CONFIG")]
     pub apply_config: Option<PathBuf>,
@@ -116,6 +121,7 @@ pub async fn run_with(
         high_severity_grace,
         preflight_patience,
         listen_notify,
+        gauge_interval,
         apply_config,
     } = args;
 
@@ -150,6 +156,8 @@ pub async fn run_with(
     engine.spawn(workers, &tracker, workers_stop.clone());
     let publisher = Publisher::new(store.clone(), &notifier_url, call_timeout, security.tls.as_ref(), signals.clone())?;
     tracker.spawn(publisher.run(workers_stop.clone()));
+    let gauges = ReleaseGauges::register(&metrics.registry);
+    tracker.spawn(gauges.run(store.clone(), gauge_interval, workers_stop.clone()));
 
     let listener =
         tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;

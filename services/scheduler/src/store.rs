@@ -127,6 +127,16 @@ pub struct RevisionRow {
     pub release: Release,
 }
 
+/// What [`Store::release_counts`] counted.
+pub struct ReleaseCounts {
+    /// Releases not settled, by phase.
+    pub by_phase: Vec<(Phase, i64)>,
+    /// Of them, due long ago and not advanced.
+    pub overdue: i64,
+    /// Events not yet published.
+    pub outbox_backlog: i64,
+}
+
 /// A release group.
 pub struct GroupRow {
     /// Id.
@@ -913,6 +923,29 @@ impl Store {
         rows.into_iter()
             .map(|(rev, state, plan)| Ok(RevisionRow { revision: rev as u64, release: decode((state, plan))? }))
             .collect()
+    }
+
+    // === gauges ===
+
+    /// Releases not settled by phase, how many of them are overdue by more than `overdue_after`,
+    /// and the outbox backlog.
+    pub async fn release_counts(&self, overdue_after: std::time::Duration) -> Result<ReleaseCounts, SchedulerError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT phase, count(*), count(*) FILTER (WHERE next_wake_at < clock_timestamp() - make_interval(secs => $1)) \
+             FROM release_state WHERE NOT settled GROUP BY phase",
+        )
+        .bind(overdue_after.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let (outbox_backlog,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM release_events WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(ReleaseCounts {
+            by_phase: rows.iter().filter_map(|(p, n, _)| Some((Phase::parse(p)?, *n))).collect(),
+            overdue: rows.iter().map(|(_, _, o)| o).sum(),
+            outbox_backlog,
+        })
     }
 
     // === groups ===

@@ -580,3 +580,24 @@ async fn production_waits_out_the_soak_time() {
     assert!(err.message().contains("production needs a soak of 1h (promotable from "), "{err:?}");
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gauges_count_releases_by_phase_and_the_outbox_backlog() {
+    let admin = hopngo_testkit::measure::free_loopback_addr();
+    let h = Harness::start_with(&["--admin-listen", &admin, "--gauge-interval", "100ms"]).await;
+    let read = |series: &'static str| {
+        let admin = admin.clone();
+        async move { hopngo_testkit::measure::sample(&hopngo_testkit::measure::scrape(&admin).await, series) }
+    };
+    h.seed_stable("booking-service", "staging", "booking:1.0").await;
+    let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
+    h.wait(&r.id, 20, |r| r.phase == P::Paused as i32 && r.current_step_index == 5).await;
+    eventually(10, || async { read("hopngo_scheduler_releases{phase=\"PAUSED\"}").await == Some(1.0) }).await;
+    assert_eq!(read("hopngo_scheduler_releases{phase=\"PROGRESSING\"}").await, Some(0.0));
+    assert_eq!(read("hopngo_scheduler_releases_overdue").await, Some(0.0));
+    eventually(10, || async { read("hopngo_scheduler_outbox_backlog").await == Some(0.0) }).await;
+    h.client().promote_release(as_user(promote(&r.id, true), "alice", &[])).await.unwrap();
+    h.wait_settled(&r.id, 20).await;
+    eventually(10, || async { read("hopngo_scheduler_releases{phase=\"PAUSED\"}").await == Some(0.0) }).await;
+    h.stop().await;
+}

@@ -45,6 +45,17 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// The value of the sample written exactly `series` (name and labels as exposed) in a scrape.
+pub fn sample(scraped: &str, series: &str) -> Option<f64> {
+    scraped.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A loopback address with a port nobody listens on now (for a server's admin listener).
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener.local_addr().expect("bound").to_string()
+}
+
 /// The text of `http://ADMIN/metrics`.
 pub async fn scrape(admin: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
