@@ -38,6 +38,7 @@ ensure_prometheus() {
 ensure_python_clients() {
   local venv=target/python
   if ! "$venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health, kubernetes, kubernetes_validate, jsonschema' >/dev/null 2>&1 \
+    || ! [ -x "$venv/bin/hadolint" ] \
     || ! cmp -s tools/python-requirements.txt "$venv/requirements.txt"; then
     echo "installing the Python clients for the tests (tools/python-requirements.txt)" >&2
     python3 -m venv "$venv"

@@ -340,8 +340,8 @@ async fn run_once(
 
 /// SIGTERM, then SIGKILL after [`STOP_GRACE`].
 async fn terminate(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    if let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
             return;
         }

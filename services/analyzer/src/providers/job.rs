@@ -94,8 +94,10 @@ pub async fn measure(
         }
         Ok((_, Err(e))) => Observation::Error(format!("waiting for {program:?}: {e}")),
         Err(_) => {
-            if let Some(pid) = child.id() {
-                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status().await;
+            // The whole process group: a job's own children go too (and no `kill` program is
+            // needed in the image).
+            if let Some(pid) = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
             }
             let _ = child.kill().await;
             Observation::Value {
