@@ -95,7 +95,7 @@ pub fn release_text(r: &ReleaseView) -> String {
     for route in &r.traffic_routes {
         s.push_str(&format!("Route:       {route}\n"));
     }
-    s.push_str(&format!("Step:        {}/{}\n", r.current_step_index.min(r.steps.len() as u32), r.steps.len()));
+    s.push_str(&format!("Step:        {}\n", step_position(r)));
     s.push_str(&format!("Message:     {}\n", r.message));
     if r.phase == "SUCCEEDED" {
         let verified = if r.verified { "yes".to_string() } else { format!("no: {}", r.not_verified_because) };
@@ -198,15 +198,19 @@ pub fn progress_state(r: &ReleaseView) -> String {
 fn progress(r: &ReleaseView, what: &str) -> String {
     let step = r.steps.get(r.current_step_index as usize).map(|s| s.name.as_str()).unwrap_or("done");
     format!(
-        "{} {} rev {} {} step {}/{} ({step}) weight {}%: {what}",
+        "{} {} rev {} {} step {} ({step}) weight {}%: {what}",
         r.service,
         r.environment,
         r.revision,
         r.phase,
-        r.current_step_index.min(r.steps.len() as u32),
-        r.steps.len(),
+        step_position(r),
         r.canary_weight,
     )
+}
+
+/// Where a release is in its plan: `current/steps` (`steps/steps` once done).
+fn step_position(r: &ReleaseView) -> String {
+    format!("{}/{}", r.current_step_index.min(r.steps.len() as u32), r.steps.len())
 }
 
 /// A list of releases.
@@ -223,7 +227,7 @@ pub fn releases(out: Output, rs: &[ReleaseView]) -> anyhow::Result<()> {
             r.revision.to_string(),
             r.artifact.clone(),
             r.phase.clone(),
-            format!("{}/{}", r.current_step_index.min(r.steps.len() as u32), r.steps.len()),
+            step_position(r),
             format!("{}%", r.canary_weight),
             r.created_at.clone().unwrap_or_default(),
         ]);
@@ -292,7 +296,7 @@ pub fn group(out: Output, g: &GroupView) -> anyhow::Result<()> {
             r.revision.to_string(),
             r.artifact.clone(),
             r.phase.clone(),
-            format!("{}/{}", r.current_step_index.min(r.steps.len() as u32), r.steps.len()),
+            step_position(r),
             format!("{}%", r.canary_weight),
             after.unwrap_or_default(),
         ]);

@@ -139,7 +139,7 @@ pub struct Group {
 impl Group {
     /// What the group is doing, as a whole.
     pub fn status(&self) -> train::GroupStatus {
-        train::status(&self.members)
+        train::status(&self.row.kind, &self.members)
     }
 }
 

@@ -159,8 +159,9 @@ pub fn not_returnable(member: &Release, newest_revision: u64) -> Option<String> 
     None
 }
 
-/// A group's status from its releases in execution order (a train's returns after its members).
-pub fn status(releases: &[Release]) -> GroupStatus {
+/// A group's status from its kind and its releases in execution order (a train's returns after
+/// its members).
+pub fn status(kind: &str, releases: &[Release]) -> GroupStatus {
     let settled = releases.iter().all(|r| r.phase.is_terminal() && r.settled);
     let (members, returns): (Vec<&Release>, Vec<&Release>) = releases.iter().partition(|r| r.returns_release.is_none());
     if let Some(ended) = members.iter().find(|m| m.phase.is_terminal() && m.phase != Phase::Succeeded) {
@@ -176,6 +177,20 @@ pub fn status(releases: &[Release]) -> GroupStatus {
         if !returned.is_empty() {
             let verb = if settled { "returned" } else { "returning" };
             message.push_str(&format!("; {verb} {}", returned.join(", ")));
+        }
+        // A train's returns are all created when it ends: a released member without one stays.
+        if kind == TRAIN {
+            let kept: Vec<String> = members
+                .iter()
+                .filter(|m| m.phase == Phase::Succeeded && !returns.iter().any(|r| r.returns_release == Some(m.id)))
+                .map(|m| {
+                    let why = if m.stable_artifact.is_none() { "no previous version" } else { "replaced since" };
+                    format!("{} ({why})", m.service)
+                })
+                .collect();
+            if !kept.is_empty() {
+                message.push_str(&format!("; not returned: {}", kept.join(", ")));
+            }
         }
         return GroupStatus { phase: Phase::Aborted, settled, message };
     }
@@ -321,24 +336,24 @@ services:
     fn a_group_is_what_its_running_member_is_and_aborted_as_soon_as_one_ends_otherwise() {
         let auth = |p, s| member("auth-service", "2.1.0", p, s);
         let booking = |p, s| member("booking-service", "1.4.0", p, s);
-        let s = status(&[auth(Phase::Pending, false), booking(Phase::Pending, false)]);
+        let s = status(TRAIN, &[auth(Phase::Pending, false), booking(Phase::Pending, false)]);
         assert_eq!((s.phase, s.settled), (Phase::Pending, false));
-        let s = status(&[auth(Phase::AwaitingApproval, false), booking(Phase::Pending, false)]);
+        let s = status(TRAIN, &[auth(Phase::AwaitingApproval, false), booking(Phase::Pending, false)]);
         assert_eq!(s.phase, Phase::AwaitingApproval);
         assert_eq!(s.message, "1/2: auth-service 2.1.0: auth-service is AWAITING_APPROVAL");
-        let s = status(&[auth(Phase::Succeeded, true), booking(Phase::Pending, false)]);
+        let s = status(TRAIN, &[auth(Phase::Succeeded, true), booking(Phase::Pending, false)]);
         assert_eq!(
             (s.phase, s.message.as_str()),
             (Phase::Progressing, "2/2: booking-service 1.4.0: booking-service is PENDING")
         );
-        let s = status(&[auth(Phase::Succeeded, true), booking(Phase::Paused, false)]);
+        let s = status(TRAIN, &[auth(Phase::Succeeded, true), booking(Phase::Paused, false)]);
         assert_eq!(s.phase, Phase::Paused);
         // booking fails: the train is aborted at once, and settled only once auth is back.
         let released = auth(Phase::Succeeded, true);
         let mut back = member("auth-service", "2.0.0", Phase::Progressing, false);
         back.returns_release = Some(released.id);
         let failed = booking(Phase::Aborted, true);
-        let s = status(&[released.clone(), failed.clone(), back.clone()]);
+        let s = status(TRAIN, &[released.clone(), failed.clone(), back.clone()]);
         assert_eq!((s.phase, s.settled), (Phase::Aborted, false));
         assert_eq!(
             s.message,
@@ -346,11 +361,18 @@ services:
         );
         back.phase = Phase::Succeeded;
         back.settled = true;
-        let s = status(&[released, failed, back]);
+        let s = status(TRAIN, &[released, failed, back]);
         assert_eq!((s.phase, s.settled), (Phase::Aborted, true));
         assert!(s.message.ends_with("; returned auth-service to 2.0.0 (SUCCEEDED)"), "{}", s.message);
-        let s = status(&[auth(Phase::Succeeded, true), booking(Phase::Succeeded, true)]);
+        let s = status(TRAIN, &[auth(Phase::Succeeded, true), booking(Phase::Succeeded, true)]);
         assert_eq!((s.phase, s.settled, s.message.as_str()), (Phase::Succeeded, true, "all 2 released"));
+        // A released member that could not be returned is named; a rollback has no returns.
+        let mut first = auth(Phase::Succeeded, true);
+        first.stable_artifact = None;
+        let s = status(TRAIN, &[first.clone(), booking(Phase::Aborted, true)]);
+        assert!(s.message.ends_with("; not returned: auth-service (no previous version)"), "{}", s.message);
+        let s = status("rollback-environment", &[first, booking(Phase::Aborted, true)]);
+        assert!(!s.message.contains("not returned"), "{}", s.message);
     }
 
     #[test]

@@ -158,6 +158,29 @@ pub struct Decider<'a> {
     pub subject: &'a str,
 }
 
+impl Decider<'_> {
+    /// This person's decision on the step at `step_index` of `attempt`.
+    fn decision(
+        &self,
+        approved: bool,
+        reason: &str,
+        at: OffsetDateTime,
+        step_index: usize,
+        attempt: u32,
+    ) -> ApprovalRecord {
+        ApprovalRecord {
+            user: self.user.to_string(),
+            issuer: self.issuer.to_string(),
+            subject: self.subject.to_string(),
+            approved,
+            reason: reason.to_string(),
+            at,
+            step_index,
+            attempt,
+        }
+    }
+}
+
 fn current_approval(r: &Release) -> Result<ApprovalSpec, ActionError> {
     if r.phase != Phase::AwaitingApproval {
         return Err(ActionError::NotNow(format!("the release is {}, not waiting for approval", r.phase.as_str())));
@@ -189,12 +212,14 @@ fn check_four_eyes(r: &Release, policy: &ApprovalSpec, who: &Decider<'_>) -> Res
     Ok(())
 }
 
+/// Whether `who` has approved or rejected the step at `index` in the release's current attempt.
+fn has_decided(r: &Release, who: &Decider<'_>, index: usize) -> bool {
+    r.approvals.iter().any(|a| same_name(&a.user, who.user) && a.step_index == index && a.attempt == r.attempt)
+}
+
 fn check_decider(r: &Release, policy: &ApprovalSpec, who: &Decider<'_>, verb: &str) -> Result<(), ActionError> {
     check_roles(policy, who, verb)?;
-    if r.approvals
-        .iter()
-        .any(|a| same_name(&a.user, who.user) && a.step_index == r.step_index && a.attempt == r.attempt)
-    {
+    if has_decided(r, who, r.step_index) {
         return Err(ActionError::NotNow(format!("{} has already decided on this approval", who.user)));
     }
     Ok(())
@@ -210,16 +235,8 @@ pub fn approve(
     let policy = current_approval(r)?;
     check_decider(r, &policy, who, "approve")?;
     check_four_eyes(r, &policy, who)?;
-    r.approvals.push(ApprovalRecord {
-        user: who.user.to_string(),
-        issuer: who.issuer.to_string(),
-        subject: who.subject.to_string(),
-        approved: true,
-        reason: reason.to_string(),
-        at: now,
-        step_index: r.step_index,
-        attempt: r.attempt,
-    });
+    let decision = who.decision(true, reason, now, r.step_index, r.attempt);
+    r.approvals.push(decision);
     let mut out = Vec::new();
     let count = r.approvals_for_current_step().count() as u32;
     let from = r.phase;
@@ -266,9 +283,7 @@ pub fn approve_ahead(
     let mut ahead = Vec::new();
     for (index, step) in r.plan.steps.iter().enumerate().skip(first_ahead) {
         let StepAction::Approval { policy } = &step.action else { continue };
-        let decided =
-            r.approvals.iter().any(|a| same_name(&a.user, who.user) && a.step_index == index && a.attempt == r.attempt);
-        if decided {
+        if has_decided(r, who, index) {
             continue;
         }
         check_roles(policy, who, "approve")?;
@@ -277,21 +292,14 @@ pub fn approve_ahead(
     }
     let mut out = Vec::new();
     let mut decided = 0;
-    if waiting {
+    // Someone who already decided the open gate (ApproveRelease) approves only what is ahead.
+    if waiting && !has_decided(r, who, r.step_index) {
         out = approve(r, who, reason, now)?;
         decided += 1;
     }
     for index in ahead {
-        r.approvals.push(ApprovalRecord {
-            user: who.user.to_string(),
-            issuer: who.issuer.to_string(),
-            subject: who.subject.to_string(),
-            approved: true,
-            reason: reason.to_string(),
-            at: now,
-            step_index: index,
-            attempt: r.attempt,
-        });
+        let decision = who.decision(true, reason, now, index, r.attempt);
+        r.approvals.push(decision);
         let from = r.phase;
         let step = r.plan.steps[index].name.clone();
         record(
@@ -319,16 +327,8 @@ pub fn reject(
     }
     let policy = current_approval(r)?;
     check_decider(r, &policy, who, "reject")?;
-    r.approvals.push(ApprovalRecord {
-        user: who.user.to_string(),
-        issuer: who.issuer.to_string(),
-        subject: who.subject.to_string(),
-        approved: false,
-        reason: reason.to_string(),
-        at: now,
-        step_index: r.step_index,
-        attempt: r.attempt,
-    });
+    let decision = who.decision(false, reason, now, r.step_index, r.attempt);
+    r.approvals.push(decision);
     r.reason = reason.to_string();
     let mut out = Vec::new();
     let from = r.phase;

@@ -559,6 +559,9 @@ async fn a_group_approval_decides_the_gate_waiting_now_and_the_ones_ahead() {
     assert_eq!(now.phase, Phase::AwaitingApproval);
     let (t, n) = approve_ahead(&mut now, &bob, "ok", at(1)).unwrap();
     assert_eq!((n, t[0].kind), (1, TransitionKind::ApprovalRecorded));
+    // Having decided the open gate, bob's group approval has nothing more to decide here.
+    let (t, n) = approve_ahead(&mut now, &bob, "again", at(1)).unwrap();
+    assert_eq!((t.len(), n), (0, 0));
     let (t, _) = approve_ahead(&mut now, &dave, "ok", at(2)).unwrap();
     assert_eq!(
         t.iter().map(|t| t.kind).collect::<Vec<_>>(),
