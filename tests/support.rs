@@ -66,11 +66,27 @@ impl Proc {
         Proc::start_with_stderr(bin, args, &[], Stdio::from(file)).await
     }
 
+    /// Starts a deployer replica that another one leads, and waits for its `standby grpc=…
+    /// admin=…` line (its `listening` line comes once it leads).
+    pub async fn start_standby(bin: &Path, args: &[String]) -> anyhow::Result<Proc> {
+        Proc::start_until(bin, args, &[], Stdio::inherit(), " standby grpc=").await
+    }
+
     async fn start_with_stderr(
         bin: &Path,
         args: &[String],
         envs: &[(&str, &str)],
         stderr: Stdio,
+    ) -> anyhow::Result<Proc> {
+        Proc::start_until(bin, args, envs, stderr, " listening grpc=").await
+    }
+
+    async fn start_until(
+        bin: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+        stderr: Stdio,
+        marker: &str,
     ) -> anyhow::Result<Proc> {
         let mut args = args.to_vec();
         let service = bin.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("hopngo-"));
@@ -92,15 +108,15 @@ impl Proc {
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
-                if line.contains(" listening grpc=") {
+                if line.contains(marker) {
                     return Ok::<_, std::io::Error>(Some(line));
                 }
             }
             Ok(None)
         })
         .await
-        .context("waiting for the listening line")??
-        .context("process exited before listening")?;
+        .with_context(|| format!("waiting for the line with {marker:?}"))??
+        .with_context(|| format!("process exited before printing {marker:?}"))?;
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let field = |key: &str| {
@@ -276,7 +292,7 @@ impl Stack {
         let mut attempt = 1;
         loop {
             match Stack::try_start(database_url, config, &options).await {
-                Err(e) if attempt < 3 && e.to_string().contains("exited before listening") => attempt += 1,
+                Err(e) if attempt < 3 && e.to_string().contains("exited before printing") => attempt += 1,
                 result => return result,
             }
         }

@@ -21,8 +21,6 @@ use crate::{
     store::{self, Store, StoredRun},
 };
 
-/// Slack added to the longest provider timeout for a round's lease.
-const LEASE_SLACK_SECS: u64 = 15;
 /// How often a watcher looks at its run when no change was announced (changes made by another
 /// replica).
 const WATCH_POLL: Duration = Duration::from_secs(1);
@@ -33,12 +31,14 @@ const MAX_PAGE: u32 = 500;
 pub struct Analyzer {
     store: Store,
     engine: Arc<Engine>,
+    /// Added to a run's longest provider timeout for its rounds' lease.
+    lease_slack: Duration,
 }
 
 impl Analyzer {
     /// The service over `store`, measured by `engine`.
-    pub fn new(store: Store, engine: Arc<Engine>) -> Analyzer {
-        Analyzer { store, engine }
+    pub fn new(store: Store, engine: Arc<Engine>, lease_slack: Duration) -> Analyzer {
+        Analyzer { store, engine, lease_slack }
     }
 }
 
@@ -86,7 +86,7 @@ impl AnalyzerService for Analyzer {
             started_at: now,
             completed_at: None,
             next_due_at: first_due,
-            lease_secs: (longest.as_secs() + LEASE_SLACK_SECS).min(i32::MAX as u64) as i32,
+            lease_secs: (longest + self.lease_slack).as_secs().max(1).min(i32::MAX as u64) as i32,
             version: 0,
         };
         let (stored, created) = self.store.insert(&run).await?;

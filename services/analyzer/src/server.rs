@@ -50,6 +50,11 @@ pub struct Args {
     /// and verify steps declare). Read again when it changes. Without it nothing is measured.
     #[arg(long, env = "HOPNGO_DELIVERY_CONFIG")]
     pub delivery_config: Option<PathBuf>,
+    /// A round of measurements stays with the replica measuring it for the run's longest
+    /// provider timeout plus this; a replica that dies mid-round hands the run over then (runs
+    /// between rounds are taken by any replica at once).
+    #[arg(long, env = "HOPNGO_ANALYZER_LEASE_SLACK", default_value = "15s", value_parser = hopngo_kit::args::parse_duration)]
+    pub lease_slack: std::time::Duration,
 }
 
 /// Runs the analyzer until `shutdown`; sends the bound gRPC address to `ready`. Prints
@@ -59,7 +64,7 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    let Args { listen, telemetry: _, security, database, db_connections, delivery_config } = args;
+    let Args { listen, telemetry: _, security, database, db_connections, delivery_config, lease_slack } = args;
     let security = security.load().map_err(anyhow::Error::msg)?;
     let policy = PolicySource::open(delivery_config).map_err(|e| anyhow::anyhow!("--delivery-config: {e}"))?;
     let (url, cluster) = database.resolve().await?;
@@ -83,9 +88,9 @@ pub async fn run(
     if let Some(ready) = ready {
         let _ = ready.send(grpc_addr);
     }
-    let served = GrpcServer::new(listen.drain_timeout)
+    let served = GrpcServer::for_listen(&listen)
         .secure(&security)
-        .add_service(AnalyzerServiceServer::new(Analyzer::new(store.clone(), Arc::clone(&engine))))
+        .add_service(AnalyzerServiceServer::new(Analyzer::new(store.clone(), Arc::clone(&engine), lease_slack)))
         .serve(listener, metrics, shutdown)
         .await;
     engine_stop.cancel();

@@ -178,6 +178,11 @@ pub trait Backend: Send + Sync {
     fn preflight(&self, service: &str, environment: &str) -> impl Future<Output = Vec<(String, bool, String)>> + Send;
     /// What applying `target` would write, as YAML, without writing.
     fn render(&self, target: &Target) -> Result<String, BackendError>;
+    /// Stops what the backend runs by itself (the local backend's replicas); a cluster's objects
+    /// stay as they are.
+    fn stop(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
     /// Acts on the service's Argo Rollout (Argo mode only).
     fn control(
         &self,

@@ -24,6 +24,10 @@ pub enum DeployerError {
     /// The backend refused the target or cannot act now.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// This replica stands by while another leads (retry: the leader, or this replica once it
+    /// takes over, answers).
+    #[error("this deployer replica is on standby; another replica leads")]
+    Standby,
     /// The deployer's database failed: UNAVAILABLE when it cannot be reached (the scheduler
     /// retries), INTERNAL otherwise.
     #[error("database: {0}")]
@@ -41,6 +45,7 @@ impl DeployerError {
         match self {
             DeployerError::Invalid { .. } | DeployerError::Backend(BackendError::Invalid { .. }) => "invalid",
             DeployerError::NotFound(_) => "not-found",
+            DeployerError::Standby => "standby",
             DeployerError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
             DeployerError::Database(e) => database_label(e),
         }
@@ -56,6 +61,7 @@ impl From<DeployerError> for tonic::Status {
                 ApiError::InvalidArgument { field, reason }
             }
             DeployerError::NotFound(m) => ApiError::NotFound(m),
+            DeployerError::Standby => ApiError::Unavailable(DeployerError::Standby.to_string()),
             DeployerError::Backend(BackendError::Unavailable(m)) => ApiError::Unavailable(m),
             DeployerError::Database(e) => database_error("the deployer's database", &e),
         }

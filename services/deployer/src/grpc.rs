@@ -1,7 +1,10 @@
 //! `hopngo.deployer.v1.DeployerService` over a [`Backend`]: validates desired states (errors name
 //! the field), records them with their idempotency key, and reports the observed state.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use hopngo_proto::deployer::{self as pb, deployer_service_server::DeployerService};
 use tonic::{Request, Response, Status};
@@ -18,14 +21,26 @@ pub const MAX_REPLICAS: u32 = 100;
 
 /// The service.
 pub struct Deployer<B> {
-    backend: Arc<B>,
+    backend: Arc<OnceLock<Arc<B>>>,
     store: Store,
 }
 
 impl<B: Backend + 'static> Deployer<B> {
     /// A deployer over `backend`, recording desired states in `store`.
     pub fn new(backend: Arc<B>, store: Store) -> Deployer<B> {
-        Deployer { backend, store }
+        Deployer { backend: Arc::new(OnceLock::from(backend)), store }
+    }
+
+    /// A replica standing by: every call is UNAVAILABLE until the backend is given to the
+    /// returned cell (once this replica leads and has restored the stored desired states).
+    pub fn standby(store: Store) -> (Deployer<B>, Arc<OnceLock<Arc<B>>>) {
+        let cell = Arc::new(OnceLock::new());
+        (Deployer { backend: Arc::clone(&cell), store }, cell)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn backend(&self) -> Result<&B, Status> {
+        self.backend.get().map(|b| b.as_ref()).ok_or_else(|| DeployerError::Standby.into())
     }
 }
 
@@ -216,14 +231,15 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         &self,
         req: Request<pb::ApplyTargetRequest>,
     ) -> Result<Response<pb::ApplyTargetResponse>, Status> {
+        let backend = self.backend()?;
         let r = req.into_inner();
         let target = target(r.target)?;
         // Refused before anything is recorded.
-        self.backend.check(&target).map_err(DeployerError::from)?;
+        backend.check(&target).map_err(DeployerError::from)?;
         let changed = self.store.put(&target, &r.idempotency_key).await.map_err(DeployerError::from)?;
-        self.backend.apply(&target).await.map_err(DeployerError::from)?;
+        backend.apply(&target).await.map_err(DeployerError::from)?;
         if let Some(addr) =
-            self.backend.address(&target.service, &target.environment).await.and_then(|a| a.parse::<SocketAddr>().ok())
+            backend.address(&target.service, &target.environment).await.and_then(|a| a.parse::<SocketAddr>().ok())
         {
             // A socket address (the local proxy's) survives restarts, so clients and metrics keep
             // pointing at it; a Kubernetes Service's name is stable by itself.
@@ -232,9 +248,9 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
                 .await
                 .map_err(DeployerError::from)?;
         }
-        let observed = self.backend.status(&target.service, &target.environment).await;
+        let observed = backend.status(&target.service, &target.environment).await;
         let key = self.store.key(&target.service, &target.environment).await.map_err(DeployerError::from)?;
-        let address = self.backend.address(&target.service, &target.environment).await;
+        let address = backend.address(&target.service, &target.environment).await;
         Ok(Response::new(pb::ApplyTargetResponse {
             changed,
             status: Some(status(&target.service, &target.environment, observed, key, address)),
@@ -245,6 +261,7 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         &self,
         req: Request<pb::GetTargetStatusRequest>,
     ) -> Result<Response<pb::GetTargetStatusResponse>, Status> {
+        let backend = self.backend()?;
         let r = req.into_inner();
         if r.service.is_empty() {
             return Err(invalid("service", "must not be empty"));
@@ -252,14 +269,14 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         if r.environment.is_empty() {
             return Err(invalid("environment", "must not be empty"));
         }
-        let observed = self.backend.status(&r.service, &r.environment).await;
+        let observed = backend.status(&r.service, &r.environment).await;
         let Some(observed) = observed else {
             return Err(
                 DeployerError::NotFound(format!("no desired state for {} in {}", r.service, r.environment)).into()
             );
         };
         let key = self.store.key(&r.service, &r.environment).await.map_err(DeployerError::from)?;
-        let address = self.backend.address(&r.service, &r.environment).await;
+        let address = backend.address(&r.service, &r.environment).await;
         Ok(Response::new(pb::GetTargetStatusResponse {
             status: Some(status(&r.service, &r.environment, Some(observed), key, address)),
         }))
@@ -269,8 +286,9 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         &self,
         req: Request<pb::RenderTargetRequest>,
     ) -> Result<Response<pb::RenderTargetResponse>, Status> {
+        let backend = self.backend()?;
         let target = target(req.into_inner().target)?;
-        let yaml = self.backend.render(&target).map_err(DeployerError::from)?;
+        let yaml = backend.render(&target).map_err(DeployerError::from)?;
         Ok(Response::new(pb::RenderTargetResponse { yaml }))
     }
 
@@ -278,23 +296,25 @@ impl<B: Backend + 'static> DeployerService for Deployer<B> {
         &self,
         req: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::ControlRolloutResponse>, Status> {
+        let backend = self.backend()?;
         let r = req.into_inner();
         let action = rollout_action(r.action, r.to_revision)?;
-        self.backend.check_names(&r.service, &r.environment).map_err(names_error)?;
-        self.backend.control(&r.service, &r.environment, action).await.map_err(DeployerError::from)?;
-        let observed = self.backend.status(&r.service, &r.environment).await;
+        backend.check_names(&r.service, &r.environment).map_err(names_error)?;
+        backend.control(&r.service, &r.environment, action).await.map_err(DeployerError::from)?;
+        let observed = backend.status(&r.service, &r.environment).await;
         let key = self.store.key(&r.service, &r.environment).await.map_err(DeployerError::from)?;
-        let address = self.backend.address(&r.service, &r.environment).await;
+        let address = backend.address(&r.service, &r.environment).await;
         Ok(Response::new(pb::ControlRolloutResponse {
             status: Some(status(&r.service, &r.environment, observed, key, address)),
         }))
     }
 
     async fn preflight(&self, req: Request<pb::PreflightRequest>) -> Result<Response<pb::PreflightResponse>, Status> {
+        let backend = self.backend()?;
         let r = req.into_inner();
         // The same names as a target's (field names as in ApplyTarget, without `target.`).
-        self.backend.check_names(&r.service, &r.environment).map_err(names_error)?;
-        let checks = self.backend.preflight(&r.service, &r.environment).await;
+        backend.check_names(&r.service, &r.environment).map_err(names_error)?;
+        let checks = backend.preflight(&r.service, &r.environment).await;
         Ok(Response::new(pb::PreflightResponse {
             ok: checks.iter().all(|(_, ok, _)| *ok),
             checks: checks.into_iter().map(|(name, ok, message)| pb::PreflightCheck { name, ok, message }).collect(),

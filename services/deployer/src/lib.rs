@@ -6,6 +6,7 @@
 //! - [`proxy`]: the weighted reverse proxy in front of a service's tracks, with per-track request
 //!   metrics;
 //! - [`supervisor`]: runs replica sets as child processes, probes readiness, restarts crashes;
+//! - [`leader`]: which replica converges (a database lock locally, a Lease on Kubernetes);
 //! - [`smoke`]: smoke tests against one track of a service behind its proxy (`hopngo-smoke`).
 
 pub mod backend;
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod error;
 pub mod grpc;
 pub mod kubernetes;
+pub mod leader;
 pub mod local;
 pub mod proxy;
 pub mod server;

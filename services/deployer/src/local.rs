@@ -207,6 +207,10 @@ fn route(target: &Target, rules: &Arc<RouteRules>, tracks: BTreeMap<Track, Vec<S
 }
 
 impl Backend for LocalBackend {
+    async fn stop(&self) {
+        self.shutdown().await;
+    }
+
     fn render(&self, target: &Target) -> Result<String, BackendError> {
         Err(BackendError::Invalid {
             field: "target".into(),

@@ -18,7 +18,13 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    backend::Backend, grpc::Deployer, kubernetes::KubeBackend, local::LocalBackend, proxy::ProxyMetrics, store::Store,
+    backend::Backend,
+    grpc::Deployer,
+    kubernetes::KubeBackend,
+    leader::{Election, LeaderArgs},
+    local::LocalBackend,
+    proxy::ProxyMetrics,
+    store::Store,
 };
 
 /// Deployer settings; every flag also reads an environment variable.
@@ -58,6 +64,9 @@ pub struct Args {
     /// on BASE + i × environments + j (default: any free port).
     #[arg(long, env = "HOPNGO_DEPLOYER_PROXY_PORT_BASE")]
     pub proxy_port_base: Option<u16>,
+    /// Leader election among replicas.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
 }
 
 /// `hopngo-deployer render`: what a release would write to the cluster, without writing.
@@ -124,8 +133,11 @@ pub enum BackendKind {
     Kubernetes,
 }
 
-/// Runs the deployer until `shutdown`; sends the bound gRPC address to `ready`. Prints
-/// `hopngo-deployer listening grpc=ADDR admin=ADDR` once serving.
+/// Runs the deployer until `shutdown`. It serves at once, on standby (prints
+/// `hopngo-deployer standby grpc=ADDR admin=ADDR`), until it leads; then it converges the stored
+/// desired states, serves the API, prints `hopngo-deployer listening grpc=ADDR admin=ADDR` and
+/// sends the gRPC address to `ready`. A leader that loses its lock or Lease stops (an error: the
+/// process exits, and its supervisor starts it again as a standby).
 pub async fn run(
     args: Args,
     shutdown: CancellationToken,
@@ -141,7 +153,9 @@ pub async fn run(
         kubeconfig,
         log_dir,
         proxy_port_base,
+        leader,
     } = args;
+    leader.check().map_err(anyhow::Error::msg)?;
     let security = security.load().map_err(anyhow::Error::msg)?;
     let config = load_config(&delivery_config)?;
     let (url, cluster) = database.resolve().await?;
@@ -149,46 +163,48 @@ pub async fn run(
 
     let metrics = Metrics::new();
     let backend_stop = CancellationToken::new();
+    let replica = Replica::new(listen, security, metrics.clone(), leader, shutdown, ready)?;
     let served = match backend {
         BackendKind::Local => {
-            let backend = LocalBackend::new(
-                config,
-                proxy_port_base,
-                log_dir,
-                ProxyMetrics::new(&metrics.registry),
-                backend_stop.clone(),
-            )?;
-            // Converge what was desired before a restart, on the same proxy addresses.
-            for stored in store.targets().await? {
-                let t = &stored.target;
-                if let Some(port) = stored.proxy_port
-                    && let Err(err) =
-                        backend.bind_proxy(&t.service, &t.environment, SocketAddr::from(([127, 0, 0, 1], port))).await
-                {
-                    tracing::warn!(%err, port, service = %t.service, "the previous proxy port is taken; using another");
-                }
-                restore(backend.as_ref(), t).await;
-            }
-            let served = serve(
-                Arc::clone(&backend),
-                store.clone(),
-                (listen, &security),
-                metrics,
-                &backend_stop,
-                shutdown,
-                ready,
-            )
-            .await;
-            backend.shutdown().await;
-            served
+            let election = Election::Database(store.pool().clone());
+            let (stop, stored) = (backend_stop.clone(), store.clone());
+            replica
+                .run(election, store.clone(), &backend_stop, || async move {
+                    let backend =
+                        LocalBackend::new(config, proxy_port_base, log_dir, ProxyMetrics::new(&metrics.registry), stop)?;
+                    // Converge what was desired before a restart (or before the previous leader
+                    // died), on the same proxy addresses.
+                    for stored in stored.targets().await? {
+                        let t = &stored.target;
+                        if let Some(port) = stored.proxy_port
+                            && let Err(err) = backend
+                                .bind_proxy(&t.service, &t.environment, SocketAddr::from(([127, 0, 0, 1], port)))
+                                .await
+                        {
+                            tracing::warn!(%err, port, service = %t.service, "the previous proxy port is taken; using another");
+                        }
+                        restore(backend.as_ref(), t).await;
+                    }
+                    Ok(backend)
+                })
+                .await
         }
         BackendKind::Kubernetes => {
-            let backend = KubeBackend::connect(config, kubeconfig, &metrics.registry, backend_stop.clone()).await?;
-            // Re-read the cluster: what is already in force is not written again.
-            for stored in store.targets().await? {
-                restore(backend.as_ref(), &stored.target).await;
-            }
-            serve(backend, store.clone(), (listen, &security), metrics, &backend_stop, shutdown, ready).await
+            let client = crate::kubernetes::client(kubeconfig).await?;
+            let namespace = replica.leader.lease_namespace.clone();
+            let namespace = namespace.as_deref().unwrap_or(client.default_namespace());
+            let election = Election::Lease(Box::new(kube::Api::namespaced(client.clone(), namespace)));
+            let (stop, stored) = (backend_stop.clone(), store.clone());
+            replica
+                .run(election, store.clone(), &backend_stop, || async move {
+                    let backend = KubeBackend::with_client(config, client, &metrics.registry, stop).await?;
+                    // Re-read the cluster: what is already in force is not written again.
+                    for stored in stored.targets().await? {
+                        restore(backend.as_ref(), &stored.target).await;
+                    }
+                    Ok(backend)
+                })
+                .await
         }
     };
     backend_stop.cancel();
@@ -203,33 +219,108 @@ async fn restore(backend: &impl Backend, t: &crate::backend::Target) {
     }
 }
 
-/// Serves the gRPC API (and the admin endpoints) over `backend` until `shutdown`.
-async fn serve<B: Backend + 'static>(
-    backend: Arc<B>,
-    store: Store,
-    (listen, security): (ListenArgs, &Security),
+/// One deployer process: its server, and its place in the election.
+struct Replica {
+    listener: tokio::net::TcpListener,
+    listen: ListenArgs,
+    security: Security,
     metrics: Metrics,
-    backend_stop: &CancellationToken,
+    leader: LeaderArgs,
+    leading: prometheus::IntGauge,
     shutdown: CancellationToken,
     ready: Option<oneshot::Sender<SocketAddr>>,
-) -> anyhow::Result<()> {
-    let listener =
-        tokio::net::TcpListener::bind(listen.listen).await.with_context(|| format!("binding {}", listen.listen))?;
-    let grpc_addr = listener.local_addr()?;
-    let admin_addr = match listen.admin_addr()? {
-        Some(addr) => Some(admin::spawn(addr, metrics.clone(), backend_stop.clone()).await?),
-        None => None,
-    };
-    println!(
-        "hopngo-deployer listening grpc={grpc_addr} admin={}",
-        admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
-    );
-    if let Some(ready) = ready {
-        let _ = ready.send(grpc_addr);
+}
+
+impl Replica {
+    fn new(
+        listen: ListenArgs,
+        security: Security,
+        metrics: Metrics,
+        leader: LeaderArgs,
+        shutdown: CancellationToken,
+        ready: Option<oneshot::Sender<SocketAddr>>,
+    ) -> anyhow::Result<Replica> {
+        let listener =
+            std::net::TcpListener::bind(listen.listen).with_context(|| format!("binding {}", listen.listen))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let leading = prometheus::IntGauge::new(
+            "hopngo_deployer_leader",
+            "1 while this replica leads (converges and serves the API), 0 on standby",
+        )?;
+        metrics.registry.register(Box::new(leading.clone()))?;
+        Ok(Replica { listener, listen, security, metrics, leader, leading, shutdown, ready })
     }
-    GrpcServer::new(listen.drain_timeout)
-        .secure(security)
-        .add_service(DeployerServiceServer::new(Deployer::new(backend, store)))
-        .serve(listener, metrics, shutdown)
-        .await
+
+    /// Serves on standby, leads once elected (`start` builds the backend and restores the stored
+    /// desired states), and ends at shutdown or when leadership is lost.
+    async fn run<B, F, Fut>(
+        self,
+        election: Election,
+        store: Store,
+        backend_stop: &CancellationToken,
+        start: F,
+    ) -> anyhow::Result<()>
+    where
+        B: Backend + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = anyhow::Result<Arc<B>>>,
+    {
+        let Replica { listener, listen, security, metrics, leader, leading, shutdown, ready } = self;
+        let grpc_addr = listener.local_addr()?;
+        let admin_addr = match listen.admin_addr()? {
+            Some(addr) => Some(admin::spawn(addr, metrics.clone(), backend_stop.clone()).await?),
+            None => None,
+        };
+        let addresses =
+            format!("grpc={grpc_addr} admin={}", admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()));
+        println!("hopngo-deployer standby {addresses} identity={}", leader.identity());
+        let (deployer, cell) = Deployer::<B>::standby(store);
+        let (gate, gated) = tokio::sync::watch::channel(false);
+        let server = GrpcServer::for_listen(&listen)
+            .secure(&security)
+            .serving_when(gated)
+            .add_service(DeployerServiceServer::new(deployer))
+            .serve(listener, metrics, shutdown.clone());
+        let lead = async {
+            let Some(leadership) = election.lead(&leader, &shutdown).await else { return Ok(None) };
+            let backend = match start().await {
+                Ok(backend) => backend,
+                Err(err) => {
+                    leadership.release().await;
+                    shutdown.cancel();
+                    return Err(err);
+                }
+            };
+            let _ = cell.set(Arc::clone(&backend));
+            let _ = gate.send(true);
+            leading.set(1);
+            println!("hopngo-deployer listening {addresses}");
+            if let Some(ready) = ready {
+                let _ = ready.send(grpc_addr);
+            }
+            let lost = tokio::select! {
+                _ = shutdown.cancelled() => false,
+                _ = leadership.lost().cancelled() => true,
+            };
+            if lost {
+                // Whoever leads now converges; this replica stops serving and ends.
+                let _ = gate.send(false);
+                leading.set(0);
+                shutdown.cancel();
+            }
+            Ok(Some((backend, leadership, lost)))
+        };
+        let (served, led) = tokio::join!(server, lead);
+        let led = led?;
+        if let Some((backend, leadership, lost)) = led {
+            // Replicas stop before the lock is given up, so the next leader finds the proxy ports free.
+            backend.stop().await;
+            leadership.release().await;
+            if lost {
+                anyhow::bail!("lost leadership: another deployer replica may be converging");
+            }
+        }
+        served
+    }
 }

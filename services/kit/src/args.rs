@@ -14,6 +14,11 @@ pub struct ListenArgs {
     /// How long in-flight RPCs and streams may take to finish after a shutdown signal.
     #[arg(long = "drain-timeout", env = "HOPNGO_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// After a shutdown signal, keep accepting calls this long while health says NOT_SERVING,
+    /// so load balancers (a Kubernetes Service's endpoints) stop sending new connections before
+    /// the listener closes; then drain. 0 closes at once.
+    #[arg(long = "shutdown-delay", env = "HOPNGO_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_delay: std::time::Duration,
 }
 
 impl ListenArgs {

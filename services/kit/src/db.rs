@@ -56,3 +56,38 @@ pub async fn connect_migrated(
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
 }
+
+/// A session-level advisory lock held on one pooled connection: whoever holds it is the one
+/// replica doing a job (publishing the outbox, delivering webhooks, converging deployments).
+/// PostgreSQL frees it when the connection ends, so a replica that dies hands over at once.
+///
+/// The connection never goes back to the pool: a session lock left on a pooled connection would
+/// outlive this holder, and the next attempt, on another connection, could never take it again.
+pub struct SessionLock {
+    conn: sqlx::pool::PoolConnection<sqlx::Postgres>,
+}
+
+impl SessionLock {
+    /// Takes the lock `key` if no other session holds it.
+    pub async fn try_take(pool: &PgPool, key: i64) -> Result<Option<SessionLock>, sqlx::Error> {
+        let mut conn = pool.acquire().await?;
+        conn.close_on_drop();
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+        Ok(held.then_some(SessionLock { conn }))
+    }
+
+    /// Fails once the connection, and so the lock, may be gone: another replica may hold it now.
+    pub async fn check(&mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&mut *self.conn).await.map(drop)
+    }
+
+    /// The connection holding the lock, for work that must stop when the lock is lost.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    /// Gives the lock up now (closing its connection) rather than when it is dropped.
+    pub async fn release(self) {
+        let _ = self.conn.close().await;
+    }
+}

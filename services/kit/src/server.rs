@@ -50,6 +50,8 @@ pub struct GrpcServer {
     tls: Option<Tls>,
     refusals: Option<Arc<dyn RefusalLog>>,
     limits: Limits,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
+    shutdown_delay: Duration,
 }
 
 impl GrpcServer {
@@ -63,7 +65,22 @@ impl GrpcServer {
             tls: None,
             refusals: None,
             limits: Limits::default(),
+            gate: None,
+            shutdown_delay: Duration::ZERO,
         }
+    }
+
+    /// A server with the drain timeout and shutdown delay of `listen`.
+    pub fn for_listen(listen: &crate::args::ListenArgs) -> Self {
+        GrpcServer { shutdown_delay: listen.shutdown_delay, ..GrpcServer::new(listen.drain_timeout) }
+    }
+
+    /// Reports the business services SERVING (health and `/readyz`) only while `gate` holds
+    /// true: a standby replica is alive (health's overall status stays SERVING, for liveness
+    /// probes) but not ready, so a Kubernetes Service sends its calls to the leader.
+    pub fn serving_when(mut self, gate: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Serves over TLS when `security` has a certificate (plain HTTP/2, loopback only, when not)
@@ -95,7 +112,9 @@ impl GrpcServer {
     }
 
     /// Serves on `listener` until `shutdown` is cancelled. On shutdown health turns NOT_SERVING
-    /// first, the listener closes, and in-flight RPCs get `drain_timeout` to finish; streams are
+    /// first; calls are still accepted for the shutdown delay (while load balancers notice);
+    /// then the listener closes, connections are told to go away (HTTP/2 GOAWAY: clients open
+    /// new ones elsewhere), and in-flight RPCs get `drain_timeout` to finish. Streams are
     /// expected to watch the same token and end by themselves.
     pub async fn serve(
         self,
@@ -106,13 +125,36 @@ impl GrpcServer {
         crate::tls::check_plaintext_listen(listener.local_addr()?, self.tls.as_ref()).map_err(anyhow::Error::msg)?;
         // What this port serves, and nothing else: reflection lists exactly these, and health
         // answers for each of them.
+        let gated = self.gate.is_some();
         let mut names = self.names.clone();
         names.extend(PLUMBING);
         let (reporter, health) = tonic_health::server::health_reporter();
+        let open = self.gate.as_ref().is_none_or(|gate| *gate.borrow());
         for name in &names {
-            reporter.set_service_status(*name, ServingStatus::Serving).await;
+            let serving = open || PLUMBING.contains(name);
+            reporter
+                .set_service_status(*name, if serving { ServingStatus::Serving } else { ServingStatus::NotServing })
+                .await;
         }
         reporter.set_service_status("", ServingStatus::Serving).await;
+        let gate = self.gate.map(|mut gate| {
+            let (reporter, business, metrics, shutdown) =
+                (reporter.clone(), self.names.clone(), metrics.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    let serving = *gate.borrow_and_update();
+                    let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+                    for name in &business {
+                        reporter.set_service_status(*name, status).await;
+                    }
+                    metrics.set_ready(serving);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        changed = gate.changed() => if changed.is_err() { return },
+                    }
+                }
+            })
+        });
 
         let reflection = || {
             names.iter().fold(
@@ -129,17 +171,23 @@ impl GrpcServer {
         routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
 
         let drain_started = CancellationToken::new();
+        let shutdown_delay = self.shutdown_delay;
         let signal = {
             let shutdown = shutdown.clone();
             let drain_started = drain_started.clone();
             let metrics = metrics.clone();
             async move {
                 shutdown.cancelled().await;
+                if let Some(gate) = gate {
+                    // Ends at the cancellation: nothing turns SERVING again after this.
+                    let _ = gate.await;
+                }
                 metrics.set_ready(false);
                 for name in &names {
                     reporter.set_service_status(*name, ServingStatus::NotServing).await;
                 }
                 reporter.set_service_status("", ServingStatus::NotServing).await;
+                tokio::time::sleep(shutdown_delay).await;
                 drain_started.cancel();
             }
         };
@@ -155,7 +203,9 @@ impl GrpcServer {
             // Accepted sockets get TCP_NODELAY there: without it, small stream messages wait for
             // delayed ACKs (~40 ms).
             .serve_with_incoming_shutdown(crate::tls::incoming(listener, self.tls), signal);
-        metrics.set_ready(true);
+        if !gated {
+            metrics.set_ready(true);
+        }
         let drain_timeout = self.drain_timeout;
         tokio::select! {
             result = server => result?,

@@ -26,9 +26,6 @@ use crate::{
     store::{Command, Phase, RunRequest, Store, StoredRun},
 };
 
-const LEASE_SECS: i64 = 30;
-const RENEW_EVERY: Duration = Duration::from_secs(10);
-const RECOVER_EVERY: Duration = Duration::from_secs(5);
 /// Progress is written at most this often (the history table is the truth; the run record is
 /// for watchers), so a run of many small migrations is not slowed by its own bookkeeping.
 const SAVE_EVERY: Duration = Duration::from_millis(250);
@@ -147,11 +144,14 @@ pub struct Engine {
     notices: Mutex<HashMap<Uuid, (Arc<Notify>, usize)>>,
     running: Mutex<HashSet<Uuid>>,
     tasks: TaskTracker,
+    /// How long a run stays taken without a renewal.
+    lease: Duration,
 }
 
 impl Engine {
-    /// An engine over `store` for `databases`.
-    pub fn new(store: Store, databases: Databases) -> Arc<Engine> {
+    /// An engine over `store` for `databases`, taking runs for `lease` at a time (renewed every
+    /// third of it; runs whose lease ran out are looked for every sixth).
+    pub fn new(store: Store, databases: Databases, lease: Duration) -> Arc<Engine> {
         Arc::new(Engine {
             store,
             databases,
@@ -159,7 +159,12 @@ impl Engine {
             notices: Mutex::default(),
             running: Mutex::default(),
             tasks: TaskTracker::new(),
+            lease,
         })
+    }
+
+    fn lease_secs(&self) -> i64 {
+        self.lease.as_secs().max(1) as i64
     }
 
     /// The configured databases.
@@ -205,7 +210,7 @@ impl Engine {
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(RECOVER_EVERY) => {}
+                _ = tokio::time::sleep(self.lease / 6) => {}
             }
         }
     }
@@ -217,7 +222,7 @@ impl Engine {
     }
 
     async fn execute(self: &Arc<Self>, id: Uuid) -> Result<(), MigratorError> {
-        let Some(mut run) = self.store.claim(id, self.owner, LEASE_SECS).await? else {
+        let Some(mut run) = self.store.claim(id, self.owner, self.lease_secs()).await? else {
             return Ok(());
         };
         run.message = format!("waiting for the migration lock on database {}", run.request.database);
@@ -229,8 +234,8 @@ impl Engine {
                 loop {
                     tokio::select! {
                         _ = renew.cancelled() => break,
-                        _ = tokio::time::sleep(RENEW_EVERY) => {
-                            if let Err(e) = engine.store.claim(id, engine.owner, LEASE_SECS).await {
+                        _ = tokio::time::sleep(engine.lease / 3) => {
+                            if let Err(e) = engine.store.claim(id, engine.owner, engine.lease_secs()).await {
                                 tracing::warn!(run = %id, error = %e, "renewing the lease");
                             }
                         }

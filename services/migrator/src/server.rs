@@ -55,6 +55,10 @@ pub struct Args {
     /// Connections to the migrator's own database.
     #[arg(long, env = "HOPNGO_MIGRATOR_DB_CONNECTIONS", default_value_t = 4)]
     pub db_connections: u32,
+    /// How long a run stays with the replica carrying it out without a renewal (renewed every
+    /// third of it): a replica that dies hands its runs over this long after its last renewal.
+    #[arg(long, env = "HOPNGO_MIGRATOR_RUN_LEASE", default_value = "30s", value_parser = run_lease)]
+    pub run_lease: std::time::Duration,
     /// An application database it may migrate, `NAME=postgres://...` (repeatable).
     #[arg(long = "target", env = "HOPNGO_MIGRATOR_TARGETS", value_delimiter = ',', value_parser = name_value)]
     pub targets: Vec<(String, String)>,
@@ -156,12 +160,12 @@ pub async fn run(
             create_if_missing(name, &settings.url).await?;
         }
     }
-    let Args { listen, security, database, db_connections, .. } = args;
+    let Args { listen, security, database, db_connections, run_lease, .. } = args;
     let security = security.load().map_err(anyhow::Error::msg)?;
     let (url, cluster) = database.resolve().await?;
     let store = Store::connect(&url, db_connections).await.context("connecting to the database")?;
     let metrics = Metrics::new();
-    let engine = Engine::new(store.clone(), databases);
+    let engine = Engine::new(store.clone(), databases, run_lease);
     let recover_stop = CancellationToken::new();
     let recover_task = tokio::spawn(Arc::clone(&engine).recover(recover_stop.clone()));
 
@@ -179,7 +183,7 @@ pub async fn run(
     if let Some(ready) = ready {
         let _ = ready.send(grpc_addr);
     }
-    let served = GrpcServer::new(listen.drain_timeout)
+    let served = GrpcServer::for_listen(&listen)
         .secure(&security)
         .add_service(MigratorServiceServer::new(Migrator::new(store.clone(), Arc::clone(&engine))))
         .serve(listener, metrics, shutdown)
@@ -191,4 +195,12 @@ pub async fn run(
     store.pool().close().await;
     drop(cluster);
     served
+}
+
+fn run_lease(text: &str) -> Result<std::time::Duration, String> {
+    let lease = parse_duration(text)?;
+    if lease < std::time::Duration::from_secs(3) {
+        return Err(format!("{text} is shorter than 3s: renewals every third of it would race the lease"));
+    }
+    Ok(lease)
 }

@@ -19,6 +19,8 @@ pub struct NotifierMetrics {
     pub escalations: IntCounterVec,
     /// Escalated conditions nobody has acknowledged.
     pub escalations_open: IntGauge,
+    /// 1 while this replica is the one delivering webhooks.
+    pub webhook_leader: IntGauge,
 }
 
 impl NotifierMetrics {
@@ -57,6 +59,11 @@ impl NotifierMetrics {
                 "Releases whose condition was escalated and nobody has acknowledged",
             )
             .expect("static"),
+            webhook_leader: IntGauge::new(
+                "hopngo_notifier_webhook_leader",
+                "1 while this replica delivers the webhooks (one replica does), 0 otherwise",
+            )
+            .expect("static"),
         };
         registry.register(Box::new(m.appended.clone())).expect("first registration");
         registry.register(Box::new(m.subscribers.clone())).expect("first registration");
@@ -65,6 +72,7 @@ impl NotifierMetrics {
         registry.register(Box::new(m.delivery_seconds.clone())).expect("first registration");
         registry.register(Box::new(m.escalations.clone())).expect("first registration");
         registry.register(Box::new(m.escalations_open.clone())).expect("first registration");
+        registry.register(Box::new(m.webhook_leader.clone())).expect("first registration");
         m
     }
 }

@@ -245,7 +245,7 @@ pub async fn run_with_clock(
         readers: Arc::new(tokio::sync::Semaphore::new((args.db_connections as usize / 2).max(1))),
     };
     let service = Notifier::new(escalator, subscriptions, args.allow_remote_webhooks, shutdown.clone());
-    let served = GrpcServer::new(listen.drain_timeout)
+    let served = GrpcServer::for_listen(&listen)
         .secure(&security)
         .add_service(NotifierServiceServer::new(service))
         .serve(listener, metrics, shutdown)

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use hopngo_kit::http::HttpClient;
+use hopngo_kit::{db::SessionLock, http::HttpClient};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -106,12 +106,11 @@ impl Dispatcher {
 
     async fn lead(self: Arc<Self>, shutdown: &CancellationToken) -> Result<(), NotifierError> {
         // The lock lives as long as this connection: a replica that dies hands over at once.
-        let mut conn = self.log.store().pool().acquire().await?;
-        let held: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(DISPATCH_LOCK).fetch_one(&mut *conn).await?;
-        if !held {
+        let Some(mut lock) = SessionLock::try_take(self.log.store().pool(), DISPATCH_LOCK).await? else {
             return Ok(());
-        }
+        };
+        tracing::info!("delivering webhooks (this replica holds the dispatch lock)");
+        self.metrics.webhook_leader.set(1);
         let mut tasks: HashMap<Uuid, (CancellationToken, tokio::task::JoinHandle<()>)> = HashMap::new();
         let result = loop {
             let hooks = match self.log.store().webhooks().await {
@@ -133,7 +132,7 @@ impl Dispatcher {
                 });
             }
             // Still holding the lock? A lost connection means another replica may take over.
-            if let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await {
+            if let Err(e) = lock.check().await {
                 break Err(e.into());
             }
             tokio::select! {
@@ -145,6 +144,8 @@ impl Dispatcher {
             stop.cancel();
             let _ = handle.await;
         }
+        self.metrics.webhook_leader.set(0);
+        lock.release().await;
         result
     }
 

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use hopngo_kit::client::{TracedChannel, service_channel};
+use hopngo_kit::{
+    client::{TracedChannel, service_channel},
+    db::SessionLock,
+};
 use hopngo_proto::{
     check::{TextRule, conform},
     events::{Event, ReleaseEventData, Severity},
@@ -109,12 +112,10 @@ impl Publisher {
 
     /// Takes the publisher lock (or waits for it), then publishes until shutdown or an error.
     async fn lead(&mut self, shutdown: &CancellationToken) -> Result<(), SchedulerError> {
-        let mut conn = self.store.pool().acquire().await?;
-        let held: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PUBLISHER_LOCK).fetch_one(&mut *conn).await?;
-        if !held {
+        let Some(mut lock) = SessionLock::try_take(self.store.pool(), PUBLISHER_LOCK).await? else {
             return Ok(());
-        }
+        };
+        let conn = lock.connection();
         let mut failures = 0u32;
         let result = loop {
             if shutdown.is_cancelled() {
@@ -123,7 +124,7 @@ impl Publisher {
             let woken = self.signals.outbox_woken();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let batch = match Store::unpublished(&mut conn, BATCH).await {
+            let batch = match Store::unpublished(&mut *conn, BATCH).await {
                 Ok(b) => b,
                 Err(e) => break Err(e),
             };
@@ -140,7 +141,7 @@ impl Publisher {
                 Ok(_) => {
                     failures = 0;
                     let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-                    if let Err(e) = Store::mark_published(&mut conn, &ids).await {
+                    if let Err(e) = Store::mark_published(&mut *conn, &ids).await {
                         break Err(e);
                     }
                 }
@@ -156,7 +157,7 @@ impl Publisher {
                 }
             }
         };
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(PUBLISHER_LOCK).execute(&mut *conn).await;
+        lock.release().await;
         result
     }
 }

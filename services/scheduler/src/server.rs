@@ -177,7 +177,7 @@ pub async fn run_with(
 
     let refusals = RefusalWriter::spawn(store.clone(), &metrics.registry, &tracker, workers_stop.clone());
     let api = Api::new(app, shutdown.clone());
-    let served = GrpcServer::new(listen.drain_timeout)
+    let served = GrpcServer::for_listen(&listen)
         .secure(&security)
         .audit_refusals(Arc::new(refusals))
         .add_service(ReleaseServiceServer::new(api.clone()))

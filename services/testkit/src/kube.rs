@@ -2,7 +2,8 @@
 //! cluster where no cluster can run. It behaves like the real one for what HopNGo uses:
 //! - typed paths (`/api/v1/namespaces/{ns}/services/{name}`,
 //!   `/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}[/status]`) for Services, Pods,
-//!   Deployments, ReplicaSets, Gateway API HTTPRoutes and Gateways, and Argo Rollouts;
+//!   Deployments, ReplicaSets, Gateway API HTTPRoutes and Gateways, Argo Rollouts, and Leases
+//!   (leader election);
 //!   cluster-wide lists;
 //! - `metadata.resourceVersion` (one counter), `uid`, `generation` (bumped when anything but
 //!   status/metadata changes), `creationTimestamp`;
@@ -64,7 +65,7 @@ impl Kind {
     }
 }
 
-/// Every kind served; each has a `status` subresource.
+/// Every kind served; each but the Lease has a `status` subresource.
 pub const KINDS: &[Kind] = &[
     Kind { group: "", version: "v1", plural: "services", kind: "Service" },
     Kind { group: "", version: "v1", plural: "pods", kind: "Pod" },
@@ -73,6 +74,7 @@ pub const KINDS: &[Kind] = &[
     Kind { group: "gateway.networking.k8s.io", version: "v1", plural: "httproutes", kind: "HTTPRoute" },
     Kind { group: "gateway.networking.k8s.io", version: "v1", plural: "gateways", kind: "Gateway" },
     Kind { group: "argoproj.io", version: "v1alpha1", plural: "rollouts", kind: "Rollout" },
+    Kind { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease" },
 ];
 
 /// The index in [`KINDS`] of a served plural.
@@ -288,7 +290,8 @@ fn route(path: &str) -> Option<Target> {
         _ => return None,
     };
     let kind = KINDS.iter().position(|k| k.group == group && k.version == version && k.plural == plural)?;
-    if name.is_some() && namespace.is_none() {
+    if (name.is_some() && namespace.is_none()) || (status && KINDS[kind].plural == "leases") {
+        // A Lease has no status subresource.
         return None;
     }
     Some(Target { kind, namespace, name, status })
@@ -690,6 +693,21 @@ impl FakeKube {
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.store().rv
+    }
+
+    /// The writes after resourceVersion `since` (from the retained history), as `VERB
+    /// plural/name`, but a leader's Lease renewals: what a deployer changed in the cluster.
+    pub fn writes_since(&self, since: u64) -> Vec<String> {
+        let store = self.store();
+        assert!(store.history.front().is_none_or(|e| e.rv <= since + 1), "the history no longer reaches {since}");
+        store
+            .history
+            .iter()
+            .filter(|e| e.rv > since && KINDS[e.kind].plural != "leases")
+            .map(|e| {
+                format!("{} {}/{}", e.verb, KINDS[e.kind].plural, e.object["metadata"]["name"].as_str().unwrap_or(""))
+            })
+            .collect()
     }
 
     /// The pods with an address, as Prometheus' Kubernetes service discovery (`role: pod`) turns

@@ -25,6 +25,8 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     /// Body.
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -44,6 +46,8 @@ struct Shared {
     received: Vec<Received>,
     // Statuses to answer, in turn; the last one repeats. Empty answers 200.
     statuses: Vec<u16>,
+    // The body to answer with ("status N" when unset).
+    body: Option<Bytes>,
 }
 
 /// The receiver.
@@ -72,21 +76,18 @@ async fn serve(listener: TcpListener, shared: Arc<Mutex<Shared>>, tls: Option<to
                         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
                         .collect();
                     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                    let status = {
+                    let (status, answer) = {
                         let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                         let status = if s.statuses.len() > 1 {
                             s.statuses.remove(0)
                         } else {
                             s.statuses.first().copied().unwrap_or(200)
                         };
-                        s.received.push(Received { path, headers, body });
-                        status
+                        s.received.push(Received { path, headers, body, at: std::time::Instant::now() });
+                        (status, s.body.clone().unwrap_or_else(|| Bytes::from(format!("status {status}"))))
                     };
                     Ok::<_, std::convert::Infallible>(
-                        Response::builder()
-                            .status(status)
-                            .body(Full::new(Bytes::from(format!("status {status}"))))
-                            .expect("static response"),
+                        Response::builder().status(status).body(Full::new(answer)).expect("static response"),
                     )
                 }
             });
@@ -147,6 +148,11 @@ impl Receiver {
     /// Answers these statuses to the next requests, in turn (the last one repeats).
     pub fn answer(&self, statuses: &[u16]) {
         self.shared.lock().unwrap_or_else(|e| e.into_inner()).statuses = statuses.to_vec();
+    }
+
+    /// Answers every request with `body` from now on.
+    pub fn answer_body(&self, body: &str) {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner()).body = Some(Bytes::from(body.to_string()));
     }
 
     /// Everything received so far.

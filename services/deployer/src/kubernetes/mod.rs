@@ -139,6 +139,19 @@ where
     reader
 }
 
+/// A client for the cluster of `kubeconfig` (default: `KUBECONFIG`, `~/.kube/config`, then the
+/// in-cluster service account).
+pub async fn client(kubeconfig: Option<PathBuf>) -> anyhow::Result<Client> {
+    let client_config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(&path)?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(client_config)?)
+}
+
 impl KubeBackend {
     /// Connects with `kubeconfig` (else the usual inference: `KUBECONFIG`, `~/.kube/config`, the
     /// in-cluster service account), starts watching every environment's namespace, waits for
@@ -149,14 +162,16 @@ impl KubeBackend {
         registry: &prometheus::Registry,
         stop: CancellationToken,
     ) -> anyhow::Result<Arc<KubeBackend>> {
-        let client_config = match kubeconfig {
-            Some(path) => {
-                let file = kube::config::Kubeconfig::read_from(&path)?;
-                kube::Config::from_custom_kubeconfig(file, &Default::default()).await?
-            }
-            None => kube::Config::infer().await?,
-        };
-        let client = Client::try_from(client_config)?;
+        KubeBackend::with_client(config, client(kubeconfig).await?, registry, stop).await
+    }
+
+    /// [`KubeBackend::connect`] over a client the caller made.
+    pub async fn with_client(
+        config: DeliveryConfig,
+        client: Client,
+        registry: &prometheus::Registry,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Arc<KubeBackend>> {
         let routed = config.services.iter().any(|s| s.kubernetes.as_ref().is_some_and(|k| k.route.is_some()));
         let argo = config.services.iter().any(|s| s.argo_rollout.is_some());
         let labels = format!("{}={}", objects::MANAGED.0, objects::MANAGED.1);
