@@ -33,6 +33,15 @@ ensure_prometheus() {
   fi
 }
 
+# kubectl renders the control plane's manifests (`kubectl kustomize`) in the tests (Debian
+# package kubernetes-client; any kubectl with kustomize v5 will do).
+ensure_kubectl() {
+  if ! command -v kubectl >/dev/null 2>&1; then
+    echo "installing kubectl (package kubernetes-client)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+  fi
+}
+
 # A Python with grpcio (reflection, health) and the Kubernetes client in target/python for the
 # tests' foreign clients; exports HOPNGO_TEST_PYTHON.
 ensure_python_clients() {

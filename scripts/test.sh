@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_postgres
 ensure_prometheus
+ensure_kubectl
 ensure_nextest
 ensure_python_clients
 

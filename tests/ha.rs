@@ -195,6 +195,15 @@ async fn one_deployer_leads_and_a_standby_takes_over_a_killed_leader_on_the_data
 
 const KUBE_NS: &str = "hopngo-staging";
 
+/// A made-up pod address per replica (the EndpointSlice only carries it).
+fn address(identity: &str) -> &'static str {
+    match identity {
+        "deployer-a" => "10.0.0.1",
+        "deployer-b" => "10.0.0.2",
+        _ => "10.0.0.3",
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployers_on_kubernetes_elect_a_leader_through_a_lease_and_a_standby_takes_over() {
     let fake = FakeKube::start_with(FakeKubeOptions {
@@ -228,6 +237,10 @@ async fn deployers_on_kubernetes_elect_a_leader_through_a_lease_and_a_standby_ta
             dir.join("kubeconfig").to_str().unwrap(),
             "--leader-identity",
             name,
+            "--leader-service",
+            "hopngo-deployer",
+            "--leader-address",
+            address(name),
             "--leader-lease-duration",
             "3s",
             "--leader-retry-period",
@@ -236,6 +249,13 @@ async fn deployers_on_kubernetes_elect_a_leader_through_a_lease_and_a_standby_ta
             "warn",
         ])
     };
+    let leader_endpoint = || {
+        let slice =
+            fake.object("endpointslices", KUBE_NS, "hopngo-deployer-leader").expect("the leader's EndpointSlice");
+        let endpoint = &slice["endpoints"][0];
+        (endpoint["addresses"][0].as_str().unwrap().to_string(), slice["ports"][0]["port"].as_u64().unwrap())
+    };
+    let port = |url: &str| url.rsplit(':').next().unwrap().parse::<u64>().unwrap();
     let holder = || {
         fake.object("leases", KUBE_NS, "hopngo-deployer")
             .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
@@ -244,6 +264,7 @@ async fn deployers_on_kubernetes_elect_a_leader_through_a_lease_and_a_standby_ta
     let a = Proc::start(&bin, &args("deployer-a"), &[]).await.unwrap();
     let b = Proc::start_standby(&bin, &args("deployer-b")).await.unwrap();
     assert_eq!(holder(), "deployer-a");
+    assert_eq!(leader_endpoint(), ("10.0.0.1".to_string(), port(&a.grpc)), "the Service reaches the leader");
     let mut leader = DeployerServiceClient::new(channel(&a.grpc));
     leader.apply_target(stable("booking", "1.0", 2)).await.unwrap();
     when("booking converged", Duration::from_secs(30), || {
@@ -287,6 +308,9 @@ async fn deployers_on_kubernetes_elect_a_leader_through_a_lease_and_a_standby_ta
     assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
     assert_ne!(lease["spec"]["renewTime"], renewed_before);
     assert_eq!(fake.writes_since(since), Vec::<String>::new(), "the new leader re-read the cluster and wrote nothing");
+    assert_eq!(leader_endpoint(), ("10.0.0.2".to_string(), port(&b.grpc)), "the Service follows the new leader");
+    let slice = fake.object("endpointslices", KUBE_NS, "hopngo-deployer-leader").unwrap();
+    hopngo_testkit::python::validate_objects(&[lease.clone(), slice]).unwrap_or_else(|report| panic!("{report}"));
     standby.apply_target(stable("booking", "2.0", 2)).await.unwrap();
 
     // A clean stop releases the Lease: the next replica leads within a retry period.
@@ -440,7 +464,9 @@ async fn analysis_runs_are_measured_by_one_analyzer_and_taken_over_from_a_killed
         "warn",
     ]);
     let first = Proc::start(&bin, &args, &[]).await.unwrap();
-    let second = Proc::start(&bin, &args, &[]).await.unwrap();
+    let mut with_admin = args.clone();
+    with_admin[3] = "127.0.0.1:0".into();
+    let second = Proc::start(&bin, &with_admin, &[]).await.unwrap();
     let mut ids = Vec::new();
     for run in 0..RUNS {
         let metric = apb::Metric {
@@ -500,6 +526,9 @@ async fn analysis_runs_are_measured_by_one_analyzer_and_taken_over_from_a_killed
         let requests = hits[&format!("/health/{run}")];
         assert!((COUNT as usize..=COUNT as usize + 1).contains(&requests), "run {run}: {requests} requests");
     }
+    // The survivor completed at least the runs the killed replica had (half of them).
+    let completed = scrape_sum(&second.admin, "hopngo_analyzer_runs_completed_total").await.unwrap();
+    assert!(completed >= (RUNS / 2) as f64 && completed <= RUNS as f64, "{completed} runs completed here");
     let _ = std::fs::remove_dir_all(dir);
 }
 

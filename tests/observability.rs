@@ -1,6 +1,9 @@
 //! `deploy/observability/`: the alerting and recording rules pass `promtool check rules`, their
 //! unit tests pass `promtool test rules`, every alert has such a test, and every control-plane
-//! metric a rule reads is one a service registers.
+//! metric a rule reads is one a service registers; every Grafana dashboard query is PromQL that
+//! promtool accepts and reads only metrics that exist: registered by a service, recorded by the
+//! rules, or exported by what the dashboards say they read (the services' HTTP histogram,
+//! cAdvisor, kube-state-metrics).
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
@@ -99,4 +102,158 @@ fn every_alert_has_a_unit_test_and_every_metric_exists() {
             }
         }
     }
+}
+
+/// Metrics the dashboards read that the control plane does not export: the services' HTTP server
+/// histogram (the demo service stands in for it), cAdvisor's and kube-state-metrics'.
+const EXTERNAL: &[&str] = &[
+    "http_server_request_duration_seconds_count",
+    "http_server_request_duration_seconds_bucket",
+    "container_cpu_usage_seconds_total",
+    "container_memory_working_set_bytes",
+    "kube_pod_container_resource_limits",
+    "kube_pod_container_status_restarts_total",
+    "kube_pod_status_ready",
+    "kube_pod_info",
+];
+
+/// PromQL's functions, aggregations and keywords (the words of an expression that are not metrics).
+const PROMQL_WORDS: &[&str] = &[
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "histogram_quantile",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "or",
+    "and",
+    "unless",
+    "vector",
+    "clamp_min",
+    "label_values",
+    "offset",
+    "bool",
+    "topk",
+    "bottomk",
+    "abs",
+    "time",
+];
+
+/// The metric names an expression reads: its words, without strings, label matchers, ranges,
+/// grouping clauses, numbers and PromQL's own words.
+fn metrics_read(expr: &str) -> BTreeSet<String> {
+    let mut plain = String::new();
+    let (mut depth_brace, mut depth_bracket, mut quoted) = (0, 0, false);
+    for c in expr.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            _ if quoted => {}
+            '{' => depth_brace += 1,
+            '}' => depth_brace -= 1,
+            '[' => depth_bracket += 1,
+            ']' => depth_bracket -= 1,
+            _ if depth_brace > 0 || depth_bracket > 0 => {}
+            c => plain.push(c),
+        }
+    }
+    // `by (a, b)` and friends name labels.
+    for clause in ["by", "without", "on", "ignoring", "group_left", "group_right"] {
+        while let Some(at) = plain.find(&format!("{clause} (")) {
+            let end = plain[at..].find(')').map(|e| at + e + 1).unwrap_or(plain.len());
+            plain.replace_range(at..end, " ");
+        }
+    }
+    plain
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| !w.is_empty() && !w.starts_with(|c: char| c.is_ascii_digit()) && !PROMQL_WORDS.contains(w))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn dashboards_query_valid_promql_over_metrics_that_exist() {
+    let dir = root().join("deploy/observability/dashboards");
+    let mut dashboards: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    dashboards.sort();
+    let mut known = registered();
+    known.extend(EXTERNAL.iter().map(|s| s.to_string()));
+    for file in files("deploy/observability/rules") {
+        let doc: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        for group in doc["groups"].as_array().unwrap() {
+            for rule in group["rules"].as_array().unwrap() {
+                if let Some(record) = rule["record"].as_str() {
+                    known.insert(record.to_string());
+                }
+            }
+        }
+    }
+    let demo = std::fs::read_to_string(root().join("services/deployer/src/demo.rs")).unwrap();
+    assert!(demo.contains("\"http_server_request_duration_seconds\""), "the demo service exports the HTTP histogram");
+
+    let mut uids = BTreeSet::new();
+    let mut rules = Vec::new();
+    for path in &dashboards {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(uids.insert(dashboard["uid"].as_str().unwrap().to_string()), "{name}: uid used twice");
+        let variables: Vec<&serde_json::Value> = dashboard["templating"]["list"].as_array().unwrap().iter().collect();
+        let mut queries: Vec<(String, String)> = Vec::new();
+        for variable in &variables {
+            if let Some(query) = variable["definition"].as_str() {
+                // `label_values(SELECTOR, LABEL)`: the selector names the metric.
+                let rest = query.strip_prefix("label_values(").expect("variables list label values");
+                let mut depth = 0;
+                let end = rest
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '{' | '(' => 1,
+                            '}' | ')' => -1,
+                            _ => 0,
+                        };
+                        c == ',' && depth == 0
+                    })
+                    .map(|(i, _)| i)
+                    .expect("label_values(SELECTOR, LABEL)");
+                queries.push((format!("variable {}", variable["name"]), rest[..end].to_string()));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            let title = panel["title"].as_str().unwrap();
+            assert!(ids.insert(panel["id"].as_u64().unwrap()), "{name}: panel id used twice");
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{name}: {title} reads the chosen Prometheus");
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{name}: {title} has no query");
+            for target in targets {
+                let expr = target["expr"].as_str().unwrap();
+                queries.push((title.to_string(), expr.to_string()));
+                // Variables as Grafana substitutes them for "All".
+                let mut concrete = expr.to_string();
+                for variable in &variables {
+                    concrete = concrete.replace(&format!("${}", variable["name"].as_str().unwrap()), ".*");
+                }
+                rules.push(serde_json::json!({"record": format!("dashboard:query:{}", rules.len()), "expr": concrete}));
+            }
+        }
+        for (what, query) in queries {
+            for metric in metrics_read(&query) {
+                assert!(known.contains(&metric), "{name}: {what}: {metric} is not a metric anything exports");
+            }
+        }
+    }
+    assert!(dashboards.len() >= 3, "the dashboards are there");
+    let file = std::env::temp_dir().join(format!("hopngo-dashboard-queries-{}.yaml", std::process::id()));
+    std::fs::write(&file, serde_json::json!({"groups": [{"name": "dashboards", "rules": rules}]}).to_string()).unwrap();
+    promtool(&["check", "rules"], std::slice::from_ref(&file));
+    let _ = std::fs::remove_file(file);
 }

@@ -35,6 +35,7 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 pub struct EngineMetrics {
     lateness: HistogramVec,
     measurements: IntCounterVec,
+    runs: IntCounterVec,
 }
 
 impl EngineMetrics {
@@ -54,9 +55,20 @@ impl EngineMetrics {
             &["provider", "phase"],
         )
         .expect("valid counter");
+        let runs = IntCounterVec::new(
+            Opts::new("hopngo_analyzer_runs_completed_total", "Analysis runs completed, by phase"),
+            &["phase"],
+        )
+        .expect("valid counter");
         let _ = registry.register(Box::new(lateness.clone()));
         let _ = registry.register(Box::new(measurements.clone()));
-        EngineMetrics { lateness, measurements }
+        let _ = registry.register(Box::new(runs.clone()));
+        EngineMetrics { lateness, measurements, runs }
+    }
+
+    /// Counts a run that has just completed (by a round or a termination).
+    pub fn completed(&self, run: &StoredRun) {
+        self.runs.with_label_values(&[run.phase.as_str()]).inc();
     }
 }
 
@@ -82,6 +94,11 @@ impl Engine {
             watched: std::sync::Mutex::new(HashMap::new()),
             metrics,
         })
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
     }
 
     /// The providers (for one-off measurements).
@@ -204,7 +221,12 @@ impl Engine {
         }
         settle(&mut run, false, store::now());
         match self.store.save_round(self.owner, &run).await {
-            Ok(true) => self.changed(run.id),
+            Ok(true) => {
+                if run.completed_at.is_some() {
+                    self.metrics.completed(&run);
+                }
+                self.changed(run.id)
+            }
             Ok(false) => tracing::debug!(run = %run.id, "round discarded: the run was terminated or its lease lost"),
             Err(err) => tracing::warn!(%err, run = %run.id, "storing a round; it will be measured again"),
         }

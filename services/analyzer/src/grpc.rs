@@ -177,6 +177,7 @@ impl AnalyzerService for Analyzer {
         let req = request.into_inner();
         let id = run_id(&req.id)?;
         let reason = if req.reason.is_empty() { "terminated".to_string() } else { req.reason };
+        let mut completed_now = false;
         let run = self
             .store
             .update(id, |run| {
@@ -185,9 +186,13 @@ impl AnalyzerService for Analyzer {
                 }
                 run.terminate_reason = Some(reason);
                 settle(run, true, store::now());
+                completed_now = true;
                 true
             })
             .await?;
+        if completed_now {
+            self.engine.metrics().completed(&run);
+        }
         self.engine.changed(id);
         Ok(Response::new(pb::TerminateAnalysisRunResponse { run: Some(convert::run(&run)) }))
     }

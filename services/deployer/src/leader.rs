@@ -14,10 +14,16 @@ use std::time::{Duration, Instant};
 
 use hopngo_kit::db::SessionLock;
 use k8s_openapi::{
-    api::coordination::v1::{Lease, LeaseSpec},
+    api::{
+        coordination::v1::{Lease, LeaseSpec},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
-use kube::{Api, api::PostParams};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +46,15 @@ pub struct LeaderArgs {
     /// Name of the Lease (kubernetes backend).
     #[arg(long = "leader-lease-name", env = "HOPNGO_DEPLOYER_LEADER_LEASE_NAME", default_value = "hopngo-deployer")]
     pub lease_name: String,
+    /// Kubernetes: the Service (without a selector) that reaches the leader. While it leads,
+    /// this replica points the Service's EndpointSlice `NAME-leader` at itself, as the API
+    /// server does for the `kubernetes` Service: standbys stay ready (rolling updates and
+    /// disruption budgets work) and no call reaches them.
+    #[arg(long = "leader-service", env = "HOPNGO_DEPLOYER_LEADER_SERVICE", requires = "address")]
+    pub service: Option<String>,
+    /// This replica's address for that EndpointSlice (in a pod: `status.podIP`).
+    #[arg(long = "leader-address", env = "HOPNGO_DEPLOYER_LEADER_ADDRESS")]
+    pub address: Option<std::net::IpAddr>,
     /// How long a Lease lasts unrenewed: a standby takes over this long after the last change
     /// of the Lease it saw. The leader steps down when it could not renew for two thirds of it.
     #[arg(long = "leader-lease-duration", env = "HOPNGO_DEPLOYER_LEADER_LEASE_DURATION", default_value = "15s", value_parser = hopngo_kit::args::parse_duration)]
@@ -78,6 +93,43 @@ impl LeaderArgs {
         Ok(())
     }
 }
+
+/// Points the EndpointSlice of `args.service` (when set) at this replica, listening on `port`:
+/// one forced server-side apply, so the new leader's slice replaces the old one's.
+pub async fn advertise(
+    client: &kube::Client,
+    namespace: &str,
+    args: &LeaderArgs,
+    port: u16,
+) -> Result<(), kube::Error> {
+    let (Some(service), Some(address)) = (&args.service, args.address) else { return Ok(()) };
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let name = format!("{service}-leader");
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": MANAGER,
+            },
+        },
+        "addressType": if address.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{
+            "addresses": [address.to_string()],
+            "conditions": {"ready": true, "serving": true, "terminating": false},
+            "targetRef": {"kind": "Pod", "namespace": namespace, "name": args.identity()},
+        }],
+        "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+    });
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&slice)).await?;
+    tracing::info!(%address, port, endpoint_slice = %name, "the leader's address advertised");
+    Ok(())
+}
+
+/// The field manager of what the deployer writes.
+const MANAGER: &str = "hopngo-deployer";
 
 /// What the leader holds.
 pub enum Election {

@@ -192,16 +192,20 @@ pub async fn run(
         BackendKind::Kubernetes => {
             let client = crate::kubernetes::client(kubeconfig).await?;
             let namespace = replica.leader.lease_namespace.clone();
-            let namespace = namespace.as_deref().unwrap_or(client.default_namespace());
-            let election = Election::Lease(Box::new(kube::Api::namespaced(client.clone(), namespace)));
-            let (stop, stored) = (backend_stop.clone(), store.clone());
+            let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+            let election = Election::Lease(Box::new(kube::Api::namespaced(client.clone(), &namespace)));
+            let (stop, stored, leader, port) =
+                (backend_stop.clone(), store.clone(), replica.leader.clone(), replica.listener.local_addr()?.port());
             replica
                 .run(election, store.clone(), &backend_stop, || async move {
-                    let backend = KubeBackend::with_client(config, client, &metrics.registry, stop).await?;
+                    let backend = KubeBackend::with_client(config, client.clone(), &metrics.registry, stop).await?;
                     // Re-read the cluster: what is already in force is not written again.
                     for stored in stored.targets().await? {
                         restore(backend.as_ref(), &stored.target).await;
                     }
+                    crate::leader::advertise(&client, &namespace, &leader, port)
+                        .await
+                        .context("pointing the leader's EndpointSlice at this replica")?;
                     Ok(backend)
                 })
                 .await

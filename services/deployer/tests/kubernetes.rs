@@ -12,7 +12,7 @@ use hopngo_proto::deployer::{self as pb, deployer_service_client::DeployerServic
 use hopngo_testkit::{
     db::TestDb,
     kube::{FakeKube, FakeKubeOptions, PodFailure},
-    python::{script, test_python},
+    python::validate_objects,
     server::{InProcess, server_args},
 };
 use serde_json::{Value, json};
@@ -189,20 +189,6 @@ async fn kube_client(s: &Setup) -> kube::Client {
     kube::Client::try_from(config).unwrap()
 }
 
-/// Runs the schema check (`tests/python/validate_objects.py`) over `objects`: Ok, or its report.
-fn validate(s: &Setup, file: &str, objects: &[Value]) -> Result<String, String> {
-    let path = s.dir.0.join(file);
-    std::fs::write(&path, serde_json::to_vec(objects).unwrap()).unwrap();
-    let output = std::process::Command::new(test_python())
-        .arg(script("validate_objects.py"))
-        .arg(&path)
-        .arg("1.33.0")
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    if output.status.success() { Ok(report) } else { Err(report) }
-}
-
 /// Every object the deployer applied is valid for the real API server (built-in kinds with
 /// kubernetes-validate, the HTTPRoute with the Gateway API CRD's schema); a broken copy is not.
 fn assert_written_objects_are_valid(s: &Setup) {
@@ -214,7 +200,7 @@ fn assert_written_objects_are_valid(s: &Setup) {
         .map(|c| c.body)
         .collect();
     let kinds: std::collections::BTreeSet<&str> = applied.iter().filter_map(|o| o["kind"].as_str()).collect();
-    let report = validate(s, "applied.json", &applied).unwrap_or_else(|report| panic!("{report}"));
+    let report = validate_objects(&applied).unwrap_or_else(|report| panic!("{report}"));
     assert!(report.contains(&format!("{} objects, 0 invalid", applied.len())), "{report}");
     let mut broken = applied.clone();
     for object in &mut broken {
@@ -224,7 +210,7 @@ fn assert_written_objects_are_valid(s: &Setup) {
             _ => object["spec"]["ports"][0]["port"] = json!("eighty"),
         }
     }
-    let report = validate(s, "broken.json", &broken).expect_err("the validator refuses broken objects");
+    let report = validate_objects(&broken).expect_err("the validator refuses broken objects");
     assert!(report.contains(&format!("{} objects, {} invalid", broken.len(), broken.len())), "{kinds:?}: {report}");
 }
 
@@ -712,7 +698,7 @@ async fn argo_mode_sets_the_image_and_drives_the_rollout_with_argo_s_own_patches
     // The Rollout as the deployer left it is still valid for its CRD.
     let mut rollout = s.fake.object("rollouts", NS, "legacy-rollout").unwrap();
     rollout.as_object_mut().unwrap().remove("status");
-    validate(&s, "rollout.json", &[rollout]).unwrap_or_else(|report| panic!("{report}"));
+    validate_objects(&[rollout]).unwrap_or_else(|report| panic!("{report}"));
 }
 
 #[tokio::test]

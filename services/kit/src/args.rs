@@ -14,6 +14,10 @@ pub struct ListenArgs {
     /// How long in-flight RPCs and streams may take to finish after a shutdown signal.
     #[arg(long = "drain-timeout", env = "HOPNGO_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// Address of a plain-text gRPC server with nothing but `grpc.health.v1` (the same statuses
+    /// as the main port), for Kubernetes' gRPC probes, which cannot speak TLS. Off when unset.
+    #[arg(long = "health-listen", env = "HOPNGO_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// After a shutdown signal, keep accepting calls this long while health says NOT_SERVING,
     /// so load balancers (a Kubernetes Service's endpoints) stop sending new connections before
     /// the listener closes; then drain. 0 closes at once.

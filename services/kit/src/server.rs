@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use http::{Request, Response};
 use opentelemetry::{global, propagation::Extractor};
 use tokio::net::TcpListener;
@@ -52,6 +53,7 @@ pub struct GrpcServer {
     limits: Limits,
     gate: Option<tokio::sync::watch::Receiver<bool>>,
     shutdown_delay: Duration,
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 impl GrpcServer {
@@ -67,12 +69,17 @@ impl GrpcServer {
             limits: Limits::default(),
             gate: None,
             shutdown_delay: Duration::ZERO,
+            health_listen: None,
         }
     }
 
     /// A server with the drain timeout and shutdown delay of `listen`.
     pub fn for_listen(listen: &crate::args::ListenArgs) -> Self {
-        GrpcServer { shutdown_delay: listen.shutdown_delay, ..GrpcServer::new(listen.drain_timeout) }
+        GrpcServer {
+            shutdown_delay: listen.shutdown_delay,
+            health_listen: listen.health_listen,
+            ..GrpcServer::new(listen.drain_timeout)
+        }
     }
 
     /// Reports the business services SERVING (health and `/readyz`) only while `gate` holds
@@ -166,6 +173,23 @@ impl GrpcServer {
         };
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        // Health alone in plain text, for probes that cannot speak TLS; it stops with the server.
+        let probes_stop = CancellationToken::new();
+        let _probes_stop = probes_stop.clone().drop_guard();
+        if let Some(addr) = self.health_listen {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding --health-listen {addr}"))?;
+            let probes = tonic::transport::Server::builder()
+                .add_service(health.clone())
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+                    probes_stop.cancelled().await
+                });
+            tokio::spawn(async move {
+                if let Err(err) = probes.await {
+                    tracing::warn!(%err, "the health port stopped");
+                }
+            });
+        }
 
         let mut routes = self.routes;
         routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);

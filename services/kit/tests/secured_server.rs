@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use hopngo_kit::{
     admin::Metrics,
+    args::ListenArgs,
     auth::{AuthArgs, Principal, SecurityArgs, token_hash},
     authz::RPC_PERMISSIONS,
     client,
@@ -230,4 +231,71 @@ fn plain_text_is_refused_beyond_loopback() {
     assert!(hopngo_kit::tls::check_plaintext_listen("127.0.0.1:1".parse().unwrap(), None).is_ok());
     let nothing = SecurityArgs::default().load();
     assert!(nothing.err().unwrap().contains("no way to authenticate callers"));
+}
+
+#[tokio::test]
+async fn the_health_port_answers_probes_in_plain_text_with_the_gate_and_serves_nothing_else() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let dir = std::env::temp_dir().join(format!("hopngo-kit-health-{}", std::process::id()));
+    let ca = TestCa::new(&dir, "hopngo test CA").unwrap();
+    let cert = ca.issue("deployer", "deployer").unwrap();
+    let security = SecurityArgs {
+        tls: TlsArgs {
+            tls_cert: Some(cert.cert.clone()),
+            tls_key: Some(cert.key.clone()),
+            tls_ca: Some(cert.ca.clone()),
+        },
+        ..SecurityArgs::default()
+    }
+    .load()
+    .unwrap();
+    let health_addr: std::net::SocketAddr = hopngo_testkit::measure::free_loopback_addr().parse().unwrap();
+    let listen = ListenArgs {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "off".into(),
+        drain_timeout: Duration::from_secs(1),
+        health_listen: Some(health_addr),
+        shutdown_delay: Duration::from_millis(300),
+    };
+    let listener = tokio::net::TcpListener::bind(listen.listen).await.unwrap();
+    let (gate, gated) = tokio::sync::watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(
+        GrpcServer::for_listen(&listen)
+            .secure(&security)
+            .serving_when(gated)
+            .add_service(DeployerServiceServer::new(Echo))
+            .serve(listener, Metrics::new(), shutdown.clone()),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health_addr}")).unwrap().connect_lazy();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_string();
+        async move {
+            for _ in 0..100 {
+                if let Ok(r) = health.check(HealthCheckRequest { service: service.clone() }).await {
+                    return r.into_inner().status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("the health port never answered");
+        }
+    };
+    const DEPLOYER: &str = "hopngo.deployer.v1.DeployerService";
+    assert_eq!(status("").await, ServingStatus::Serving as i32, "alive");
+    assert_eq!(status(DEPLOYER).await, ServingStatus::NotServing as i32, "gated: not ready");
+    gate.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status(DEPLOYER).await, ServingStatus::Serving as i32, "the gate opened");
+    // Nothing but health on that port, however the caller asks.
+    let refused = DeployerServiceClient::new(channel).get_target_status(dpb::GetTargetStatusRequest::default()).await;
+    assert_eq!(refused.unwrap_err().code(), Code::Unimplemented);
+    // At SIGTERM the probes see NOT_SERVING at once, during the shutdown delay.
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during = health.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status;
+    assert_eq!(during, ServingStatus::NotServing as i32);
+    server.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }

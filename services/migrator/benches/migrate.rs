@@ -181,7 +181,14 @@ async fn main() {
 
     let own = create_database(&admin, "migrator_own").await;
     let mut argv = hopngo_testkit::server::server_args("hopngo-migrator", &own, "1s");
-    argv.extend(["--target".to_string(), format!("bench={url}"), "--log".into(), "warn".into()]);
+    argv.extend([
+        "--target".to_string(),
+        format!("bench={url}"),
+        "--locations".into(),
+        format!("bench={}", info_dir.display()),
+        "--log".into(),
+        "warn".into(),
+    ]);
     let args = hopngo_migrator::server::Args::parse_from(argv);
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -210,6 +217,11 @@ async fn main() {
         quantile(&times, 0.5),
         quantile(&times, 0.95),
         times[times.len() - 1]
+    );
+    // The migrator runs in this process: its peak is at most the process's.
+    println!(
+        "migrator peak RSS (this process, the migrator in it): {:.1} MiB",
+        hopngo_testkit::measure::proc_status(std::process::id(), "VmHWM:") as f64 / 1024.0
     );
     shutdown.cancel();
     server.await.unwrap().unwrap();

@@ -162,7 +162,13 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
             };
             Ok((e.path(), is_dir))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        // Hidden entries are never scripts (a name starts with its prefix), and a Kubernetes
+        // ConfigMap mount keeps every file a second and third time under `..data` and its
+        // timestamped directory.
+        .filter(|(path, _)| !path.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b".")))
+        .collect();
     // By name bytes: entries of one directory, and cheaper than comparing paths component-wise.
     entries.sort_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
     for (path, is_dir) in entries {
@@ -354,5 +360,30 @@ impl Scripts {
         let all = self.migrations.iter().chain(self.undo.values()).chain(self.callbacks.values().flatten());
         let problems: Vec<String> = all.filter_map(|s| s.statements(placeholders, mixed).err()).collect();
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configmap_mount_is_read_once_hidden_entries_skipped() {
+        // What the kubelet writes for a ConfigMap volume: the files in a timestamped directory,
+        // `..data` pointing at it, and one symlink per key through `..data`.
+        let dir = std::env::temp_dir().join(format!("hopngo-configmap-mount-{}", std::process::id()));
+        let stamped = dir.join("..2026_12_05_16_00_00.000000001");
+        std::fs::create_dir_all(&stamped).unwrap();
+        std::fs::write(stamped.join("V1__create.sql"), "CREATE TABLE t (id int);").unwrap();
+        std::fs::write(stamped.join("V2__index.sql"), "CREATE INDEX ON t (id);").unwrap();
+        std::os::unix::fs::symlink("..2026_12_05_16_00_00.000000001", dir.join("..data")).unwrap();
+        for key in ["V1__create.sql", "V2__index.sql"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), dir.join(key)).unwrap();
+        }
+        let scripts = load(&[dir.display().to_string()]).expect("no duplicates");
+        let resolved = scripts.resolve(&Placeholders::default()).unwrap();
+        let files: Vec<&str> = resolved.iter().map(|m| m.script.as_str()).collect();
+        assert_eq!(files, ["V1__create.sql", "V2__index.sql"]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

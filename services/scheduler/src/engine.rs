@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, Registry};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument as _;
@@ -23,7 +23,7 @@ use crate::{
         effects::Effects,
         machine::{self, Settings},
         plan::PlanMode,
-        release::{Phase, Release},
+        release::{Phase, Release, StepStatus},
         train,
     },
     error::SchedulerError,
@@ -41,6 +41,8 @@ pub struct EngineMetrics {
     transitions: IntCounter,
     lateness: Histogram,
     tick_seconds: Histogram,
+    step_seconds: HistogramVec,
+    abort_seconds: Histogram,
 }
 
 impl EngineMetrics {
@@ -69,7 +71,53 @@ impl EngineMetrics {
         for h in [&lateness, &tick_seconds] {
             let _ = registry.register(Box::new(h.clone()));
         }
-        EngineMetrics { ticks, transitions, lateness, tick_seconds }
+        let step_seconds = HistogramVec::new(
+            HistogramOpts::new("hopngo_scheduler_step_duration_seconds", "Time a plan step took, by kind and outcome")
+                .buckets(vec![0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 86400.0]),
+            &["kind", "status"],
+        )
+        .expect("static");
+        let abort_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "hopngo_scheduler_abort_seconds",
+                "From an abort being recorded to the release settled (traffic back on stable, schema dealt with)",
+            )
+            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0]),
+        )
+        .expect("static");
+        let _ = registry.register(Box::new(step_seconds.clone()));
+        let _ = registry.register(Box::new(abort_seconds.clone()));
+        EngineMetrics { ticks, transitions, lateness, tick_seconds, step_seconds, abort_seconds }
+    }
+
+    /// Observes what this advance ended: steps that finished (`finished_before` says which
+    /// had already), and an abort that settled.
+    fn ended(&self, release: &Release, finished_before: &[bool], was_settled: bool) {
+        for (i, step) in release.steps.iter().enumerate() {
+            if finished_before.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            if let (Some(started), Some(finished), Some(plan)) =
+                (step.started_at, step.finished_at, release.plan.steps.get(i))
+            {
+                let status = match step.status {
+                    StepStatus::Succeeded => "succeeded",
+                    StepStatus::Skipped => "skipped",
+                    StepStatus::Failed => "failed",
+                    StepStatus::Pending | StepStatus::Running => continue,
+                };
+                self.step_seconds
+                    .with_label_values(&[plan.action.kind_name(), status])
+                    .observe((finished - started).as_seconds_f64().max(0.0));
+            }
+        }
+        if release.settled
+            && !was_settled
+            && matches!(release.phase, Phase::Aborted | Phase::Failed)
+            && let Some(aborted) = release.finished_at
+        {
+            self.abort_seconds.observe((time::OffsetDateTime::now_utc() - aborted).as_seconds_f64().max(0.0));
+        }
     }
 }
 
@@ -224,6 +272,7 @@ impl<E: Effects + Send + 'static> Engine<E> {
         self.metrics.lateness.observe((now - due).as_seconds_f64().max(0.0));
         let span = tracing::info_span!("advance", release = %release.id, service = %release.service, env = %release.environment);
         let was_settled = release.settled;
+        let finished_before: Vec<bool> = release.steps.iter().map(|s| s.finished_at.is_some()).collect();
         let advance = machine::advance(&mut release, now, self.effects.as_ref(), &self.settings).instrument(span).await;
         Store::save(&mut tx, &mut release, &advance.transitions, advance.wake_at).await?;
         let mut changed = vec![release.id];
@@ -247,6 +296,7 @@ impl<E: Effects + Send + 'static> Engine<E> {
         for id in changed {
             self.signals.changed(id);
         }
+        self.metrics.ended(&release, &finished_before, was_settled);
         self.metrics.ticks.inc();
         self.metrics.transitions.inc_by(advance.transitions.len() as u64);
         self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());

@@ -599,5 +599,28 @@ async fn the_gauges_count_releases_by_phase_and_the_outbox_backlog() {
     h.client().promote_release(as_user(promote(&r.id, true), "alice", &[])).await.unwrap();
     h.wait_settled(&r.id, 20).await;
     eventually(10, || async { read("hopngo_scheduler_releases{phase=\"PAUSED\"}").await == Some(0.0) }).await;
+    // Steps observed as they end: done before the promotion, and the paused one skipped by it
+    // (steps never started have no duration).
+    let steps = |kind: &'static str, status: &'static str| {
+        let series = format!("hopngo_scheduler_step_duration_seconds_count{{kind=\"{kind}\",status=\"{status}\"}}");
+        let admin = admin.clone();
+        async move { hopngo_testkit::measure::sample(&hopngo_testkit::measure::scrape(&admin).await, &series) }
+    };
+    assert!(steps("setWeight", "succeeded").await >= Some(1.0));
+    assert_eq!(steps("pause", "skipped").await, Some(1.0), "promote --full skips the pause it was in");
+    assert_eq!(read("hopngo_scheduler_abort_seconds_count").await, Some(0.0));
+    // An abort: from recorded to settled.
+    let aborted = h.create("booking-service", "staging", "booking:1.2", "alice").await.unwrap();
+    h.wait(&aborted.id, 20, |r| r.phase == P::Paused as i32).await;
+    h.client()
+        .abort_release(as_user(
+            pb::AbortReleaseRequest { id: aborted.id.clone(), reason: "bad logs".into() },
+            "alice",
+            &[],
+        ))
+        .await
+        .unwrap();
+    h.wait_settled(&aborted.id, 20).await;
+    eventually(10, || async { read("hopngo_scheduler_abort_seconds_count").await == Some(1.0) }).await;
     h.stop().await;
 }

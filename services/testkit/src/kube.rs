@@ -2,8 +2,8 @@
 //! cluster where no cluster can run. It behaves like the real one for what HopNGo uses:
 //! - typed paths (`/api/v1/namespaces/{ns}/services/{name}`,
 //!   `/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}[/status]`) for Services, Pods,
-//!   Deployments, ReplicaSets, Gateway API HTTPRoutes and Gateways, Argo Rollouts, and Leases
-//!   (leader election);
+//!   Deployments, ReplicaSets, Gateway API HTTPRoutes and Gateways, Argo Rollouts, Leases and
+//!   EndpointSlices (leader election);
 //!   cluster-wide lists;
 //! - `metadata.resourceVersion` (one counter), `uid`, `generation` (bumped when anything but
 //!   status/metadata changes), `creationTimestamp`;
@@ -65,7 +65,7 @@ impl Kind {
     }
 }
 
-/// Every kind served; each but the Lease has a `status` subresource.
+/// Every kind served; each but the Lease and the EndpointSlice has a `status` subresource.
 pub const KINDS: &[Kind] = &[
     Kind { group: "", version: "v1", plural: "services", kind: "Service" },
     Kind { group: "", version: "v1", plural: "pods", kind: "Pod" },
@@ -75,6 +75,7 @@ pub const KINDS: &[Kind] = &[
     Kind { group: "gateway.networking.k8s.io", version: "v1", plural: "gateways", kind: "Gateway" },
     Kind { group: "argoproj.io", version: "v1alpha1", plural: "rollouts", kind: "Rollout" },
     Kind { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease" },
+    Kind { group: "discovery.k8s.io", version: "v1", plural: "endpointslices", kind: "EndpointSlice" },
 ];
 
 /// The index in [`KINDS`] of a served plural.
@@ -290,8 +291,9 @@ fn route(path: &str) -> Option<Target> {
         _ => return None,
     };
     let kind = KINDS.iter().position(|k| k.group == group && k.version == version && k.plural == plural)?;
-    if (name.is_some() && namespace.is_none()) || (status && KINDS[kind].plural == "leases") {
-        // A Lease has no status subresource.
+    if (name.is_some() && namespace.is_none()) || (status && ["leases", "endpointslices"].contains(&KINDS[kind].plural))
+    {
+        // Leases and EndpointSlices have no status subresource.
         return None;
     }
     Some(Target { kind, namespace, name, status })
@@ -696,14 +698,15 @@ impl FakeKube {
     }
 
     /// The writes after resourceVersion `since` (from the retained history), as `VERB
-    /// plural/name`, but a leader's Lease renewals: what a deployer changed in the cluster.
+    /// plural/name`, but those of leader election (Leases, EndpointSlices): what a deployer
+    /// changed in the cluster.
     pub fn writes_since(&self, since: u64) -> Vec<String> {
         let store = self.store();
         assert!(store.history.front().is_none_or(|e| e.rv <= since + 1), "the history no longer reaches {since}");
         store
             .history
             .iter()
-            .filter(|e| e.rv > since && KINDS[e.kind].plural != "leases")
+            .filter(|e| e.rv > since && !["leases", "endpointslices"].contains(&KINDS[e.kind].plural))
             .map(|e| {
                 format!("{} {}/{}", e.verb, KINDS[e.kind].plural, e.object["metadata"]["name"].as_str().unwrap_or(""))
             })
