@@ -282,6 +282,10 @@ pub struct StackOptions {
     pub migrator_args: Vec<String>,
     /// Deployer arguments (`--backend kubernetes --kubeconfig FILE`, ...).
     pub deployer_args: Vec<String>,
+    /// Every part's log filter (default `warn`).
+    pub log: Option<String>,
+    /// Where every part exports its spans (`--otlp-endpoint`).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Stack {
@@ -314,10 +318,16 @@ impl Stack {
         // ([`Proc`] adds the credentials), so the others are reached over https.
         let common = |listen: u16| -> Vec<String> {
             let listen = format!("127.0.0.1:{listen}");
-            ["--listen", &listen, "--database-url", database_url, "--drain-timeout", "1s", "--log", "warn"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
+            let log = options.log.as_deref().unwrap_or("warn");
+            let mut args: Vec<String> =
+                ["--listen", &listen, "--database-url", database_url, "--drain-timeout", "1s", "--log", log]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            if let Some(endpoint) = &options.otlp_endpoint {
+                args.extend(["--otlp-endpoint".to_string(), endpoint.clone()]);
+            }
+            args
         };
         let url = |port: u16| format!("https://127.0.0.1:{port}");
         let mut procs = std::collections::BTreeMap::new();

@@ -298,8 +298,10 @@ where
             tracing::Span::none()
         } else {
             let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
-            let span = tracing::info_span!("rpc", otel.kind = "server", rpc.path = %path);
+            let span =
+                tracing::info_span!("rpc", otel.kind = "server", rpc.path = %path, trace_id = tracing::field::Empty);
             let _ = span.set_parent(parent);
+            crate::telemetry::record_trace_id(&span);
             span
         };
         let started = Instant::now();

@@ -47,3 +47,35 @@ pub fn init(service: &'static str, args: &TelemetryArgs) -> anyhow::Result<Telem
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
     Ok(TelemetryGuard { provider })
 }
+
+/// The W3C `traceparent` of `span` (its trace and its own id), to continue the trace elsewhere
+/// or later: a release's ticks, an event's delivery. `None` when the span records nothing.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let mut carrier = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&span.context(), &mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// Makes `span` a child of the span `traceparent` names (a W3C `traceparent`), and records
+/// its trace id in the span's `trace_id` field (so log lines inside it carry it).
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if let Some(traceparent) = traceparent {
+        let carrier = std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+        let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
+        let _ = span.set_parent(parent);
+    }
+    record_trace_id(span);
+}
+
+/// Records `span`'s trace id in its `trace_id` field, when it has one.
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    let trace_id = context.span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+}

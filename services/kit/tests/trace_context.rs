@@ -1,5 +1,6 @@
-//! W3C trace context crosses a real gRPC call: the server span continues the client's trace, and
-//! the call shows up in the per-RPC metrics with its status code.
+//! W3C trace context crosses a real gRPC call: the server span continues the client's trace, the
+//! handler's log lines carry its trace id, and the call shows up in the per-RPC metrics with its
+//! status code.
 
 use std::time::Duration;
 
@@ -18,6 +19,27 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 use tracing_subscriber::layer::SubscriberExt as _;
+
+/// Log lines, kept for the test to read.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
 
 struct Deployer;
 
@@ -58,8 +80,10 @@ async fn server_span_continues_the_client_trace_and_rpcs_are_counted() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+        .with(tracing_subscriber::fmt::layer().json().with_writer(logs.clone()));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,6 +117,12 @@ async fn server_span_continues_the_client_trace_and_rpcs_are_counted() {
         assert_eq!(server_span.span_context.trace_id(), client_span.span_context.trace_id(), "same trace");
         assert_eq!(server_span.parent_span_id, client_span.span_context.span_id(), "child of the client span");
     }
+
+    // The handler's log line names the trace it served.
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let line = logged.lines().find(|l| l.contains("preflight handled")).expect("the handler logged");
+    let trace_id = client_span.span_context.trace_id().to_string();
+    assert!(line.contains(&format!("\"trace_id\":\"{trace_id}\"")), "{line}");
 
     let text = metrics.render();
     assert!(text.contains(r#"hopngo_grpc_server_handled_total{grpc_code="Ok",grpc_method="Preflight",grpc_service="hopngo.deployer.v1.DeployerService"} 1"#), "{text}");

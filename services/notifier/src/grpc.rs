@@ -129,7 +129,25 @@ impl NotifierService for Notifier {
             check_event(i, e)?;
             e.spec_version = "1.0".into();
         }
+        // Each event continues the trace of the release that produced it (CloudEvents'
+        // distributed tracing extension), for as long as the append takes.
+        let spans: Vec<tracing::Span> = events
+            .iter()
+            .filter_map(|e| {
+                let traceparent = e.extensions.get("traceparent")?;
+                let span = tracing::info_span!(
+                    "event appended",
+                    event.r#type = %e.r#type,
+                    release = %e.release_id,
+                    sequence = e.sequence,
+                    trace_id = tracing::field::Empty
+                );
+                hopngo_kit::telemetry::continue_trace(&span, Some(traceparent));
+                Some(span)
+            })
+            .collect();
         let (accepted, duplicates) = self.log.publish(events).await?;
+        drop(spans);
         Ok(Response::new(pb::PublishEventsResponse { accepted, duplicates }))
     }
 

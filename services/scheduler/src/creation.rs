@@ -85,6 +85,9 @@ pub async fn insert(
         returns_release: n.returns_release,
         reason: n.reason.to_string(),
     });
+    // The request creating it (or the engine's advance creating a train's return) starts the
+    // release's trace.
+    release.trace_parent = hopngo_kit::telemetry::traceparent(&tracing::Span::current());
     let message = match n.undo_of_revision {
         Some(rev) => format!("undo to revision {rev} ({}): {}", n.artifact, n.reason),
         None => {

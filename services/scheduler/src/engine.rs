@@ -270,14 +270,22 @@ impl<E: Effects + Send + 'static> Engine<E> {
             return Ok(false);
         };
         self.metrics.lateness.observe((now - due).as_seconds_f64().max(0.0));
-        let span = tracing::info_span!("advance", release = %release.id, service = %release.service, env = %release.environment);
+        let span = tracing::info_span!(
+            "advance",
+            release = %release.id,
+            service = %release.service,
+            env = %release.environment,
+            trace_id = tracing::field::Empty
+        );
+        hopngo_kit::telemetry::continue_trace(&span, release.trace_parent.as_deref());
         let was_settled = release.settled;
         let finished_before: Vec<bool> = release.steps.iter().map(|s| s.finished_at.is_some()).collect();
-        let advance = machine::advance(&mut release, now, self.effects.as_ref(), &self.settings).instrument(span).await;
-        Store::save(&mut tx, &mut release, &advance.transitions, advance.wake_at).await?;
+        let advance =
+            machine::advance(&mut release, now, self.effects.as_ref(), &self.settings).instrument(span.clone()).await;
+        Store::save(&mut tx, &mut release, &advance.transitions, advance.wake_at).instrument(span.clone()).await?;
         let mut changed = vec![release.id];
         if release.settled && !was_settled && release.group_id.is_some() {
-            self.continue_group(&mut tx, &release, now, &mut changed).await?;
+            self.continue_group(&mut tx, &release, now, &mut changed).instrument(span).await?;
         }
         tx.commit().await?;
         if let Some(at) = advance.wake_at

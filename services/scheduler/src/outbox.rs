@@ -76,7 +76,8 @@ pub fn to_proto(e: &OutboxEvent, source: &str) -> Event {
             transition: p.transition.clone(),
             release_group_id: p.release_group_id.clone(),
         }),
-        extensions: Default::default(),
+        // CloudEvents' distributed tracing extension: the notifier continues the release's trace.
+        extensions: e.traceparent.iter().map(|t| ("traceparent".to_string(), t.clone())).collect(),
     }
 }
 

@@ -103,6 +103,8 @@ pub struct Cursor {
 pub struct OutboxEvent {
     /// Row id.
     pub id: i64,
+    /// The trace context of the span that wrote it (W3C `traceparent`).
+    pub traceparent: Option<String>,
     /// Event id.
     pub event_id: Uuid,
     /// Release.
@@ -613,8 +615,9 @@ impl Store {
                UPDATE release_state SET phase = $2, settled = $3, state = $4, version = $5, next_wake_at = $6, updated_at = $7 \
                WHERE release_id = $1 RETURNING release_id), \
              events AS ( \
-               INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at) \
-               SELECT e, $1, s, t, n, v, p, clock_timestamp() \
+               INSERT INTO release_events (event_id, release_id, sequence, type, transition, severity, payload, created_at, \
+                 traceparent) \
+               SELECT e, $1, s, t, n, v, p, clock_timestamp(), $21 \
                FROM UNNEST($8::uuid[], $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[]) AS x(e, s, t, n, v, p)) \
              INSERT INTO audit_log (release_id, sequence, actor, action, from_phase, to_phase, message, at, \
                service, environment, reason, request_id) \
@@ -643,6 +646,8 @@ impl Store {
         .bind(&batch.reasons)
         .bind(&r.service)
         .bind(&r.environment)
+        // The events continue the trace of the span writing them.
+        .bind(hopngo_kit::telemetry::traceparent(&tracing::Span::current()))
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -1037,7 +1042,7 @@ impl Store {
     /// Unpublished events in commit order.
     pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<OutboxEvent>, SchedulerError> {
         let rows = sqlx::query(
-            "SELECT id, event_id, release_id, sequence, type, severity, payload, created_at FROM release_events \
+            "SELECT id, event_id, release_id, sequence, type, severity, payload, created_at, traceparent FROM release_events \
              WHERE published_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(limit)
@@ -1055,6 +1060,7 @@ impl Store {
                     severity: row.try_get("severity")?,
                     payload: serde_json::from_str(&payload).map_err(|e| SchedulerError::Internal(e.to_string()))?,
                     created_at: row.try_get("created_at")?,
+                    traceparent: row.try_get("traceparent")?,
                 })
             })
             .collect()

@@ -24,6 +24,7 @@ pub mod hostile;
 pub mod kube;
 pub mod measure;
 pub mod oidc;
+pub mod otlp;
 pub mod pki;
 pub mod prometheus;
 pub mod python;

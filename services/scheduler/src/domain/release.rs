@@ -475,6 +475,10 @@ pub struct Release {
     /// Where the service's traffic enters, as the deployer last reported it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
+    /// The trace every advance of the release continues (W3C `traceparent` of the request that
+    /// created it), so one trace shows the release across services, replicas and restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
     /// Event sequence of the latest transition.
     pub version: u64,
 }
@@ -562,6 +566,7 @@ impl Release {
             schema: None,
             preflight: Vec::new(),
             address: String::new(),
+            trace_parent: None,
             version: 0,
         }
     }
