@@ -5,23 +5,9 @@ use hopngo_e2e::AuthedChannel;
 use hopngo_e2e::channel;
 use std::time::Duration;
 
-use hopngo_e2e::{Proc, binary};
+use hopngo_e2e::{Proc, binary, demo_pids};
 use hopngo_proto::deployer::{self as pb, deployer_service_client::DeployerServiceClient};
 use hopngo_testkit::db::TestDb;
-
-fn demo_pids(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
-        if cmdline.contains("hopngo-demo-service") && cmdline.contains(marker) && !zombie {
-            pids.push(pid);
-        }
-    }
-    pids
-}
 
 async fn converged(client: &mut DeployerServiceClient<AuthedChannel>) -> pb::TargetStatus {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

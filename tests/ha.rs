@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hopngo_e2e::{AuthedChannel, Proc, binary, channel, scrape_sum};
+use hopngo_e2e::{AuthedChannel, Proc, binary, channel, demo_pids, scrape_sum, step_event};
 use hopngo_proto::{
     analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient},
     deployer::{self as dpb, deployer_service_client::DeployerServiceClient},
@@ -75,21 +75,6 @@ async fn converged(client: &mut DeployerServiceClient<AuthedChannel>, service: &
     status.converged.then_some(status)
 }
 
-fn demo_replicas(artifact: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|entry| {
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let zombie =
-                std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
-            cmdline.contains("hopngo-demo-service") && cmdline.contains(artifact) && !zombie
-        })
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deployer_leads_and_a_standby_takes_over_a_killed_leader_on_the_database_lock() {
     let db = TestDb::create().await.unwrap();
@@ -137,7 +122,7 @@ async fn one_deployer_leads_and_a_standby_takes_over_a_killed_leader_on_the_data
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let address = status.address.clone();
-    assert_eq!(demo_replicas("5.0.0-ha"), 2);
+    assert_eq!(demo_pids("5.0.0-ha").len(), 2);
 
     // The standby is alive but not ready, and refuses the API without touching anything.
     assert_eq!(health(&b.grpc, "").await, Some(SERVING), "alive: a liveness probe passes");
@@ -148,7 +133,7 @@ async fn one_deployer_leads_and_a_standby_takes_over_a_killed_leader_on_the_data
     assert!(refused.message().contains("standby"), "{}", refused.message());
     assert_eq!(scrape_sum(&a.admin, "hopngo_deployer_leader").await.unwrap(), 1.0);
     assert_eq!(scrape_sum(&b.admin, "hopngo_deployer_leader").await.unwrap(), 0.0);
-    assert_eq!(demo_replicas("6.0.0-ha"), 0, "the standby started nothing");
+    assert_eq!(demo_pids("6.0.0-ha").len(), 0, "the standby started nothing");
 
     // The leader dies: the standby leads, re-reads the stored state and serves the same address.
     let killed = Instant::now();
@@ -175,7 +160,7 @@ async fn one_deployer_leads_and_a_standby_takes_over_a_killed_leader_on_the_data
     );
     let status = converged(&mut standby, "booking").await.unwrap();
     assert_eq!((status.address.as_str(), status.idempotency_key.as_str()), (address.as_str(), "booking-5.0.0-ha"));
-    assert_eq!(demo_replicas("5.0.0-ha"), 2, "the replicas came back once");
+    assert_eq!(demo_pids("5.0.0-ha").len(), 2, "the replicas came back once");
 
     // A clean stop hands over at once: a new replica leads without waiting.
     let stopped = Instant::now();
@@ -327,29 +312,7 @@ async fn deployers_on_kubernetes_elect_a_leader_through_a_lease_and_a_standby_ta
 }
 
 fn event(release: &str, sequence: u64) -> hopngo_proto::events::Event {
-    use hopngo_proto::events::{Event, ReleaseEventData};
-    Event {
-        id: format!("{release}-{sequence}"),
-        source: "/hopngo/scheduler".into(),
-        spec_version: "1.0".into(),
-        r#type: hopngo_proto::event_types::RELEASE_STEP_COMPLETED.into(),
-        subject: release.into(),
-        time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        release_id: release.into(),
-        sequence,
-        service: "booking".into(),
-        environment: "staging".into(),
-        severity: 1,
-        data: Some(ReleaseEventData {
-            revision: 1,
-            artifact: "booking:1".into(),
-            phase: "PROGRESSING".into(),
-            transition: "step-completed".into(),
-            message: format!("step {sequence}"),
-            ..Default::default()
-        }),
-        extensions: Default::default(),
-    }
+    step_event(release, sequence, format!("step {sequence}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

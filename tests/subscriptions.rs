@@ -6,9 +6,9 @@
 use hopngo_e2e::channel;
 use std::time::{Duration, Instant};
 
-use hopngo_e2e::{Proc, as_user, binary};
+use hopngo_e2e::{Proc, as_user, binary, step_event};
 use hopngo_proto::{
-    events::{Event, ReleaseEventData},
+    events::Event,
     notifier::{self as npb, notifier_service_client::NotifierServiceClient, subscribe_request::Start},
 };
 use hopngo_testkit::{db::TestDb, measure::proc_status};
@@ -24,28 +24,11 @@ const CALLERS: usize = 4;
 const PEAK_RSS_MIB: u64 = 90;
 
 fn event(release: &str, sequence: u64) -> Event {
-    Event {
-        id: uuid::Uuid::now_v7().to_string(),
-        source: "/hopngo/scheduler".into(),
-        spec_version: "1.0".into(),
-        r#type: hopngo_proto::event_types::RELEASE_STEP_COMPLETED.into(),
-        subject: release.into(),
-        time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-        release_id: release.into(),
+    step_event(
+        release,
         sequence,
-        service: "booking-service".into(),
-        environment: "staging".into(),
-        severity: 1,
-        data: Some(ReleaseEventData {
-            revision: 2,
-            artifact: "registry.example/booking:1.1.0".into(),
-            phase: "PROGRESSING".into(),
-            transition: "step-completed".into(),
-            message: format!("step {sequence} done: {}", "the canary answered within its SLO; ".repeat(20)),
-            ..Default::default()
-        }),
-        extensions: Default::default(),
-    }
+        format!("step {sequence} done: {}", "the canary answered within its SLO; ".repeat(20)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

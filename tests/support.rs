@@ -612,3 +612,46 @@ impl Drop for Traffic {
         self.stop.cancel();
     }
 }
+
+/// The live (not zombie) `hopngo-demo-service` processes whose command line contains `marker`
+/// (an artifact): the replicas a deployer runs.
+pub fn demo_pids(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true);
+        if cmdline.contains("hopngo-demo-service") && cmdline.contains(marker) && !zombie {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A `release.step.completed` event of `release` numbered `sequence` (its id is
+/// `RELEASE-SEQUENCE`, so publishing it again is a duplicate), with `message`.
+pub fn step_event(release: &str, sequence: u64, message: String) -> hopngo_proto::events::Event {
+    hopngo_proto::events::Event {
+        id: format!("{release}-{sequence}"),
+        source: "/hopngo/scheduler".into(),
+        spec_version: "1.0".into(),
+        r#type: hopngo_proto::event_types::RELEASE_STEP_COMPLETED.into(),
+        subject: release.into(),
+        time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        release_id: release.into(),
+        sequence,
+        service: "booking-service".into(),
+        environment: "staging".into(),
+        severity: 1,
+        data: Some(hopngo_proto::events::ReleaseEventData {
+            revision: 2,
+            artifact: "registry.example/booking:1.1.0".into(),
+            phase: "PROGRESSING".into(),
+            transition: "step-completed".into(),
+            message,
+            ..Default::default()
+        }),
+        extensions: Default::default(),
+    }
+}
