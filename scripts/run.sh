@@ -11,7 +11,7 @@
 # rollback, with events arriving at a subscriber. It finishes by itself and removes what it
 # started.
 #
-#   scripts/run.sh          the demonstration (about four minutes)
+#   scripts/run.sh          the demonstration (about two minutes)
 #   scripts/run.sh --serve  the same stack, without the demonstration, until Ctrl-C
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,6 +88,14 @@ export HOPNGO_SERVER=https://127.0.0.1:50051 HOPNGO_ANALYZER=https://127.0.0.1:5
 environments=$(awk '/^environments:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
 services=$(awk '/^services:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
 n_env=$(echo "$environments" | wc -l)
+paths_of() { # what steady traffic asks a service: its business operations too (the demo counts them)
+  case "$1" in
+    auth-service) echo /api/v1/info /api/v1/login ;;
+    booking-service) echo /api/v1/info /api/v1/bookings /api/v1/payments ;;
+    trip-planning-service) echo /api/v1/info /api/v1/search ;;
+    *) echo /api/v1/info ;;
+  esac
+}
 urls=()
 i=0
 for s in $services; do
@@ -95,12 +103,14 @@ for s in $services; do
   for e in $environments; do
     port=$((proxy_base + i * n_env + j))
     printf '  %-22s %-11s http://127.0.0.1:%s\n' "$s" "$e" "$port" >>"$logs/proxies.txt"
-    urls+=("http://127.0.0.1:$port/api/v1/info")
+    for path in $(paths_of "$s"); do
+      urls+=("http://127.0.0.1:$port$path")
+    done
     j=$((j + 1))
   done
   i=$((i + 1))
 done
-# Bounded: 10 requests/s per service and environment for at most an hour.
+# Bounded: 10 requests/s per path, service and environment for at most an hour.
 (IFS=,; exec hopngo-traffic --url "${urls[*]}" --rate 10 --duration 1h >"$logs/traffic.txt" 2>&1) &
 traffic=$!
 scheduler=
@@ -115,11 +125,11 @@ trap cleanup EXIT
 {
   echo "Scheduler: https://127.0.0.1:50051 (metrics http://127.0.0.1:9464/metrics)"
   echo "Deployer:  https://127.0.0.1:50052 (proxy metrics http://127.0.0.1:9465/metrics)"
-  echo "Analyzer:  https://127.0.0.1:50053 (canaries are measured from the proxy metrics)"
+  echo "Analyzer:  https://127.0.0.1:50053 (canaries are measured from the proxy metrics, business rates from the replicas' own: http://127.0.0.1:9465/metrics/replicas)"
   echo "Migrator:  https://127.0.0.1:50054 (databases booking and booking-production: deploy/hopngo/migrations/booking)"
   echo "Notifier:  https://127.0.0.1:50055 (release events: hopctl events --follow; webhooks: hopctl subscriptions)"
   echo "Credentials (CA, service certificates, tokens of alice, bob and admin, policy): $creds"
-  echo "Service proxies (10 requests/s flow into each):"
+  echo "Service proxies (10 requests/s flow into each, per path: logins on auth-service, bookings and payments on booking-service, searches on trip-planning-service):"
   cat "$logs/proxies.txt"
 } >&2
 if [ "$serve" = true ]; then
@@ -206,12 +216,17 @@ id=$(hopctl release create booking-service --env staging --artifact '1.2.0+error
 run hopctl get "$id" --watch >/dev/null || true
 hopctl get "$id" | sed -n 's/^Message: */  /p' >&2
 
-say "A version that breaks under load (fine for 40 requests, then half fail): the SLO analysis aborts the canary"
+say "A version that breaks under load (fine for 40 requests, then half fail): the analysis aborts the canary"
 id=$(hopctl release create booking-service --env staging --artifact '1.3.0+errors=0.5,errorsAfter=40' | id_of)
 run hopctl get "$id" --watch || true
 sleep 1 # the event log is a moment behind the release
 run hopctl timeline "$id"
 answers booking-service staging
+
+say "A version whose bookings fail while every answer is a fast 200: the SLO sees nothing, the booking completion rate aborts it"
+id=$(hopctl release create booking-service --env staging --artifact '1.4.0+businessFailures=0.5' | id_of)
+run hopctl get "$id" --watch >/dev/null || true
+hopctl get "$id" | sed -n 's/^Message: */  /p' >&2
 
 say "Full environment rollback of production (emergency form, an admin's call: every service, straight back, one after another)"
 run hopctl "${as_admin[@]}" rollback-env production --emergency --reason "demo: back to yesterday's versions" --watch || true

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use hopngo_e2e::{Part, Stack, StackOptions, as_user, create_release, until};
+use hopngo_e2e::{Part, Stack, StackOptions, as_user, create_release, hopngo_template, until};
 use hopngo_proto::release as pb;
 use hopngo_testkit::{
     db::TestDb,
@@ -248,14 +248,6 @@ async fn an_existing_argo_rollout_released_promoted_and_aborted_through_the_sche
     drop(stack);
 }
 
-/// The Kubernetes form of HopNGo's SLO template, as `deploy/hopngo/delivery.yaml` has it.
-fn hopngo_kubernetes_slo() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/hopngo/delivery.yaml")).unwrap();
-    let config: Value = serde_saphyr::from_str(&text).unwrap();
-    let templates = config["analysisTemplates"].as_array().unwrap();
-    templates.iter().find(|t| t["name"] == "slo" && t["backend"] == "kubernetes").cloned().expect("the kubernetes form")
-}
-
 /// HopNGo's scrape job (`deploy/hopngo/kubernetes/prometheus-scrape.yaml`) with its Kubernetes
 /// discovery replaced by `http_sd` from `discovery`: Debian's Prometheus is built without
 /// Kubernetes discovery, and the fake serves its pods with the labels that discovery gives them,
@@ -277,7 +269,8 @@ fn hopngo_scrape_job(discovery: &str) -> String {
 
 /// Stands in for the kubelets: serves each pod in `targets` (the fake's pods, as discovery
 /// sees them) at its address, `podIP:containerPort`, with the demo service in the version its
-/// image tag names; tags ending `-bad` answer half their API requests with 500.
+/// image tag names; tags ending `-bad` answer half their API requests with 500, tags ending
+/// `-nobook` fail 90 % of their bookings (answering 200).
 async fn run_pods(
     targets: &Value,
     served: &mut std::collections::BTreeSet<String>,
@@ -292,6 +285,7 @@ async fn run_pods(
         let version = image.rsplit_once(':').unwrap().1;
         let behaviour = hopngo_deployer::demo::Behaviour {
             error_rate: if version.ends_with("-bad") { 0.5 } else { 0.0 },
+            business_failures: if version.ends_with("-nobook") { 0.9 } else { 0.0 },
             ..Default::default()
         };
         hopngo_deployer::demo::spawn(address.parse().unwrap(), "booking", version, behaviour, stop.child_token())
@@ -301,12 +295,12 @@ async fn run_pods(
     }
 }
 
-/// One API request to every served pod (as the `booking` Service spreads them).
+/// One booking to every served pod (as the `booking` Service spreads them).
 async fn request_every_pod(served: &std::collections::BTreeSet<String>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     for address in served {
         if let Ok(mut s) = tokio::net::TcpStream::connect(address).await {
-            let _ = s.write_all(b"GET /api/v1/trips HTTP/1.1\r\nhost: booking\r\nconnection: close\r\n\r\n").await;
+            let _ = s.write_all(b"POST /api/v1/bookings HTTP/1.1\r\nhost: booking\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
             let mut answer = Vec::new();
             let _ = s.read_to_end(&mut answer).await;
         }
@@ -331,7 +325,8 @@ async fn prometheus_query(address: &str, query: &str) -> Vec<(Value, f64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_slo_on_kubernetes_reads_per_track_series_from_prometheus_and_aborts_a_bad_canary() {
+async fn hopngo_slo_and_booking_completion_on_kubernetes_read_per_track_series_from_prometheus_and_abort_bad_canaries()
+{
     // Pods get loopback addresses, so what serves them is reachable; all listen on one port.
     let fake = std::sync::Arc::new(
         FakeKube::start_with(FakeKubeOptions {
@@ -346,11 +341,19 @@ async fn the_slo_on_kubernetes_reads_per_track_series_from_prometheus_and_aborts
     let prometheus =
         hopngo_testkit::prometheus::Prometheus::start_scraping(&hopngo_scrape_job(&discovery.url("/"))).await.unwrap();
 
-    let mut slo = hopngo_kubernetes_slo();
-    slo["args"] = serde_json::json!([
-        {"name": "prometheusAddress", "value": prometheus.address},
-        {"name": "rateWindow", "value": "5s"},
-    ]);
+    // HopNGo's SLO and booking completion templates as they are, but for this Prometheus and a
+    // window of a few scrapes.
+    let [slo, completion] = ["slo", "booking-completion"].map(|name| {
+        let mut template = hopngo_template(name, "kubernetes");
+        for arg in template["args"].as_array_mut().unwrap() {
+            match arg["name"].as_str().unwrap() {
+                "prometheusAddress" => arg["value"] = prometheus.address.clone().into(),
+                "rateWindow" => arg["value"] = "5s".into(),
+                _ => {}
+            }
+        }
+        template
+    });
     let config = format!(
         "
 environments:
@@ -361,13 +364,16 @@ providers:
   allowedHosts: [127.0.0.1]
 analysisTemplates:
   - {slo}
+  - {completion}
 services:
   - name: booking
     replicas: 2
     strategy:
       canary:
         steps: [{{setWeight: 50}}, {{pause: {{duration: 16s}}}}]
-        analysis: {{templates: [slo]}}
+        # A version failing half its requests fails half its bookings too: the immediate abort
+        # is left to the error rate (HopNGo's 0.9 would race it).
+        analysis: {{templates: [slo, booking-completion], args: {{abortBelow: '0.3'}}}}
     kubernetes:
       image: registry.example/hopngo/booking
       containerPort: {port}
@@ -415,6 +421,15 @@ services:
     assert!(aborted.message.contains("background analysis failed (critical)"), "{}", aborted.message);
     let background = aborted.analysis_runs.iter().find(|a| a.kind == "background").unwrap();
     assert!(background.message.contains("error-rate-abort"), "{background:#?}");
+
+    // A canary whose bookings mostly fail while every answer is a fast 200: the SLO sees
+    // nothing, the booking completion rate from Prometheus aborts it.
+    let unbooked = create_release(&mut releases, "booking", "1.3-nobook").await;
+    let aborted = until(&mut releases, &unbooked.id, 90, |r| r.settled).await;
+    assert_eq!(aborted.phase, pb::ReleasePhase::Aborted as i32, "{aborted:#?}");
+    let background = aborted.analysis_runs.iter().find(|a| a.kind == "background").unwrap();
+    assert!(background.message.contains("booking-completion-abort"), "{background:#?}");
+    assert!(!background.message.contains("error-rate"), "{background:#?}");
 
     let by_track = prometheus_query(
         &prometheus.address,

@@ -3,7 +3,8 @@
 //! metric a rule reads is one a service registers; every Grafana dashboard query is PromQL that
 //! promtool accepts and reads only metrics that exist: registered by a service, recorded by the
 //! rules, or exported by what the dashboards say they read (the services' HTTP histogram,
-//! cAdvisor, kube-state-metrics).
+//! cAdvisor, kube-state-metrics). The business dashboard shows exactly what HopNGo's business
+//! analysis templates judge, and their local and Kubernetes forms count the same series.
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
@@ -251,9 +252,65 @@ fn dashboards_query_valid_promql_over_metrics_that_exist() {
             }
         }
     }
-    assert!(dashboards.len() >= 3, "the dashboards are there");
+    assert!(dashboards.len() >= 4, "the dashboards are there");
     let file = std::env::temp_dir().join(format!("hopngo-dashboard-queries-{}.yaml", std::process::id()));
     std::fs::write(&file, serde_json::json!({"groups": [{"name": "dashboards", "rules": rules}]}).to_string()).unwrap();
     promtool(&["check", "rules"], std::slice::from_ref(&file));
     let _ = std::fs::remove_file(file);
+}
+
+/// The `hopngo_business_operations_total{…}` selectors of a query or expression, without the
+/// labels each form fills differently (`[window]` is outside the braces).
+fn business_selectors(text: &str) -> Vec<String> {
+    text.match_indices("hopngo_business_operations_total{")
+        .map(|(at, _)| {
+            let rest = &text[at..];
+            rest[..=rest.find('}').unwrap()].to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_business_dashboard_shows_what_the_business_templates_judge() {
+    let path = root().join("deploy/observability/dashboards/hopngo-business.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    let one_line = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for name in ["login-success", "booking-completion", "payment-processing"] {
+        let kubernetes = hopngo_e2e::hopngo_template(name, "kubernetes");
+        let local = hopngo_e2e::hopngo_template(name, "local");
+        let queries: BTreeSet<String> = kubernetes["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| one_line(m["provider"]["prometheus"]["query"].as_str().unwrap()))
+            .collect();
+        assert_eq!(queries.len(), 1, "{name}: its metrics judge one rate at two thresholds");
+        let query = queries.into_iter().next().unwrap();
+        // As Grafana fills it for the chosen services, environments and tracks, over 5m.
+        let mut shown = query.replace("[{{args.rateWindow}}]", "[5m]");
+        for label in ["service", "environment", "track"] {
+            shown = shown.replace(&format!("{label}=\"{{{{args.{label}}}}}\""), &format!("{label}=~\"${label}\""));
+        }
+        assert!(!shown.contains("{{"), "{name}: only the scheduler's arguments and the window: {shown}");
+        assert!(panels.contains(&shown), "{name}: no panel shows\n{shown}\npanels:\n{panels:#?}");
+        for metric in local["metrics"].as_array().unwrap() {
+            let expression = metric["provider"]["scrape"]["expression"].as_str().unwrap();
+            assert_eq!(business_selectors(expression), business_selectors(&query), "{name}: both forms count the same");
+        }
+    }
+    // Every route a panel filters on is one the demo service names, so the local stack fills it.
+    let demo = std::fs::read_to_string(root().join("services/deployer/src/demo.rs")).unwrap();
+    for expr in &panels {
+        for (at, _) in expr.match_indices("http_route=\"") {
+            let route = &expr[at + 12..];
+            let route = &route[..route.find('"').unwrap()];
+            assert!(demo.contains(&format!("\"{route}\"")), "the demo service has no route {route}");
+        }
+    }
 }

@@ -5,7 +5,9 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use hopngo_e2e::{Releases, Stack, StackOptions, Subscriber, Traffic, answers, as_user, create_as, until};
+use hopngo_e2e::{
+    Releases, Stack, StackOptions, Subscriber, Traffic, answers, as_user, create_as, hopngo_template, http_get, until,
+};
 use hopngo_proto::{
     event_types as types,
     release::{self as pb, ReleasePhase as P},
@@ -309,6 +311,104 @@ async fn blue_green_switches_all_traffic_at_once_after_the_preview_passes() {
     subscriber.until(10, |e| e.iter().any(|e| e.release_id == r.id && e.r#type == types::SERVICE_UPGRADED)).await;
     assert_complete(&subscriber, &done);
     assert_eq!(answers(&address, 100).await, only("1.1.0", 100));
+}
+
+/// HopNGo's booking templates in their local form (waits shortened): the booking completion and
+/// payment processing rates the replicas count themselves, read through the deployer's
+/// `/metrics/replicas`, beside the SLO read from the proxy.
+fn business_config() -> String {
+    let [completion, payment] = ["booking-completion", "payment-processing"].map(|name| {
+        let mut template = hopngo_template(name, "local");
+        for metric in template["metrics"].as_array_mut().unwrap() {
+            metric["interval"] = "1s".into();
+            metric["initialDelay"] = "2s".into();
+            metric["provider"]["scrape"]["window"] = "3s".into();
+        }
+        for arg in template["args"].as_array_mut().unwrap() {
+            if arg["name"] == "replicaMetricsUrl" {
+                arg["value"] = "{metrics}/replicas".into();
+            }
+        }
+        template
+    });
+    format!(
+        r#"
+environments:
+  - name: staging
+    progressDeadline: 60s
+analysisTemplates:
+  - name: slo
+    metrics:
+      - name: error-rate
+        interval: 1s
+        initialDelay: 2s
+        failureCondition: result > 0.05
+        provider: {{scrape: {{url: "{{metrics}}", window: 3s, expression: {{error-ratio}}}}}}
+  - {completion}
+  - {payment}
+services:
+  - name: booking-service
+    replicas: 2
+    strategy:
+      canary:
+        steps: [{{setWeight: 25}}, {{pause: {{duration: 8s}}}}, {{setWeight: 50}}, {{pause: {{duration: 3s}}}}, {{setWeight: 100}}]
+        analysis: {{templates: [slo, booking-completion, payment-processing], startingStep: 1}}
+    local: {{command: ["{{demo}}", --name, booking-service, --version, "{{version}}", --port, "{{port}}"]}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_metrics_counted_by_the_replicas_abort_a_canary_whose_every_answer_is_a_fast_200() {
+    let (_db, stack, _subscriber, mut releases) = start_with(&business_config(), StackOptions::default()).await;
+    release(&mut releases, "booking-service", "staging", "1.0.0", P::Succeeded).await;
+    let address = stack.address("booking-service", "staging").await;
+    let traffic: Vec<Traffic> = ["/api/v1/info", "/api/v1/bookings", "/api/v1/payments"]
+        .into_iter()
+        .map(|path| Traffic::on(&address, path, 30))
+        .collect();
+
+    // A good version: its bookings and payments all succeed; the analysis passes.
+    let good = release(&mut releases, "booking-service", "staging", "1.1.0", P::Succeeded).await;
+    let background = good.analysis_runs.iter().find(|a| a.kind == "background").expect("the analysis ran");
+    assert_eq!(background.phase, "SUCCESSFUL", "{background:#?}");
+
+    // The replicas' own counters, labelled as Prometheus labels pods.
+    let admin = stack.metrics_url.trim_start_matches("http://").trim_end_matches("/metrics").to_string();
+    let page = http_get(&admin, "/metrics/replicas?service=booking-service&environment=staging").await.unwrap();
+    let booked = page
+        .lines()
+        .filter(|l| {
+            l.starts_with("hopngo_business_operations_total{")
+                && l.contains(r#"operation="booking""#)
+                && l.contains(r#"outcome="success""#)
+                && l.contains(r#"revision="1.1.0""#)
+                && l.contains(r#"track="stable""#)
+        })
+        .count();
+    assert_eq!(
+        booked, 2,
+        "one series per replica of 1.1.0:
+{page}"
+    );
+    assert_eq!(page.lines().filter(|l| l.starts_with("up{") && l.ends_with(" 1")).count(), 2, "{page}");
+    let refused = http_get(&admin, "/metrics/replicas?target=http://169.254.169.254/").await.unwrap_err();
+    assert!(refused.to_string().contains("400"), "{refused}");
+
+    // Half its bookings fail, answered 200 all the same: the SLO sees nothing, the booking
+    // completion rate aborts it and traffic goes back to 1.1.0.
+    let unbooked = "1.2.0+businessFailures=0.5";
+    let r = release(&mut releases, "booking-service", "staging", unbooked, P::Aborted).await;
+    assert!(r.message.contains("background analysis failed (critical)"), "{}", r.message);
+    let background = r.analysis_runs.iter().find(|a| a.kind == "background").unwrap();
+    assert!(background.message.contains("booking-completion-abort"), "{background:#?}");
+    assert!(!background.message.contains("error-rate"), "{background:#?}");
+    for t in &traffic {
+        assert!(t.seen().iter().all(|(_, status)| *status == 200), "every answer was a 200");
+        assert!(t.seen().iter().any(|(version, _)| version == unbooked), "the canary took traffic");
+    }
+    drop(traffic);
+    assert_eq!(answers(&address, 50).await, only("1.1.0", 50));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

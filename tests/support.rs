@@ -564,10 +564,16 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// Requests `/api/v1/info`.
     pub fn start(address: &str, per_second: u64) -> Traffic {
+        Traffic::on(address, "/api/v1/info", per_second)
+    }
+
+    /// Requests `path` (a business operation's, `/api/v1/bookings`).
+    pub fn on(address: &str, path: &str, per_second: u64) -> Traffic {
         let stop = tokio_util::sync::CancellationToken::new();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (url, stopped, log) = (format!("http://{address}/api/v1/info"), stop.clone(), seen.clone());
+        let (url, stopped, log) = (format!("http://{address}{path}"), stop.clone(), seen.clone());
         tokio::spawn(async move {
             let http = hopngo_kit::http::HttpClient::default();
             let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_second));
@@ -611,6 +617,19 @@ impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// One form (`backend`: `local` or `kubernetes`) of one of HopNGo's analysis templates, as
+/// `deploy/hopngo/delivery.yaml` has it.
+pub fn hopngo_template(name: &str, backend: &str) -> serde_json::Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/hopngo/delivery.yaml");
+    let config: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let templates = config["analysisTemplates"].as_array().unwrap();
+    templates
+        .iter()
+        .find(|t| t["name"] == name && t["backend"] == backend)
+        .cloned()
+        .unwrap_or_else(|| panic!("HopNGo's {name} template has a {backend} form"))
 }
 
 /// The live (not zombie) `hopngo-demo-service` processes whose command line contains `marker`

@@ -7,6 +7,8 @@
 //!   metrics;
 //! - [`supervisor`]: runs replica sets as child processes, probes readiness, restarts crashes;
 //! - [`leader`]: which replica converges (a database lock locally, a Lease on Kubernetes);
+//! - [`replica_metrics`]: the replicas' own metrics, labelled as Prometheus labels pods, on the
+//!   admin endpoint;
 //! - [`smoke`]: smoke tests against one track of a service behind its proxy (`hopngo-smoke`).
 
 pub mod backend;
@@ -17,6 +19,7 @@ pub mod kubernetes;
 pub mod leader;
 pub mod local;
 pub mod proxy;
+pub mod replica_metrics;
 pub mod server;
 pub mod smoke;
 pub mod store;

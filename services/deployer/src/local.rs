@@ -30,6 +30,21 @@ struct Running {
     proxy: Proxy,
 }
 
+/// A ready replica, and what it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaEndpoint {
+    /// Service.
+    pub service: String,
+    /// Environment.
+    pub environment: String,
+    /// Track whose traffic it takes.
+    pub track: Track,
+    /// The track's artifact.
+    pub revision: String,
+    /// Where it listens.
+    pub address: SocketAddr,
+}
+
 /// The local backend.
 pub struct LocalBackend {
     config: DeliveryConfig,
@@ -107,6 +122,30 @@ impl LocalBackend {
             u16::try_from(base as usize + s * self.config.environments.len() + e).ok()
         });
         SocketAddr::from(([127, 0, 0, 1], port.unwrap_or(0)))
+    }
+
+    /// The replicas that take traffic now (those the proxies route to), of one service and/or
+    /// environment when given.
+    pub async fn ready_replicas(&self, service: Option<&str>, environment: Option<&str>) -> Vec<ReplicaEndpoint> {
+        let running = self.running.lock().await;
+        let mut endpoints = Vec::new();
+        for r in running.values() {
+            let (s, e) = (&r.target.service, &r.target.environment);
+            if service.is_some_and(|x| x != s) || environment.is_some_and(|x| x != e) {
+                continue;
+            }
+            for (track, addresses) in &r.proxy.routing().tracks {
+                let Some(spec) = r.target.tracks.iter().find(|t| t.track == *track) else { continue };
+                endpoints.extend(addresses.iter().map(|address| ReplicaEndpoint {
+                    service: s.clone(),
+                    environment: e.clone(),
+                    track: *track,
+                    revision: spec.artifact.clone(),
+                    address: *address,
+                }));
+            }
+        }
+        endpoints
     }
 
     /// Stops every replica.

@@ -168,10 +168,13 @@ pub async fn run(
         BackendKind::Local => {
             let election = Election::Database(store.pool().clone());
             let (stop, stored) = (backend_stop.clone(), store.clone());
+            let leading_backend = Arc::new(std::sync::OnceLock::new());
+            let admin_routes = crate::replica_metrics::routes(Arc::clone(&leading_backend));
             replica
-                .run(election, store.clone(), &backend_stop, || async move {
+                .run(election, store.clone(), &backend_stop, admin_routes, || async move {
                     let backend =
                         LocalBackend::new(config, proxy_port_base, log_dir, ProxyMetrics::new(&metrics.registry), stop)?;
+                    let _ = leading_backend.set(Arc::clone(&backend));
                     // Converge what was desired before a restart (or before the previous leader
                     // died), on the same proxy addresses.
                     for stored in stored.targets().await? {
@@ -197,7 +200,7 @@ pub async fn run(
             let (stop, stored, leader, port) =
                 (backend_stop.clone(), store.clone(), replica.leader.clone(), replica.listener.local_addr()?.port());
             replica
-                .run(election, store.clone(), &backend_stop, || async move {
+                .run(election, store.clone(), &backend_stop, axum::Router::new(), || async move {
                     let backend = KubeBackend::with_client(config, client.clone(), &metrics.registry, stop).await?;
                     // Re-read the cluster: what is already in force is not written again.
                     for stored in stored.targets().await? {
@@ -263,6 +266,7 @@ impl Replica {
         election: Election,
         store: Store,
         backend_stop: &CancellationToken,
+        admin_routes: axum::Router,
         start: F,
     ) -> anyhow::Result<()>
     where
@@ -273,7 +277,7 @@ impl Replica {
         let Replica { listener, listen, security, metrics, leader, leading, shutdown, ready } = self;
         let grpc_addr = listener.local_addr()?;
         let admin_addr = match listen.admin_addr()? {
-            Some(addr) => Some(admin::spawn(addr, metrics.clone(), backend_stop.clone()).await?),
+            Some(addr) => Some(admin::spawn_with(addr, metrics.clone(), admin_routes, backend_stop.clone()).await?),
             None => None,
         };
         let addresses =

@@ -98,26 +98,38 @@ fn split_path(path: &str) -> (&str, &str) {
     trimmed.split_once('/').unwrap_or((trimmed, ""))
 }
 
-/// Serves the admin endpoint until `shutdown` is cancelled.
+/// Serves the admin endpoint, plus a service's own `routes`, until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
+    routes: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(routes);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 /// Binds `addr` and spawns [`serve`]; returns the bound address.
 pub async fn spawn(addr: SocketAddr, metrics: Metrics, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    spawn_with(addr, metrics, Router::new(), shutdown).await
+}
+
+/// [`spawn`] with a service's own `routes` beside the standard ones.
+pub async fn spawn_with(
+    addr: SocketAddr,
+    metrics: Metrics,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(err) = serve(listener, metrics, shutdown).await {
+        if let Err(err) = serve(listener, metrics, routes, shutdown).await {
             tracing::error!(%err, "admin server stopped");
         }
     });

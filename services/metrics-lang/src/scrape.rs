@@ -111,6 +111,51 @@ pub fn parse_exposition(text: &str) -> Result<Snapshot, String> {
     Ok(snapshot)
 }
 
+impl Snapshot {
+    /// The snapshot in the text exposition format, each name's samples together (so it parses
+    /// back into itself). Types are not kept by [`parse_exposition`]: every family is untyped.
+    pub fn to_exposition(&self) -> String {
+        let mut out = String::new();
+        for sample in self.families.values().flatten() {
+            out.push_str(&sample.name);
+            if !sample.labels.is_empty() {
+                out.push('{');
+                for (i, (name, value)) in sample.labels.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(name);
+                    out.push_str("=\"");
+                    for c in value.chars() {
+                        match c {
+                            '\\' => out.push_str("\\\\"),
+                            '"' => out.push_str("\\\""),
+                            '\n' => out.push_str("\\n"),
+                            c => out.push(c),
+                        }
+                    }
+                    out.push('"');
+                }
+                out.push('}');
+            }
+            out.push(' ');
+            out.push_str(&render_value(sample.value));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn render_value(value: f64) -> String {
+    if value == f64::INFINITY {
+        "+Inf".into()
+    } else if value == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        value.to_string()
+    }
+}
+
 /// `name{label="v", label!="v"}`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Selector {
@@ -477,6 +522,19 @@ lat_bucket{track="canary",le="+Inf"} 30
         assert!(ScrapeExpr::parse(&chain).unwrap_err().contains("nested more than"));
         assert!(ScrapeExpr::parse(&"(".repeat(100_000)).unwrap_err().contains("at most 8192"));
         assert!(ScrapeExpr::parse(&format!("{}x{}", "ratio(".repeat(10), ", 1)".repeat(10))).is_ok());
+    }
+
+    #[test]
+    fn an_exposition_rendered_parses_back_into_itself() {
+        let text = "# TYPE a counter\na{x=\"q\\\"uote\",y=\"back\\\\slash\\nline\"} 3\nb 1.5\nc_bucket{le=\"+Inf\"} +Inf\nd NaN\n";
+        let snapshot = parse_exposition(text).unwrap();
+        let rendered = snapshot.to_exposition();
+        let again = parse_exposition(&rendered).unwrap();
+        assert_eq!(again.families["a"], snapshot.families["a"], "{rendered}");
+        assert_eq!(again.families["b"], snapshot.families["b"]);
+        assert_eq!(again.families["c_bucket"], snapshot.families["c_bucket"]);
+        assert!(again.families["d"][0].value.is_nan());
+        assert!(rendered.contains("a{x=\"q\\\"uote\",y=\"back\\\\slash\\nline\"} 3\n"), "{rendered}");
     }
 
     #[test]
