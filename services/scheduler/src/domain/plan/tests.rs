@@ -244,23 +244,33 @@ fn hopngo_delivery_config_is_valid() {
                     .iter()
                     .map(|m| (m.name.as_str(), m.success_condition.as_deref(), m.failure_condition.as_deref()))
                     .collect();
-                assert_eq!(
-                    metrics,
-                    vec![
-                        ("error-rate-abort", None, Some("result > 0.05")),
-                        ("error-rate", Some("result < 0.01"), None),
-                        ("success-rate-abort", None, Some("result < 0.95")),
-                        ("success-rate", Some("result > 0.99"), None),
-                        ("latency-p95", Some("result < 0.5"), None),
-                    ]
-                );
+                let mut expected = vec![
+                    ("error-rate-abort", None, Some("result > 0.05")),
+                    ("error-rate", Some("result < 0.01"), None),
+                    ("success-rate-abort", None, Some("result < 0.95")),
+                    ("success-rate", Some("result > 0.99"), None),
+                    ("latency-p95", Some("result < 0.5"), None),
+                ];
+                // Business metrics beside the SLO where the service carries the flow.
+                let business: &[&str] = match *service {
+                    "auth-service" => &["login-success"],
+                    "booking-service" => &["booking-completion", "payment-processing"],
+                    _ => &[],
+                };
+                let names: Vec<(String, String)> =
+                    business.iter().map(|b| (format!("{b}-abort"), b.to_string())).collect();
+                for (abort, hold) in &names {
+                    expected.push((abort.as_str(), None, Some("result < {{args.abortBelow}}")));
+                    expected.push((hold.as_str(), Some("result >= {{args.minimum}}"), None));
+                }
+                assert_eq!(metrics, expected, "{service} in {environment}");
                 assert!(background.analysis.metrics.iter().all(|m| m.provider.scrape.is_some()), "the local form");
             }
         }
     }
 
-    // With its environments on Kubernetes, the same SLO comes from Prometheus: the template's
-    // kubernetes form, per track.
+    // With its environments on Kubernetes, the same SLO and business rates come from Prometheus:
+    // the templates' kubernetes forms, per track.
     let mut on_kubernetes = config.clone();
     for env in &mut on_kubernetes.environments {
         let settings = serde_json::json!({"namespace": format!("hopngo-{}", env.name)});
@@ -270,7 +280,20 @@ fn hopngo_delivery_config_is_valid() {
     let plan = compile(&on_kubernetes, "booking-service", "production", PlanMode::Normal).unwrap();
     let analysis = plan.background.unwrap().analysis;
     let names: Vec<&str> = analysis.metrics.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["error-rate-abort", "error-rate", "success-rate-abort", "success-rate", "latency-p95"]);
+    assert_eq!(
+        names,
+        [
+            "error-rate-abort",
+            "error-rate",
+            "success-rate-abort",
+            "success-rate",
+            "latency-p95",
+            "booking-completion-abort",
+            "booking-completion",
+            "payment-processing-abort",
+            "payment-processing"
+        ]
+    );
     for m in &analysis.metrics {
         let query = &m.provider.prometheus.as_ref().expect("Prometheus on Kubernetes").query;
         assert!(query.contains(r#"track="{{args.track}}""#), "{query}");
