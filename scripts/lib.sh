@@ -42,6 +42,15 @@ ensure_kubectl() {
   fi
 }
 
+# The dashboard's browser tests drive Debian's Chromium through its ChromeDriver (packages
+# chromium and chromium-driver).
+ensure_chromium() {
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "installing Chromium and ChromeDriver (packages chromium, chromium-driver)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  fi
+}
+
 # A Python with grpcio (reflection, health) and the Kubernetes client in target/python for the
 # tests' foreign clients; exports HOPNGO_TEST_PYTHON.
 ensure_python_clients() {

@@ -22,7 +22,7 @@ if [ "${1:-}" = "--serve" ]; then
   shift
 fi
 ensure_postgres
-cargo build -q -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopngo-migrator -p hopngo-notifier -p hopctl -p hopngo-testkit --bins
+cargo build -q -p hopngo-scheduler -p hopngo-deployer -p hopngo-analyzer -p hopngo-migrator -p hopngo-notifier -p hopngo-dashboard -p hopctl -p hopngo-testkit --bins
 export PATH="$PWD/target/debug:$PATH"
 logs=$(mktemp -d)
 config=deploy/hopngo/delivery.yaml
@@ -84,6 +84,10 @@ export HOPNGO_SERVER=https://127.0.0.1:50051 HOPNGO_ANALYZER=https://127.0.0.1:5
   HOPNGO_DEPLOYER_URL=https://127.0.0.1:50052 HOPNGO_ANALYZER_URL=https://127.0.0.1:50053 \
   HOPNGO_MIGRATOR_URL=https://127.0.0.1:50054 HOPNGO_NOTIFIER_URL=https://127.0.0.1:50055 \
   HOPNGO_CA_FILE="$creds/ca.pem" HOPNGO_TOKEN_FILE="$creds/alice.token" HOPNGO_CONFIG_DIR="$creds/hopctl"
+# The web dashboard (loopback only): it reads the same addresses and CA as hopctl, and calls the
+# control plane with the token of whoever signs in.
+hopngo-dashboard --listen 127.0.0.1:8080 --log warn &
+dashboard=$!
 # Proxy of the i-th service in the j-th environment: base + i × environments + j.
 environments=$(awk '/^environments:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
 services=$(awk '/^services:/{on=1;next} /^[a-z]/{on=0} on && /^  - name:/{print $3}' "$config")
@@ -116,8 +120,8 @@ traffic=$!
 scheduler=
 subscriber=
 cleanup() {
-  kill -TERM $subscriber $scheduler "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
-  wait $subscriber $scheduler "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
+  kill -TERM $subscriber $scheduler "$dashboard" "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
+  wait $subscriber $scheduler "$dashboard" "$traffic" "$analyzer" "$migrator" "$notifier" "$deployer" 2>/dev/null || true
   stop_throwaway_pg
   rm -rf "$logs"
 }
@@ -128,6 +132,7 @@ trap cleanup EXIT
   echo "Analyzer:  https://127.0.0.1:50053 (canaries are measured from the proxy metrics, business rates from the replicas' own: http://127.0.0.1:9465/metrics/replicas)"
   echo "Migrator:  https://127.0.0.1:50054 (databases booking and booking-production: deploy/hopngo/migrations/booking)"
   echo "Notifier:  https://127.0.0.1:50055 (release events: hopctl events --follow; webhooks: hopctl subscriptions)"
+  echo "Dashboard: http://127.0.0.1:8080 (sign in with a token: $creds/alice.token, bob.token or admin.token)"
   echo "Credentials (CA, service certificates, tokens of alice, bob and admin, policy): $creds"
   echo "Service proxies (10 requests/s flow into each, per path: logins on auth-service, bookings and payments on booking-service, searches on trip-planning-service):"
   cat "$logs/proxies.txt"

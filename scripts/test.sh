@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_postgres
 ensure_prometheus
 ensure_kubectl
+ensure_chromium
 ensure_nextest
 ensure_python_clients
 

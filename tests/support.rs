@@ -52,6 +52,8 @@ pub struct Proc {
     pub grpc: String,
     /// Admin address (`off` when disabled).
     pub admin: String,
+    /// Web address of a process that serves pages (the dashboard), `http://…`; empty otherwise.
+    pub http: String,
 }
 
 impl Proc {
@@ -64,6 +66,30 @@ impl Proc {
     pub async fn start_logged(bin: &Path, args: &[String], log: &Path) -> anyhow::Result<Proc> {
         let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         Proc::start_with_stderr(bin, args, &[], Stdio::from(file)).await
+    }
+
+    /// Starts the web dashboard against `stack`, trusting the tests' CA, and waits for its
+    /// `listening http=…` line.
+    pub async fn dashboard(stack: &Stack) -> anyhow::Result<Proc> {
+        let [scheduler, analyzer, migrator, notifier] =
+            [Part::Scheduler, Part::Analyzer, Part::Migrator, Part::Notifier].map(|part| stack.url(part));
+        Proc::dashboard_for([&scheduler, &analyzer, &migrator, &notifier]).await
+    }
+
+    /// Starts the web dashboard against the scheduler, analyzer, migrator and notifier at
+    /// `addresses`, trusting the tests' CA.
+    pub async fn dashboard_for(addresses: [&str; 4]) -> anyhow::Result<Proc> {
+        let bin = binary("hopngo-dashboard", "hopngo-dashboard")?;
+        let ca = TestAccess::shared().ca_file().display().to_string();
+        let mut args: Vec<String> =
+            ["--listen", "127.0.0.1:0", "--admin-listen", "off", "--log", "warn", "--ca-file", &ca]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        for (flag, address) in ["--server", "--analyzer", "--migrator", "--notifier"].into_iter().zip(addresses) {
+            args.extend([flag.to_string(), address.to_string()]);
+        }
+        Proc::start_until(&bin, &args, &[], Stdio::inherit(), " listening http=").await
     }
 
     /// Starts a deployer replica that another one leads, and waits for its `standby grpc=…
@@ -123,7 +149,8 @@ impl Proc {
             line.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_string).unwrap_or_default()
         };
         let scheme = if args.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
-        Ok(Proc { grpc: format!("{scheme}://{}", field("grpc=")), admin: field("admin="), child })
+        let http = Some(field("http=")).filter(|a| !a.is_empty()).map(|a| format!("http://{a}")).unwrap_or_default();
+        Ok(Proc { grpc: format!("{scheme}://{}", field("grpc=")), admin: field("admin="), http, child })
     }
 
     /// SIGKILL, and wait for the process to be gone.

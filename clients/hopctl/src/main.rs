@@ -1083,7 +1083,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let clients = Clients::connect(&addresses, &connection)?;
     let out = cli.output;
-    let Clients { mut releases, mut config, mut identity, mut analyzer, mut migrator, mut notifier } = clients;
+    let Clients { mut releases, mut config, mut identity, mut analyzer, mut migrator, mut notifier } = clients.clone();
     match cli.command {
         Command::Login => {
             let token = connection.token.as_deref().unwrap_or_default();
@@ -1360,27 +1360,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             render::group(out, &GroupView::from(&r))?;
         }
         Command::Timeline { id } => {
-            let r = releases.get_release(pb::GetReleaseRequest { id: id.clone() }).await?.into_inner();
-            let release = r.release.context("no release")?;
-            let request = npb::SubscribeRequest {
-                filter: Some(npb::EventFilter { release_id: id, ..Default::default() }),
-                start: Some(npb::subscribe_request::Start::FromBeginning(true)),
-                subscriber: "hopctl timeline".into(),
-                stop_at_head: true,
-            };
-            let mut stream = notifier.subscribe(request).await?.into_inner();
-            let mut events = Vec::new();
-            while let Some(item) = stream.next().await {
-                if let Some(npb::subscribe_response::Item::Event(e)) = item?.item {
-                    events.push(e);
-                }
-            }
-            let mut runs = Vec::new();
-            for a in &release.analysis_runs {
-                let run = analyzer.get_analysis_run(apb::GetAnalysisRunRequest { id: a.run_id.clone() }).await?;
-                runs.extend(run.into_inner().run);
-            }
-            render::timeline(out, &TimelineView::new(&release, &events, &runs))?;
+            let story = clients.release_story(&id).await?;
+            render::timeline(out, &TimelineView::new(&story.release, &story.events, &story.runs))?;
         }
         Command::PromoteEnv { service, from, to, artifact, reason, request_id, override_freeze, watch } => {
             let r = releases

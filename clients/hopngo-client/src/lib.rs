@@ -212,16 +212,7 @@ impl Connection {
 
     /// `channel` with this connection's token on every call.
     pub fn authed(&self, address: &str) -> Result<Authed, ClientError> {
-        let token = match &self.token {
-            None => None,
-            Some(token) => {
-                let token = check_token(token).map_err(ClientError::Token)?;
-                Some(
-                    MetadataValue::try_from(format!("Bearer {token}"))
-                        .map_err(|_| ClientError::Token("cannot be sent as a header".into()))?,
-                )
-            }
-        };
+        let token = self.token.as_deref().map(bearer).transpose()?;
         Ok(InterceptedService::new(self.channel(address)?, BearerToken(token)))
     }
 }
@@ -276,18 +267,129 @@ impl ServerCertVerifier for AnyServerCertificate {
     }
 }
 
+/// Channels to the services, without a token: shared by callers that each bring their own (a
+/// web dashboard calling for the person signed in), so no call opens a connection of its own.
+#[derive(Clone, Debug)]
+pub struct Channels {
+    scheduler: Channel,
+    analyzer: Channel,
+    migrator: Channel,
+    notifier: Channel,
+}
+
+impl Channels {
+    /// Lazily connecting channels to `addresses` with `connection`'s TLS settings (its token, if
+    /// any, is not used: [`Channels::clients`] takes one per caller).
+    pub fn connect(addresses: &Addresses<'_>, connection: &Connection) -> Result<Channels, ClientError> {
+        // A channel that will carry tokens is checked as one that carries a token now.
+        let checked = Connection { token: Some("checked".into()), ..connection.clone() };
+        Ok(Channels {
+            scheduler: checked.channel(addresses.scheduler)?,
+            analyzer: checked.channel(addresses.analyzer)?,
+            migrator: checked.channel(addresses.migrator)?,
+            notifier: checked.channel(addresses.notifier)?,
+        })
+    }
+
+    /// Clients whose calls carry `token` (checked as [`check_token`] does).
+    pub fn clients(&self, token: &str) -> Result<Clients, ClientError> {
+        let token = bearer(token)?;
+        let authed = |channel: &Channel| InterceptedService::new(channel.clone(), BearerToken(Some(token.clone())));
+        Ok(Clients::over(
+            authed(&self.scheduler),
+            authed(&self.analyzer),
+            authed(&self.migrator),
+            authed(&self.notifier),
+        ))
+    }
+}
+
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, ClientError> {
+    let token = check_token(token).map_err(ClientError::Token)?;
+    MetadataValue::try_from(format!("Bearer {token}"))
+        .map_err(|_| ClientError::Token("cannot be sent as a header".into()))
+}
+
+/// Everything known about one release: the record, its events from the notifier's log (in log
+/// order) and its analysis runs (what `hopctl timeline` and the dashboard's release page show).
+#[derive(Clone, Debug)]
+pub struct ReleaseStory {
+    /// The release.
+    pub release: hopngo_proto::release::Release,
+    /// Its events.
+    pub events: Vec<hopngo_proto::events::Event>,
+    /// Its analysis runs, in the release's order.
+    pub runs: Vec<hopngo_proto::analyzer::AnalysisRun>,
+}
+
 impl Clients {
     /// Connects lazily to the services at `addresses` through `connection`.
     pub fn connect(addresses: &Addresses<'_>, connection: &Connection) -> Result<Clients, ClientError> {
-        let scheduler = connection.authed(addresses.scheduler)?;
-        Ok(Clients {
+        Ok(Clients::over(
+            connection.authed(addresses.scheduler)?,
+            connection.authed(addresses.analyzer)?,
+            connection.authed(addresses.migrator)?,
+            connection.authed(addresses.notifier)?,
+        ))
+    }
+
+    fn over(scheduler: Authed, analyzer: Authed, migrator: Authed, notifier: Authed) -> Clients {
+        Clients {
             releases: ReleaseServiceClient::new(scheduler.clone()),
             config: ConfigServiceClient::new(scheduler.clone()),
             identity: IdentityServiceClient::new(scheduler),
-            analyzer: AnalyzerServiceClient::new(connection.authed(addresses.analyzer)?),
-            migrator: MigratorServiceClient::new(connection.authed(addresses.migrator)?),
-            notifier: NotifierServiceClient::new(connection.authed(addresses.notifier)?),
-        })
+            analyzer: AnalyzerServiceClient::new(analyzer),
+            migrator: MigratorServiceClient::new(migrator),
+            notifier: NotifierServiceClient::new(notifier),
+        }
+    }
+
+    /// The events of the notifier's log that `filter` selects from `start` up to the newest
+    /// one now, with their cursors.
+    pub async fn events_to_head(
+        &self,
+        filter: hopngo_proto::notifier::EventFilter,
+        start: hopngo_proto::notifier::subscribe_request::Start,
+        subscriber: &str,
+    ) -> Result<Vec<(String, hopngo_proto::events::Event)>, tonic::Status> {
+        use hopngo_proto::notifier as npb;
+        let request = npb::SubscribeRequest {
+            filter: Some(filter),
+            start: Some(start),
+            subscriber: subscriber.into(),
+            stop_at_head: true,
+        };
+        let mut stream = self.notifier.clone().subscribe(request).await?.into_inner();
+        let mut events = Vec::new();
+        while let Some(item) = stream.message().await? {
+            if let Some(npb::subscribe_response::Item::Event(e)) = item.item {
+                events.push((item.cursor, e));
+            }
+        }
+        Ok(events)
+    }
+
+    /// The release `id` with its events and analysis runs.
+    pub async fn release_story(&self, id: &str) -> Result<ReleaseStory, tonic::Status> {
+        use hopngo_proto::{analyzer as apb, notifier as npb, release as pb};
+        let release = self
+            .releases
+            .clone()
+            .get_release(pb::GetReleaseRequest { id: id.into() })
+            .await?
+            .into_inner()
+            .release
+            .ok_or_else(|| tonic::Status::internal("the scheduler answered without a release"))?;
+        let filter = npb::EventFilter { release_id: id.into(), ..Default::default() };
+        let start = npb::subscribe_request::Start::FromBeginning(true);
+        let events = self.events_to_head(filter, start, "release story").await?.into_iter().map(|(_, e)| e).collect();
+        let mut runs = Vec::new();
+        for a in &release.analysis_runs {
+            let run =
+                self.analyzer.clone().get_analysis_run(apb::GetAnalysisRunRequest { id: a.run_id.clone() }).await?;
+            runs.extend(run.into_inner().run);
+        }
+        Ok(ReleaseStory { release, events, runs })
     }
 }
 

@@ -6,7 +6,8 @@ use hopngo_proto::{
 };
 use serde::Serialize;
 
-fn time(t: &Option<prost_types::Timestamp>) -> Option<String> {
+/// A timestamp as RFC 3339 text.
+pub fn time(t: &Option<prost_types::Timestamp>) -> Option<String> {
     let t = t.as_ref()?;
     let dt = time::OffsetDateTime::from_unix_timestamp(t.seconds).ok()? + time::Duration::nanoseconds(t.nanos as i64);
     dt.format(&time::format_description::well_known::Rfc3339).ok()
@@ -646,6 +647,10 @@ pub struct MetricResultView {
     pub consecutive_success: u32,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub success_condition: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub failure_condition: String,
     pub measurements: Vec<MeasurementView>,
 }
 
@@ -700,6 +705,8 @@ impl From<&apb::AnalysisRun> for AnalysisRunView {
                     consecutive_error: m.consecutive_error,
                     consecutive_success: m.consecutive_success,
                     message: m.message.clone(),
+                    success_condition: m.success_condition.clone(),
+                    failure_condition: m.failure_condition.clone(),
                     measurements: m.measurements.iter().map(MeasurementView::from).collect(),
                 })
                 .collect(),
@@ -1066,8 +1073,9 @@ fn seconds(t: &Option<prost_types::Timestamp>) -> Option<f64> {
     t.as_ref().map(|t| t.seconds as f64 + t.nanos as f64 / 1e9)
 }
 
-/// The first failing measurement of `runs` and the moment the release's traffic was confirmed back
-/// on stable (its `rolled-back` transition): the time the runbook wants at most 2 s.
+/// The first failing measurement of `runs` (of metrics that are not dry runs) and the moment
+/// the release's traffic was confirmed back on stable (its `rolled-back` transition): the time
+/// the runbook wants at most 2 s.
 pub fn failure_to_stable(events: &[epb::Event], runs: &[apb::AnalysisRun]) -> Option<f64> {
     let back = events
         .iter()
@@ -1076,9 +1084,11 @@ pub fn failure_to_stable(events: &[epb::Event], runs: &[apb::AnalysisRun]) -> Op
     let failed = |m: &&apb::Measurement| {
         matches!(apb::AnalysisPhase::try_from(m.phase), Ok(apb::AnalysisPhase::Failed | apb::AnalysisPhase::Error))
     };
+    // Dry-run metrics (the stable track's reference among them) decide nothing.
     let first = runs
         .iter()
         .flat_map(|r| r.metrics.iter())
+        .filter(|m| !m.dry_run)
         .flat_map(|m| m.measurements.iter())
         .filter(failed)
         .filter_map(|m| seconds(&m.finished_at))
@@ -1104,7 +1114,7 @@ impl TimelineView {
             })
             .collect();
         for run in runs {
-            for metric in &run.metrics {
+            for metric in run.metrics.iter().filter(|m| !m.dry_run) {
                 for m in &metric.measurements {
                     let phase = apb::AnalysisPhase::try_from(m.phase).unwrap_or_default();
                     if matches!(phase, apb::AnalysisPhase::Successful | apb::AnalysisPhase::Running) {
@@ -1187,6 +1197,11 @@ mod tests {
                     ..Default::default()
                 },
                 apb::MetricResult { measurements: vec![measurement(Failed, at(101, 900))], ..Default::default() },
+                apb::MetricResult {
+                    dry_run: true,
+                    measurements: vec![measurement(Failed, at(100, 500))],
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };

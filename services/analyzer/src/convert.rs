@@ -345,6 +345,8 @@ fn metric_result(spec: &MetricSpec, st: &MetricState) -> pb::MetricResult {
         message: st.message.clone(),
         severity: severity(Some(spec.severity)) as i32,
         dry_run: spec.dry_run,
+        success_condition: spec.success_condition.clone().unwrap_or_default(),
+        failure_condition: spec.failure_condition.clone().unwrap_or_default(),
     }
 }
 

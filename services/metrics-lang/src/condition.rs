@@ -107,6 +107,72 @@ pub fn format_number(n: f64) -> String {
     }
 }
 
+/// One comparison of `result` with a number in a condition, read as `result OP value`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Threshold {
+    /// `<`, `<=`, `>`, `>=`, `==` or `!=`.
+    pub op: &'static str,
+    /// The number compared with.
+    pub value: f64,
+}
+
+fn collect_thresholds(expr: &Expr, out: &mut Vec<Threshold>) {
+    let Expr::Bin(op, left, right) = expr else { return };
+    if matches!(op, BinOp::And | BinOp::Or) {
+        collect_thresholds(left, out);
+        collect_thresholds(right, out);
+        return;
+    }
+    let number = |e: &Expr| match e {
+        Expr::Lit(Value::Num(n)) => Some(*n),
+        Expr::Neg(inner) => match inner.as_ref() {
+            Expr::Lit(Value::Num(n)) => Some(-n),
+            _ => None,
+        },
+        _ => None,
+    };
+    // `0.95 <= result` is `result >= 0.95`.
+    let (op, value) = if is_result(left) {
+        (*op, number(right))
+    } else if is_result(right) {
+        (mirrored(*op), number(left))
+    } else {
+        return;
+    };
+    let op = match op {
+        BinOp::Lt => "<",
+        BinOp::Le => "<=",
+        BinOp::Gt => ">",
+        BinOp::Ge => ">=",
+        BinOp::Eq => "==",
+        BinOp::Ne => "!=",
+        _ => return,
+    };
+    if let Some(value) = value.filter(|v| v.is_finite()) {
+        out.push(Threshold { op, value });
+    }
+}
+
+/// `result`, its first sample (`result[0]`, Argo's form) or either as a number.
+fn is_result(e: &Expr) -> bool {
+    match e {
+        Expr::Result => true,
+        Expr::Index(inner, _) => matches!(inner.as_ref(), Expr::Result),
+        Expr::Call(Func::AsFloat | Func::AsInt, args) => args.first().is_some_and(is_result),
+        _ => false,
+    }
+}
+
+fn mirrored(op: BinOp) -> BinOp {
+    match op {
+        BinOp::Lt => BinOp::Gt,
+        BinOp::Le => BinOp::Ge,
+        BinOp::Gt => BinOp::Lt,
+        BinOp::Ge => BinOp::Le,
+        other => other,
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum BinOp {
     Or,
@@ -187,6 +253,15 @@ impl Condition {
     /// The text it was parsed from.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The numbers `result` is compared with (`result < 0.01`, `0.95 <= result`, each side of
+    /// an `&&` or `||`), as `result OP number`: what a chart draws as threshold lines. A
+    /// comparison of anything else with `result` (`len(result) > 0`) has no line.
+    pub fn thresholds(&self) -> Vec<Threshold> {
+        let mut out = Vec::new();
+        collect_thresholds(&self.expr, &mut out);
+        out
     }
 
     /// Evaluates to true or false with `result` bound; anything else is an error.
@@ -489,6 +564,20 @@ mod tests {
 
     fn list(xs: &[f64]) -> Value {
         Value::List(xs.iter().map(|x| Value::Num(*x)).collect())
+    }
+
+    #[test]
+    fn thresholds_are_the_numbers_result_is_compared_with() {
+        let t = |c: &str| {
+            Condition::parse(c).unwrap().thresholds().into_iter().map(|t| (t.op, t.value)).collect::<Vec<_>>()
+        };
+        assert_eq!(t("result < 0.01"), [("<", 0.01)]);
+        assert_eq!(t("0.95 <= result"), [(">=", 0.95)]);
+        assert_eq!(t("result[0] >= 0.95 && asFloat(result) < 2"), [(">=", 0.95), ("<", 2.0)]);
+        assert_eq!(t("result > -1 || result == 7"), [(">", -1.0), ("==", 7.0)]);
+        assert_eq!(t("len(result) > 0"), []);
+        assert_eq!(t("result + 1 > 2"), []);
+        assert_eq!(t("isNaN(result)"), []);
     }
 
     #[test]

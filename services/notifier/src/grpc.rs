@@ -166,6 +166,9 @@ impl NotifierService for Notifier {
             Some(Start::AfterCursor(c)) => start_cursor(&self.log, &c, "after_cursor", head).await?,
             // The beginning of what the retention kept.
             Some(Start::FromBeginning(true)) => self.log.store().oldest().await?.saturating_sub(1),
+            Some(Start::Last(n)) => {
+                head.saturating_sub(u64::from(n)).max(self.log.store().oldest().await?.saturating_sub(1))
+            }
             Some(Start::FromNow(_)) | Some(Start::FromBeginning(false)) | None => head,
         };
         tracing::debug!(subscriber = %req.subscriber, after, "subscription opened");

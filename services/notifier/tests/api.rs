@@ -95,6 +95,21 @@ async fn replays_then_follows_live_in_order_and_ignores_duplicates() {
     let expected: Vec<(String, bool)> =
         (5..=12).map(|c| (c.to_string(), true)).chain([("12".to_string(), false)]).collect();
     assert_eq!(cursors, expected);
+
+    // A page's recent history: the last 3 events of the log, then (not) more; more than the log
+    // holds is the whole log.
+    for (last, first) in [(3, 10), (1_000, 1)] {
+        let request = pb::SubscribeRequest { start: Some(Start::Last(last)), stop_at_head: true, ..Default::default() };
+        let mut recent = n.client.clone().subscribe(request).await.unwrap().into_inner();
+        let mut events = Vec::new();
+        while let Some(item) = recent.next().await {
+            let item = item.unwrap();
+            if matches!(item.item, Some(pb::subscribe_response::Item::Event(_))) {
+                events.push(item.cursor.parse::<u64>().unwrap());
+            }
+        }
+        assert_eq!(events, (first..=12).collect::<Vec<_>>(), "last {last}");
+    }
     n.stop().await;
 }
 

@@ -18,6 +18,8 @@ fn promote(id: &str, full: bool) -> pb::PromoteReleaseRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_runs_to_succeeded_and_promote_skips_the_pause() {
     let h = Harness::start().await;
+    // Runs measure a while (as real ones do) before their verdict.
+    h.fakes.analyzer.polls_before_verdict(2);
     h.seed_stable("booking-service", "staging", "booking:1.0").await;
     let r = h.create("booking-service", "staging", "booking:1.1", "alice").await.unwrap();
     assert_eq!(r.revision, 2);
@@ -38,6 +40,14 @@ async fn canary_runs_to_succeeded_and_promote_skips_the_pause() {
     let runs = h.fakes.analyzer.runs();
     let background: Vec<_> = runs.iter().filter(|r| r.labels["kind"] == "background").collect();
     assert_eq!(background.len(), 1);
+    // Beside it, the stable track measured with the same metrics as dry runs (for comparison),
+    // ended with the release too.
+    let reference: Vec<_> = runs.iter().filter(|r| r.labels["kind"] == "reference").collect();
+    assert_eq!(reference.len(), 1, "{runs:?}");
+    assert_eq!((reference[0].args["track"].as_str(), background[0].args["track"].as_str()), ("stable", "canary"));
+    assert_eq!(reference[0].dry_run_metrics, reference[0].metrics);
+    assert!(!reference[0].metrics.is_empty() && reference[0].terminated);
+    assert!(background[0].dry_run_metrics.is_empty());
     let seen: Vec<_> = done.analysis_runs.iter().filter(|a| a.kind == "background").collect();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].phase, "SUCCESSFUL", "the release shows how the terminated run ended");

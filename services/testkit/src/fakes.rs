@@ -306,6 +306,10 @@ pub struct FakeRun {
     pub labels: HashMap<String, String>,
     /// Metric names.
     pub metrics: Vec<String>,
+    /// Names of the metrics that are dry runs.
+    pub dry_run_metrics: Vec<String>,
+    /// Arguments.
+    pub args: HashMap<String, String>,
     /// Current phase.
     pub phase: apb::AnalysisPhase,
     /// Verdict reached after `polls_left` more reads.
@@ -388,6 +392,8 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
             key: r.idempotency_key,
             labels: r.labels,
             metrics: r.metrics.iter().map(|m| m.name.clone()).collect(),
+            dry_run_metrics: r.metrics.iter().filter(|m| m.dry_run).map(|m| m.name.clone()).collect(),
+            args: r.args,
             phase: apb::AnalysisPhase::Running,
             verdict,
             polls_left: s.polls,

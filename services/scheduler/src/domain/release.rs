@@ -200,6 +200,9 @@ impl Grace {
     }
 }
 
+/// The kind of the run that measures the stable track beside a background analysis.
+pub const REFERENCE_KIND: &str = "reference";
+
 /// An analysis run started by the release.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct AnalysisRecord {
@@ -417,6 +420,10 @@ pub struct Release {
     /// Background analysis completed (or was cleared by a promote).
     #[serde(default)]
     pub background_done: bool,
+    /// The stable track measured with the background analysis's metrics, as dry runs beside it
+    /// (so canary and stable can be compared): its run id, or why it could not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_reference: Option<Result<String, String>>,
     /// The background analysis after a high-severity failure (the whole release is held).
     #[serde(default)]
     pub background_grace: Grace,
@@ -547,6 +554,7 @@ impl Release {
             traffic_touched: false,
             background_run: None,
             background_done: false,
+            background_reference: None,
             background_grace: Grace::default(),
             held_for_person: false,
             resumes_at: None,
@@ -605,7 +613,8 @@ impl Release {
                 None => latest.push(run),
             }
         }
-        for run in latest {
+        // The stable reference measures dry runs: it decides nothing.
+        for run in latest.into_iter().filter(|r| r.kind != REFERENCE_KIND) {
             let failed = matches!(run.phase.as_str(), "FAILED" | "ERROR" | "INCONCLUSIVE");
             if failed && run.severity != Some(Severity::Low) {
                 return Err(format!("its {} analysis {} ended {}: {}", run.kind, run.run_id, run.phase, run.message));

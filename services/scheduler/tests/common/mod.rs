@@ -35,7 +35,7 @@ analysisTemplates:
         interval: 1s
         count: 3
         successCondition: result < 0.01
-        provider: {prometheus: {address: "http://127.0.0.1:9090", query: "sum(rate(errors[1m]))"}}
+        provider: {prometheus: {address: "http://127.0.0.1:9090", query: "sum(rate(errors{track='{{args.track}}'}[1m]))"}}
 services:
   - name: booking-service
     replicas: 2

@@ -123,6 +123,7 @@ pub fn retry(r: &mut Release, actor: &str, reason: &str, now: OffsetDateTime) ->
     r.switched = false;
     r.background_run = None;
     r.background_done = false;
+    r.background_reference = None;
     r.background_grace = Default::default();
     r.held_for_person = false;
     r.schema = None;

@@ -7,8 +7,9 @@ use time::OffsetDateTime;
 use crate::domain::{
     decision::{Decision, decide},
     effects::{Effects, RunPhase},
-    machine::{earliest, rfc3339},
-    release::Phase,
+    machine::{earliest, idempotency_key, rfc3339},
+    plan::AnalysisSpec,
+    release::{AnalysisRecord, Phase, REFERENCE_KIND},
     steps::{AnalysisRun, Next, StepCtx, analysis},
 };
 use hopngo_proto::transitions::TransitionKind;
@@ -47,6 +48,7 @@ pub async fn watch<E: Effects>(cx: &mut StepCtx<'_, E>) -> Beside {
     };
     analysis::update_run(cx.r, &run_id, obs.phase, &obs.message);
     if matches!(obs.phase, RunPhase::Pending | RunPhase::Running) {
+        start_reference(cx, &bg.analysis).await;
         let wake = Some(cx.later(cx.settings.poll_interval));
         if cx.r.background_grace.rechecked {
             // The plan waits for the re-check: traffic stays where the failure found it.
@@ -97,4 +99,56 @@ pub async fn watch<E: Effects>(cx: &mut StepCtx<'_, E>) -> Beside {
         }
     }
     Beside::Steps(None)
+}
+
+/// The background analysis's metrics that measure a track, as dry runs (they decide nothing):
+/// what the stable track is measured with beside the canary. None when no metric looks at a
+/// track (a job, a query of the whole service): there is nothing to compare.
+pub fn reference_spec(spec: &AnalysisSpec) -> Option<AnalysisSpec> {
+    let metrics: Vec<_> = spec
+        .metrics
+        .iter()
+        .filter(|m| {
+            m.provider.job.is_none()
+                && serde_json::to_string(&m.provider).is_ok_and(|text| text.contains("{{args.track}}"))
+        })
+        .cloned()
+        .map(|mut m| {
+            m.dry_run = true;
+            m
+        })
+        .collect();
+    (!metrics.is_empty()).then(|| AnalysisSpec { metrics, ..spec.clone() })
+}
+
+/// Starts, once per attempt, the stable track's reference run. It never holds the release: a
+/// refusal is recorded and not tried again, a failure to reach the analyzer is tried again at
+/// the next look (the same idempotency key returns the same run).
+async fn start_reference<E: Effects>(cx: &mut StepCtx<'_, E>, spec: &AnalysisSpec) {
+    if cx.r.background_reference.is_some() {
+        return;
+    }
+    let Some(reference) = reference_spec(spec) else {
+        cx.r.background_reference = Some(Err("no metric of the background analysis measures a track".into()));
+        return;
+    };
+    let key = idempotency_key(cx.r, "background-reference");
+    let args = analysis::builtin_args(cx.r, &reference, "stable");
+    let labels = analysis::labels(cx.r, REFERENCE_KIND);
+    match cx.fx.start_analysis(&key, &reference, &args, &labels).await {
+        Ok(run_id) => {
+            cx.r.analysis_runs.push(AnalysisRecord {
+                run_id: run_id.clone(),
+                kind: REFERENCE_KIND.into(),
+                step_index: cx.r.step_index,
+                phase: RunPhase::Running.as_str().into(),
+                message: "the stable track, measured for comparison (dry run)".into(),
+                done: false,
+                severity: None,
+            });
+            cx.r.background_reference = Some(Ok(run_id));
+        }
+        Err(err) if err.retryable => {}
+        Err(err) => cx.r.background_reference = Some(Err(err.to_string())),
+    }
 }
