@@ -51,6 +51,21 @@ ensure_chromium() {
   fi
 }
 
+# ... and Debian's Firefox ESR through geckodriver, which Debian does not package: built from
+# crates.io into target/tools (about three minutes, once) and put on PATH.
+ensure_firefox() {
+  if ! command -v firefox-esr >/dev/null 2>&1; then
+    echo "installing Firefox (package firefox-esr)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends firefox-esr >/dev/null
+  fi
+  if ! [ -x target/tools/bin/geckodriver ]; then
+    echo "building geckodriver 0.37.1 (crates.io) into target/tools" >&2
+    cargo install -q --locked geckodriver --version 0.37.1 --root target/tools
+  fi
+  PATH="$PWD/target/tools/bin:$PATH"
+  export PATH
+}
+
 # A Python with grpcio (reflection, health) and the Kubernetes client in target/python for the
 # tests' foreign clients; exports HOPNGO_TEST_PYTHON.
 ensure_python_clients() {

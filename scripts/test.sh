@@ -8,6 +8,7 @@ ensure_postgres
 ensure_prometheus
 ensure_kubectl
 ensure_chromium
+ensure_firefox
 ensure_nextest
 ensure_python_clients
 

@@ -1,6 +1,6 @@
-//! The web dashboard in headless Chromium (Debian's, driven through its ChromeDriver) against the
-//! real stack: every service a process on loopback, real PostgreSQL, real traffic. Screenshots of
-//! each page go to `target/tmp/dashboard-screenshots/`.
+//! The web dashboard in headless Chromium and Firefox (Debian's, each through its WebDriver
+//! server) against the real stack: every service a process on loopback, real PostgreSQL, real
+//! traffic. Screenshots of each page go to `target/tmp/dashboard-screenshots/`.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
@@ -51,54 +51,121 @@ services:
     local: {command: ["{demo}", --name, chat, --version, "{version}", --port, "{port}"]}
 "#;
 
-/// Headless Chromium sessions through one ChromeDriver.
+/// The browsers the dashboard is tested in, each driven through its own WebDriver server.
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    /// Debian's Chromium through its ChromeDriver (packages chromium, chromium-driver).
+    Chromium,
+    /// Debian's Firefox ESR through geckodriver (scripts/lib.sh builds it from crates.io).
+    Firefox,
+}
+
+/// Headless browsers of one engine.
 struct Browser {
-    driver: Child,
+    engine: Engine,
+}
+
+/// One browser (its own profile, so its own cookies) and the WebDriver server driving it
+/// (geckodriver drives one session at a time).
+struct Session {
+    client: Client,
+    _driver: WebDriver,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+struct WebDriver {
+    process: Child,
     url: String,
 }
 
-impl Browser {
-    async fn start() -> Browser {
+impl Drop for WebDriver {
+    fn drop(&mut self) {
+        let _ = self.process.start_kill();
+    }
+}
+
+impl WebDriver {
+    async fn start(engine: Engine) -> WebDriver {
         let port = free_port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
+        let (program, args) = match engine {
+            Engine::Chromium => ("chromedriver", vec![format!("--port={port}")]),
+            Engine::Firefox => {
+                ("geckodriver", vec!["--host".into(), "127.0.0.1".into(), "--port".into(), port.to_string()])
+            }
+        };
+        let process = Command::new(program)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("chromedriver (Debian package chromium-driver) runs");
+            .unwrap_or_else(|e| panic!("{program} (installed by scripts/test.sh) does not run: {e}"));
         let url = format!("http://127.0.0.1:{port}");
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Browser { driver, url };
+                return WebDriver { process, url };
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("chromedriver did not listen on {port}");
-    }
-
-    /// A new browser (its own profile, so its own cookies).
-    async fn session(&self) -> Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                // This machine's network is closed: Chromium's own background connections are
-                // switched off rather than refused many times over.
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         "--no-first-run", "--disable-quic", "--window-size=1400,2000"],
-            }),
-        );
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        ClientBuilder::new(connector).capabilities(caps).connect(&self.url).await.expect("a Chromium session")
+        panic!("{program} did not listen on {port}");
     }
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.start_kill();
+impl Browser {
+    /// A new browser.
+    async fn session(&self) -> Session {
+        let driver = WebDriver::start(self.engine).await;
+        let mut caps = serde_json::Map::new();
+        match self.engine {
+            Engine::Chromium => caps.insert(
+                "goog:chromeOptions".into(),
+                json!({
+                    "binary": "/usr/bin/chromium",
+                    // This machine's network is closed: Chromium's own background connections
+                    // are switched off rather than refused many times over.
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             "--no-first-run", "--disable-quic", "--window-size=1400,2000"],
+                }),
+            ),
+            Engine::Firefox => caps.insert(
+                "moz:firefoxOptions".into(),
+                json!({
+                    "binary": "/usr/bin/firefox-esr",
+                    "args": ["-headless", "--width=1400", "--height=2000"],
+                    // The same for Firefox's own connections.
+                    "prefs": {
+                        "app.update.enabled": false,
+                        "network.captive-portal-service.enabled": false,
+                        "network.connectivity-service.enabled": false,
+                        "browser.safebrowsing.update.enabled": false,
+                        "datareporting.policy.dataSubmissionEnabled": false,
+                    },
+                }),
+            ),
+        };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = ClientBuilder::new(connector)
+            .capabilities(caps)
+            .connect(&driver.url)
+            .await
+            .unwrap_or_else(|e| panic!("a {:?} session: {e}", self.engine));
+        Session { client, _driver: driver }
+    }
+
+    /// Writes what `page` shows to `target/tmp/dashboard-screenshots/<engine>-<name>.png`.
+    async fn screenshot(&self, page: &Client, name: &str) {
+        let png = page.screenshot().await.unwrap();
+        let path = screenshots().join(format!("{}-{name}.png", format!("{:?}", self.engine).to_lowercase()));
+        std::fs::write(&path, png).unwrap();
+        eprintln!("screenshot: {}", path.display());
     }
 }
 
@@ -106,13 +173,6 @@ fn screenshots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-async fn screenshot(page: &Client, name: &str) {
-    let png = page.screenshot().await.unwrap();
-    let path = screenshots().join(format!("{name}.png"));
-    std::fs::write(&path, png).unwrap();
-    eprintln!("screenshot: {}", path.display());
 }
 
 async fn sign_in(page: &Client, dashboard: &str, token: &str) {
@@ -202,7 +262,16 @@ fn percentile(xs: &mut [f64], p: f64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
+async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed_in_chromium() {
+    the_dashboard_shows_releases_live_and_acts_only_for_those_allowed(Engine::Chromium).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed_in_firefox() {
+    the_dashboard_shows_releases_live_and_acts_only_for_those_allowed(Engine::Firefox).await;
+}
+
+async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed(engine: Engine) {
     let db = TestDb::create().await.unwrap();
     let stack = Stack::start(&db.url, CONFIG, StackOptions::default()).await.unwrap();
     let subscriber = stack.subscribe().await;
@@ -213,7 +282,7 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
     until(&mut releases, &first.id, 60, |r| r.phase == P::Succeeded as i32).await;
     let _traffic = Traffic::start(&stack.address("booking", "staging").await, 50);
 
-    let browser = Browser::start().await;
+    let browser = Browser { engine };
     let alice = browser.session().await;
     sign_in(&alice, &base, &caller_token("alice", &["deployers"])).await;
     until_page(
@@ -234,9 +303,12 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
         .unwrap()
         .as_f64()
         .unwrap();
-    eprintln!("first load: {weight} bytes transferred; embedded assets {:?}", hopngo_dashboard::assets::sizes());
+    eprintln!(
+        "{engine:?}: first load: {weight} bytes transferred; embedded assets {:?}",
+        hopngo_dashboard::assets::sizes()
+    );
     assert!(weight > 0.0 && weight <= 300.0 * 1024.0, "first load {weight} bytes");
-    screenshot(&alice, "matrix").await;
+    browser.screenshot(&alice, "matrix").await;
 
     // The matrix follows a faulty canary from its start to its abort, without a reload.
     alice.execute("window.__sameDocument = true; return true;", vec![]).await.unwrap();
@@ -257,12 +329,23 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
         Value::Bool(true),
         "no reload"
     );
-    screenshot(&alice, "matrix-aborted").await;
+    browser.screenshot(&alice, "matrix-aborted").await;
+    // Then a good canary, still on the same page.
+    let good = create_as(&mut releases, "alice", "booking", "staging", "1.0.1").await;
+    let done = until(&mut releases, &good.id, 60, |r| r.settled).await;
+    assert_eq!(done.phase, P::Succeeded as i32, "{}", done.message);
+    until_page(
+        &alice,
+        10,
+        "the good canary's success",
+        &format!("{}?.dataset.phase === 'SUCCEEDED'", cell("booking", "staging")),
+    )
+    .await;
     subscriber
         .until(10, |events| {
             events
                 .iter()
-                .any(|e| e.release_id == faulty.id && e.data.as_ref().is_some_and(|d| d.transition == "rolled-back"))
+                .any(|e| e.release_id == good.id && e.data.as_ref().is_some_and(|d| d.transition == "succeeded"))
         })
         .await;
     let shown: Vec<(String, f64)> =
@@ -271,12 +354,14 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
             .iter()
             .map(|s| (s["state"].as_str().unwrap().to_string(), s["at"].as_f64().unwrap()))
             .collect();
-    let events = subscriber.of(&faulty.id);
-    let mut lags = render_lags(&events, &shown);
-    assert!(lags.len() >= events.len() / 2, "{} of {} transitions seen: {shown:?}", lags.len(), events.len());
+    let (faulty_events, good_events) = (subscriber.of(&faulty.id), subscriber.of(&good.id));
+    let mut lags = render_lags(&faulty_events, &shown);
+    lags.extend(render_lags(&good_events, &shown));
+    let events = faulty_events.len() + good_events.len();
+    assert!(lags.len() >= events / 2, "{} of {events} transitions seen: {shown:?}", lags.len());
     let (p50, p99) = (percentile(&mut lags, 0.5), percentile(&mut lags, 0.99));
     eprintln!(
-        "engine transition → matrix shows it: {} transitions, p50 {p50:.0} ms, p99 {p99:.0} ms, max {:.0} ms",
+        "{engine:?}: engine transition → matrix shows it: {} transitions, p50 {p50:.0} ms, p99 {p99:.0} ms, max {:.0} ms",
         lags.len(),
         lags.last().unwrap()
     );
@@ -306,12 +391,9 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
     assert!(figure.contains("s from the first failing measurement"), "{figure}");
     let steps = alice.find(Locator::Css("ol.steps")).await.unwrap().text().await.unwrap();
     assert!(steps.contains("setWeight") || steps.contains("weight"), "{steps}");
-    screenshot(&alice, "release-aborted").await;
+    browser.screenshot(&alice, "release-aborted").await;
 
     // A good canary's page compares it with the stable version, measured beside it.
-    let good = create_as(&mut releases, "alice", "booking", "staging", "1.0.1").await;
-    let done = until(&mut releases, &good.id, 60, |r| r.settled).await;
-    assert_eq!(done.phase, P::Succeeded as i32, "{}", done.message);
     alice.goto(&format!("{base}#/releases/{}", good.id)).await.unwrap();
     for track in ["canary", "stable"] {
         until_page(
@@ -324,7 +406,7 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
         )
         .await;
     }
-    screenshot(&alice, "release-canary-vs-stable").await;
+    browser.screenshot(&alice, "release-canary-vs-stable").await;
 
     // Events, live, and the escalation of the aborted release acknowledged from the page.
     alice.goto(&format!("{base}#/events")).await.unwrap();
@@ -357,7 +439,7 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
         ),
     )
     .await;
-    screenshot(&alice, "events").await;
+    browser.screenshot(&alice, "events").await;
     until(&mut releases, &waiting.id, 30, |r| r.phase == P::AwaitingApproval as i32).await;
 
     // A viewer sees no action, and the server refuses the one she forges.
@@ -374,7 +456,7 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
         vera.execute("return document.querySelectorAll('button[data-action]').length;", vec![]).await.unwrap(),
         json!(0)
     );
-    screenshot(&vera, "release-as-viewer").await;
+    browser.screenshot(&vera, "release-as-viewer").await;
     let forge = |csrf: bool| {
         format!(
             "return fetch('/api/releases/{}/approve', {{method: 'POST', headers: {{'content-type': 'application/json'{}}}, body: JSON.stringify({{reason: 'forged'}})}})
@@ -400,7 +482,7 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
     bob.goto(&format!("{base}#/releases/{}", waiting.id)).await.unwrap();
     click(&bob, "button[data-action=approve]").await;
     bob.find(Locator::Css("#action-reason")).await.unwrap().send_keys("checked the staging run").await.unwrap();
-    screenshot(&bob, "approve-dialog").await;
+    browser.screenshot(&bob, "approve-dialog").await;
     bob.find(Locator::Css("#action-confirm")).await.unwrap().click().await.unwrap();
     let done = until(&mut releases, &waiting.id, 60, |r| r.settled).await;
     assert_eq!(done.phase, P::Succeeded as i32, "{}", done.message);
@@ -415,10 +497,10 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed() {
         "document.querySelector('h1 .phase')?.dataset.phase === 'SUCCEEDED'",
     )
     .await;
-    screenshot(&bob, "release-approved").await;
+    browser.screenshot(&bob, "release-approved").await;
 
     for page in [alice, vera, bob] {
-        page.close().await.unwrap();
+        page.client.clone().close().await.unwrap();
     }
 }
 
