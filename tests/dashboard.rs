@@ -4,7 +4,11 @@
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{
+    Client, ClientBuilder, Locator,
+    actions::{InputSource as _, KeyAction, KeyActions},
+    key::Key,
+};
 use hopngo_e2e::{Proc, Stack, StackOptions, Traffic, create_as, free_port, until};
 use hopngo_proto::{events::Event, release::ReleasePhase as P};
 use hopngo_testkit::{
@@ -195,6 +199,14 @@ async fn click(page: &Client, css: &str) {
         }
     }
     panic!("{css} kept being replaced");
+}
+
+/// Presses and releases `key` wherever the focus is.
+async fn press(page: &Client, key: Key) {
+    let keys = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: key.into() })
+        .then(KeyAction::Up { value: key.into() });
+    page.perform_actions(keys).await.unwrap();
 }
 
 /// Waits (at most `secs`) until `script` returns true in the page.
@@ -480,10 +492,25 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed(engin
     let bob = browser.session().await;
     sign_in(&bob, &base, &token("bob", &["release-manager"])).await;
     bob.goto(&format!("{base}#/releases/{}", waiting.id)).await.unwrap();
-    click(&bob, "button[data-action=approve]").await;
-    bob.find(Locator::Css("#action-reason")).await.unwrap().send_keys("checked the staging run").await.unwrap();
+    // With the keyboard only: Tab to Approve, Enter; the dialog takes the focus to its reason,
+    // Tab past Cancel to Confirm, Enter.
+    bob.wait().for_element(Locator::Css("button[data-action=approve]")).await.unwrap();
+    let mut tabs = 0;
+    while bob.execute("return document.activeElement?.dataset?.action === 'approve';", vec![]).await.unwrap()
+        != Value::Bool(true)
+    {
+        tabs += 1;
+        assert!(tabs <= 60, "Approve is not reachable with Tab");
+        press(&bob, Key::Tab).await;
+    }
+    press(&bob, Key::Enter).await;
+    until_page(&bob, 5, "the reason box focused", "document.activeElement?.id === 'action-reason'").await;
+    bob.active_element().await.unwrap().send_keys("checked the staging run").await.unwrap();
     browser.screenshot(&bob, "approve-dialog").await;
-    bob.find(Locator::Css("#action-confirm")).await.unwrap().click().await.unwrap();
+    press(&bob, Key::Tab).await;
+    press(&bob, Key::Tab).await;
+    assert_eq!(bob.execute("return document.activeElement.id;", vec![]).await.unwrap(), json!("action-confirm"));
+    press(&bob, Key::Enter).await;
     let done = until(&mut releases, &waiting.id, 60, |r| r.settled).await;
     assert_eq!(done.phase, P::Succeeded as i32, "{}", done.message);
     assert_eq!(
