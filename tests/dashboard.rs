@@ -9,7 +9,7 @@ use fantoccini::{
     actions::{InputSource as _, KeyAction, KeyActions},
     key::Key,
 };
-use hopngo_e2e::{Proc, Stack, StackOptions, Traffic, create_as, free_port, until};
+use hopngo_e2e::{Part, Proc, Stack, StackOptions, Traffic, create_as, free_port, until};
 use hopngo_proto::{events::Event, release::ReleasePhase as P};
 use hopngo_testkit::{
     access::{caller_token, token},
@@ -529,6 +529,37 @@ async fn the_dashboard_shows_releases_live_and_acts_only_for_those_allowed(engin
     for page in [alice, vera, bob] {
         page.client.clone().close().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_matrix_stays_live_across_a_notifier_restart() {
+    let db = TestDb::create().await.unwrap();
+    let mut stack = Stack::start(&db.url, CONFIG, StackOptions::default()).await.unwrap();
+    let mut releases = stack.releases().await;
+    let dashboard = Proc::dashboard(&stack).await.unwrap();
+    let base = format!("{}/", dashboard.http);
+    let browser = Browser { engine: Engine::Chromium };
+    let alice = browser.session().await;
+    sign_in(&alice, &base, &caller_token("alice", &["deployers"])).await;
+    alice.wait().for_element(Locator::Css("#matrix")).await.unwrap();
+    alice.execute("window.__sameDocument = true; return true;", vec![]).await.unwrap();
+    // The stream breaks, and while the notifier is down the browser's reconnection is refused
+    // (503): browsers give up on such a stream, the page must not.
+    stack.kill9(Part::Notifier).await.unwrap();
+    until_page(&alice, 10, "the broken stream", "document.getElementById('status').textContent !== 'Live'").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.start_part(Part::Notifier).await.unwrap();
+    let r = create_as(&mut releases, "alice", "chat", "staging", "1.0.0").await;
+    until(&mut releases, &r.id, 60, |r| r.settled).await;
+    until_page(
+        &alice,
+        15,
+        "chat's first release",
+        &format!("{}?.dataset.phase === 'SUCCEEDED'", cell("chat", "staging")),
+    )
+    .await;
+    assert_eq!(alice.execute("return window.__sameDocument === true;", vec![]).await.unwrap(), Value::Bool(true));
+    alice.client.clone().close().await.unwrap();
 }
 
 /// One raw HTTP/1.1 request; the answer's status and body.

@@ -92,12 +92,27 @@ function coalesced(load) {
   };
 }
 
+// Which page's stream is current: a stream given up on is opened again only for the same page.
+let streamGeneration = 0;
+
 function follow(query, onEvent) {
   if (live) live.close();
-  live = new EventSource(`/api/stream${query ? `?${query}` : ''}`);
-  live.addEventListener('release', (m) => onEvent(JSON.parse(m.data)));
-  live.addEventListener('open', () => say('Live'));
-  live.addEventListener('error', () => say('Reconnecting to the live stream…'));
+  const generation = ++streamGeneration;
+  const source = new EventSource(`/api/stream${query ? `?${query}` : ''}`);
+  live = source;
+  source.addEventListener('release', (m) => onEvent(JSON.parse(m.data)));
+  source.addEventListener('open', () => say('Live'));
+  source.addEventListener('error', () => {
+    if (source.readyState !== EventSource.CLOSED) { say('Reconnecting to the live stream…'); return; }
+    // The browser gave up (the server refused the resume, e.g. a cursor the log no longer
+    // holds): start again from now, and reload what the page shows so nothing is missed.
+    say('Live stream lost; starting it again…');
+    setTimeout(() => {
+      if (generation !== streamGeneration) return;
+      follow(query, onEvent);
+      if (refresh) refresh();
+    }, 2000);
+  });
 }
 
 // ---- actions ---------------------------------------------------------------------------------
@@ -441,6 +456,7 @@ function loginPage(message) {
 
 async function route() {
   if (live) { live.close(); live = null; }
+  streamGeneration += 1;
   const [path, queryText] = (location.hash.slice(1) || '/').split('?');
   const params = new URLSearchParams(queryText || '');
   for (const a of document.querySelectorAll('#nav a')) a.removeAttribute('aria-current');
