@@ -36,6 +36,9 @@ analysisTemplates:
         initialDelay: 1s
         successCondition: result < 0.01
         failureCondition: result > 0.05
+        # A window without canary requests (a busy machine) or with one stray error is no reason
+        # to stop a good canary; the faulty one fails outright.
+        inconclusiveLimit: 3
         provider: {scrape: {url: "{metrics}", window: 3s, expression: {error-ratio}}}
 services:
   - name: booking
