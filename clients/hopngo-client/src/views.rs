@@ -596,7 +596,8 @@ pub fn analysis_phase_name(p: i32) -> String {
     apb::AnalysisPhase::try_from(p).map(|p| short(p.as_str_name(), "ANALYSIS_PHASE_")).unwrap_or_else(|_| p.to_string())
 }
 
-fn severity_name(s: i32) -> String {
+/// Metric severity name (`CRITICAL`, `HIGH`, ...; empty when unset).
+pub fn severity_name(s: i32) -> String {
     match apb::MetricSeverity::try_from(s) {
         Ok(apb::MetricSeverity::Unspecified) => String::new(),
         Ok(s) => short(s.as_str_name(), "METRIC_SEVERITY_"),

@@ -210,7 +210,7 @@ function cell(c, service) {
     if (r.active) {
       parts.push(h('div', { class: 'weight', 'data-weight': r.canaryWeight },
         h('span', { class: 'bar', role: 'img', 'aria-label': `canary weight ${r.canaryWeight} percent` },
-          h('span', { style: null, 'data-w': r.canaryWeight })),
+          h('span', { 'data-w': r.canaryWeight })),
         `${r.canaryWeight} %`, r.step ? ` · step ${r.step}` : ''));
     }
     if (r.pendingApproval) {

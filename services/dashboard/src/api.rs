@@ -17,7 +17,7 @@ use axum::{
 use futures::{Stream, StreamExt as _};
 use hopngo_client::{
     Channels, Clients,
-    views::{AnalysisRunView, EscalationView, EventView, MigrationRunView, ReleaseView, TimelineView, WhoAmIView},
+    views::{EscalationView, EventView, MigrationRunView, ReleaseView, TimelineView, WhoAmIView},
 };
 use hopngo_proto::{
     identity as ipb, migrator as mpb, notifier as npb,
@@ -146,7 +146,7 @@ fn text(field: &'static str, value: Option<String>) -> Result<String> {
     if value.chars().count() > MAX_TEXT {
         return Err(DashboardError::invalid(field, format!("is longer than {MAX_TEXT} characters")));
     }
-    if value.chars().any(char::is_control) {
+    if !value.chars().all(|c| hopngo_proto::check::is_printable(c, false)) {
         return Err(DashboardError::invalid(field, "must be one line without control characters"));
     }
     Ok(value.trim().to_string())
@@ -213,7 +213,6 @@ struct ReleasePage {
     timeline: TimelineView,
     charts: Vec<MetricChart>,
     weights: Vec<WeightPoint>,
-    runs: Vec<AnalysisRunView>,
     migrations: Vec<MigrationRunView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     escalation: Option<EscalationView>,
@@ -241,7 +240,6 @@ async fn release(Caller(c): Caller, Path(id): Path<String>) -> Result<Json<Relea
         timeline: TimelineView::new(r, &story.events, &story.runs),
         charts: pages::charts(r, &story.runs),
         weights: pages::weights(&story.events),
-        runs: story.runs.iter().map(AnalysisRunView::from).collect(),
         migrations: migrations.iter().flatten().map(MigrationRunView::from).collect(),
         escalation: escalations.escalations.iter().find(|e| e.release_id == id).map(EscalationView::from),
     }))
@@ -370,6 +368,7 @@ async fn stream(
     let events = upstream
         .take_while(|item| std::future::ready(item.is_ok()))
         .filter_map(move |item| {
+            // The stream owns the gauge's guard: it counts as open until the browser goes.
             let _open = &open;
             std::future::ready(item.ok().and_then(|item| match &item.item {
                 Some(npb::subscribe_response::Item::Event(e)) => {

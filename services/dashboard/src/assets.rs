@@ -15,9 +15,9 @@ struct Asset {
     content_type: &'static str,
 }
 
-const INDEX: Asset = Asset { body: include_str!("../assets/index.html"), content_type: "text/html; charset=utf-8" };
-const SCRIPT: Asset = Asset { body: include_str!("../assets/app.js"), content_type: "text/javascript; charset=utf-8" };
-const STYLE: Asset = Asset { body: include_str!("../assets/app.css"), content_type: "text/css; charset=utf-8" };
+static INDEX: Asset = Asset { body: include_str!("../assets/index.html"), content_type: "text/html; charset=utf-8" };
+static SCRIPT: Asset = Asset { body: include_str!("../assets/app.js"), content_type: "text/javascript; charset=utf-8" };
+static STYLE: Asset = Asset { body: include_str!("../assets/app.css"), content_type: "text/css; charset=utf-8" };
 
 /// Only the dashboard's own script, style and API; no framing, no inline code.
 const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -28,9 +28,13 @@ pub fn sizes() -> [(&'static str, usize); 3] {
     [("index.html", INDEX.body.len()), ("app.js", SCRIPT.body.len()), ("app.css", STYLE.body.len())]
 }
 
-fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
-    let digest: String = Sha256::digest(asset.body.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-    let etag = HeaderValue::from_str(&format!("\"{}\"", &digest[..16])).expect("hex digits");
+/// The ETag of `body`: the start of its SHA-256.
+fn etag(body: &str) -> HeaderValue {
+    let digest: String = Sha256::digest(body.as_bytes()).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"{digest}\"")).expect("hex digits")
+}
+
+fn serve(asset: &'static Asset, etag: &HeaderValue, headers: &HeaderMap) -> Response {
     let common = [
         (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY)),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
@@ -40,16 +44,18 @@ fn serve(asset: &'static Asset, headers: &HeaderMap) -> Response {
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         (header::ETAG, etag.clone()),
     ];
-    if headers.get(header::IF_NONE_MATCH) == Some(&etag) {
+    if headers.get(header::IF_NONE_MATCH) == Some(etag) {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
     (common, [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))], asset.body).into_response()
 }
 
-/// `/` (and every page address: the pages route themselves), `/app.js`, `/app.css`.
+/// `/` (and every page address: the pages route themselves), `/app.js`, `/app.css`; each file's
+/// ETag is computed here, once.
 pub fn routes() -> Router {
-    Router::new()
-        .route("/", get(|h: HeaderMap| async move { serve(&INDEX, &h) }))
-        .route("/app.js", get(|h: HeaderMap| async move { serve(&SCRIPT, &h) }))
-        .route("/app.css", get(|h: HeaderMap| async move { serve(&STYLE, &h) }))
+    let route = |asset: &'static Asset| {
+        let tag = etag(asset.body);
+        get(move |h: HeaderMap| async move { serve(asset, &tag, &h) })
+    };
+    Router::new().route("/", route(&INDEX)).route("/app.js", route(&SCRIPT)).route("/app.css", route(&STYLE))
 }

@@ -292,9 +292,8 @@ pub fn charts(release: &pb::Release, runs: &[apb::AnalysisRun]) -> Vec<MetricCha
         let kind =
             release.analysis_runs.iter().find(|a| a.run_id == run.id).map(|a| a.kind.clone()).unwrap_or_default();
         let track = run.args.get("track").cloned().unwrap_or_else(|| kind.clone());
-        let view = hopngo_client::views::AnalysisRunView::from(run);
-        for (metric, metric_view) in run.metrics.iter().zip(&view.metrics) {
-            let severity = metric_view.severity.clone();
+        for metric in &run.metrics {
+            let severity = hopngo_client::views::severity_name(metric.severity);
             let points = metric
                 .measurements
                 .iter()
