@@ -42,6 +42,15 @@ ensure_kubectl() {
   fi
 }
 
+# The chaos harness cuts a service off the network with an iptables rule inside its own network
+# namespace (package iptables; unshare comes with util-linux).
+ensure_iptables() {
+  if ! command -v iptables >/dev/null 2>&1; then
+    echo "installing iptables (package iptables)" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables >/dev/null
+  fi
+}
+
 # The dashboard's browser tests drive Debian's Chromium through its ChromeDriver (packages
 # chromium and chromium-driver).
 ensure_chromium() {

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ensure_postgres
 ensure_prometheus
 ensure_kubectl
+ensure_iptables
 ensure_chromium
 ensure_firefox
 ensure_nextest

@@ -17,8 +17,10 @@ use tokio::{
 /// Path of a workspace binary built beside the running test (built now if missing).
 pub fn binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).context("test binary location")?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>; a binary (the chaos harness) is
+    // in target/<profile> itself.
+    let parent = exe.parent().context("test binary location")?;
+    let dir = if parent.ends_with("deps") { parent.parent().context("test binary location")? } else { parent };
     let path = dir.join(name);
     // A benchmark (target/release) builds them every time: a stale release binary from an
     // earlier run would measure old code. Tests rely on `scripts/test.sh` building the workspace.
@@ -107,7 +109,25 @@ impl Proc {
         Proc::start_until(bin, args, envs, stderr, " listening grpc=").await
     }
 
+    /// [`Proc::start`] through a launcher: `launcher` (a command and its arguments, which must
+    /// end by exec-ing the rest of its arguments, as `sh -c '…; exec "$@"' sh` does) is run with
+    /// the binary and its arguments appended, so the child is the service itself once it runs.
+    pub async fn start_via(launcher: &[String], bin: &Path, args: &[String], stderr: Stdio) -> anyhow::Result<Proc> {
+        Proc::start_launched(launcher, bin, args, &[], stderr, " listening grpc=").await
+    }
+
     async fn start_until(
+        bin: &Path,
+        args: &[String],
+        envs: &[(&str, &str)],
+        stderr: Stdio,
+        marker: &str,
+    ) -> anyhow::Result<Proc> {
+        Proc::start_launched(&[], bin, args, envs, stderr, marker).await
+    }
+
+    async fn start_launched(
+        launcher: &[String],
         bin: &Path,
         args: &[String],
         envs: &[(&str, &str)],
@@ -121,7 +141,15 @@ impl Proc {
         {
             args.extend(TestAccess::shared().service_args(service));
         }
-        let mut child = Command::new(bin)
+        let mut command = match launcher.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args(&args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
@@ -151,6 +179,11 @@ impl Proc {
         let scheme = if args.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
         let http = Some(field("http=")).filter(|a| !a.is_empty()).map(|a| format!("http://{a}")).unwrap_or_default();
         Ok(Proc { grpc: format!("{scheme}://{}", field("grpc=")), admin: field("admin="), http, child })
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -275,6 +308,14 @@ pub enum Part {
 }
 
 impl Part {
+    /// Every part, in the order a stack starts them.
+    pub const ALL: [Part; 5] = [Part::Deployer, Part::Analyzer, Part::Migrator, Part::Notifier, Part::Scheduler];
+
+    /// The service's short name (`scheduler`).
+    pub fn name(self) -> &'static str {
+        self.binary().0.trim_start_matches("hopngo-")
+    }
+
     fn binary(self) -> (&'static str, &'static str) {
         match self {
             Part::Deployer => ("hopngo-deployer", "hopngo-deployer"),
@@ -298,6 +339,9 @@ pub struct Stack {
     /// The deployer's metrics endpoint (`http://…/metrics`).
     pub metrics_url: String,
     procs: std::collections::BTreeMap<Part, (Vec<String>, Option<Proc>)>,
+    urls: std::collections::BTreeMap<Part, String>,
+    launchers: std::collections::BTreeMap<Part, Vec<String>>,
+    stderr_dir: Option<PathBuf>,
 }
 
 /// What a stack runs with.
@@ -309,10 +353,17 @@ pub struct StackOptions {
     pub migrator_args: Vec<String>,
     /// Deployer arguments (`--backend kubernetes --kubeconfig FILE`, ...).
     pub deployer_args: Vec<String>,
+    /// Notifier arguments (`--webhook-backoff 100ms`, ...).
+    pub notifier_args: Vec<String>,
     /// Every part's log filter (default `warn`).
     pub log: Option<String>,
     /// Where every part exports its spans (`--otlp-endpoint`).
     pub otlp_endpoint: Option<String>,
+    /// How a part is launched (see [`Proc::start_via`]); directly when absent.
+    pub launchers: std::collections::BTreeMap<Part, Vec<String>>,
+    /// Where each part's log (stderr) goes, appended to `PART.log` over its restarts; the test's
+    /// own stderr when unset.
+    pub log_dir: Option<PathBuf>,
 }
 
 impl Stack {
@@ -334,8 +385,8 @@ impl Stack {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("hopngo-e2e-stack-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let (deployer_port, analyzer_port, migrator_port, notifier_port) =
-            (free_port(), free_port(), free_port(), free_port());
+        let (deployer_port, analyzer_port, migrator_port, notifier_port, scheduler_port) =
+            (free_port(), free_port(), free_port(), free_port(), free_port());
         let metrics_port = free_port();
         let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
         let config = resolve(config, &metrics_url)?;
@@ -383,9 +434,10 @@ impl Stack {
         procs.insert(Part::Migrator, (migrator, None));
         let mut notifier = common(notifier_port);
         notifier.extend(["--admin-listen".into(), "off".into()]);
+        notifier.extend(options.notifier_args.iter().cloned());
         procs.insert(Part::Notifier, (notifier, None));
-        // Nothing calls the scheduler by a fixed address: it may take any port.
-        let mut scheduler = common(0);
+        // A fixed port too, so its clients find it again after a restart.
+        let mut scheduler = common(scheduler_port);
         scheduler.extend([
             "--admin-listen".into(),
             "off".into(),
@@ -404,8 +456,26 @@ impl Stack {
         ]);
         scheduler.extend(options.scheduler_args.iter().cloned());
         procs.insert(Part::Scheduler, (scheduler, None));
-        let mut stack = Stack { dir, config_file, metrics_url, procs };
-        for part in [Part::Deployer, Part::Analyzer, Part::Migrator, Part::Notifier, Part::Scheduler] {
+        let urls = [
+            (Part::Deployer, deployer_port),
+            (Part::Analyzer, analyzer_port),
+            (Part::Migrator, migrator_port),
+            (Part::Notifier, notifier_port),
+            (Part::Scheduler, scheduler_port),
+        ]
+        .into_iter()
+        .map(|(part, port)| (part, url(port)))
+        .collect();
+        let mut stack = Stack {
+            dir,
+            config_file,
+            metrics_url,
+            procs,
+            urls,
+            launchers: options.launchers.clone(),
+            stderr_dir: options.log_dir.clone(),
+        };
+        for part in Part::ALL {
             stack.start_part(part).await?;
         }
         Ok(stack)
@@ -427,8 +497,41 @@ impl Stack {
         let (name, package) = part.binary();
         let bin = binary(name, package)?;
         let entry = self.procs.get_mut(&part).context("unknown part")?;
-        entry.1 = Some(Proc::start(&bin, &entry.0, &[]).await?);
+        let stderr = match &self.stderr_dir {
+            Some(dir) => {
+                let log = dir.join(format!("{}.log", part.name()));
+                Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
+            }
+            None => Stdio::inherit(),
+        };
+        let launcher = self.launchers.get(&part).map(Vec::as_slice).unwrap_or_default();
+        entry.1 = Some(Proc::start_via(launcher, &bin, &entry.0, stderr).await?);
         Ok(())
+    }
+
+    /// The process id of a running part.
+    pub fn pid(&self, part: Part) -> Option<u32> {
+        self.procs.get(&part).and_then(|e| e.1.as_ref()).and_then(Proc::pid)
+    }
+
+    /// Whether a part's process has ended by itself since it was started (it is then
+    /// forgotten, as after [`Stack::kill9`]).
+    pub fn exited(&mut self, part: Part) -> Option<std::process::ExitStatus> {
+        let entry = self.procs.get_mut(&part)?;
+        let status = entry.1.as_mut()?.child.try_wait().ok()??;
+        entry.1 = None;
+        Some(status)
+    }
+
+    /// Whether a part has a process (started and neither killed nor exited).
+    pub fn running(&self, part: Part) -> bool {
+        self.procs.get(&part).is_some_and(|e| e.1.is_some())
+    }
+
+    /// SIGTERMs a part and waits up to `grace` for it to exit; its exit code.
+    pub async fn terminate(&mut self, part: Part, grace: Duration) -> anyhow::Result<Option<i32>> {
+        let proc = self.procs.get_mut(&part).and_then(|e| e.1.take()).context("not running")?;
+        proc.terminate(grace).await
     }
 
     /// SIGKILLs a part.
@@ -437,9 +540,9 @@ impl Stack {
         proc.kill9().await
     }
 
-    /// gRPC address of a part.
+    /// gRPC address of a part (where it listens whenever it runs).
     pub fn url(&self, part: Part) -> String {
-        self.procs.get(&part).and_then(|e| e.1.as_ref()).map(|p| p.grpc.clone()).unwrap_or_default()
+        self.urls.get(&part).cloned().unwrap_or_default()
     }
 
     /// A release client.

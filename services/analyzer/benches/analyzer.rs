@@ -17,47 +17,12 @@ use hopngo_proto::{
     analyzer::{self as apb, analyzer_service_client::AnalyzerServiceClient},
     release::{self as pb, release_service_client::ReleaseServiceClient},
 };
-use hopngo_testkit::{
-    fakes::Fakes,
-    measure::{cpu_seconds, histogram_buckets, proc_status, quantile_upper_bound, scrape},
-    prometheus::Endpoint,
-};
-use tokio::io::AsyncBufReadExt as _;
+use hopngo_testkit::{bench::analyzer_lateness, fakes::Fakes, prometheus::Endpoint};
 use tokio_util::sync::CancellationToken;
 
 const RUNS: usize = 1_000;
 const INTERVAL: Duration = Duration::from_secs(10);
 const MEASURE: Duration = Duration::from_secs(40);
-
-/// A page the size of the embedded stack's proxy metrics: 11 services × 2 environments × 2
-/// tracks, 5 status classes and 13 latency buckets each.
-fn proxy_page(requests: u64) -> String {
-    let mut page = String::new();
-    for s in 0..11 {
-        for env in ["staging", "production"] {
-            for track in ["stable", "canary"] {
-                let labels = format!("service=\"svc-{s}\",environment=\"{env}\",track=\"{track}\"");
-                for (class, share) in [("1xx", 0), ("2xx", 99), ("3xx", 0), ("4xx", 0), ("5xx", 1)] {
-                    page.push_str(&format!(
-                        "hopngo_proxy_requests_total{{{labels},class=\"{class}\"}} {}\n",
-                        requests * share / 100
-                    ));
-                }
-                for (i, le) in
-                    ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "+Inf"]
-                        .iter()
-                        .enumerate()
-                {
-                    page.push_str(&format!(
-                        "hopngo_proxy_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}\n",
-                        requests * (i as u64 + 1).min(10) / 10
-                    ));
-                }
-            }
-        }
-    }
-    page
-}
 
 async fn baseline_timer_lateness() -> (f64, f64) {
     let start = tokio::time::Instant::now();
@@ -83,98 +48,22 @@ async fn baseline_timer_lateness() -> (f64, f64) {
 }
 
 async fn lateness(url: &str) {
-    let endpoint = Endpoint::start(&proxy_page(1_000)).await.unwrap();
-    let config = hopngo_testkit::config::loopback_config(&[]);
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hopngo-analyzer"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--database-url", url, "--log", "warn"])
-        .arg("--delivery-config")
-        .arg(&config)
-        .args(hopngo_testkit::access::TestAccess::shared().plain_service_args())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = loop {
-        let line = lines.next_line().await.unwrap().expect("analyzer exited");
-        if line.contains(" listening grpc=") {
-            break line;
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
-    let (grpc, admin) = (format!("http://{}", field("grpc=")), field("admin="));
-    let client = AnalyzerServiceClient::new(channel(&grpc));
-    let setup = std::time::Instant::now();
-    let mut starts = Vec::new();
-    for i in 0..RUNS {
-        let mut client = client.clone();
-        let url = endpoint.url("/metrics");
-        starts.push(tokio::spawn(async move {
-            let metric = apb::Metric {
-                name: "error-rate".into(),
-                interval: Some(prost_types::Duration { seconds: INTERVAL.as_secs() as i64, nanos: 0 }),
-                count: 100,
-                success_condition: "result < 0.05".into(),
-                no_data: apb::NoDataPolicy::Successful as i32,
-                provider: Some(apb::metric::Provider::Scrape(apb::ScrapeProvider {
-                    url,
-                    expression: format!(
-                        "ratio(rate(hopngo_proxy_requests_total{{service=\"svc-{s}\",track=\"canary\",class=\"5xx\"}}), rate(hopngo_proxy_requests_total{{service=\"svc-{s}\",track=\"canary\"}}))",
-                        s = i % 11
-                    ),
-                    window: Some(prost_types::Duration { seconds: 30, nanos: 0 }),
-                    timeout: None,
-                })),
-                ..Default::default()
-            };
-            client
-                .start_analysis_run(apb::StartAnalysisRunRequest {
-                    metrics: vec![metric],
-                    idempotency_key: format!("bench-{i}"),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-        }));
-        // Spread the starts over one interval, as releases would.
-        tokio::time::sleep(INTERVAL / RUNS as u32).await;
-    }
-    for s in starts {
-        s.await.unwrap();
-    }
-    println!("  set-up: {RUNS} runs started in {:.1}s", setup.elapsed().as_secs_f64());
-    // The page changes as traffic would.
-    let feeder = tokio::spawn(async move {
-        let mut requests = 1_000;
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            requests += 500;
-            endpoint.set(200, &proxy_page(requests));
-        }
-    });
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let name = "hopngo_analyzer_measurement_lateness_seconds";
-    let before = histogram_buckets(&scrape(&admin).await, name);
-    let cpu_before = cpu_seconds(pid);
-    tokio::time::sleep(MEASURE).await;
-    let after = histogram_buckets(&scrape(&admin).await, name);
-    let cpu = (cpu_seconds(pid) - cpu_before) / MEASURE.as_secs_f64();
-    let (p99, measured) = quantile_upper_bound(&before, &after, 0.99);
-    let (p50, _) = quantile_upper_bound(&before, &after, 0.50);
-    let hwm_kib = proc_status(pid, "VmHWM:");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_hopngo-analyzer"));
+    let l = analyzer_lateness(bin, url, RUNS, INTERVAL, MEASURE).await.unwrap();
+    println!("  set-up: {RUNS} runs started in {:.1}s", l.setup_secs);
     println!(
-        "  {measured:.0} measurements in {}s ({:.0}/s; {RUNS} runs every {}s is {:.0}/s)",
+        "  {:.0} measurements in {}s ({:.0}/s; {RUNS} runs every {}s is {:.0}/s)",
+        l.measurements,
         MEASURE.as_secs(),
-        measured / MEASURE.as_secs_f64(),
+        l.measurements / MEASURE.as_secs_f64(),
         INTERVAL.as_secs(),
         RUNS as f64 / INTERVAL.as_secs_f64()
     );
-    println!("  measurement lateness: p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds; target p99 <= 1s)");
-    println!("  analyzer peak RSS: {:.1} MiB (target <= 256 MiB); CPU: {cpu:.2} cores", hwm_kib as f64 / 1024.0);
-    feeder.abort();
-    let _ = child.kill().await;
+    println!(
+        "  measurement lateness: p50 <= {}s, p99 <= {}s (histogram bucket bounds; target p99 <= 1s)",
+        l.p50, l.p99
+    );
+    println!("  analyzer peak RSS: {:.1} MiB (target <= 256 MiB); CPU: {:.2} cores", l.peak_rss_mib, l.cpu);
 }
 
 fn abort_config(services: usize, web: &str) -> String {

@@ -19,6 +19,17 @@ pub struct EphemeralPostgres {
     port: u16,
     as_postgres: bool,
     stopped: bool,
+    // The server options it was started with, to start it again the same way.
+    settings: String,
+}
+
+/// How [`EphemeralPostgres::restart`] shuts the server down (`pg_ctl stop -m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Disconnects clients, checkpoints, then stops.
+    Fast,
+    /// Stops at once, like a crash: the next start replays the WAL.
+    Immediate,
 }
 
 /// Options for [`EphemeralPostgres::start`].
@@ -84,7 +95,7 @@ impl EphemeralPostgres {
         let as_postgres = is_root();
         let dir = std::env::temp_dir().join(format!("hopngo-pg-{}-{}", std::process::id(), rand::random::<u32>()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut pg = EphemeralPostgres { dir, bin, port: 0, as_postgres, stopped: false };
+        let mut pg = EphemeralPostgres { dir, bin, port: 0, as_postgres, stopped: false, settings: String::new() };
         if as_postgres {
             run(Command::new("chown").args(["postgres:postgres"]).arg(&pg.dir))?;
         }
@@ -116,14 +127,8 @@ impl EphemeralPostgres {
             for (name, value) in &options.settings {
                 settings.push_str(&format!(" -c {name}={value}"));
             }
-            let result = run(pg
-                .server_command("pg_ctl")
-                .arg("-D")
-                .arg(pg.dir.join("data"))
-                .arg("-l")
-                .arg(pg.dir.join("postgres.log"))
-                .args(["-w", "-t", "60", "-o", &settings, "start"]));
-            match result {
+            pg.settings = settings;
+            match pg.server_start() {
                 Ok(()) => return Ok(pg),
                 Err(err) => last_err = Some(err),
             }
@@ -140,6 +145,30 @@ impl EphemeralPostgres {
     /// Connection URL for `database` as the `postgres` superuser.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server (`mode`), leaves it down for `down` (blocking), and starts it again on
+    /// the same port with the same settings: every client connection is broken, as by a
+    /// database failover or restart.
+    pub fn restart(&mut self, mode: Shutdown, down: std::time::Duration) -> anyhow::Result<()> {
+        let mode = match mode {
+            Shutdown::Fast => "fast",
+            Shutdown::Immediate => "immediate",
+        };
+        run(self.server_command("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", mode, "-w", "stop"]))
+            .context("pg_ctl stop")?;
+        std::thread::sleep(down);
+        self.server_start().context("pg_ctl start")
+    }
+
+    fn server_start(&self) -> anyhow::Result<()> {
+        run(self
+            .server_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-t", "60", "-o", &self.settings, "start"]))
     }
 
     /// Stops the cluster and removes its files.

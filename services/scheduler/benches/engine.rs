@@ -1,18 +1,13 @@
-//! Scheduler benchmark (a bench binary: `cargo bench -p hopngo-scheduler --bench engine`).
+//! Scheduler benchmark (a bench binary: `cargo bench -p hopngo-scheduler --bench engine`):
+//! durable transition throughput with 32 concurrent releases, against a baseline of plain
+//! single-row UPDATE + INSERT transactions run by this program on the same database at the same
+//! concurrency. The engine runs in-process with effects that answer at once, so the figure is the
+//! cost of claiming, advancing and committing (state + events + audit) — not of gRPC. (Active
+//! releases at scale, over several replica processes, are `cargo bench -p hopngo-e2e --bench
+//! scale`.)
 //!
-//! 1. Durable transition throughput with 32 concurrent releases, against a baseline of plain
-//!    single-row UPDATE + INSERT transactions run by this program on the same database at the same
-//!    concurrency. The engine runs in-process with effects that answer at once, so the figure is
-//!    the cost of claiming, advancing and committing (state + events + audit) — not of gRPC.
-//! 2. 1,000 active releases that wake every 10 s (each polls a never-finishing analysis): wake-up
-//!    lateness p99 read from the scheduler's own histogram, and the scheduler process's peak RSS
-//!    and CPU. Here the scheduler is the real binary talking gRPC to the recording fakes.
-//!
-//! PostgreSQL is a throwaway cluster with fsync and synchronous_commit on. Set
-//! `HOPNGO_BENCH_SKIP_WAKE=1` to run only the throughput part.
+//! PostgreSQL is a throwaway cluster with fsync and synchronous_commit on.
 
-use hopngo_testkit::access::AuthedChannel;
-use hopngo_testkit::access::channel;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -23,10 +18,6 @@ use std::{
 };
 
 use hopngo_kit::pg::{EphemeralPostgres, PgOptions};
-use hopngo_proto::{
-    analyzer::AnalysisPhase,
-    release::{self as pb, release_service_client::ReleaseServiceClient},
-};
 use hopngo_scheduler::{
     app::{App, Caller},
     domain::{
@@ -41,10 +32,6 @@ use hopngo_scheduler::{
     engine::{Engine, EngineMetrics},
     signals::Signals,
     store::Store,
-};
-use hopngo_testkit::{
-    fakes::Fakes,
-    measure::{cpu_seconds, histogram_buckets, proc_status, quantile_upper_bound, scrape},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -270,129 +257,6 @@ struct EngineRun {
     statements: Vec<(String, i64, f64)>,
 }
 
-fn wake_config(services: usize, environments: usize) -> String {
-    let mut yaml = String::from("environments:\n");
-    for e in 0..environments {
-        yaml.push_str(&format!("  - name: env-{e}\n    progressDeadline: 1h\n"));
-    }
-    yaml.push_str("analysisTemplates:\n  - name: slo\n    metrics:\n      - name: errors\n        successCondition: result < 0.01\n        provider: {prometheus: {address: \"http://127.0.0.1:9090\", query: x}}\nservices:\n");
-    for s in 0..services {
-        yaml.push_str(&format!(
-            "  - name: svc-{s}\n    strategy:\n      canary:\n        steps:\n          - setWeight: 10\n          - analysis: {{templates: [slo]}}\n"
-        ));
-    }
-    yaml
-}
-
-async fn wake_lateness(url: &str) {
-    const SERVICES: usize = 100;
-    const ENVIRONMENTS: usize = 10;
-    const MEASURE: Duration = Duration::from_secs(40);
-    let fakes = Fakes::start().await.unwrap();
-    fakes.analyzer.polls_before_verdict(u32::MAX);
-    fakes.analyzer.verdict("*", AnalysisPhase::Successful);
-    let dir = std::env::temp_dir().join(format!("hopngo-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("delivery.yaml");
-    std::fs::write(&config, wake_config(SERVICES, ENVIRONMENTS)).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_hopngo-scheduler"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--database-url",
-            url,
-            "--poll-interval",
-            "10s",
-        ])
-        .args(["--deployer-url", &fakes.deployer_server.url(), "--analyzer-url", &fakes.analyzer_server.url()])
-        .args(["--migrator-url", &fakes.migrator_server.url(), "--notifier-url", &fakes.notifier_server.url()])
-        .args(["--apply-config", config.to_str().unwrap(), "--log", "warn"])
-        .args(hopngo_testkit::access::TestAccess::shared().plain_service_args())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    use tokio::io::AsyncBufReadExt as _;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let line = loop {
-        let line = lines.next_line().await.unwrap().expect("scheduler exited");
-        if line.contains(" listening grpc=") {
-            break line;
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap().to_string();
-    let (grpc, admin) = (format!("http://{}", field("grpc=")), field("admin="));
-    let mut client = ReleaseServiceClient::new(channel(&grpc));
-    let create = |client: &mut ReleaseServiceClient<AuthedChannel>, s: usize, e: usize, artifact: &'static str| {
-        let mut client = client.clone();
-        async move {
-            let req = hopngo_testkit::access::as_user(
-                pb::CreateReleaseRequest {
-                    service: format!("svc-{s}"),
-                    environment: format!("env-{e}"),
-                    artifact: artifact.into(),
-                    ..Default::default()
-                },
-                "bench",
-                &[],
-            );
-            client.create_release(req).await.unwrap().into_inner().release.unwrap().id
-        }
-    };
-    let setup = Instant::now();
-    for artifact in ["v1", "v2"] {
-        let mut ids = Vec::new();
-        for s in 0..SERVICES {
-            for e in 0..ENVIRONMENTS {
-                ids.push(create(&mut client, s, e, artifact).await);
-            }
-        }
-        if artifact == "v1" {
-            // Initial releases go straight to stable; wait until they are.
-            for id in &ids {
-                loop {
-                    let r = client
-                        .get_release(pb::GetReleaseRequest { id: id.clone() })
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .release
-                        .unwrap();
-                    if r.settled {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    println!("  set-up: 2,000 releases created in {:.1}s", setup.elapsed().as_secs_f64());
-    // Let every release reach its analysis step and fall into the 10 s rhythm.
-    tokio::time::sleep(Duration::from_secs(15)).await;
-    let before = histogram_buckets(&scrape(&admin).await, "hopngo_scheduler_wake_lateness_seconds");
-    let cpu_before = cpu_seconds(pid);
-    tokio::time::sleep(MEASURE).await;
-    let after = histogram_buckets(&scrape(&admin).await, "hopngo_scheduler_wake_lateness_seconds");
-    let cpu = (cpu_seconds(pid) - cpu_before) / MEASURE.as_secs_f64();
-    let (p99, wakes) = quantile_upper_bound(&before, &after, 0.99);
-    let (p50, _) = quantile_upper_bound(&before, &after, 0.50);
-    let hwm_kib = proc_status(pid, "VmHWM:");
-    println!(
-        "  {wakes:.0} wake-ups in {}s ({:.0}/s; 1,000 releases every 10 s is 100/s)",
-        MEASURE.as_secs(),
-        wakes / MEASURE.as_secs_f64()
-    );
-    println!("  wake-up lateness: p50 <= {p50}s, p99 <= {p99}s (histogram bucket bounds; target p99 <= 1s)");
-    println!("  scheduler peak RSS: {:.1} MiB (target <= 256 MiB); CPU: {cpu:.2} cores", hwm_kib as f64 / 1024.0);
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(dir);
-}
-
 #[tokio::main]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -411,7 +275,7 @@ async fn main() {
     .expect("PostgreSQL");
     let admin = pg.url("postgres");
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
-    for db in ["bench_baseline", "bench_engine", "bench_wake"] {
+    for db in ["bench_baseline", "bench_engine"] {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&mut conn).await.unwrap();
     }
     println!(
@@ -446,9 +310,5 @@ async fn main() {
         println!("          {calls:>8} calls {ms:>7.0} ms  {query}");
     }
 
-    if std::env::var("HOPNGO_BENCH_SKIP_WAKE").is_err() {
-        println!("wake-ups: 1,000 active releases waking every 10 s (scheduler binary, gRPC to fakes)");
-        wake_lateness(&pg.url("bench_wake")).await;
-    }
     pg.stop();
 }

@@ -325,6 +325,8 @@ pub struct FakeRun {
 #[derive(Default)]
 struct AnalyzerState {
     runs: Vec<FakeRun>,
+    // Index into `runs` by idempotency key: the scale benchmark starts tens of thousands.
+    by_key: HashMap<String, usize>,
     verdicts: HashMap<String, apb::AnalysisPhase>,
     polls: u32,
     unusable_providers: HashMap<String, String>,
@@ -336,6 +338,16 @@ struct AnalyzerState {
 pub struct FakeAnalyzer {
     state: Arc<Mutex<AnalyzerState>>,
     gate: Gate,
+}
+
+impl AnalyzerState {
+    /// The run with `id` (`run-N` is the N-th).
+    fn run_mut(&mut self, id: &str) -> Result<&mut FakeRun, Status> {
+        id.strip_prefix("run-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| self.runs.get_mut(n.checked_sub(1)?))
+            .ok_or_else(|| Status::not_found(format!("run {id}")))
+    }
 }
 
 impl FakeAnalyzer {
@@ -380,7 +392,8 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
             return Err(Status::invalid_argument("metrics: at least one metric is required"));
         }
         let mut s = self.state.lock().unwrap();
-        if let Some(run) = s.runs.iter_mut().find(|run| !r.idempotency_key.is_empty() && run.key == r.idempotency_key) {
+        if let Some(&index) = s.by_key.get(&r.idempotency_key).filter(|_| !r.idempotency_key.is_empty()) {
+            let run = &mut s.runs[index];
             run.starts += 1;
             return Ok(Response::new(apb::StartAnalysisRunResponse { run: Some(run_view(run)) }));
         }
@@ -401,6 +414,8 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
             starts: 1,
         };
         let view = run_view(&run);
+        let index = s.runs.len();
+        s.by_key.insert(run.key.clone(), index);
         s.runs.push(run);
         Ok(Response::new(apb::StartAnalysisRunResponse { run: Some(view) }))
     }
@@ -412,7 +427,7 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
         self.gate.pass().await?;
         let id = req.into_inner().id;
         let mut s = self.state.lock().unwrap();
-        let run = s.runs.iter_mut().find(|r| r.id == id).ok_or_else(|| Status::not_found(format!("run {id}")))?;
+        let run = s.run_mut(&id)?;
         if run.phase == apb::AnalysisPhase::Running {
             if run.polls_left == 0 {
                 run.phase = run.verdict;
@@ -443,8 +458,8 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
     ) -> Result<Response<Self::WatchAnalysisRunStream>, Status> {
         self.gate.pass().await?;
         let id = req.into_inner().id;
-        let s = self.state.lock().unwrap();
-        let run = s.runs.iter().find(|r| r.id == id).ok_or_else(|| Status::not_found(format!("run {id}")))?;
+        let mut s = self.state.lock().unwrap();
+        let run = s.run_mut(&id)?;
         Ok(Response::new(tokio_stream::iter(vec![Ok(apb::WatchAnalysisRunResponse { run: Some(run_view(run)) })])))
     }
 
@@ -455,7 +470,7 @@ impl apb::analyzer_service_server::AnalyzerService for FakeAnalyzer {
         self.gate.pass().await?;
         let id = req.into_inner().id;
         let mut s = self.state.lock().unwrap();
-        let run = s.runs.iter_mut().find(|r| r.id == id).ok_or_else(|| Status::not_found(format!("run {id}")))?;
+        let run = s.run_mut(&id)?;
         run.terminated = true;
         if run.phase == apb::AnalysisPhase::Running {
             run.phase = apb::AnalysisPhase::Successful;
@@ -629,6 +644,7 @@ impl mpb::migrator_service_server::MigratorService for FakeMigrator {
 #[derive(Default)]
 struct NotifierState {
     events: Vec<Event>,
+    ids: std::collections::HashSet<String>,
     duplicates: u32,
 }
 
@@ -660,7 +676,7 @@ impl npb::notifier_service_server::NotifierService for FakeNotifier {
         let mut s = self.state.lock().unwrap();
         let (mut accepted, mut duplicates) = (0, 0);
         for event in req.into_inner().events {
-            if s.events.iter().any(|e| e.id == event.id) {
+            if !s.ids.insert(event.id.clone()) {
                 duplicates += 1;
             } else {
                 s.events.push(event);

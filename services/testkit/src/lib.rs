@@ -17,6 +17,7 @@
 //! - [`server`]: a service served in the test's process on loopback, stopped through its drain.
 
 pub mod access;
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod fakes;
