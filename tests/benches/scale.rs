@@ -352,12 +352,7 @@ async fn subscribe(
 ) -> (Duration, Duration, usize) {
     let mut client = NotifierServiceClient::new(channel(grpc));
     let t = Instant::now();
-    let request = npb::SubscribeRequest {
-        start: Some(start),
-        filter,
-        subscriber: "bench".into(),
-        stop_at_head: true,
-    };
+    let request = npb::SubscribeRequest { start: Some(start), filter, subscriber: "bench".into(), stop_at_head: true };
     let mut stream = client.subscribe(request).await.unwrap().into_inner();
     let (mut first, mut got) = (None, 0);
     while let Some(item) = stream.message().await.unwrap() {

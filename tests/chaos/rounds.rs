@@ -147,7 +147,7 @@ impl World {
         for part in Part::ALL {
             if let Some(status) = self.stack.exited(part) {
                 *self.tally.exits.entry(part).or_default() += 1;
-                println!("  {} exited by itself ({status}); started again", part.name());
+                println!("  {} exited by itself ({status})", part.name());
             }
             if restart && !self.stack.running(part) {
                 for attempt in 1..=5 {
@@ -196,7 +196,7 @@ impl World {
             }
             Fault::Postgres(mode) => {
                 let down = rng.millis(200, 2000);
-                // Blocking (pg_ctl); the services keep running meanwhile on the runtime's threads.
+                // Blocking (pg_ctl): the drivers and the traffic go on meanwhile on the runtime's other threads.
                 tokio::task::block_in_place(|| self.pg.restart(mode, down))?;
                 let name = if mode == Shutdown::Fast { "fast" } else { "immediate" };
                 *self.tally.postgres.entry(name).or_default() += 1;
