@@ -129,6 +129,19 @@ async fn create_all(replicas: &[String], environments: usize, artifact: &'static
     tasks.join_all().await;
 }
 
+/// CPU seconds of every PostgreSQL server process (this benchmark's cluster is the only one
+/// running; its connections are pooled, so they outlive a measuring window).
+fn postgres_cpu_seconds() -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(cpu_seconds)
+        .sum()
+}
+
 async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.unwrap()
 }
@@ -209,7 +222,9 @@ async fn scheduler_part(url: &str, rows: &mut Vec<Row>, base: f64) {
             cpu.push(cpu_seconds(r.pid));
         }
         let own_cpu = cpu_seconds(std::process::id());
+        let pg_cpu = postgres_cpu_seconds();
         tokio::time::sleep(WINDOW).await;
+        let pg_cpu = (postgres_cpu_seconds() - pg_cpu) / WINDOW.as_secs_f64();
         let mut shares = Vec::new();
         for (i, (r, b)) in replicas.iter().zip(&before).enumerate() {
             shares.push(scrape_sum(&r.admin, "hopngo_scheduler_transitions_total").await.unwrap() - b);
@@ -223,7 +238,7 @@ async fn scheduler_part(url: &str, rows: &mut Vec<Row>, base: f64) {
         rows.push(Row(
             format!("durable transitions/s, {n} replica{}", if n > 1 { "s" } else { "" }),
             format!(
-                "{rate:.0} (ratio {:.2}; shares {}; scheduler cores {}, fakes and drivers {own_cpu:.2})",
+                "{rate:.0} (ratio {:.2}; shares {}; cores: scheduler {}, PostgreSQL {pg_cpu:.2}, fakes and drivers {own_cpu:.2})",
                 rate / base,
                 split.join(" / "),
                 cpu.join(" / ")
