@@ -16,13 +16,12 @@ pub struct ReleaseRow {
     pub service: String,
     pub artifact: String,
     pub phase: String,
-    pub settled: bool,
 }
 
 /// Every release, oldest revision first per service.
 pub async fn releases(pool: &PgPool) -> sqlx::Result<Vec<ReleaseRow>> {
     let rows = sqlx::query(
-        "SELECT r.service, r.artifact, s.phase, s.settled \
+        "SELECT r.service, r.artifact, s.phase \
          FROM scheduler.releases r JOIN scheduler.release_state s ON s.release_id = r.id \
          ORDER BY r.service, r.revision",
     )
@@ -34,7 +33,6 @@ pub async fn releases(pool: &PgPool) -> sqlx::Result<Vec<ReleaseRow>> {
                 service: r.try_get("service")?,
                 artifact: r.try_get("artifact")?,
                 phase: r.try_get("phase")?,
-                settled: r.try_get("settled")?,
             })
         })
         .collect()
@@ -214,9 +212,8 @@ pub async fn migrations(app: &PgPool) -> sqlx::Result<Vec<String>> {
     Ok(violations)
 }
 
-/// The version a service's traffic must be on: the artifact of its newest settled release when
-/// that succeeded, else of the newest succeeded one before it.
+/// The version a service's traffic must be on: the artifact of its newest succeeded release
+/// (`releases` is in revision order; an aborted one after it leaves it in place).
 pub fn expected_version(releases: &[ReleaseRow], service: &str) -> Option<String> {
-    let of_service: Vec<&ReleaseRow> = releases.iter().filter(|r| r.service == service && r.settled).collect();
-    of_service.iter().rev().find(|r| r.phase == "SUCCEEDED").map(|r| r.artifact.clone())
+    releases.iter().rev().find(|r| r.service == service && r.phase == "SUCCEEDED").map(|r| r.artifact.clone())
 }
