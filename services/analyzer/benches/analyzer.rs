@@ -101,7 +101,7 @@ async fn abort_latency(scheduler_url: &str, analyzer_url: &str) {
         .chain(hopngo_testkit::access::TestAccess::shared().service_args("analyzer")),
     );
     let analyzer = tokio::spawn(hopngo_analyzer::server::run(analyzer_args, analyzer_shutdown.clone(), Some(tx)));
-    let analyzer_addr: SocketAddr = rx.await.unwrap();
+    let analyzer_addr: SocketAddr = rx.await.unwrap().grpc;
     let dir = std::env::temp_dir().join(format!("hopngo-analyzer-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("delivery.yaml");
@@ -134,7 +134,7 @@ async fn abort_latency(scheduler_url: &str, analyzer_url: &str) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let scheduler =
         tokio::spawn(hopngo_scheduler::server::run_with(scheduler_args, scheduler_shutdown.clone(), Some(tx)));
-    let scheduler_addr: SocketAddr = rx.await.unwrap();
+    let scheduler_addr: SocketAddr = rx.await.unwrap().grpc;
     let releases = ReleaseServiceClient::new(channel(&format!("https://{scheduler_addr}")));
     let mut analyzer_client = AnalyzerServiceClient::new(channel(&format!("https://{analyzer_addr}")));
     let create = |service: String, artifact: &'static str| {

@@ -1,7 +1,7 @@
 //! Wiring of the analyzer process: database (or a throwaway cluster), the measuring engine, gRPC
 //! and admin servers, shutdown (the engine finishes its rounds in flight).
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 use hopngo_kit::{
@@ -9,7 +9,7 @@ use hopngo_kit::{
     args::{ListenArgs, TelemetryArgs},
     auth::SecurityArgs,
     pg::DatabaseArgs,
-    server::GrpcServer,
+    server::{Bound, GrpcServer},
 };
 use hopngo_proto::analyzer::analyzer_service_server::AnalyzerServiceServer;
 use tokio::sync::oneshot;
@@ -59,11 +59,7 @@ pub struct Args {
 
 /// Runs the analyzer until `shutdown`; sends the bound gRPC address to `ready`. Prints
 /// `hopngo-analyzer listening grpc=ADDR admin=ADDR` once serving.
-pub async fn run(
-    args: Args,
-    shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<SocketAddr>>,
-) -> anyhow::Result<()> {
+pub async fn run(args: Args, shutdown: CancellationToken, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
     let Args { listen, telemetry: _, security, database, db_connections, delivery_config, lease_slack } = args;
     let security = security.load().map_err(anyhow::Error::msg)?;
     let policy = PolicySource::open(delivery_config).map_err(|e| anyhow::anyhow!("--delivery-config: {e}"))?;
@@ -86,7 +82,7 @@ pub async fn run(
         admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
     );
     if let Some(ready) = ready {
-        let _ = ready.send(grpc_addr);
+        let _ = ready.send(Bound { grpc: grpc_addr, admin: admin_addr });
     }
     let served = GrpcServer::for_listen(&listen)
         .secure(&security)

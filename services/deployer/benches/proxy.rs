@@ -183,7 +183,7 @@ async fn weight_zero_cutoff() {
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(hopngo_deployer::server::run(args, stop.clone(), Some(tx)));
-    let addr = rx.await.unwrap();
+    let addr = rx.await.unwrap().grpc;
     let mut deployer = DeployerServiceClient::new(channel(&format!("http://{addr}")));
     let target = |weight: u32| pb::ApplyTargetRequest {
         target: Some(pb::TargetSpec {

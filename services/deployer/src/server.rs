@@ -11,7 +11,7 @@ use hopngo_kit::{
     args::{ListenArgs, TelemetryArgs},
     auth::{Security, SecurityArgs},
     pg::DatabaseArgs,
-    server::GrpcServer,
+    server::{Bound, GrpcServer},
 };
 use hopngo_proto::deployer::deployer_service_server::DeployerServiceServer;
 use tokio::sync::oneshot;
@@ -138,11 +138,7 @@ pub enum BackendKind {
 /// desired states, serves the API, prints `hopngo-deployer listening grpc=ADDR admin=ADDR` and
 /// sends the gRPC address to `ready`. A leader that loses its lock or Lease stops (an error: the
 /// process exits, and its supervisor starts it again as a standby).
-pub async fn run(
-    args: Args,
-    shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<SocketAddr>>,
-) -> anyhow::Result<()> {
+pub async fn run(args: Args, shutdown: CancellationToken, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
     let Args {
         listen,
         telemetry: _,
@@ -235,7 +231,7 @@ struct Replica {
     leader: LeaderArgs,
     leading: prometheus::IntGauge,
     shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<SocketAddr>>,
+    ready: Option<oneshot::Sender<Bound>>,
 }
 
 impl Replica {
@@ -245,7 +241,7 @@ impl Replica {
         metrics: Metrics,
         leader: LeaderArgs,
         shutdown: CancellationToken,
-        ready: Option<oneshot::Sender<SocketAddr>>,
+        ready: Option<oneshot::Sender<Bound>>,
     ) -> anyhow::Result<Replica> {
         let listener =
             std::net::TcpListener::bind(listen.listen).with_context(|| format!("binding {}", listen.listen))?;
@@ -305,7 +301,7 @@ impl Replica {
             leading.set(1);
             println!("hopngo-deployer listening {addresses}");
             if let Some(ready) = ready {
-                let _ = ready.send(grpc_addr);
+                let _ = ready.send(Bound { grpc: grpc_addr, admin: admin_addr });
             }
             let lost = tokio::select! {
                 _ = shutdown.cancelled() => false,

@@ -42,6 +42,15 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 const PLUMBING: [&str; 3] =
     ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
 
+/// Where a service listens once it has bound its ports: what it reports to whoever started it
+/// in-process, so a caller that asked for port 0 learns the port without racing for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub grpc: std::net::SocketAddr,
+    /// The admin (metrics) listener, unless it is off.
+    pub admin: Option<std::net::SocketAddr>,
+}
+
 /// Collects a service's gRPC services, then serves them with the shared plumbing.
 pub struct GrpcServer {
     routes: RoutesBuilder,

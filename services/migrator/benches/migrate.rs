@@ -193,7 +193,7 @@ async fn main() {
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(hopngo_migrator::server::run(args, shutdown.clone(), Some(tx)));
-    let addr: SocketAddr = rx.await.unwrap();
+    let addr: SocketAddr = rx.await.unwrap().grpc;
     let mut client = MigratorServiceClient::new(channel(&format!("http://{addr}"))).max_decoding_message_size(64 << 20);
     let request = || pb::InfoRequest {
         target: Some(pb::MigrationTarget {

@@ -2,7 +2,7 @@
 //! databases it may migrate, the run engine (which takes over unfinished runs), gRPC and admin
 //! servers, shutdown (runs in progress get the drain timeout to finish).
 
-use std::{collections::BTreeMap, net::SocketAddr, str::FromStr as _, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, str::FromStr as _, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use hopngo_kit::{
@@ -10,7 +10,7 @@ use hopngo_kit::{
     args::{ListenArgs, TelemetryArgs, parse_duration},
     auth::SecurityArgs,
     pg::DatabaseArgs,
-    server::GrpcServer,
+    server::{Bound, GrpcServer},
 };
 use hopngo_proto::migrator::migrator_service_server::MigratorServiceServer;
 use sqlx::{ConnectOptions as _, Connection as _, postgres::PgConnectOptions};
@@ -149,11 +149,7 @@ async fn create_if_missing(name: &str, url: &str) -> anyhow::Result<()> {
 
 /// Runs the migrator until `shutdown`; sends the bound gRPC address to `ready`. Prints
 /// `hopngo-migrator listening grpc=ADDR admin=ADDR` once serving.
-pub async fn run(
-    args: Args,
-    shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<SocketAddr>>,
-) -> anyhow::Result<()> {
+pub async fn run(args: Args, shutdown: CancellationToken, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
     let databases = args.databases()?;
     if args.create_targets {
         for (name, settings) in &databases.by_name {
@@ -181,7 +177,7 @@ pub async fn run(
         admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
     );
     if let Some(ready) = ready {
-        let _ = ready.send(grpc_addr);
+        let _ = ready.send(Bound { grpc: grpc_addr, admin: admin_addr });
     }
     let served = GrpcServer::for_listen(&listen)
         .secure(&security)

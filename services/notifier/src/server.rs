@@ -2,7 +2,7 @@
 //! dispatcher and the escalator, gRPC and admin servers, shutdown (streams end, deliveries in
 //! flight finish).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use hopngo_kit::{
@@ -11,7 +11,7 @@ use hopngo_kit::{
     auth::SecurityArgs,
     http::HttpClient,
     pg::DatabaseArgs,
-    server::GrpcServer,
+    server::{Bound, GrpcServer},
 };
 use hopngo_proto::notifier::notifier_service_server::NotifierServiceServer;
 use tokio::sync::oneshot;
@@ -169,11 +169,7 @@ async fn prune(store: Store, clock: Arc<dyn Clock>, retention: Duration, interva
 }
 
 /// Runs the notifier on wall-clock time; see [`run_with_clock`].
-pub async fn run(
-    args: Args,
-    shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<SocketAddr>>,
-) -> anyhow::Result<()> {
+pub async fn run(args: Args, shutdown: CancellationToken, ready: Option<oneshot::Sender<Bound>>) -> anyhow::Result<()> {
     run_with_clock(args, Arc::new(SystemClock), shutdown, ready).await
 }
 
@@ -183,7 +179,7 @@ pub async fn run_with_clock(
     args: Args,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<SocketAddr>>,
+    ready: Option<oneshot::Sender<Bound>>,
 ) -> anyhow::Result<()> {
     let security = args.security.load().map_err(anyhow::Error::msg)?;
     let policy = Arc::new(args.policy()?);
@@ -229,7 +225,7 @@ pub async fn run_with_clock(
         admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into())
     );
     if let Some(ready) = ready {
-        let _ = ready.send(grpc_addr);
+        let _ = ready.send(Bound { grpc: grpc_addr, admin: admin_addr });
     }
     let subscriptions = Subscriptions {
         log: Arc::clone(&log),

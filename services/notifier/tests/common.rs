@@ -26,6 +26,8 @@ use tonic::Streaming;
 pub struct Running {
     pub client: NotifierServiceClient<AuthedChannel>,
     pub addr: SocketAddr,
+    /// Its admin listener, when the test's flags turned it on.
+    pub admin: Option<SocketAddr>,
     server: InProcess,
 }
 
@@ -44,7 +46,7 @@ pub async fn start_with_clock(db: &TestDb, extra: &[&str], clock: Arc<dyn Clock>
     let args = Args::parse_from(hopngo_testkit::server::with_args(argv, &extra));
     let server = InProcess::start(|shutdown, ready| run_with_clock(args, clock, shutdown, Some(ready))).await;
     let client = NotifierServiceClient::new(channel(&server.url()));
-    Running { client, addr: server.addr, server }
+    Running { client, addr: server.addr, admin: server.admin, server }
 }
 
 impl Running {

@@ -32,8 +32,8 @@ fn level_of(e: &hopngo_proto::events::Event) -> &str {
 async fn levels_fire_at_their_times_reach_their_channels_and_stop_on_acknowledge() {
     let db = TestDb::create().await.unwrap();
     let clock = manual_clock();
-    let admin = hopngo_testkit::measure::free_loopback_addr();
-    let n = start_with_clock(&db, &["--escalation-tick", "50ms", "--admin-listen", &admin], clock.clone()).await;
+    let n = start_with_clock(&db, &["--escalation-tick", "50ms", "--admin-listen", "127.0.0.1:0"], clock.clone()).await;
+    let admin = n.admin.expect("the admin listener is on").to_string();
     let open = || async {
         let scraped = hopngo_testkit::measure::scrape(&admin).await;
         hopngo_testkit::measure::sample(&scraped, "hopngo_notifier_escalations_open")

@@ -10,7 +10,7 @@ use hopngo_kit::{
     args::{ListenArgs, TelemetryArgs, parse_duration},
     auth::SecurityArgs,
     pg::DatabaseArgs,
-    server::GrpcServer,
+    server::{Bound, GrpcServer},
 };
 use hopngo_proto::{
     config::config_service_server::ConfigServiceServer, identity::identity_service_server::IdentityServiceServer,
@@ -103,7 +103,7 @@ pub async fn run(args: Args, shutdown: CancellationToken) -> anyhow::Result<()> 
 pub async fn run_with(
     args: Args,
     shutdown: CancellationToken,
-    ready: Option<oneshot::Sender<SocketAddr>>,
+    ready: Option<oneshot::Sender<Bound>>,
 ) -> anyhow::Result<()> {
     let Args {
         listen,
@@ -172,7 +172,7 @@ pub async fn run_with(
     );
     tracing::info!(%grpc_addr, ?admin_addr, workers, "scheduler serving");
     if let Some(ready) = ready {
-        let _ = ready.send(grpc_addr);
+        let _ = ready.send(Bound { grpc: grpc_addr, admin: admin_addr });
     }
 
     let refusals = RefusalWriter::spawn(store.clone(), &metrics.registry, &tracker, workers_stop.clone());

@@ -593,8 +593,8 @@ async fn production_waits_out_the_soak_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gauges_count_releases_by_phase_and_the_outbox_backlog() {
-    let admin = hopngo_testkit::measure::free_loopback_addr();
-    let h = Harness::start_with(&["--admin-listen", &admin, "--gauge-interval", "100ms"]).await;
+    let h = Harness::start_with(&["--admin-listen", "127.0.0.1:0", "--gauge-interval", "100ms"]).await;
+    let admin = h.admin.expect("the admin listener is on").to_string();
     let read = |series: &'static str| {
         let admin = admin.clone();
         async move { hopngo_testkit::measure::sample(&hopngo_testkit::measure::scrape(&admin).await, series) }

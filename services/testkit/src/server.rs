@@ -4,6 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use hopngo_kit::server::Bound;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -11,6 +12,8 @@ use tokio_util::sync::CancellationToken;
 pub struct InProcess {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its admin (metrics) listener, if its flags turned one on (`--admin-listen 127.0.0.1:0`).
+    pub admin: Option<SocketAddr>,
     /// Cancelling it starts the drain (health NOT_SERVING, streams end, in-flight calls finish).
     pub shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
@@ -58,7 +61,7 @@ pub fn with_args(mut argv: Vec<String>, extra: &[String]) -> Vec<String> {
 impl InProcess {
     /// Spawns `serve(shutdown, ready)` (a service's `run` with its arguments bound) and waits, at
     /// most 30 s, for it to report its address.
-    pub async fn start<F>(serve: impl FnOnce(CancellationToken, oneshot::Sender<SocketAddr>) -> F) -> InProcess
+    pub async fn start<F>(serve: impl FnOnce(CancellationToken, oneshot::Sender<Bound>) -> F) -> InProcess
     where
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
@@ -68,12 +71,12 @@ impl InProcess {
         let addr = tokio::time::timeout(Duration::from_secs(30), addr)
             .await
             .expect("the server reports its address within 30 s");
-        let addr = match addr {
-            Ok(addr) => addr,
+        let bound = match addr {
+            Ok(bound) => bound,
             // It ended before serving: show why.
             Err(_) => panic!("the server did not start: {:?}", handle.await),
         };
-        InProcess { addr, shutdown, handle }
+        InProcess { addr: bound.grpc, admin: bound.admin, shutdown, handle }
     }
 
     /// `http://addr`, for a client to connect to.

@@ -67,6 +67,8 @@ pub struct Harness {
     pub db: TestDb,
     pub fakes: Fakes,
     pub addr: SocketAddr,
+    /// Its admin listener, when the test's flags turned it on.
+    pub admin: Option<SocketAddr>,
     pub releases: ReleaseServiceClient<AuthedChannel>,
     pub shutdown: CancellationToken,
     server: InProcess,
@@ -94,7 +96,15 @@ impl Harness {
         let args = args(&db.url, &fakes, extra);
         let server = InProcess::start(|shutdown, ready| run_with(args, shutdown, Some(ready))).await;
         let releases = ReleaseServiceClient::new(channel(&server.url()));
-        let h = Harness { db, fakes, addr: server.addr, releases, shutdown: server.shutdown.clone(), server };
+        let h = Harness {
+            db,
+            fakes,
+            addr: server.addr,
+            admin: server.admin,
+            releases,
+            shutdown: server.shutdown.clone(),
+            server,
+        };
         h.apply(CONFIG).await;
         h
     }
