@@ -466,7 +466,10 @@ async fn notifier_part(url: &str, rows: &mut Vec<Row>) {
     sqlx::query("VACUUM ANALYZE notifier.events").execute(&pool).await.unwrap();
     let store = hopngo_notifier::store::Store::connect(url, 2).await.unwrap();
     let t = Instant::now();
-    let (removed, _, _) = store.prune(time::OffsetDateTime::now_utc() - time::Duration::days(1)).await.unwrap();
+    let (removed, _, _) = store
+        .prune(time::OffsetDateTime::now_utc() - time::Duration::days(1), hopngo_notifier::store::PRUNE_BATCH)
+        .await
+        .unwrap();
     rows.push(Row(
         "retention prune".into(),
         format!("{removed} events removed in {:.0} ms (while the notifier runs)", ms(t.elapsed())),

@@ -27,7 +27,7 @@ use crate::{
     grpc::Notifier,
     log::Log,
     metrics::NotifierMetrics,
-    store::Store,
+    store::{PRUNE_BATCH, Store},
     subscribe::{SubscriptionSettings, Subscriptions},
     webhooks::{Dispatcher, WebhookSettings},
 };
@@ -154,7 +154,7 @@ async fn prune(store: Store, clock: Arc<dyn Clock>, retention: Duration, interva
         return;
     }
     loop {
-        match store.prune(clock.now() - retention).await {
+        match store.prune(clock.now() - retention, PRUNE_BATCH).await {
             Ok((0, 0, 0)) => {}
             Ok((events, deliveries, releases)) => {
                 tracing::info!(events, deliveries, releases, "retention applied")

@@ -23,6 +23,8 @@ use crate::{
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// PostgreSQL schema holding the notifier's tables.
 pub const SCHEMA: &str = "notifier";
+/// Most events one statement of the retention removes.
+pub const PRUNE_BATCH: u32 = 10_000;
 /// Advisory lock key serializing appends to the log.
 const LOG_LOCK: i64 = 7218861937320;
 /// Advisory lock key held by the replica that delivers webhooks and escalates.
@@ -214,17 +216,38 @@ impl Store {
     /// the newest event, so positions go on from where they were, and never one a webhook still
     /// has to handle), delivery attempts before it, and releases that ended before it and need
     /// nobody. Returns (events, deliveries, releases) removed.
-    pub async fn prune(&self, before: OffsetDateTime) -> Result<(u64, u64, u64), NotifierError> {
-        let events = sqlx::query(
-            "DELETE FROM events WHERE position <= least( \
+    ///
+    /// Events go oldest first, at most `batch` per statement: a long backlog (the first prune
+    /// after a retention was shortened) is many short transactions, never one that holds a
+    /// million rows' locks and WAL, and the log is a gapless suffix after each of them.
+    pub async fn prune(&self, before: OffsetDateTime, batch: u32) -> Result<(u64, u64, u64), NotifierError> {
+        // The bound only moves forward (cursors and the log only grow), so it holds for every batch.
+        let upto: i64 = sqlx::query_scalar(
+            "SELECT least( \
                (SELECT max(position) - 1 FROM events), \
                (SELECT coalesce(min(cursor), 9223372036854775807) FROM webhooks), \
                (SELECT coalesce(max(position), 0) FROM events WHERE received_at < $1))",
         )
         .bind(before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .fetch_one(&self.pool)
+        .await?;
+        let batch = i64::from(batch.max(1));
+        let mut events = 0;
+        loop {
+            let removed = sqlx::query(
+                "DELETE FROM events WHERE position IN \
+                   (SELECT position FROM events WHERE position <= $1 ORDER BY position LIMIT $2)",
+            )
+            .bind(upto)
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            events += removed;
+            if removed < batch as u64 {
+                break;
+            }
+        }
         let deliveries = sqlx::query("DELETE FROM deliveries WHERE attempted_at < $1")
             .bind(before)
             .execute(&self.pool)

@@ -401,6 +401,24 @@ async fn retention_removes_old_events_but_never_the_newest_nor_what_a_webhook_st
 }
 
 #[tokio::test]
+async fn a_long_backlog_is_pruned_in_batches_down_to_the_newest_event() {
+    let db = TestDb::create().await.unwrap();
+    let n = start(&db, &[]).await;
+    let r = release();
+    n.publish((1..=25).map(|s| event(&r, "booking-service", s, "step-completed", "PROGRESSING", now())).collect())
+        .await;
+    n.stop().await;
+    let store = hopngo_notifier::store::Store::connect(&db.url, 2).await.unwrap();
+    // Ten a statement: three statements, and the loop must not stop after the first full one.
+    let (events, _, _) = store.prune(now() + time::Duration::minutes(1), 10).await.unwrap();
+    assert_eq!(events, 24, "all but the newest");
+    assert_eq!((store.oldest().await.unwrap(), store.head().await.unwrap()), (25, 25));
+    let (again, _, _) = store.prune(now() + time::Duration::minutes(1), 10).await.unwrap();
+    assert_eq!(again, 0);
+    store.pool().close().await;
+}
+
+#[tokio::test]
 async fn a_subscriber_sees_only_the_environments_it_may_view() {
     let db = TestDb::create().await.unwrap();
     let n = start(&db, &[]).await;
