@@ -221,11 +221,11 @@ impl Store {
     /// after a retention was shortened) is many short transactions, never one that holds a
     /// million rows' locks and WAL, and the log is a gapless suffix after each of them.
     pub async fn prune(&self, before: OffsetDateTime, batch: u32) -> Result<(u64, u64, u64), NotifierError> {
-        // The bound only moves forward (cursors and the log only grow), so it holds for every batch.
-        let upto: i64 = sqlx::query_scalar(
+        // The log only grows, so its part of the bound is read once. Webhook cursors are read by
+        // every statement: creating or replaying a webhook can move one back between batches.
+        let by_age: i64 = sqlx::query_scalar(
             "SELECT least( \
                (SELECT max(position) - 1 FROM events), \
-               (SELECT coalesce(min(cursor), 9223372036854775807) FROM webhooks), \
                (SELECT coalesce(max(position), 0) FROM events WHERE received_at < $1))",
         )
         .bind(before)
@@ -235,10 +235,11 @@ impl Store {
         let mut events = 0;
         loop {
             let removed = sqlx::query(
-                "DELETE FROM events WHERE position IN \
-                   (SELECT position FROM events WHERE position <= $1 ORDER BY position LIMIT $2)",
+                "DELETE FROM events WHERE position IN (SELECT position FROM events \
+                   WHERE position <= least($1, (SELECT coalesce(min(cursor), 9223372036854775807) FROM webhooks)) \
+                   ORDER BY position LIMIT $2)",
             )
-            .bind(upto)
+            .bind(by_age)
             .bind(batch)
             .execute(&self.pool)
             .await?
