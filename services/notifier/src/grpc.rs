@@ -99,16 +99,23 @@ fn check_event(i: usize, e: &Event) -> Result<(), NotifierError> {
 
 /// A caller's start cursor: within the log, and not older than what the retention kept.
 async fn start_cursor(log: &Log, raw: &str, field: &str, head: u64) -> Result<u64, NotifierError> {
-    let cursor = cursor::parse(raw, head).map_err(|r| NotifierError::invalid(field, r))?;
-    if let Err(oldest) = log.store().still_has_after(cursor).await? {
-        return Err(NotifierError::Precondition(format!(
-            "{field}: events after cursor {cursor} up to {} were removed by the retention; the oldest kept is {oldest} \
-             (start after cursor {} or from the beginning)",
-            oldest - 1,
-            oldest - 1
-        )));
-    }
+    let cursor = parse_cursor(raw, field, head)?;
+    log.store().still_has_after(cursor).await?.map_err(|oldest| removed(field, cursor, oldest))?;
     Ok(cursor)
+}
+
+fn parse_cursor(raw: &str, field: &str, head: u64) -> Result<u64, NotifierError> {
+    cursor::parse(raw, head).map_err(|r| NotifierError::invalid(field, r))
+}
+
+/// The retention removed events after a caller's cursor; `oldest` is the oldest position kept.
+fn removed(field: &str, cursor: u64, oldest: u64) -> NotifierError {
+    NotifierError::Precondition(format!(
+        "{field}: events after cursor {cursor} up to {} were removed by the retention; the oldest kept is {oldest} \
+         (start after cursor {} or from the beginning)",
+        oldest - 1,
+        oldest - 1
+    ))
 }
 
 fn webhook_id(id: &str) -> Result<Uuid, NotifierError> {
@@ -190,10 +197,11 @@ impl NotifierService for Notifier {
         let secret = if generated { signature::generate_secret() } else { req.secret };
         signature::key(&secret).map_err(|r| NotifierError::invalid("secret", r))?;
         let head = self.log.store().head().await?;
+        // The store checks the cursor against the retention as it stores the webhook.
         let cursor = if req.start_after_cursor.is_empty() {
             head
         } else {
-            start_cursor(&self.log, &req.start_after_cursor, "start_after_cursor", head).await?
+            parse_cursor(&req.start_after_cursor, "start_after_cursor", head)?
         };
         let hook = StoredWebhook {
             id: Uuid::now_v7(),
@@ -207,7 +215,11 @@ impl NotifierService for Notifier {
             dead_lettered: 0,
             generation: 0,
         };
-        self.log.store().create_webhook(&hook).await?;
+        self.log
+            .store()
+            .create_webhook(&hook)
+            .await?
+            .map_err(|oldest| removed("start_after_cursor", cursor, oldest))?;
         // A secret the caller chose is never sent back; one generated here is shown this once
         // (there is no other way to learn it).
         Ok(Response::new(pb::CreateWebhookResponse { webhook: Some(convert::webhook(&hook, generated)) }))
@@ -241,12 +253,13 @@ impl NotifierService for Notifier {
         let req = request.into_inner();
         let id = webhook_id(&req.id)?;
         let head = self.log.store().head().await?;
-        let cursor = start_cursor(&self.log, &req.after_cursor, "after_cursor", head).await?;
+        let cursor = parse_cursor(&req.after_cursor, "after_cursor", head)?;
         let hook = self
             .log
             .store()
             .replay_webhook(id, cursor)
             .await?
+            .map_err(|oldest| removed("after_cursor", cursor, oldest))?
             .ok_or_else(|| NotifierError::NotFound(format!("webhook {id} does not exist")))?;
         Ok(Response::new(pb::ReplayWebhookResponse { webhook: Some(convert::webhook(&hook, false)) }))
     }

@@ -29,6 +29,16 @@ pub const PRUNE_BATCH: u32 = 10_000;
 const LOG_LOCK: i64 = 7218861937320;
 /// Advisory lock key held by the replica that delivers webhooks and escalates.
 pub const DISPATCH_LOCK: i64 = 7218861937321;
+/// Advisory lock key held by each statement of the retention and by whatever stores a webhook
+/// cursor that can point backwards (create, replay): such a cursor is checked against the log
+/// and stored while no retention statement runs, so none removes events it was promised.
+pub const RETENTION_LOCK: i64 = 7218861937322;
+
+/// Whether a log whose oldest position is `oldest` still holds every event after `cursor`; if
+/// not, the oldest position kept.
+fn kept_after(oldest: u64, cursor: u64) -> Result<(), u64> {
+    if oldest > cursor + 1 { Err(oldest) } else { Ok(()) }
+}
 
 /// Now, at the microsecond precision PostgreSQL keeps.
 pub fn now() -> OffsetDateTime {
@@ -206,10 +216,20 @@ impl Store {
         Ok(oldest as u64)
     }
 
-    /// Whether the events after `cursor` are all still in the log (none removed by retention).
+    /// Whether the events after `cursor` are all still in the log (none removed by retention);
+    /// if not, the oldest position kept.
     pub async fn still_has_after(&self, cursor: u64) -> Result<Result<(), u64>, NotifierError> {
-        let oldest = self.oldest().await?;
-        Ok(if oldest > cursor + 1 { Err(oldest) } else { Ok(()) })
+        Ok(kept_after(self.oldest().await?, cursor))
+    }
+
+    /// Starts a transaction in which no retention statement runs, and checks that the events
+    /// after `cursor` are still in the log (Err: the oldest position kept).
+    async fn begin_holding(&self, cursor: u64) -> Result<Result<Transaction<'static, Postgres>, u64>, NotifierError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RETENTION_LOCK).execute(&mut *tx).await?;
+        let oldest: i64 =
+            sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(&mut *tx).await?;
+        Ok(kept_after(oldest as u64, cursor).map(|()| tx))
     }
 
     /// Removes what the retention lets go: a prefix of the log received before `before` (never
@@ -222,7 +242,8 @@ impl Store {
     /// million rows' locks and WAL, and the log is a gapless suffix after each of them.
     pub async fn prune(&self, before: OffsetDateTime, batch: u32) -> Result<(u64, u64, u64), NotifierError> {
         // The log only grows, so its part of the bound is read once. Webhook cursors are read by
-        // every statement: creating or replaying a webhook can move one back between batches.
+        // every statement, under the retention lock: creating or replaying a webhook can move one
+        // back between batches, and does so only while no statement runs.
         let by_age: i64 = sqlx::query_scalar(
             "SELECT least( \
                (SELECT max(position) - 1 FROM events), \
@@ -234,6 +255,8 @@ impl Store {
         let batch = i64::from(batch.max(1));
         let mut events = 0;
         loop {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RETENTION_LOCK).execute(&mut *tx).await?;
             let removed = sqlx::query(
                 "DELETE FROM events WHERE position IN (SELECT position FROM events \
                    WHERE position <= least($1, (SELECT coalesce(min(cursor), 9223372036854775807) FROM webhooks)) \
@@ -241,9 +264,10 @@ impl Store {
             )
             .bind(by_age)
             .bind(batch)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+            tx.commit().await?;
             events += removed;
             if removed < batch as u64 {
                 break;
@@ -498,8 +522,13 @@ impl Store {
         rows.iter().map(logged).collect()
     }
 
-    /// Stores a webhook.
-    pub async fn create_webhook(&self, w: &StoredWebhook) -> Result<(), NotifierError> {
+    /// Stores a webhook, unless the retention removed events after its cursor (Err: the oldest
+    /// position kept).
+    pub async fn create_webhook(&self, w: &StoredWebhook) -> Result<Result<(), u64>, NotifierError> {
+        let mut tx = match self.begin_holding(w.cursor).await? {
+            Ok(tx) => tx,
+            Err(oldest) => return Ok(Err(oldest)),
+        };
         sqlx::query(
             "INSERT INTO webhooks (id, url, format, filter, secret, created_at, cursor) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -510,9 +539,10 @@ impl Store {
         .bind(&w.secret)
         .bind(w.created_at)
         .bind(w.cursor as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(Ok(()))
     }
 
     /// Every webhook, oldest first.
@@ -575,14 +605,24 @@ impl Store {
     }
 
     /// Moves a webhook's cursor back (or forward) to `cursor` and starts a new generation; None
-    /// when there is no such webhook.
-    pub async fn replay_webhook(&self, id: Uuid, cursor: u64) -> Result<Option<StoredWebhook>, NotifierError> {
+    /// when there is no such webhook, Err (the oldest position kept) when the retention removed
+    /// events after `cursor`.
+    pub async fn replay_webhook(
+        &self,
+        id: Uuid,
+        cursor: u64,
+    ) -> Result<Result<Option<StoredWebhook>, u64>, NotifierError> {
+        let mut tx = match self.begin_holding(cursor).await? {
+            Ok(tx) => tx,
+            Err(oldest) => return Ok(Err(oldest)),
+        };
         let row = sqlx::query("UPDATE webhooks SET cursor = $2, generation = generation + 1 WHERE id = $1 RETURNING *")
             .bind(id)
             .bind(cursor as i64)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        row.as_ref().map(webhook).transpose()
+        tx.commit().await?;
+        Ok(Ok(row.as_ref().map(webhook).transpose()?))
     }
 
     /// Moves a webhook's cursor over events its filter skips (within one generation).

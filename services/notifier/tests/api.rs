@@ -20,6 +20,15 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// A webhook that cannot deliver (the discard port), so it holds the log from its cursor on.
+fn unreachable_webhook(start_after_cursor: &str) -> pb::CreateWebhookRequest {
+    pb::CreateWebhookRequest {
+        url: "http://127.0.0.1:9/unreachable".into(),
+        start_after_cursor: start_after_cursor.into(),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn replays_then_follows_live_in_order_and_ignores_duplicates() {
     let db = TestDb::create().await.unwrap();
@@ -359,15 +368,7 @@ async fn retention_removes_old_events_but_never_the_newest_nor_what_a_webhook_st
     let r = release();
     // A webhook that cannot deliver holds the log from cursor 2 on.
     n.publish((1..=2).map(|s| event(&r, "booking-service", s, "step-completed", "PROGRESSING", now())).collect()).await;
-    let hook = n
-        .client
-        .clone()
-        .create_webhook(pb::CreateWebhookRequest { url: "http://127.0.0.1:9/unreachable".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .webhook
-        .unwrap();
+    let hook = n.client.clone().create_webhook(unreachable_webhook("")).await.unwrap().into_inner().webhook.unwrap();
     n.publish((3..=5).map(|s| event(&r, "booking-service", s, "step-completed", "PROGRESSING", now())).collect()).await;
     tokio::time::sleep(Duration::from_millis(1600)).await;
     let mut from_start = n.subscribe(pb::EventFilter::default(), Start::FromBeginning(true)).await;
@@ -416,6 +417,52 @@ async fn a_long_backlog_is_pruned_in_batches_down_to_the_newest_event() {
     let (again, _, _) = store.prune(now() + time::Duration::minutes(1), 10).await.unwrap();
     assert_eq!(again, 0);
     store.pool().close().await;
+}
+
+#[tokio::test]
+async fn a_webhook_replayed_or_created_while_a_prune_statement_runs_sees_what_it_removed() {
+    let db = TestDb::create().await.unwrap();
+    let n = start(&db, &[]).await;
+    let r = release();
+    n.publish((1..=5).map(|s| event(&r, "booking-service", s, "step-completed", "PROGRESSING", now())).collect()).await;
+    let hook = n.client.clone().create_webhook(unreachable_webhook("")).await.unwrap().into_inner().webhook.unwrap();
+    // A retention statement in flight: it holds the lock and has removed 1..3, not yet committed.
+    let store = hopngo_notifier::store::Store::connect(&db.url, 2).await.unwrap();
+    let mut prune = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(hopngo_notifier::store::RETENTION_LOCK)
+        .execute(&mut *prune)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM events WHERE position <= 3").execute(&mut *prune).await.unwrap();
+    let mut client = n.client.clone();
+    let replay = tokio::spawn(async move {
+        client.replay_webhook(pb::ReplayWebhookRequest { id: hook.id, after_cursor: "1".into() }).await
+    });
+    let mut client = n.client.clone();
+    let create = tokio::spawn(async move { client.create_webhook(unreachable_webhook("1")).await });
+    // Both reach the lock (without it they would read the log before the delete commits and
+    // point their cursors at events that are about to go).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    prune.commit().await.unwrap();
+    let replayed = replay.await.unwrap().unwrap_err();
+    assert_eq!(replayed.code(), Code::FailedPrecondition);
+    assert!(
+        replayed.message().starts_with("after_cursor: events after cursor 1 up to 3 were removed by the retention"),
+        "{}",
+        replayed.message()
+    );
+    let created = create.await.unwrap().unwrap_err();
+    assert_eq!(created.code(), Code::FailedPrecondition);
+    assert!(
+        created.message().starts_with("start_after_cursor: events after cursor 1 up to 3"),
+        "{}",
+        created.message()
+    );
+    let hooks = n.client.clone().list_webhooks(pb::ListWebhooksRequest {}).await.unwrap().into_inner().webhooks;
+    assert_eq!(hooks.len(), 1, "nothing half-written");
+    store.pool().close().await;
+    n.stop().await;
 }
 
 #[tokio::test]
