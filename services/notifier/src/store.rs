@@ -34,6 +34,37 @@ pub const DISPATCH_LOCK: i64 = 7218861937321;
 /// and stored while no retention statement runs, so none removes events it was promised.
 pub const RETENTION_LOCK: i64 = 7218861937322;
 
+/// The query behind [`Store::events_after`], on a pool or inside a transaction.
+async fn select_events<'e>(
+    executor: impl sqlx::Executor<'e, Database = Postgres>,
+    after: u64,
+    upto: u64,
+    filter: &Filter,
+    limit: i64,
+) -> Result<Vec<LoggedEvent>, NotifierError> {
+    let rows = sqlx::query(
+        "SELECT position, body FROM events WHERE position > $1 AND position <= $2 \
+         AND (cardinality($3::text[]) = 0 OR service = ANY($3)) \
+         AND (cardinality($4::text[]) = 0 OR environment = ANY($4)) \
+         AND (cardinality($5::text[]) = 0 OR type = ANY($5)) \
+         AND severity >= $6 AND ($7 = '' OR release_id = $7) \
+         AND (cardinality($8::text[]) = 0 OR escalation_level = ANY($8)) \
+         ORDER BY position LIMIT $9",
+    )
+    .bind(after as i64)
+    .bind(upto as i64)
+    .bind(&filter.services)
+    .bind(&filter.environments)
+    .bind(&filter.types)
+    .bind(filter.min_severity as i16)
+    .bind(&filter.release_id)
+    .bind(&filter.escalation_levels)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(logged).collect()
+}
+
 /// Whether a log whose oldest position is `oldest` still holds every event after `cursor`; if
 /// not, the oldest position kept.
 fn kept_after(oldest: u64, cursor: u64) -> Result<(), u64> {
@@ -499,27 +530,30 @@ impl Store {
         filter: &Filter,
         limit: i64,
     ) -> Result<Vec<LoggedEvent>, NotifierError> {
-        let rows = sqlx::query(
-            "SELECT position, body FROM events WHERE position > $1 AND position <= $2 \
-             AND (cardinality($3::text[]) = 0 OR service = ANY($3)) \
-             AND (cardinality($4::text[]) = 0 OR environment = ANY($4)) \
-             AND (cardinality($5::text[]) = 0 OR type = ANY($5)) \
-             AND severity >= $6 AND ($7 = '' OR release_id = $7) \
-             AND (cardinality($8::text[]) = 0 OR escalation_level = ANY($8)) \
-             ORDER BY position LIMIT $9",
-        )
-        .bind(after as i64)
-        .bind(upto as i64)
-        .bind(&filter.services)
-        .bind(&filter.environments)
-        .bind(&filter.types)
-        .bind(filter.min_severity as i16)
-        .bind(&filter.release_id)
-        .bind(&filter.escalation_levels)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(logged).collect()
+        select_events(&self.pool, after, upto, filter, limit).await
+    }
+
+    /// [`Store::events_after`] for a reader whose cursor the retention does not hold (a
+    /// subscriber): checked and read while no retention statement runs, so a batch never starts
+    /// past events removed between the check and the read. Err: the oldest position kept.
+    pub async fn events_kept_after(
+        &self,
+        after: u64,
+        upto: u64,
+        filter: &Filter,
+        limit: i64,
+    ) -> Result<Result<Vec<LoggedEvent>, u64>, NotifierError> {
+        let mut tx = self.pool.begin().await?;
+        // Shared: readers do not wait for each other, only for (and hold off) a statement.
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(RETENTION_LOCK).execute(&mut *tx).await?;
+        let oldest: i64 =
+            sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(&mut *tx).await?;
+        if let Err(oldest) = kept_after(oldest as u64, after) {
+            return Ok(Err(oldest));
+        }
+        let events = select_events(&mut *tx, after, upto, filter, limit).await?;
+        tx.commit().await?;
+        Ok(Ok(events))
     }
 
     /// Stores a webhook, unless the retention removed events after its cursor (Err: the oldest

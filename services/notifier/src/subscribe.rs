@@ -101,24 +101,25 @@ impl Producer {
     /// Sends everything after `last` that is in the database now.
     async fn catch_up(&mut self) -> Result<(), Result<Stop, NotifierError>> {
         loop {
-            // A subscriber that fell behind the retention would skip events silently.
-            if let Err(oldest) = self.log.store().still_has_after(self.last).await.map_err(Err)? {
-                return Err(Err(NotifierError::Precondition(format!(
-                    "the subscription fell behind the retention: events after cursor {} up to {} were removed",
-                    self.last,
-                    oldest - 1
-                ))));
-            }
+            // The newest event is never removed, so a subscriber at the head cannot be behind.
             let head = self.log.store().head().await.map_err(Err)?;
             if head <= self.last {
                 return Ok(());
             }
             // Catching-up subscribers take turns at the database, so hundreds of them cannot
             // starve publishing of connections; none holds a turn while its client reads.
-            let batch = {
+            let kept = {
                 let _turn = self.readers.acquire().await.map_err(|_| Ok(Stop::Gone))?;
-                self.log.store().events_after(self.last, head, &self.filter, CATCH_UP_BATCH).await.map_err(Err)?
+                self.log.store().events_kept_after(self.last, head, &self.filter, CATCH_UP_BATCH).await.map_err(Err)?
             };
+            // A subscriber that fell behind the retention would skip events silently.
+            let batch = kept.map_err(|oldest| {
+                Err(NotifierError::Precondition(format!(
+                    "the subscription fell behind the retention: events after cursor {} up to {} were removed",
+                    self.last,
+                    oldest - 1
+                )))
+            })?;
             let complete = (batch.len() as i64) < CATCH_UP_BATCH;
             for l in &batch {
                 self.send(Some(l)).await.map_err(Ok)?;

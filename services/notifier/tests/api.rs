@@ -420,7 +420,7 @@ async fn a_long_backlog_is_pruned_in_batches_down_to_the_newest_event() {
 }
 
 #[tokio::test]
-async fn a_webhook_replayed_or_created_while_a_prune_statement_runs_sees_what_it_removed() {
+async fn cursors_given_or_read_from_while_a_prune_statement_runs_see_what_it_removed() {
     let db = TestDb::create().await.unwrap();
     let n = start(&db, &[]).await;
     let r = release();
@@ -441,8 +441,23 @@ async fn a_webhook_replayed_or_created_while_a_prune_statement_runs_sees_what_it
     });
     let mut client = n.client.clone();
     let create = tokio::spawn(async move { client.create_webhook(unreachable_webhook("1")).await });
-    // Both reach the lock (without it they would read the log before the delete commits and
-    // point their cursors at events that are about to go).
+    let mut client = n.client.clone();
+    let subscriber = tokio::spawn(async move {
+        let request = pb::SubscribeRequest { start: Some(Start::AfterCursor("1".into())), ..Default::default() };
+        match client.subscribe(request).await {
+            Err(status) => status,
+            Ok(stream) => stream
+                .into_inner()
+                .next()
+                .await
+                .expect("stream open")
+                .map(|item| item.item)
+                .expect_err("a subscriber catching up waits for the statement, not reads what it is removing"),
+        }
+    });
+    // All three reach the lock (without it they would read the log before the delete commits:
+    // the webhooks would point their cursors at events that are about to go, and a subscriber
+    // reading a moment later would get a batch that starts past them).
     tokio::time::sleep(Duration::from_millis(500)).await;
     prune.commit().await.unwrap();
     let replayed = replay.await.unwrap().unwrap_err();
@@ -459,6 +474,9 @@ async fn a_webhook_replayed_or_created_while_a_prune_statement_runs_sees_what_it
         "{}",
         created.message()
     );
+    let behind = subscriber.await.unwrap();
+    assert_eq!(behind.code(), Code::FailedPrecondition);
+    assert!(behind.message().contains("events after cursor 1 up to 3 were removed"), "{}", behind.message());
     let hooks = n.client.clone().list_webhooks(pb::ListWebhooksRequest {}).await.unwrap().into_inner().webhooks;
     assert_eq!(hooks.len(), 1, "nothing half-written");
     store.pool().close().await;
