@@ -29,9 +29,10 @@ pub const PRUNE_BATCH: u32 = 10_000;
 const LOG_LOCK: i64 = 7218861937320;
 /// Advisory lock key held by the replica that delivers webhooks and escalates.
 pub const DISPATCH_LOCK: i64 = 7218861937321;
-/// Advisory lock key held by each statement of the retention and by whatever stores a webhook
-/// cursor that can point backwards (create, replay): such a cursor is checked against the log
-/// and stored while no retention statement runs, so none removes events it was promised.
+/// Advisory lock key held by each statement of the retention, by whatever stores a webhook
+/// cursor that can point backwards (create, replay), and shared by a subscriber's catch-up
+/// batch: a cursor is checked against the log and stored or read from while no retention
+/// statement runs, so none removes events it was promised or is about to read.
 pub const RETENTION_LOCK: i64 = 7218861937322;
 
 /// The query behind [`Store::events_after`], on a pool or inside a transaction.
@@ -254,10 +255,16 @@ impl Store {
     }
 
     /// Starts a transaction in which no retention statement runs, and checks that the events
-    /// after `cursor` are still in the log (Err: the oldest position kept).
-    async fn begin_holding(&self, cursor: u64) -> Result<Result<Transaction<'static, Postgres>, u64>, NotifierError> {
+    /// after `cursor` are still in the log (Err: the oldest position kept). `shared` for readers,
+    /// which need not wait for each other.
+    async fn begin_holding(
+        &self,
+        cursor: u64,
+        shared: bool,
+    ) -> Result<Result<Transaction<'static, Postgres>, u64>, NotifierError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(RETENTION_LOCK).execute(&mut *tx).await?;
+        let lock = if shared { "SELECT pg_advisory_xact_lock_shared($1)" } else { "SELECT pg_advisory_xact_lock($1)" };
+        sqlx::query(lock).bind(RETENTION_LOCK).execute(&mut *tx).await?;
         let oldest: i64 =
             sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(&mut *tx).await?;
         Ok(kept_after(oldest as u64, cursor).map(|()| tx))
@@ -543,14 +550,10 @@ impl Store {
         filter: &Filter,
         limit: i64,
     ) -> Result<Result<Vec<LoggedEvent>, u64>, NotifierError> {
-        let mut tx = self.pool.begin().await?;
-        // Shared: readers do not wait for each other, only for (and hold off) a statement.
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(RETENTION_LOCK).execute(&mut *tx).await?;
-        let oldest: i64 =
-            sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(&mut *tx).await?;
-        if let Err(oldest) = kept_after(oldest as u64, after) {
-            return Ok(Err(oldest));
-        }
+        let mut tx = match self.begin_holding(after, true).await? {
+            Ok(tx) => tx,
+            Err(oldest) => return Ok(Err(oldest)),
+        };
         let events = select_events(&mut *tx, after, upto, filter, limit).await?;
         tx.commit().await?;
         Ok(Ok(events))
@@ -559,7 +562,7 @@ impl Store {
     /// Stores a webhook, unless the retention removed events after its cursor (Err: the oldest
     /// position kept).
     pub async fn create_webhook(&self, w: &StoredWebhook) -> Result<Result<(), u64>, NotifierError> {
-        let mut tx = match self.begin_holding(w.cursor).await? {
+        let mut tx = match self.begin_holding(w.cursor, false).await? {
             Ok(tx) => tx,
             Err(oldest) => return Ok(Err(oldest)),
         };
@@ -646,7 +649,7 @@ impl Store {
         id: Uuid,
         cursor: u64,
     ) -> Result<Result<Option<StoredWebhook>, u64>, NotifierError> {
-        let mut tx = match self.begin_holding(cursor).await? {
+        let mut tx = match self.begin_holding(cursor, false).await? {
             Ok(tx) => tx,
             Err(oldest) => return Ok(Err(oldest)),
         };
