@@ -66,6 +66,12 @@ async fn select_events<'e>(
     rows.iter().map(logged).collect()
 }
 
+/// The query behind [`Store::oldest`], on a pool or inside a transaction.
+async fn select_oldest<'e>(executor: impl sqlx::Executor<'e, Database = Postgres>) -> Result<u64, NotifierError> {
+    let oldest: i64 = sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(executor).await?;
+    Ok(oldest as u64)
+}
+
 /// Whether a log whose oldest position is `oldest` still holds every event after `cursor`; if
 /// not, the oldest position kept.
 fn kept_after(oldest: u64, cursor: u64) -> Result<(), u64> {
@@ -243,9 +249,7 @@ impl Store {
 
     /// The oldest position still in the log (0 for an empty log).
     pub async fn oldest(&self) -> Result<u64, NotifierError> {
-        let oldest: i64 =
-            sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(&self.pool).await?;
-        Ok(oldest as u64)
+        select_oldest(&self.pool).await
     }
 
     /// Whether the events after `cursor` are all still in the log (none removed by retention);
@@ -265,9 +269,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let lock = if shared { "SELECT pg_advisory_xact_lock_shared($1)" } else { "SELECT pg_advisory_xact_lock($1)" };
         sqlx::query(lock).bind(RETENTION_LOCK).execute(&mut *tx).await?;
-        let oldest: i64 =
-            sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM events").fetch_one(&mut *tx).await?;
-        Ok(kept_after(oldest as u64, cursor).map(|()| tx))
+        let oldest = select_oldest(&mut *tx).await?;
+        Ok(kept_after(oldest, cursor).map(|()| tx))
     }
 
     /// Removes what the retention lets go: a prefix of the log received before `before` (never
